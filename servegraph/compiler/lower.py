@@ -1,0 +1,129 @@
+"""Pass 5, lower: the checked, named graph becomes the AppIR the runtime executes."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import networkx as nx
+
+from ..dsl.nodes import DeploymentNode, FunctionNode
+from . import ir
+from .capture import Captured
+from .naming import key_order
+
+
+def import_path(target: Any) -> str:
+    """``module:qualname`` of a class or function, as ``serve build`` writes it."""
+    return f"{getattr(target, '__module__', '?')}:{getattr(target, '__qualname__', repr(target))}"
+
+
+def _rename(names: dict[str, str], classes: set[str]):
+    def fn(marker: ir.Ref | ir.HandleRef) -> ir.Ref | ir.HandleRef:
+        if isinstance(marker, ir.HandleRef):
+            return ir.HandleRef(names[marker.deployment])
+        if marker.key in classes:
+            # A deployment passed to a method call arrives as a handle, as in Ray Serve.
+            return ir.HandleRef(names[marker.key])
+        return marker
+
+    return fn
+
+
+def _named_nodes(captured: Captured, names: dict[str, str]) -> dict[str, ir.NodeIR]:
+    classes = {k for k, r in captured.nodes.items() if r.kind == ir.DEPLOYMENT}
+    rename = _rename(names, classes)
+    out = {}
+    for key, record in captured.nodes.items():
+        if record.kind == ir.INPUT_ATTR:
+            out[key] = record  # its argument is the Ref to the node it reads from
+            continue
+        out[key] = dataclasses.replace(
+            record,
+            deployment=names.get(record.deployment) if record.deployment else None,
+            args=ir.map_markers(record.args, rename),
+            kwargs=ir.map_markers(record.kwargs, rename),
+        )
+    return out
+
+
+def _deployments(captured: Captured, graph: nx.DiGraph, names: dict[str, str], nodes: dict[str, ir.NodeIR]) -> tuple[ir.DeploymentIR, ...]:
+    handles = nx.DiGraph()
+    handles.add_nodes_from(names)
+    for u, v, kind in graph.edges(data="kind"):
+        if kind == ir.HANDLE_EDGE and u in names and v in names:
+            handles.add_edge(u, v)
+    out = []
+    for key in nx.lexicographical_topological_sort(handles, key=key_order):
+        source = captured.sources[key]
+        assert isinstance(source, (DeploymentNode, FunctionNode))
+        record = nodes[key]
+        is_function = isinstance(source, FunctionNode)
+        out.append(
+            ir.DeploymentIR(
+                name=names[key],
+                node=key,
+                target=source.deployment.func_or_class,
+                import_path=import_path(source.deployment.func_or_class),
+                is_function=is_function,
+                init_args=() if is_function else record.args,
+                init_kwargs=() if is_function else record.kwargs,
+                options=source.deployment.deployment_options,
+                call_site=record.call_site,
+                handles=tuple(names[u] for u in sorted(handles.predecessors(key), key=key_order)),
+            )
+        )
+    return tuple(out)
+
+
+def _plan(root: str, graph: nx.DiGraph, nodes: dict[str, ir.NodeIR]) -> ir.Plan:
+    per_request = {ir.INPUT, ir.INPUT_ATTR, ir.METHOD, ir.FUNCTION, ir.OUTPUT}
+    wanted = {root} | nx.ancestors(graph, root)
+    wanted = {k for k in wanted if nodes[k].kind in per_request}
+    sub = graph.subgraph(wanted)
+    steps = []
+    input_key = None
+    for key in nx.lexicographical_topological_sort(sub, key=key_order):
+        record = nodes[key]
+        if record.kind == ir.INPUT:
+            input_key = key
+        elif record.kind == ir.INPUT_ATTR:
+            access, attr = record.access
+            steps.append(ir.PlanStep(key=key, kind=ir.INPUT_ATTR, access=(record.args[0], access, attr)))
+        elif record.kind == ir.OUTPUT:
+            steps.append(ir.PlanStep(key=key, kind=ir.OUTPUT, args=record.args))
+        else:
+            steps.append(
+                ir.PlanStep(
+                    key=key,
+                    kind="call",
+                    deployment=record.deployment,
+                    method=record.method or "__call__",
+                    args=record.args,
+                    kwargs=record.kwargs,
+                )
+            )
+    return ir.Plan(input=input_key, steps=tuple(steps), output=ir.Ref(root))
+
+
+def lower(captured: Captured, graph: nx.DiGraph, names: dict[str, str]) -> ir.AppIR:
+    nodes = _named_nodes(captured, names)
+    root = nodes[captured.root]
+    ingress = plan = None
+    if root.kind == ir.DRIVER:
+        (dag,) = root.args
+        if isinstance(dag, ir.HandleRef):  # DAGDriver.bind(Model.bind()): the deployment is the app
+            ingress = dag.deployment
+        else:
+            plan = _plan(dag.key, graph, nodes)
+    elif root.kind == ir.DEPLOYMENT or (root.kind == ir.FUNCTION and not root.args and not root.kwargs):
+        ingress = root.deployment
+    else:
+        plan = _plan(captured.root, graph, nodes)
+    return ir.AppIR(
+        nodes=tuple(nodes[k] for k in sorted(nodes, key=key_order)),
+        deployments=_deployments(captured, graph, names, nodes),
+        ingress=ingress,
+        plan=plan,
+        http_adapter=captured.http_adapter,
+    )

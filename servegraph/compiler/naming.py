@@ -1,0 +1,32 @@
+"""Pass 4, naming: every deployment gets its final, deterministic name.
+
+The name is the ``name=`` option or the class/function name; a name taken by
+an earlier deployment (in capture order) gets ``_1``, ``_2``, ... as in Ray Serve.
+"""
+
+from __future__ import annotations
+
+from ..dsl.nodes import DeploymentNode, FunctionNode
+from .capture import Captured
+
+
+def key_order(key: str) -> int:
+    return int(key[1:])
+
+
+def name_deployments(captured: Captured) -> dict[str, str]:
+    """Node key -> deployment name, for deployment and function nodes."""
+    names: dict[str, str] = {}
+    taken: set[str] = set()
+    for key in sorted(captured.nodes, key=key_order):
+        source = captured.sources[key]
+        if not isinstance(source, (DeploymentNode, FunctionNode)):
+            continue
+        base = source.deployment.name
+        name, i = base, 0
+        while name in taken:
+            i += 1
+            name = f"{base}_{i}"
+        taken.add(name)
+        names[key] = name
+    return names

@@ -1,0 +1,48 @@
+"""Where in the user's code a graph node was bound."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from typing import Optional
+
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CallSite:
+    """A ``.bind()`` call site (Python) or a token's position (a ``.sg`` file)."""
+
+    file: str
+    line: int
+    col: int = 0
+
+    def __str__(self) -> str:
+        if self.col:
+            return f"{self.file}:{self.line}:{self.col}"
+        return f"{self.file}:{self.line}"
+
+
+UNKNOWN = CallSite("<unknown>", 0)
+
+
+def _display_path(path: str) -> str:
+    try:
+        rel = os.path.relpath(path)
+    except ValueError:  # another drive on Windows
+        return path
+    return path if rel.startswith("..") else rel
+
+
+def user_call_site(override: Optional[CallSite] = None) -> CallSite:
+    """The first stack frame outside servegraph: the line the user wrote."""
+    if override is not None:
+        return override
+    frame = sys._getframe(1)
+    while frame is not None:
+        filename = frame.f_code.co_filename
+        if not os.path.abspath(filename).startswith(_PACKAGE_DIR + os.sep):
+            return CallSite(_display_path(filename), frame.f_lineno)
+        frame = frame.f_back
+    return UNKNOWN

@@ -1,0 +1,120 @@
+"""``@serve.deployment`` and the :class:`Deployment` it makes."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable, Optional, Union, overload
+
+from ..errors import BindError
+from .callsite import CallSite, user_call_site
+from .nodes import DAGNode, DeploymentNode, FunctionNode
+from .options import DeploymentOptions, make_options
+from .signature import bind_problem, describe_signature
+
+
+class Deployment:
+    """A class or function to be served by replicas, with its options.
+
+    Made by ``@serve.deployment``; ``.options()`` returns a copy with overrides,
+    ``.bind()`` makes a graph node.
+    """
+
+    def __init__(self, func_or_class: Union[type, Callable[..., Any]], options: DeploymentOptions):
+        self._target = func_or_class
+        self._options = options
+
+    # Ray Serve's attribute names ---------------------------------------------
+    @property
+    def func_or_class(self) -> Union[type, Callable[..., Any]]:
+        return self._target
+
+    @property
+    def name(self) -> str:
+        return self._options.name or self._target.__name__
+
+    @property
+    def is_function(self) -> bool:
+        return not inspect.isclass(self._target)
+
+    @property
+    def deployment_options(self) -> DeploymentOptions:
+        return self._options
+
+    @property
+    def num_replicas(self) -> int:
+        return self._options.replicas()
+
+    @property
+    def user_config(self) -> Any:
+        return self._options.user_config
+
+    @property
+    def max_ongoing_requests(self) -> int:
+        return self._options.max_ongoing_requests
+
+    @property
+    def ray_actor_options(self) -> dict[str, Any]:
+        return self._options.actor_options()
+
+    def options(self, **kwargs: Any) -> "Deployment":
+        """A copy of this deployment with some options overridden."""
+        return Deployment(self._target, make_options(self._options, **kwargs))
+
+    def bind(self, *args: Any, _call_site: Optional[CallSite] = None, **kwargs: Any) -> DAGNode:
+        """Bind constructor (class) or call (function) arguments into a graph node.
+
+        Raises:
+            BindError: the arguments do not fit the signature.
+        """
+        site = user_call_site(_call_site)
+        if self.is_function:
+            fn, drop_self, what = self._target, False, self.name
+        else:
+            fn, drop_self, what = self._target.__init__, True, f"{self.name}.__init__"
+        problem = bind_problem(fn, args, kwargs, drop_self=drop_self)
+        if problem is not None:
+            raise BindError(
+                f"{site}: {self.name}.bind(): {problem}. "
+                f"Expected {describe_signature(what, fn)}; fix the arguments passed to .bind()."
+            )
+        if self.is_function:
+            return FunctionNode(self, args, kwargs, site)
+        return DeploymentNode(self, args, kwargs, site)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError(
+            f"Deployment {self.name!r} cannot be called directly: use {self.name}.bind(...) to add it "
+            "to a graph, then serve.run() the graph."
+        )
+
+    def __repr__(self) -> str:
+        return f"Deployment(name={self.name!r}, num_replicas={self.num_replicas})"
+
+
+@overload
+def deployment(_func_or_class: Callable[..., Any]) -> Deployment: ...
+
+
+@overload
+def deployment(_func_or_class: None = None, **options: Any) -> Callable[[Callable[..., Any]], Deployment]: ...
+
+
+def deployment(_func_or_class: Optional[Callable[..., Any]] = None, **options: Any) -> Any:
+    """Make a class or function a deployment: ``@serve.deployment`` or ``@serve.deployment(...)``.
+
+    Raises:
+        OptionError: an unknown option (the message names the closest valid one).
+        OptionValueError: a value outside its accepted range.
+    """
+    validated = make_options(**options)
+
+    def decorate(target: Callable[..., Any]) -> Deployment:
+        if not callable(target):
+            raise TypeError(f"@serve.deployment needs a class or function, got {type(target).__name__}")
+        if inspect.isclass(target) and inspect.iscoroutinefunction(getattr(target, "__init__", None)):
+            raise TypeError(f"{target.__name__}.__init__ must not be async")
+        return Deployment(target, validated)
+
+    if _func_or_class is not None:
+        return decorate(_func_or_class)
+    return decorate

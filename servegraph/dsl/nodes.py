@@ -1,0 +1,302 @@
+"""Graph nodes that ``.bind()`` returns.
+
+A node records only what the user wrote: the target, the bound arguments,
+options, and the call site. The compiler's capture pass turns nodes into IR.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import TYPE_CHECKING, Any, Iterator, Optional
+
+from ..errors import BindError
+from .callsite import CallSite, user_call_site
+from .signature import bind_problem, describe_signature, missing_method_hint
+
+if TYPE_CHECKING:
+    from .deployment import Deployment
+
+
+def iter_nodes(value: Any) -> Iterator["DAGNode"]:
+    """Nodes nested in a bound argument, through lists, tuples and dicts, in order."""
+    if isinstance(value, DAGNode):
+        yield value
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from iter_nodes(item)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from iter_nodes(key)
+            yield from iter_nodes(item)
+
+
+class DAGNode:
+    """Base of every node in a deployment graph."""
+
+    _kind = "node"
+
+    def __init__(self, args: tuple, kwargs: dict, call_site: CallSite):
+        self._bound_args = tuple(args)
+        self._bound_kwargs = dict(kwargs)
+        self._call_site = call_site
+        for child in self.children():
+            root = child._input_root()
+            if root is not None:
+                root._consumers.append(self)
+
+    # Graph structure ---------------------------------------------------------
+    def children(self) -> list["DAGNode"]:
+        """Upstream nodes this node's bound arguments refer to, in argument order."""
+        out = list(iter_nodes(self._bound_args))
+        out.extend(iter_nodes(self._bound_kwargs))
+        return out
+
+    def _input_root(self) -> Optional["InputNode"]:
+        return None
+
+    def _label(self) -> str:
+        return self._kind
+
+    @property
+    def call_site(self) -> CallSite:
+        return self._call_site
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self._label()} bound at {self._call_site}>"
+
+    def __iter__(self):
+        raise TypeError(
+            f"{self._label()} is a graph node, not a value: its value exists only when a request runs. "
+            "Pass the node itself to .bind() instead of unpacking it."
+        )
+
+    def __bool__(self) -> bool:
+        raise TypeError(
+            f"{self._label()} is a graph node, not a value; it cannot be used in 'if' or 'and/or' "
+            "while the graph is being built. Move the branch into a deployment method."
+        )
+
+
+class DeploymentNode(DAGNode):
+    """A bound deployment class: ``Model.bind(...)``. Calls to it are method nodes."""
+
+    _kind = "deployment"
+
+    def __init__(self, deployment: "Deployment", args: tuple, kwargs: dict, call_site: CallSite):
+        self._deployment = deployment
+        super().__init__(args, kwargs, call_site)
+
+    @property
+    def deployment(self) -> "Deployment":
+        return self._deployment
+
+    def _label(self) -> str:
+        return self._deployment.name
+
+    def __getattr__(self, method: str) -> "_MethodBinder":
+        if method.startswith("_") and method != "__call__":
+            raise AttributeError(method)
+        return _MethodBinder(self, method)
+
+    def options(self, **kwargs: Any) -> "DeploymentNode":
+        """Ray's ``node.options(...)``: the same bound node with deployment options overridden."""
+        return DeploymentNode(
+            self._deployment.options(**kwargs), self._bound_args, self._bound_kwargs, self._call_site
+        )
+
+
+class _MethodBinder:
+    """``node.method``: waits for ``.bind()`` to make a method-call node."""
+
+    __slots__ = ("_parent", "_method")
+
+    def __init__(self, parent: DeploymentNode, method: str):
+        self._parent = parent
+        self._method = method
+
+    def bind(self, *args: Any, _call_site: Optional[CallSite] = None, **kwargs: Any) -> "MethodNode":
+        site = user_call_site(_call_site)
+        cls = self._parent.deployment.func_or_class
+        name = self._parent.deployment.name
+        fn = getattr(cls, self._method, None)
+        if fn is None or not callable(fn):
+            raise BindError(
+                f"{site}: {name}.{self._method}.bind(): {name} has no method {self._method!r}; "
+                + missing_method_hint(cls, self._method)
+            )
+        problem = bind_problem(fn, args, kwargs, drop_self=True)
+        if problem is not None:
+            raise BindError(
+                f"{site}: {name}.{self._method}.bind(): {problem}. "
+                f"Expected {describe_signature(name + '.' + self._method, fn)}; "
+                "fix the arguments passed to .bind()."
+            )
+        return MethodNode(self._parent, self._method, args, kwargs, site)
+
+    def remote(self, *args: Any, **kwargs: Any) -> None:
+        raise TypeError(
+            f"{self._parent._label()}.{self._method}.remote() called on a graph node: use .bind() "
+            "to build the graph, then serve.run() it and call .remote() on the handle it returns."
+        )
+
+
+class MethodNode(DAGNode):
+    """A method call on a bound deployment: ``model.forward.bind(x)``."""
+
+    _kind = "method"
+
+    def __init__(self, parent: DeploymentNode, method: str, args: tuple, kwargs: dict, call_site: CallSite):
+        self._parent = parent
+        self._method = method
+        super().__init__(args, kwargs, call_site)
+
+    @property
+    def parent(self) -> DeploymentNode:
+        return self._parent
+
+    @property
+    def method(self) -> str:
+        return self._method
+
+    def children(self) -> list[DAGNode]:
+        return [self._parent, *super().children()]
+
+    def _label(self) -> str:
+        return f"{self._parent._label()}.{self._method}"
+
+
+class FunctionNode(DAGNode):
+    """A bound function deployment: ``f.bind(x)``."""
+
+    _kind = "function"
+
+    def __init__(self, deployment: "Deployment", args: tuple, kwargs: dict, call_site: CallSite):
+        self._deployment = deployment
+        super().__init__(args, kwargs, call_site)
+
+    @property
+    def deployment(self) -> "Deployment":
+        return self._deployment
+
+    def _label(self) -> str:
+        return self._deployment.name
+
+
+_input_ids = itertools.count()
+
+
+class InputNode(DAGNode):
+    """The request's input. ``with InputNode() as inp:``; ``inp[0]``, ``inp["key"]``, ``inp.attr``.
+
+    Called with one positional argument (as HTTP calls are, with the JSON body),
+    the input is that value and ``inp[k]`` indexes into it. Called with several
+    arguments, ``inp[i]`` is the i-th positional one and ``inp["k"]`` the keyword one.
+    """
+
+    _kind = "input"
+
+    def __init__(self, *, _call_site: Optional[CallSite] = None):
+        super().__init__((), {}, user_call_site(_call_site))
+        self._consumers: list[DAGNode] = []
+        self._ordinal = next(_input_ids)
+
+    def _input_root(self) -> "InputNode":
+        return self
+
+    def _label(self) -> str:
+        return "InputNode"
+
+    def __enter__(self) -> "InputNode":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+    def __getitem__(self, key: Any) -> "InputAttributeNode":
+        return InputAttributeNode(self, key, "item", user_call_site())
+
+    def __getattr__(self, name: str) -> "InputAttributeNode":
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return InputAttributeNode(self, name, "attr", user_call_site())
+
+
+class InputAttributeNode(DAGNode):
+    """``inp[key]`` or ``inp.attr``: a part of the request's input."""
+
+    _kind = "input_attr"
+
+    def __init__(self, parent: DAGNode, key: Any, access: str, call_site: CallSite):
+        self._parent = parent
+        self._key = key
+        self._access = access  # "item" or "attr"
+        super().__init__((), {}, call_site)
+        root = parent._input_root()
+        if root is not None:
+            root._consumers.append(self)
+
+    @property
+    def parent(self) -> DAGNode:
+        return self._parent
+
+    @property
+    def key(self) -> Any:
+        return self._key
+
+    @property
+    def access(self) -> str:
+        return self._access
+
+    def children(self) -> list[DAGNode]:
+        return [self._parent]
+
+    def _input_root(self) -> Optional[InputNode]:
+        return self._parent._input_root()
+
+    def _label(self) -> str:
+        base = self._parent._label()
+        return f"{base}.{self._key}" if self._access == "attr" else f"{base}[{self._key!r}]"
+
+    def __getitem__(self, key: Any) -> "InputAttributeNode":
+        return InputAttributeNode(self, key, "item", user_call_site())
+
+    def __getattr__(self, name: str) -> "InputAttributeNode":
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return InputAttributeNode(self, name, "attr", user_call_site())
+
+
+class MultiOutputNode(DAGNode):
+    """Several outputs returned together as a list: ``MultiOutputNode([a, b])``."""
+
+    _kind = "output"
+
+    def __init__(self, outputs: list[DAGNode] | tuple[DAGNode, ...], *, _call_site: Optional[CallSite] = None):
+        site = user_call_site(_call_site)
+        if not isinstance(outputs, (list, tuple)) or not outputs:
+            raise BindError(f"{site}: MultiOutputNode() takes a non-empty list of graph nodes")
+        for item in outputs:
+            if not isinstance(item, DAGNode):
+                raise BindError(
+                    f"{site}: MultiOutputNode() got {type(item).__name__} {item!r}; "
+                    "every output must be a graph node made by .bind() or an InputNode"
+                )
+        super().__init__((list(outputs),), {}, site)
+
+    @property
+    def outputs(self) -> list[DAGNode]:
+        return list(self._bound_args[0])
+
+    def _label(self) -> str:
+        return "MultiOutputNode"
+
+
+__all__ = [
+    "DAGNode",
+    "DeploymentNode",
+    "MethodNode",
+    "FunctionNode",
+    "InputNode",
+    "InputAttributeNode",
+    "MultiOutputNode",
+]

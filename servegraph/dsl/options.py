@@ -1,0 +1,176 @@
+"""Deployment options, validated with pydantic at ``@deployment`` / ``.options()`` time.
+
+Names, types and meanings follow Ray Serve's ``@serve.deployment`` so code and
+configs written for Ray Serve read the same here.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .._validation import closest, format_errors
+from ..errors import OptionError, OptionValueError
+
+#: CPUs a replica reserves when the user does not say: small, so a graph of a
+#: dozen deployments fits on a 2-core laptop. The user's value always wins.
+DEFAULT_REPLICA_CPUS = 0.1
+
+RAY_ACTOR_OPTION_KEYS = (
+    "accelerator_type",
+    "memory",
+    "num_cpus",
+    "num_gpus",
+    "object_store_memory",
+    "resources",
+    "runtime_env",
+)
+
+
+class RayActorOptions(BaseModel):
+    """The subset of Ray actor options a replica may set (as in Ray Serve)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    num_cpus: Optional[float] = Field(default=None, ge=0)
+    num_gpus: Optional[float] = Field(default=None, ge=0)
+    memory: Optional[float] = Field(default=None, ge=0)
+    object_store_memory: Optional[float] = Field(default=None, ge=0)
+    resources: Optional[dict[str, float]] = None
+    accelerator_type: Optional[str] = None
+    runtime_env: Optional[dict[str, Any]] = None
+
+    @field_validator("resources")
+    @classmethod
+    def _non_negative(cls, value: Optional[dict[str, float]]) -> Optional[dict[str, float]]:
+        for key, amount in (value or {}).items():
+            if amount < 0:
+                raise ValueError(f"resources[{key!r}] must be >= 0")
+        return value
+
+
+class AutoscalingConfig(BaseModel):
+    """Ray Serve's autoscaling_config; replicas start at ``initial_replicas`` or ``min_replicas``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    min_replicas: int = Field(default=1, ge=0)
+    initial_replicas: Optional[int] = Field(default=None, ge=0)
+    max_replicas: int = Field(default=1, ge=1)
+    target_ongoing_requests: float = Field(default=2.0, gt=0)
+    metrics_interval_s: float = Field(default=10.0, gt=0)
+    look_back_period_s: float = Field(default=30.0, gt=0)
+    smoothing_factor: float = Field(default=1.0, gt=0)
+    upscale_delay_s: float = Field(default=30.0, ge=0)
+    downscale_delay_s: float = Field(default=600.0, ge=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "AutoscalingConfig":
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(
+                f"min_replicas ({self.min_replicas}) must be <= max_replicas ({self.max_replicas})"
+            )
+        if self.initial_replicas is not None and not (
+            self.min_replicas <= self.initial_replicas <= self.max_replicas
+        ):
+            raise ValueError("initial_replicas must lie between min_replicas and max_replicas")
+        return self
+
+    def start_replicas(self) -> int:
+        if self.initial_replicas is not None:
+            return self.initial_replicas
+        return max(self.min_replicas, 1)
+
+
+class DeploymentOptions(BaseModel):
+    """Every option ``@serve.deployment`` accepts, with Ray Serve's names and defaults."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+
+    name: Optional[str] = Field(default=None, min_length=1)
+    version: Optional[str] = None
+    num_replicas: Optional[int] = Field(default=None, ge=1)
+    route_prefix: Optional[str] = None
+    ray_actor_options: Optional[RayActorOptions] = None
+    placement_group_bundles: Optional[list[dict[str, float]]] = None
+    placement_group_strategy: Optional[str] = None
+    max_replicas_per_node: Optional[int] = Field(default=None, ge=1)
+    user_config: Optional[Any] = None
+    max_ongoing_requests: int = Field(default=5, ge=1)
+    max_queued_requests: int = Field(default=-1, ge=-1)
+    autoscaling_config: Optional[AutoscalingConfig] = None
+    graceful_shutdown_wait_loop_s: float = Field(default=2.0, ge=0)
+    graceful_shutdown_timeout_s: float = Field(default=20.0, ge=0)
+    health_check_period_s: float = Field(default=10.0, gt=0)
+    health_check_timeout_s: float = Field(default=30.0, gt=0)
+    logging_config: Optional[dict[str, Any]] = None
+
+    @field_validator("route_prefix")
+    @classmethod
+    def _slash(cls, value: Optional[str]) -> Optional[str]:
+        if value is not None and not value.startswith("/"):
+            raise ValueError("must start with '/'")
+        return value
+
+    @model_validator(mode="after")
+    def _replicas_or_autoscaling(self) -> "DeploymentOptions":
+        if self.num_replicas is not None and self.autoscaling_config is not None:
+            raise ValueError("set num_replicas or autoscaling_config, not both")
+        return self
+
+    # -- derived values the compiler and runtime read -------------------------
+    def replicas(self) -> int:
+        """How many replicas to start."""
+        if self.autoscaling_config is not None:
+            return self.autoscaling_config.start_replicas()
+        return self.num_replicas if self.num_replicas is not None else 1
+
+    def actor_options(self) -> dict[str, Any]:
+        """Ray actor options with the default CPU reservation filled in."""
+        opts = self.ray_actor_options.model_dump(exclude_none=True) if self.ray_actor_options else {}
+        opts.setdefault("num_cpus", DEFAULT_REPLICA_CPUS)
+        return opts
+
+
+OPTION_NAMES = tuple(DeploymentOptions.model_fields)
+
+# Ray Serve's older name for max_ongoing_requests, still accepted.
+_ALIASES = {"max_concurrent_queries": "max_ongoing_requests"}
+
+
+def make_options(base: Optional[DeploymentOptions] = None, **overrides: Any) -> DeploymentOptions:
+    """Validate ``overrides`` on top of ``base``.
+
+    Raises:
+        OptionError: an option name that does not exist (names the closest one).
+        OptionValueError: a value outside the option's accepted range.
+    """
+    for old, new in _ALIASES.items():
+        if old in overrides:
+            overrides[new] = overrides.pop(old)
+    for key in overrides:
+        if key not in DeploymentOptions.model_fields:
+            hint = closest(key, OPTION_NAMES)
+            raise OptionError(
+                f"unknown deployment option {key!r}"
+                + (f"; did you mean {hint!r}?" if hint else "")
+                + f" Valid options: {', '.join(OPTION_NAMES)}."
+            )
+    rao = overrides.get("ray_actor_options")
+    if isinstance(rao, dict):
+        for key in rao:
+            if key not in RAY_ACTOR_OPTION_KEYS:
+                hint = closest(key, RAY_ACTOR_OPTION_KEYS)
+                raise OptionValueError(
+                    f"ray_actor_options: unknown key {key!r}"
+                    + (f"; did you mean {hint!r}?" if hint else "")
+                    + f" Accepted keys: {', '.join(RAY_ACTOR_OPTION_KEYS)}."
+                )
+    data = base.model_dump(exclude_unset=True) if base is not None else {}
+    data.update(overrides)
+    try:
+        return DeploymentOptions(**data)
+    except ValidationError as exc:
+        lines = format_errors(exc, "", OPTION_NAMES)
+        raise OptionValueError("invalid deployment option: " + "; ".join(lines)) from None

@@ -1,0 +1,61 @@
+"""Check ``.bind()`` arguments against the callable they will be passed to."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable, Optional
+
+from .._validation import closest
+
+
+def _signature(fn: Callable[..., Any]) -> Optional[inspect.Signature]:
+    try:
+        return inspect.signature(fn)
+    except (TypeError, ValueError):  # builtins and C extensions may have none
+        return None
+
+
+def bind_problem(
+    fn: Callable[..., Any], args: tuple, kwargs: dict, *, drop_self: bool
+) -> Optional[str]:
+    """Why ``fn(*args, **kwargs)`` would fail to bind, or None if it would bind.
+
+    ``drop_self`` binds a placeholder for ``self`` (unbound methods, ``__init__``).
+
+    >>> def f(a, b=1): ...
+    >>> bind_problem(f, (), {}, drop_self=False)
+    "missing a required argument: 'a'"
+    >>> bind_problem(f, (1,), {"c": 2}, drop_self=False)
+    "got an unexpected keyword argument 'c'"
+    """
+    sig = _signature(fn)
+    if sig is None:
+        return None
+    try:
+        if drop_self:
+            sig.bind(None, *args, **kwargs)
+        else:
+            sig.bind(*args, **kwargs)
+    except TypeError as exc:
+        return str(exc)
+    return None
+
+
+def describe_signature(name: str, fn: Callable[..., Any]) -> str:
+    sig = _signature(fn)
+    return f"{name}{sig}" if sig is not None else name
+
+
+def public_methods(cls: type) -> list[str]:
+    return sorted(
+        name
+        for name in dir(cls)
+        if (not name.startswith("_") or name == "__call__") and callable(getattr(cls, name, None))
+    )
+
+
+def missing_method_hint(cls: type, method: str) -> str:
+    methods = public_methods(cls)
+    hint = closest(method, methods)
+    text = f"did you mean {hint!r}? " if hint else ""
+    return text + f"Methods of {cls.__name__}: {', '.join(methods) or '(none)'}."
