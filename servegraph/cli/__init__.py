@@ -1,0 +1,20 @@
+"""The ``servegraph`` command line. Each command lives in a module of its own, registered here."""
+
+from __future__ import annotations
+
+import click
+
+from .check import check_cmd
+from .run import run_cmd
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="servegraph")
+def main() -> None:
+    """Compose deployments into graphs, check them, and serve them on Ray."""
+
+
+main.add_command(run_cmd)
+main.add_command(check_cmd)
+
+__all__ = ["main"]

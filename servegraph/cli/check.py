@@ -1,0 +1,62 @@
+"""``servegraph check``: run the compiler's checks and print every diagnostic."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from ..compiler import compile
+from ..errors import GraphError
+from .common import user_errors
+from .load import load_app
+
+
+@click.command("check")
+@click.argument("target")
+@click.option("--name", default=None, help="Graph to check in a .sg file with several.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option(
+    "--resources",
+    "resources",
+    default=None,
+    help="Check against these cluster resources, e.g. CPU=2,GPU=0 (default: no resource check).",
+)
+def check_cmd(target: str, name: str | None, fmt: str, resources: str | None) -> None:
+    """Check the graph TARGET (MODULE:ATTR or a .sg file) without deploying it."""
+    cluster = None
+    if resources:
+        try:
+            cluster = {k.strip(): float(v) for k, v in (item.split("=") for item in resources.split(","))}
+        except ValueError:
+            raise click.BadParameter("expected NAME=AMOUNT[,NAME=AMOUNT...], e.g. CPU=2", param_hint="--resources")
+    diagnostics = []
+    try:
+        app = load_app(target, name=name)
+        diagnostics = list(compile(app, cluster_resources=cluster, strict=False).diagnostics)
+    except GraphError as exc:
+        diagnostics = list(exc.diagnostics) or [_as_diagnostic(exc)]
+    if fmt == "json":
+        click.echo(json.dumps([d.to_dict() for d in diagnostics], indent=2))
+    else:
+        for d in diagnostics:
+            click.echo(d.format(), err=d.severity == "error")
+        errors = sum(d.severity == "error" for d in diagnostics)
+        if not diagnostics:
+            click.echo(f"{target}: ok, no problems found")
+        else:
+            click.echo(f"{target}: {errors} error(s), {len(diagnostics) - errors} warning(s)", err=True)
+    sys.exit(1 if any(d.severity == "error" for d in diagnostics) else 0)
+
+
+def _as_diagnostic(exc: GraphError):
+    from ..errors import Diagnostic
+
+    # Bind errors raised while importing the user's module start with "file:line: ".
+    text = str(exc)
+    head, sep, rest = text.partition(": ")
+    file, _, line = head.rpartition(":")
+    if sep and file and line.isdigit():
+        return Diagnostic(code=exc.code, message=rest, file=file, line=int(line))
+    return Diagnostic(code=exc.code, message=text)
