@@ -1,0 +1,1 @@
+"""Executing the compiled IR on Ray: controller, replicas, handles, HTTP proxy, local testing mode."""

@@ -1,0 +1,17 @@
+"""Handle classes, importable as in Ray Serve: ``from servegraph.handle import RayServeSyncHandle``."""
+
+from .runtime.handle import (
+    DeploymentHandle,
+    DeploymentResponse,
+    RayServeDeploymentHandle,
+    RayServeHandle,
+    RayServeSyncHandle,
+)
+
+__all__ = [
+    "DeploymentHandle",
+    "DeploymentResponse",
+    "RayServeDeploymentHandle",
+    "RayServeHandle",
+    "RayServeSyncHandle",
+]

@@ -1,0 +1,191 @@
+"""``serve.run``, ``serve.status``, ``serve.delete``, ``serve.shutdown``: the driver's side."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Optional
+
+import ray
+
+from ..compiler import CompiledGraph, compile
+from ..dsl.nodes import DAGNode
+from ..errors import DeploymentError, GraphError
+from .cluster import CONTROLLER_NAME, NAMESPACE, cluster_resources, ensure_connected
+from .handle import RayServeSyncHandle, deployment_handle, plan_handle
+
+
+def _controller(create: bool = True) -> Any:
+    ensure_connected()
+    try:
+        return ray.get_actor(CONTROLLER_NAME, namespace=NAMESPACE)
+    except ValueError:
+        if not create:
+            return None
+    from .controller import ControllerActor
+
+    return ControllerActor.options(
+        name=CONTROLLER_NAME,
+        namespace=NAMESPACE,
+        lifetime="detached",
+        get_if_exists=True,
+        num_cpus=0,
+        max_concurrency=1000,
+    ).remote()
+
+
+def _free_resources(controller: Any, name: str) -> dict[str, float]:
+    total = cluster_resources()
+    used = ray.get(controller.reserved.remote(exclude=name))
+    return {k: total.get(k, 0.0) - used.get(k, 0.0) for k in set(total) | set(used)}
+
+
+def _handle_for(name: str, app: Any, infos: dict) -> RayServeSyncHandle:
+    if app.ingress is not None:
+        return deployment_handle(infos[app.ingress])
+    return plan_handle(name, app.plan, infos)
+
+
+def deploy_compiled(
+    compiled: CompiledGraph,
+    *,
+    name: str = "default",
+    route_prefix: Optional[str] = "/",
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    http: bool = True,
+) -> tuple[RayServeSyncHandle, dict[str, str]]:
+    """Deploy an already compiled graph; returns its handle and what changed per deployment."""
+    controller = _controller()
+    result = ray.get(
+        controller.deploy_app.remote(name, compiled.ir, route_prefix, (host, port) if http else None)
+    )
+    if not result["ok"]:
+        raise DeploymentError(f"application {name!r} was not deployed: {result['error']}")
+    return _handle_for(name, compiled.ir, result["infos"]), result["changes"]
+
+
+def run(
+    target: DAGNode,
+    blocking: bool = False,
+    name: str = "default",
+    route_prefix: Optional[str] = "/",
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    _local_testing_mode: bool = False,
+    *,
+    resource_check: bool = True,
+    http: bool = True,
+) -> RayServeSyncHandle:
+    """Compile, check and deploy a graph; return a handle to its output.
+
+    Args:
+        target: the graph's output node (``Model.bind()``, an InputNode graph, ``DAGDriver.bind(...)``).
+        blocking: serve until Ctrl-C before returning.
+        name: the application's name; deploying the same name again updates it.
+        route_prefix: where HTTP requests reach the app (None: no HTTP route).
+        host, port: where the HTTP proxy listens (loopback by default).
+        _local_testing_mode: run in this process without Ray (see the README for its limits).
+        resource_check: fail at once when the cluster's resources cannot hold every replica.
+        http: start the HTTP proxy.
+
+    Raises:
+        GraphError: the graph fails a check; DeploymentError: a replica failed to start.
+    """
+    if _local_testing_mode:
+        from .local import run_local
+
+        return run_local(target, name=name)
+    if route_prefix is not None and not route_prefix.startswith("/"):
+        raise ValueError(f"route_prefix must start with '/', got {route_prefix!r}")
+    ensure_connected()
+    resources = _free_resources(_controller(), name) if resource_check else None
+    compiled = compile(target, cluster_resources=resources)
+    handle, _ = deploy_compiled(compiled, name=name, route_prefix=route_prefix, host=host, port=port, http=http)
+    if blocking:
+        _block()
+    return handle
+
+
+def _block() -> None:
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+
+
+def delete(name: str, _blocking: bool = True) -> None:
+    """Delete an application and its replicas."""
+    controller = _controller(create=False)
+    if controller is not None:
+        ray.get(controller.delete_app.remote(name))
+
+
+def shutdown() -> None:
+    """Delete every application, the HTTP proxy and the controller."""
+    if not ray.is_initialized():
+        return
+    controller = _controller(create=False)
+    if controller is None:
+        return
+    ray.get(controller.shutdown.remote())
+    ray.kill(controller, no_restart=True)
+
+
+def get_app_handle(name: str = "default") -> RayServeSyncHandle:
+    """A handle to a running application's ingress (or graph)."""
+    controller = _controller(create=False)
+    info = ray.get(controller.get_app.remote(name)) if controller is not None else None
+    if info is None:
+        raise GraphError(f"no application named {name!r} is running")
+    return _handle_for(name, info["app"], info["infos"])
+
+
+def get_deployment_handle(deployment_name: str, app_name: str = "default") -> RayServeSyncHandle:
+    """A handle to one deployment of a running application."""
+    controller = _controller(create=False)
+    info = ray.get(controller.get_app.remote(app_name)) if controller is not None else None
+    if info is None or deployment_name not in info["infos"]:
+        raise GraphError(f"no deployment {deployment_name!r} in a running application {app_name!r}")
+    return deployment_handle(info["infos"][deployment_name])
+
+
+# Status, shaped like Ray Serve's ------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class DeploymentStatus:
+    name: str
+    status: str
+    replica_states: dict[str, int]
+    message: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class ApplicationStatus:
+    name: str
+    status: str
+    route_prefix: Optional[str]
+    deployments: dict[str, DeploymentStatus]
+    message: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class ServeStatus:
+    applications: dict[str, ApplicationStatus]
+    proxy: Optional[dict[str, Any]] = None
+
+
+def status() -> ServeStatus:
+    """Applications, their deployments, and replica counts by state."""
+    controller = _controller(create=False)
+    raw = ray.get(controller.status.remote()) if controller is not None else {"applications": {}, "proxy": None}
+    apps = {}
+    for name, app in raw["applications"].items():
+        deployments = {
+            d: DeploymentStatus(d, info["status"], dict(info["replica_states"]), info["message"])
+            for d, info in app["deployments"].items()
+        }
+        apps[name] = ApplicationStatus(name, app["status"], app["route_prefix"], deployments, app["message"])
+    return ServeStatus(apps, raw["proxy"])

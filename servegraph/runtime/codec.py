@@ -1,0 +1,68 @@
+"""Carry unresolved ObjectRefs across an actor call so Ray resolves them at the consumer.
+
+Ray resolves ObjectRefs only when they are top-level task arguments, so a
+call's arguments are sent as a template, with each ref replaced by a slot,
+followed by the refs themselves as top-level arguments. The consuming replica
+receives the values straight from the object store, never through the caller.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray import ObjectRef
+
+
+class Slot:
+    """Position of a ref among the call's top-level arguments."""
+
+    __slots__ = ("index",)
+
+    def __init__(self, index: int):
+        self.index = index
+
+    def __reduce__(self) -> tuple:
+        return (Slot, (self.index,))
+
+    def __repr__(self) -> str:
+        return f"Slot({self.index})"
+
+
+def _walk(value: Any, refs: list[ObjectRef]) -> Any:
+    kind = type(value)
+    if kind is ObjectRef:
+        refs.append(value)
+        return Slot(len(refs) - 1)
+    if kind is list:
+        return [_walk(v, refs) for v in value]
+    if kind is tuple:
+        return tuple(_walk(v, refs) for v in value)
+    if kind is dict:
+        return {k: _walk(v, refs) for k, v in value.items()}
+    return value
+
+
+def flatten(args: tuple, kwargs: dict) -> tuple[tuple, dict, list[ObjectRef]]:
+    """Split arguments into (template args, template kwargs, refs)."""
+    refs: list[ObjectRef] = []
+    return tuple(_walk(a, refs) for a in args), {k: _walk(v, refs) for k, v in kwargs.items()}, refs
+
+
+def _fill(value: Any, values: tuple) -> Any:
+    kind = type(value)
+    if kind is Slot:
+        return values[value.index]
+    if kind is list:
+        return [_fill(v, values) for v in value]
+    if kind is tuple:
+        return tuple(_fill(v, values) for v in value)
+    if kind is dict:
+        return {k: _fill(v, values) for k, v in value.items()}
+    return value
+
+
+def unflatten(args: tuple, kwargs: dict, values: tuple) -> tuple[tuple, dict]:
+    """Put resolved values back where their refs were."""
+    if not values:
+        return args, kwargs
+    return tuple(_fill(a, values) for a in args), {k: _fill(v, values) for k, v in kwargs.items()}

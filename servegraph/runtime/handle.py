@@ -1,0 +1,377 @@
+"""Handles: how callers reach a deployment (or an InputNode graph's plan).
+
+Exactly the seed's semantics:
+
+- ``RayServeSyncHandle.remote()`` returns a ``ray.ObjectRef``, blocking only
+  until a replica is chosen (``serve.run`` returns one).
+- ``RayServeDeploymentHandle.remote()`` (constructor handles inside replicas)
+  returns an ``asyncio.Task`` that resolves to an ObjectRef: two awaits.
+- ``handle.options(use_new_handle_api=True)`` gives a ``DeploymentHandle``
+  whose ``.remote()`` returns a ``DeploymentResponse``: one await, or ``.result()``.
+- Any of these results passed unawaited into another ``.remote()`` travels as
+  a ref: the consuming replica receives the value from the producer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+from typing import Any, Optional, Sequence
+
+import ray
+from ray import ObjectRef
+from ray.actor import ActorHandle
+
+from ..compiler import ir
+from .codec import flatten
+from .router import Router
+
+# One router per deployment per process, shared by every handle to it, so
+# in-flight counts are per caller process as the router's docstring says.
+_ROUTERS: dict[tuple, Router] = {}
+
+
+class DeploymentInfo:
+    """What a handle needs to reach a deployment: its replicas and concurrency limit. Picklable."""
+
+    __slots__ = ("app", "name", "replicas", "max_ongoing")
+
+    def __init__(self, app: str, name: str, replicas: Sequence[ActorHandle], max_ongoing: int):
+        self.app = app
+        self.name = name
+        self.replicas = tuple(replicas)
+        self.max_ongoing = max_ongoing
+
+    def __reduce__(self) -> tuple:
+        return (DeploymentInfo, (self.app, self.name, self.replicas, self.max_ongoing))
+
+    def router(self) -> Router:
+        key = (self.app, self.name, tuple(r._actor_id for r in self.replicas))
+        router = _ROUTERS.get(key)
+        if router is None:
+            router = _ROUTERS[key] = Router(self.name, self.replicas, self.max_ongoing)
+        return router
+
+
+# Resolving what callers pass in ----------------------------------------------------
+
+
+def _needs_resolving(value: Any) -> bool:
+    kind = type(value)
+    if kind in (list, tuple):
+        return any(_needs_resolving(v) for v in value)
+    if kind is dict:
+        return any(_needs_resolving(v) for v in value.values())
+    return kind is DeploymentResponse or isinstance(value, (asyncio.Future, concurrent.futures.Future))
+
+
+def _resolve_sync(value: Any) -> Any:
+    """Replace DeploymentResponses by their ObjectRefs (outside an event loop)."""
+    kind = type(value)
+    if kind is DeploymentResponse:
+        return value._object_ref_sync()
+    if kind is list:
+        return [_resolve_sync(v) for v in value]
+    if kind is tuple:
+        return tuple(_resolve_sync(v) for v in value)
+    if kind is dict:
+        return {k: _resolve_sync(v) for k, v in value.items()}
+    if isinstance(value, asyncio.Future):
+        raise TypeError(
+            "an asyncio.Task from RayServeDeploymentHandle.remote() was passed to a sync handle; "
+            "await it first, or make the call from async code with a RayServeDeploymentHandle"
+        )
+    if isinstance(value, concurrent.futures.Future):
+        return value.result()
+    return value
+
+
+async def _resolve_async(value: Any) -> Any:
+    """Await Tasks and DeploymentResponses down to ObjectRefs, without awaiting the refs."""
+    kind = type(value)
+    if kind is DeploymentResponse:
+        return await value._object_ref()
+    if kind is list:
+        return [await _resolve_async(v) for v in value]
+    if kind is tuple:
+        return tuple([await _resolve_async(v) for v in value])
+    if kind is dict:
+        return {k: await _resolve_async(v) for k, v in value.items()}
+    if isinstance(value, asyncio.Future):
+        return await value
+    if isinstance(value, concurrent.futures.Future):
+        return await asyncio.wrap_future(value)
+    return value
+
+
+def _prepare_sync(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    if _needs_resolving((args, kwargs)):
+        return _resolve_sync(args), _resolve_sync(kwargs)
+    return args, kwargs
+
+
+async def _prepare_async(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    if _needs_resolving((args, kwargs)):
+        return await _resolve_async(args), await _resolve_async(kwargs)
+    return args, kwargs
+
+
+# Targets: a deployment, or a plan -----------------------------------------------------
+
+
+class _DeploymentTarget:
+    __slots__ = ("info",)
+
+    def __init__(self, info: DeploymentInfo):
+        self.info = info
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    def submit(self, method: str, args: tuple, kwargs: dict) -> ObjectRef:
+        args, kwargs = _prepare_sync(args, kwargs)
+        return self.info.router().submit(method, args, kwargs)
+
+    async def submit_async(self, method: str, args: tuple, kwargs: dict) -> ObjectRef:
+        args, kwargs = await _prepare_async(args, kwargs)
+        return await self.info.router().submit_async(method, args, kwargs)
+
+
+class PlanInput:
+    """The input of a graph called with several arguments: ``inp[i]`` positional, ``inp["k"]`` keyword."""
+
+    __slots__ = ("args", "kwargs")
+
+    def __init__(self, args: tuple, kwargs: dict):
+        self.args = args
+        self.kwargs = kwargs
+
+    def get(self, access: str, key: Any) -> Any:
+        if access == "item" and isinstance(key, int):
+            return self.args[key]
+        return self.kwargs[key]
+
+
+def plan_input(args: tuple, kwargs: dict) -> Any:
+    if len(args) == 1 and not kwargs:
+        return args[0]
+    return PlanInput(args, kwargs)
+
+
+class PlanInputError(LookupError):
+    """The request's input lacks a part the graph reads (``inp["key"]``, ``inp[0]``, ``inp.attr``)."""
+
+
+def read_input(value: Any, access: str, key: Any) -> Any:
+    try:
+        if isinstance(value, PlanInput):
+            return value.get(access, key)
+        if isinstance(value, ObjectRef):
+            value = ray.get(value)
+        if access == "item" or isinstance(value, dict):
+            return value[key]
+        return getattr(value, key)
+    except (LookupError, AttributeError, TypeError) as exc:
+        shown = f"[{key!r}]" if access == "item" else f".{key}"
+        raise PlanInputError(
+            f"the graph reads input{shown} but the request's input ({type(value).__name__}) has none: "
+            f"{type(exc).__name__}: {exc}"
+        ) from None
+
+
+class _PlanTarget:
+    """Runs an InputNode graph's plan from the caller: each call gets its upstream refs, only the output is awaited."""
+
+    __slots__ = ("app", "plan", "infos", "name")
+
+    def __init__(self, app: str, plan: ir.Plan, infos: dict[str, DeploymentInfo], name: str = "DAGDriver"):
+        self.app = app
+        self.plan = plan
+        self.infos = infos
+        self.name = name
+
+    def __reduce__(self) -> tuple:
+        return (_PlanTarget, (self.app, self.plan, self.infos, self.name))
+
+    def _substitute(self, value: Any, values: dict[str, Any], handle_cls: type) -> Any:
+        def fn(marker: ir.Ref | ir.HandleRef) -> Any:
+            if isinstance(marker, ir.HandleRef):
+                return handle_cls(_DeploymentTarget(self.infos[marker.deployment]))
+            return values[marker.key]
+
+        return ir.map_markers(value, fn)
+
+    def _finish(self, out: Any) -> ObjectRef:
+        if type(out) is ObjectRef:
+            return out
+        template, _, refs = flatten((out,), {})
+        if not refs:
+            return ray.put(out)
+        # MultiOutputNode: one ref for the list, gathered on a replica the graph already uses.
+        first = next(s.deployment for s in self.plan.steps if s.deployment)
+        return self.infos[first].router().any_replica().gather.remote(template[0], *refs)
+
+    def submit(self, method: str, args: tuple, kwargs: dict) -> ObjectRef:
+        args, kwargs = _prepare_sync(args, kwargs)
+        values: dict[str, Any] = {}
+        if self.plan.input is not None:
+            values[self.plan.input] = plan_input(args, kwargs)
+        for step in self.plan.steps:
+            if step.kind == ir.INPUT_ATTR:
+                source, access, key = step.access
+                values[step.key] = read_input(values[source.key], access, key)
+            elif step.kind == ir.OUTPUT:
+                values[step.key] = self._substitute(step.args[0], values, RayServeSyncHandle)
+            else:
+                call_args = self._substitute(step.args, values, RayServeSyncHandle)
+                call_kwargs = dict(self._substitute(step.kwargs, values, RayServeSyncHandle))
+                values[step.key] = self.infos[step.deployment].router().submit(step.method, call_args, call_kwargs)
+        return self._finish(values[self.plan.output.key])
+
+    async def submit_async(self, method: str, args: tuple, kwargs: dict) -> ObjectRef:
+        args, kwargs = await _prepare_async(args, kwargs)
+        values: dict[str, Any] = {}
+        if self.plan.input is not None:
+            values[self.plan.input] = plan_input(args, kwargs)
+        for step in self.plan.steps:
+            if step.kind == ir.INPUT_ATTR:
+                source, access, key = step.access
+                values[step.key] = read_input(values[source.key], access, key)
+            elif step.kind == ir.OUTPUT:
+                values[step.key] = self._substitute(step.args[0], values, RayServeDeploymentHandle)
+            else:
+                call_args = self._substitute(step.args, values, RayServeDeploymentHandle)
+                call_kwargs = dict(self._substitute(step.kwargs, values, RayServeDeploymentHandle))
+                router = self.infos[step.deployment].router()
+                values[step.key] = await router.submit_async(step.method, call_args, call_kwargs)
+        return self._finish(values[self.plan.output.key])
+
+
+# Handles ------------------------------------------------------------------------------
+
+
+class _HandleBase:
+    def __init__(self, target: Any, method: str = "__call__"):
+        self._target = target
+        self._method = method
+
+    @property
+    def deployment_name(self) -> str:
+        return self._target.name
+
+    @property
+    def method_name(self) -> str:
+        return self._method
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_") and name != "__call__":
+            raise AttributeError(name)
+        return type(self)(self._target, name)
+
+    def options(
+        self,
+        *,
+        method_name: Optional[str] = None,
+        use_new_handle_api: Optional[bool] = None,
+        **_ignored: Any,
+    ) -> "_HandleBase":
+        """A handle to the same deployment; ``use_new_handle_api=True`` gives a DeploymentHandle."""
+        cls = DeploymentHandle if use_new_handle_api else type(self)
+        if use_new_handle_api is False and cls is DeploymentHandle:
+            cls = RayServeDeploymentHandle
+        return cls(self._target, method_name or self._method)
+
+    def __reduce__(self) -> tuple:
+        return (type(self), (self._target, self._method))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(deployment={self.deployment_name!r}, method={self._method!r})"
+
+
+class RayServeSyncHandle(_HandleBase):
+    """``.remote()`` returns a ``ray.ObjectRef``, blocking only until a replica is chosen."""
+
+    def remote(self, *args: Any, **kwargs: Any) -> ObjectRef:
+        return self._target.submit(self._method, args, kwargs)
+
+
+def _running_loop(what: str) -> asyncio.AbstractEventLoop:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        raise RuntimeError(
+            f"{what}.remote() returns an asyncio.Task and needs a running event loop: call it from "
+            "an async method, or use a RayServeSyncHandle (what serve.run returns) in sync code"
+        ) from None
+
+
+class RayServeDeploymentHandle(_HandleBase):
+    """``.remote()`` returns an ``asyncio.Task`` resolving to an ObjectRef: await twice."""
+
+    def remote(self, *args: Any, **kwargs: Any) -> "asyncio.Task[ObjectRef]":
+        loop = _running_loop("RayServeDeploymentHandle")
+        return loop.create_task(self._target.submit_async(self._method, args, kwargs))
+
+
+class DeploymentHandle(_HandleBase):
+    """The new handle API: ``.remote()`` returns a DeploymentResponse (one await, or ``.result()``)."""
+
+    def remote(self, *args: Any, **kwargs: Any) -> "DeploymentResponse":
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return DeploymentResponse(ref=self._target.submit(self._method, args, kwargs))
+        return DeploymentResponse(task=loop.create_task(self._target.submit_async(self._method, args, kwargs)))
+
+
+class DeploymentResponse:
+    """The future result of a DeploymentHandle call: ``await`` it, or ``.result()`` outside async code."""
+
+    __slots__ = ("_ref", "_task")
+
+    def __init__(self, *, ref: Optional[ObjectRef] = None, task: Optional[asyncio.Task] = None):
+        self._ref = ref
+        self._task = task
+
+    async def _object_ref(self) -> ObjectRef:
+        if self._ref is None:
+            self._ref = await self._task  # type: ignore[misc]
+        return self._ref
+
+    def _object_ref_sync(self) -> ObjectRef:
+        if self._ref is None:
+            raise RuntimeError("this DeploymentResponse was made in async code: await it instead")
+        return self._ref
+
+    def __await__(self):
+        async def get() -> Any:
+            return await (await self._object_ref())
+
+        return get().__await__()
+
+    def result(self, *, timeout_s: Optional[float] = None) -> Any:
+        """Block until the result is ready (not inside an event loop: await instead)."""
+        return ray.get(self._object_ref_sync(), timeout=timeout_s)
+
+    def cancel(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        if self._ref is not None:
+            ray.cancel(self._ref)
+
+
+def deployment_handle(info: DeploymentInfo) -> RayServeSyncHandle:
+    return RayServeSyncHandle(_DeploymentTarget(info))
+
+
+def plan_handle(app: str, plan: ir.Plan, infos: dict[str, DeploymentInfo]) -> RayServeSyncHandle:
+    return RayServeSyncHandle(_PlanTarget(app, plan, infos))
+
+
+def async_handle(info: DeploymentInfo) -> RayServeDeploymentHandle:
+    return RayServeDeploymentHandle(_DeploymentTarget(info))
+
+
+# Ray Serve's names for the same classes.
+RayServeHandle = RayServeDeploymentHandle

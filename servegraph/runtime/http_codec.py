@@ -1,0 +1,76 @@
+"""How HTTP requests reach replicas and results go back, in one place.
+
+A ``starlette.requests.Request`` cannot cross processes, so the proxy sends
+the ASGI scope's plain parts and the body; the replica rebuilds a real
+Request. Results go back as (status, headers, body).
+"""
+
+from __future__ import annotations
+
+import json
+import traceback
+from typing import Any
+
+HTTPResult = tuple[int, list[tuple[str, str]], bytes]
+
+_SCOPE_KEYS = ("type", "http_version", "method", "scheme", "path", "raw_path", "query_string", "root_path", "headers", "client", "server")
+
+
+def portable_scope(scope: dict) -> dict:
+    out = {k: scope[k] for k in _SCOPE_KEYS if k in scope}
+    out["headers"] = [tuple(h) for h in scope.get("headers", [])]
+    return out
+
+
+def make_request(scope: dict, body: bytes) -> Any:
+    from starlette.requests import Request
+
+    sent = False
+
+    async def receive() -> dict:
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return Request(scope, receive)
+
+
+def text(status: int, message: str) -> HTTPResult:
+    return status, [("content-type", "text/plain; charset=utf-8")], message.encode()
+
+
+def encode_result(value: Any) -> HTTPResult:
+    """str as text, bytes as they are, a starlette Response as it is, anything else as JSON."""
+    if isinstance(value, str):
+        return text(200, value)
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return 200, [("content-type", "application/octet-stream")], bytes(value)
+    try:
+        from starlette.responses import Response, StreamingResponse
+    except ImportError:  # pragma: no cover - starlette is a dependency
+        Response = StreamingResponse = ()  # type: ignore[misc,assignment]
+    if isinstance(value, Response) and not isinstance(value, StreamingResponse):
+        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in value.raw_headers]
+        return value.status_code, headers, bytes(value.body)
+    try:
+        body = json.dumps(value).encode()
+    except (TypeError, ValueError) as exc:
+        return text(500, f"the result ({type(value).__name__}) is not JSON-serializable: {exc}; return str, bytes, a starlette Response or JSON data")
+    return 200, [("content-type", "application/json")], body
+
+
+def encode_error(exc: BaseException, where: str) -> HTTPResult:
+    """A user exception: 500 with its type and message; the traceback goes to the log."""
+    if isinstance(exc, json.JSONDecodeError):
+        return text(400, f"request body is not valid JSON: {exc}")
+    traceback.print_exception(type(exc), exc, exc.__traceback__)
+    return text(500, f"{type(exc).__name__}: {exc}")
+
+
+def decode_json_body(body: bytes) -> Any:
+    """The JSON body of a request, or None for an empty one; raises ValueError on bad JSON."""
+    if not body.strip():
+        return None
+    return json.loads(body)

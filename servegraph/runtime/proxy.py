@@ -1,0 +1,122 @@
+"""The HTTP proxy: an async actor running uvicorn, routing by route prefix.
+
+A deployment ingress gets the request rebuilt as a ``starlette.requests.Request``
+on its replica; an InputNode graph gets the JSON body (or its http_adapter's
+result) as its input, and the proxy runs the graph's plan like any caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from typing import Any, Optional
+
+import ray
+
+from .http_codec import HTTPResult, decode_json_body, encode_error, encode_result, make_request, portable_scope, text
+from .handle import PlanInputError
+from .router import HTTP
+
+logger = logging.getLogger("servegraph.proxy")
+
+
+def _match(routes: dict[str, tuple], path: str) -> tuple[Optional[str], Optional[tuple]]:
+    """Longest route prefix that ``path`` lies under."""
+    best = None
+    for prefix in routes:
+        if prefix == "/" or path == prefix or path.startswith(prefix.rstrip("/") + "/"):
+            if best is None or len(prefix) > len(best):
+                best = prefix
+    return best, routes.get(best) if best is not None else None
+
+
+def _cause(exc: BaseException) -> BaseException:
+    return getattr(exc, "cause", None) or exc
+
+
+class HTTPProxy:
+    def __init__(self, host: str, port: int):
+        self._host = host
+        self._port = port
+        self._routes: dict[str, tuple] = {}
+        self._server: Any = None
+
+    async def start(self) -> Optional[str]:
+        """Start serving; returns an error message instead if the port cannot be bound."""
+        import uvicorn
+
+        async def asgi(scope: dict, receive: Any, send: Any) -> None:
+            # A closure, not a bound method: Ray wraps an actor's methods.
+            await _serve_http(self, scope, receive, send)
+
+        config = uvicorn.Config(
+            asgi, host=self._host, port=self._port, interface="asgi3", lifespan="off", log_level="warning", access_log=False
+        )
+        self._server = uvicorn.Server(config)
+        task = asyncio.get_running_loop().create_task(self._server.serve())
+        while not self._server.started:
+            if task.done():
+                exc = task.exception() if not task.cancelled() else None
+                return f"cannot serve HTTP on {self._host}:{self._port}: " + (
+                    "the address is in use or not available" if isinstance(exc, SystemExit) or exc is None else str(exc)
+                )
+            await asyncio.sleep(0.02)
+        return None
+
+    async def set_routes(self, routes: dict[str, tuple]) -> None:
+        self._routes = routes
+
+    async def ready(self) -> bool:
+        return True
+
+    async def _handle(self, scope: dict, body: bytes) -> HTTPResult:
+        prefix, route = _match(self._routes, scope["path"])
+        if route is None:
+            routes = ", ".join(sorted(self._routes)) or "none"
+            return text(404, f"no application at {scope['path']!r} (routes: {routes})")
+        kind, app, target, adapter = route
+        try:
+            if kind == "deployment":
+                portable = portable_scope(scope)
+                portable["root_path"] = "" if prefix == "/" else prefix.rstrip("/")
+                ref = await target.router().submit_async(HTTP, (portable, body), {})
+                return await ref
+            if adapter is not None:
+                value = adapter(make_request(portable_scope(scope), body))
+                if inspect.isawaitable(value):
+                    value = await value
+            else:
+                try:
+                    value = decode_json_body(body)
+                except ValueError as exc:
+                    return text(400, f"request body is not valid JSON: {exc}")
+            ref = await target.submit_async("__call__", (value,), {})
+            return encode_result(await ref)
+        except PlanInputError as exc:
+            return text(400, str(exc))
+        except ray.exceptions.RayActorError as exc:
+            logger.error("application %r: a replica died: %s", app, exc)
+            return text(503, f"application {app!r}: a replica died while handling the request; retry")
+        except Exception as exc:  # the user's error: 500 with its type and message
+            return encode_error(_cause(exc), app)
+
+
+async def _serve_http(proxy: HTTPProxy, scope: dict, receive: Any, send: Any) -> None:
+    if scope["type"] != "http":
+        return
+    body = b""
+    more = True
+    while more:
+        message = await receive()
+        body += message.get("body", b"")
+        more = message.get("more_body", False)
+    status, headers, payload = await proxy._handle(scope, body)
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers],
+        }
+    )
+    await send({"type": "http.response.body", "body": payload})

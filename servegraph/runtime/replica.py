@@ -1,0 +1,150 @@
+"""A replica: one Ray actor running one instance of the user's class (or function).
+
+Classes with no ``async def`` methods run in a threaded actor, which Ray calls
+with less overhead; classes with async methods run in an async actor, where
+constructor handles return ``asyncio.Task`` objects as in the seed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import os
+from typing import Any, Callable
+
+import ray
+
+from ..compiler import ir
+from .codec import unflatten
+from .handle import DeploymentInfo, async_handle
+from .http_codec import HTTPResult, encode_error, encode_result, make_request
+
+
+def is_async_target(target: Any) -> bool:
+    if not inspect.isclass(target):
+        return inspect.iscoroutinefunction(target) or inspect.isasyncgenfunction(target)
+    for name in dir(target):
+        attr = inspect.getattr_static(target, name, None)
+        if isinstance(attr, (staticmethod, classmethod)):
+            attr = attr.__func__
+        if inspect.iscoroutinefunction(attr) or inspect.isasyncgenfunction(attr):
+            return True
+    return False
+
+
+class _ReplicaCore:
+    """What both actor kinds share: construction, dispatch and HTTP."""
+
+    def __init__(
+        self,
+        app: str,
+        deployment: str,
+        target: Any,
+        is_function: bool,
+        init_args: tuple,
+        init_kwargs: tuple,
+        handles: dict[str, DeploymentInfo],
+    ):
+        self._app = app
+        self._deployment = deployment
+        self._is_function = is_function
+
+        def inject(marker: ir.Ref | ir.HandleRef) -> Any:
+            return async_handle(handles[marker.deployment])
+
+        if is_function:
+            self._instance = None
+            self._function = target
+        else:
+            args = ir.map_markers(init_args, inject)
+            kwargs = dict(ir.map_markers(init_kwargs, inject))
+            self._instance = target(*args, **kwargs)
+
+    def _method(self, name: str) -> Callable[..., Any]:
+        if self._is_function:
+            if name not in ("__call__", "predict"):
+                raise AttributeError(f"function deployment {self._deployment!r} has only __call__, not {name!r}")
+            return self._function
+        try:
+            return getattr(self._instance, name)
+        except AttributeError:
+            raise AttributeError(f"deployment {self._deployment!r} has no method {name!r}") from None
+
+    def _reconfigure_sync(self, user_config: Any) -> Any:
+        fn = getattr(self._instance, "reconfigure", None)
+        if fn is None:
+            raise TypeError(
+                f"deployment {self._deployment!r} has user_config set but no reconfigure(self, config) method"
+            )
+        return fn(user_config)
+
+    def ready(self) -> dict:
+        return {"pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id()}
+
+    def check_health(self) -> bool:
+        fn = getattr(self._instance, "check_health", None)
+        if fn is not None:
+            fn()
+        return True
+
+    def gather(self, template: Any, *values: Any) -> Any:
+        (out,), _ = unflatten((template,), {}, values)
+        return out
+
+
+class SyncReplica(_ReplicaCore):
+    def handle_request(self, method: str, args: tuple, kwargs: dict, *values: Any) -> Any:
+        args, kwargs = unflatten(args, kwargs, values)
+        return self._method(method)(*args, **kwargs)
+
+    def handle_http(self, scope: dict, body: bytes) -> HTTPResult:
+        try:
+            result = self._method("__call__")(make_request(scope, body))
+            if inspect.isawaitable(result):  # an async __call__ assigned at runtime
+                result = asyncio.run(result)
+            return encode_result(result)
+        except Exception as exc:  # a user error becomes an HTTP 500, never a dead proxy
+            return encode_error(exc, self._deployment)
+
+    def reconfigure(self, user_config: Any) -> None:
+        self._reconfigure_sync(user_config)
+
+
+class AsyncReplica(_ReplicaCore):
+    async def handle_request(self, method: str, args: tuple, kwargs: dict, *values: Any) -> Any:
+        args, kwargs = unflatten(args, kwargs, values)
+        result = self._method(method)(*args, **kwargs)
+        if inspect.isawaitable(result):
+            result = await result
+        return result
+
+    async def handle_http(self, scope: dict, body: bytes) -> HTTPResult:
+        try:
+            result = self._method("__call__")(make_request(scope, body))
+            if inspect.isawaitable(result):
+                result = await result
+            return encode_result(result)
+        except Exception as exc:  # a user error becomes an HTTP 500, never a dead proxy
+            return encode_error(exc, self._deployment)
+
+    async def reconfigure(self, user_config: Any) -> None:
+        result = self._reconfigure_sync(user_config)
+        if inspect.isawaitable(result):
+            await result
+
+    async def check_health(self) -> bool:  # type: ignore[override]
+        fn = getattr(self._instance, "check_health", None)
+        if fn is not None:
+            result = fn()
+            if inspect.isawaitable(result):
+                await result
+        return True
+
+
+def replica_actor_class(target: Any) -> Any:
+    """The Ray actor class for ``target``: async if it has async methods."""
+    return _ASYNC if is_async_target(target) else _SYNC
+
+
+_SYNC = ray.remote(SyncReplica)
+_ASYNC = ray.remote(AsyncReplica)
