@@ -13,9 +13,10 @@
 from __future__ import annotations
 
 import difflib
-from typing import Any, Iterable
+import typing
+from typing import Any, Iterable, Optional, Union
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 
 def closest(name: str, choices: Iterable[str]) -> str | None:
@@ -56,21 +57,57 @@ def _describe(err: dict) -> str:
     return msg[:1].lower() + msg[1:]
 
 
-def format_errors(exc: ValidationError, prefix: str = "", fields: Iterable[str] = ()) -> list[str]:
+def _nested_model(annotation: Any) -> Optional[type[BaseModel]]:
+    """The pydantic model inside ``Optional[...]``, ``list[...]`` or ``dict[str, ...]``, if any."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _nested_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> tuple[str, ...]:
+    """Field names of the model found by following ``loc`` (list indexes skipped) from ``model``."""
+    current: Optional[type[BaseModel]] = model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = current.model_fields.get(part) if current is not None else None
+        current = _nested_model(field.annotation) if field is not None else None
+        if current is None:
+            return ()
+    return tuple(current.model_fields) if current is not None else ()
+
+
+def format_errors(
+    exc: ValidationError, prefix: str = "", fields: Union[Iterable[str], type[BaseModel]] = ()
+) -> list[str]:
     """One line per error: ``path: what is wrong, got VALUE``.
 
     ``fields`` are the valid names at the top level, used to suggest the
-    closest one for an unknown field.
+    closest one for an unknown field; pass the model class instead to get
+    suggestions at every depth (``applications[0].deployments[1].num_replica``).
+    A whole-object problem (a model validator) leaves out the object it got.
     """
+    model = fields if isinstance(fields, type) and issubclass(fields, BaseModel) else None
+    top = tuple(model.model_fields) if model is not None else tuple(fields)  # type: ignore[arg-type]
     lines = []
     for err in exc.errors():
         where = _loc(prefix, err["loc"])
         what = _describe(err)
         if err["type"] == "extra_forbidden":
-            hint = closest(str(err["loc"][-1]), fields) if len(err["loc"]) == 1 else None
-            lines.append(f"{where}: {what}" + (f"; did you mean '{hint}'?" if hint else ""))
-        elif err["type"] == "missing":
-            lines.append(f"{where}: {what}")
+            loc = err["loc"]
+            if model is not None:
+                choices: tuple[str, ...] = _fields_at(model, loc[:-1])
+            else:
+                choices = top if len(loc) == 1 else ()
+            hint = closest(str(loc[-1]), choices)
+            line = what + (f"; did you mean '{hint}'?" if hint else "")
+        elif err["type"] == "missing" or isinstance(err.get("input"), dict):
+            line = what
         else:
-            lines.append(f"{where}: {what}, got {err['input']!r}")
+            line = f"{what}, got {err['input']!r}"
+        lines.append(f"{where}: {line}" if where else line)
     return lines

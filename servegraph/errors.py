@@ -14,6 +14,7 @@ keeps working for code written against Ray Serve::
     ├── SerializationError(GraphError, TypeError)   a bound argument cannot be serialized
     ├── ConfigError(GraphError, ValueError)         a deploy config is invalid
     ├── ImportPathError(GraphError, ImportError)    MODULE:ATTR does not resolve to a graph
+    ├── RenderError(GraphError, RuntimeError)       a diagram cannot be drawn (graphviz missing, unknown format)
     └── DeploymentError(GraphError, RuntimeError)   a replica failed to start
 
 Errors found by ``compile()`` carry every diagnostic of the graph in
@@ -110,6 +111,10 @@ class ImportPathError(GraphError, ImportError):
     code = "import-path"
 
 
+class RenderError(GraphError, RuntimeError):
+    code = "render"
+
+
 class DeploymentError(GraphError, RuntimeError):
     code = "deployment"
 
@@ -127,6 +132,7 @@ ERROR_CLASSES = {
         SerializationError,
         ConfigError,
         ImportPathError,
+        RenderError,
         DeploymentError,
     )
 }

@@ -1,0 +1,181 @@
+"""Local testing mode: the same graph, run in this process without Ray.
+
+For fast unit tests of user graphs. Each deployment gets one in-process
+instance; calls run on one background event loop. Handles keep their types
+and semantics, except that results are :class:`LocalRef` objects, not Ray
+ObjectRefs: ``await ref`` and ``ref.result()`` work, ``ray.get(ref)`` does not.
+There is no HTTP proxy, and resources and replica counts are not enforced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import inspect
+import threading
+from typing import Any, Optional
+
+from ..compiler import compile, ir
+from ..dsl.nodes import DAGNode
+from .handle import (
+    DeploymentResponse,
+    PlanInputError,
+    RayServeDeploymentHandle,
+    RayServeSyncHandle,
+    plan_input,
+    read_input,
+)
+
+_loop: Optional[asyncio.AbstractEventLoop] = None
+_loop_lock = threading.Lock()
+
+
+def _background_loop() -> asyncio.AbstractEventLoop:
+    global _loop
+    with _loop_lock:
+        if _loop is None:
+            _loop = asyncio.new_event_loop()
+            threading.Thread(target=_loop.run_forever, name="servegraph-local", daemon=True).start()
+        return _loop
+
+
+class LocalRef:
+    """The result of a call in local testing mode: ``await`` it or call ``.result()``."""
+
+    __slots__ = ("_future",)
+
+    def __init__(self, future: concurrent.futures.Future):
+        self._future = future
+
+    def result(self, timeout: Optional[float] = None) -> Any:
+        return self._future.result(timeout)
+
+    def __await__(self):
+        return asyncio.wrap_future(self._future).__await__()
+
+    def done(self) -> bool:
+        return self._future.done()
+
+
+async def _resolve(value: Any) -> Any:
+    """Await every result nested in ``value``."""
+    if isinstance(value, (LocalRef, DeploymentResponse, asyncio.Future)):
+        value = await value
+        return await _resolve(value) if isinstance(value, LocalRef) else value
+    if type(value) is list:
+        return [await _resolve(v) for v in value]
+    if type(value) is tuple:
+        return tuple([await _resolve(v) for v in value])
+    if type(value) is dict:
+        return {k: await _resolve(v) for k, v in value.items()}
+    return value
+
+
+class _LocalDeployment:
+    """One deployment's single in-process instance; the local twin of a DeploymentInfo's router."""
+
+    def __init__(self, spec: ir.DeploymentIR, handles: dict[str, "_LocalDeployment"]):
+        self.name = spec.name
+        self.spec = spec
+
+        def inject(marker: ir.Ref | ir.HandleRef) -> Any:
+            return RayServeDeploymentHandle(_LocalTarget(handles[marker.deployment]))
+
+        if spec.is_function:
+            self.instance = None
+        else:
+            args = ir.map_markers(spec.init_args, inject)
+            kwargs = dict(ir.map_markers(spec.init_kwargs, inject))
+            self.instance = spec.target(*args, **kwargs)
+            if spec.options.user_config is not None:
+                result = self.instance.reconfigure(spec.options.user_config)
+                if inspect.isawaitable(result):
+                    asyncio.run_coroutine_threadsafe(_await(result), _background_loop()).result()
+
+    def method(self, name: str) -> Any:
+        if self.instance is None:
+            return self.spec.target
+        return getattr(self.instance, name)
+
+    def call(self, method: str, args: tuple, kwargs: dict) -> LocalRef:
+        async def run() -> Any:
+            real_args = await _resolve(args)
+            real_kwargs = await _resolve(kwargs)
+            result = self.method(method)(*real_args, **real_kwargs)
+            if inspect.isawaitable(result):
+                result = await result
+            return result
+
+        return LocalRef(asyncio.run_coroutine_threadsafe(run(), _background_loop()))
+
+
+async def _await(value: Any) -> Any:
+    return await value
+
+
+class _LocalTarget:
+    """A handle target calling one local deployment."""
+
+    def __init__(self, deployment: _LocalDeployment):
+        self._deployment = deployment
+        self.name = deployment.name
+
+    def submit(self, method: str, args: tuple, kwargs: dict) -> LocalRef:
+        return self._deployment.call(method, args, kwargs)
+
+    async def submit_async(self, method: str, args: tuple, kwargs: dict) -> LocalRef:
+        return self._deployment.call(method, args, kwargs)
+
+
+class _LocalPlanTarget:
+    """Runs an InputNode graph's plan against local deployments."""
+
+    name = "DAGDriver"
+
+    def __init__(self, plan: ir.Plan, deployments: dict[str, _LocalDeployment]):
+        self._plan = plan
+        self._deployments = deployments
+
+    def _substitute(self, value: Any, values: dict[str, Any], handle_cls: type) -> Any:
+        def fn(marker: ir.Ref | ir.HandleRef) -> Any:
+            if isinstance(marker, ir.HandleRef):
+                return handle_cls(_LocalTarget(self._deployments[marker.deployment]))
+            return values[marker.key]
+
+        return ir.map_markers(value, fn)
+
+    def submit(self, method: str, args: tuple, kwargs: dict) -> LocalRef:
+        values: dict[str, Any] = {}
+        if self._plan.input is not None:
+            values[self._plan.input] = plan_input(args, kwargs)
+        for step in self._plan.steps:
+            if step.kind == ir.INPUT_ATTR:
+                source, access, key = step.access
+                values[step.key] = read_input(values[source.key], access, key)
+            elif step.kind == ir.OUTPUT:
+                values[step.key] = self._substitute(step.args[0], values, RayServeSyncHandle)
+            else:
+                call_args = self._substitute(step.args, values, RayServeSyncHandle)
+                call_kwargs = dict(self._substitute(step.kwargs, values, RayServeSyncHandle))
+                values[step.key] = self._deployments[step.deployment].call(step.method, call_args, call_kwargs)
+        out = values[self._plan.output.key]
+        if isinstance(out, LocalRef):
+            return out
+        return LocalRef(asyncio.run_coroutine_threadsafe(_resolve(out), _background_loop()))
+
+    async def submit_async(self, method: str, args: tuple, kwargs: dict) -> LocalRef:
+        return self.submit(method, args, kwargs)
+
+
+def run_local(target: DAGNode, *, name: str = "default") -> RayServeSyncHandle:
+    """Compile ``target`` and run it in this process; returns the same handle type as ``serve.run``."""
+    compiled = compile(target)
+    deployments: dict[str, _LocalDeployment] = {}
+    for spec in compiled.ir.deployments:
+        deployments[spec.name] = _LocalDeployment(spec, deployments)
+    if compiled.ir.ingress is not None:
+        return RayServeSyncHandle(_LocalTarget(deployments[compiled.ir.ingress]))
+    return RayServeSyncHandle(_LocalPlanTarget(compiled.ir.plan, deployments))
+
+
+__all__ = ["LocalRef", "PlanInputError", "run_local"]

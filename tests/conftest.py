@@ -1,0 +1,66 @@
+"""Shared fixtures: one real Ray cluster for the whole test session.
+
+The cluster gets plenty of logical CPUs so tests never wait for resources;
+replicas reserve only a fraction of one by default anyway.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+
+# Examples are imported by module name, as `servegraph run hello:...` does from examples/.
+if str(EXAMPLES) not in sys.path:
+    sys.path.insert(0, str(EXAMPLES))
+
+#: Logical CPUs of the test cluster; tests that exercise the resource check size requests against it.
+TEST_CLUSTER_CPUS = 16
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A local Ray cluster shared by every test that needs one; shut down at the end."""
+    import ray
+
+    import servegraph as serve
+
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    ray.init(
+        num_cpus=TEST_CLUSTER_CPUS,
+        include_dashboard=False,
+        namespace="servegraph",
+        log_to_driver=False,
+        runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join([str(EXAMPLES), str(ROOT)])}},
+    )
+    yield ray
+    serve.shutdown()
+    ray.shutdown()
+
+
+@pytest.fixture
+def serve_app(ray_cluster):
+    """Deletes every application a test deployed when it ends (the cluster and proxy stay up)."""
+    import servegraph as serve
+
+    yield serve
+    for name in list(serve.status().applications):
+        serve.delete(name)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def http_port(ray_cluster) -> int:
+    """The port the session's HTTP proxy listens on (one proxy for the whole session)."""
+    return free_port()
