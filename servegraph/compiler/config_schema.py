@@ -1,0 +1,368 @@
+"""The deploy config's schema: pydantic models mirroring Ray Serve's ``ServeDeploySchema``.
+
+Every field keeps Ray Serve's name, type and meaning (``ServeDeploySchema`` ->
+:class:`ServeConfig`, ``ServeApplicationSchema`` -> :class:`ApplicationConfig`,
+``DeploymentSchema`` -> :class:`DeploymentConfig`), so a config written for
+``serve deploy`` reads the same here. Two deliberate differences:
+
+* Unknown fields are errors (with the closest valid name), where Ray Serve
+  ignores some for forward compatibility: a misspelt option must not be
+  silently dropped.
+* Fields servegraph cannot honour (application builders' ``args``, gang
+  scheduling, request routers, ...) are left out, so they are reported as
+  unknown rather than accepted and ignored.
+
+A deployment's options in the config override the ones in the code, field by
+field, as in Ray Serve: :func:`deployment_overrides` says which, and
+:func:`check_overrides` checks them against a compiled graph before anything
+is deployed.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+
+from .._validation import closest, format_errors
+from ..dsl.options import AutoscalingConfig, RayActorOptions, make_options
+from ..errors import ConfigError, OptionError, OptionValueError
+
+if TYPE_CHECKING:
+    from .compiled import CompiledGraph
+
+#: Ray Serve's default for a deployment with ``num_replicas: auto`` (``AutoscalingConfig.default()``).
+AUTO_AUTOSCALING_CONFIG = {"min_replicas": 1, "max_replicas": 100, "target_ongoing_requests": 2.0}
+
+#: Ray Serve's name for an application the config does not name.
+DEFAULT_APP_NAME = "default"
+
+
+class _Schema(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LoggingConfig(_Schema):
+    """Ray Serve's ``LoggingConfig``."""
+
+    encoding: Literal["TEXT", "JSON"] = "TEXT"
+    log_level: Union[int, str] = "INFO"
+    logs_dir: Optional[str] = None
+    enable_access_log: bool = True
+    additional_log_standard_attrs: list[str] = Field(default_factory=list)
+
+
+class HTTPOptions(_Schema):
+    """Ray Serve's ``HTTPOptionsSchema``: where the HTTP proxies listen."""
+
+    host: str = "0.0.0.0"
+    port: int = Field(default=8000, ge=1, le=65535)
+    root_path: str = ""
+    request_timeout_s: Optional[float] = Field(default=None, gt=0)
+    keep_alive_timeout_s: int = Field(default=90, ge=0)
+    ssl_keyfile: Optional[str] = None
+    ssl_certfile: Optional[str] = None
+    ssl_keyfile_password: Optional[str] = None
+    ssl_ca_certs: Optional[str] = None
+
+    @model_validator(mode="after")
+    def _ssl_pair(self) -> "HTTPOptions":
+        if (self.ssl_keyfile is None) != (self.ssl_certfile is None):
+            raise ValueError("set both ssl_keyfile and ssl_certfile to serve HTTPS, or neither")
+        return self
+
+
+class GRPCOptions(_Schema):
+    """Ray Serve's ``gRPCOptionsSchema``."""
+
+    port: int = Field(default=9000, ge=1, le=65535)
+    grpc_servicer_functions: list[str] = Field(default_factory=list)
+    request_timeout_s: Optional[float] = Field(default=None, gt=0)
+    enable_reflection: bool = True
+
+
+# Fields Ray Serve types as non-nullable but leaves out by default are written
+# ``int = Field(default=None)``: leaving them out means "keep the code's value",
+# while an explicit ``null`` is rejected, as Ray Serve rejects it.
+class DeploymentConfig(_Schema):
+    """Ray Serve's ``DeploymentSchema``: options overriding one deployment's, by name."""
+
+    name: str = Field(min_length=1)
+    num_replicas: Optional[Union[int, Literal["auto"]]] = None
+    max_ongoing_requests: int = Field(default=None, gt=0)
+    max_queued_requests: int = Field(default=None, strict=True)
+    user_config: Optional[dict[str, Any]] = None
+    autoscaling_config: Optional[AutoscalingConfig] = None
+    graceful_shutdown_wait_loop_s: float = Field(default=None, ge=0)
+    graceful_shutdown_timeout_s: float = Field(default=None, ge=0)
+    health_check_period_s: float = Field(default=None, gt=0)
+    health_check_timeout_s: float = Field(default=None, gt=0)
+    ray_actor_options: RayActorOptions = Field(default=None)
+    placement_group_bundles: list[dict[str, float]] = Field(default=None, min_length=1)
+    placement_group_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(default=None)
+    max_replicas_per_node: int = Field(default=None, ge=1, le=100)
+    logging_config: LoggingConfig = Field(default=None)
+
+    @field_validator("num_replicas", mode="before")
+    @classmethod
+    def _replicas(cls, value: Any) -> Any:
+        if value is None or value == "auto":
+            return value
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError("must be an integer >= 1 or 'auto'")
+        if value < 1:
+            raise ValueError("must be >= 1")
+        return value
+
+    @field_validator("max_queued_requests")
+    @classmethod
+    def _queue(cls, value: int) -> int:
+        if value < 1 and value != -1:
+            raise ValueError("must be -1 (no limit) or >= 1")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "DeploymentConfig":
+        if isinstance(self.num_replicas, int) and self.autoscaling_config is not None:
+            raise ValueError(
+                "set num_replicas or autoscaling_config, not both "
+                "(num_replicas: auto with an autoscaling_config tunes Ray Serve's default autoscaling)"
+            )
+        if self.max_replicas_per_node is not None and self.placement_group_bundles is not None:
+            raise ValueError("set max_replicas_per_node or placement_group_bundles, not both")
+        return self
+
+
+class ApplicationConfig(_Schema):
+    """Ray Serve's ``ServeApplicationSchema``: one application of a multi-application config."""
+
+    name: str = Field(default=DEFAULT_APP_NAME, min_length=1)
+    route_prefix: Optional[str] = "/"
+    import_path: str
+    runtime_env: dict[str, Any] = Field(default_factory=dict)
+    deployments: list[DeploymentConfig] = Field(default_factory=list)
+    logging_config: Optional[LoggingConfig] = None
+
+    # Where the application is in its file, for messages: set by validate_config.
+    _source: str = PrivateAttr(default="<config>")
+    _path: str = PrivateAttr(default="applications[0]")
+
+    @field_validator("route_prefix")
+    @classmethod
+    def _route_prefix(cls, value: Optional[str]) -> Optional[str]:
+        # Ray Serve's rules (schema._route_prefix_format).
+        if value is None:
+            return value
+        if not value.startswith("/"):
+            raise ValueError("must start with '/'")
+        if len(value) > 1 and value.endswith("/"):
+            raise ValueError("must not end with '/' (unless it is just '/')")
+        if "{" in value or "}" in value:
+            raise ValueError("must not contain wildcards ('{' or '}')")
+        return value
+
+    @field_validator("import_path")
+    @classmethod
+    def _import_path(cls, value: str) -> str:
+        module, sep, attr = value.partition(":")
+        if not sep:
+            module, _, attr = value.rpartition(".")
+        if not module or not attr or ":" in attr:
+            raise ValueError("must be MODULE:ATTR (or MODULE.ATTR), e.g. hello:app")
+        return value
+
+    @model_validator(mode="after")
+    def _unique_deployments(self) -> "ApplicationConfig":
+        seen: dict[str, int] = {}
+        for i, dep in enumerate(self.deployments):
+            if dep.name in seen:
+                raise ValueError(
+                    f"deployment {dep.name!r} is listed twice (deployments[{seen[dep.name]}] and deployments[{i}])"
+                )
+            seen[dep.name] = i
+        return self
+
+    @property
+    def location(self) -> str:
+        """``file: applications[i]``, for messages."""
+        return f"{self._source}: {self._path}"
+
+
+class ServeConfig(_Schema):
+    """Ray Serve's ``ServeDeploySchema``: a multi-application deploy config."""
+
+    proxy_location: Literal["Disabled", "HeadOnly", "EveryNode"] = "EveryNode"
+    http_options: HTTPOptions = Field(default_factory=HTTPOptions)
+    grpc_options: GRPCOptions = Field(default_factory=GRPCOptions)
+    logging_config: Optional[LoggingConfig] = None
+    target_capacity: Optional[float] = Field(default=None, ge=0, le=100)
+    applications: list[ApplicationConfig]
+
+    @field_validator("applications")
+    @classmethod
+    def _unique_apps(cls, apps: list[ApplicationConfig]) -> list[ApplicationConfig]:
+        for attr, what in (("name", "name"), ("route_prefix", "route_prefix")):
+            seen: dict[Any, int] = {}
+            for i, app in enumerate(apps):
+                value = getattr(app, attr)
+                if value is None:
+                    continue
+                if value in seen:
+                    raise ValueError(
+                        f"applications[{seen[value]}] and applications[{i}] have the same {what} {value!r}; "
+                        f"each application needs its own {what}"
+                    )
+                seen[value] = i
+        return apps
+
+    def application(self, name: str) -> ApplicationConfig:
+        for app in self.applications:
+            if app.name == name:
+                return app
+        raise ConfigError(
+            f"the config has no application {name!r}; it has: {', '.join(a.name for a in self.applications)}"
+        )
+
+
+def validate_config(data: Any, source: str = "<config>") -> ServeConfig:
+    """Validate a parsed config (a dict) into a :class:`ServeConfig`.
+
+    Raises:
+        ConfigError: one line per problem, each ``SOURCE: path.in.file: what is wrong, got VALUE``.
+    """
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{source}: expected a mapping with 'applications' at the top level, got {type(data).__name__}"
+        )
+    try:
+        config = ServeConfig.model_validate(data)
+    except ValidationError as exc:
+        lines = [f"{source}: {line}" for line in format_errors(exc, "", ServeConfig)]
+        if "applications" not in data and "import_path" in data:
+            lines.append(
+                f"{source}: this looks like a single-application config; put it in a list under 'applications:'"
+            )
+        message = lines[0] if len(lines) == 1 else f"{len(lines)} problems in {source}:\n" + "\n".join(
+            "  " + line for line in lines
+        )
+        raise ConfigError(message) from None
+    for i, app in enumerate(config.applications):
+        app._source, app._path = source, f"applications[{i}]"
+    return config
+
+
+def load_config(path: Union[str, os.PathLike[str]]) -> ServeConfig:
+    """Read and validate a deploy config (YAML or JSON), or the ``serveConfigV2`` of a KubeRay RayService.
+
+    Raises:
+        ConfigError: the file cannot be read or parsed, or is not a valid config;
+            the message lists every problem with the file name and its path in the file.
+    """
+    source = os.fspath(path)
+    try:
+        with open(source, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as exc:
+        raise ConfigError(f"{source}: cannot read the config: {exc.strerror}") from None
+    data = _parse_yaml(text, source)
+    if isinstance(data, dict) and data.get("kind") == "RayService":
+        source = f"{source} (spec.serveConfigV2)"
+        embedded = (data.get("spec") or {}).get("serveConfigV2")
+        if not isinstance(embedded, str):
+            raise ConfigError(f"{source}: the RayService has no serveConfigV2 string")
+        data = _parse_yaml(embedded, source)
+    return validate_config(data, source)
+
+
+def _parse_yaml(text: str, source: str) -> Any:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark is not None else source
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{where}: not valid YAML: {problem}") from None
+    if data is None:
+        raise ConfigError(f"{source}: the config is empty; expected a mapping with 'applications'")
+    return data
+
+
+class Overrides(dict):  # type: ignore[type-arg]
+    """Option overrides by deployment name, remembering where each deployment is in the config file."""
+
+    def __init__(self, items: dict[str, dict[str, Any]], locations: dict[str, str]):
+        super().__init__(items)
+        #: ``file: applications[i].deployments[j]`` by deployment name.
+        self.locations = locations
+
+
+def deployment_overrides(app_config: ApplicationConfig) -> Overrides:
+    """The options each listed deployment overrides: ``{deployment name: {option: value}}``.
+
+    Only fields written in the config appear, as plain values that
+    ``Deployment.options(**overrides)`` / ``make_options`` accept. As in Ray
+    Serve, ``ray_actor_options`` replaces the code's whole dict;
+    ``num_replicas: auto`` becomes Ray Serve's default autoscaling_config
+    updated with the config's own; setting one of num_replicas and
+    autoscaling_config clears the other. The application's ``runtime_env`` is
+    not per deployment and is left to the caller.
+
+    >>> app = ApplicationConfig(import_path="hello:app", deployments=[{"name": "A", "num_replicas": 2}])
+    >>> deployment_overrides(app)
+    {'A': {'num_replicas': 2, 'autoscaling_config': None}}
+    """
+    out: dict[str, dict[str, Any]] = {}
+    locations: dict[str, str] = {}
+    for j, dep in enumerate(app_config.deployments):
+        options: dict[str, Any] = {}
+        for field in DeploymentConfig.model_fields:  # schema order, so the result is stable
+            if field == "name" or field not in dep.model_fields_set:
+                continue
+            value = getattr(dep, field)
+            options[field] = value.model_dump(exclude_unset=True) if isinstance(value, BaseModel) else value
+        if options.get("num_replicas") == "auto":
+            options["num_replicas"] = None
+            options["autoscaling_config"] = {**AUTO_AUTOSCALING_CONFIG, **(options.get("autoscaling_config") or {})}
+        elif options.get("num_replicas") is not None:
+            options.setdefault("autoscaling_config", None)
+        elif options.get("autoscaling_config") is not None:
+            options.setdefault("num_replicas", None)
+        out[dep.name] = options
+        locations[dep.name] = f"{app_config.location}.deployments[{j}]"
+    return Overrides(out, locations)
+
+
+def check_overrides(compiled: "CompiledGraph", overrides: dict[str, dict[str, Any]]) -> None:
+    """Check that every overridden deployment is in the graph and its merged options are valid.
+
+    Raises:
+        ConfigError: every problem, each naming the deployment's place in the
+            config file (when ``overrides`` came from :func:`deployment_overrides`).
+    """
+    deployments = compiled.deployments
+    locations = getattr(overrides, "locations", {})
+    graph = compiled.app.import_path or "the graph"
+    problems = []
+    for name, options in overrides.items():
+        where = locations.get(name, f"deployment {name!r}")
+        dep = deployments.get(name)
+        if dep is None:
+            hint = closest(name, deployments)
+            problems.append(
+                f"{where}.name: {graph} has no deployment {name!r}"
+                + (f"; did you mean {hint!r}?" if hint else ";")
+                + f" Its deployments: {', '.join(deployments) or '(none)'}."
+            )
+            continue
+        try:
+            make_options(dep.options, **dict(options))
+        except (OptionError, OptionValueError) as exc:
+            problems.append(f"{where}: {exc}")
+    if problems:
+        raise ConfigError(
+            problems[0]
+            if len(problems) == 1
+            else f"{len(problems)} problems in the config:\n" + "\n".join("  " + p for p in problems)
+        )
