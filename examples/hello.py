@@ -5,8 +5,9 @@ Then:    python hello_client.py                      -> Hola Dora
 """
 
 # __hello_start__
-import servegraph as serve
 from starlette.requests import Request
+
+import servegraph as serve
 
 
 @serve.deployment

@@ -10,8 +10,9 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-import servegraph as serve  # noqa: E402
 from hello import language_classifier  # noqa: E402
+
+import servegraph as serve  # noqa: E402
 
 if __name__ == "__main__":
     serve.run(language_classifier)  # a local Ray cluster, HTTP on 127.0.0.1:8000

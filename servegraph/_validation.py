@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import difflib
 import typing
-from typing import Any, Iterable, Optional, Union
+from collections.abc import Iterable
+from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
@@ -57,7 +58,7 @@ def _describe(err: dict) -> str:
     return msg[:1].lower() + msg[1:]
 
 
-def _nested_model(annotation: Any) -> Optional[type[BaseModel]]:
+def _nested_model(annotation: Any) -> type[BaseModel] | None:
     """The pydantic model inside ``Optional[...]``, ``list[...]`` or ``dict[str, ...]``, if any."""
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
@@ -70,7 +71,7 @@ def _nested_model(annotation: Any) -> Optional[type[BaseModel]]:
 
 def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> tuple[str, ...]:
     """Field names of the model found by following ``loc`` (list indexes skipped) from ``model``."""
-    current: Optional[type[BaseModel]] = model
+    current: type[BaseModel] | None = model
     for part in loc:
         if isinstance(part, int):
             continue
@@ -82,7 +83,7 @@ def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> tuple[str, ...]:
 
 
 def format_errors(
-    exc: ValidationError, prefix: str = "", fields: Union[Iterable[str], type[BaseModel]] = ()
+    exc: ValidationError, prefix: str = "", fields: Iterable[str] | type[BaseModel] = ()
 ) -> list[str]:
     """One line per error: ``path: what is wrong, got VALUE``.
 

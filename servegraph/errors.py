@@ -24,7 +24,6 @@ Errors found by ``compile()`` carry every diagnostic of the graph in
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -33,11 +32,11 @@ class Diagnostic:
 
     code: str
     message: str
-    file: Optional[str] = None
-    line: Optional[int] = None
-    node: Optional[str] = None
+    file: str | None = None
+    line: int | None = None
+    node: str | None = None
     severity: str = "error"
-    col: Optional[int] = None
+    col: int | None = None
 
     def location(self) -> str:
         if self.file is None:

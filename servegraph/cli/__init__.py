@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from .check import check_cmd
+from .ops import deploy_cmd, shutdown_cmd, status_cmd
 from .run import run_cmd
 
 
@@ -16,5 +17,8 @@ def main() -> None:
 
 main.add_command(run_cmd)
 main.add_command(check_cmd)
+main.add_command(deploy_cmd)
+main.add_command(status_cmd)
+main.add_command(shutdown_cmd)
 
 __all__ = ["main"]

@@ -9,7 +9,6 @@ import click
 
 from ..compiler import compile
 from ..errors import GraphError
-from .common import user_errors
 from .load import load_app
 
 

@@ -5,13 +5,12 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-from typing import Optional
 
 from ..dsl.nodes import DAGNode
 from ..errors import ImportPathError
 
 
-def load_app(spec: str, *, name: Optional[str] = None) -> DAGNode:
+def load_app(spec: str, *, name: str | None = None) -> DAGNode:
     """The graph ``spec`` names: ``module:attr`` importable from the current directory, or a ``.sg`` file.
 
     Raises:
@@ -47,7 +46,7 @@ def load_app(spec: str, *, name: Optional[str] = None) -> DAGNode:
     return value
 
 
-def load_sg(path: str, *, name: Optional[str] = None) -> DAGNode:
+def load_sg(path: str, *, name: str | None = None) -> DAGNode:
     """The graph named ``name`` (or the only/last one) in a ``.sg`` file."""
     try:
         from ..grammar import load_file

@@ -8,7 +8,8 @@ problem at once.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import networkx as nx
 
@@ -23,8 +24,10 @@ class CheckContext:
     """What checks may know beyond the graph: the cluster's resources, if known."""
 
     #: Resources free for this application (e.g. ``{"CPU": 2.0}``); None skips the check.
-    cluster_resources: Optional[dict[str, float]] = None
-    serializer: Optional[Callable[[Any], bytes]] = None
+    cluster_resources: dict[str, float] | None = None
+    serializer: Callable[[Any], bytes] | None = None
+    #: Final options by node key (config overrides applied); default: the code's.
+    options: dict[str, Any] | None = None
 
 
 def _diag(code: str, record: ir.NodeIR, message: str) -> Diagnostic:
@@ -162,14 +165,14 @@ def _strip_nodes(value: Any) -> Any:
     return value
 
 
-def resource_table(captured: Captured) -> list[tuple[str, str, int, dict[str, float]]]:
+def resource_table(captured: Captured, final: dict[str, Any] | None = None) -> list[tuple[str, str, int, dict[str, float]]]:
     """(label, call site, replicas, resources per replica) for every deployment."""
     rows = []
     for key, record in captured.nodes.items():
         source = captured.sources.get(key)
         if not isinstance(source, (DeploymentNode, FunctionNode)):
             continue
-        options = source.deployment.deployment_options
+        options = (final or {}).get(key) or source.deployment.deployment_options
         actor = options.actor_options()
         per = {"CPU": float(actor.get("num_cpus", 0) or 0), "GPU": float(actor.get("num_gpus", 0) or 0)}
         for name, amount in (actor.get("resources") or {}).items():
@@ -191,7 +194,7 @@ def format_resource_table(rows: list[tuple[str, str, int, dict[str, float]]], ha
     body.append(["total asked", "", ""] + [""] * len(names) + [f"{totals[n]:g}" for n in names])
     body.append(["cluster has", "", ""] + [""] * len(names) + [f"{have.get(n, 0):g}" for n in names])
     widths = [max(len(r[i]) for r in [header] + body) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header] + body]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in [header] + body]
     return "\n".join(lines)
 
 
@@ -199,7 +202,7 @@ def check_resources(captured: Captured, graph: nx.DiGraph, ctx: CheckContext) ->
     have = ctx.cluster_resources
     if have is None:
         return []
-    rows = resource_table(captured)
+    rows = resource_table(captured, ctx.options)
     names = sorted({n for *_, per in rows for n, amount in per.items() if amount > 0})
     short = [
         n for n in names if sum(per.get(n, 0) * r for _, _, r, per in rows) > have.get(n, 0) + 1e-9

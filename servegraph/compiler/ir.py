@@ -9,7 +9,8 @@ handle to a deployment, injected through a constructor).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Iterator, Optional
+from collections.abc import Iterator
+from typing import Any
 
 from ..dsl.callsite import CallSite
 from ..dsl.options import DeploymentOptions
@@ -79,12 +80,12 @@ class NodeIR:
     call_site: CallSite
     #: For deployment/function nodes: their own key; for method nodes: the key
     #: of the deployment node they call. Replaced by the deployment's name by naming.
-    deployment: Optional[str] = None
-    method: Optional[str] = None
+    deployment: str | None = None
+    method: str | None = None
     args: tuple[Any, ...] = ()
     kwargs: tuple[tuple[str, Any], ...] = ()
     #: For input_attr nodes: ("item" | "attr", key).
-    access: Optional[tuple[str, Any]] = None
+    access: tuple[str, Any] | None = None
     deps: frozenset[str] = frozenset()
 
 
@@ -123,12 +124,12 @@ class PlanStep:
 
     key: str
     kind: str  # INPUT_ATTR or "call"
-    deployment: Optional[str] = None
-    method: Optional[str] = None
+    deployment: str | None = None
+    method: str | None = None
     args: tuple[Any, ...] = ()
     kwargs: tuple[tuple[str, Any], ...] = ()
     #: For INPUT_ATTR: (source Ref, access, key).
-    access: Optional[tuple[Ref, str, Any]] = None
+    access: tuple[Ref, str, Any] | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -139,7 +140,7 @@ class Plan:
     receives its upstream results as unresolved refs; only the output is awaited.
     """
 
-    input: Optional[str]
+    input: str | None
     steps: tuple[PlanStep, ...]
     output: Any  # a Ref, or a list of Refs for MultiOutputNode
 
@@ -150,8 +151,8 @@ class AppIR:
 
     nodes: tuple[NodeIR, ...]
     deployments: tuple[DeploymentIR, ...]
-    ingress: Optional[str] = None
-    plan: Optional[Plan] = None
+    ingress: str | None = None
+    plan: Plan | None = None
     http_adapter: Any = None
 
     def deployment(self, name: str) -> DeploymentIR:

@@ -8,6 +8,7 @@ from typing import Any
 import networkx as nx
 
 from ..dsl.nodes import DeploymentNode, FunctionNode
+from ..dsl.options import DeploymentOptions
 from . import ir
 from .capture import Captured
 from .naming import key_order
@@ -47,7 +48,13 @@ def _named_nodes(captured: Captured, names: dict[str, str]) -> dict[str, ir.Node
     return out
 
 
-def _deployments(captured: Captured, graph: nx.DiGraph, names: dict[str, str], nodes: dict[str, ir.NodeIR]) -> tuple[ir.DeploymentIR, ...]:
+def _deployments(
+    captured: Captured,
+    graph: nx.DiGraph,
+    names: dict[str, str],
+    nodes: dict[str, ir.NodeIR],
+    options: dict[str, DeploymentOptions],
+) -> tuple[ir.DeploymentIR, ...]:
     handles = nx.DiGraph()
     handles.add_nodes_from(names)
     for u, v, kind in graph.edges(data="kind"):
@@ -68,7 +75,7 @@ def _deployments(captured: Captured, graph: nx.DiGraph, names: dict[str, str], n
                 is_function=is_function,
                 init_args=() if is_function else record.args,
                 init_kwargs=() if is_function else record.kwargs,
-                options=source.deployment.deployment_options,
+                options=options[key],
                 call_site=record.call_site,
                 handles=tuple(names[u] for u in sorted(handles.predecessors(key), key=key_order)),
             )
@@ -106,7 +113,9 @@ def _plan(root: str, graph: nx.DiGraph, nodes: dict[str, ir.NodeIR]) -> ir.Plan:
     return ir.Plan(input=input_key, steps=tuple(steps), output=ir.Ref(root))
 
 
-def lower(captured: Captured, graph: nx.DiGraph, names: dict[str, str]) -> ir.AppIR:
+def lower(
+    captured: Captured, graph: nx.DiGraph, names: dict[str, str], options: dict[str, DeploymentOptions]
+) -> ir.AppIR:
     nodes = _named_nodes(captured, names)
     root = nodes[captured.root]
     ingress = plan = None
@@ -122,7 +131,7 @@ def lower(captured: Captured, graph: nx.DiGraph, names: dict[str, str]) -> ir.Ap
         plan = _plan(captured.root, graph, nodes)
     return ir.AppIR(
         nodes=tuple(nodes[k] for k in sorted(nodes, key=key_order)),
-        deployments=_deployments(captured, graph, names, nodes),
+        deployments=_deployments(captured, graph, names, nodes, options),
         ingress=ingress,
         plan=plan,
         http_adapter=captured.http_adapter,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
-from typing import Optional
 
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -35,7 +34,7 @@ def _display_path(path: str) -> str:
     return path if rel.startswith("..") else rel
 
 
-def user_call_site(override: Optional[CallSite] = None) -> CallSite:
+def user_call_site(override: CallSite | None = None) -> CallSite:
     """The first stack frame outside servegraph: the line the user wrote."""
     if override is not None:
         return override

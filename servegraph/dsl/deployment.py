@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, Optional, Union, overload
+from collections.abc import Callable
+from typing import Any, overload
 
 from ..errors import BindError
 from .callsite import CallSite, user_call_site
@@ -19,13 +20,13 @@ class Deployment:
     ``.bind()`` makes a graph node.
     """
 
-    def __init__(self, func_or_class: Union[type, Callable[..., Any]], options: DeploymentOptions):
+    def __init__(self, func_or_class: type | Callable[..., Any], options: DeploymentOptions):
         self._target = func_or_class
         self._options = options
 
     # Ray Serve's attribute names ---------------------------------------------
     @property
-    def func_or_class(self) -> Union[type, Callable[..., Any]]:
+    def func_or_class(self) -> type | Callable[..., Any]:
         return self._target
 
     @property
@@ -56,11 +57,11 @@ class Deployment:
     def ray_actor_options(self) -> dict[str, Any]:
         return self._options.actor_options()
 
-    def options(self, **kwargs: Any) -> "Deployment":
+    def options(self, **kwargs: Any) -> Deployment:
         """A copy of this deployment with some options overridden."""
         return Deployment(self._target, make_options(self._options, **kwargs))
 
-    def bind(self, *args: Any, _call_site: Optional[CallSite] = None, **kwargs: Any) -> DAGNode:
+    def bind(self, *args: Any, _call_site: CallSite | None = None, **kwargs: Any) -> DAGNode:
         """Bind constructor (class) or call (function) arguments into a graph node.
 
         Raises:
@@ -99,7 +100,7 @@ def deployment(_func_or_class: Callable[..., Any]) -> Deployment: ...
 def deployment(_func_or_class: None = None, **options: Any) -> Callable[[Callable[..., Any]], Deployment]: ...
 
 
-def deployment(_func_or_class: Optional[Callable[..., Any]] = None, **options: Any) -> Any:
+def deployment(_func_or_class: Callable[..., Any] | None = None, **options: Any) -> Any:
     """Make a class or function a deployment: ``@serve.deployment`` or ``@serve.deployment(...)``.
 
     Raises:

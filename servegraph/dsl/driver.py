@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Union
+from collections.abc import Callable
+from typing import Any
 
 from ..errors import BindError
 from .callsite import CallSite, user_call_site
@@ -18,7 +19,7 @@ class DriverNode(DAGNode):
 
     _kind = "driver"
 
-    def __init__(self, dag: DAGNode, http_adapter: Optional[Callable[..., Any]], call_site: CallSite):
+    def __init__(self, dag: DAGNode, http_adapter: Callable[..., Any] | None, call_site: CallSite):
         self._http_adapter = http_adapter
         super().__init__((dag,), {}, call_site)
 
@@ -27,7 +28,7 @@ class DriverNode(DAGNode):
         return self._bound_args[0]
 
     @property
-    def http_adapter(self) -> Optional[Callable[..., Any]]:
+    def http_adapter(self) -> Callable[..., Any] | None:
         return self._http_adapter
 
     def _label(self) -> str:
@@ -41,8 +42,8 @@ class _DAGDriver:
         self,
         dag: DAGNode,
         *,
-        http_adapter: Union[None, str, Callable[..., Any]] = None,
-        _call_site: Optional[CallSite] = None,
+        http_adapter: None | str | Callable[..., Any] = None,
+        _call_site: CallSite | None = None,
     ) -> DriverNode:
         site = user_call_site(_call_site)
         if not isinstance(dag, DAGNode):
@@ -53,7 +54,7 @@ class _DAGDriver:
             http_adapter = _import_attr(http_adapter, site)
         return DriverNode(dag, http_adapter, site)
 
-    def options(self, **_: Any) -> "_DAGDriver":
+    def options(self, **_: Any) -> _DAGDriver:
         return self
 
 

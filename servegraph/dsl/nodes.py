@@ -7,7 +7,8 @@ options, and the call site. The compiler's capture pass turns nodes into IR.
 from __future__ import annotations
 
 import itertools
-from typing import TYPE_CHECKING, Any, Iterator, Optional
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 from ..errors import BindError
 from .callsite import CallSite, user_call_site
@@ -17,7 +18,7 @@ if TYPE_CHECKING:
     from .deployment import Deployment
 
 
-def iter_nodes(value: Any) -> Iterator["DAGNode"]:
+def iter_nodes(value: Any) -> Iterator[DAGNode]:
     """Nodes nested in a bound argument, through lists, tuples and dicts, in order."""
     if isinstance(value, DAGNode):
         yield value
@@ -45,13 +46,13 @@ class DAGNode:
                 root._consumers.append(self)
 
     # Graph structure ---------------------------------------------------------
-    def children(self) -> list["DAGNode"]:
+    def children(self) -> list[DAGNode]:
         """Upstream nodes this node's bound arguments refer to, in argument order."""
         out = list(iter_nodes(self._bound_args))
         out.extend(iter_nodes(self._bound_kwargs))
         return out
 
-    def _input_root(self) -> Optional["InputNode"]:
+    def _input_root(self) -> InputNode | None:
         return None
 
     def _label(self) -> str:
@@ -82,23 +83,23 @@ class DeploymentNode(DAGNode):
 
     _kind = "deployment"
 
-    def __init__(self, deployment: "Deployment", args: tuple, kwargs: dict, call_site: CallSite):
+    def __init__(self, deployment: Deployment, args: tuple, kwargs: dict, call_site: CallSite):
         self._deployment = deployment
         super().__init__(args, kwargs, call_site)
 
     @property
-    def deployment(self) -> "Deployment":
+    def deployment(self) -> Deployment:
         return self._deployment
 
     def _label(self) -> str:
         return self._deployment.name
 
-    def __getattr__(self, method: str) -> "_MethodBinder":
+    def __getattr__(self, method: str) -> _MethodBinder:
         if method.startswith("_") and method != "__call__":
             raise AttributeError(method)
         return _MethodBinder(self, method)
 
-    def options(self, **kwargs: Any) -> "DeploymentNode":
+    def options(self, **kwargs: Any) -> DeploymentNode:
         """Ray's ``node.options(...)``: the same bound node with deployment options overridden."""
         return DeploymentNode(
             self._deployment.options(**kwargs), self._bound_args, self._bound_kwargs, self._call_site
@@ -114,7 +115,7 @@ class _MethodBinder:
         self._parent = parent
         self._method = method
 
-    def bind(self, *args: Any, _call_site: Optional[CallSite] = None, **kwargs: Any) -> "MethodNode":
+    def bind(self, *args: Any, _call_site: CallSite | None = None, **kwargs: Any) -> MethodNode:
         site = user_call_site(_call_site)
         cls = self._parent.deployment.func_or_class
         name = self._parent.deployment.name
@@ -170,12 +171,12 @@ class FunctionNode(DAGNode):
 
     _kind = "function"
 
-    def __init__(self, deployment: "Deployment", args: tuple, kwargs: dict, call_site: CallSite):
+    def __init__(self, deployment: Deployment, args: tuple, kwargs: dict, call_site: CallSite):
         self._deployment = deployment
         super().__init__(args, kwargs, call_site)
 
     @property
-    def deployment(self) -> "Deployment":
+    def deployment(self) -> Deployment:
         return self._deployment
 
     def _label(self) -> str:
@@ -195,27 +196,27 @@ class InputNode(DAGNode):
 
     _kind = "input"
 
-    def __init__(self, *, _call_site: Optional[CallSite] = None):
+    def __init__(self, *, _call_site: CallSite | None = None):
         super().__init__((), {}, user_call_site(_call_site))
         self._consumers: list[DAGNode] = []
         self._ordinal = next(_input_ids)
 
-    def _input_root(self) -> "InputNode":
+    def _input_root(self) -> InputNode:
         return self
 
     def _label(self) -> str:
         return "InputNode"
 
-    def __enter__(self) -> "InputNode":
+    def __enter__(self) -> InputNode:
         return self
 
     def __exit__(self, *exc: Any) -> None:
         return None
 
-    def __getitem__(self, key: Any) -> "InputAttributeNode":
+    def __getitem__(self, key: Any) -> InputAttributeNode:
         return InputAttributeNode(self, key, "item", user_call_site())
 
-    def __getattr__(self, name: str) -> "InputAttributeNode":
+    def __getattr__(self, name: str) -> InputAttributeNode:
         if name.startswith("_"):
             raise AttributeError(name)
         return InputAttributeNode(self, name, "attr", user_call_site())
@@ -250,17 +251,17 @@ class InputAttributeNode(DAGNode):
     def children(self) -> list[DAGNode]:
         return [self._parent]
 
-    def _input_root(self) -> Optional[InputNode]:
+    def _input_root(self) -> InputNode | None:
         return self._parent._input_root()
 
     def _label(self) -> str:
         base = self._parent._label()
         return f"{base}.{self._key}" if self._access == "attr" else f"{base}[{self._key!r}]"
 
-    def __getitem__(self, key: Any) -> "InputAttributeNode":
+    def __getitem__(self, key: Any) -> InputAttributeNode:
         return InputAttributeNode(self, key, "item", user_call_site())
 
-    def __getattr__(self, name: str) -> "InputAttributeNode":
+    def __getattr__(self, name: str) -> InputAttributeNode:
         if name.startswith("_"):
             raise AttributeError(name)
         return InputAttributeNode(self, name, "attr", user_call_site())
@@ -271,7 +272,7 @@ class MultiOutputNode(DAGNode):
 
     _kind = "output"
 
-    def __init__(self, outputs: list[DAGNode] | tuple[DAGNode, ...], *, _call_site: Optional[CallSite] = None):
+    def __init__(self, outputs: list[DAGNode] | tuple[DAGNode, ...], *, _call_site: CallSite | None = None):
         site = user_call_site(_call_site)
         if not isinstance(outputs, (list, tuple)) or not outputs:
             raise BindError(f"{site}: MultiOutputNode() takes a non-empty list of graph nodes")

@@ -6,7 +6,7 @@ configs written for Ray Serve read the same here.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -33,17 +33,17 @@ class RayActorOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    num_cpus: Optional[float] = Field(default=None, ge=0)
-    num_gpus: Optional[float] = Field(default=None, ge=0)
-    memory: Optional[float] = Field(default=None, ge=0)
-    object_store_memory: Optional[float] = Field(default=None, ge=0)
-    resources: Optional[dict[str, float]] = None
-    accelerator_type: Optional[str] = None
-    runtime_env: Optional[dict[str, Any]] = None
+    num_cpus: float | None = Field(default=None, ge=0)
+    num_gpus: float | None = Field(default=None, ge=0)
+    memory: float | None = Field(default=None, ge=0)
+    object_store_memory: float | None = Field(default=None, ge=0)
+    resources: dict[str, float] | None = None
+    accelerator_type: str | None = None
+    runtime_env: dict[str, Any] | None = None
 
     @field_validator("resources")
     @classmethod
-    def _non_negative(cls, value: Optional[dict[str, float]]) -> Optional[dict[str, float]]:
+    def _non_negative(cls, value: dict[str, float] | None) -> dict[str, float] | None:
         for key, amount in (value or {}).items():
             if amount < 0:
                 raise ValueError(f"resources[{key!r}] must be >= 0")
@@ -56,7 +56,7 @@ class AutoscalingConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     min_replicas: int = Field(default=1, ge=0)
-    initial_replicas: Optional[int] = Field(default=None, ge=0)
+    initial_replicas: int | None = Field(default=None, ge=0)
     max_replicas: int = Field(default=1, ge=1)
     target_ongoing_requests: float = Field(default=2.0, gt=0)
     metrics_interval_s: float = Field(default=10.0, gt=0)
@@ -66,7 +66,7 @@ class AutoscalingConfig(BaseModel):
     downscale_delay_s: float = Field(default=600.0, ge=0)
 
     @model_validator(mode="after")
-    def _ordered(self) -> "AutoscalingConfig":
+    def _ordered(self) -> AutoscalingConfig:
         if self.min_replicas > self.max_replicas:
             raise ValueError(
                 f"min_replicas ({self.min_replicas}) must be <= max_replicas ({self.max_replicas})"
@@ -88,33 +88,33 @@ class DeploymentOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
 
-    name: Optional[str] = Field(default=None, min_length=1)
-    version: Optional[str] = None
-    num_replicas: Optional[int] = Field(default=None, ge=1)
-    route_prefix: Optional[str] = None
-    ray_actor_options: Optional[RayActorOptions] = None
-    placement_group_bundles: Optional[list[dict[str, float]]] = None
-    placement_group_strategy: Optional[str] = None
-    max_replicas_per_node: Optional[int] = Field(default=None, ge=1)
-    user_config: Optional[Any] = None
+    name: str | None = Field(default=None, min_length=1)
+    version: str | None = None
+    num_replicas: int | None = Field(default=None, ge=1)
+    route_prefix: str | None = None
+    ray_actor_options: RayActorOptions | None = None
+    placement_group_bundles: list[dict[str, float]] | None = None
+    placement_group_strategy: str | None = None
+    max_replicas_per_node: int | None = Field(default=None, ge=1)
+    user_config: Any | None = None
     max_ongoing_requests: int = Field(default=5, ge=1)
     max_queued_requests: int = Field(default=-1, ge=-1)
-    autoscaling_config: Optional[AutoscalingConfig] = None
+    autoscaling_config: AutoscalingConfig | None = None
     graceful_shutdown_wait_loop_s: float = Field(default=2.0, ge=0)
     graceful_shutdown_timeout_s: float = Field(default=20.0, ge=0)
     health_check_period_s: float = Field(default=10.0, gt=0)
     health_check_timeout_s: float = Field(default=30.0, gt=0)
-    logging_config: Optional[dict[str, Any]] = None
+    logging_config: dict[str, Any] | None = None
 
     @field_validator("route_prefix")
     @classmethod
-    def _slash(cls, value: Optional[str]) -> Optional[str]:
+    def _slash(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith("/"):
             raise ValueError("must start with '/'")
         return value
 
     @model_validator(mode="after")
-    def _replicas_or_autoscaling(self) -> "DeploymentOptions":
+    def _replicas_or_autoscaling(self) -> DeploymentOptions:
         if self.num_replicas is not None and self.autoscaling_config is not None:
             raise ValueError("set num_replicas or autoscaling_config, not both")
         return self
@@ -139,7 +139,7 @@ OPTION_NAMES = tuple(DeploymentOptions.model_fields)
 _ALIASES = {"max_concurrent_queries": "max_ongoing_requests"}
 
 
-def make_options(base: Optional[DeploymentOptions] = None, **overrides: Any) -> DeploymentOptions:
+def make_options(base: DeploymentOptions | None = None, **overrides: Any) -> DeploymentOptions:
     """Validate ``overrides`` on top of ``base``.
 
     Raises:

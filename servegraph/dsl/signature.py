@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 from .._validation import closest
 
 
-def _signature(fn: Callable[..., Any]) -> Optional[inspect.Signature]:
+def _signature(fn: Callable[..., Any]) -> inspect.Signature | None:
     try:
         return inspect.signature(fn)
     except (TypeError, ValueError):  # builtins and C extensions may have none
@@ -17,7 +18,7 @@ def _signature(fn: Callable[..., Any]) -> Optional[inspect.Signature]:
 
 def bind_problem(
     fn: Callable[..., Any], args: tuple, kwargs: dict, *, drop_self: bool
-) -> Optional[str]:
+) -> str | None:
     """Why ``fn(*args, **kwargs)`` would fail to bind, or None if it would bind.
 
     ``drop_self`` binds a placeholder for ``self`` (unbound methods, ``__init__``).

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import sys
 import time
-from typing import Any, Optional
+from typing import Any
 
 import ray
 
@@ -34,6 +36,17 @@ def _controller(create: bool = True) -> Any:
     ).remote()
 
 
+def code_paths() -> tuple[str, ...]:
+    """This process's own import directories (not the interpreter's), for replicas to import user code."""
+    prefixes = tuple({sys.prefix, sys.base_prefix, sys.exec_prefix})
+    paths = [os.getcwd()]
+    for path in sys.path:
+        path = os.path.abspath(path or os.getcwd())
+        if os.path.isdir(path) and not path.startswith(prefixes) and "site-packages" not in path:
+            paths.append(path)
+    return tuple(dict.fromkeys(paths))
+
+
 def _free_resources(controller: Any, name: str) -> dict[str, float]:
     total = cluster_resources()
     used = ray.get(controller.reserved.remote(exclude=name))
@@ -50,7 +63,7 @@ def deploy_compiled(
     compiled: CompiledGraph,
     *,
     name: str = "default",
-    route_prefix: Optional[str] = "/",
+    route_prefix: str | None = "/",
     host: str = "127.0.0.1",
     port: int = 8000,
     http: bool = True,
@@ -58,7 +71,7 @@ def deploy_compiled(
     """Deploy an already compiled graph; returns its handle and what changed per deployment."""
     controller = _controller()
     result = ray.get(
-        controller.deploy_app.remote(name, compiled.ir, route_prefix, (host, port) if http else None)
+        controller.deploy_app.remote(name, compiled.ir, route_prefix, (host, port) if http else None, code_paths())
     )
     if not result["ok"]:
         raise DeploymentError(f"application {name!r} was not deployed: {result['error']}")
@@ -69,7 +82,7 @@ def run(
     target: DAGNode,
     blocking: bool = False,
     name: str = "default",
-    route_prefix: Optional[str] = "/",
+    route_prefix: str | None = "/",
     host: str = "127.0.0.1",
     port: int = 8000,
     _local_testing_mode: bool = False,
@@ -166,7 +179,7 @@ class DeploymentStatus:
 class ApplicationStatus:
     name: str
     status: str
-    route_prefix: Optional[str]
+    route_prefix: str | None
     deployments: dict[str, DeploymentStatus]
     message: str = ""
 
@@ -174,7 +187,7 @@ class ApplicationStatus:
 @dataclasses.dataclass(frozen=True)
 class ServeStatus:
     applications: dict[str, ApplicationStatus]
-    proxy: Optional[dict[str, Any]] = None
+    proxy: dict[str, Any] | None = None
 
 
 def status() -> ServeStatus:

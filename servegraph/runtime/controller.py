@@ -12,7 +12,8 @@ import asyncio
 import dataclasses
 import hashlib
 import os
-from typing import Any, Optional
+import sys
+from typing import Any
 
 import cloudpickle
 import ray
@@ -44,7 +45,7 @@ class DeploymentState:
 class AppState:
     name: str
     app: ir.AppIR
-    route_prefix: Optional[str]
+    route_prefix: str | None
     deployments: dict[str, DeploymentState]
     status: str = "DEPLOYING"
     message: str = ""
@@ -66,6 +67,17 @@ def _version(spec: ir.DeploymentIR, deps: dict[str, str]) -> str:
     return h.hexdigest()[:16]
 
 
+def _with_code_paths(options: dict[str, Any], code_paths: list[str]) -> dict[str, Any]:
+    """Actor options whose runtime_env puts ``code_paths`` on the replica's PYTHONPATH."""
+    if not code_paths:
+        return options
+    runtime_env = dict(options.get("runtime_env") or {})
+    env_vars = dict(runtime_env.get("env_vars") or {})
+    env_vars["PYTHONPATH"] = os.pathsep.join([*code_paths, *filter(None, [env_vars.get("PYTHONPATH")])])
+    runtime_env["env_vars"] = env_vars
+    return {**options, "runtime_env": runtime_env}
+
+
 def _describe_failure(exc: BaseException) -> str:
     cause = getattr(exc, "cause", None) or exc
     text = str(cause)
@@ -80,14 +92,16 @@ def _describe_failure(exc: BaseException) -> str:
 class Controller:
     def __init__(self) -> None:
         self._apps: dict[str, AppState] = {}
-        self._proxy: Optional[ActorHandle] = None
-        self._http: Optional[tuple[str, int]] = None
+        self._proxy: ActorHandle | None = None
+        self._http: tuple[str, int] | None = None
         self._lock = asyncio.Lock()
 
     # Deploying ------------------------------------------------------------------------
-    async def _start_replicas(self, app: str, spec: ir.DeploymentIR, handles: dict[str, DeploymentInfo]) -> list[ActorHandle]:
+    async def _start_replicas(
+        self, app: str, spec: ir.DeploymentIR, handles: dict[str, DeploymentInfo], code_paths: list[str]
+    ) -> list[ActorHandle]:
         actor_cls = replica_actor_class(spec.target)
-        options = spec.options.actor_options()
+        options = _with_code_paths(spec.options.actor_options(), code_paths)
         actors = [
             actor_cls.options(max_concurrency=spec.options.max_ongoing_requests, namespace=NAMESPACE, **options).remote(
                 app, spec.name, spec.target, spec.is_function, spec.init_args, spec.init_kwargs, handles
@@ -120,9 +134,17 @@ class Controller:
                 pass
 
     async def deploy_app(
-        self, name: str, app: ir.AppIR, route_prefix: Optional[str], http: Optional[tuple[str, int]]
+        self,
+        name: str,
+        app: ir.AppIR,
+        route_prefix: str | None,
+        http: tuple[str, int] | None,
+        code_paths: tuple[str, ...] = (),
     ) -> dict[str, Any]:
         """Deploy or update an application; only deployments whose version changed get new replicas.
+
+        ``code_paths`` are the deploying driver's import directories: replicas
+        belong to the controller's job, so they get the ones it lacks.
 
         Returns {"ok": True, "infos": {...}, "changes": {...}} or {"ok": False, "error": text}.
         """
@@ -153,7 +175,8 @@ class Controller:
                             changes[spec.name] = "unchanged"
                     else:
                         handles = {h: new_states[h].info(name) for h in spec.handles}
-                        replicas = await self._start_replicas(name, spec, handles)
+                        missing = [p for p in code_paths if p not in sys.path]
+                        replicas = await self._start_replicas(name, spec, handles, missing)
                         started.extend(replicas)
                         state = DeploymentState(spec, version, replicas, "HEALTHY")
                         changes[spec.name] = "updated" if previous is not None else "created"
@@ -174,7 +197,7 @@ class Controller:
         state = self._apps[name]
         return {d: s.info(name) for d, s in state.deployments.items()}
 
-    async def get_app(self, name: str) -> Optional[dict[str, Any]]:
+    async def get_app(self, name: str) -> dict[str, Any] | None:
         state = self._apps.get(name)
         if state is None:
             return None
@@ -196,7 +219,7 @@ class Controller:
             self._kill([self._proxy])
             self._proxy = None
 
-    def reserved(self, exclude: Optional[str] = None) -> dict[str, float]:
+    def reserved(self, exclude: str | None = None) -> dict[str, float]:
         """Resources the replicas of every application but ``exclude`` hold."""
         out: dict[str, float] = {}
         for state in self._apps.values():
@@ -251,7 +274,7 @@ class Controller:
         return sum(1 for t in done if t.result())
 
     # HTTP ------------------------------------------------------------------------------
-    async def _ensure_proxy(self, host: str, port: int) -> Optional[str]:
+    async def _ensure_proxy(self, host: str, port: int) -> str | None:
         if self._proxy is not None and self._http == (host, port):
             return None
         if self._proxy is not None:

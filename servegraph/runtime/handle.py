@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import ray
 from ray import ObjectRef
@@ -272,10 +273,10 @@ class _HandleBase:
     def options(
         self,
         *,
-        method_name: Optional[str] = None,
-        use_new_handle_api: Optional[bool] = None,
+        method_name: str | None = None,
+        use_new_handle_api: bool | None = None,
         **_ignored: Any,
-    ) -> "_HandleBase":
+    ) -> _HandleBase:
         """A handle to the same deployment; ``use_new_handle_api=True`` gives a DeploymentHandle."""
         cls = DeploymentHandle if use_new_handle_api else type(self)
         if use_new_handle_api is False and cls is DeploymentHandle:
@@ -309,7 +310,7 @@ def _running_loop(what: str) -> asyncio.AbstractEventLoop:
 class RayServeDeploymentHandle(_HandleBase):
     """``.remote()`` returns an ``asyncio.Task`` resolving to an ObjectRef: await twice."""
 
-    def remote(self, *args: Any, **kwargs: Any) -> "asyncio.Task[ObjectRef]":
+    def remote(self, *args: Any, **kwargs: Any) -> asyncio.Task[ObjectRef]:
         loop = _running_loop("RayServeDeploymentHandle")
         return loop.create_task(self._target.submit_async(self._method, args, kwargs))
 
@@ -317,7 +318,7 @@ class RayServeDeploymentHandle(_HandleBase):
 class DeploymentHandle(_HandleBase):
     """The new handle API: ``.remote()`` returns a DeploymentResponse (one await, or ``.result()``)."""
 
-    def remote(self, *args: Any, **kwargs: Any) -> "DeploymentResponse":
+    def remote(self, *args: Any, **kwargs: Any) -> DeploymentResponse:
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
@@ -330,7 +331,7 @@ class DeploymentResponse:
 
     __slots__ = ("_ref", "_task")
 
-    def __init__(self, *, ref: Optional[ObjectRef] = None, task: Optional[asyncio.Task] = None):
+    def __init__(self, *, ref: ObjectRef | None = None, task: asyncio.Task | None = None):
         self._ref = ref
         self._task = task
 
@@ -350,7 +351,7 @@ class DeploymentResponse:
 
         return get().__await__()
 
-    def result(self, *, timeout_s: Optional[float] = None) -> Any:
+    def result(self, *, timeout_s: float | None = None) -> Any:
         """Block until the result is ready (not inside an event loop: await instead)."""
         ref = self._object_ref_sync()
         if type(ref) is not ObjectRef:  # local testing mode

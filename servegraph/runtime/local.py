@@ -13,7 +13,7 @@ import asyncio
 import concurrent.futures
 import inspect
 import threading
-from typing import Any, Optional
+from typing import Any
 
 from ..compiler import compile, ir
 from ..dsl.nodes import DAGNode
@@ -26,7 +26,7 @@ from .handle import (
     read_input,
 )
 
-_loop: Optional[asyncio.AbstractEventLoop] = None
+_loop: asyncio.AbstractEventLoop | None = None
 _loop_lock = threading.Lock()
 
 
@@ -47,7 +47,7 @@ class LocalRef:
     def __init__(self, future: concurrent.futures.Future):
         self._future = future
 
-    def result(self, timeout: Optional[float] = None) -> Any:
+    def result(self, timeout: float | None = None) -> Any:
         return self._future.result(timeout)
 
     def __await__(self):
@@ -74,7 +74,7 @@ async def _resolve(value: Any) -> Any:
 class _LocalDeployment:
     """One deployment's single in-process instance; the local twin of a DeploymentInfo's router."""
 
-    def __init__(self, spec: ir.DeploymentIR, handles: dict[str, "_LocalDeployment"]):
+    def __init__(self, spec: ir.DeploymentIR, handles: dict[str, _LocalDeployment]):
         self.name = spec.name
         self.spec = spec
 

@@ -10,18 +10,18 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from typing import Any, Optional
+from typing import Any
 
 import ray
 
-from .http_codec import HTTPResult, decode_json_body, encode_error, encode_result, make_request, portable_scope, text
 from .handle import PlanInputError
+from .http_codec import HTTPResult, decode_json_body, encode_error, encode_result, make_request, portable_scope, text
 from .router import HTTP
 
 logger = logging.getLogger("servegraph.proxy")
 
 
-def _match(routes: dict[str, tuple], path: str) -> tuple[Optional[str], Optional[tuple]]:
+def _match(routes: dict[str, tuple], path: str) -> tuple[str | None, tuple | None]:
     """Longest route prefix that ``path`` lies under."""
     best = None
     for prefix in routes:
@@ -42,7 +42,7 @@ class HTTPProxy:
         self._routes: dict[str, tuple] = {}
         self._server: Any = None
 
-    async def start(self) -> Optional[str]:
+    async def start(self) -> str | None:
         """Start serving; returns an error message instead if the port cannot be bound."""
         import uvicorn
 

@@ -13,7 +13,7 @@ import asyncio
 import random
 import threading
 import time
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
 
 import ray
 from ray import ObjectRef
@@ -47,7 +47,7 @@ class Router:
             self._in_flight[i] = pending
         return len(self._in_flight[i])
 
-    def _try_pick(self) -> Optional[int]:
+    def _try_pick(self) -> int | None:
         """A replica with a free slot (fewer in flight of two random ones), or None if all are full."""
         n = len(self.replicas)
         if n == 1:
@@ -77,7 +77,7 @@ class Router:
         return ref
 
     # Submitting ------------------------------------------------------------------
-    def submit(self, method: str, args: tuple, kwargs: dict, timeout_s: Optional[float] = None) -> ObjectRef:
+    def submit(self, method: str, args: tuple, kwargs: dict, timeout_s: float | None = None) -> ObjectRef:
         """Send a request, blocking only while every replica is full."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while True:

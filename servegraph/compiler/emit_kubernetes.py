@@ -1,0 +1,219 @@
+"""Wrap a deploy config in a KubeRay ``RayService`` manifest, with a cluster sized for its replicas.
+
+The cluster is sized from the deployments the config lists (every deployment,
+when the config came from ``servegraph build``):
+
+* the head runs Serve's controller and proxy only (``num-cpus: "0"``, as
+  KubeRay recommends for RayServices), so replicas never land on it;
+* replicas that need no GPU are packed (first fit, largest first) onto
+  ``cpu-workers`` pods of up to ``worker_cpus`` CPUs (more if one replica needs
+  more); replicas that need GPUs onto ``gpu-workers`` pods;
+* pods get 2 GiB of memory per CPU, or more when a replica reserves more;
+* ``minReplicas`` fits the replicas a deployment starts with, ``maxReplicas``
+  its autoscaling maximum, and KubeRay's autoscaler is enabled when they differ.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+from importlib import metadata
+from typing import Any, Optional
+
+from ..dsl.options import DEFAULT_REPLICA_CPUS, AutoscalingConfig
+from .config_schema import AUTO_AUTOSCALING_CONFIG, ServeConfig
+from .emit_config import dump_yaml, header
+
+GIB = 1024**3
+MEMORY_PER_CPU_GIB = 2
+HEAD_CPUS = "2"
+HEAD_MEMORY = "4Gi"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Replica:
+    """What one replica reserves."""
+
+    cpus: float
+    gpus: float
+    memory: float
+    resources: tuple[tuple[str, float], ...]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class WorkerGroup:
+    """A KubeRay worker group: pod size and how many pods the replicas need."""
+
+    name: str
+    cpus: int
+    gpus: int
+    memory_gib: int
+    resources: tuple[tuple[str, float], ...]
+    min_pods: int
+    max_pods: int
+
+
+def replicas(config: ServeConfig) -> tuple[list[Replica], list[Replica]]:
+    """Every replica the config starts, and every replica it may grow to (autoscaling maximum)."""
+    start: list[Replica] = []
+    most: list[Replica] = []
+    for app in config.applications:
+        for dep in app.deployments:
+            actor = dep.ray_actor_options
+            cpus = actor.num_cpus if actor is not None and actor.num_cpus is not None else DEFAULT_REPLICA_CPUS
+            one = Replica(
+                cpus=float(cpus),
+                gpus=float(actor.num_gpus or 0) if actor is not None else 0.0,
+                memory=float(actor.memory or 0) if actor is not None else 0.0,
+                resources=tuple(sorted((actor.resources or {}).items())) if actor is not None else (),
+            )
+            auto = dep.autoscaling_config
+            if dep.num_replicas == "auto":  # Ray Serve's default autoscaling, tuned by the config's
+                given = auto.model_dump(exclude_unset=True) if auto is not None else {}
+                auto = AutoscalingConfig(**{**AUTO_AUTOSCALING_CONFIG, **given})
+            if auto is not None:
+                low, high = auto.start_replicas(), auto.max_replicas
+            else:
+                low = high = dep.num_replicas if isinstance(dep.num_replicas, int) else 1
+            start += [one] * low
+            most += [one] * high
+    return start, most
+
+
+def _pack(items: list[Replica], cpus: int, gpus: int) -> int:
+    """Pods of ``cpus``/``gpus`` needed to place ``items``: first fit, largest first."""
+    free: list[list[float]] = []
+    for item in sorted(items, key=lambda r: (r.gpus, r.cpus), reverse=True):
+        for pod in free:
+            if pod[0] + 1e-9 >= item.cpus and pod[1] + 1e-9 >= item.gpus:
+                pod[0] -= item.cpus
+                pod[1] -= item.gpus
+                break
+        else:
+            free.append([cpus - item.cpus, gpus - item.gpus])
+    return len(free)
+
+
+def _group(name: str, start: list[Replica], most: list[Replica], worker_cpus: int) -> Optional[WorkerGroup]:
+    if not most:
+        return None
+    gpus = max((math.ceil(r.gpus) for r in most), default=0)
+    biggest = max(math.ceil(r.cpus) for r in most)
+    total = math.ceil(sum(r.cpus for r in most) - 1e-9)
+    cpus = max(1, biggest, min(worker_cpus, total))
+    max_pods = _pack(most, cpus, gpus)
+    min_pods = _pack(start, cpus, gpus) if start else 0
+    memory = max(MEMORY_PER_CPU_GIB * cpus, max(math.ceil(r.memory / GIB) + 1 for r in most))
+    # Custom resources are spread evenly over the pods, each pod holding at least one replica's worth.
+    total_custom: dict[str, float] = {}
+    single: dict[str, float] = {}
+    for r in most:
+        for key, amount in r.resources:
+            total_custom[key] = total_custom.get(key, 0.0) + amount
+            single[key] = max(single.get(key, 0.0), amount)
+    per_pod = tuple(
+        (key, float(max(math.ceil(amount / max_pods), math.ceil(single[key]))))
+        for key, amount in sorted(total_custom.items())
+    )
+    return WorkerGroup(name, cpus, gpus, memory, per_pod, min_pods, max_pods)
+
+
+def worker_groups(config: ServeConfig, worker_cpus: int = 4) -> list[WorkerGroup]:
+    start, most = replicas(config)
+    groups = [
+        _group("cpu-workers", [r for r in start if not r.gpus], [r for r in most if not r.gpus], worker_cpus),
+        _group("gpu-workers", [r for r in start if r.gpus], [r for r in most if r.gpus], worker_cpus),
+    ]
+    return [g for g in groups if g is not None]
+
+
+def service_name(import_path: str) -> str:
+    """A DNS-1123 name for the RayService, from the first application's import path.
+
+    >>> service_name("hello:language_classifier")
+    'hello-language-classifier'
+    """
+    name = re.sub(r"[^a-z0-9]+", "-", import_path.lower()).strip("-")
+    return name[:40].rstrip("-") or "servegraph"
+
+
+def _container(name: str, image: str, cpus: str, memory: str, gpus: int = 0, ports: Optional[list] = None) -> dict:
+    limits: dict[str, str] = {"cpu": cpus, "memory": memory}
+    if gpus:
+        limits["nvidia.com/gpu"] = str(gpus)
+    container: dict[str, Any] = {"name": name, "image": image}
+    if ports:
+        container["ports"] = ports
+    container["resources"] = {"limits": limits, "requests": dict(limits)}
+    return container
+
+
+def rayservice(
+    config: ServeConfig,
+    config_text: str,
+    *,
+    image: Optional[str] = None,
+    ray_version: Optional[str] = None,
+    worker_cpus: int = 4,
+) -> dict[str, Any]:
+    """The RayService manifest (a dict) serving ``config`` (whose YAML text is ``config_text``)."""
+    if ray_version is None:
+        try:
+            ray_version = metadata.version("ray")
+        except metadata.PackageNotFoundError:  # pragma: no cover - ray is a dependency
+            ray_version = "2.40.0"
+    image = image or f"rayproject/ray:{ray_version}"
+    groups = worker_groups(config, worker_cpus)
+    workers = []
+    for g in groups:
+        params: dict[str, str] = {}
+        if g.resources:
+            params["resources"] = json.dumps(dict(g.resources), sort_keys=True)
+        workers.append(
+            {
+                "groupName": g.name,
+                "replicas": g.min_pods,
+                "minReplicas": g.min_pods,
+                "maxReplicas": g.max_pods,
+                "rayStartParams": params,
+                "template": {
+                    "spec": {
+                        "containers": [
+                            _container("ray-worker", image, str(g.cpus), f"{g.memory_gib}Gi", g.gpus)
+                        ]
+                    }
+                },
+            }
+        )
+    ports = [
+        {"containerPort": 6379, "name": "gcs-server"},
+        {"containerPort": 8265, "name": "dashboard"},
+        {"containerPort": 10001, "name": "client"},
+        {"containerPort": config.http_options.port, "name": "serve"},
+    ]
+    cluster: dict[str, Any] = {"rayVersion": ray_version}
+    if any(g.min_pods != g.max_pods for g in groups):
+        cluster["enableInTreeAutoscaling"] = True
+    cluster["headGroupSpec"] = {
+        "rayStartParams": {"dashboard-host": "0.0.0.0", "num-cpus": "0"},
+        "template": {"spec": {"containers": [_container("ray-head", image, HEAD_CPUS, HEAD_MEMORY, ports=ports)]}},
+    }
+    cluster["workerGroupSpecs"] = workers
+    return {
+        "apiVersion": "ray.io/v1",
+        "kind": "RayService",
+        "metadata": {"name": service_name(config.applications[0].import_path if config.applications else "")},
+        "spec": {"serveConfigV2": config_text, "rayClusterConfig": cluster},
+    }
+
+
+def rayservice_yaml(config: ServeConfig, config_text: str, sources: list[str], **kwargs: Any) -> str:
+    """The manifest as YAML with a header; ``serveConfigV2`` is the config as a ``|`` block."""
+    manifest = rayservice(config, config_text, **kwargs)
+    note = (
+        "# The image must contain the code the import paths name (or set runtime_env.working_dir\n"
+        "# to a remote URI); replace the image below with yours.\n"
+    )
+    return header(sources, "A KubeRay RayService") + note + "\n" + dump_yaml(manifest, blank_lines=False)
