@@ -90,7 +90,7 @@ def format_errors(
     ``fields`` are the valid names at the top level, used to suggest the
     closest one for an unknown field; pass the model class instead to get
     suggestions at every depth (``applications[0].deployments[1].num_replica``).
-    A whole-object problem (a model validator) leaves out the object it got.
+    A problem with a whole object or list (a model validator) leaves out what it got.
     """
     model = fields if isinstance(fields, type) and issubclass(fields, BaseModel) else None
     top = tuple(model.model_fields) if model is not None else tuple(fields)  # type: ignore[arg-type]
@@ -106,7 +106,7 @@ def format_errors(
                 choices = top if len(loc) == 1 else ()
             hint = closest(str(loc[-1]), choices)
             line = what + (f"; did you mean '{hint}'?" if hint else "")
-        elif err["type"] == "missing" or isinstance(err.get("input"), dict):
+        elif err["type"] == "missing" or isinstance(err.get("input"), (dict, list)):
             line = what
         else:
             line = f"{what}, got {err['input']!r}"

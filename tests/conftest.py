@@ -15,6 +15,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
+TESTS = ROOT / "tests"
 
 # Examples are imported by module name, as `servegraph run hello:...` does from examples/.
 if str(EXAMPLES) not in sys.path:
@@ -37,7 +38,9 @@ def ray_cluster():
         include_dashboard=False,
         namespace="servegraph",
         log_to_driver=False,
-        runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join([str(EXAMPLES), str(ROOT)])}},
+        # The controller and proxy unpickle the compiled graph, so they too must import the
+        # modules deployments are defined in: the examples and the test modules themselves.
+        runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join([str(EXAMPLES), str(ROOT), str(TESTS)])}},
     )
     yield ray
     serve.shutdown()
@@ -46,11 +49,38 @@ def ray_cluster():
 
 @pytest.fixture
 def serve_app(ray_cluster):
-    """Deletes every application a test deployed when it ends (the cluster and proxy stay up)."""
+    """Deletes every application a test deployed when it ends.
+
+    Applications that were running before the test (a module's shared ones, see
+    ``deploy``), the cluster and the proxy stay up.
+    """
     import servegraph as serve
 
+    before = set(serve.status().applications)
     yield serve
-    for name in list(serve.status().applications):
+    for name in sorted(set(serve.status().applications) - before):
+        serve.delete(name)
+
+
+@pytest.fixture(scope="module")
+def deploy(ray_cluster, http_port):
+    """Deploy applications once for a whole module; they are deleted when the module ends.
+
+    ``deploy(graph, name="x", route_prefix="/x")`` returns the handle ``serve.run``
+    returns. Every application uses the session's proxy port; with no
+    ``route_prefix`` it gets no HTTP route, so modules never collide on ``/``.
+    """
+    import servegraph as serve
+
+    names: list[str] = []
+
+    def run(target, *, name: str, route_prefix: str | None = None, **kwargs):
+        handle = serve.run(target, name=name, route_prefix=route_prefix, port=http_port, **kwargs)
+        names.append(name)
+        return handle
+
+    yield run
+    for name in names:
         serve.delete(name)
 
 

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import click
 
+from .build import build_cmd
 from .check import check_cmd
+from .export import export_cmd
+from .fmt import fmt_cmd
 from .ops import deploy_cmd, shutdown_cmd, status_cmd
+from .render import render_cmd
 from .run import run_cmd
 
 
@@ -20,5 +24,9 @@ main.add_command(check_cmd)
 main.add_command(deploy_cmd)
 main.add_command(status_cmd)
 main.add_command(shutdown_cmd)
+main.add_command(build_cmd)
+main.add_command(render_cmd)
+main.add_command(fmt_cmd)
+main.add_command(export_cmd)
 
 __all__ = ["main"]

@@ -29,7 +29,9 @@ def check_cmd(target: str, name: str | None, fmt: str, resources: str | None) ->
         try:
             cluster = {k.strip(): float(v) for k, v in (item.split("=") for item in resources.split(","))}
         except ValueError:
-            raise click.BadParameter("expected NAME=AMOUNT[,NAME=AMOUNT...], e.g. CPU=2", param_hint="--resources")
+            raise click.BadParameter(
+                "expected NAME=AMOUNT[,NAME=AMOUNT...], e.g. CPU=2", param_hint="--resources"
+            ) from None
     diagnostics = []
     try:
         app = load_app(target, name=name)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 from ..dsl.nodes import DAGNode
 from ..errors import ConfigError
@@ -26,9 +26,9 @@ DEFAULT_APP_NAME = "app1"
 class AppInfo:
     """What the user said about the application; None where they said nothing."""
 
-    name: Optional[str] = None
-    route_prefix: Optional[str] = None
-    import_path: Optional[str] = None
+    name: str | None = None
+    route_prefix: str | None = None
+    import_path: str | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -37,7 +37,7 @@ class ResolvedApp:
 
     name: str
     route_prefix: str
-    import_path: Optional[str]
+    import_path: str | None
 
     def require_import_path(self) -> str:
         if self.import_path is None:
@@ -50,7 +50,7 @@ class ResolvedApp:
         return self.import_path
 
 
-def resolve(compiled: "CompiledGraph") -> ResolvedApp:
+def resolve(compiled: CompiledGraph) -> ResolvedApp:
     """The application's settings: the user's, else the ingress's ``route_prefix`` option, else serve build's.
 
     >>> from servegraph.compiler.app import AppInfo
@@ -80,7 +80,7 @@ def default_apps(count: int) -> list[tuple[str, str]]:
     return [(name, "/" if count == 1 else f"/{name}") for name in names]
 
 
-def find_import_path(root: DAGNode) -> Optional[str]:
+def find_import_path(root: DAGNode) -> str | None:
     """``module:attr`` of the module-level variable that holds ``root``, if there is exactly one place.
 
     Looks only in modules whose file is the one the root was bound in, so it is
@@ -88,7 +88,7 @@ def find_import_path(root: DAGNode) -> Optional[str]:
     be imported by name from another process.
     """
     filename = os.path.basename(root.call_site.file)
-    found = []
+    found: list[str] = []
     for module_name, module in list(sys.modules.items()):
         path = getattr(module, "__file__", None)
         if module_name == "__main__" or not path or os.path.basename(path) != filename:

@@ -41,7 +41,8 @@ def check_cycles(captured: Captured, graph: nx.DiGraph, ctx: CheckContext) -> li
     except nx.NetworkXNoCycle:
         return []
     keys = [u for u, _ in cycle]
-    path = " -> ".join(captured.nodes[k].label for k in keys + keys[:1])
+    # Nodes of one deployment share a label, so each step also says where it was bound.
+    path = " -> ".join(f"{captured.nodes[k].label} ({captured.nodes[k].call_site})" for k in keys + keys[:1])
     first = captured.nodes[keys[0]]
     return [
         _diag(

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Optional
+import os
+from typing import Any
 
 import networkx as nx
 
 from ..errors import Diagnostic
-from . import ir
+from . import emit_config, emit_dot, emit_json, emit_mermaid, ir
+from . import render as _render
+from .app import AppInfo, resolve
+from .ir import DeploymentIR, Plan
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -20,6 +24,11 @@ class CompiledGraph:
             ``kind`` (data, handle, target) and ``label`` (argument position or keyword).
         ir: the AppIR the runtime executes.
         diagnostics: warnings (and, with ``strict=False``, errors) the checks found.
+        app: the application's name, route prefix and import path, where known
+            (see :meth:`with_app`); emitters fill the rest as ``serve build`` does.
+
+    Artifacts are made by the emitter modules (``emit_config``, ``emit_dot``,
+    ``emit_mermaid``, ``emit_json``, ``render``); the methods here only call them.
     """
 
     graph: nx.DiGraph
@@ -27,23 +36,76 @@ class CompiledGraph:
     diagnostics: tuple[Diagnostic, ...] = ()
     #: Deployment names by node key, as the naming pass gave them.
     names: dict[str, str] = dataclasses.field(default_factory=dict)
+    app: AppInfo = AppInfo()
 
     @property
-    def deployments(self) -> dict[str, ir.DeploymentIR]:
+    # In the class body the field ``ir`` hides the module, hence the names imported from it.
+    def deployments(self) -> dict[str, DeploymentIR]:
         """Deployments by final name, dependencies first."""
         return {d.name: d for d in self.ir.deployments}
 
     @property
-    def plan(self) -> Optional[ir.Plan]:
+    def plan(self) -> Plan | None:
         return self.ir.plan
 
     @property
-    def ingress(self) -> Optional[str]:
+    def ingress(self) -> str | None:
         return self.ir.ingress
 
     @property
     def ok(self) -> bool:
         return not any(d.severity == "error" for d in self.diagnostics)
+
+    def with_app(
+        self, *, name: str | None = None, route_prefix: str | None = None, import_path: str | None = None
+    ) -> CompiledGraph:
+        """A copy serving as the application ``name`` at ``route_prefix``, imported from ``import_path``.
+
+        Arguments left None keep their current value.
+        """
+        app = AppInfo(
+            name=name if name is not None else self.app.name,
+            route_prefix=route_prefix if route_prefix is not None else self.app.route_prefix,
+            import_path=import_path if import_path is not None else self.app.import_path,
+        )
+        return dataclasses.replace(self, app=app)
+
+    # -- artifacts ------------------------------------------------------------
+    def to_config(self, *, host: str = "0.0.0.0", port: int = 8000) -> dict[str, Any]:
+        """A Ray Serve multi-application deploy config (a dict) with this graph as its one application."""
+        return emit_config.deploy_config([emit_config.application_config(self)], host=host, port=port)
+
+    def to_yaml(self, *, host: str = "0.0.0.0", port: int = 8000) -> str:
+        """:meth:`to_config` as YAML, with a header saying where it came from (what ``servegraph build`` writes)."""
+        config = self.to_config(host=host, port=port)
+        return emit_config.config_yaml(config, [resolve(self).require_import_path()])
+
+    def to_json(self) -> str:
+        """The compiled IR as JSON; :func:`servegraph.compiler.emit_json.load_compiled` reads it back."""
+        return emit_json.to_json(self)
+
+    def to_dot(self, rankdir: str = "LR") -> str:
+        """The graph's diagram as Graphviz DOT text."""
+        return emit_dot.to_dot(self, rankdir)
+
+    def to_mermaid(self, rankdir: str = "LR") -> str:
+        """The graph's diagram as a Mermaid flowchart."""
+        return emit_mermaid.to_mermaid(self, rankdir)
+
+    def render(self, path: str | os.PathLike[str], rankdir: str = "LR") -> str:
+        """Write the diagram to ``path`` (.dot, .mmd, or .svg/.png/.pdf with Graphviz); returns the path."""
+        return _render.render(self, path, rankdir)
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:
+        """Jupyter: the diagram as SVG with Graphviz, else as Mermaid (JupyterLab draws it), else text."""
+        bundle = {"text/plain": repr(self) if self.ir is not None else "<CompiledGraph with errors>"}
+        if not self.ok or self.ir is None:
+            return bundle
+        try:
+            bundle["image/svg+xml"] = _render.to_svg(self)
+        except Exception:  # no Graphviz: a notebook must still show something
+            bundle["text/markdown"] = f"```mermaid\n{self.to_mermaid()}```"
+        return bundle
 
     def __repr__(self) -> str:
         kind = f"ingress={self.ingress!r}" if self.ingress else f"plan of {len(self.plan.steps) if self.plan else 0} steps"

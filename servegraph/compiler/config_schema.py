@@ -21,7 +21,7 @@ is deployed.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any, Literal, Optional, Union
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
@@ -48,8 +48,8 @@ class LoggingConfig(_Schema):
     """Ray Serve's ``LoggingConfig``."""
 
     encoding: Literal["TEXT", "JSON"] = "TEXT"
-    log_level: Union[int, str] = "INFO"
-    logs_dir: Optional[str] = None
+    log_level: int | str = "INFO"
+    logs_dir: str | None = None
     enable_access_log: bool = True
     additional_log_standard_attrs: list[str] = Field(default_factory=list)
 
@@ -60,15 +60,15 @@ class HTTPOptions(_Schema):
     host: str = "0.0.0.0"
     port: int = Field(default=8000, ge=1, le=65535)
     root_path: str = ""
-    request_timeout_s: Optional[float] = Field(default=None, gt=0)
+    request_timeout_s: float | None = Field(default=None, gt=0)
     keep_alive_timeout_s: int = Field(default=90, ge=0)
-    ssl_keyfile: Optional[str] = None
-    ssl_certfile: Optional[str] = None
-    ssl_keyfile_password: Optional[str] = None
-    ssl_ca_certs: Optional[str] = None
+    ssl_keyfile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile_password: str | None = None
+    ssl_ca_certs: str | None = None
 
     @model_validator(mode="after")
-    def _ssl_pair(self) -> "HTTPOptions":
+    def _ssl_pair(self) -> HTTPOptions:
         if (self.ssl_keyfile is None) != (self.ssl_certfile is None):
             raise ValueError("set both ssl_keyfile and ssl_certfile to serve HTTPS, or neither")
         return self
@@ -79,31 +79,54 @@ class GRPCOptions(_Schema):
 
     port: int = Field(default=9000, ge=1, le=65535)
     grpc_servicer_functions: list[str] = Field(default_factory=list)
-    request_timeout_s: Optional[float] = Field(default=None, gt=0)
+    request_timeout_s: float | None = Field(default=None, gt=0)
     enable_reflection: bool = True
 
 
-# Fields Ray Serve types as non-nullable but leaves out by default are written
-# ``int = Field(default=None)``: leaving them out means "keep the code's value",
-# while an explicit ``null`` is rejected, as Ray Serve rejects it.
+#: Fields Ray Serve types as non-nullable: left out, the code's value stays; an explicit null is an error.
+_NOT_NULL = (
+    "max_ongoing_requests",
+    "max_queued_requests",
+    "graceful_shutdown_wait_loop_s",
+    "graceful_shutdown_timeout_s",
+    "health_check_period_s",
+    "health_check_timeout_s",
+    "ray_actor_options",
+    "placement_group_bundles",
+    "placement_group_strategy",
+    "max_replicas_per_node",
+    "logging_config",
+)
+
+
 class DeploymentConfig(_Schema):
-    """Ray Serve's ``DeploymentSchema``: options overriding one deployment's, by name."""
+    """Ray Serve's ``DeploymentSchema``: options overriding one deployment's, by name.
+
+    None means "not in the file"; only fields in ``model_fields_set`` override the code.
+    """
 
     name: str = Field(min_length=1)
-    num_replicas: Optional[Union[int, Literal["auto"]]] = None
-    max_ongoing_requests: int = Field(default=None, gt=0)
-    max_queued_requests: int = Field(default=None, strict=True)
-    user_config: Optional[dict[str, Any]] = None
-    autoscaling_config: Optional[AutoscalingConfig] = None
-    graceful_shutdown_wait_loop_s: float = Field(default=None, ge=0)
-    graceful_shutdown_timeout_s: float = Field(default=None, ge=0)
-    health_check_period_s: float = Field(default=None, gt=0)
-    health_check_timeout_s: float = Field(default=None, gt=0)
-    ray_actor_options: RayActorOptions = Field(default=None)
-    placement_group_bundles: list[dict[str, float]] = Field(default=None, min_length=1)
-    placement_group_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(default=None)
-    max_replicas_per_node: int = Field(default=None, ge=1, le=100)
-    logging_config: LoggingConfig = Field(default=None)
+    num_replicas: int | Literal["auto"] | None = None
+    max_ongoing_requests: int | None = Field(default=None, gt=0)
+    max_queued_requests: int | None = Field(default=None, strict=True)
+    user_config: dict[str, Any] | None = None
+    autoscaling_config: AutoscalingConfig | None = None
+    graceful_shutdown_wait_loop_s: float | None = Field(default=None, ge=0)
+    graceful_shutdown_timeout_s: float | None = Field(default=None, ge=0)
+    health_check_period_s: float | None = Field(default=None, gt=0)
+    health_check_timeout_s: float | None = Field(default=None, gt=0)
+    ray_actor_options: RayActorOptions | None = None
+    placement_group_bundles: list[dict[str, float]] | None = Field(default=None, min_length=1)
+    placement_group_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] | None = None
+    max_replicas_per_node: int | None = Field(default=None, ge=1, le=100)
+    logging_config: LoggingConfig | None = None
+
+    @field_validator(*_NOT_NULL, mode="before")
+    @classmethod
+    def _not_null(cls, value: Any) -> Any:
+        if value is None:
+            raise ValueError("must not be null (leave the field out to keep the code's value)")
+        return value
 
     @field_validator("num_replicas", mode="before")
     @classmethod
@@ -118,13 +141,13 @@ class DeploymentConfig(_Schema):
 
     @field_validator("max_queued_requests")
     @classmethod
-    def _queue(cls, value: int) -> int:
-        if value < 1 and value != -1:
+    def _queue(cls, value: int | None) -> int | None:
+        if value is not None and value < 1 and value != -1:
             raise ValueError("must be -1 (no limit) or >= 1")
         return value
 
     @model_validator(mode="after")
-    def _consistent(self) -> "DeploymentConfig":
+    def _consistent(self) -> DeploymentConfig:
         if isinstance(self.num_replicas, int) and self.autoscaling_config is not None:
             raise ValueError(
                 "set num_replicas or autoscaling_config, not both "
@@ -139,11 +162,11 @@ class ApplicationConfig(_Schema):
     """Ray Serve's ``ServeApplicationSchema``: one application of a multi-application config."""
 
     name: str = Field(default=DEFAULT_APP_NAME, min_length=1)
-    route_prefix: Optional[str] = "/"
+    route_prefix: str | None = "/"
     import_path: str
     runtime_env: dict[str, Any] = Field(default_factory=dict)
     deployments: list[DeploymentConfig] = Field(default_factory=list)
-    logging_config: Optional[LoggingConfig] = None
+    logging_config: LoggingConfig | None = None
 
     # Where the application is in its file, for messages: set by validate_config.
     _source: str = PrivateAttr(default="<config>")
@@ -151,7 +174,7 @@ class ApplicationConfig(_Schema):
 
     @field_validator("route_prefix")
     @classmethod
-    def _route_prefix(cls, value: Optional[str]) -> Optional[str]:
+    def _route_prefix(cls, value: str | None) -> str | None:
         # Ray Serve's rules (schema._route_prefix_format).
         if value is None:
             return value
@@ -174,7 +197,7 @@ class ApplicationConfig(_Schema):
         return value
 
     @model_validator(mode="after")
-    def _unique_deployments(self) -> "ApplicationConfig":
+    def _unique_deployments(self) -> ApplicationConfig:
         seen: dict[str, int] = {}
         for i, dep in enumerate(self.deployments):
             if dep.name in seen:
@@ -196,8 +219,8 @@ class ServeConfig(_Schema):
     proxy_location: Literal["Disabled", "HeadOnly", "EveryNode"] = "EveryNode"
     http_options: HTTPOptions = Field(default_factory=HTTPOptions)
     grpc_options: GRPCOptions = Field(default_factory=GRPCOptions)
-    logging_config: Optional[LoggingConfig] = None
-    target_capacity: Optional[float] = Field(default=None, ge=0, le=100)
+    logging_config: LoggingConfig | None = None
+    target_capacity: float | None = Field(default=None, ge=0, le=100)
     applications: list[ApplicationConfig]
 
     @field_validator("applications")
@@ -253,7 +276,7 @@ def validate_config(data: Any, source: str = "<config>") -> ServeConfig:
     return config
 
 
-def load_config(path: Union[str, os.PathLike[str]]) -> ServeConfig:
+def load_config(path: str | os.PathLike[str]) -> ServeConfig:
     """Read and validate a deploy config (YAML or JSON), or the ``serveConfigV2`` of a KubeRay RayService.
 
     Raises:
@@ -334,7 +357,7 @@ def deployment_overrides(app_config: ApplicationConfig) -> Overrides:
     return Overrides(out, locations)
 
 
-def check_overrides(compiled: "CompiledGraph", overrides: dict[str, dict[str, Any]]) -> None:
+def check_overrides(compiled: CompiledGraph, overrides: dict[str, dict[str, Any]]) -> None:
     """Check that every overridden deployment is in the graph and its merged options are valid.
 
     Raises:

@@ -17,7 +17,7 @@ draws the same text.
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 from . import ir
 from .app import resolve
@@ -44,7 +44,7 @@ class Box:
     kind: str
     lines: tuple[str, ...]
     ingress: bool = False
-    cluster: Optional[str] = None
+    cluster: str | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -104,7 +104,14 @@ def edge_label(label: str) -> str:
     return ", ".join(f"arg {part}" if part.isdigit() else f"{part}=" for part in label.split(","))
 
 
-def build(compiled: "CompiledGraph") -> Diagram:
+def _output_label(record: ir.NodeIR, upstream: str) -> str:
+    """``output 0, output 2``: where ``upstream`` appears in MultiOutputNode's list."""
+    outputs = list(ir.iter_markers(record.args))
+    places = [str(i) for i, m in enumerate(outputs) if isinstance(m, ir.Ref) and m.key == upstream]
+    return ", ".join(f"output {i}" for i in places)
+
+
+def build(compiled: CompiledGraph) -> Diagram:
     """The diagram of a compiled graph (which must have no errors)."""
     require_ok(compiled)
     app = resolve(compiled)
@@ -133,7 +140,7 @@ def build(compiled: "CompiledGraph") -> Diagram:
     for key in sorted(nodes, key=key_order):
         record = nodes[key]
         ingress = key == entry and record.kind in (ir.DEPLOYMENT, ir.FUNCTION, ir.DRIVER)
-        if record.kind in (ir.DEPLOYMENT, ir.FUNCTION):
+        if record.kind in (ir.DEPLOYMENT, ir.FUNCTION) and record.deployment is not None:
             dep = deployments[record.deployment]
             what = f"function {dep.class_name}()" if dep.is_function else f"class {dep.class_name}"
             lines = [dep.name, what, replicas_line(dep), resources_line(dep)]
@@ -154,6 +161,10 @@ def build(compiled: "CompiledGraph") -> Diagram:
         elif kind == ir.HANDLE_EDGE or nodes[u].kind == ir.DEPLOYMENT:
             # A deployment given to a constructor or to a method call arrives as a handle.
             arrows.append(Arrow(u, v, HANDLE, edge_label(data["label"])))
+        elif nodes[v].kind == ir.INPUT_ATTR:
+            arrows.append(Arrow(u, v, DATA))  # the node reads part of its upstream value
+        elif nodes[v].kind == ir.OUTPUT:
+            arrows.append(Arrow(u, v, DATA, _output_label(nodes[v], u)))
         else:
             arrows.append(Arrow(u, v, DATA, edge_label(data["label"])))
     if compiled.plan is not None and root is not None:

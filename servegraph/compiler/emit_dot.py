@@ -53,7 +53,7 @@ def _attrs(*parts: str) -> str:
     return ", ".join(p for p in parts if p)
 
 
-def to_dot(compiled: "CompiledGraph", rankdir: str = "LR") -> str:
+def to_dot(compiled: CompiledGraph, rankdir: str = "LR") -> str:
     """The DOT text of the graph's diagram (see :mod:`servegraph.compiler.diagram` for what it shows)."""
     if rankdir not in RANKDIRS:
         raise ValueError(f"rankdir must be one of {', '.join(RANKDIRS)}, got {rankdir!r}")

@@ -22,7 +22,7 @@ import importlib
 import json
 import math
 import os
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any
 
 import networkx as nx
 
@@ -103,7 +103,7 @@ def _hashable(value: Any) -> Any:
     return tuple(value) if isinstance(value, list) else value
 
 
-def _importable(value: Any) -> Union[str, None]:
+def _importable(value: Any) -> str | None:
     """``module:qualname`` when importing it gives back this very object."""
     module, qualname = getattr(value, "__module__", None), getattr(value, "__qualname__", None)
     if not module or not qualname or "<" in qualname or module == "__main__":
@@ -185,7 +185,7 @@ def _step(step: ir.PlanStep) -> dict[str, Any]:
     }
 
 
-def to_data(compiled: "CompiledGraph") -> dict[str, Any]:
+def to_data(compiled: CompiledGraph) -> dict[str, Any]:
     """The compiled graph as a JSON-able dict."""
     require_ok(compiled)
     app = resolve(compiled)
@@ -208,7 +208,7 @@ def to_data(compiled: "CompiledGraph") -> dict[str, Any]:
     }
 
 
-def to_json(compiled: "CompiledGraph") -> str:
+def to_json(compiled: CompiledGraph) -> str:
     """The compiled graph as JSON text: 2-space indents, keys in a fixed order, a final newline."""
     return json.dumps(to_data(compiled), indent=2, allow_nan=False) + "\n"
 
@@ -271,7 +271,7 @@ def _load_step(data: dict[str, Any]) -> ir.PlanStep:
     )
 
 
-def _read(source: Union[str, os.PathLike[str], dict[str, Any]]) -> tuple[dict[str, Any], str]:
+def _read(source: str | os.PathLike[str] | dict[str, Any]) -> tuple[dict[str, Any], str]:
     if isinstance(source, dict):
         return source, "<ir>"
     name = os.fspath(source)
@@ -315,7 +315,7 @@ def _build_ir(data: dict[str, Any], name: str) -> ir.AppIR:
         raise errors.ConfigError(f"{name}: malformed compiled graph ({type(exc).__name__}: {exc})") from None
 
 
-def load_ir(source: Union[str, os.PathLike[str], dict[str, Any]]) -> ir.AppIR:
+def load_ir(source: str | os.PathLike[str] | dict[str, Any]) -> ir.AppIR:
     """The AppIR a JSON file (or its parsed dict) holds, deployment targets re-imported.
 
     Raises:
@@ -326,7 +326,7 @@ def load_ir(source: Union[str, os.PathLike[str], dict[str, Any]]) -> ir.AppIR:
     return _build_ir(data, name)
 
 
-def load_compiled(source: Union[str, os.PathLike[str], dict[str, Any]]) -> "CompiledGraph":
+def load_compiled(source: str | os.PathLike[str] | dict[str, Any]) -> CompiledGraph:
     """A CompiledGraph (graph, IR, application settings) from a JSON file, as ``servegraph build`` wrote it."""
     from .compiled import CompiledGraph
 

@@ -20,7 +20,7 @@ import json
 import math
 import re
 from importlib import metadata
-from typing import Any, Optional
+from typing import Any
 
 from ..dsl.options import DEFAULT_REPLICA_CPUS, AutoscalingConfig
 from .config_schema import AUTO_AUTOSCALING_CONFIG, ServeConfig
@@ -50,7 +50,7 @@ class WorkerGroup:
     cpus: int
     gpus: int
     memory_gib: int
-    resources: tuple[tuple[str, float], ...]
+    resources: tuple[tuple[str, int], ...]
     min_pods: int
     max_pods: int
 
@@ -96,7 +96,7 @@ def _pack(items: list[Replica], cpus: int, gpus: int) -> int:
     return len(free)
 
 
-def _group(name: str, start: list[Replica], most: list[Replica], worker_cpus: int) -> Optional[WorkerGroup]:
+def _group(name: str, start: list[Replica], most: list[Replica], worker_cpus: int) -> WorkerGroup | None:
     if not most:
         return None
     gpus = max((math.ceil(r.gpus) for r in most), default=0)
@@ -114,7 +114,7 @@ def _group(name: str, start: list[Replica], most: list[Replica], worker_cpus: in
             total_custom[key] = total_custom.get(key, 0.0) + amount
             single[key] = max(single.get(key, 0.0), amount)
     per_pod = tuple(
-        (key, float(max(math.ceil(amount / max_pods), math.ceil(single[key]))))
+        (key, max(math.ceil(amount / max_pods), math.ceil(single[key])))
         for key, amount in sorted(total_custom.items())
     )
     return WorkerGroup(name, cpus, gpus, memory, per_pod, min_pods, max_pods)
@@ -139,7 +139,7 @@ def service_name(import_path: str) -> str:
     return name[:40].rstrip("-") or "servegraph"
 
 
-def _container(name: str, image: str, cpus: str, memory: str, gpus: int = 0, ports: Optional[list] = None) -> dict:
+def _container(name: str, image: str, cpus: str, memory: str, gpus: int = 0, ports: list | None = None) -> dict:
     limits: dict[str, str] = {"cpu": cpus, "memory": memory}
     if gpus:
         limits["nvidia.com/gpu"] = str(gpus)
@@ -154,8 +154,8 @@ def rayservice(
     config: ServeConfig,
     config_text: str,
     *,
-    image: Optional[str] = None,
-    ray_version: Optional[str] = None,
+    image: str | None = None,
+    ray_version: str | None = None,
     worker_cpus: int = 4,
 ) -> dict[str, Any]:
     """The RayService manifest (a dict) serving ``config`` (whose YAML text is ``config_text``)."""
@@ -170,7 +170,8 @@ def rayservice(
     for g in groups:
         params: dict[str, str] = {}
         if g.resources:
-            params["resources"] = json.dumps(dict(g.resources), sort_keys=True)
+            # KubeRay passes this to `ray start --resources=...` through a shell, hence the extra quoting.
+            params["resources"] = json.dumps(json.dumps(dict(g.resources), sort_keys=True))
         workers.append(
             {
                 "groupName": g.name,
@@ -212,8 +213,9 @@ def rayservice(
 def rayservice_yaml(config: ServeConfig, config_text: str, sources: list[str], **kwargs: Any) -> str:
     """The manifest as YAML with a header; ``serveConfigV2`` is the config as a ``|`` block."""
     manifest = rayservice(config, config_text, **kwargs)
-    note = (
-        "# The image must contain the code the import paths name (or set runtime_env.working_dir\n"
-        "# to a remote URI); replace the image below with yours.\n"
+    notes = (
+        "A KubeRay RayService serving the Ray Serve config in spec.serveConfigV2.",
+        "The image must hold the code the import paths name (or set runtime_env.working_dir",
+        "to a remote URI): replace the image below with yours.",
     )
-    return header(sources, "A KubeRay RayService") + note + "\n" + dump_yaml(manifest, blank_lines=False)
+    return header(sources, *notes) + "\n" + dump_yaml(manifest, blank_lines=False)

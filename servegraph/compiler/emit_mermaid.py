@@ -53,7 +53,7 @@ def _class(box: dg.Box) -> str:
     return "value"
 
 
-def to_mermaid(compiled: "CompiledGraph", rankdir: str = "LR") -> str:
+def to_mermaid(compiled: CompiledGraph, rankdir: str = "LR") -> str:
     """The Mermaid text of the graph's diagram (see :mod:`servegraph.compiler.diagram` for what it shows)."""
     if rankdir not in RANKDIRS:
         raise ValueError(f"rankdir must be one of {', '.join(RANKDIRS)}, got {rankdir!r}")

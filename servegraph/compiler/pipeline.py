@@ -10,6 +10,7 @@ from typing import Any
 
 from ..dsl.nodes import DAGNode
 from ..errors import Diagnostic, raise_diagnostics
+from .app import AppInfo, find_import_path
 from .capture import capture
 from .checks import CheckContext, run_checks
 from .compiled import CompiledGraph
@@ -51,4 +52,10 @@ def compile(
     elif any(d.code == "cycle" for d in diagnostics):
         # A cyclic graph cannot be ordered, so there is nothing to lower.
         return CompiledGraph(graph=graph, ir=None, diagnostics=tuple(diagnostics))  # type: ignore[arg-type]
-    return CompiledGraph(graph=graph, ir=lower(captured, graph, names, options), diagnostics=tuple(diagnostics), names=names)
+    return CompiledGraph(
+        graph=graph,
+        ir=lower(captured, graph, names, options),
+        diagnostics=tuple(diagnostics),
+        names=names,
+        app=AppInfo(import_path=find_import_path(app)),
+    )

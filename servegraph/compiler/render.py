@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from typing import TYPE_CHECKING, Optional, Union
+from typing import TYPE_CHECKING
 
 from ..errors import RenderError
 from .emit_dot import to_dot
@@ -29,7 +29,7 @@ INSTALL_DOT = (
 )
 
 
-def find_dot() -> Optional[str]:
+def find_dot() -> str | None:
     """The path of Graphviz's ``dot`` program, or None."""
     return shutil.which("dot")
 
@@ -58,12 +58,12 @@ def pipe(dot_source: str, fmt: str) -> bytes:
         raise RenderError(f"dot failed drawing .{fmt}: {stderr}") from None
 
 
-def to_svg(compiled: "CompiledGraph", rankdir: str = "LR") -> str:
+def to_svg(compiled: CompiledGraph, rankdir: str = "LR") -> str:
     """The diagram as SVG text (needs Graphviz)."""
     return pipe(to_dot(compiled, rankdir), "svg").decode("utf-8")
 
 
-def render(compiled: "CompiledGraph", path: Union[str, os.PathLike[str]], rankdir: str = "LR") -> str:
+def render(compiled: CompiledGraph, path: str | os.PathLike[str], rankdir: str = "LR") -> str:
     """Write the diagram to ``path``: ``.dot``, ``.mmd``, or ``.svg``/``.png``/``.pdf`` through Graphviz.
 
     Returns:

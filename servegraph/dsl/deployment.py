@@ -59,7 +59,7 @@ class Deployment:
 
     def options(self, **kwargs: Any) -> Deployment:
         """A copy of this deployment with some options overridden."""
-        return Deployment(self._target, make_options(self._options, **kwargs))
+        return Deployment(self._target, make_options(self._options, _call_site=user_call_site(), **kwargs))
 
     def bind(self, *args: Any, _call_site: CallSite | None = None, **kwargs: Any) -> DAGNode:
         """Bind constructor (class) or call (function) arguments into a graph node.
@@ -107,7 +107,7 @@ def deployment(_func_or_class: Callable[..., Any] | None = None, **options: Any)
         OptionError: an unknown option (the message names the closest valid one).
         OptionValueError: a value outside its accepted range.
     """
-    validated = make_options(**options)
+    validated = make_options(_call_site=user_call_site(), **options)
 
     def decorate(target: Callable[..., Any]) -> Deployment:
         if not callable(target):

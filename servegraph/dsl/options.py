@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .._validation import closest, format_errors
 from ..errors import OptionError, OptionValueError
+from .callsite import CallSite
 
 #: CPUs a replica reserves when the user does not say: small, so a graph of a
 #: dozen deployments fits on a 2-core laptop. The user's value always wins.
@@ -139,13 +140,19 @@ OPTION_NAMES = tuple(DeploymentOptions.model_fields)
 _ALIASES = {"max_concurrent_queries": "max_ongoing_requests"}
 
 
-def make_options(base: DeploymentOptions | None = None, **overrides: Any) -> DeploymentOptions:
+def make_options(
+    base: DeploymentOptions | None = None, *, _call_site: CallSite | None = None, **overrides: Any
+) -> DeploymentOptions:
     """Validate ``overrides`` on top of ``base``.
+
+    ``_call_site`` is where the user set them (``@serve.deployment(...)`` or
+    ``.options(...)``); error messages start with it.
 
     Raises:
         OptionError: an option name that does not exist (names the closest one).
         OptionValueError: a value outside the option's accepted range.
     """
+    where = f"{_call_site}: " if _call_site is not None else ""
     for old, new in _ALIASES.items():
         if old in overrides:
             overrides[new] = overrides.pop(old)
@@ -153,7 +160,7 @@ def make_options(base: DeploymentOptions | None = None, **overrides: Any) -> Dep
         if key not in DeploymentOptions.model_fields:
             hint = closest(key, OPTION_NAMES)
             raise OptionError(
-                f"unknown deployment option {key!r}"
+                f"{where}unknown deployment option {key!r}"
                 + (f"; did you mean {hint!r}?" if hint else "")
                 + f" Valid options: {', '.join(OPTION_NAMES)}."
             )
@@ -163,7 +170,7 @@ def make_options(base: DeploymentOptions | None = None, **overrides: Any) -> Dep
             if key not in RAY_ACTOR_OPTION_KEYS:
                 hint = closest(key, RAY_ACTOR_OPTION_KEYS)
                 raise OptionValueError(
-                    f"ray_actor_options: unknown key {key!r}"
+                    f"{where}ray_actor_options: unknown key {key!r}"
                     + (f"; did you mean {hint!r}?" if hint else "")
                     + f" Accepted keys: {', '.join(RAY_ACTOR_OPTION_KEYS)}."
                 )
@@ -173,4 +180,4 @@ def make_options(base: DeploymentOptions | None = None, **overrides: Any) -> Dep
         return DeploymentOptions(**data)
     except ValidationError as exc:
         lines = format_errors(exc, "", OPTION_NAMES)
-        raise OptionValueError("invalid deployment option: " + "; ".join(lines)) from None
+        raise OptionValueError(f"{where}invalid deployment option: " + "; ".join(lines)) from None

@@ -28,10 +28,20 @@ def bind_problem(
     "missing a required argument: 'a'"
     >>> bind_problem(f, (1,), {"c": 2}, drop_self=False)
     "got an unexpected keyword argument 'c'"
+    >>> bind_problem(f, (), {"bb": 2}, drop_self=False)
+    "got an unexpected keyword argument 'bb'; did you mean 'b'?"
     """
     sig = _signature(fn)
     if sig is None:
         return None
+    # A misspelt keyword is the likelier mistake than the argument Python would report missing.
+    params = list(sig.parameters.values())[1 if drop_self else 0 :]
+    if not any(p.kind is p.VAR_KEYWORD for p in params):
+        names = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        for key in kwargs:
+            if key not in names:
+                hint = closest(key, names)
+                return f"got an unexpected keyword argument {key!r}" + (f"; did you mean {hint!r}?" if hint else "")
     try:
         if drop_self:
             sig.bind(None, *args, **kwargs)

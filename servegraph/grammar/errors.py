@@ -56,6 +56,10 @@ _CLASSES: dict[str, type[GraphError]] = {
 }
 
 
+#: Characters of a long source line shown around the spot an error points at.
+_WINDOW = 100
+
+
 class Source:
     """A file's text and name, to point at a token in it."""
 
@@ -75,9 +79,15 @@ class Source:
             return ""
         line = self.lines[span.line - 1].rstrip("\r")
         col = min(max(span.col, 1), len(line) + 1)
+        width = max(1, min(span.width, len(line) - col + 1, _WINDOW // 2))
+        if len(line) > _WINDOW:  # show the part of a long line around the spot
+            start = max(0, min(col - 1 - _WINDOW // 2, len(line) - _WINDOW))
+            head = "..." if start else ""
+            tail = "..." if start + _WINDOW < len(line) else ""
+            line = head + line[start : start + _WINDOW] + tail
+            col = col - start + len(head)
         # Keep tabs in the caret line's prefix so the caret lines up in any terminal.
         prefix = "".join(ch if ch == "\t" else " " for ch in line[: col - 1])
-        width = max(1, min(span.width, len(line) - col + 1))
         return f"    {line}\n    {prefix}{'^' * width}"
 
     def diagnostic(self, code: str, message: str, span: Span, node: Optional[str] = None) -> Diagnostic:

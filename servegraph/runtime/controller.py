@@ -122,7 +122,9 @@ class Controller:
             ) from None
         except Exception as exc:
             self._kill(actors)
-            raise RuntimeError(f"deployment {spec.name!r} failed to start: {_describe_failure(exc)}") from None
+            raise RuntimeError(
+                f"deployment {spec.name!r} (bound at {spec.call_site}) failed to start: {_describe_failure(exc)}"
+            ) from None
         return actors
 
     @staticmethod

@@ -1,0 +1,669 @@
+"""Per-request latency and throughput: servegraph vs Ray Serve vs raw Ray actors, side by side.
+
+Two graphs, each run on three systems in one process and one Ray cluster:
+
+- **hello**: the seed's hello app (a classifier forwarding to a Spanish or French
+  responder), with an ingress that takes a ``dict`` so a handle can call it.
+- **chain**: five stages, each stage's unawaited result passed to the next.
+
+Systems run one after another (deploy, warm up, measure, tear down) so they never
+compete for the machine's cores. Every row reports sequential latency (p50/p99 of
+requests sent one at a time from the driver) and throughput (requests/s with a
+fixed number in flight). Ray Serve rows need the ``bench`` extra
+(``pip install -e '.[bench]'``); without it they are skipped.
+
+Run from the repository root::
+
+    python bench/latency.py              # full run, a few minutes
+    python bench/latency.py --quick      # a short smoke run
+    python bench/latency.py --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import gc
+import http.client
+import json
+import logging
+import os
+import platform
+import random
+import socket
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+# Run as `python bench/latency.py`: make the checkout's servegraph importable without installing it.
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import ray  # noqa: E402
+
+import servegraph as serve  # noqa: E402
+from servegraph import InputNode  # noqa: E402
+
+#: Stages in the chain graph.
+CHAIN_LENGTH = 5
+#: Seed for the request mix (which language each hello request asks for).
+SEED = 0
+#: Upper bound on any single wait, so a wedged system fails the run instead of hanging it.
+TIMEOUT_S = 60.0
+
+
+# The user's code, shared by every system ----------------------------------------------
+#
+# Plain classes; each system wraps them its own way (servegraph.deployment,
+# ray.serve.deployment, ray.remote), so every system runs the same per-request work.
+
+
+class SpanishResponder:
+    def say_hello(self, name: str) -> str:
+        return f"Hola {name}"
+
+
+class FrenchResponder:
+    def say_hello(self, name: str) -> str:
+        return f"Bonjour {name}"
+
+
+class Stage:
+    def __call__(self, x: int) -> int:
+        return x + 1
+
+
+# Ingresses: the one place where the systems' handle APIs differ.
+
+
+class ServegraphLanguageClassifier:
+    """examples/hello.py's ingress with a dict instead of a starlette Request (a handle cannot send one)."""
+
+    def __init__(self, spanish_responder: Any, french_responder: Any):
+        self.spanish_responder = spanish_responder
+        self.french_responder = french_responder
+
+    async def __call__(self, request: dict) -> str:
+        language, name = request["language"], request["name"]
+
+        # The seed's two-await pattern: the first await picks a replica and gives an ObjectRef.
+        if language == "spanish":
+            ref = await self.spanish_responder.say_hello.remote(name)
+        elif language == "french":
+            ref = await self.french_responder.say_hello.remote(name)
+        else:
+            return "Please try again."
+
+        return await ref
+
+
+class RayServeLanguageClassifier:
+    """The same ingress for Ray Serve's current handle API.
+
+    In Ray Serve 2.x (2.60 here) ``DeploymentHandle.remote()`` returns a
+    DeploymentResponse, awaited once; the seed's two-await pattern no longer exists.
+    """
+
+    def __init__(self, spanish_responder: Any, french_responder: Any):
+        self.spanish_responder = spanish_responder
+        self.french_responder = french_responder
+
+    async def __call__(self, request: dict) -> str:
+        language, name = request["language"], request["name"]
+
+        if language == "spanish":
+            response = self.spanish_responder.say_hello.remote(name)
+        elif language == "french":
+            response = self.french_responder.say_hello.remote(name)
+        else:
+            return "Please try again."
+
+        return await response
+
+
+class ServegraphLanguageClassifierHTTP(ServegraphLanguageClassifier):
+    """As examples/hello.py: the ingress reads the starlette Request's JSON body, then dispatches as above."""
+
+    async def __call__(self, http_request: Any) -> str:  # type: ignore[override]
+        return await super().__call__(await http_request.json())
+
+
+class RayServeLanguageClassifierHTTP(RayServeLanguageClassifier):
+    async def __call__(self, http_request: Any) -> str:  # type: ignore[override]
+        return await super().__call__(await http_request.json())
+
+
+class ServegraphChain:
+    """An ingress chaining its stages: each stage's ObjectRef goes to the next unawaited."""
+
+    def __init__(self, *stages: Any):
+        self.stages = stages
+
+    async def __call__(self, x: int) -> int:
+        result = x
+        for stage in self.stages:
+            result = await stage.remote(result)  # the ObjectRef, not the value
+        return await result
+
+
+class RayServeChain:
+    """Ray Serve's idiom for composition: pass each DeploymentResponse to the next call unawaited."""
+
+    def __init__(self, *stages: Any):
+        self.stages = stages
+
+    async def __call__(self, x: int) -> int:
+        result = x
+        for stage in self.stages:
+            result = stage.remote(result)
+        return await result
+
+
+class RawLanguageClassifier:
+    """The raw-actor twin of the hello ingress: an async actor calling responder actors."""
+
+    def __init__(self, spanish_responder: Any, french_responder: Any):
+        self.spanish_responder = spanish_responder
+        self.french_responder = french_responder
+
+    async def __call__(self, request: dict) -> str:
+        language, name = request["language"], request["name"]
+        if language == "spanish":
+            ref = self.spanish_responder.say_hello.remote(name)
+        elif language == "french":
+            ref = self.french_responder.say_hello.remote(name)
+        else:
+            return "Please try again."
+        return await ref
+
+
+# Requests ----------------------------------------------------------------------------------
+
+
+def hello_requests(count: int) -> list[dict]:
+    """A fixed, seeded mix of Spanish and French requests."""
+    rng = random.Random(SEED)
+    return [{"language": rng.choice(("spanish", "french")), "name": "Dora"} for _ in range(count)]
+
+
+def hello_expected(request: dict) -> str:
+    return {"spanish": "Hola ", "french": "Bonjour "}[request["language"]] + request["name"]
+
+
+def chain_requests(count: int) -> list[int]:
+    return list(range(count))
+
+
+def chain_expected(x: int) -> int:
+    return x + CHAIN_LENGTH
+
+
+# Measuring -------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Settings:
+    requests: int
+    warmup: int
+    throughput_requests: int
+    concurrency: int
+    http_requests: int
+
+
+@dataclasses.dataclass
+class Row:
+    graph: str
+    system: str
+    how: str
+    p50_ms: float
+    p99_ms: float
+    mean_ms: float
+    throughput_rps: Optional[float]
+    requests: int
+
+
+@dataclasses.dataclass
+class Workload:
+    """One way of sending one graph's requests: ``submit`` starts a request, ``wait`` finishes it."""
+
+    graph: str
+    system: str
+    how: str
+    submit: Callable[[Any], Any]
+    wait: Callable[[Any], Any]
+    requests: Callable[[int], list]
+    expected: Callable[[Any], Any]
+
+
+def _percentile(sorted_values: list[float], q: float) -> float:
+    """Nearest-rank percentile of an already sorted list."""
+    k = max(0, min(len(sorted_values) - 1, round(q / 100 * len(sorted_values) + 0.5) - 1))
+    return sorted_values[k]
+
+
+def measure(work: Workload, settings: Settings, *, throughput: bool = True) -> Row:
+    """Warm up (checking every answer), then time sequential requests, then concurrent batches."""
+    for request in work.requests(settings.warmup):
+        got = work.wait(work.submit(request))
+        want = work.expected(request)
+        if got != want:
+            raise AssertionError(f"{work.system} {work.graph} ({work.how}): got {got!r}, expected {want!r}")
+
+    gc.collect()
+    latencies = []
+    clock = time.perf_counter
+    for request in work.requests(settings.requests):
+        start = clock()
+        work.wait(work.submit(request))
+        latencies.append(clock() - start)
+    latencies.sort()
+
+    rps = None
+    if throughput and settings.throughput_requests:
+        requests = work.requests(settings.throughput_requests)
+        gc.collect()
+        start = clock()
+        for i in range(0, len(requests), settings.concurrency):
+            pending = [work.submit(r) for r in requests[i : i + settings.concurrency]]
+            for p in pending:
+                work.wait(p)
+        rps = len(requests) / (clock() - start)
+
+    row = Row(
+        graph=work.graph,
+        system=work.system,
+        how=work.how,
+        p50_ms=_percentile(latencies, 50) * 1e3,
+        p99_ms=_percentile(latencies, 99) * 1e3,
+        mean_ms=statistics.fmean(latencies) * 1e3,
+        throughput_rps=rps,
+        requests=len(latencies),
+    )
+    rps_text = f"{row.throughput_rps:8.0f} req/s" if row.throughput_rps else ""
+    print(f"  {work.graph:<6} {work.system:<10} {work.how:<24} p50 {row.p50_ms:7.2f} ms  p99 {row.p99_ms:7.2f} ms  {rps_text}", flush=True)
+    return row
+
+
+def ray_get(ref: Any) -> Any:
+    return ray.get(ref, timeout=TIMEOUT_S)
+
+
+# HTTP over loopback ---------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class HTTPClient:
+    """One keep-alive connection to 127.0.0.1: requests go one at a time, as a single user's would."""
+
+    def __init__(self, port: int):
+        self._conn = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT_S)
+
+    def post(self, request: dict) -> str:
+        self._conn.request("POST", "/", body=json.dumps(request), headers={"content-type": "application/json"})
+        reply = self._conn.getresponse()
+        body = reply.read().decode()
+        if reply.status != 200:
+            raise RuntimeError(f"HTTP {reply.status}: {body}")
+        return body
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+def http_workload(system: str, how: str, port: int) -> tuple[Workload, HTTPClient]:
+    client = HTTPClient(port)
+    work = Workload("hello", system, how, submit=client.post, wait=lambda body: body, requests=hello_requests, expected=hello_expected)
+    return work, client
+
+
+def measure_http(work: Workload, settings: Settings) -> Row:
+    http_settings = dataclasses.replace(settings, requests=settings.http_requests, warmup=min(settings.warmup, 20))
+    return measure(work, http_settings, throughput=False)
+
+
+# servegraph ----------------------------------------------------------------------------------
+
+
+def bench_servegraph(settings: Settings, graphs: set[str], with_http: bool) -> list[Row]:
+    rows = []
+    Spanish = serve.deployment(SpanishResponder)
+    French = serve.deployment(FrenchResponder)
+    StageDeployment = serve.deployment(Stage)
+    try:
+        if "hello" in graphs:
+            app = serve.deployment(ServegraphLanguageClassifier).bind(Spanish.bind(), French.bind())
+            handle = serve.run(app, name="hello", route_prefix=None, http=False)
+            rows.append(measure(Workload("hello", "servegraph", "handle", handle.remote, ray_get, hello_requests, hello_expected), settings))
+            serve.delete("hello")
+
+        if "chain" in graphs:
+            with InputNode() as inp:
+                node = inp
+                for i in range(CHAIN_LENGTH):
+                    node = StageDeployment.options(name=f"Stage{i}").bind().__call__.bind(node)
+            graph = serve.run(node, name="chain", route_prefix=None, http=False)
+            rows.append(measure(Workload("chain", "servegraph", "InputNode graph", graph.remote, ray_get, chain_requests, chain_expected), settings))
+
+            stages = [serve.get_deployment_handle(f"Stage{i}", app_name="chain") for i in range(CHAIN_LENGTH)]
+
+            def submit_chain(x: int) -> Any:
+                result = x
+                for stage in stages:
+                    result = stage.remote(result)  # an ObjectRef, passed on unawaited
+                return result
+
+            rows.append(measure(Workload("chain", "servegraph", "driver handles", submit_chain, ray_get, chain_requests, chain_expected), settings))
+            serve.delete("chain")
+
+            app = serve.deployment(ServegraphChain).bind(*[StageDeployment.options(name=f"Stage{i}").bind() for i in range(CHAIN_LENGTH)])
+            handle = serve.run(app, name="chain-ingress", route_prefix=None, http=False)
+            rows.append(measure(Workload("chain", "servegraph", "ingress deployment", handle.remote, ray_get, chain_requests, chain_expected), settings))
+            serve.delete("chain-ingress")
+
+        if with_http and "hello" in graphs:
+            port = free_port()
+            app = serve.deployment(ServegraphLanguageClassifierHTTP).bind(Spanish.bind(), French.bind())
+            serve.run(app, name="hello-http", host="127.0.0.1", port=port)
+            work, client = http_workload("servegraph", "HTTP proxy", port)
+            try:
+                rows.append(measure_http(work, settings))
+            finally:
+                client.close()
+            serve.delete("hello-http")
+    finally:
+        serve.shutdown()
+    return rows
+
+
+# Ray Serve -------------------------------------------------------------------------------------
+
+
+def bench_ray_serve(settings: Settings, graphs: set[str], with_http: bool) -> list[Row]:
+    from ray import serve as rserve
+
+    # Ray Serve logs every deploy and delete at INFO on the driver; keep the report readable.
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)
+
+    def result(response: Any) -> Any:
+        return response.result(timeout_s=TIMEOUT_S)
+
+    rows = []
+    Spanish = rserve.deployment(SpanishResponder)
+    French = rserve.deployment(FrenchResponder)
+    StageDeployment = rserve.deployment(Stage)
+    # Ray Serve always runs an HTTP proxy; keep it on loopback and off any port another program uses.
+    port = free_port()
+    rserve.start(http_options={"host": "127.0.0.1", "port": port})
+    try:
+        if "hello" in graphs:
+            app = rserve.deployment(RayServeLanguageClassifier).bind(Spanish.bind(), French.bind())
+            handle = rserve.run(app, name="hello", route_prefix=None)
+            rows.append(measure(Workload("hello", "Ray Serve", "handle", handle.remote, result, hello_requests, hello_expected), settings))
+            rserve.delete("hello")
+
+        if "chain" in graphs:
+            # Ray Serve 2.x has no InputNode graphs any more; composition is an ingress chaining responses.
+            app = rserve.deployment(RayServeChain).bind(*[StageDeployment.options(name=f"Stage{i}").bind() for i in range(CHAIN_LENGTH)])
+            handle = rserve.run(app, name="chain", route_prefix=None)
+            rows.append(measure(Workload("chain", "Ray Serve", "ingress deployment", handle.remote, result, chain_requests, chain_expected), settings))
+
+            stages = [rserve.get_deployment_handle(f"Stage{i}", app_name="chain") for i in range(CHAIN_LENGTH)]
+
+            def submit_chain(x: int) -> Any:
+                response = x
+                for stage in stages:
+                    response = stage.remote(response)  # a DeploymentResponse, passed on unawaited
+                return response
+
+            rows.append(measure(Workload("chain", "Ray Serve", "driver handles", submit_chain, result, chain_requests, chain_expected), settings))
+            rserve.delete("chain")
+
+        if with_http and "hello" in graphs:
+            app = rserve.deployment(RayServeLanguageClassifierHTTP).bind(Spanish.bind(), French.bind())
+            rserve.run(app, name="hello-http", route_prefix="/")
+            work, client = http_workload("Ray Serve", "HTTP proxy", port)
+            try:
+                rows.append(measure_http(work, settings))
+            finally:
+                client.close()
+            rserve.delete("hello-http")
+    finally:
+        rserve.shutdown()
+    return rows
+
+
+# Raw Ray actors ----------------------------------------------------------------------------------
+
+#: Same reservation and concurrency as a servegraph replica by default, so only the layer on top differs.
+_RAW_OPTIONS = {"num_cpus": 0.1, "max_concurrency": 5}
+
+
+def bench_raw(settings: Settings, graphs: set[str]) -> list[Row]:
+    rows = []
+    actors: list[Any] = []
+    try:
+        if "hello" in graphs:
+            spanish = ray.remote(SpanishResponder).options(**_RAW_OPTIONS).remote()
+            french = ray.remote(FrenchResponder).options(**_RAW_OPTIONS).remote()
+            ingress = ray.remote(RawLanguageClassifier).options(**_RAW_OPTIONS).remote(spanish, french)
+            actors += [spanish, french, ingress]
+            rows.append(measure(Workload("hello", "raw actors", "async actor", ingress.__call__.remote, ray_get, hello_requests, hello_expected), settings))
+
+        if "chain" in graphs:
+            stages = [ray.remote(Stage).options(**_RAW_OPTIONS).remote() for _ in range(CHAIN_LENGTH)]
+            actors += stages
+
+            def submit_chain(x: int) -> Any:
+                ref = x
+                for stage in stages:
+                    ref = stage.__call__.remote(ref)
+                return ref
+
+            rows.append(measure(Workload("chain", "raw actors", "refs", submit_chain, ray_get, chain_requests, chain_expected), settings))
+    finally:
+        for actor in actors:
+            ray.kill(actor)
+    return rows
+
+
+# Report ----------------------------------------------------------------------------------------
+
+
+def _ratio(value: Optional[float], reference: Optional[float]) -> str:
+    if value is None or reference is None or reference == 0:
+        return "-"
+    return f"{value / reference:.2f}x"
+
+
+def references(rows: list[Row]) -> dict[tuple[str, str, str], Row]:
+    """Per (graph, transport, system): the reference row, the fastest p50 of that system.
+
+    Against Ray Serve that is its fastest way of running the graph, so a ratio is never
+    flattered by picking Ray Serve's slower idiom. HTTP rows compare only with HTTP rows.
+    """
+    refs: dict[tuple[str, str, str], Row] = {}
+    for row in rows:
+        key = (row.graph, _transport(row), row.system)
+        if key not in refs or row.p50_ms < refs[key].p50_ms:
+            refs[key] = row
+    return refs
+
+
+def _transport(row: Row) -> str:
+    return "http" if row.how.startswith("HTTP") else "handle"
+
+
+def table(rows: list[Row], concurrency: int) -> str:
+    """A markdown table: one row per (graph, system, how), with ratios against Ray Serve and raw actors."""
+    refs = references(rows)
+    header = (
+        f"| graph | system | how | p50 ms | p99 ms | req/s ({concurrency} in flight) "
+        "| p50 vs Ray Serve | p50 vs raw | req/s vs Ray Serve | req/s vs raw |"
+    )
+    lines = [header, "|" + "---|" * 10]
+    for row in rows:
+        transport = _transport(row)
+        rs = refs.get((row.graph, transport, "Ray Serve"))
+        raw = refs.get((row.graph, transport, "raw actors"))
+        rps = f"{row.throughput_rps:.0f}" if row.throughput_rps else "-"
+        lines.append(
+            f"| {row.graph if transport == 'handle' else row.graph + ' (HTTP)'} | {row.system} | {row.how} "
+            f"| {row.p50_ms:.2f} | {row.p99_ms:.2f} | {rps} "
+            f"| {_ratio(row.p50_ms, rs.p50_ms if rs else None)} | {_ratio(row.p50_ms, raw.p50_ms if raw else None)} "
+            f"| {_ratio(row.throughput_rps, rs.throughput_rps if rs else None)} "
+            f"| {_ratio(row.throughput_rps, raw.throughput_rps if raw else None)} |"
+        )
+    return "\n".join(lines)
+
+
+def verdict(rows: list[Row]) -> list[str]:
+    """The issue's targets, judged for every servegraph row reached through a handle.
+
+    p50 at most 1/3 of Ray Serve's (its fastest way of running the same graph) on
+    both graphs, and the chain within 1.3x of raw actors chained by refs.
+    """
+    refs = references(rows)
+    out = []
+    for row in rows:
+        if row.system != "servegraph" or _transport(row) != "handle":
+            continue
+        rs = refs.get((row.graph, "handle", "Ray Serve"))
+        raw = refs.get((row.graph, "handle", "raw actors"))
+        parts = []
+        if rs:
+            ratio = row.p50_ms / rs.p50_ms
+            parts.append(f"{ratio:.2f}x Ray Serve's {rs.p50_ms:.2f} ms (target <= 0.33x: {'met' if ratio <= 1 / 3 else 'NOT met'})")
+        if raw and row.graph == "chain":
+            ratio = row.p50_ms / raw.p50_ms
+            parts.append(f"{ratio:.2f}x raw actors' {raw.p50_ms:.2f} ms (target <= 1.3x: {'met' if ratio <= 1.3 else 'NOT met'})")
+        if parts:
+            out.append(f"{row.graph}, servegraph {row.how}: p50 {row.p50_ms:.2f} ms = " + "; ".join(parts))
+    return out
+
+
+def machine() -> dict[str, Any]:
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "host": platform.node(),
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "ray": ray.__version__,
+    }
+
+
+def _load() -> Optional[tuple[float, float, float]]:
+    try:
+        return os.getloadavg()
+    except OSError:
+        return None
+
+
+# Main ----------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="a short run: 100 requests after 20 warm-up, 200 for throughput")
+    parser.add_argument("-n", "--requests", type=int, default=None, help="sequential requests timed per row (default 500)")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed requests first, answers checked (default 50)")
+    parser.add_argument("--throughput-requests", type=int, default=None, help="requests in the throughput phase (default 800)")
+    parser.add_argument("--concurrency", type=int, default=8, help="requests in flight in the throughput phase (default 8)")
+    parser.add_argument("--http-requests", type=int, default=None, help="sequential HTTP requests per system (default 300)")
+    parser.add_argument("--no-http", action="store_true", help="skip the HTTP rows")
+    parser.add_argument("--graphs", default="hello,chain", help="comma-separated subset of hello,chain")
+    parser.add_argument("--systems", default="servegraph,rayserve,raw", help="comma-separated subset of servegraph,rayserve,raw")
+    parser.add_argument("--num-cpus", type=int, default=8, help="logical CPUs of the Ray cluster (Ray Serve reserves 1 per replica)")
+    parser.add_argument("--json", metavar="PATH", help="also write the numbers as JSON")
+    return parser.parse_args(argv)
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    quick = args.quick
+    return Settings(
+        requests=args.requests or (100 if quick else 500),
+        warmup=args.warmup or (20 if quick else 50),
+        throughput_requests=args.throughput_requests or (200 if quick else 800),
+        concurrency=args.concurrency,
+        http_requests=args.http_requests or (50 if quick else 300),
+    )
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = parse_args(argv)
+    settings = settings_from(args)
+    graphs = {g.strip() for g in args.graphs.split(",") if g.strip()}
+    systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    with_http = not args.no_http
+
+    have_ray_serve = True
+    if "rayserve" in systems:
+        try:
+            import ray.serve  # noqa: F401
+        except ImportError:
+            have_ray_serve = False
+            print("Ray Serve is not installed (pip install -e '.[bench]'): skipping its rows.", file=sys.stderr)
+
+    started = datetime.datetime.now().astimezone()
+    load_before = _load()
+    ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+    rows: list[Row] = []
+    try:
+        print(f"{settings.requests} sequential requests after {settings.warmup} warm-up; "
+              f"throughput: {settings.throughput_requests} requests, {settings.concurrency} in flight", flush=True)
+        if "servegraph" in systems:
+            rows += bench_servegraph(settings, graphs, with_http)
+        if "rayserve" in systems and have_ray_serve:
+            rows += bench_ray_serve(settings, graphs, with_http)
+        if "raw" in systems:
+            rows += bench_raw(settings, graphs)
+    finally:
+        ray.shutdown()
+    load_after = _load()
+
+    info = machine()
+    print()
+    print(f"{started:%Y-%m-%d %H:%M %Z} · {info['cpu']} · {info['cores']} cores · Python {info['python']} · Ray {info['ray']}")
+    print(table(rows, settings.concurrency))
+    print()
+    for line in verdict(rows):
+        print(line)
+    if load_before and load_after:
+        print(
+            f"\nLoad average before {load_before[0]:.2f}, after {load_after[0]:.2f}. Latencies on a shared 2-core "
+            "machine move by 10-20% between runs; compare ratios within one run, not numbers across runs."
+        )
+
+    if args.json:
+        payload = {
+            "date": started.isoformat(timespec="seconds"),
+            "machine": info,
+            "load_average": {"before": load_before, "after": load_after},
+            "settings": dataclasses.asdict(settings),
+            "rows": [dataclasses.asdict(r) for r in rows],
+            "targets": verdict(rows),
+        }
+        Path(args.json).write_text(json.dumps(payload, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,32 @@
+"""``servegraph render``: draw a graph to a file; the extension picks the format."""
+
+from __future__ import annotations
+
+import click
+
+from ..compiler import compile
+from ..compiler.render import FORMATS
+from .common import user_errors
+from .load import load_app
+
+
+@click.command("render")
+@click.argument("target", metavar="MODULE:ATTR")
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help=f"The file to write: {', '.join(FORMATS)} (.svg, .png and .pdf need Graphviz's `dot`).",
+)
+@click.option("--rankdir", type=click.Choice(["LR", "TB"]), default="LR", show_default=True, help="Left to right or top to bottom.")
+@click.option("--name", default=None, help="Graph to draw in a .sg file with several.")
+def render_cmd(target: str, output: str, rankdir: str, name: str | None) -> None:
+    """Draw the graph MODULE:ATTR (or a .sg file): deployments, calls, inputs, handles and the ingress."""
+    with user_errors():
+        compiled = compile(load_app(target, name=name)).with_app(import_path=target)
+        try:
+            compiled.render(output, rankdir)
+        except OSError as exc:
+            raise click.ClickException(f"cannot write {output}: {exc.strerror}") from None
+    click.echo(f"wrote {output}", err=True)
