@@ -35,6 +35,11 @@ def double(x: float) -> float:
     return 2 * x
 
 
+@serve.deployment
+def add(a: float, b: float) -> float:
+    return a + b
+
+
 # Options ------------------------------------------------------------------------------
 
 
@@ -132,10 +137,16 @@ def test_method_arguments_are_checked():
 
 
 def test_function_arguments_are_checked():
-    with pytest.raises(BindError, match=r"double\.bind\(\): missing a required argument: 'x'") as err:
-        line = here() + 1
-        double.bind()
+    with InputNode() as inp:
+        with pytest.raises(BindError, match=r"add\.bind\(\): missing a required argument: 'b'") as err:
+            line = here() + 1
+            add.bind(inp)
     assert_located(err.value, line)
+
+
+def test_function_bound_with_nothing_is_an_ingress():
+    # As in Ray Serve: the function is then called with each request (or handle call's arguments).
+    assert serve.compile(double.bind()).ingress == "double"
 
 
 def test_unknown_method_suggests_the_closest():

@@ -39,7 +39,12 @@ from .load import load_app
     help="Route prefix; repeat once per target (default: the ingress's route_prefix option, else / for one "
     "target and /NAME for several).",
 )
-@click.option("--host", default="0.0.0.0", show_default=True, help="http_options.host: where the proxies listen.")
+@click.option(
+    "--host",
+    default=None,
+    help="http_options.host: where the proxies listen (default: 127.0.0.1; 0.0.0.0 for --format kubernetes, "
+    "where the pod must accept traffic from its Service).",
+)
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535), help="http_options.port.")
 @click.option("--image", default=None, help="kubernetes: the image with your code (default: rayproject/ray:RAY_VERSION).")
 def build_cmd(
@@ -48,7 +53,7 @@ def build_cmd(
     fmt: str,
     names: tuple[str, ...],
     route_prefixes: tuple[str, ...],
-    host: str,
+    host: str | None,
     port: int,
     image: str | None,
 ) -> None:
@@ -61,6 +66,8 @@ def build_cmd(
         raise click.UsageError("give --name and --route-prefix at most once per target")
     if fmt == "json" and len(targets) != 1:
         raise click.UsageError("--format json writes one graph; give one target")
+    if host is None:
+        host = "0.0.0.0" if fmt == "kubernetes" else "127.0.0.1"
     with user_errors():
         graphs = []
         defaults = default_apps(len(targets))

@@ -25,7 +25,7 @@ def connect(start_if_missing: bool) -> bool:
         return True
     address = os.environ.get("RAY_ADDRESS", "auto")
     try:
-        ray.init(address=address, namespace="servegraph", logging_level="WARNING", log_to_driver=False)
+        ray.init(address=address, namespace="servegraph", logging_level="ERROR", log_to_driver=False)
         return True
     except ConnectionError:
         if address != "auto" or not start_if_missing:
@@ -38,7 +38,7 @@ def connect(start_if_missing: bool) -> bool:
         check=True,
         stdout=subprocess.DEVNULL,
     )
-    ray.init(address="auto", namespace="servegraph", logging_level="WARNING", log_to_driver=False)
+    ray.init(address="auto", namespace="servegraph", logging_level="ERROR", log_to_driver=False)
     return True
 
 

@@ -71,11 +71,11 @@ class CompiledGraph:
         return dataclasses.replace(self, app=app)
 
     # -- artifacts ------------------------------------------------------------
-    def to_config(self, *, host: str = "0.0.0.0", port: int = 8000) -> dict[str, Any]:
+    def to_config(self, *, host: str = "127.0.0.1", port: int = 8000) -> dict[str, Any]:
         """A Ray Serve multi-application deploy config (a dict) with this graph as its one application."""
         return emit_config.deploy_config([emit_config.application_config(self)], host=host, port=port)
 
-    def to_yaml(self, *, host: str = "0.0.0.0", port: int = 8000) -> str:
+    def to_yaml(self, *, host: str = "127.0.0.1", port: int = 8000) -> str:
         """:meth:`to_config` as YAML, with a header saying where it came from (what ``servegraph build`` writes)."""
         config = self.to_config(host=host, port=port)
         return emit_config.config_yaml(config, [resolve(self).require_import_path()])

@@ -57,7 +57,8 @@ class LoggingConfig(_Schema):
 class HTTPOptions(_Schema):
     """Ray Serve's ``HTTPOptionsSchema``: where the HTTP proxies listen."""
 
-    host: str = "0.0.0.0"
+    # Ray Serve defaults to 0.0.0.0; servegraph serves loopback unless told otherwise.
+    host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     root_path: str = ""
     request_timeout_s: float | None = Field(default=None, gt=0)

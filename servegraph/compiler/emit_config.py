@@ -85,7 +85,7 @@ def application_config(compiled: CompiledGraph) -> dict[str, Any]:
     }
 
 
-def deploy_config(applications: Iterable[dict[str, Any]], *, host: str = "0.0.0.0", port: int = 8000) -> dict[str, Any]:
+def deploy_config(applications: Iterable[dict[str, Any]], *, host: str = "127.0.0.1", port: int = 8000) -> dict[str, Any]:
     """The whole multi-application config around the given application entries."""
     return {
         "proxy_location": "EveryNode",

@@ -72,7 +72,10 @@ class Deployment:
             fn, drop_self, what = self._target, False, self.name
         else:
             fn, drop_self, what = self._target.__init__, True, f"{self.name}.__init__"
-        problem = bind_problem(fn, args, kwargs, drop_self=drop_self)
+        # ``f.bind()`` with nothing bound is how a function becomes an ingress (as in Ray Serve):
+        # it is then called with each request, so its parameters are not missing.
+        ingress_form = self.is_function and not args and not kwargs
+        problem = None if ingress_form else bind_problem(fn, args, kwargs, drop_self=drop_self)
         if problem is not None:
             raise BindError(
                 f"{site}: {self.name}.bind(): {problem}. "

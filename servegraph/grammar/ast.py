@@ -10,7 +10,7 @@ that a long chain never means deep recursion.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Optional, Union
+from typing import Any
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -51,13 +51,13 @@ class NameRef:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class ListExpr:
-    items: tuple["Expr", ...]
+    items: tuple[Expr, ...]
     span: Span
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class MapExpr:
-    entries: tuple[tuple[Literal, "Expr"], ...]
+    entries: tuple[tuple[Literal, Expr], ...]
     span: Span
 
 
@@ -65,8 +65,8 @@ class MapExpr:
 class Arg:
     """One call argument; ``name`` is set for ``name=value``."""
 
-    value: "Expr"
-    name: Optional[Name] = None
+    value: Expr
+    name: Name | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -82,18 +82,18 @@ class Attr:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Index:
-    key: "Expr"
+    key: Expr
     span: Span  # the "["
 
 
-Trailer = Union[Call, Attr, Index]
+Trailer = Call | Attr | Index
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Postfix:
     """``atom`` followed by calls, ``.attr`` and ``[key]``, left to right."""
 
-    atom: "Expr"
+    atom: Expr
     trailers: tuple[Trailer, ...]
 
     @property
@@ -101,7 +101,7 @@ class Postfix:
         return self.atom.span
 
 
-Expr = Union[Literal, NameRef, ListExpr, MapExpr, Postfix]
+Expr = Literal | NameRef | ListExpr | MapExpr | Postfix
 
 
 # Statements -------------------------------------------------------------------
@@ -136,7 +136,7 @@ class OutputStmt:
     end_line: int
 
 
-Statement = Union[InputStmt, Assign, OutputStmt]
+Statement = InputStmt | Assign | OutputStmt
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -154,7 +154,7 @@ class ImportStmt:
     """``from MODULE import NAME [as ALIAS], ...``."""
 
     module: tuple[Name, ...]
-    names: tuple[tuple[Name, Optional[Name]], ...]
+    names: tuple[tuple[Name, Name | None], ...]
     line: int
     end_line: int
 
@@ -168,7 +168,7 @@ class DeploymentDecl:
     """``deployment NAME [= SOURCE] { options }``: ``NAME = SOURCE.options(...)`` in Python."""
 
     name: Name
-    source: Optional[Name]
+    source: Name | None
     options: tuple[Option, ...]
     line: int
     open_line: int  # the "{"
@@ -180,14 +180,14 @@ class GraphDecl:
     """``graph NAME [at "/route"] { statements }``."""
 
     name: Name
-    route: Optional[Literal]
+    route: Literal | None
     body: tuple[Statement, ...]
     line: int
     open_line: int
     end_line: int
 
 
-Item = Union[ImportStmt, DeploymentDecl, GraphDecl]
+Item = ImportStmt | DeploymentDecl | GraphDecl
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

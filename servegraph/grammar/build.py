@@ -16,7 +16,8 @@ import importlib
 import inspect
 import os
 import sys
-from typing import Any, Iterator, Optional
+from collections.abc import Iterator
+from typing import Any
 
 import networkx as nx
 
@@ -51,7 +52,7 @@ class SgGraph:
 
     name: str
     node: DAGNode
-    route_prefix: Optional[str]
+    route_prefix: str | None
     call_site: CallSite
 
 
@@ -67,7 +68,7 @@ class SgFile:
     def names(self) -> list[str]:
         return list(self.graphs)
 
-    def graph(self, name: Optional[str] = None) -> SgGraph:
+    def graph(self, name: str | None = None) -> SgGraph:
         """The graph called ``name``; without a name, the file's only graph.
 
         Raises:
@@ -123,7 +124,7 @@ class _Binding:
     where: ast.Name
     kind: str  # "import", "deployment", "input", "value"
     configured: bool = False
-    first_use: Optional[ast.Name] = None
+    first_use: ast.Name | None = None
 
 
 def _describe(value: Any) -> str:
@@ -191,7 +192,7 @@ class _Builder:
         self.input_depth: dict[int, int] = {}
 
     # -- helpers ----------------------------------------------------------------
-    def error(self, code: str, message: str, span: ast.Span, node: Optional[str] = None) -> Any:
+    def error(self, code: str, message: str, span: ast.Span, node: str | None = None) -> Any:
         self.diagnostics.append(self.source.diagnostic(code, message, span, node))
         return BROKEN
 
@@ -312,7 +313,7 @@ class _Builder:
     def deployment_decl(self, item: ast.DeploymentDecl) -> None:
         if item.source is not None:  # deployment NEW = SOURCE { ... }
             base = self.top_deployment(item.source)
-            self.declare_top(item.name, self.options(base, item.options), "deployment")
+            self.declare_top(item.name, self.options(base, item.options, item.name), "deployment")
             if item.name.text in self.top and self.top[item.name.text].where is item.name:
                 self.top[item.name.text].configured = True
             return
@@ -334,7 +335,7 @@ class _Builder:
                 item.name.span,
             )
         else:
-            binding.value = self.options(binding.value, item.options)
+            binding.value = self.options(binding.value, item.options, item.name)
             binding.configured = True
             binding.where = item.name
 
@@ -346,12 +347,15 @@ class _Builder:
             binding.first_use = name
         return binding.value
 
-    def options(self, base: Any, options: tuple[ast.Option, ...]) -> Any:
+    def options(self, base: Any, options: tuple[ast.Option, ...], block: ast.Name) -> Any:
+        """``base`` with a block's options, validated by the DSL; each problem is put on its token."""
         seen: dict[str, ast.Name] = {}
-        value = base
+        values: dict[str, Any] = {}
+        broken = False
         for option in options:
             key = option.key.text
             if key in seen:
+                broken = True
                 self.error(
                     "option-value",
                     f"option '{key}' is set twice (first at {self.where(seen[key])}); keep one",
@@ -359,16 +363,30 @@ class _Builder:
                 )
                 continue
             seen[key] = option.key
-            literal = self.literal(option.value)
-            if literal is BROKEN or value is BROKEN:
-                continue
+            values[key] = self.literal(option.value)
+            broken = broken or values[key] is BROKEN
+        if broken or base is BROKEN:
+            return BROKEN
+        try:
+            return _with_options(base, values)
+        except (OptionError, OptionValueError, TypeError, ValueError) as exc:
+            whole = exc
+        # All together they fail: try each alone to find the one at fault. If each is fine
+        # alone, the problem is how they combine (num_replicas with autoscaling_config).
+        located = False
+        for option in options:
             try:
-                value = _with_option(value, key, literal)
+                _with_options(base, {option.key.text: values[option.key.text]})
             except OptionError as exc:
-                self.error("unknown-option", str(exc), option.key.span, node=value.name)
+                located = True
+                self.error("unknown-option", str(exc), option.key.span, node=base.name)
             except (OptionValueError, TypeError, ValueError) as exc:
-                self.error("option-value", str(exc), option.value.span, node=value.name)
-        return value
+                located = True
+                self.error("option-value", str(exc), option.value.span, node=base.name)
+        if not located:
+            code = "unknown-option" if isinstance(whole, OptionError) else "option-value"
+            self.error(code, str(whole), block.span, node=base.name)
+        return BROKEN
 
     def literal(self, expr: ast.Expr) -> Any:
         """A plain value (option values): no names, calls or graph nodes."""
@@ -518,7 +536,7 @@ class _Builder:
     def output(self, stmt: ast.OutputStmt, bound: dict[str, Any], forward: dict[str, ast.Name]) -> Any:
         values = [self.value(v, bound, forward) for v in stmt.values]
         ok = True
-        for expr, value in zip(stmt.values, values):
+        for expr, value in zip(stmt.values, values, strict=True):
             if value is BROKEN:
                 ok = False
             elif not isinstance(value, DAGNode):
@@ -632,7 +650,7 @@ class _Builder:
 
     def arguments(
         self, call: ast.Call, bound: dict[str, Any], forward: dict[str, ast.Name]
-    ) -> Optional[tuple[list[Any], dict[str, Any]]]:
+    ) -> tuple[list[Any], dict[str, Any]] | None:
         args: list[Any] = []
         kwargs: dict[str, Any] = {}
         names: dict[str, ast.Name] = {}
@@ -856,16 +874,16 @@ class _Builder:
         )
 
 
-def _with_option(dep: Deployment, key: str, value: Any) -> Deployment:
-    """``dep.options(key=value)``, validated by the DSL's own ``make_options``.
+def _with_options(dep: Deployment, options: dict[str, Any]) -> Deployment:
+    """``dep.options(**options)``, validated by the DSL's own ``make_options``.
 
     Called directly rather than through ``Deployment.options``, which prefixes its
     errors with the Python caller's line; here the error belongs to the .sg token.
     """
-    return Deployment(dep.func_or_class, make_options(dep.deployment_options, **{key: value}))
+    return Deployment(dep.func_or_class, make_options(dep.deployment_options, **options))
 
 
-def stmt_name(stmt: ast.Statement) -> Optional[ast.Name]:
+def stmt_name(stmt: ast.Statement) -> ast.Name | None:
     if isinstance(stmt, ast.InputStmt):
         return stmt.name
     if isinstance(stmt, ast.Assign):

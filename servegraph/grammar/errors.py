@@ -16,7 +16,7 @@ missing method, an import that does not resolve) keep their classes
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 from ..errors import (
     BindError,
@@ -90,7 +90,7 @@ class Source:
         prefix = "".join(ch if ch == "\t" else " " for ch in line[: col - 1])
         return f"    {line}\n    {prefix}{'^' * width}"
 
-    def diagnostic(self, code: str, message: str, span: Span, node: Optional[str] = None) -> Diagnostic:
+    def diagnostic(self, code: str, message: str, span: Span, node: str | None = None) -> Diagnostic:
         """A diagnostic at ``span`` whose message ends with the source line and a caret."""
         excerpt = self.excerpt(span)
         return Diagnostic(

@@ -11,7 +11,7 @@ graphs and deployment blocks are set apart by one.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 from . import ast
 from .syntax import NAME_RE, quote
@@ -136,7 +136,7 @@ class _Printer:
         return force_blank or self.blank_in_source(line)
 
     # -- items ----------------------------------------------------------------------
-    def simple(self, depth: int, text: str, line: int, end_line: int, next_line: Optional[int], force_blank: bool = False) -> None:
+    def simple(self, depth: int, text: str, line: int, end_line: int, next_line: int | None, force_blank: bool = False) -> None:
         blank = self.lead(depth, line, force_blank)
         inner = self.take_before(end_line)  # comments inside a multi-line statement move above it
         for i, comment in enumerate(inner):

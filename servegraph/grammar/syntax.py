@@ -12,7 +12,8 @@ from __future__ import annotations
 import contextvars
 import functools
 import re
-from typing import Any, Iterator, Optional
+from collections.abc import Iterator
+from typing import Any
 
 from lark import Lark, Token, UnexpectedCharacters, UnexpectedInput, UnexpectedToken
 from lark.visitors import Transformer_NonRecursive, v_args
@@ -61,7 +62,7 @@ def _on_close(token: Token) -> Token:
     return token
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def parser() -> Lark:
     """The LALR parser for ``servegraph.lark``, built once per process."""
     callbacks = {"COMMENT": _on_comment}
@@ -85,7 +86,7 @@ _SIMPLE_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "0": "\0", "\\": "\\", '"': 
 _HEX_ESCAPES = {"x": 2, "u": 4, "U": 8}
 
 
-def unquote(token: str) -> tuple[str, Optional[tuple[int, str]]]:
+def unquote(token: str) -> tuple[str, tuple[int, str] | None]:
     """The value of a string literal, and (offset, problem) for a bad escape.
 
     >>> unquote(r'"a\\tb"')
@@ -148,7 +149,7 @@ def quote(value: str) -> str:
     return "".join(out)
 
 
-def number(text: str) -> tuple[Any, Optional[str]]:
+def number(text: str) -> tuple[Any, str | None]:
     """The value of a number literal (int unless it has a '.' or exponent), and a problem if any."""
     if "." in text or "e" in text or "E" in text:
         value = float(text)
@@ -314,6 +315,7 @@ class _ToAst(Transformer_NonRecursive):
 _WORDS = {"NAME": "a name", "STRING": "a string", "NUMBER": "a number", "$END": "the end of the file"}
 _VALUE_START = {"NAME", "STRING", "NUMBER", "LSQB", "LBRACE"}
 _LITERAL_WORDS = {"TRUE", "FALSE", "NULL"}
+_TRAILERS = {"DOT", "LPAR", "LSQB"}
 _STATEMENT_START = {"INPUT", "OUTPUT"}
 _NEW_STATEMENT = {"INPUT", "OUTPUT", "GRAPH", "DEPLOYMENT", "FROM"}
 
@@ -327,7 +329,7 @@ SYNTAX_HINTS: dict[str, tuple[str, ...]] = {
         "output x",
     ),
     "imports are written: from MODULE import NAME": ("import hello",),
-    "say what to import: from MODULE import NAME, NAME": ("from hello import", "from hello import\ngraph g {}"),
+    "say what to import: from MODULE import NAME, NAME": ("from hello import",),
     "separate imported names with commas: from MODULE import A, B": ("from hello import A B",),
     "a graph needs a name: graph NAME { ... }": ("graph {", "graph at"),
     "options go in a block after the deployment's name: deployment NAME { num_replicas: 2 }": (
@@ -351,7 +353,7 @@ SYNTAX_HINTS: dict[str, tuple[str, ...]] = {
 }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _hint_table() -> dict[tuple[Any, str], str]:
     table: dict[tuple[Any, str], str] = {}
     for message, snippets in SYNTAX_HINTS.items():
@@ -387,6 +389,8 @@ def expected_words(expected: set[str] | frozenset[str]) -> str:
     if _STATEMENT_START <= names and "NAME" in names:
         names -= _STATEMENT_START | {"NAME"}
         words.append("a statement (name = ..., input NAME, output ...)")
+    if not _VALUE_START <= set(expected) and names - _TRAILERS:
+        names -= _TRAILERS  # a call, .attr or [key] may follow any value: true, but never the point
     order = ["NAME", "STRING", "NUMBER", "EQUAL", "COLON", "COMMA", "DOT", "AS", "AT", "IMPORT"]
     ranked = sorted(names, key=lambda n: (order.index(n) if n in order else len(order), n))
     words.extend(_describe_terminal(n) for n in ranked if n != "$END")
@@ -435,7 +439,10 @@ def _open_brackets(tokens: list[Token], line: int, col: int) -> list[Token]:
 
 def _token_diagnostic(exc: UnexpectedToken, source: Source) -> Diagnostic:
     token = exc.token
-    expected = expected_words(exc.expected)
+    # The LALR table's expected set can be wider than what may really come next (lookaheads of
+    # a reduction are merged across contexts); the interactive parser knows exactly.
+    accepts = exc.accepts if exc.interactive_parser is not None else exc.expected
+    expected = expected_words(accepts)
     hint = _hint_table().get((exc.state.position, token.type))
     tokens = _all_tokens(source.text)
     if token.type == "$END":
@@ -459,7 +466,7 @@ def _token_diagnostic(exc: UnexpectedToken, source: Source) -> Diagnostic:
         and previous
         and previous[-1].line < token.line
         and starts_statement
-        and _OPENERS[stack[-1].type] in exc.expected
+        and _OPENERS[stack[-1].type] in accepts
     ):
         opener = stack[-1]
         return source.diagnostic(
@@ -529,13 +536,25 @@ def _raw_parse(text: str) -> Any:
     return parser().parse(text)
 
 
-def _first_error(text: str, source: Source) -> Optional[tuple[Diagnostic, int]]:
+def _first_error(text: str, source: Source) -> Diagnostic | None:
     try:
         _raw_parse(text)
     except UnexpectedInput as exc:
-        line = exc.token.line if isinstance(exc, UnexpectedToken) and exc.token.type != "$END" else None
-        return _diagnostic(exc, source), (line or 10**9)
+        return _diagnostic(exc, source)
     return None
+
+
+def _syntax_errors(exc: UnexpectedInput, text: str, source: Source) -> list[Diagnostic]:
+    """The error lark stopped at, and the first one of each top-level item after it."""
+    found = [_diagnostic(exc, source)]
+    if isinstance(exc, UnexpectedToken) and exc.token.type != "$END":
+        seen = {(found[0].line, found[0].col)}
+        for chunk in _chunks_after(text, exc.token.line):
+            more = _first_error(chunk, source)
+            if more is not None and (more.line, more.col) not in seen:
+                seen.add((more.line, more.col))
+                found.append(more)
+    return found
 
 
 def parse_module(text: str, filename: str = "<string>") -> ast.Module:
@@ -549,26 +568,17 @@ def parse_module(text: str, filename: str = "<string>") -> ast.Module:
     source = Source(text, filename)
     comments: list[Token] = []
     depth: list[Any] = [0, None]
+    comments_token, depth_token = _comments.set(comments), _depth.set(depth)
     try:
-        comments_token = _comments.set(comments)
-        depth_token = _depth.set(depth)
-        try:
-            tree = parser().parse(text)
-        finally:
-            _comments.reset(comments_token)
-            _depth.reset(depth_token)
+        tree = parser().parse(text)
     except UnexpectedInput as exc:
-        diagnostics = [_diagnostic(exc, source)]
-        line = exc.token.line if isinstance(exc, UnexpectedToken) and exc.token.type != "$END" else None
-        if line is not None:
-            seen = {(diagnostics[0].line, diagnostics[0].col)}
-            for chunk in _chunks_after(text, line):
-                found = _first_error(chunk, source)
-                if found is not None and (found[0].line, found[0].col) not in seen:
-                    seen.add((found[0].line, found[0].col))
-                    diagnostics.append(found[0])
-        raise_located(diagnostics)
-        raise AssertionError("unreachable")  # pragma: no cover
+        errors = _syntax_errors(exc, text, source)
+    else:
+        errors = []
+    finally:
+        _comments.reset(comments_token)
+        _depth.reset(depth_token)
+    raise_located(errors)
     if depth[1] is not None:
         deep = depth[1]
         raise_located(

@@ -155,7 +155,7 @@ class Controller:
                 if other.name != name and route_prefix is not None and other.route_prefix == route_prefix:
                     return {"ok": False, "error": f"route prefix {route_prefix!r} is already used by application {other.name!r}"}
             if http is not None and route_prefix is not None:
-                error = await self._ensure_proxy(*http)
+                error = await self._ensure_proxy(*http, name)
                 if error:
                     return {"ok": False, "error": error}
             old = self._apps.get(name)
@@ -276,10 +276,23 @@ class Controller:
         return sum(1 for t in done if t.result())
 
     # HTTP ------------------------------------------------------------------------------
-    async def _ensure_proxy(self, host: str, port: int) -> str | None:
-        if self._proxy is not None and self._http == (host, port):
-            return None
+    async def _ensure_proxy(self, host: str, port: int, app: str) -> str | None:
+        """Start the HTTP proxy on host:port, or check the running one is there.
+
+        A proxy already serving other applications elsewhere is not moved: that
+        would cut them off. A dead proxy is replaced.
+        """
         if self._proxy is not None:
+            alive = await _ok(self._proxy.ready.remote(), timeout=5)
+            if alive and self._http == (host, port):
+                return None
+            others = sorted(n for n, s in self._apps.items() if n != app and s.route_prefix is not None)
+            if alive and others:
+                h, p = self._http
+                return (
+                    f"the HTTP proxy already serves {', '.join(map(repr, others))} on {h}:{p}; deploy on "
+                    f"that host and port, or delete those applications first (servegraph shutdown)"
+                )
             self._kill([self._proxy])
             self._proxy = None
             await asyncio.sleep(0.2)  # let the old server release its port
@@ -306,9 +319,9 @@ class Controller:
         await self._proxy.set_routes.remote(routes)
 
 
-async def _ok(ref: Any) -> bool:
+async def _ok(ref: Any, timeout: float | None = None) -> bool:
     try:
-        await ref
+        await asyncio.wait_for(asyncio.ensure_future(ref), timeout)
         return True
     except Exception:
         return False
