@@ -224,6 +224,8 @@ class Row:
     mean_ms: float
     throughput_rps: Optional[float]
     requests: int
+    #: Share of the machine's CPU busy just before the row was timed (None where /proc/stat is missing).
+    background_cpu: Optional[float] = None
 
 
 @dataclasses.dataclass
@@ -237,6 +239,42 @@ class Workload:
     wait: Callable[[Any], Any]
     requests: Callable[[int], list]
     expected: Callable[[Any], Any]
+
+
+def cpu_busy(interval_s: float = 0.5) -> Optional[float]:
+    """Share of all cores busy over ``interval_s`` (Linux /proc/stat), or None elsewhere."""
+
+    def sample() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+        return fields[3] + fields[4], sum(fields)  # idle + iowait, total
+
+    try:
+        idle0, total0 = sample()
+        time.sleep(interval_s)
+        idle1, total1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    return 1 - (idle1 - idle0) / max(1, total1 - total0)
+
+
+#: Below this share of CPU busy the machine counts as quiet (Ray Serve's controller loop alone takes some).
+QUIET_CPU = 0.25
+#: Longest wait for quiet before a row is timed anyway (and flagged in the report).
+QUIET_WAIT_S = 30.0
+
+
+def wait_for_quiet() -> Optional[float]:
+    """Wait until the machine is quiet (workers Ray just started have finished importing, say); return the last busy share.
+
+    On a 2-core machine a replica process still starting, or another program's
+    burst, shifts every latency; waiting here keeps those out of the timed phase.
+    """
+    deadline = time.monotonic() + QUIET_WAIT_S
+    busy = cpu_busy()
+    while busy is not None and busy > QUIET_CPU and time.monotonic() < deadline:
+        busy = cpu_busy()
+    return busy
 
 
 def _percentile(sorted_values: list[float], q: float) -> float:
@@ -253,6 +291,7 @@ def measure(work: Workload, settings: Settings, *, throughput: bool = True) -> R
         if got != want:
             raise AssertionError(f"{work.system} {work.graph} ({work.how}): got {got!r}, expected {want!r}")
 
+    background = wait_for_quiet()
     gc.collect()
     latencies = []
     clock = time.perf_counter
@@ -282,9 +321,14 @@ def measure(work: Workload, settings: Settings, *, throughput: bool = True) -> R
         mean_ms=statistics.fmean(latencies) * 1e3,
         throughput_rps=rps,
         requests=len(latencies),
+        background_cpu=background,
     )
-    rps_text = f"{row.throughput_rps:8.0f} req/s" if row.throughput_rps else ""
-    print(f"  {work.graph:<6} {work.system:<10} {work.how:<24} p50 {row.p50_ms:7.2f} ms  p99 {row.p99_ms:7.2f} ms  {rps_text}", flush=True)
+    rps_text = f"{row.throughput_rps:6.0f} req/s" if row.throughput_rps else " " * 12
+    bg_text = f"  (CPU {background:.0%} busy before)" if background is not None else ""
+    print(
+        f"  {work.graph:<6} {work.system:<10} {work.how:<20} p50 {row.p50_ms:6.2f} ms  p99 {row.p99_ms:6.2f} ms  {rps_text}{bg_text}",
+        flush=True,
+    )
     return row
 
 

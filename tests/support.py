@@ -6,7 +6,8 @@ import dataclasses
 import importlib
 import os
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 
 def here() -> int:

@@ -195,7 +195,7 @@ def test_constructor_error_fails_the_deploy_and_leaves_the_cluster_clean(serve_a
     deadline = time.monotonic() + 30
     while free_cpus() < cpus and time.monotonic() < deadline:  # Helper's replica was started, then killed
         time.sleep(0.2)
-    assert free_cpus() == cpus
+    assert free_cpus() >= cpus  # >=: a replica an earlier test deleted may be released meanwhile
 
 
 def test_run_refuses_more_cpus_than_the_cluster_has(serve_app, http_port):

@@ -231,6 +231,8 @@ def test_new_handle_api_returns_deployment_responses(prober):
 
     producer = slow.remote("chained", PRODUCER_S)
     chained = echo.remote(producer)
+    with pytest.raises(ray.exceptions.GetTimeoutError):  # the chained call did not wait for the producer
+        producer.result(timeout_s=0)
     assert chained.result(timeout_s=60) == "chained"
 
     async def main():

@@ -1,9 +1,8 @@
 """The hello example end to end on the session's Ray cluster, over real HTTP."""
 
+import hello
 import httpx
 import ray
-
-import hello
 
 
 def test_hello_over_http_and_handle(serve_app, http_port):

@@ -17,7 +17,7 @@ import inspect
 import os
 import sys
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import networkx as nx
 
@@ -443,13 +443,13 @@ class _Builder:
                 "statement: list several values in it (output a, b)",
                 extra.span,
             )
-        for extra in inputs[1:]:
+        for another in inputs[1:]:
             self.error(
                 "input-node",
                 f"graph '{name.text}' already has an input ('{inputs[0].name.text}' at line {inputs[0].line}); "
                 f"a graph has one input: take parts of it with {inputs[0].name.text}[0], "
                 f"{inputs[0].name.text}[\"key\"] or {inputs[0].name.text}.attr",
-                extra.name.span,
+                another.name.span,
             )
         bound: dict[str, Any] = {}
         root: Any = BROKEN
@@ -709,7 +709,7 @@ class _Builder:
         if isinstance(callee, _Builtin):
             return self.builtin(callee, args, kwargs, site, span, call)
         if isinstance(callee, DeploymentNode):
-            cls = callee.deployment.func_or_class
+            cls = cast(type, callee.deployment.func_or_class)
             if not _defines_call(cls):
                 return self.error(
                     "bind-arguments",
@@ -786,7 +786,7 @@ class _Builder:
                 "bind-arguments", f"cannot call .{method.text}(...) on {_describe(target)}: {reason}", method.span
             )
         name = target.deployment.name
-        cls = target.deployment.func_or_class
+        cls = cast(type, target.deployment.func_or_class)
         if method.text.startswith("_") and method.text != "__call__":
             return self.error(
                 "bind-arguments",

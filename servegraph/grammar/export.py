@@ -203,11 +203,16 @@ class _Exporter:
         return ast.DeploymentDecl(_name(name), _name(source) if source else None, diff, 0, 0, 0)
 
     # -- the graph --------------------------------------------------------------------
+    def deployment_of(self, record: irmod.NodeIR) -> str:
+        """The key of the deployment node a deployment, function or method node runs on."""
+        assert record.deployment is not None, record
+        return self.dep_key[record.deployment]
+
     def children(self, key: str) -> list[str]:
         record = self.records[key]
         out = []
         if record.kind == irmod.METHOD:
-            out.append(self.dep_key[record.deployment])
+            out.append(self.deployment_of(record))
         for marker in irmod.iter_markers((record.args, record.kwargs)):
             out.append(marker.key if isinstance(marker, irmod.Ref) else self.dep_key[marker.deployment])
         return out
@@ -273,6 +278,7 @@ class _Exporter:
         record = self.records[key]
         kind = record.kind
         if kind == irmod.INPUT_ATTR:
+            assert record.access is not None
             access, attr = record.access
             parent, depth = self.use(record.args[0].key)
             if access == "attr":
@@ -287,12 +293,14 @@ class _Exporter:
             return _chain(parent, trailer), depth
         if kind in (irmod.DEPLOYMENT, irmod.FUNCTION):
             call, depth = self.call(record)
+            assert record.deployment is not None
             return ast.Postfix(_ref(self.callee[record.deployment]), (call,)), depth + 1
         if kind == irmod.METHOD:
-            target, target_depth = self.use(self.dep_key[record.deployment])
+            target, target_depth = self.use(self.deployment_of(record))
             call, depth = self.call(record)
             if record.method == "__call__":
                 return _chain(target, call), max(depth, target_depth) + 1
+            assert record.method is not None
             return _chain(_chain(target, ast.Attr(_name(record.method))), call), max(depth, target_depth) + 1
         if kind == irmod.OUTPUT:
             (outputs,) = record.args

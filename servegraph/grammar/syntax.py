@@ -165,8 +165,12 @@ def number(text: str) -> tuple[Any, str | None]:
 # Tree -> AST ------------------------------------------------------------------
 
 
+def _line(token: Token) -> int:
+    return token.line or 0  # lark types positions as optional; every token the lexer makes has them
+
+
 def _span(token: Token) -> ast.Span:
-    return ast.Span(token.line, token.column, max(1, len(token.value)))
+    return ast.Span(_line(token), token.column or 0, max(1, len(token.value)))
 
 
 def _name(token: Token) -> ast.Name:
@@ -194,7 +198,7 @@ class _ToAst(Transformer_NonRecursive):
         value, problem = unquote(str(token))
         if problem is not None:
             offset, message = problem
-            self.problems.append((f"bad string: {message}", ast.Span(token.line, token.column + offset, 2)))
+            self.problems.append((f"bad string: {message}", ast.Span(_line(token), (token.column or 0) + offset, 2)))
         return ast.Literal(value, _span(token))
 
     def number(self, children: list) -> ast.Literal:
@@ -219,10 +223,10 @@ class _ToAst(Transformer_NonRecursive):
     def name(self, children: list) -> ast.NameRef:
         return ast.NameRef(_name(children[0]))
 
-    def list(self, children: list) -> ast.ListExpr:
+    def list_expr(self, children: list) -> ast.ListExpr:
         return ast.ListExpr(tuple(_values(children)), _span(children[0]))
 
-    def map(self, children: list) -> ast.MapExpr:
+    def map_expr(self, children: list) -> ast.MapExpr:
         return ast.MapExpr(tuple(_values(children)), _span(children[0]))
 
     def entry(self, children: list) -> tuple:
@@ -252,22 +256,22 @@ class _ToAst(Transformer_NonRecursive):
     # statements
     def input_stmt(self, children: list) -> ast.InputStmt:
         keyword, name = children
-        return ast.InputStmt(_name(name), keyword.line, name.line)
+        return ast.InputStmt(_name(name), _line(keyword), _line(name))
 
     @v_args(meta=True)
     def assign(self, meta: Any, children: list) -> ast.Assign:
         target = children[0]
-        return ast.Assign(_name(target), _values(children)[0], target.line, meta.end_line)
+        return ast.Assign(_name(target), _values(children)[0], _line(target), meta.end_line)
 
     @v_args(meta=True)
     def output_stmt(self, meta: Any, children: list) -> ast.OutputStmt:
         keyword = children[0]
-        return ast.OutputStmt(tuple(_values(children)), _span(keyword), keyword.line, meta.end_line)
+        return ast.OutputStmt(tuple(_values(children)), _span(keyword), _line(keyword), meta.end_line)
 
     @v_args(meta=True)
     def option(self, meta: Any, children: list) -> ast.Option:
         key = children[0]
-        return ast.Option(_name(key), _values(children)[0], key.line, meta.end_line)
+        return ast.Option(_name(key), _values(children)[0], _line(key), meta.end_line)
 
     def module(self, children: list) -> tuple[ast.Name, ...]:
         return tuple(_name(t) for t in _tokens(children, "NAME"))
@@ -279,7 +283,7 @@ class _ToAst(Transformer_NonRecursive):
     @v_args(meta=True)
     def import_stmt(self, meta: Any, children: list) -> ast.ImportStmt:
         module, *names = _values(children)
-        return ast.ImportStmt(module, tuple(names), children[0].line, meta.end_line)
+        return ast.ImportStmt(module, tuple(names), _line(children[0]), meta.end_line)
 
     def deployment(self, children: list) -> ast.DeploymentDecl:
         names = _tokens(children, "NAME")
@@ -288,9 +292,9 @@ class _ToAst(Transformer_NonRecursive):
             name=_name(names[0]),
             source=_name(names[1]) if len(names) > 1 else None,
             options=tuple(_values(children)),
-            line=children[0].line,
-            open_line=lbrace.line,
-            end_line=rbrace.line,
+            line=_line(children[0]),
+            open_line=_line(lbrace),
+            end_line=_line(rbrace),
         )
 
     def graph(self, children: list) -> ast.GraphDecl:
@@ -301,9 +305,9 @@ class _ToAst(Transformer_NonRecursive):
             name=_name(name),
             route=self.string(route) if route else None,
             body=tuple(_values(children)),
-            line=children[0].line,
-            open_line=lbrace.line,
-            end_line=rbrace.line,
+            line=_line(children[0]),
+            open_line=_line(lbrace),
+            end_line=_line(rbrace),
         )
 
     def start(self, children: list) -> tuple:
@@ -349,7 +353,7 @@ SYNTAX_HINTS: dict[str, tuple[str, ...]] = {
         "graph g { num_replicas: 2 }",
         "graph g { x A() }",
     ),
-    "compare nothing here: a single '=' gives a name to a value": ("graph g { x == A() }",),
+    "a single '=' gives a name to a value; a graph has no comparisons": ("graph g { x == A() }",),
 }
 
 
@@ -531,9 +535,13 @@ def _chunks_after(text: str, line: int) -> Iterator[str]:
 
 
 def _raw_parse(text: str) -> Any:
-    _comments.set([])
-    _depth.set([0, None])
-    return parser().parse(text)
+    """Parse without collecting comments or depth (for error examples and later items)."""
+    comments, depth = _comments.set([]), _depth.set([0, None])
+    try:
+        return parser().parse(text)
+    finally:
+        _comments.reset(comments)
+        _depth.reset(depth)
 
 
 def _first_error(text: str, source: Source) -> Diagnostic | None:
@@ -597,7 +605,7 @@ def parse_module(text: str, filename: str = "<string>") -> ast.Module:
         raise_located([source.diagnostic("syntax", message, span) for message, span in transformer.problems])
     return ast.Module(
         items=items,
-        comments=tuple(ast.Comment(str(t).rstrip(), t.line, t.column) for t in comments),
+        comments=tuple(ast.Comment(str(t).rstrip(), _line(t), t.column or 0) for t in comments),
         filename=filename,
         source=text,
     )

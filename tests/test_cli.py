@@ -1,0 +1,121 @@
+"""The ``servegraph`` command as users run it: a subprocess, from the examples directory."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import httpx
+from conftest import EXAMPLES, free_port
+
+#: The installed console script next to this interpreter, else the module.
+_SCRIPT = Path(sys.executable).with_name("servegraph")
+SERVEGRAPH = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "servegraph"]
+
+#: How long `servegraph run` may take to start its own Ray cluster and deploy hello.
+RUN_START_TIMEOUT_S = 180
+
+
+def servegraph(*args: str, cwd: Path = EXAMPLES, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([*SERVEGRAPH, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+def test_check_passes_the_hello_example():
+    result = servegraph("check", "hello:language_classifier")
+    assert result.returncode == 0, result.stderr
+    assert "hello:language_classifier: ok, no problems found" in result.stdout
+
+
+BROKEN_GRAPH = textwrap.dedent(
+    """\
+    import servegraph as serve
+    from servegraph import InputNode
+
+
+    @serve.deployment
+    class Model:
+        def predict(self, x):
+            return x
+
+
+    with InputNode() as inp:
+        used = Model.bind().predict.bind(inp)
+        unused = Model.bind().predict.bind(inp)
+    app = used
+    """
+)
+
+BAD_BIND = textwrap.dedent(
+    """\
+    import servegraph as serve
+
+
+    @serve.deployment
+    class Model:
+        def __init__(self, weight):
+            self.weight = weight
+
+
+    app = Model.bind(1, 2)
+    """
+)
+
+
+def test_check_reports_a_graph_error_at_its_line(tmp_path):
+    (tmp_path / "broken_graph.py").write_text(BROKEN_GRAPH)
+    result = servegraph("check", "broken_graph:app", cwd=tmp_path)
+    assert result.returncode == 1
+    assert "broken_graph.py:13: error: Model.predict is computed from the InputNode but never reaches the output" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_check_reports_a_bind_error_raised_on_import(tmp_path):
+    (tmp_path / "bad_bind.py").write_text(BAD_BIND)
+    result = servegraph("check", "bad_bind:app", cwd=tmp_path)
+    assert result.returncode == 1
+    assert "bad_bind.py:10: error: Model.bind(): too many positional arguments" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_run_of_a_missing_module_is_one_line_without_traceback():
+    result = servegraph("run", "nope:x")
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("Error: cannot import 'nope'")
+    assert "Traceback" not in result.stderr
+
+
+def test_run_serves_hello_over_http_until_interrupted(tmp_path):
+    """`servegraph run` starts its own Ray cluster, serves the seed's request, and stops on Ctrl-C."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a cluster of its own, not the session's
+    log = tmp_path / "run.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [*SERVEGRAPH, "run", "hello:language_classifier", "--port", str(port)],
+            cwd=EXAMPLES,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + RUN_START_TIMEOUT_S
+        while "Deployed" not in log.read_text() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert "Deployed" in log.read_text(), f"servegraph run did not deploy within {RUN_START_TIMEOUT_S}s:\n{log.read_text()}"
+        reply = httpx.post(f"http://127.0.0.1:{port}/", json={"language": "spanish", "name": "Dora"}, timeout=30)
+        assert reply.status_code == 200 and reply.text == "Hola Dora"
+
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0, log.read_text()
+        assert "Shutting down" in log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
