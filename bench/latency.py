@@ -35,8 +35,9 @@ import socket
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 # Run as `python bench/latency.py`: make the checkout's servegraph importable without installing it.
 ROOT = Path(__file__).resolve().parent.parent
@@ -222,10 +223,10 @@ class Row:
     p50_ms: float
     p99_ms: float
     mean_ms: float
-    throughput_rps: Optional[float]
+    throughput_rps: float | None
     requests: int
     #: Share of the machine's CPU busy just before the row was timed (None where /proc/stat is missing).
-    background_cpu: Optional[float] = None
+    background_cpu: float | None = None
 
 
 @dataclasses.dataclass
@@ -241,7 +242,7 @@ class Workload:
     expected: Callable[[Any], Any]
 
 
-def cpu_busy(interval_s: float = 0.5) -> Optional[float]:
+def cpu_busy(interval_s: float = 0.5) -> float | None:
     """Share of all cores busy over ``interval_s`` (Linux /proc/stat), or None elsewhere."""
 
     def sample() -> tuple[int, int]:
@@ -264,7 +265,7 @@ QUIET_CPU = 0.25
 QUIET_WAIT_S = 30.0
 
 
-def wait_for_quiet() -> Optional[float]:
+def wait_for_quiet() -> float | None:
     """Wait until the machine is quiet (workers Ray just started have finished importing, say); return the last busy share.
 
     On a 2-core machine a replica process still starting, or another program's
@@ -365,7 +366,15 @@ class HTTPClient:
 
 def http_workload(system: str, how: str, port: int) -> tuple[Workload, HTTPClient]:
     client = HTTPClient(port)
-    work = Workload("hello", system, how, submit=client.post, wait=lambda body: body, requests=hello_requests, expected=hello_expected)
+    work = Workload(
+        "hello",
+        system,
+        how,
+        submit=client.post,
+        wait=lambda body: body,
+        requests=hello_requests,
+        expected=hello_expected,
+    )
     return work, client
 
 
@@ -386,7 +395,12 @@ def bench_servegraph(settings: Settings, graphs: set[str], with_http: bool) -> l
         if "hello" in graphs:
             app = serve.deployment(ServegraphLanguageClassifier).bind(Spanish.bind(), French.bind())
             handle = serve.run(app, name="hello", route_prefix=None, http=False)
-            rows.append(measure(Workload("hello", "servegraph", "handle", handle.remote, ray_get, hello_requests, hello_expected), settings))
+            rows.append(
+                measure(
+                    Workload("hello", "servegraph", "handle", handle.remote, ray_get, hello_requests, hello_expected),
+                    settings,
+                )
+            )
             serve.delete("hello")
 
         if "chain" in graphs:
@@ -395,7 +409,14 @@ def bench_servegraph(settings: Settings, graphs: set[str], with_http: bool) -> l
                 for i in range(CHAIN_LENGTH):
                     node = StageDeployment.options(name=f"Stage{i}").bind().__call__.bind(node)
             graph = serve.run(node, name="chain", route_prefix=None, http=False)
-            rows.append(measure(Workload("chain", "servegraph", "InputNode graph", graph.remote, ray_get, chain_requests, chain_expected), settings))
+            rows.append(
+                measure(
+                    Workload(
+                        "chain", "servegraph", "InputNode graph", graph.remote, ray_get, chain_requests, chain_expected
+                    ),
+                    settings,
+                )
+            )
 
             stages = [serve.get_deployment_handle(f"Stage{i}", app_name="chain") for i in range(CHAIN_LENGTH)]
 
@@ -405,12 +426,34 @@ def bench_servegraph(settings: Settings, graphs: set[str], with_http: bool) -> l
                     result = stage.remote(result)  # an ObjectRef, passed on unawaited
                 return result
 
-            rows.append(measure(Workload("chain", "servegraph", "driver handles", submit_chain, ray_get, chain_requests, chain_expected), settings))
+            rows.append(
+                measure(
+                    Workload(
+                        "chain", "servegraph", "driver handles", submit_chain, ray_get, chain_requests, chain_expected
+                    ),
+                    settings,
+                )
+            )
             serve.delete("chain")
 
-            app = serve.deployment(ServegraphChain).bind(*[StageDeployment.options(name=f"Stage{i}").bind() for i in range(CHAIN_LENGTH)])
+            app = serve.deployment(ServegraphChain).bind(
+                *[StageDeployment.options(name=f"Stage{i}").bind() for i in range(CHAIN_LENGTH)]
+            )
             handle = serve.run(app, name="chain-ingress", route_prefix=None, http=False)
-            rows.append(measure(Workload("chain", "servegraph", "ingress deployment", handle.remote, ray_get, chain_requests, chain_expected), settings))
+            rows.append(
+                measure(
+                    Workload(
+                        "chain",
+                        "servegraph",
+                        "ingress deployment",
+                        handle.remote,
+                        ray_get,
+                        chain_requests,
+                        chain_expected,
+                    ),
+                    settings,
+                )
+            )
             serve.delete("chain-ingress")
 
         if with_http and "hello" in graphs:
@@ -451,14 +494,34 @@ def bench_ray_serve(settings: Settings, graphs: set[str], with_http: bool) -> li
         if "hello" in graphs:
             app = rserve.deployment(RayServeLanguageClassifier).bind(Spanish.bind(), French.bind())
             handle = rserve.run(app, name="hello", route_prefix=None)
-            rows.append(measure(Workload("hello", "Ray Serve", "handle", handle.remote, result, hello_requests, hello_expected), settings))
+            rows.append(
+                measure(
+                    Workload("hello", "Ray Serve", "handle", handle.remote, result, hello_requests, hello_expected),
+                    settings,
+                )
+            )
             rserve.delete("hello")
 
         if "chain" in graphs:
             # Ray Serve 2.x has no InputNode graphs any more; composition is an ingress chaining responses.
-            app = rserve.deployment(RayServeChain).bind(*[StageDeployment.options(name=f"Stage{i}").bind() for i in range(CHAIN_LENGTH)])
+            app = rserve.deployment(RayServeChain).bind(
+                *[StageDeployment.options(name=f"Stage{i}").bind() for i in range(CHAIN_LENGTH)]
+            )
             handle = rserve.run(app, name="chain", route_prefix=None)
-            rows.append(measure(Workload("chain", "Ray Serve", "ingress deployment", handle.remote, result, chain_requests, chain_expected), settings))
+            rows.append(
+                measure(
+                    Workload(
+                        "chain",
+                        "Ray Serve",
+                        "ingress deployment",
+                        handle.remote,
+                        result,
+                        chain_requests,
+                        chain_expected,
+                    ),
+                    settings,
+                )
+            )
 
             stages = [rserve.get_deployment_handle(f"Stage{i}", app_name="chain") for i in range(CHAIN_LENGTH)]
 
@@ -468,7 +531,14 @@ def bench_ray_serve(settings: Settings, graphs: set[str], with_http: bool) -> li
                     response = stage.remote(response)  # a DeploymentResponse, passed on unawaited
                 return response
 
-            rows.append(measure(Workload("chain", "Ray Serve", "driver handles", submit_chain, result, chain_requests, chain_expected), settings))
+            rows.append(
+                measure(
+                    Workload(
+                        "chain", "Ray Serve", "driver handles", submit_chain, result, chain_requests, chain_expected
+                    ),
+                    settings,
+                )
+            )
             rserve.delete("chain")
 
         if with_http and "hello" in graphs:
@@ -500,7 +570,20 @@ def bench_raw(settings: Settings, graphs: set[str]) -> list[Row]:
             french = ray.remote(FrenchResponder).options(**_RAW_OPTIONS).remote()
             ingress = ray.remote(RawLanguageClassifier).options(**_RAW_OPTIONS).remote(spanish, french)
             actors += [spanish, french, ingress]
-            rows.append(measure(Workload("hello", "raw actors", "async actor", ingress.__call__.remote, ray_get, hello_requests, hello_expected), settings))
+            rows.append(
+                measure(
+                    Workload(
+                        "hello",
+                        "raw actors",
+                        "async actor",
+                        ingress.__call__.remote,
+                        ray_get,
+                        hello_requests,
+                        hello_expected,
+                    ),
+                    settings,
+                )
+            )
 
         if "chain" in graphs:
             stages = [ray.remote(Stage).options(**_RAW_OPTIONS).remote() for _ in range(CHAIN_LENGTH)]
@@ -512,7 +595,12 @@ def bench_raw(settings: Settings, graphs: set[str]) -> list[Row]:
                     ref = stage.__call__.remote(ref)
                 return ref
 
-            rows.append(measure(Workload("chain", "raw actors", "refs", submit_chain, ray_get, chain_requests, chain_expected), settings))
+            rows.append(
+                measure(
+                    Workload("chain", "raw actors", "refs", submit_chain, ray_get, chain_requests, chain_expected),
+                    settings,
+                )
+            )
     finally:
         for actor in actors:
             ray.kill(actor)
@@ -522,7 +610,7 @@ def bench_raw(settings: Settings, graphs: set[str]) -> list[Row]:
 # Report ----------------------------------------------------------------------------------------
 
 
-def _ratio(value: Optional[float], reference: Optional[float]) -> str:
+def _ratio(value: float | None, reference: float | None) -> str:
     if value is None or reference is None or reference == 0:
         return "-"
     return f"{value / reference:.2f}x"
@@ -585,13 +673,32 @@ def verdict(rows: list[Row]) -> list[str]:
         parts = []
         if rs:
             ratio = row.p50_ms / rs.p50_ms
-            parts.append(f"{ratio:.2f}x Ray Serve's {rs.p50_ms:.2f} ms (target <= 0.33x: {'met' if ratio <= 1 / 3 else 'NOT met'})")
+            parts.append(
+                f"{ratio:.2f}x Ray Serve's {rs.p50_ms:.2f} ms (target <= 0.33x: {'met' if ratio <= 1 / 3 else 'NOT met'})"
+            )
         if raw and row.graph == "chain":
             ratio = row.p50_ms / raw.p50_ms
-            parts.append(f"{ratio:.2f}x raw actors' {raw.p50_ms:.2f} ms (target <= 1.3x: {'met' if ratio <= 1.3 else 'NOT met'})")
+            parts.append(
+                f"{ratio:.2f}x raw actors' {raw.p50_ms:.2f} ms (target <= 1.3x: {'met' if ratio <= 1.3 else 'NOT met'})"
+            )
         if parts:
             out.append(f"{row.graph}, servegraph {row.how}: p50 {row.p50_ms:.2f} ms = " + "; ".join(parts))
     return out
+
+
+def noise_note(rows: list[Row], load_before: tuple | None, load_after: tuple | None) -> str:
+    """How far to trust this run's numbers."""
+    note = (
+        "Noise: every system shares the machine's cores with Ray's own processes, so latencies move by "
+        "10-20% between runs (more with other programs running); compare ratios within one run."
+    )
+    if load_before and load_after:
+        note += f" Load average {load_before[0]:.2f} before, {load_after[0]:.2f} after."
+    noisy = [r for r in rows if r.background_cpu is not None and r.background_cpu > QUIET_CPU]
+    if noisy:
+        names = ", ".join(f"{r.graph}/{r.system}/{r.how}" for r in noisy)
+        note += f" The machine never got quiet (<{QUIET_CPU:.0%} CPU busy) before: {names}; rerun for cleaner figures."
+    return note
 
 
 def machine() -> dict[str, Any]:
@@ -613,7 +720,7 @@ def machine() -> dict[str, Any]:
     }
 
 
-def _load() -> Optional[tuple[float, float, float]]:
+def _load() -> tuple[float, float, float] | None:
     try:
         return os.getloadavg()
     except OSError:
@@ -623,18 +730,34 @@ def _load() -> Optional[tuple[float, float, float]]:
 # Main ----------------------------------------------------------------------------------------------
 
 
-def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="a short run: 100 requests after 20 warm-up, 200 for throughput")
-    parser.add_argument("-n", "--requests", type=int, default=None, help="sequential requests timed per row (default 500)")
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="a short run: 100 requests after 20 warm-up, 200 for throughput"
+    )
+    parser.add_argument(
+        "-n", "--requests", type=int, default=None, help="sequential requests timed per row (default 500)"
+    )
     parser.add_argument("--warmup", type=int, default=None, help="untimed requests first, answers checked (default 50)")
-    parser.add_argument("--throughput-requests", type=int, default=None, help="requests in the throughput phase (default 800)")
-    parser.add_argument("--concurrency", type=int, default=8, help="requests in flight in the throughput phase (default 8)")
-    parser.add_argument("--http-requests", type=int, default=None, help="sequential HTTP requests per system (default 300)")
+    parser.add_argument(
+        "--throughput-requests", type=int, default=None, help="requests in the throughput phase (default 800)"
+    )
+    parser.add_argument(
+        "--concurrency", type=int, default=8, help="requests in flight in the throughput phase (default 8)"
+    )
+    parser.add_argument(
+        "--http-requests", type=int, default=None, help="sequential HTTP requests per system (default 300)"
+    )
     parser.add_argument("--no-http", action="store_true", help="skip the HTTP rows")
     parser.add_argument("--graphs", default="hello,chain", help="comma-separated subset of hello,chain")
-    parser.add_argument("--systems", default="servegraph,rayserve,raw", help="comma-separated subset of servegraph,rayserve,raw")
-    parser.add_argument("--num-cpus", type=int, default=8, help="logical CPUs of the Ray cluster (Ray Serve reserves 1 per replica)")
+    parser.add_argument(
+        "--systems", default="servegraph,rayserve,raw", help="comma-separated subset of servegraph,rayserve,raw"
+    )
+    parser.add_argument(
+        "--num-cpus", type=int, default=8, help="logical CPUs of the Ray cluster (Ray Serve reserves 1 per replica)"
+    )
     parser.add_argument("--json", metavar="PATH", help="also write the numbers as JSON")
     return parser.parse_args(argv)
 
@@ -650,7 +773,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
     )
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     settings = settings_from(args)
     graphs = {g.strip() for g in args.graphs.split(",") if g.strip()}
@@ -668,10 +791,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     started = datetime.datetime.now().astimezone()
     load_before = _load()
     ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+    wait_for_quiet()  # Ray starts a pool of worker processes; let them finish importing first
     rows: list[Row] = []
     try:
-        print(f"{settings.requests} sequential requests after {settings.warmup} warm-up; "
-              f"throughput: {settings.throughput_requests} requests, {settings.concurrency} in flight", flush=True)
+        print(
+            f"{settings.requests} sequential requests after {settings.warmup} warm-up; "
+            f"throughput: {settings.throughput_requests} requests, {settings.concurrency} in flight",
+            flush=True,
+        )
         if "servegraph" in systems:
             rows += bench_servegraph(settings, graphs, with_http)
         if "rayserve" in systems and have_ray_serve:
@@ -684,16 +811,15 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     info = machine()
     print()
-    print(f"{started:%Y-%m-%d %H:%M %Z} · {info['cpu']} · {info['cores']} cores · Python {info['python']} · Ray {info['ray']}")
+    print(
+        f"{started:%Y-%m-%d %H:%M %Z}, {info['cpu']}, {info['cores']} cores, Python {info['python']}, Ray {info['ray']}"
+    )
     print(table(rows, settings.concurrency))
     print()
     for line in verdict(rows):
         print(line)
-    if load_before and load_after:
-        print(
-            f"\nLoad average before {load_before[0]:.2f}, after {load_after[0]:.2f}. Latencies on a shared 2-core "
-            "machine move by 10-20% between runs; compare ratios within one run, not numbers across runs."
-        )
+    print()
+    print(noise_note(rows, load_before, load_after))
 
     if args.json:
         payload = {

@@ -95,7 +95,7 @@ def graphs(draw: st.DrawFn) -> Any:
             values.append(fn.bind(*args))
         else:
             target = draw(st.sampled_from(deployments))
-            method = target.run if target.deployment.func_or_class is sg_models.Scaled.func_or_class else (
+            method = target.run if target._deployment.func_or_class is sg_models.Scaled.func_or_class else (
                 target.predict if action == "method" else target.__call__
             )
             values.append(method.bind(*args))

@@ -92,7 +92,7 @@ def test_nodes_carry_the_token_location_as_their_call_site():
     assert isinstance(node, FunctionNode)
     lines = path.read_text().split("\n")
     line = next(i for i, row in enumerate(lines, 1) if row.strip().startswith("output"))
-    assert (node.call_site.file, node.call_site.line, node.call_site.col) == (str(path), line, lines[line - 1].index("combine") + 1)
+    assert (node._call_site.file, node._call_site.line, node._call_site.col) == (str(path), line, lines[line - 1].index("combine") + 1)
 
 
 def test_route_prefix_is_read_from_the_graph_header():

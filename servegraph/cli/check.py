@@ -14,7 +14,7 @@ from .load import load_app
 
 @click.command("check")
 @click.argument("target")
-@click.option("--name", default=None, help="Graph to check in a .sg file with several.")
+@click.option("--graph", "name", default=None, help="Graph to check in a .sg file with several.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @click.option(
     "--resources",

@@ -17,7 +17,7 @@ from .load import load_app
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address the HTTP proxy binds.")
 @click.option("--port", default=8000, show_default=True, type=int)
 @click.option("--name", default="default", show_default=True, help="Application name.")
-@click.option("--route-prefix", default="/", show_default=True)
+@click.option("--route-prefix", default=None, help="Where HTTP requests reach the app [default: the .sg graph's `at`, else /].")
 @click.option("--graph", "graph_name", default=None, help="Graph to run from a .sg file with several.")
 @click.option("--address", default=None, help="Ray cluster to use (default: RAY_ADDRESS, else a new local cluster).")
 @click.option("--no-resource-check", is_flag=True, help="Deploy even if the cluster lacks resources now (it may grow).")
@@ -27,7 +27,7 @@ def run_cmd(
     host: str,
     port: int,
     name: str,
-    route_prefix: str,
+    route_prefix: str | None,
     graph_name: str | None,
     address: str | None,
     no_resource_check: bool,
@@ -38,6 +38,11 @@ def run_cmd(
         os.environ["RAY_ADDRESS"] = address
     with user_errors():
         app = load_app(target, name=graph_name)
+        if route_prefix is None and target.endswith(".sg"):
+            from ..grammar import route_prefix_of
+
+            route_prefix = route_prefix_of(target, graph_name)
+        route_prefix = route_prefix or "/"
         from ..runtime.api import run, shutdown
 
         click.echo(f"Deploying {target} as application {name!r}...", err=True)

@@ -87,7 +87,7 @@ def find_import_path(root: DAGNode) -> str | None:
     cheap and never guesses across modules. ``__main__`` is skipped: it cannot
     be imported by name from another process.
     """
-    filename = os.path.basename(root.call_site.file)
+    filename = os.path.basename(root._call_site.file)
     found: list[str] = []
     for module_name, module in list(sys.modules.items()):
         path = getattr(module, "__file__", None)

@@ -63,7 +63,7 @@ def capture(root: DAGNode) -> Captured:
             continue
         keys[id(node)] = f"n{len(order)}"
         order.append(node)
-        stack.extend(reversed(node.children()))
+        stack.extend(reversed(node._children()))
 
     def marker(node: DAGNode, in_constructor: bool) -> Any:
         if in_constructor and isinstance(node, (DeploymentNode, FunctionNode)):
@@ -89,23 +89,23 @@ def capture(root: DAGNode) -> Captured:
         in_constructor = kind == ir.DEPLOYMENT
         args = tuple(template(a, in_constructor) for a in node._bound_args)
         kwargs = tuple((k, template(v, in_constructor)) for k, v in node._bound_kwargs.items())
-        deps = frozenset(keys[id(c)] for c in node.children())
+        deps = frozenset(keys[id(c)] for c in node._children())
         fields: dict[str, Any] = {}
         if isinstance(node, (DeploymentNode, FunctionNode)):
             fields["deployment"] = key
         elif isinstance(node, MethodNode):
-            fields["deployment"] = keys[id(node.parent)]
+            fields["deployment"] = keys[id(node._parent)]
             fields["method"] = node.method
         elif isinstance(node, InputAttributeNode):
-            fields["access"] = (node.access, node.key)
-            args = (ir.Ref(keys[id(node.parent)]),)
+            fields["access"] = (node._access, node._key)
+            args = (ir.Ref(keys[id(node._parent)]),)
         elif isinstance(node, DriverNode):
             adapter = node.http_adapter
         records[key] = ir.NodeIR(
             key=key,
             kind=kind,
             label=node._label(),
-            call_site=node.call_site,
+            call_site=node._call_site,
             args=args,
             kwargs=kwargs,
             deps=deps,

@@ -73,7 +73,7 @@ def check_single_input(captured: Captured, graph: nx.DiGraph, ctx: CheckContext)
 def check_reaches_output(captured: Captured, graph: nx.DiGraph, ctx: CheckContext) -> list[Diagnostic]:
     out = []
     for node in captured.dangling:
-        site = node.call_site
+        site = node._call_site
         out.append(
             Diagnostic(
                 code="unreachable",
@@ -138,7 +138,7 @@ def check_serializable(captured: Captured, graph: nx.DiGraph, ctx: CheckContext)
                 )
         if isinstance(source, (DeploymentNode, FunctionNode)):
             try:
-                dumps(source.deployment.func_or_class)
+                dumps(source._deployment.func_or_class)
             except Exception as exc:
                 out.append(
                     _diag(
@@ -173,7 +173,7 @@ def resource_table(captured: Captured, final: dict[str, Any] | None = None) -> l
         source = captured.sources.get(key)
         if not isinstance(source, (DeploymentNode, FunctionNode)):
             continue
-        options = (final or {}).get(key) or source.deployment.deployment_options
+        options = (final or {}).get(key) or source._deployment.deployment_options
         actor = options.actor_options()
         per = {"CPU": float(actor.get("num_cpus", 0) or 0), "GPU": float(actor.get("num_gpus", 0) or 0)}
         for name, amount in (actor.get("resources") or {}).items():

@@ -70,8 +70,8 @@ def _deployments(
             ir.DeploymentIR(
                 name=names[key],
                 node=key,
-                target=source.deployment.func_or_class,
-                import_path=import_path(source.deployment.func_or_class),
+                target=source._deployment.func_or_class,
+                import_path=import_path(source._deployment.func_or_class),
                 is_function=is_function,
                 init_args=() if is_function else record.args,
                 init_kwargs=() if is_function else record.kwargs,

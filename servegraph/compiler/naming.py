@@ -22,7 +22,7 @@ def name_deployments(captured: Captured) -> dict[str, str]:
         source = captured.sources[key]
         if not isinstance(source, (DeploymentNode, FunctionNode)):
             continue
-        base = source.deployment.name
+        base = source._deployment.name
         name, i = base, 0
         while name in taken:
             i += 1

@@ -27,7 +27,7 @@ def resolve_options(
     for key in names:
         source = captured.sources[key]
         assert isinstance(source, (DeploymentNode, FunctionNode))
-        options[key] = source.deployment.deployment_options
+        options[key] = source._deployment.deployment_options
     if overrides:
         by_name = {name: key for key, name in names.items()}
         for name, values in overrides.items():

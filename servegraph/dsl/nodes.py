@@ -40,13 +40,13 @@ class DAGNode:
         self._bound_args = tuple(args)
         self._bound_kwargs = dict(kwargs)
         self._call_site = call_site
-        for child in self.children():
+        for child in self._children():
             root = child._input_root()
             if root is not None:
                 root._consumers.append(self)
 
     # Graph structure ---------------------------------------------------------
-    def children(self) -> list[DAGNode]:
+    def _children(self) -> list[DAGNode]:
         """Upstream nodes this node's bound arguments refer to, in argument order."""
         out = list(iter_nodes(self._bound_args))
         out.extend(iter_nodes(self._bound_kwargs))
@@ -57,10 +57,6 @@ class DAGNode:
 
     def _label(self) -> str:
         return self._kind
-
-    @property
-    def call_site(self) -> CallSite:
-        return self._call_site
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self._label()} bound at {self._call_site}>"
@@ -86,10 +82,6 @@ class DeploymentNode(DAGNode):
     def __init__(self, deployment: Deployment, args: tuple, kwargs: dict, call_site: CallSite):
         self._deployment = deployment
         super().__init__(args, kwargs, call_site)
-
-    @property
-    def deployment(self) -> Deployment:
-        return self._deployment
 
     def _label(self) -> str:
         return self._deployment.name
@@ -117,9 +109,11 @@ class _MethodBinder:
 
     def bind(self, *args: Any, _call_site: CallSite | None = None, **kwargs: Any) -> MethodNode:
         site = user_call_site(_call_site)
-        cls = self._parent.deployment.func_or_class
-        name = self._parent.deployment.name
+        cls = self._parent._deployment.func_or_class
+        name = self._parent._deployment.name
         fn = getattr(cls, self._method, None)
+        if self._method == "__call__" and not any("__call__" in vars(k) for k in cls.__mro__[:-1]):
+            fn = None  # every class has type.__call__; only one the class defines counts
         if fn is None or not callable(fn):
             raise BindError(
                 f"{site}: {name}.{self._method}.bind(): {name} has no method {self._method!r}; "
@@ -159,8 +153,8 @@ class MethodNode(DAGNode):
     def method(self) -> str:
         return self._method
 
-    def children(self) -> list[DAGNode]:
-        return [self._parent, *super().children()]
+    def _children(self) -> list[DAGNode]:
+        return [self._parent, *super()._children()]
 
     def _label(self) -> str:
         return f"{self._parent._label()}.{self._method}"
@@ -174,10 +168,6 @@ class FunctionNode(DAGNode):
     def __init__(self, deployment: Deployment, args: tuple, kwargs: dict, call_site: CallSite):
         self._deployment = deployment
         super().__init__(args, kwargs, call_site)
-
-    @property
-    def deployment(self) -> Deployment:
-        return self._deployment
 
     def _label(self) -> str:
         return self._deployment.name
@@ -236,19 +226,7 @@ class InputAttributeNode(DAGNode):
         if root is not None:
             root._consumers.append(self)
 
-    @property
-    def parent(self) -> DAGNode:
-        return self._parent
-
-    @property
-    def key(self) -> Any:
-        return self._key
-
-    @property
-    def access(self) -> str:
-        return self._access
-
-    def children(self) -> list[DAGNode]:
+    def _children(self) -> list[DAGNode]:
         return [self._parent]
 
     def _input_root(self) -> InputNode | None:

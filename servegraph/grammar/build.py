@@ -709,20 +709,20 @@ class _Builder:
         if isinstance(callee, _Builtin):
             return self.builtin(callee, args, kwargs, site, span, call)
         if isinstance(callee, DeploymentNode):
-            cls = cast(type, callee.deployment.func_or_class)
+            cls = cast(type, callee._deployment.func_or_class)
             if not _defines_call(cls):
                 return self.error(
                     "bind-arguments",
-                    f"{label}(...) calls the deployment, but {callee.deployment.name} has no __call__ method; "
+                    f"{label}(...) calls the deployment, but {callee._deployment.name} has no __call__ method; "
                     f"call one of its methods instead: {label}.METHOD(...). "
-                    f"Methods of {callee.deployment.name}: {', '.join(public_methods(cls)) or '(none)'}.",
+                    f"Methods of {callee._deployment.name}: {', '.join(public_methods(cls)) or '(none)'}.",
                     call.span,
-                    node=callee.deployment.name,
+                    node=callee._deployment.name,
                 )
             try:
                 return callee.__call__.bind(*args, _call_site=site, **kwargs)
             except BindError as exc:
-                return self.bind_error(exc, site, call.span, call, callee.deployment.name)
+                return self.bind_error(exc, site, call.span, call, callee._deployment.name)
         what = _describe(callee)
         if isinstance(callee, DAGNode):
             reason = "it has a value only when a request runs, so the graph cannot call it"
@@ -785,8 +785,8 @@ class _Builder:
             return self.error(
                 "bind-arguments", f"cannot call .{method.text}(...) on {_describe(target)}: {reason}", method.span
             )
-        name = target.deployment.name
-        cls = cast(type, target.deployment.func_or_class)
+        name = target._deployment.name
+        cls = cast(type, target._deployment.func_or_class)
         if method.text.startswith("_") and method.text != "__call__":
             return self.error(
                 "bind-arguments",
