@@ -28,6 +28,7 @@ import gc
 import http.client
 import json
 import logging
+import math
 import os
 import platform
 import random
@@ -182,6 +183,19 @@ class RawLanguageClassifier:
         return await ref
 
 
+class RawChain:
+    """The raw-actor twin of the chain ingress: an async actor passing each stage's ref to the next."""
+
+    def __init__(self, *stages: Any):
+        self.stages = stages
+
+    async def __call__(self, x: int) -> int:
+        ref = x
+        for stage in self.stages:
+            ref = stage.__call__.remote(ref)
+        return await ref
+
+
 # Requests ----------------------------------------------------------------------------------
 
 
@@ -203,6 +217,21 @@ def chain_expected(x: int) -> int:
     return x + CHAIN_LENGTH
 
 
+#: Each graph's requests and the answer each should get.
+GRAPHS: dict[str, tuple[Callable[[int], list], Callable[[Any], Any]]] = {
+    "hello": (hello_requests, hello_expected),
+    "chain": (chain_requests, chain_expected),
+}
+
+# How a row's requests travel, so ratios compare like with like:
+#: the caller chains the calls itself (an InputNode plan runs in the caller too);
+DRIVER = "driver"
+#: one deployment (or actor) receives the request and makes the downstream calls;
+INGRESS = "ingress"
+#: over HTTP on loopback, through the system's proxy.
+HTTP = "http"
+
+
 # Measuring -------------------------------------------------------------------------------
 
 
@@ -220,26 +249,16 @@ class Row:
     graph: str
     system: str
     how: str
+    shape: str
     p50_ms: float
     p99_ms: float
     mean_ms: float
     throughput_rps: float | None
     requests: int
-    #: Share of the machine's CPU busy just before the row was timed (None where /proc/stat is missing).
+    #: Share of the machine's CPU busy just before the row was timed (None where /proc is missing).
     background_cpu: float | None = None
-
-
-@dataclasses.dataclass
-class Workload:
-    """One way of sending one graph's requests: ``submit`` starts a request, ``wait`` finishes it."""
-
-    graph: str
-    system: str
-    how: str
-    submit: Callable[[Any], Any]
-    wait: Callable[[Any], Any]
-    requests: Callable[[int], list]
-    expected: Callable[[Any], Any]
+    #: Share of the machine's CPU that other programs used while the row was timed.
+    others_cpu: float | None = None
 
 
 def cpu_busy(interval_s: float = 0.5) -> float | None:
@@ -261,14 +280,16 @@ def cpu_busy(interval_s: float = 0.5) -> float | None:
 
 #: Below this share of CPU busy the machine counts as quiet (Ray Serve's controller loop alone takes some).
 QUIET_CPU = 0.25
-#: Longest wait for quiet before a row is timed anyway (and flagged in the report).
+#: Longest wait for quiet before a row is timed anyway.
 QUIET_WAIT_S = 30.0
+#: Rows timed while other programs used more than this share of the CPU are flagged in the report.
+OTHERS_NOISY = 0.10
 
 
 def wait_for_quiet() -> float | None:
-    """Wait until the machine is quiet (workers Ray just started have finished importing, say); return the last busy share.
+    """Wait until the machine is quiet; return the last busy share measured.
 
-    On a 2-core machine a replica process still starting, or another program's
+    On a 2-core machine a replica process still importing, or another program's
     burst, shifts every latency; waiting here keeps those out of the timed phase.
     """
     deadline = time.monotonic() + QUIET_WAIT_S
@@ -278,56 +299,129 @@ def wait_for_quiet() -> float | None:
     return busy
 
 
-def _percentile(sorted_values: list[float], q: float) -> float:
-    """Nearest-rank percentile of an already sorted list."""
-    k = max(0, min(len(sorted_values) - 1, round(q / 100 * len(sorted_values) + 0.5) - 1))
+def _ticks() -> tuple[int, int, int]:
+    """(machine busy ticks, machine total ticks, ticks used by this process and its descendants).
+
+    The local Ray cluster (GCS, raylet, every worker) descends from the driver, so
+    the difference between the first and the last is what other programs used.
+    """
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    total = sum(fields)
+    busy = total - fields[3] - fields[4]
+    parents: dict[int, list[int]] = {}
+    used: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+        except OSError:  # exited meanwhile
+            continue
+        rest = stat[stat.rindex(")") + 2 :].split()
+        pid = int(entry)
+        parents.setdefault(int(rest[1]), []).append(pid)
+        used[pid] = int(rest[11]) + int(rest[12])  # utime + stime
+    ours, todo = 0, [os.getpid()]
+    while todo:
+        pid = todo.pop()
+        ours += used.get(pid, 0)
+        todo += parents.get(pid, [])
+    return busy, total, ours
+
+
+class OthersCPU:
+    """Measures the share of the machine's CPU other programs use between ``start()`` and ``stop()``."""
+
+    def start(self) -> None:
+        try:
+            self._before: tuple[int, int, int] | None = _ticks()
+        except (OSError, ValueError, IndexError):
+            self._before = None
+
+    def stop(self) -> float | None:
+        if self._before is None:
+            return None
+        busy, total, ours = _ticks()
+        busy0, total0, ours0 = self._before
+        return max(0.0, ((busy - busy0) - (ours - ours0)) / max(1, total - total0))
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    """Nearest-rank percentile of a sorted list.
+
+    >>> percentile([1, 2, 3, 4], 50), percentile(list(range(1, 101)), 99)
+    (2, 99)
+    """
+    k = max(0, min(len(sorted_values) - 1, math.ceil(q / 100 * len(sorted_values)) - 1))
     return sorted_values[k]
 
 
-def measure(work: Workload, settings: Settings, *, throughput: bool = True) -> Row:
-    """Warm up (checking every answer), then time sequential requests, then concurrent batches."""
-    for request in work.requests(settings.warmup):
-        got = work.wait(work.submit(request))
-        want = work.expected(request)
-        if got != want:
-            raise AssertionError(f"{work.system} {work.graph} ({work.how}): got {got!r}, expected {want!r}")
+def measure(
+    graph: str,
+    system: str,
+    how: str,
+    shape: str,
+    submit: Callable[[Any], Any],
+    wait: Callable[[Any], Any],
+    settings: Settings,
+) -> Row:
+    """Warm up (checking every answer), time sequential requests, then batches of concurrent ones.
+
+    Args:
+        submit: starts one request and returns what ``wait`` needs (an ObjectRef, a DeploymentResponse).
+        wait: blocks until that request's answer is back and returns it.
+    """
+    make_requests, expected = GRAPHS[graph]
+    for request in make_requests(settings.warmup):
+        got = wait(submit(request))
+        if got != expected(request):
+            raise AssertionError(f"{system}, {graph} ({how}): got {got!r}, expected {expected(request)!r}")
 
     background = wait_for_quiet()
+    for request in make_requests(5):  # the wait may have let connections idle out and caches go cold
+        wait(submit(request))
     gc.collect()
-    latencies = []
+    others = OthersCPU()
+    others.start()
     clock = time.perf_counter
-    for request in work.requests(settings.requests):
+    latencies = []
+    for request in make_requests(settings.requests):
         start = clock()
-        work.wait(work.submit(request))
+        wait(submit(request))
         latencies.append(clock() - start)
     latencies.sort()
 
     rps = None
-    if throughput and settings.throughput_requests:
-        requests = work.requests(settings.throughput_requests)
+    if shape != HTTP and settings.throughput_requests:
+        requests = make_requests(settings.throughput_requests)
         gc.collect()
         start = clock()
         for i in range(0, len(requests), settings.concurrency):
-            pending = [work.submit(r) for r in requests[i : i + settings.concurrency]]
-            for p in pending:
-                work.wait(p)
+            pending = [submit(r) for r in requests[i : i + settings.concurrency]]
+            for one in pending:
+                wait(one)
         rps = len(requests) / (clock() - start)
+    others_share = others.stop()
 
     row = Row(
-        graph=work.graph,
-        system=work.system,
-        how=work.how,
-        p50_ms=_percentile(latencies, 50) * 1e3,
-        p99_ms=_percentile(latencies, 99) * 1e3,
+        graph=graph,
+        system=system,
+        how=how,
+        shape=shape,
+        p50_ms=percentile(latencies, 50) * 1e3,
+        p99_ms=percentile(latencies, 99) * 1e3,
         mean_ms=statistics.fmean(latencies) * 1e3,
         throughput_rps=rps,
         requests=len(latencies),
         background_cpu=background,
+        others_cpu=others_share,
     )
-    rps_text = f"{row.throughput_rps:6.0f} req/s" if row.throughput_rps else " " * 12
-    bg_text = f"  (CPU {background:.0%} busy before)" if background is not None else ""
+    rps_text = f"{rps:6.0f} req/s" if rps else " " * 12
+    bg_text = f"  (other programs: {others_share:.0%} CPU)" if others_share is not None else ""
     print(
-        f"  {work.graph:<6} {work.system:<10} {work.how:<20} p50 {row.p50_ms:6.2f} ms  p99 {row.p99_ms:6.2f} ms  {rps_text}{bg_text}",
+        f"  {graph:<6} {system:<10} {how:<20} p50 {row.p50_ms:6.2f} ms  p99 {row.p99_ms:6.2f} ms  {rps_text}{bg_text}",
         flush=True,
     )
     return row
@@ -353,34 +447,31 @@ class HTTPClient:
         self._conn = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT_S)
 
     def post(self, request: dict) -> str:
-        self._conn.request("POST", "/", body=json.dumps(request), headers={"content-type": "application/json"})
-        reply = self._conn.getresponse()
-        body = reply.read().decode()
+        body = json.dumps(request)
+        try:
+            self._conn.request("POST", "/", body=body, headers={"content-type": "application/json"})
+            reply = self._conn.getresponse()
+        except (ConnectionError, http.client.RemoteDisconnected):
+            # The server closed the idle keep-alive connection: reconnect once.
+            self._conn.close()
+            self._conn.request("POST", "/", body=body, headers={"content-type": "application/json"})
+            reply = self._conn.getresponse()
+        text = reply.read().decode()
         if reply.status != 200:
-            raise RuntimeError(f"HTTP {reply.status}: {body}")
-        return body
+            raise RuntimeError(f"HTTP {reply.status}: {text}")
+        return text
 
     def close(self) -> None:
         self._conn.close()
 
 
-def http_workload(system: str, how: str, port: int) -> tuple[Workload, HTTPClient]:
-    client = HTTPClient(port)
-    work = Workload(
-        "hello",
-        system,
-        how,
-        submit=client.post,
-        wait=lambda body: body,
-        requests=hello_requests,
-        expected=hello_expected,
-    )
-    return work, client
-
-
-def measure_http(work: Workload, settings: Settings) -> Row:
+def measure_http(system: str, port: int, settings: Settings) -> Row:
     http_settings = dataclasses.replace(settings, requests=settings.http_requests, warmup=min(settings.warmup, 20))
-    return measure(work, http_settings, throughput=False)
+    client = HTTPClient(port)
+    try:
+        return measure("hello", system, "HTTP proxy", HTTP, client.post, lambda body: body, http_settings)
+    finally:
+        client.close()
 
 
 # servegraph ----------------------------------------------------------------------------------
@@ -388,6 +479,10 @@ def measure_http(work: Workload, settings: Settings) -> Row:
 
 def bench_servegraph(settings: Settings, graphs: set[str], with_http: bool) -> list[Row]:
     rows = []
+
+    def bench(graph: str, how: str, shape: str, submit: Callable[[Any], Any]) -> None:
+        rows.append(measure(graph, "servegraph", how, shape, submit, ray_get, settings))
+
     Spanish = serve.deployment(SpanishResponder)
     French = serve.deployment(FrenchResponder)
     StageDeployment = serve.deployment(Stage)
@@ -395,12 +490,7 @@ def bench_servegraph(settings: Settings, graphs: set[str], with_http: bool) -> l
         if "hello" in graphs:
             app = serve.deployment(ServegraphLanguageClassifier).bind(Spanish.bind(), French.bind())
             handle = serve.run(app, name="hello", route_prefix=None, http=False)
-            rows.append(
-                measure(
-                    Workload("hello", "servegraph", "handle", handle.remote, ray_get, hello_requests, hello_expected),
-                    settings,
-                )
-            )
+            bench("hello", "handle", INGRESS, handle.remote)
             serve.delete("hello")
 
         if "chain" in graphs:
@@ -409,14 +499,7 @@ def bench_servegraph(settings: Settings, graphs: set[str], with_http: bool) -> l
                 for i in range(CHAIN_LENGTH):
                     node = StageDeployment.options(name=f"Stage{i}").bind().__call__.bind(node)
             graph = serve.run(node, name="chain", route_prefix=None, http=False)
-            rows.append(
-                measure(
-                    Workload(
-                        "chain", "servegraph", "InputNode graph", graph.remote, ray_get, chain_requests, chain_expected
-                    ),
-                    settings,
-                )
-            )
+            bench("chain", "InputNode graph", DRIVER, graph.remote)
 
             stages = [serve.get_deployment_handle(f"Stage{i}", app_name="chain") for i in range(CHAIN_LENGTH)]
 
@@ -426,45 +509,24 @@ def bench_servegraph(settings: Settings, graphs: set[str], with_http: bool) -> l
                     result = stage.remote(result)  # an ObjectRef, passed on unawaited
                 return result
 
-            rows.append(
-                measure(
-                    Workload(
-                        "chain", "servegraph", "driver handles", submit_chain, ray_get, chain_requests, chain_expected
-                    ),
-                    settings,
-                )
-            )
+            bench("chain", "driver handles", DRIVER, submit_chain)
             serve.delete("chain")
 
-            app = serve.deployment(ServegraphChain).bind(
-                *[StageDeployment.options(name=f"Stage{i}").bind() for i in range(CHAIN_LENGTH)]
+            stage_nodes = [StageDeployment.options(name=f"Stage{i}").bind() for i in range(CHAIN_LENGTH)]
+            handle = serve.run(
+                serve.deployment(ServegraphChain).bind(*stage_nodes),
+                name="chain-ingress",
+                route_prefix=None,
+                http=False,
             )
-            handle = serve.run(app, name="chain-ingress", route_prefix=None, http=False)
-            rows.append(
-                measure(
-                    Workload(
-                        "chain",
-                        "servegraph",
-                        "ingress deployment",
-                        handle.remote,
-                        ray_get,
-                        chain_requests,
-                        chain_expected,
-                    ),
-                    settings,
-                )
-            )
+            bench("chain", "ingress deployment", INGRESS, handle.remote)
             serve.delete("chain-ingress")
 
         if with_http and "hello" in graphs:
             port = free_port()
             app = serve.deployment(ServegraphLanguageClassifierHTTP).bind(Spanish.bind(), French.bind())
             serve.run(app, name="hello-http", host="127.0.0.1", port=port)
-            work, client = http_workload("servegraph", "HTTP proxy", port)
-            try:
-                rows.append(measure_http(work, settings))
-            finally:
-                client.close()
+            rows.append(measure_http("servegraph", port, settings))
             serve.delete("hello-http")
     finally:
         serve.shutdown()
@@ -480,10 +542,14 @@ def bench_ray_serve(settings: Settings, graphs: set[str], with_http: bool) -> li
     # Ray Serve logs every deploy and delete at INFO on the driver; keep the report readable.
     logging.getLogger("ray.serve").setLevel(logging.WARNING)
 
+    rows = []
+
     def result(response: Any) -> Any:
         return response.result(timeout_s=TIMEOUT_S)
 
-    rows = []
+    def bench(graph: str, how: str, shape: str, submit: Callable[[Any], Any]) -> None:
+        rows.append(measure(graph, "Ray Serve", how, shape, submit, result, settings))
+
     Spanish = rserve.deployment(SpanishResponder)
     French = rserve.deployment(FrenchResponder)
     StageDeployment = rserve.deployment(Stage)
@@ -494,34 +560,14 @@ def bench_ray_serve(settings: Settings, graphs: set[str], with_http: bool) -> li
         if "hello" in graphs:
             app = rserve.deployment(RayServeLanguageClassifier).bind(Spanish.bind(), French.bind())
             handle = rserve.run(app, name="hello", route_prefix=None)
-            rows.append(
-                measure(
-                    Workload("hello", "Ray Serve", "handle", handle.remote, result, hello_requests, hello_expected),
-                    settings,
-                )
-            )
+            bench("hello", "handle", INGRESS, handle.remote)
             rserve.delete("hello")
 
         if "chain" in graphs:
             # Ray Serve 2.x has no InputNode graphs any more; composition is an ingress chaining responses.
-            app = rserve.deployment(RayServeChain).bind(
-                *[StageDeployment.options(name=f"Stage{i}").bind() for i in range(CHAIN_LENGTH)]
-            )
-            handle = rserve.run(app, name="chain", route_prefix=None)
-            rows.append(
-                measure(
-                    Workload(
-                        "chain",
-                        "Ray Serve",
-                        "ingress deployment",
-                        handle.remote,
-                        result,
-                        chain_requests,
-                        chain_expected,
-                    ),
-                    settings,
-                )
-            )
+            stage_nodes = [StageDeployment.options(name=f"Stage{i}").bind() for i in range(CHAIN_LENGTH)]
+            handle = rserve.run(rserve.deployment(RayServeChain).bind(*stage_nodes), name="chain", route_prefix=None)
+            bench("chain", "ingress deployment", INGRESS, handle.remote)
 
             stages = [rserve.get_deployment_handle(f"Stage{i}", app_name="chain") for i in range(CHAIN_LENGTH)]
 
@@ -531,24 +577,13 @@ def bench_ray_serve(settings: Settings, graphs: set[str], with_http: bool) -> li
                     response = stage.remote(response)  # a DeploymentResponse, passed on unawaited
                 return response
 
-            rows.append(
-                measure(
-                    Workload(
-                        "chain", "Ray Serve", "driver handles", submit_chain, result, chain_requests, chain_expected
-                    ),
-                    settings,
-                )
-            )
+            bench("chain", "driver handles", DRIVER, submit_chain)
             rserve.delete("chain")
 
         if with_http and "hello" in graphs:
             app = rserve.deployment(RayServeLanguageClassifierHTTP).bind(Spanish.bind(), French.bind())
             rserve.run(app, name="hello-http", route_prefix="/")
-            work, client = http_workload("Ray Serve", "HTTP proxy", port)
-            try:
-                rows.append(measure_http(work, settings))
-            finally:
-                client.close()
+            rows.append(measure_http("Ray Serve", port, settings))
             rserve.delete("hello-http")
     finally:
         rserve.shutdown()
@@ -563,31 +598,23 @@ _RAW_OPTIONS = {"num_cpus": 0.1, "max_concurrency": 5}
 
 def bench_raw(settings: Settings, graphs: set[str]) -> list[Row]:
     rows = []
+
+    def bench(graph: str, how: str, shape: str, submit: Callable[[Any], Any]) -> None:
+        rows.append(measure(graph, "raw actors", how, shape, submit, ray_get, settings))
+
+    def actor(cls: type, *args: Any) -> Any:
+        handle = ray.remote(cls).options(**_RAW_OPTIONS).remote(*args)
+        actors.append(handle)
+        return handle
+
     actors: list[Any] = []
     try:
         if "hello" in graphs:
-            spanish = ray.remote(SpanishResponder).options(**_RAW_OPTIONS).remote()
-            french = ray.remote(FrenchResponder).options(**_RAW_OPTIONS).remote()
-            ingress = ray.remote(RawLanguageClassifier).options(**_RAW_OPTIONS).remote(spanish, french)
-            actors += [spanish, french, ingress]
-            rows.append(
-                measure(
-                    Workload(
-                        "hello",
-                        "raw actors",
-                        "async actor",
-                        ingress.__call__.remote,
-                        ray_get,
-                        hello_requests,
-                        hello_expected,
-                    ),
-                    settings,
-                )
-            )
+            ingress = actor(RawLanguageClassifier, actor(SpanishResponder), actor(FrenchResponder))
+            bench("hello", "async actor", INGRESS, ingress.__call__.remote)
 
         if "chain" in graphs:
-            stages = [ray.remote(Stage).options(**_RAW_OPTIONS).remote() for _ in range(CHAIN_LENGTH)]
-            actors += stages
+            stages = [actor(Stage) for _ in range(CHAIN_LENGTH)]
 
             def submit_chain(x: int) -> Any:
                 ref = x
@@ -595,19 +622,29 @@ def bench_raw(settings: Settings, graphs: set[str]) -> list[Row]:
                     ref = stage.__call__.remote(ref)
                 return ref
 
-            rows.append(
-                measure(
-                    Workload("chain", "raw actors", "refs", submit_chain, ray_get, chain_requests, chain_expected),
-                    settings,
-                )
-            )
+            bench("chain", "driver refs", DRIVER, submit_chain)
+            bench("chain", "async ingress actor", INGRESS, actor(RawChain, *stages).__call__.remote)
     finally:
-        for actor in actors:
-            ray.kill(actor)
+        for handle in actors:
+            ray.kill(handle)
     return rows
 
 
 # Report ----------------------------------------------------------------------------------------
+
+
+def counterpart(row: Row, rows: list[Row], system: str) -> Row | None:
+    """The row of ``system`` that ``row`` is compared with: same graph and shape, else its fastest on that graph.
+
+    HTTP rows compare only with HTTP rows. Falling back to the fastest row means a
+    ratio is never flattered by picking the other system's slower idiom.
+    """
+    same_graph = [
+        r for r in rows if r.system == system and r.graph == row.graph and (r.shape == HTTP) == (row.shape == HTTP)
+    ]
+    same_shape = [r for r in same_graph if r.shape == row.shape]
+    candidates = same_shape or same_graph
+    return min(candidates, key=lambda r: r.p50_ms) if candidates else None
 
 
 def _ratio(value: float | None, reference: float | None) -> str:
@@ -616,43 +653,29 @@ def _ratio(value: float | None, reference: float | None) -> str:
     return f"{value / reference:.2f}x"
 
 
-def references(rows: list[Row]) -> dict[tuple[str, str, str], Row]:
-    """Per (graph, transport, system): the reference row, the fastest p50 of that system.
-
-    Against Ray Serve that is its fastest way of running the graph, so a ratio is never
-    flattered by picking Ray Serve's slower idiom. HTTP rows compare only with HTTP rows.
-    """
-    refs: dict[tuple[str, str, str], Row] = {}
-    for row in rows:
-        key = (row.graph, _transport(row), row.system)
-        if key not in refs or row.p50_ms < refs[key].p50_ms:
-            refs[key] = row
-    return refs
-
-
-def _transport(row: Row) -> str:
-    return "http" if row.how.startswith("HTTP") else "handle"
+def ordered(rows: list[Row]) -> list[Row]:
+    """Rows grouped by graph (hello, chain, then HTTP), systems in a fixed order."""
+    graph_order = {g: i for i, g in enumerate(GRAPHS)}
+    system_order = {"servegraph": 0, "Ray Serve": 1, "raw actors": 2}
+    return sorted(rows, key=lambda r: (r.shape == HTTP, graph_order.get(r.graph, 99), system_order.get(r.system, 99)))
 
 
 def table(rows: list[Row], concurrency: int) -> str:
-    """A markdown table: one row per (graph, system, how), with ratios against Ray Serve and raw actors."""
-    refs = references(rows)
-    header = (
+    """A markdown table: one row per (graph, system, way of calling), with ratios against Ray Serve and raw actors."""
+    lines = [
         f"| graph | system | how | p50 ms | p99 ms | req/s ({concurrency} in flight) "
-        "| p50 vs Ray Serve | p50 vs raw | req/s vs Ray Serve | req/s vs raw |"
-    )
-    lines = [header, "|" + "---|" * 10]
-    for row in rows:
-        transport = _transport(row)
-        rs = refs.get((row.graph, transport, "Ray Serve"))
-        raw = refs.get((row.graph, transport, "raw actors"))
-        rps = f"{row.throughput_rps:.0f}" if row.throughput_rps else "-"
+        "| p50 vs Ray Serve | p50 vs raw | req/s vs Ray Serve | req/s vs raw |",
+        "|" + "---|" * 10,
+    ]
+    for row in ordered(rows):
+        rs = counterpart(row, rows, "Ray Serve")
+        raw = counterpart(row, rows, "raw actors")
         lines.append(
-            f"| {row.graph if transport == 'handle' else row.graph + ' (HTTP)'} | {row.system} | {row.how} "
-            f"| {row.p50_ms:.2f} | {row.p99_ms:.2f} | {rps} "
-            f"| {_ratio(row.p50_ms, rs.p50_ms if rs else None)} | {_ratio(row.p50_ms, raw.p50_ms if raw else None)} "
-            f"| {_ratio(row.throughput_rps, rs.throughput_rps if rs else None)} "
-            f"| {_ratio(row.throughput_rps, raw.throughput_rps if raw else None)} |"
+            f"| {row.graph + ' (HTTP)' if row.shape == HTTP else row.graph} | {row.system} | {row.how} "
+            f"| {row.p50_ms:.2f} | {row.p99_ms:.2f} | {f'{row.throughput_rps:.0f}' if row.throughput_rps else '-'} "
+            f"| {_ratio(row.p50_ms, rs and rs.p50_ms)} | {_ratio(row.p50_ms, raw and raw.p50_ms)} "
+            f"| {_ratio(row.throughput_rps, rs and rs.throughput_rps)} "
+            f"| {_ratio(row.throughput_rps, raw and raw.throughput_rps)} |"
         )
     return "\n".join(lines)
 
@@ -660,29 +683,36 @@ def table(rows: list[Row], concurrency: int) -> str:
 def verdict(rows: list[Row]) -> list[str]:
     """The issue's targets, judged for every servegraph row reached through a handle.
 
-    p50 at most 1/3 of Ray Serve's (its fastest way of running the same graph) on
-    both graphs, and the chain within 1.3x of raw actors chained by refs.
+    p50 at most 1/3 of Ray Serve's on both graphs, and the chain within 1.3x of
+    raw actors, each against the row :func:`counterpart` picks.
     """
-    refs = references(rows)
     out = []
-    for row in rows:
-        if row.system != "servegraph" or _transport(row) != "handle":
+    for row in ordered(rows):
+        if row.system != "servegraph" or row.shape == HTTP:
             continue
-        rs = refs.get((row.graph, "handle", "Ray Serve"))
-        raw = refs.get((row.graph, "handle", "raw actors"))
         parts = []
+        rs = counterpart(row, rows, "Ray Serve")
         if rs:
             ratio = row.p50_ms / rs.p50_ms
-            parts.append(
-                f"{ratio:.2f}x Ray Serve's {rs.p50_ms:.2f} ms (target <= 0.33x: {'met' if ratio <= 1 / 3 else 'NOT met'})"
-            )
+            met = "met" if ratio <= 1 / 3 else "NOT met"
+            parts.append(f"{ratio:.2f}x Ray Serve {rs.how} {rs.p50_ms:.2f} ms (target <= 0.33x: {met})")
+        raw = counterpart(row, rows, "raw actors")
         if raw and row.graph == "chain":
             ratio = row.p50_ms / raw.p50_ms
-            parts.append(
-                f"{ratio:.2f}x raw actors' {raw.p50_ms:.2f} ms (target <= 1.3x: {'met' if ratio <= 1.3 else 'NOT met'})"
-            )
+            met = "met" if ratio <= 1.3 else "NOT met"
+            parts.append(f"{ratio:.2f}x raw {raw.how} {raw.p50_ms:.2f} ms (target <= 1.3x: {met})")
         if parts:
-            out.append(f"{row.graph}, servegraph {row.how}: p50 {row.p50_ms:.2f} ms = " + "; ".join(parts))
+            out.append(f"{row.graph}, servegraph {row.how}, p50 {row.p50_ms:.2f} ms: " + "; ".join(parts))
+    return out
+
+
+def json_row(row: Row, rows: list[Row]) -> dict[str, Any]:
+    """A row with the p50 ratios the table shows and the rows they were taken against."""
+    out = dataclasses.asdict(row)
+    for key, system in (("ray_serve", "Ray Serve"), ("raw", "raw actors")):
+        other = counterpart(row, rows, system)
+        out[f"compared_with_{key}"] = other.how if other else None
+        out[f"p50_ratio_vs_{key}"] = row.p50_ms / other.p50_ms if other else None
     return out
 
 
@@ -694,10 +724,13 @@ def noise_note(rows: list[Row], load_before: tuple | None, load_after: tuple | N
     )
     if load_before and load_after:
         note += f" Load average {load_before[0]:.2f} before, {load_after[0]:.2f} after."
-    noisy = [r for r in rows if r.background_cpu is not None and r.background_cpu > QUIET_CPU]
+    shares = [r.others_cpu for r in rows if r.others_cpu is not None]
+    if shares:
+        note += f" Other programs used {min(shares):.0%}-{max(shares):.0%} of the CPU while rows were timed."
+    noisy = [r for r in rows if r.others_cpu is not None and r.others_cpu > OTHERS_NOISY]
     if noisy:
-        names = ", ".join(f"{r.graph}/{r.system}/{r.how}" for r in noisy)
-        note += f" The machine never got quiet (<{QUIET_CPU:.0%} CPU busy) before: {names}; rerun for cleaner figures."
+        names = ", ".join(f"{r.graph}/{r.system}/{r.how} ({r.others_cpu:.0%})" for r in noisy)
+        note += f" Rows timed while other programs took over {OTHERS_NOISY:.0%}: {names}; rerun for cleaner figures."
     return note
 
 
@@ -827,7 +860,7 @@ def main(argv: list[str] | None = None) -> int:
             "machine": info,
             "load_average": {"before": load_before, "after": load_after},
             "settings": dataclasses.asdict(settings),
-            "rows": [dataclasses.asdict(r) for r in rows],
+            "rows": [json_row(r, rows) for r in ordered(rows)],
             "targets": verdict(rows),
         }
         Path(args.json).write_text(json.dumps(payload, indent=2) + "\n")

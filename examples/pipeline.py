@@ -38,3 +38,10 @@ with InputNode() as request:
     length = LengthModel.bind(1.0).predict.bind(clean)
     vowels = VowelModel.bind().predict.bind(clean)
     app = combine.bind(length, vowels)
+
+
+if __name__ == "__main__":
+    import ray
+
+    handle = serve.run(app)
+    print(ray.get(handle.remote({"text": "Hello World"})))  # {'length': 11.0, 'vowels': 3, 'score': 14.0}

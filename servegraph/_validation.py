@@ -36,7 +36,7 @@ def _loc(prefix: str, loc: tuple[Any, ...]) -> str:
     return out
 
 
-def _describe(err: dict) -> str:
+def _describe(err: Any) -> str:
     ctx = err.get("ctx") or {}
     kind = err["type"]
     bounds = {

@@ -5,7 +5,9 @@ user_config, and deploys that must fail cleanly.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import os
+import textwrap
 import time
 
 import httpx
@@ -162,8 +164,19 @@ def test_user_config_reaches_reconfigure_and_updates_in_place(serve_app, http_po
     assert serve_app.status().applications["greeter"].deployments["Greeter"].replica_states == {"RUNNING": 1}
     serve_app.delete("greeter")
     assert "greeter" not in serve_app.status().applications
-    with pytest.raises(ray.exceptions.RayActorError):
-        ray.get(handle.remote("Ana"), timeout=60)
+    assert replica_dies(handle)
+
+
+def replica_dies(handle, within_s: float = 30) -> bool:
+    """Whether calls through ``handle`` fail with a dead actor within ``within_s`` (ray.kill is asynchronous)."""
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        try:
+            ray.get(handle.remote("Ana"), timeout=within_s)
+        except ray.exceptions.RayActorError:
+            return True
+        time.sleep(0.1)
+    return False
 
 
 # Deploys that fail ------------------------------------------------------------------------
@@ -206,3 +219,44 @@ def test_run_refuses_more_cpus_than_the_cluster_has(serve_app, http_port):
     assert f"{TEST_CLUSTER_CPUS + 1:g}" in str(err.value)
     assert_located(err.value, line)
     assert "greedy" not in serve_app.status().applications
+
+
+DRIVER_ONLY_MODULE = textwrap.dedent(
+    """\
+    import servegraph as serve
+    from servegraph import DAGDriver, InputNode
+
+
+    def plus_one(x):
+        return x + 1
+
+
+    async def take_x(request):
+        return (await request.json())["x"]
+
+
+    @serve.deployment
+    class UsesHelper:
+        def __call__(self, x):
+            return plus_one(x)
+
+
+    app = UsesHelper.bind()
+
+    with InputNode() as inp:
+        graph = DAGDriver.bind(UsesHelper.bind().__call__.bind(inp), http_adapter=take_x)
+    """
+)
+
+
+def test_deployment_from_a_module_only_the_driver_can_import(serve_app, http_port, tmp_path, monkeypatch):
+    (tmp_path / "driver_only_models.py").write_text(DRIVER_ONLY_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = importlib.import_module("driver_only_models")
+    # The controller and the replicas load the module through the driver's import paths...
+    handle = serve_app.run(module.app, name="driver-only", route_prefix=None, port=http_port)
+    assert ray.get(handle.remote(1), timeout=60) == 2
+    # ... and so does the HTTP proxy, which runs the graph with the module's http_adapter.
+    serve_app.run(module.graph, name="driver-only-graph", route_prefix="/driver-only", port=http_port)
+    reply = httpx.post(f"http://127.0.0.1:{http_port}/driver-only", json={"x": 41}, timeout=60)
+    assert (reply.status_code, reply.text) == (200, "42")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -25,7 +26,7 @@ def connect(start_if_missing: bool) -> bool:
         return True
     address = os.environ.get("RAY_ADDRESS", "auto")
     try:
-        ray.init(address=address, namespace="servegraph", logging_level="ERROR", log_to_driver=False)
+        ray.init(address=address, namespace="servegraph", logging_level=logging.ERROR, log_to_driver=False)
         return True
     except ConnectionError:
         if address != "auto" or not start_if_missing:
@@ -38,7 +39,7 @@ def connect(start_if_missing: bool) -> bool:
         check=True,
         stdout=subprocess.DEVNULL,
     )
-    ray.init(address="auto", namespace="servegraph", logging_level="ERROR", log_to_driver=False)
+    ray.init(address="auto", namespace="servegraph", logging_level=logging.ERROR, log_to_driver=False)
     return True
 
 
@@ -102,7 +103,7 @@ def status_cmd(as_json: bool) -> None:
         from ..runtime.api import status
 
         current = status()
-    data = {
+    data: dict[str, Any] = {
         "proxy": current.proxy,
         "applications": {
             name: {

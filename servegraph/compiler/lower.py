@@ -95,6 +95,7 @@ def _plan(root: str, graph: nx.DiGraph, nodes: dict[str, ir.NodeIR]) -> ir.Plan:
         if record.kind == ir.INPUT:
             input_key = key
         elif record.kind == ir.INPUT_ATTR:
+            assert record.access is not None
             access, attr = record.access
             steps.append(ir.PlanStep(key=key, kind=ir.INPUT_ATTR, access=(record.args[0], access, attr)))
         elif record.kind == ir.OUTPUT:

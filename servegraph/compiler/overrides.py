@@ -31,13 +31,13 @@ def resolve_options(
     if overrides:
         by_name = {name: key for key, name in names.items()}
         for name, values in overrides.items():
-            key = by_name.get(name)
-            if key is None:
+            found = by_name.get(name)
+            if found is None:
                 hint = closest(name, by_name)
                 raise ConfigError(
                     f"the config overrides deployment {name!r}, which the graph does not have"
                     + (f"; did you mean {hint!r}?" if hint else "")
                     + f" Its deployments: {', '.join(sorted(by_name))}."
                 )
-            options[key] = make_options(options[key], **dict(values))
+            options[found] = make_options(options[found], **dict(values))
     return options

@@ -71,7 +71,8 @@ class Deployment:
         if self.is_function:
             fn, drop_self, what = self._target, False, self.name
         else:
-            fn, drop_self, what = self._target.__init__, True, f"{self.name}.__init__"
+            # The class's own __init__, looked up on the class (mypy reads it as an instance lookup).
+            fn, drop_self, what = self._target.__init__, True, f"{self.name}.__init__"  # type: ignore[misc]
         # ``f.bind()`` with nothing bound is how a function becomes an ingress (as in Ray Serve):
         # it is then called with each request, so its parameters are not missing.
         ingress_form = self.is_function and not args and not kwargs

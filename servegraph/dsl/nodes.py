@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from ..errors import BindError
 from .callsite import CallSite, user_call_site
@@ -109,7 +109,7 @@ class _MethodBinder:
 
     def bind(self, *args: Any, _call_site: CallSite | None = None, **kwargs: Any) -> MethodNode:
         site = user_call_site(_call_site)
-        cls = self._parent._deployment.func_or_class
+        cls = cast(type, self._parent._deployment.func_or_class)
         name = self._parent._deployment.name
         fn = getattr(cls, self._method, None)
         if self._method == "__call__" and not any("__call__" in vars(k) for k in cls.__mro__[:-1]):

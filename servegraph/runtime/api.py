@@ -71,7 +71,10 @@ def deploy_compiled(
     """Deploy an already compiled graph; returns its handle and what changed per deployment."""
     controller = _controller()
     result = ray.get(
-        controller.deploy_app.remote(name, compiled.ir, route_prefix, (host, port) if http else None, code_paths())
+        controller.deploy_app.remote(
+            # Bytes, so the controller can put our import paths on sys.path before it loads user code.
+            name, ray.cloudpickle.dumps(compiled.ir), route_prefix, (host, port) if http else None, code_paths()
+        )
     )
     if not result["ok"]:
         raise DeploymentError(f"application {name!r} was not deployed: {result['error']}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import Any
 
 import ray
 
@@ -21,7 +22,7 @@ def ensure_connected() -> None:
     """
     if ray.is_initialized():
         return
-    kwargs = {"namespace": NAMESPACE, "logging_level": logging.WARNING}
+    kwargs: dict[str, Any] = {"namespace": NAMESPACE, "logging_level": logging.WARNING}
     if not os.environ.get("RAY_ADDRESS"):
         kwargs["include_dashboard"] = False
     ray.init(**kwargs)

@@ -8,8 +8,10 @@ receives the values straight from the object store, never through the caller.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
+import ray.cloudpickle
 from ray import ObjectRef
 
 
@@ -26,6 +28,17 @@ class Slot:
 
     def __repr__(self) -> str:
         return f"Slot({self.index})"
+
+
+def loads_with_paths(data: bytes, paths: tuple[str, ...] | list[str]) -> Any:
+    """Unpickle user code sent by a driver, with the driver's import directories on sys.path.
+
+    Appended, not prepended, so they never shadow this process's own modules.
+    """
+    for path in paths:
+        if path not in sys.path:
+            sys.path.append(path)
+    return ray.cloudpickle.loads(data)
 
 
 def _walk(value: Any, refs: list[ObjectRef]) -> Any:

@@ -17,11 +17,13 @@ from typing import Any
 
 import cloudpickle
 import ray
+import ray.cloudpickle
 from ray.actor import ActorHandle
 
 from ..compiler import ir
 from .cluster import NAMESPACE, PROXY_NAME
-from .handle import DeploymentInfo, _PlanTarget
+from .codec import loads_with_paths
+from .handle import DeploymentInfo
 from .proxy import HTTPProxy as _HTTPProxy
 from .replica import replica_actor_class
 
@@ -91,6 +93,10 @@ def _describe_failure(exc: BaseException) -> str:
 
 class Controller:
     def __init__(self) -> None:
+        #: sys.path before any driver's directories were added: what replicas get without being told.
+        self._own_path = list(sys.path)
+        #: Every deploying driver's import directories, for the proxy to load graphs' code.
+        self._code_paths: list[str] = []
         self._apps: dict[str, AppState] = {}
         self._proxy: ActorHandle | None = None
         self._http: tuple[str, int] | None = None
@@ -138,7 +144,7 @@ class Controller:
     async def deploy_app(
         self,
         name: str,
-        app: ir.AppIR,
+        app_bytes: bytes,
         route_prefix: str | None,
         http: tuple[str, int] | None,
         code_paths: tuple[str, ...] = (),
@@ -150,6 +156,15 @@ class Controller:
 
         Returns {"ok": True, "infos": {...}, "changes": {...}} or {"ok": False, "error": text}.
         """
+        try:
+            app: ir.AppIR = loads_with_paths(app_bytes, code_paths)
+        except Exception as exc:  # user code that does not import here
+            return {
+                "ok": False,
+                "error": f"the cluster cannot load the graph's code: {type(exc).__name__}: {exc}. Modules the "
+                "graph uses must be importable where replicas run: deploy from their directory or install them.",
+            }
+        self._code_paths.extend(p for p in code_paths if p not in self._code_paths)
         async with self._lock:
             for other in self._apps.values():
                 if other.name != name and route_prefix is not None and other.route_prefix == route_prefix:
@@ -177,7 +192,7 @@ class Controller:
                             changes[spec.name] = "unchanged"
                     else:
                         handles = {h: new_states[h].info(name) for h in spec.handles}
-                        missing = [p for p in code_paths if p not in sys.path]
+                        missing = [p for p in code_paths if p not in self._own_path]
                         replicas = await self._start_replicas(name, spec, handles, missing)
                         started.extend(replicas)
                         state = DeploymentState(spec, version, replicas, "HEALTHY")
@@ -271,9 +286,8 @@ class Controller:
     async def _alive(replicas: list[ActorHandle]) -> int:
         if not replicas:
             return 0
-        refs = [r.ready.remote() for r in replicas]
-        done, _ = await asyncio.wait([asyncio.ensure_future(_ok(ref)) for ref in refs], timeout=5)
-        return sum(1 for t in done if t.result())
+        alive = await asyncio.gather(*[_ok(r.ready.remote(), timeout=5) for r in replicas])
+        return sum(alive)
 
     # HTTP ------------------------------------------------------------------------------
     async def _ensure_proxy(self, host: str, port: int, app: str) -> str | None:
@@ -307,7 +321,7 @@ class Controller:
     async def _push_routes(self) -> None:
         if self._proxy is None:
             return
-        routes = {}
+        routes: dict[str, tuple[Any, ...]] = {}
         for name, state in self._apps.items():
             if state.route_prefix is None:
                 continue
@@ -315,8 +329,10 @@ class Controller:
             if state.app.ingress is not None:
                 routes[state.route_prefix] = ("deployment", name, infos[state.app.ingress], None)
             else:
-                routes[state.route_prefix] = ("plan", name, _PlanTarget(name, state.app.plan, infos), state.app.http_adapter)
-        await self._proxy.set_routes.remote(routes)
+                assert state.app.plan is not None
+                payload = ray.cloudpickle.dumps((state.app.plan, state.app.http_adapter))
+                routes[state.route_prefix] = ("plan", name, infos, payload)
+        await self._proxy.set_routes.remote(routes, self._code_paths)
 
 
 async def _ok(ref: Any, timeout: float | None = None) -> bool:
@@ -327,5 +343,6 @@ async def _ok(ref: Any, timeout: float | None = None) -> bool:
         return False
 
 
-ControllerActor = ray.remote(Controller)
-HTTPProxy = ray.remote(_HTTPProxy)
+# Ray's stubs cannot type actor classes created at runtime.
+ControllerActor: Any = ray.remote(Controller)
+HTTPProxy: Any = ray.remote(_HTTPProxy)

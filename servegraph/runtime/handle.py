@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import ray
 from ray import ObjectRef
@@ -25,6 +25,7 @@ from ray.actor import ActorHandle
 
 from ..compiler import ir
 from .codec import flatten
+from .plan import drive, drive_async, run_plan
 from .router import Router
 
 # One router per deployment per process, shared by every handle to it, so
@@ -139,48 +140,6 @@ class _DeploymentTarget:
         return await self.info.router().submit_async(method, args, kwargs)
 
 
-class PlanInput:
-    """The input of a graph called with several arguments: ``inp[i]`` positional, ``inp["k"]`` keyword."""
-
-    __slots__ = ("args", "kwargs")
-
-    def __init__(self, args: tuple, kwargs: dict):
-        self.args = args
-        self.kwargs = kwargs
-
-    def get(self, access: str, key: Any) -> Any:
-        if access == "item" and isinstance(key, int):
-            return self.args[key]
-        return self.kwargs[key]
-
-
-def plan_input(args: tuple, kwargs: dict) -> Any:
-    if len(args) == 1 and not kwargs:
-        return args[0]
-    return PlanInput(args, kwargs)
-
-
-class PlanInputError(LookupError):
-    """The request's input lacks a part the graph reads (``inp["key"]``, ``inp[0]``, ``inp.attr``)."""
-
-
-def read_input(value: Any, access: str, key: Any) -> Any:
-    try:
-        if isinstance(value, PlanInput):
-            return value.get(access, key)
-        if isinstance(value, ObjectRef):
-            value = ray.get(value)
-        if access == "item" or isinstance(value, dict):
-            return value[key]
-        return getattr(value, key)
-    except (LookupError, AttributeError, TypeError) as exc:
-        shown = f"[{key!r}]" if access == "item" else f".{key}"
-        raise PlanInputError(
-            f"the graph reads input{shown} but the request's input ({type(value).__name__}) has none: "
-            f"{type(exc).__name__}: {exc}"
-        ) from None
-
-
 class _PlanTarget:
     """Runs an InputNode graph's plan from the caller: each call gets its upstream refs, only the output is awaited."""
 
@@ -195,14 +154,6 @@ class _PlanTarget:
     def __reduce__(self) -> tuple:
         return (_PlanTarget, (self.app, self.plan, self.infos, self.name))
 
-    def _substitute(self, value: Any, values: dict[str, Any], handle_cls: type) -> Any:
-        def fn(marker: ir.Ref | ir.HandleRef) -> Any:
-            if isinstance(marker, ir.HandleRef):
-                return handle_cls(_DeploymentTarget(self.infos[marker.deployment]))
-            return values[marker.key]
-
-        return ir.map_markers(value, fn)
-
     def _finish(self, out: Any) -> ObjectRef:
         if type(out) is ObjectRef:
             return out
@@ -213,40 +164,20 @@ class _PlanTarget:
         first = next(s.deployment for s in self.plan.steps if s.deployment)
         return self.infos[first].router().any_replica().gather.remote(template[0], *refs)
 
+    def _handle(self, handle_cls: type) -> Any:
+        return lambda name: handle_cls(_DeploymentTarget(self.infos[name]))
+
     def submit(self, method: str, args: tuple, kwargs: dict) -> ObjectRef:
         args, kwargs = _prepare_sync(args, kwargs)
-        values: dict[str, Any] = {}
-        if self.plan.input is not None:
-            values[self.plan.input] = plan_input(args, kwargs)
-        for step in self.plan.steps:
-            if step.kind == ir.INPUT_ATTR:
-                source, access, key = step.access
-                values[step.key] = read_input(values[source.key], access, key)
-            elif step.kind == ir.OUTPUT:
-                values[step.key] = self._substitute(step.args[0], values, RayServeSyncHandle)
-            else:
-                call_args = self._substitute(step.args, values, RayServeSyncHandle)
-                call_kwargs = dict(self._substitute(step.kwargs, values, RayServeSyncHandle))
-                values[step.key] = self.infos[step.deployment].router().submit(step.method, call_args, call_kwargs)
-        return self._finish(values[self.plan.output.key])
+        gen = run_plan(self.plan, args, kwargs, self._handle(RayServeSyncHandle))
+        out = drive(gen, lambda call: self.infos[call[0]].router().submit(*call[1:]))
+        return self._finish(out)
 
     async def submit_async(self, method: str, args: tuple, kwargs: dict) -> ObjectRef:
         args, kwargs = await _prepare_async(args, kwargs)
-        values: dict[str, Any] = {}
-        if self.plan.input is not None:
-            values[self.plan.input] = plan_input(args, kwargs)
-        for step in self.plan.steps:
-            if step.kind == ir.INPUT_ATTR:
-                source, access, key = step.access
-                values[step.key] = read_input(values[source.key], access, key)
-            elif step.kind == ir.OUTPUT:
-                values[step.key] = self._substitute(step.args[0], values, RayServeDeploymentHandle)
-            else:
-                call_args = self._substitute(step.args, values, RayServeDeploymentHandle)
-                call_kwargs = dict(self._substitute(step.kwargs, values, RayServeDeploymentHandle))
-                router = self.infos[step.deployment].router()
-                values[step.key] = await router.submit_async(step.method, call_args, call_kwargs)
-        return self._finish(values[self.plan.output.key])
+        gen = run_plan(self.plan, args, kwargs, self._handle(RayServeDeploymentHandle))
+        out = await drive_async(gen, lambda call: self.infos[call[0]].router().submit_async(*call[1:]))
+        return self._finish(out)
 
 
 # Handles ------------------------------------------------------------------------------
@@ -354,8 +285,8 @@ class DeploymentResponse:
     def result(self, *, timeout_s: float | None = None) -> Any:
         """Block until the result is ready (not inside an event loop: await instead)."""
         ref = self._object_ref_sync()
-        if type(ref) is not ObjectRef:  # local testing mode
-            return ref.result(timeout_s)
+        if type(ref) is not ObjectRef:  # a LocalRef, in local testing mode
+            return cast(Any, ref).result(timeout_s)
         return ray.get(ref, timeout=timeout_s)
 
     def cancel(self) -> None:

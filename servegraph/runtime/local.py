@@ -17,14 +17,8 @@ from typing import Any
 
 from ..compiler import compile, ir
 from ..dsl.nodes import DAGNode
-from .handle import (
-    DeploymentResponse,
-    PlanInputError,
-    RayServeDeploymentHandle,
-    RayServeSyncHandle,
-    plan_input,
-    read_input,
-)
+from .handle import DeploymentResponse, RayServeDeploymentHandle, RayServeSyncHandle
+from .plan import PlanInputError, drive, run_plan
 
 _loop: asyncio.AbstractEventLoop | None = None
 _loop_lock = threading.Lock()
@@ -79,6 +73,7 @@ class _LocalDeployment:
         self.spec = spec
 
         def inject(marker: ir.Ref | ir.HandleRef) -> Any:
+            assert isinstance(marker, ir.HandleRef)  # a constructor's nodes are all handles
             return RayServeDeploymentHandle(_LocalTarget(handles[marker.deployment]))
 
         if spec.is_function:
@@ -136,29 +131,12 @@ class _LocalPlanTarget:
         self._plan = plan
         self._deployments = deployments
 
-    def _substitute(self, value: Any, values: dict[str, Any], handle_cls: type) -> Any:
-        def fn(marker: ir.Ref | ir.HandleRef) -> Any:
-            if isinstance(marker, ir.HandleRef):
-                return handle_cls(_LocalTarget(self._deployments[marker.deployment]))
-            return values[marker.key]
-
-        return ir.map_markers(value, fn)
-
     def submit(self, method: str, args: tuple, kwargs: dict) -> LocalRef:
-        values: dict[str, Any] = {}
-        if self._plan.input is not None:
-            values[self._plan.input] = plan_input(args, kwargs)
-        for step in self._plan.steps:
-            if step.kind == ir.INPUT_ATTR:
-                source, access, key = step.access
-                values[step.key] = read_input(values[source.key], access, key)
-            elif step.kind == ir.OUTPUT:
-                values[step.key] = self._substitute(step.args[0], values, RayServeSyncHandle)
-            else:
-                call_args = self._substitute(step.args, values, RayServeSyncHandle)
-                call_kwargs = dict(self._substitute(step.kwargs, values, RayServeSyncHandle))
-                values[step.key] = self._deployments[step.deployment].call(step.method, call_args, call_kwargs)
-        out = values[self._plan.output.key]
+        def handle(name: str) -> RayServeSyncHandle:
+            return RayServeSyncHandle(_LocalTarget(self._deployments[name]))
+
+        gen = run_plan(self._plan, args, kwargs, handle)
+        out = drive(gen, lambda call: self._deployments[call[0]].call(*call[1:]))
         if isinstance(out, LocalRef):
             return out
         return LocalRef(asyncio.run_coroutine_threadsafe(_resolve(out), _background_loop()))
@@ -175,6 +153,7 @@ def run_local(target: DAGNode, *, name: str = "default") -> RayServeSyncHandle:
         deployments[spec.name] = _LocalDeployment(spec, deployments)
     if compiled.ir.ingress is not None:
         return RayServeSyncHandle(_LocalTarget(deployments[compiled.ir.ingress]))
+    assert compiled.ir.plan is not None
     return RayServeSyncHandle(_LocalPlanTarget(compiled.ir.plan, deployments))
 
 

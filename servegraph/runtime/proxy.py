@@ -14,8 +14,10 @@ from typing import Any
 
 import ray
 
-from .handle import PlanInputError
+from .codec import loads_with_paths
+from .handle import _PlanTarget
 from .http_codec import HTTPResult, decode_json_body, encode_error, encode_result, make_request, portable_scope, text
+from .plan import PlanInputError
 from .router import HTTP
 
 logger = logging.getLogger("servegraph.proxy")
@@ -64,8 +66,16 @@ class HTTPProxy:
             await asyncio.sleep(0.02)
         return None
 
-    async def set_routes(self, routes: dict[str, tuple]) -> None:
-        self._routes = routes
+    async def set_routes(self, routes: dict[str, tuple], code_paths: list[str]) -> None:
+        """Install routes; a graph's plan and http_adapter arrive pickled, loaded with the drivers' import paths."""
+        installed: dict[str, tuple] = {}
+        for prefix, (kind, app, target, extra) in routes.items():
+            if kind == "plan":
+                plan, adapter = loads_with_paths(extra, code_paths)
+                installed[prefix] = (kind, app, _PlanTarget(app, plan, target), adapter)
+            else:
+                installed[prefix] = (kind, app, target, extra)
+        self._routes = installed
 
     async def ready(self) -> bool:
         return True
@@ -76,6 +86,7 @@ class HTTPProxy:
             routes = ", ".join(sorted(self._routes)) or "none"
             return text(404, f"no application at {scope['path']!r} (routes: {routes})")
         kind, app, target, adapter = route
+        assert prefix is not None
         try:
             if kind == "deployment":
                 portable = portable_scope(scope)

@@ -51,6 +51,7 @@ class _ReplicaCore:
         self._is_function = is_function
 
         def inject(marker: ir.Ref | ir.HandleRef) -> Any:
+            assert isinstance(marker, ir.HandleRef)  # a constructor's nodes are all handles
             return async_handle(handles[marker.deployment])
 
         if is_function:
@@ -102,7 +103,7 @@ class SyncReplica(_ReplicaCore):
         try:
             result = self._method("__call__")(make_request(scope, body))
             if inspect.isawaitable(result):  # an async __call__ assigned at runtime
-                result = asyncio.run(result)
+                result = asyncio.run(_awaited(result))
             return encode_result(result)
         except Exception as exc:  # a user error becomes an HTTP 500, never a dead proxy
             return encode_error(exc, self._deployment)
@@ -140,6 +141,10 @@ class AsyncReplica(_ReplicaCore):
             if inspect.isawaitable(result):
                 await result
         return True
+
+
+async def _awaited(value: Any) -> Any:
+    return await value
 
 
 def replica_actor_class(target: Any) -> Any:

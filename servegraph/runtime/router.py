@@ -68,6 +68,7 @@ class Router:
             return [self._prune(i) for i in range(len(self.replicas))]
 
     def _send(self, i: int, method: str, args: tuple, kwargs: dict) -> ObjectRef:
+        ref: ObjectRef
         if method == HTTP:
             ref = self.replicas[i].handle_http.remote(*args)
         else:
