@@ -1,0 +1,103 @@
+"""build -> deploy -> status on the session's Ray cluster, through the CLI as an operator runs it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import ray
+import yaml
+from click.testing import CliRunner
+
+import servegraph as serve
+from servegraph.cli import main
+
+APP = "deploy-test"
+
+
+@pytest.fixture
+def config(tmp_path, http_port, monkeypatch, ray_cluster):
+    """A config built from deploy_models:app by `servegraph build`, served on the session's proxy port."""
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "config.yaml"
+    result = CliRunner().invoke(
+        main, ["build", "deploy_models:app", "--name", APP, "--route-prefix", "/deploy", "--port", str(http_port), "-o", str(path)]
+    )
+    assert result.exit_code == 0, result.output
+    yield path
+    serve.delete(APP)
+
+
+def edit(path, **changes_by_deployment) -> None:
+    data = yaml.safe_load(path.read_text())
+    for dep in data["applications"][0]["deployments"]:
+        dep.update(changes_by_deployment.get(dep["name"], {}))
+    path.write_text(yaml.safe_dump(data))
+
+
+def deploy(path) -> str:
+    result = CliRunner().invoke(main, ["deploy", str(path)])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def call(name: str) -> dict:
+    return ray.get(serve.get_app_handle(APP).remote(name), timeout=60)
+
+
+def test_build_deploy_status_shows_the_built_replica_counts(config):
+    edit(config, Greeter={"num_replicas": 2})
+    out = deploy(config)
+    assert f"application '{APP}' at /deploy: Greeter created, Front created" in out
+    result = CliRunner().invoke(main, ["status", "--json"])
+    assert result.exit_code == 0, result.output
+    deployments = json.loads(result.output)["applications"][APP]["deployments"]
+    assert deployments["Greeter"]["replica_states"] == {"RUNNING": 2}
+    assert deployments["Front"]["replica_states"] == {"RUNNING": 1}
+    assert call("Dora")["text"] == "Hola Dora"
+    table = CliRunner().invoke(main, ["status"])
+    assert APP in table.output and "RUNNING 2" in table.output
+
+
+def test_user_config_only_redeploy_keeps_the_replicas(config):
+    deploy(config)
+    before = call("Dora")
+    edit(config, Greeter={"user_config": {"greeting": "Bonjour"}})
+    out = deploy(config)
+    assert "Greeter reconfigured, Front unchanged" in out
+    after = call("Dora")
+    assert after["text"] == "Bonjour Dora"
+    assert (after["pid"], after["front_pid"]) == (before["pid"], before["front_pid"])
+
+
+def test_a_changed_deployment_restarts_and_its_dependents_get_new_handles(config):
+    deploy(config)
+    before = call("Ana")
+    edit(config, Greeter={"ray_actor_options": {"num_cpus": 0.2}})
+    out = deploy(config)
+    assert "Greeter updated, Front updated" in out
+    after = call("Ana")
+    assert after["text"] == "Hola Ana"
+    assert after["pid"] != before["pid"]
+
+
+def test_a_bad_config_changes_nothing_on_the_cluster(config):
+    deploy(config)
+    before = call("Eva")
+    edit(config, Greeter={"num_replicas": 0})
+    result = CliRunner().invoke(main, ["deploy", str(config)])
+    assert result.exit_code == 1
+    assert "config.yaml: applications[0].deployments[0].num_replicas: must be >= 1, got 0" in result.output
+    assert "Traceback" not in result.output
+    assert call("Eva")["pid"] == before["pid"]
+
+
+def test_a_deployment_the_graph_lacks_is_named_with_its_place_in_the_file(config):
+    data = yaml.safe_load(config.read_text())
+    data["applications"][0]["deployments"].append({"name": "Greeterr", "num_replicas": 1})
+    config.write_text(yaml.safe_dump(data))
+    result = CliRunner().invoke(main, ["deploy", str(config)])
+    assert result.exit_code == 1
+    assert "applications[0].deployments[2].name" in result.output
+    assert "has no deployment 'Greeterr'; did you mean 'Greeter'?" in result.output
+    assert APP not in serve.status().applications
