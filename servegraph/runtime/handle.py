@@ -36,22 +36,27 @@ _ROUTERS: dict[tuple, Router] = {}
 class DeploymentInfo:
     """What a handle needs to reach a deployment: its replicas and concurrency limit. Picklable."""
 
-    __slots__ = ("app", "name", "replicas", "max_ongoing")
+    __slots__ = ("app", "name", "replicas", "max_ongoing", "_router")
 
     def __init__(self, app: str, name: str, replicas: Sequence[ActorHandle], max_ongoing: int):
         self.app = app
         self.name = name
         self.replicas = tuple(replicas)
         self.max_ongoing = max_ongoing
+        self._router: Router | None = None
 
     def __reduce__(self) -> tuple:
         return (DeploymentInfo, (self.app, self.name, self.replicas, self.max_ongoing))
 
     def router(self) -> Router:
-        key = (self.app, self.name, tuple(r._actor_id for r in self.replicas))
-        router = _ROUTERS.get(key)
+        """The process's router for these replicas (looked up once per DeploymentInfo: this is the hot path)."""
+        router = self._router
         if router is None:
-            router = _ROUTERS[key] = Router(self.name, self.replicas, self.max_ongoing)
+            key = (self.app, self.name, tuple(r._actor_id for r in self.replicas))
+            router = _ROUTERS.get(key)
+            if router is None:
+                router = _ROUTERS[key] = Router(self.name, self.replicas, self.max_ongoing)
+            self._router = router
         return router
 
 
