@@ -14,16 +14,21 @@ fixed number in flight). Ray Serve rows need the ``bench`` extra
 
 Run from the repository root::
 
-    python bench/latency.py              # full run, a few minutes
-    python bench/latency.py --quick      # a short smoke run
-    python bench/latency.py --json out.json
+    python bench/latency.py                      # full run, a few minutes
+    python bench/latency.py --quick              # a short smoke run
+    python bench/latency.py --json out.json      # also save the numbers
+    python bench/latency.py --interleave --rounds 3   # steadier ratios on a noisy machine
+
+See bench/README.md for what each row means and the latest figures.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime
+import functools
 import gc
 import http.client
 import json
@@ -36,7 +41,7 @@ import socket
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -242,10 +247,22 @@ class Settings:
     throughput_requests: int
     concurrency: int
     http_requests: int
-    #: Requests timed between two checks of what other programs use (see ``_blocks``).
+    #: Requests timed between two checks of what other programs use (see ``run_blocks``).
     block: int = 25
     #: Time a row may spend redoing blocks other programs disturbed; 0 keeps every block.
     retry_budget_s: float = 60.0
+
+
+@dataclasses.dataclass
+class Workload:
+    """One way of sending one graph's requests: ``submit`` starts a request, ``wait`` finishes it."""
+
+    graph: str
+    system: str
+    how: str
+    shape: str
+    submit: Callable[[Any], Any]
+    wait: Callable[[Any], Any]
 
 
 @dataclasses.dataclass
@@ -288,7 +305,7 @@ def cpu_busy(interval_s: float = 0.5) -> float | None:
 QUIET_CPU = 0.25
 #: Longest wait for quiet before a row is timed anyway.
 QUIET_WAIT_S = 30.0
-#: Rows timed while other programs used more than this share of the CPU are flagged in the report.
+#: Blocks timed while other programs used more than this share of the CPU are redone (within a budget).
 OTHERS_NOISY = 0.10
 
 
@@ -315,7 +332,7 @@ def _ticks() -> tuple[int, int, int]:
         fields = [int(x) for x in f.readline().split()[1:]]
     total = sum(fields)
     busy = total - fields[3] - fields[4]
-    parents: dict[int, list[int]] = {}
+    children: dict[int, list[int]] = {}
     used: dict[int, int] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -327,13 +344,13 @@ def _ticks() -> tuple[int, int, int]:
             continue
         rest = stat[stat.rindex(")") + 2 :].split()
         pid = int(entry)
-        parents.setdefault(int(rest[1]), []).append(pid)
+        children.setdefault(int(rest[1]), []).append(pid)
         used[pid] = int(rest[11]) + int(rest[12])  # utime + stime
     ours, todo = 0, [os.getpid()]
     while todo:
         pid = todo.pop()
         ours += used.get(pid, 0)
-        todo += parents.get(pid, [])
+        todo += children.get(pid, [])
     return busy, total, ours
 
 
@@ -364,118 +381,144 @@ def percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[k]
 
 
-def _blocks(count: int, run_block: Callable[[int], Any], settings: Settings) -> tuple[list[Any], float | None, int]:
-    """Run ``run_block(i)`` for i in range(count), redoing blocks other programs disturbed.
+@dataclasses.dataclass
+class _Tally:
+    """What one workload collected so far."""
 
-    A block during which other programs took more than OTHERS_NOISY of the CPU is
-    thrown away and redone once the machine is quiet again, for up to
-    ``settings.retry_budget_s`` per row; after that every block is kept.
-
-    Returns:
-        the kept blocks' results, the mean share of CPU other programs took during them, blocks redone.
-    """
-    kept: list[Any] = []
-    shares: list[float] = []
-    redone = 0
-    deadline = time.monotonic() + settings.retry_budget_s
-    others = OthersCPU()
-    while len(kept) < count:
-        gc.collect()
-        others.start()
-        result = run_block(len(kept))
-        share = others.stop()
-        if share is not None and share > OTHERS_NOISY and time.monotonic() < deadline:
-            redone += 1
-            wait_for_quiet()
-            continue
-        kept.append(result)
-        if share is not None:
-            shares.append(share)
-    return kept, (statistics.fmean(shares) if shares else None), redone
+    latencies: list[float] = dataclasses.field(default_factory=list)
+    sent: int = 0
+    seconds: float = 0.0
+    shares: list[float] = dataclasses.field(default_factory=list)
+    redone: int = 0
 
 
-def measure(
-    graph: str,
-    system: str,
-    how: str,
-    shape: str,
-    submit: Callable[[Any], Any],
-    wait: Callable[[Any], Any],
+def run_blocks(
+    works: list[Workload],
+    blocks: Callable[[Workload], list[Callable[[], None]]],
+    tallies: dict[int, _Tally],
     settings: Settings,
-) -> Row:
-    """Warm up (checking every answer), time sequential requests, then batches of concurrent ones.
+    rng: random.Random,
+) -> None:
+    """Run every workload's blocks, round-robin in a shuffled order, redoing blocks other programs disturbed.
 
-    Args:
-        submit: starts one request and returns what ``wait`` needs (an ObjectRef, a DeploymentResponse).
-        wait: blocks until that request's answer is back and returns it.
+    Round-robin matters with several workloads: the machine drifts over minutes, so
+    alternating short blocks gives every system the same conditions. A block during
+    which other programs took more than OTHERS_NOISY of the CPU is thrown away and
+    redone once the machine is quiet again, within ``settings.retry_budget_s`` per workload.
     """
-    make_requests, expected = GRAPHS[graph]
-    for request in make_requests(settings.warmup):
-        got = wait(submit(request))
-        if got != expected(request):
-            raise AssertionError(f"{system}, {graph} ({how}): got {got!r}, expected {expected(request)!r}")
+    pending = {id(w): blocks(w) for w in works}
+    deadline = time.monotonic() + settings.retry_budget_s * len(works)
+    others = OthersCPU()
+    index = 0
+    while any(index < len(b) for b in pending.values()):
+        for work in rng.sample(works, len(works)):
+            todo = pending[id(work)]
+            if index >= len(todo):
+                continue
+            tally = tallies[id(work)]
+            while True:
+                gc.collect()
+                snapshot = dataclasses.replace(tally, latencies=list(tally.latencies))
+                others.start()
+                todo[index]()
+                share = others.stop()
+                if share is not None and share > OTHERS_NOISY and time.monotonic() < deadline:
+                    tally.latencies, tally.sent, tally.seconds = snapshot.latencies, snapshot.sent, snapshot.seconds
+                    tally.redone += 1
+                    wait_for_quiet()
+                    continue
+                if share is not None:
+                    tally.shares.append(share)
+                break
+        index += 1
 
-    background = wait_for_quiet()
-    for request in make_requests(5):  # the wait may have let connections idle out and caches go cold
-        wait(submit(request))
+
+def measure(works: list[Workload], settings: Settings, rng: random.Random) -> list[Row]:
+    """Warm up each workload (checking every answer), time sequential requests, then batches of concurrent ones.
+
+    With one workload this is a plain benchmark; with several (``--interleave``) they
+    take turns block by block.
+    """
     clock = time.perf_counter
+    for work in works:
+        make_requests, expected = GRAPHS[work.graph]
+        for request in make_requests(settings.warmup):
+            got = work.wait(work.submit(request))
+            if got != expected(request):
+                raise AssertionError(
+                    f"{work.system}, {work.graph} ({work.how}): got {got!r}, expected {expected(request)!r}"
+                )
+    background = wait_for_quiet()
+    for work in works:  # the wait may have let connections idle out and caches go cold
+        for request in GRAPHS[work.graph][0](5):
+            work.wait(work.submit(request))
 
-    requests = make_requests(settings.requests)
-    size = settings.block
+    tallies = {id(w): _Tally() for w in works}
 
-    def latency_block(i: int) -> list[float]:
-        out = []
-        for request in requests[i * size : (i + 1) * size]:
+    def latency_blocks(work: Workload) -> list[Callable[[], None]]:
+        count = settings.http_requests if work.shape == HTTP else settings.requests
+        requests = GRAPHS[work.graph][0](count)
+        tally = tallies[id(work)]
+
+        def block(chunk: list) -> None:
+            for request in chunk:
+                start = clock()
+                work.wait(work.submit(request))
+                tally.latencies.append(clock() - start)
+
+        return [
+            functools.partial(block, requests[i : i + settings.block]) for i in range(0, len(requests), settings.block)
+        ]
+
+    def throughput_blocks(work: Workload) -> list[Callable[[], None]]:
+        if work.shape == HTTP or not settings.throughput_requests:
+            return []
+        requests = GRAPHS[work.graph][0](settings.throughput_requests)
+        size = settings.concurrency * max(1, settings.block // settings.concurrency)
+        tally = tallies[id(work)]
+
+        def block(chunk: list) -> None:
             start = clock()
-            wait(submit(request))
-            out.append(clock() - start)
-        return out
+            for i in range(0, len(chunk), settings.concurrency):
+                in_flight = [work.submit(r) for r in chunk[i : i + settings.concurrency]]
+                for one in in_flight:
+                    work.wait(one)
+            tally.sent += len(chunk)
+            tally.seconds += clock() - start
 
-    blocks, others_share, redone = _blocks(math.ceil(len(requests) / size), latency_block, settings)
-    latencies = sorted(t for block in blocks for t in block)
+        return [functools.partial(block, requests[i : i + size]) for i in range(0, len(requests), size)]
 
-    rps = None
-    if shape != HTTP and settings.throughput_requests:
-        burst = make_requests(settings.throughput_requests)
-        per_block = settings.concurrency * max(1, size // settings.concurrency)
+    run_blocks(works, latency_blocks, tallies, settings, rng)
+    run_blocks(works, throughput_blocks, tallies, settings, rng)
 
-        def throughput_block(i: int) -> tuple[int, float]:
-            chunk = burst[i * per_block : (i + 1) * per_block]
-            start = clock()
-            for j in range(0, len(chunk), settings.concurrency):
-                pending = [submit(r) for r in chunk[j : j + settings.concurrency]]
-                for one in pending:
-                    wait(one)
-            return len(chunk), clock() - start
-
-        counts, tput_share, tput_redone = _blocks(math.ceil(len(burst) / per_block), throughput_block, settings)
-        rps = sum(n for n, _ in counts) / sum(t for _, t in counts)
-        redone += tput_redone
-        if others_share is not None and tput_share is not None:
-            others_share = max(others_share, tput_share)
-
-    row = Row(
-        graph=graph,
-        system=system,
-        how=how,
-        shape=shape,
-        p50_ms=percentile(latencies, 50) * 1e3,
-        p99_ms=percentile(latencies, 99) * 1e3,
-        mean_ms=statistics.fmean(latencies) * 1e3,
-        throughput_rps=rps,
-        requests=len(latencies),
-        background_cpu=background,
-        others_cpu=others_share,
-        blocks_redone=redone,
-    )
-    rps_text = f"{rps:6.0f} req/s" if rps else " " * 12
-    noise = f"  (other programs: {others_share:.0%} CPU" if others_share is not None else "  ("
-    noise += f", {redone} blocks redone)" if redone else ")"
-    print(
-        f"  {graph:<6} {system:<10} {how:<20} p50 {row.p50_ms:6.2f} ms  p99 {row.p99_ms:6.2f} ms  {rps_text}{noise}",
-        flush=True,
-    )
-    return row
+    rows = []
+    for work in works:
+        tally = tallies[id(work)]
+        latencies = sorted(tally.latencies)
+        row = Row(
+            graph=work.graph,
+            system=work.system,
+            how=work.how,
+            shape=work.shape,
+            p50_ms=percentile(latencies, 50) * 1e3,
+            p99_ms=percentile(latencies, 99) * 1e3,
+            mean_ms=statistics.fmean(latencies) * 1e3,
+            throughput_rps=tally.sent / tally.seconds if tally.seconds else None,
+            requests=len(latencies),
+            background_cpu=background,
+            others_cpu=max(tally.shares) if tally.shares else None,
+            blocks_redone=tally.redone,
+        )
+        rows.append(row)
+        rps_text = f"{row.throughput_rps:6.0f} req/s" if row.throughput_rps else " " * 12
+        noise = f"  (other programs: up to {row.others_cpu:.0%} CPU" if row.others_cpu is not None else "  ("
+        noise += f", {tally.redone} blocks redone)" if tally.redone else ")"
+        print(
+            f"  {work.graph:<6} {work.system:<10} {work.how:<20} "
+            f"p50 {row.p50_ms:6.2f} ms  p99 {row.p99_ms:6.2f} ms  {rps_text}{noise}",
+            flush=True,
+        )
+    return rows
 
 
 def ray_get(ref: Any) -> Any:
@@ -516,155 +559,229 @@ class HTTPClient:
         self._conn.close()
 
 
-def measure_http(system: str, port: int, settings: Settings) -> Row:
-    http_settings = dataclasses.replace(settings, requests=settings.http_requests, warmup=min(settings.warmup, 20))
+@contextlib.contextmanager
+def http_workload(system: str, port: int) -> Iterator[list[Workload]]:
     client = HTTPClient(port)
     try:
-        return measure("hello", system, "HTTP proxy", HTTP, client.post, lambda body: body, http_settings)
+        yield [Workload("hello", system, "HTTP proxy", HTTP, client.post, lambda text: text)]
     finally:
         client.close()
 
 
-# servegraph ----------------------------------------------------------------------------------
+# Systems ---------------------------------------------------------------------------------------
+#
+# Each system is a session (what must run around all of its apps) and a list of apps,
+# each a context manager that deploys, yields its workloads, and tears down. Apps
+# are tagged by group (hello, chain, http) so --interleave can run a group's apps
+# from every system at once.
+
+App = tuple[str, Callable[[], contextlib.AbstractContextManager[list[Workload]]]]
 
 
-def bench_servegraph(settings: Settings, graphs: set[str], with_http: bool) -> list[Row]:
-    rows = []
+class Servegraph:
+    name = "servegraph"
 
-    def bench(graph: str, how: str, shape: str, submit: Callable[[Any], Any]) -> None:
-        rows.append(measure(graph, "servegraph", how, shape, submit, ray_get, settings))
+    def __init__(self, graphs: set[str], with_http: bool):
+        self.graphs, self.with_http = graphs, with_http
+        self.Spanish = serve.deployment(SpanishResponder)
+        self.French = serve.deployment(FrenchResponder)
+        self.Stage = serve.deployment(Stage)
 
-    Spanish = serve.deployment(SpanishResponder)
-    French = serve.deployment(FrenchResponder)
-    StageDeployment = serve.deployment(Stage)
-    try:
-        if "hello" in graphs:
-            app = serve.deployment(ServegraphLanguageClassifier).bind(Spanish.bind(), French.bind())
-            handle = serve.run(app, name="hello", route_prefix=None, http=False)
-            bench("hello", "handle", INGRESS, handle.remote)
+    @contextlib.contextmanager
+    def session(self) -> Iterator[None]:
+        try:
+            yield
+        finally:
+            serve.shutdown()
+
+    def apps(self) -> list[App]:
+        apps: list[App] = []
+        if "hello" in self.graphs:
+            apps.append(("hello", self.hello))
+        if "chain" in self.graphs:
+            apps += [("chain", self.chain_graph), ("chain", self.chain_ingress)]
+        if "hello" in self.graphs and self.with_http:
+            apps.append(("http", self.hello_http))
+        return apps
+
+    @contextlib.contextmanager
+    def hello(self) -> Iterator[list[Workload]]:
+        app = serve.deployment(ServegraphLanguageClassifier).bind(self.Spanish.bind(), self.French.bind())
+        handle = serve.run(app, name="hello", route_prefix=None, http=False)
+        try:
+            yield [Workload("hello", self.name, "handle", INGRESS, handle.remote, ray_get)]
+        finally:
             serve.delete("hello")
 
-        if "chain" in graphs:
-            with InputNode() as inp:
-                node = inp
-                for i in range(CHAIN_LENGTH):
-                    node = StageDeployment.options(name=f"Stage{i}").bind().__call__.bind(node)
-            graph = serve.run(node, name="chain", route_prefix=None, http=False)
-            bench("chain", "InputNode graph", DRIVER, graph.remote)
+    @contextlib.contextmanager
+    def chain_graph(self) -> Iterator[list[Workload]]:
+        with InputNode() as inp:
+            node = inp
+            for i in range(CHAIN_LENGTH):
+                node = self.Stage.options(name=f"Stage{i}").bind().__call__.bind(node)
+        graph = serve.run(node, name="chain", route_prefix=None, http=False)
+        stages = [serve.get_deployment_handle(f"Stage{i}", app_name="chain") for i in range(CHAIN_LENGTH)]
 
-            stages = [serve.get_deployment_handle(f"Stage{i}", app_name="chain") for i in range(CHAIN_LENGTH)]
+        def submit_chain(x: int) -> Any:
+            result = x
+            for stage in stages:
+                result = stage.remote(result)  # an ObjectRef, passed on unawaited
+            return result
 
-            def submit_chain(x: int) -> Any:
-                result = x
-                for stage in stages:
-                    result = stage.remote(result)  # an ObjectRef, passed on unawaited
-                return result
-
-            bench("chain", "driver handles", DRIVER, submit_chain)
+        try:
+            yield [
+                Workload("chain", self.name, "InputNode graph", DRIVER, graph.remote, ray_get),
+                Workload("chain", self.name, "driver handles", DRIVER, submit_chain, ray_get),
+            ]
+        finally:
             serve.delete("chain")
 
-            stage_nodes = [StageDeployment.options(name=f"Stage{i}").bind() for i in range(CHAIN_LENGTH)]
-            handle = serve.run(
-                serve.deployment(ServegraphChain).bind(*stage_nodes),
-                name="chain-ingress",
-                route_prefix=None,
-                http=False,
-            )
-            bench("chain", "ingress deployment", INGRESS, handle.remote)
+    @contextlib.contextmanager
+    def chain_ingress(self) -> Iterator[list[Workload]]:
+        stages = [self.Stage.options(name=f"Stage{i}").bind() for i in range(CHAIN_LENGTH)]
+        app = serve.deployment(ServegraphChain).bind(*stages)
+        handle = serve.run(app, name="chain-ingress", route_prefix=None, http=False)
+        try:
+            yield [Workload("chain", self.name, "ingress deployment", INGRESS, handle.remote, ray_get)]
+        finally:
             serve.delete("chain-ingress")
 
-        if with_http and "hello" in graphs:
-            port = free_port()
-            app = serve.deployment(ServegraphLanguageClassifierHTTP).bind(Spanish.bind(), French.bind())
-            serve.run(app, name="hello-http", host="127.0.0.1", port=port)
-            rows.append(measure_http("servegraph", port, settings))
+    @contextlib.contextmanager
+    def hello_http(self) -> Iterator[list[Workload]]:
+        port = free_port()
+        app = serve.deployment(ServegraphLanguageClassifierHTTP).bind(self.Spanish.bind(), self.French.bind())
+        serve.run(app, name="hello-http", host="127.0.0.1", port=port)
+        try:
+            with http_workload(self.name, port) as works:
+                yield works
+        finally:
             serve.delete("hello-http")
-    finally:
-        serve.shutdown()
-    return rows
 
 
-# Ray Serve -------------------------------------------------------------------------------------
+class RayServe:
+    name = "Ray Serve"
 
+    def __init__(self, graphs: set[str], with_http: bool):
+        from ray import serve as rserve
 
-def bench_ray_serve(settings: Settings, graphs: set[str], with_http: bool) -> list[Row]:
-    from ray import serve as rserve
+        # Ray Serve logs every deploy and delete at INFO on the driver; keep the report readable.
+        logging.getLogger("ray.serve").setLevel(logging.WARNING)
+        self.serve = rserve
+        self.graphs, self.with_http = graphs, with_http
+        self.Spanish = rserve.deployment(SpanishResponder)
+        self.French = rserve.deployment(FrenchResponder)
+        self.Stage = rserve.deployment(Stage)
+        self.port = 0
 
-    # Ray Serve logs every deploy and delete at INFO on the driver; keep the report readable.
-    logging.getLogger("ray.serve").setLevel(logging.WARNING)
-
-    rows = []
-
+    @staticmethod
     def result(response: Any) -> Any:
         return response.result(timeout_s=TIMEOUT_S)
 
-    def bench(graph: str, how: str, shape: str, submit: Callable[[Any], Any]) -> None:
-        rows.append(measure(graph, "Ray Serve", how, shape, submit, result, settings))
+    @contextlib.contextmanager
+    def session(self) -> Iterator[None]:
+        # Ray Serve always runs an HTTP proxy; keep it on loopback and off any port another program uses.
+        self.port = free_port()
+        self.serve.start(http_options={"host": "127.0.0.1", "port": self.port})
+        try:
+            yield
+        finally:
+            self.serve.shutdown()
 
-    Spanish = rserve.deployment(SpanishResponder)
-    French = rserve.deployment(FrenchResponder)
-    StageDeployment = rserve.deployment(Stage)
-    # Ray Serve always runs an HTTP proxy; keep it on loopback and off any port another program uses.
-    port = free_port()
-    rserve.start(http_options={"host": "127.0.0.1", "port": port})
-    try:
-        if "hello" in graphs:
-            app = rserve.deployment(RayServeLanguageClassifier).bind(Spanish.bind(), French.bind())
-            handle = rserve.run(app, name="hello", route_prefix=None)
-            bench("hello", "handle", INGRESS, handle.remote)
-            rserve.delete("hello")
+    def apps(self) -> list[App]:
+        apps: list[App] = []
+        if "hello" in self.graphs:
+            apps.append(("hello", self.hello))
+        if "chain" in self.graphs:
+            apps.append(("chain", self.chain))
+        if "hello" in self.graphs and self.with_http:
+            apps.append(("http", self.hello_http))
+        return apps
 
-        if "chain" in graphs:
-            # Ray Serve 2.x has no InputNode graphs any more; composition is an ingress chaining responses.
-            stage_nodes = [StageDeployment.options(name=f"Stage{i}").bind() for i in range(CHAIN_LENGTH)]
-            handle = rserve.run(rserve.deployment(RayServeChain).bind(*stage_nodes), name="chain", route_prefix=None)
-            bench("chain", "ingress deployment", INGRESS, handle.remote)
+    @contextlib.contextmanager
+    def hello(self) -> Iterator[list[Workload]]:
+        app = self.serve.deployment(RayServeLanguageClassifier).bind(self.Spanish.bind(), self.French.bind())
+        handle = self.serve.run(app, name="hello", route_prefix=None)
+        try:
+            yield [Workload("hello", self.name, "handle", INGRESS, handle.remote, self.result)]
+        finally:
+            self.serve.delete("hello")
 
-            stages = [rserve.get_deployment_handle(f"Stage{i}", app_name="chain") for i in range(CHAIN_LENGTH)]
+    @contextlib.contextmanager
+    def chain(self) -> Iterator[list[Workload]]:
+        # Ray Serve 2.x has no InputNode graphs any more; composition is an ingress chaining responses.
+        stages = [self.Stage.options(name=f"Stage{i}").bind() for i in range(CHAIN_LENGTH)]
+        handle = self.serve.run(self.serve.deployment(RayServeChain).bind(*stages), name="chain", route_prefix=None)
+        stage_handles = [self.serve.get_deployment_handle(f"Stage{i}", app_name="chain") for i in range(CHAIN_LENGTH)]
 
-            def submit_chain(x: int) -> Any:
-                response = x
-                for stage in stages:
-                    response = stage.remote(response)  # a DeploymentResponse, passed on unawaited
-                return response
+        def submit_chain(x: int) -> Any:
+            response = x
+            for stage in stage_handles:
+                response = stage.remote(response)  # a DeploymentResponse, passed on unawaited
+            return response
 
-            bench("chain", "driver handles", DRIVER, submit_chain)
-            rserve.delete("chain")
+        try:
+            yield [
+                Workload("chain", self.name, "ingress deployment", INGRESS, handle.remote, self.result),
+                Workload("chain", self.name, "driver handles", DRIVER, submit_chain, self.result),
+            ]
+        finally:
+            self.serve.delete("chain")
 
-        if with_http and "hello" in graphs:
-            app = rserve.deployment(RayServeLanguageClassifierHTTP).bind(Spanish.bind(), French.bind())
-            rserve.run(app, name="hello-http", route_prefix="/")
-            rows.append(measure_http("Ray Serve", port, settings))
-            rserve.delete("hello-http")
-    finally:
-        rserve.shutdown()
-    return rows
+    @contextlib.contextmanager
+    def hello_http(self) -> Iterator[list[Workload]]:
+        app = self.serve.deployment(RayServeLanguageClassifierHTTP).bind(self.Spanish.bind(), self.French.bind())
+        self.serve.run(app, name="hello-http", route_prefix="/")
+        try:
+            with http_workload(self.name, self.port) as works:
+                yield works
+        finally:
+            self.serve.delete("hello-http")
 
 
-# Raw Ray actors ----------------------------------------------------------------------------------
+class RawActors:
+    name = "raw actors"
+    #: Same reservation and concurrency as a servegraph replica by default, so only the layer on top differs.
+    OPTIONS = {"num_cpus": 0.1, "max_concurrency": 5}
 
-#: Same reservation and concurrency as a servegraph replica by default, so only the layer on top differs.
-_RAW_OPTIONS = {"num_cpus": 0.1, "max_concurrency": 5}
+    def __init__(self, graphs: set[str]):
+        self.graphs = graphs
 
+    @contextlib.contextmanager
+    def session(self) -> Iterator[None]:
+        yield
 
-def bench_raw(settings: Settings, graphs: set[str]) -> list[Row]:
-    rows = []
+    def apps(self) -> list[App]:
+        apps: list[App] = []
+        if "hello" in self.graphs:
+            apps.append(("hello", self.hello))
+        if "chain" in self.graphs:
+            apps.append(("chain", self.chain))
+        return apps
 
-    def bench(graph: str, how: str, shape: str, submit: Callable[[Any], Any]) -> None:
-        rows.append(measure(graph, "raw actors", how, shape, submit, ray_get, settings))
+    @contextlib.contextmanager
+    def _actors(self) -> Iterator[Callable[..., Any]]:
+        actors: list[Any] = []
 
-    def actor(cls: type, *args: Any) -> Any:
-        handle = ray.remote(cls).options(**_RAW_OPTIONS).remote(*args)
-        actors.append(handle)
-        return handle
+        def actor(cls: type, *args: Any) -> Any:
+            handle = ray.remote(cls).options(**self.OPTIONS).remote(*args)
+            actors.append(handle)
+            return handle
 
-    actors: list[Any] = []
-    try:
-        if "hello" in graphs:
+        try:
+            yield actor
+        finally:
+            for handle in actors:
+                ray.kill(handle)
+
+    @contextlib.contextmanager
+    def hello(self) -> Iterator[list[Workload]]:
+        with self._actors() as actor:
             ingress = actor(RawLanguageClassifier, actor(SpanishResponder), actor(FrenchResponder))
-            bench("hello", "async actor", INGRESS, ingress.__call__.remote)
+            yield [Workload("hello", self.name, "async actor", INGRESS, ingress.__call__.remote, ray_get)]
 
-        if "chain" in graphs:
+    @contextlib.contextmanager
+    def chain(self) -> Iterator[list[Workload]]:
+        with self._actors() as actor:
             stages = [actor(Stage) for _ in range(CHAIN_LENGTH)]
 
             def submit_chain(x: int) -> Any:
@@ -673,12 +790,77 @@ def bench_raw(settings: Settings, graphs: set[str]) -> list[Row]:
                     ref = stage.__call__.remote(ref)
                 return ref
 
-            bench("chain", "driver refs", DRIVER, submit_chain)
-            bench("chain", "async ingress actor", INGRESS, actor(RawChain, *stages).__call__.remote)
-    finally:
-        for handle in actors:
-            ray.kill(handle)
+            ingress = actor(RawChain, *stages)
+            yield [
+                Workload("chain", self.name, "driver refs", DRIVER, submit_chain, ray_get),
+                Workload("chain", self.name, "async ingress actor", INGRESS, ingress.__call__.remote, ray_get),
+            ]
+
+
+def run_sequential(systems: list[Any], settings: Settings, rng: random.Random) -> list[Row]:
+    """The default: one system at a time, one app at a time (deploy, warm up, measure, tear down)."""
+    rows = []
+    for system in systems:
+        with system.session():
+            for _, app in system.apps():
+                with app() as works:
+                    for work in works:
+                        rows += measure([work], settings, rng)
     return rows
+
+
+def run_interleaved(systems: list[Any], settings: Settings, rng: random.Random) -> list[Row]:
+    """``--interleave``: every system's apps for one graph deployed at once, measured in alternating blocks.
+
+    Idle replicas cost next to nothing, so they barely compete; in exchange every
+    system meets the same machine, which matters where the machine drifts by tens
+    of percent over minutes.
+    """
+    rows = []
+    groups: dict[str, list[Callable[[], contextlib.AbstractContextManager[list[Workload]]]]] = {}
+    for system in systems:
+        for group, app in system.apps():
+            groups.setdefault(group, []).append(app)
+    with contextlib.ExitStack() as sessions:
+        for system in systems:
+            sessions.enter_context(system.session())
+        for apps in groups.values():
+            with contextlib.ExitStack() as deployed:
+                works = [work for app in apps for work in deployed.enter_context(app())]
+                rows += measure(works, settings, rng)
+    return rows
+
+
+def combine(rounds: list[list[Row]]) -> list[Row]:
+    """One row per (graph, system, how): the median of its rounds' figures (the row itself if one round)."""
+    by_key: dict[tuple[str, str, str], list[Row]] = {}
+    for rows in rounds:
+        for row in rows:
+            by_key.setdefault((row.graph, row.system, row.how), []).append(row)
+
+    def median(values: list[float | None]) -> float | None:
+        present = [v for v in values if v is not None]
+        return statistics.median(present) if present else None
+
+    out = []
+    for same in by_key.values():
+        if len(same) == 1:
+            out.append(same[0])
+            continue
+        out.append(
+            dataclasses.replace(
+                same[0],
+                p50_ms=statistics.median(r.p50_ms for r in same),
+                p99_ms=statistics.median(r.p99_ms for r in same),
+                mean_ms=statistics.median(r.mean_ms for r in same),
+                throughput_rps=median([r.throughput_rps for r in same]),
+                requests=sum(r.requests for r in same),
+                background_cpu=median([r.background_cpu for r in same]),
+                others_cpu=max((r.others_cpu for r in same if r.others_cpu is not None), default=None),
+                blocks_redone=sum(r.blocks_redone for r in same),
+            )
+        )
+    return out
 
 
 # Report ----------------------------------------------------------------------------------------
@@ -836,6 +1018,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--http-requests", type=int, default=None, help="sequential HTTP requests per system (default 300)"
     )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run every system this many times, each round starting with the next system; report medians",
+    )
+    parser.add_argument(
+        "--interleave",
+        action="store_true",
+        help="deploy every system's apps for a graph at once and time them in alternating blocks "
+        "(steadier ratios on a machine that drifts)",
+    )
     parser.add_argument("--no-http", action="store_true", help="skip the HTTP rows")
     parser.add_argument(
         "--keep-noisy",
@@ -880,31 +1074,45 @@ def main(argv: list[str] | None = None) -> int:
             have_ray_serve = False
             print("Ray Serve is not installed (pip install -e '.[bench]'): skipping its rows.", file=sys.stderr)
 
+    chosen: list[Any] = []
+    if "servegraph" in systems:
+        chosen.append(Servegraph(graphs, with_http))
+    if "rayserve" in systems and have_ray_serve:
+        chosen.append(RayServe(graphs, with_http))
+    if "raw" in systems:
+        chosen.append(RawActors(graphs))
+    run = run_interleaved if args.interleave else run_sequential
+    rng = random.Random(SEED)
+    rounds: list[list[Row]] = []
+
     started = datetime.datetime.now().astimezone()
     load_before = _load()
     ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
-    wait_for_quiet()  # Ray starts a pool of worker processes; let them finish importing first
-    rows: list[Row] = []
     try:
+        wait_for_quiet()  # Ray starts a pool of worker processes; let them finish importing first
         print(
             f"{settings.requests} sequential requests after {settings.warmup} warm-up; "
-            f"throughput: {settings.throughput_requests} requests, {settings.concurrency} in flight",
+            f"throughput: {settings.throughput_requests} requests, {settings.concurrency} in flight; "
+            + ("systems interleaved block by block" if args.interleave else "one system at a time"),
             flush=True,
         )
-        if "servegraph" in systems:
-            rows += bench_servegraph(settings, graphs, with_http)
-        if "rayserve" in systems and have_ray_serve:
-            rows += bench_ray_serve(settings, graphs, with_http)
-        if "raw" in systems:
-            rows += bench_raw(settings, graphs)
+        for r in range(args.rounds):
+            if args.rounds > 1:
+                print(f"round {r + 1} of {args.rounds}", flush=True)
+            # Each round starts with the next system, so none is always first after Ray starts, or always last.
+            shift = r % max(1, len(chosen))
+            rounds.append(run(chosen[shift:] + chosen[:shift], settings, rng))
     finally:
         ray.shutdown()
+    rows = combine(rounds)
     load_after = _load()
 
     info = machine()
     print()
     print(
         f"{started:%Y-%m-%d %H:%M %Z}, {info['cpu']}, {info['cores']} cores, Python {info['python']}, Ray {info['ray']}"
+        + ("; systems interleaved" if args.interleave else "; one system at a time")
+        + (f"; medians of {args.rounds} rounds" if args.rounds > 1 else "")
     )
     print(table(rows, settings.concurrency))
     print()
@@ -919,7 +1127,9 @@ def main(argv: list[str] | None = None) -> int:
             "machine": info,
             "load_average": {"before": load_before, "after": load_after},
             "settings": dataclasses.asdict(settings),
+            "mode": "interleaved" if args.interleave else "sequential",
             "rows": [json_row(r, rows) for r in ordered(rows)],
+            "rounds": [[dataclasses.asdict(r) for r in ordered(one)] for one in rounds],
             "targets": verdict(rows),
         }
         Path(args.json).write_text(json.dumps(payload, indent=2) + "\n")
