@@ -75,7 +75,9 @@ def _with_code_paths(options: dict[str, Any], code_paths: list[str]) -> dict[str
         return options
     runtime_env = dict(options.get("runtime_env") or {})
     env_vars = dict(runtime_env.get("env_vars") or {})
-    env_vars["PYTHONPATH"] = os.pathsep.join([*code_paths, *filter(None, [env_vars.get("PYTHONPATH")])])
+    # An actor's env_vars replace its job's, so keep the PYTHONPATH the job gave (ours) after the new paths.
+    inherited = [env_vars.get("PYTHONPATH"), os.environ.get("PYTHONPATH")]
+    env_vars["PYTHONPATH"] = os.pathsep.join([*code_paths, *filter(None, inherited)])
     runtime_env["env_vars"] = env_vars
     return {**options, "runtime_env": runtime_env}
 
