@@ -24,6 +24,7 @@ Errors found by ``compile()`` carry every diagnostic of the graph in
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping, Sequence
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -137,16 +138,29 @@ ERROR_CLASSES = {
 }
 
 
-def raise_diagnostics(diagnostics: list[Diagnostic] | tuple[Diagnostic, ...]) -> None:
-    """Raise one exception carrying every error diagnostic; the first one picks its class."""
+def raise_diagnostics(
+    diagnostics: Sequence[Diagnostic],
+    *,
+    classes: Mapping[str, type[GraphError]] | None = None,
+    where: str = "the graph",
+    continuation: str = "    ",
+) -> None:
+    """Raise one exception carrying every error diagnostic; the first one picks its class.
+
+    Args:
+        classes: error classes by diagnostic code, beyond :data:`ERROR_CLASSES`.
+        where: what the errors are in, for the header of a message with several.
+        continuation: indent of a diagnostic's second and later lines (``.sg``
+            errors keep their caret under the source line with two spaces).
+    """
     errors = [d for d in diagnostics if d.severity == "error"]
     if not errors:
         return
-    cls = ERROR_CLASSES.get(errors[0].code, GraphError)
+    cls = {**ERROR_CLASSES, **(classes or {})}.get(errors[0].code, GraphError)
     if len(errors) == 1:
         message = errors[0].format()
     else:
-        message = f"{len(errors)} errors in the graph:\n" + "\n".join(
-            "  " + d.format().replace("\n", "\n    ") for d in errors
+        message = f"{len(errors)} errors in {where}:\n" + "\n".join(
+            "  " + d.format().replace("\n", "\n" + continuation) for d in errors
         )
     raise cls(message, tuple(diagnostics))

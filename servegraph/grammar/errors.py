@@ -27,6 +27,7 @@ from ..errors import (
     InputNodeError,
     OptionError,
     OptionValueError,
+    raise_diagnostics,
 )
 from .ast import Span
 
@@ -110,13 +111,5 @@ def raise_located(diagnostics: Sequence[Diagnostic]) -> None:
     the CLI prints ``.sg`` problems like any other graph's.
     """
     errors = sorted(diagnostics, key=lambda d: (d.line or 0, d.col or 0))
-    if not errors:
-        return
-    cls = _CLASSES.get(errors[0].code, GraphError)
-    if len(errors) == 1:
-        message = errors[0].format()
-    else:
-        message = f"{len(errors)} errors in {errors[0].file}:\n" + "\n".join(
-            "  " + d.format().replace("\n", "\n  ") for d in errors
-        )
-    raise cls(message, tuple(errors))
+    if errors:
+        raise_diagnostics(errors, classes=_CLASSES, where=str(errors[0].file), continuation="  ")
