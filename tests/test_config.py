@@ -473,7 +473,7 @@ def test_build_validates_before_writing(examples, tmp_path):
     [
         (["build", "nosuch:app"], 1, "Error: cannot import 'nosuch'"),
         (["build", "hello:nothing"], 1, "Error: module 'hello' has no attribute 'nothing'"),
-        (["build", "graph.sg"], 1, "Error: graph.sg: a deploy config names applications by Python import path"),
+        (["build", "nosuch.sg"], 1, "Error: "),
         (["build", "hello:language_classifier", "pipeline:app", "--format", "json"], 2, "--format json writes one graph"),
         (["build", "hello:language_classifier", "--name", "a", "--name", "b"], 2, "at most once per target"),
     ],
@@ -483,6 +483,15 @@ def test_build_errors_are_one_line(examples, args, code, message):
     assert result.exit_code == code
     assert message in result.output
     assert "Traceback" not in result.output
+
+
+def test_build_takes_a_sg_file_and_names_its_graph_in_the_import_path(examples, tmp_path):
+    out = tmp_path / "config.yaml"
+    result = CliRunner().invoke(main, ["build", "hello.sg", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    app = validate_config(yaml.safe_load(out.read_text())).applications[0]
+    assert app.import_path == "hello.sg:language_classifier"
+    assert [d.name for d in app.deployments] == ["SpanishResponder", "FrenchResponder", "LanguageClassifier"]
 
 
 def test_build_json(examples, tmp_path):

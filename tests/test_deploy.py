@@ -101,3 +101,21 @@ def test_a_deployment_the_graph_lacks_is_named_with_its_place_in_the_file(config
     assert "applications[0].deployments[2].name" in result.output
     assert "has no deployment 'Greeterr'; did you mean 'Greeter'?" in result.output
     assert APP not in serve.status().applications
+
+
+def test_a_config_built_from_a_sg_file_deploys(tmp_path, http_port, monkeypatch, ray_cluster):
+    from conftest import EXAMPLES
+
+    monkeypatch.chdir(EXAMPLES)
+    path = tmp_path / "sg.yaml"
+    args = ["build", "hello.sg", "--name", "sg-hello", "--route-prefix", "/sg-hello", "--port", str(http_port), "-o", str(path)]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    try:
+        out = deploy(path)
+        assert "application 'sg-hello' at /sg-hello: SpanishResponder created" in out
+        import httpx
+
+        reply = httpx.post(f"http://127.0.0.1:{http_port}/sg-hello", json={"language": "spanish", "name": "Dora"}, timeout=60)
+        assert (reply.status_code, reply.text) == (200, "Hola Dora")
+    finally:
+        serve.delete("sg-hello")

@@ -10,7 +10,6 @@ from ..compiler.config_schema import validate_config
 from ..compiler.emit_config import application_config, config_yaml, deploy_config, dump_yaml
 from ..compiler.emit_json import to_json
 from ..compiler.emit_kubernetes import rayservice_yaml
-from ..errors import ConfigError
 from .common import user_errors
 from .load import load_app
 
@@ -72,19 +71,20 @@ def build_cmd(
         graphs = []
         defaults = default_apps(len(targets))
         for i, target in enumerate(targets):
+            import_path = target
             if target.endswith(".sg"):
-                raise ConfigError(
-                    f"{target}: a deploy config names applications by Python import path (MODULE:ATTR); "
-                    "point build at a module that builds the graph"
-                )
-            compiled = compile(load_app(target))
+                # FILE.sg:GRAPH: `servegraph deploy` loads it back; Ray Serve's own tools cannot.
+                from ..grammar import load_graph
+
+                import_path = f"{target}:{load_graph(target).name}"
+            compiled = compile(load_app(import_path))
             name = names[i] if i < len(names) else defaults[i][0]
             prefix = route_prefixes[i] if i < len(route_prefixes) else None
             if prefix is None and len(targets) > 1:
                 # serve build's /app1, /app2, ... follow the names, so a renamed app keeps a matching prefix.
                 ingress = compiled.ir.deployment(compiled.ingress) if compiled.ingress else None
                 prefix = (ingress.options.route_prefix if ingress else None) or f"/{name}"
-            graphs.append(compiled.with_app(name=name, route_prefix=prefix, import_path=target))
+            graphs.append(compiled.with_app(name=name, route_prefix=prefix, import_path=import_path))
 
         if fmt == "json":
             text = to_json(graphs[0])

@@ -19,6 +19,9 @@ def load_app(spec: str, *, name: str | None = None) -> DAGNode:
     """
     if spec.endswith(".sg"):
         return load_sg(spec, name=name)
+    if ".sg:" in spec:  # FILE.sg:GRAPH, as `servegraph build` writes a .sg graph's import path
+        path, _, graph = spec.rpartition(":")
+        return load_sg(path, name=name or graph)
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
         raise ImportPathError(f"{spec!r} is not an import path; expected MODULE:ATTR, e.g. hello:app, or a .sg file")
