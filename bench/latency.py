@@ -6,11 +6,13 @@ Two graphs, each run on three systems in one process and one Ray cluster:
   responder), with an ingress that takes a ``dict`` so a handle can call it.
 - **chain**: five stages, each stage's unawaited result passed to the next.
 
-Systems run one after another (deploy, warm up, measure, tear down) so they never
-compete for the machine's cores. Every row reports sequential latency (p50/p99 of
-requests sent one at a time from the driver) and throughput (requests/s with a
-fixed number in flight). Ray Serve rows need the ``bench`` extra
-(``pip install -e '.[bench]'``); without it they are skipped.
+By default systems run one after another (deploy, warm up, measure, tear down) so
+they never compete for the machine's cores; ``--interleave`` instead deploys every
+system's apps for one graph at once and times them in alternating blocks, which
+keeps ratios steady on a machine whose speed drifts. Every row reports sequential
+latency (p50/p99 of requests sent one at a time from the driver) and throughput
+(requests/s with a fixed number in flight). Ray Serve rows need the ``bench``
+extra (``pip install -e '.[bench]'``); without it they are skipped.
 
 Run from the repository root::
 
@@ -31,6 +33,7 @@ import datetime
 import functools
 import gc
 import http.client
+import importlib
 import json
 import logging
 import math
@@ -151,7 +154,7 @@ class ServegraphChain:
         self.stages = stages
 
     async def __call__(self, x: int) -> int:
-        result = x
+        result: Any = x
         for stage in self.stages:
             result = await stage.remote(result)  # the ObjectRef, not the value
         return await result
@@ -164,7 +167,7 @@ class RayServeChain:
         self.stages = stages
 
     async def __call__(self, x: int) -> int:
-        result = x
+        result: Any = x
         for stage in self.stages:
             result = stage.remote(result)
         return await result
@@ -195,7 +198,7 @@ class RawChain:
         self.stages = stages
 
     async def __call__(self, x: int) -> int:
-        ref = x
+        ref: Any = x
         for stage in self.stages:
             ref = stage.__call__.remote(ref)
         return await ref
@@ -623,7 +626,7 @@ class Servegraph:
         stages = [serve.get_deployment_handle(f"Stage{i}", app_name="chain") for i in range(CHAIN_LENGTH)]
 
         def submit_chain(x: int) -> Any:
-            result = x
+            result: Any = x
             for stage in stages:
                 result = stage.remote(result)  # an ObjectRef, passed on unawaited
             return result
@@ -714,7 +717,7 @@ class RayServe:
         stage_handles = [self.serve.get_deployment_handle(f"Stage{i}", app_name="chain") for i in range(CHAIN_LENGTH)]
 
         def submit_chain(x: int) -> Any:
-            response = x
+            response: Any = x
             for stage in stage_handles:
                 response = stage.remote(response)  # a DeploymentResponse, passed on unawaited
             return response
@@ -763,7 +766,7 @@ class RawActors:
         actors: list[Any] = []
 
         def actor(cls: type, *args: Any) -> Any:
-            handle = ray.remote(cls).options(**self.OPTIONS).remote(*args)
+            handle: Any = ray.remote(cls).options(**self.OPTIONS).remote(*args)
             actors.append(handle)
             return handle
 
@@ -785,7 +788,7 @@ class RawActors:
             stages = [actor(Stage) for _ in range(CHAIN_LENGTH)]
 
             def submit_chain(x: int) -> Any:
-                ref = x
+                ref: Any = x
                 for stage in stages:
                     ref = stage.__call__.remote(ref)
                 return ref
@@ -906,9 +909,9 @@ def table(rows: list[Row], concurrency: int) -> str:
         lines.append(
             f"| {row.graph + ' (HTTP)' if row.shape == HTTP else row.graph} | {row.system} | {row.how} "
             f"| {row.p50_ms:.2f} | {row.p99_ms:.2f} | {f'{row.throughput_rps:.0f}' if row.throughput_rps else '-'} "
-            f"| {_ratio(row.p50_ms, rs and rs.p50_ms)} | {_ratio(row.p50_ms, raw and raw.p50_ms)} "
-            f"| {_ratio(row.throughput_rps, rs and rs.throughput_rps)} "
-            f"| {_ratio(row.throughput_rps, raw and raw.throughput_rps)} |"
+            f"| {_ratio(row.p50_ms, rs.p50_ms if rs else None)} | {_ratio(row.p50_ms, raw.p50_ms if raw else None)} "
+            f"| {_ratio(row.throughput_rps, rs.throughput_rps if rs else None)} "
+            f"| {_ratio(row.throughput_rps, raw.throughput_rps if raw else None)} |"
         )
     return "\n".join(lines)
 
@@ -949,11 +952,16 @@ def json_row(row: Row, rows: list[Row]) -> dict[str, Any]:
     return out
 
 
-def noise_note(rows: list[Row], load_before: tuple | None, load_after: tuple | None) -> str:
+def noise_note(rows: list[Row], load_before: tuple | None, load_after: tuple | None, interleaved: bool) -> str:
     """How far to trust this run's numbers."""
     note = (
-        "Noise: every system shares the machine's cores with Ray's own processes, so latencies move by "
-        "10-20% between runs (more with other programs running); compare ratios within one run."
+        "Noise: on a small shared or virtual machine the same workload's p50 can drift by tens of percent "
+        "over a minute with nothing else running, and every system shares the cores with Ray's own processes; "
+    )
+    note += (
+        "systems were interleaved block by block, so ratios are steadier than absolute figures."
+        if interleaved
+        else "systems ran one after another, so ratios carry that drift (use --interleave --rounds 3 to steady them)."
     )
     if load_before and load_after:
         note += f" Load average {load_before[0]:.2f} before, {load_after[0]:.2f} after."
@@ -1069,7 +1077,7 @@ def main(argv: list[str] | None = None) -> int:
     have_ray_serve = True
     if "rayserve" in systems:
         try:
-            import ray.serve  # noqa: F401
+            importlib.import_module("ray.serve")  # not `import ray.serve`: that would make `ray` local here
         except ImportError:
             have_ray_serve = False
             print("Ray Serve is not installed (pip install -e '.[bench]'): skipping its rows.", file=sys.stderr)
@@ -1081,6 +1089,11 @@ def main(argv: list[str] | None = None) -> int:
         chosen.append(RayServe(graphs, with_http))
     if "raw" in systems:
         chosen.append(RawActors(graphs))
+    # Ray Serve reserves a CPU per replica and its serve.run waits for them forever: fail now instead.
+    needed = CHAIN_LENGTH + 1 if "chain" in graphs else 3
+    if any(isinstance(system, RayServe) for system in chosen) and args.num_cpus < needed:
+        print(f"--num-cpus {args.num_cpus} is too few: Ray Serve's replicas reserve {needed} CPUs", file=sys.stderr)
+        return 2
     run = run_interleaved if args.interleave else run_sequential
     rng = random.Random(SEED)
     rounds: list[list[Row]] = []
@@ -1119,7 +1132,7 @@ def main(argv: list[str] | None = None) -> int:
     for line in verdict(rows):
         print(line)
     print()
-    print(noise_note(rows, load_before, load_after))
+    print(noise_note(rows, load_before, load_after, args.interleave))
 
     if args.json:
         payload = {
