@@ -55,6 +55,17 @@ def _walk(value: Any, refs: list[ObjectRef]) -> Any:
     return value
 
 
+def has_nested_ref(args: tuple) -> bool:
+    """Whether a ref sits inside a list, tuple or dict argument (Ray resolves only top-level ones)."""
+    for value in args:
+        kind = type(value)
+        if kind in (list, tuple) and value and any(type(v) is ObjectRef or has_nested_ref((v,)) for v in value):
+            return True
+        if kind is dict and value and any(type(v) is ObjectRef or has_nested_ref((v,)) for v in value.values()):
+            return True
+    return False
+
+
 def flatten(args: tuple, kwargs: dict) -> tuple[tuple, dict, list[ObjectRef]]:
     """Split arguments into (template args, template kwargs, refs)."""
     refs: list[ObjectRef] = []

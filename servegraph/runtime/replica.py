@@ -95,6 +95,9 @@ class _ReplicaCore:
 
 
 class SyncReplica(_ReplicaCore):
+    def call(self, method: str, *args: Any) -> Any:
+        return self._method(method)(*args)
+
     def handle_request(self, method: str, args: tuple, kwargs: dict, *values: Any) -> Any:
         args, kwargs = unflatten(args, kwargs, values)
         return self._method(method)(*args, **kwargs)
@@ -113,6 +116,12 @@ class SyncReplica(_ReplicaCore):
 
 
 class AsyncReplica(_ReplicaCore):
+    async def call(self, method: str, *args: Any) -> Any:
+        result = self._method(method)(*args)
+        if inspect.isawaitable(result):
+            result = await result
+        return result
+
     async def handle_request(self, method: str, args: tuple, kwargs: dict, *values: Any) -> Any:
         args, kwargs = unflatten(args, kwargs, values)
         result = self._method(method)(*args, **kwargs)

@@ -19,7 +19,7 @@ import ray
 from ray import ObjectRef
 from ray.actor import ActorHandle
 
-from .codec import flatten
+from .codec import flatten, has_nested_ref
 
 #: The pseudo-method that sends (scope, body) to the ingress's HTTP entry point.
 HTTP = "<http>"
@@ -71,6 +71,9 @@ class Router:
         ref: ObjectRef
         if method == HTTP:
             ref = self.replicas[i].handle_http.remote(*args)
+        elif not kwargs and not has_nested_ref(args):
+            # The common case: Ray resolves top-level refs itself; one extra task argument, not three.
+            ref = self.replicas[i].call.remote(method, *args)
         else:
             targs, tkwargs, refs = flatten(args, kwargs)
             ref = self.replicas[i].handle_request.remote(method, targs, tkwargs, *refs)
