@@ -61,7 +61,7 @@ def encode_result(value: Any) -> HTTPResult:
     return 200, [("content-type", "application/json")], body
 
 
-def encode_error(exc: BaseException, where: str) -> HTTPResult:
+def encode_error(exc: BaseException) -> HTTPResult:
     """A user exception: 500 with its type and message; the traceback goes to the log."""
     if isinstance(exc, json.JSONDecodeError):
         return text(400, f"request body is not valid JSON: {exc}")

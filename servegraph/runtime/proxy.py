@@ -110,7 +110,7 @@ class HTTPProxy:
             logger.error("application %r: a replica died: %s", app, exc)
             return text(503, f"application {app!r}: a replica died while handling the request; retry")
         except Exception as exc:  # the user's error: 500 with its type and message
-            return encode_error(_cause(exc), app)
+            return encode_error(_cause(exc))
 
 
 async def _serve_http(proxy: HTTPProxy, scope: dict, receive: Any, send: Any) -> None:

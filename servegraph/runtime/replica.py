@@ -109,7 +109,7 @@ class SyncReplica(_ReplicaCore):
                 result = asyncio.run(_awaited(result))
             return encode_result(result)
         except Exception as exc:  # a user error becomes an HTTP 500, never a dead proxy
-            return encode_error(exc, self._deployment)
+            return encode_error(exc)
 
     def reconfigure(self, user_config: Any) -> None:
         self._reconfigure_sync(user_config)
@@ -136,7 +136,7 @@ class AsyncReplica(_ReplicaCore):
                 result = await result
             return encode_result(result)
         except Exception as exc:  # a user error becomes an HTTP 500, never a dead proxy
-            return encode_error(exc, self._deployment)
+            return encode_error(exc)
 
     async def reconfigure(self, user_config: Any) -> None:
         result = self._reconfigure_sync(user_config)

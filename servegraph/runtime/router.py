@@ -63,10 +63,6 @@ class Router:
         best = min(range(n), key=counts.__getitem__)
         return best if counts[best] < self.max_ongoing else None
 
-    def in_flight(self) -> list[int]:
-        with self._lock:
-            return [self._prune(i) for i in range(len(self.replicas))]
-
     def _send(self, i: int, method: str, args: tuple, kwargs: dict) -> ObjectRef:
         ref: ObjectRef
         if method == HTTP:
