@@ -20,6 +20,7 @@ from .dsl import (
     deployment,
 )
 from .errors import (
+    BackPressureError,
     BindError,
     ConfigError,
     CycleError,
@@ -66,6 +67,7 @@ __all__ = [
     "CycleError",
     "DAGDriver",
     "Deployment",
+    "BackPressureError",
     "DeploymentError",
     "DeploymentOptions",
     "Diagnostic",

@@ -15,7 +15,8 @@ keeps working for code written against Ray Serve::
     ├── ConfigError(GraphError, ValueError)         a deploy config is invalid
     ├── ImportPathError(GraphError, ImportError)    MODULE:ATTR does not resolve to a graph
     ├── RenderError(GraphError, RuntimeError)       a diagram cannot be drawn (graphviz missing, unknown format)
-    └── DeploymentError(GraphError, RuntimeError)   a replica failed to start
+    └── DeploymentError(GraphError, RuntimeError)   a replica failed to start, a deployment is gone
+        └── BackPressureError(DeploymentError)       a handle's queue is full (max_queued_requests); HTTP 503
 
 Errors found by ``compile()`` carry every diagnostic of the graph in
 ``.diagnostics``; the exception's class is that of the first one.
@@ -117,6 +118,12 @@ class RenderError(GraphError, RuntimeError):
 
 class DeploymentError(GraphError, RuntimeError):
     code = "deployment"
+
+
+class BackPressureError(DeploymentError):
+    """Every replica is busy and the handle already queues ``max_queued_requests`` requests."""
+
+    code = "back-pressure"
 
 
 ERROR_CLASSES = {

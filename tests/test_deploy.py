@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import ray
@@ -70,15 +71,55 @@ def test_user_config_only_redeploy_keeps_the_replicas(config):
     assert (after["pid"], after["front_pid"]) == (before["pid"], before["front_pid"])
 
 
-def test_a_changed_deployment_restarts_and_its_dependents_get_new_handles(config):
+def test_a_changed_deployment_restarts_but_its_callers_keep_their_replicas(config):
     deploy(config)
     before = call("Ana")
     edit(config, Greeter={"ray_actor_options": {"num_cpus": 0.2}})
     out = deploy(config)
-    assert "Greeter updated, Front updated" in out
+    assert "Greeter updated, Front unchanged" in out
     after = call("Ana")
     assert after["text"] == "Hola Ana"
     assert after["pid"] != before["pid"]
+    assert after["front_pid"] == before["front_pid"]  # Front's handle followed Greeter's new replicas
+
+
+def test_scaling_a_leaf_keeps_its_callers_and_their_handles(config):
+    deploy(config)
+    old_handle = serve.get_app_handle(APP)
+    before = call("Ana")
+    edit(config, Greeter={"num_replicas": 3})
+    out = deploy(config)
+    assert "Greeter scaled, Front unchanged" in out
+    after = ray.get(old_handle.remote("Ana"), timeout=60)
+    assert after["text"] == "Hola Ana" and after["front_pid"] == before["front_pid"]
+    greeter = serve.status().applications[APP].deployments["Greeter"]
+    assert greeter.replica_states == {"RUNNING": 3}
+
+
+def test_an_unchanged_redeploy_from_another_process_restarts_nothing(config):
+    import subprocess
+    import sys
+
+    from conftest import ROOT, TESTS
+
+    deploy(config)
+    before = call("Ana")
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address, "PYTHONPATH": f"{TESTS}:{ROOT}"}
+    # A new process pickles the classes afresh: versions must come from the code, not from those bytes.
+    out = subprocess.run(
+        [sys.executable, "-m", "servegraph", "deploy", str(config)], capture_output=True, text=True, timeout=300, env=env
+    )
+    assert out.returncode == 0, out.stderr
+    assert "Greeter unchanged, Front unchanged" in out.stdout
+    edit(config, Greeter={"user_config": {"greeting": "Hej"}})
+    out = subprocess.run(
+        [sys.executable, "-m", "servegraph", "deploy", str(config)], capture_output=True, text=True, timeout=300, env=env
+    )
+    assert out.returncode == 0, out.stderr
+    assert "Greeter reconfigured, Front unchanged" in out.stdout
+    after = call("Ana")
+    assert after["text"] == "Hej Ana"
+    assert (after["pid"], after["front_pid"]) == (before["pid"], before["front_pid"])
 
 
 def test_a_bad_config_changes_nothing_on_the_cluster(config):

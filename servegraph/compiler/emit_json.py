@@ -33,6 +33,7 @@ from . import ir
 from .app import AppInfo, resolve
 from .emit_config import require_ok
 from .naming import key_order
+from .version import code_version
 
 if TYPE_CHECKING:
     from .compiled import CompiledGraph
@@ -244,10 +245,11 @@ def _load_deployment(data: dict[str, Any]) -> ir.DeploymentIR:
         options = DeploymentOptions.model_validate(decode(data["options"]))
     except Exception as exc:  # a hand-edited file: say which deployment
         raise errors.ConfigError(f"deployment {data['name']!r}: invalid options: {exc}") from None
+    target = import_target(data["import_path"], what=f"deployment {data['name']!r}")
     return ir.DeploymentIR(
         name=data["name"],
         node=data["node"],
-        target=import_target(data["import_path"], what=f"deployment {data['name']!r}"),
+        target=target,
         import_path=data["import_path"],
         is_function=data["is_function"],
         init_args=tuple(decode(a) for a in data["init_args"]),
@@ -255,6 +257,7 @@ def _load_deployment(data: dict[str, Any]) -> ir.DeploymentIR:
         options=options,
         call_site=_call_site(data["call_site"]),
         handles=tuple(data["handles"]),
+        code_version=code_version(target, options.version),
     )
 
 

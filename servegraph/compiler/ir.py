@@ -104,6 +104,8 @@ class DeploymentIR:
     call_site: CallSite
     #: Names of the deployments whose handles its constructor receives.
     handles: tuple[str, ...] = ()
+    #: The code's version (``version=`` option, else a hash of the source): equal code, equal version.
+    code_version: str = ""
 
     @property
     def num_replicas(self) -> int:

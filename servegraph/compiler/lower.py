@@ -12,6 +12,7 @@ from ..dsl.options import DeploymentOptions
 from . import ir
 from .capture import Captured
 from .naming import key_order
+from .version import code_version
 
 
 def import_path(target: Any) -> str:
@@ -78,6 +79,7 @@ def _deployments(
                 options=options[key],
                 call_site=record.call_site,
                 handles=tuple(names[u] for u in sorted(handles.predecessors(key), key=key_order)),
+                code_version=code_version(source._deployment.func_or_class, options[key].version),
             )
         )
     return tuple(out)

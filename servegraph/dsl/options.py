@@ -63,6 +63,9 @@ class AutoscalingConfig(BaseModel):
     metrics_interval_s: float = Field(default=10.0, gt=0)
     look_back_period_s: float = Field(default=30.0, gt=0)
     smoothing_factor: float = Field(default=1.0, gt=0)
+    #: Ray Serve's multipliers for each scaling step; None means smoothing_factor.
+    upscaling_factor: float | None = Field(default=None, gt=0)
+    downscaling_factor: float | None = Field(default=None, gt=0)
     upscale_delay_s: float = Field(default=30.0, ge=0)
     downscale_delay_s: float = Field(default=600.0, ge=0)
 

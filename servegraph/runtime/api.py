@@ -14,7 +14,10 @@ from ..compiler import CompiledGraph, compile
 from ..dsl.nodes import DAGNode
 from ..errors import DeploymentError, GraphError
 from .cluster import CONTROLLER_NAME, NAMESPACE, cluster_resources, ensure_connected
-from .handle import RayServeSyncHandle, deployment_handle, plan_handle
+from .handle import DeploymentInfo, RayServeSyncHandle, deployment_handle, plan_handle
+
+#: How long status-like calls wait for the controller before they say it is unreachable.
+CONTROLLER_TIMEOUT_S = 60.0
 
 
 def _controller(create: bool = True) -> Any:
@@ -26,6 +29,7 @@ def _controller(create: bool = True) -> Any:
             return None
     from .controller import ControllerActor
 
+    # Detached and restarted by Ray when it dies (its calls retried); on the head node, which outlives workers.
     return ControllerActor.options(
         name=CONTROLLER_NAME,
         namespace=NAMESPACE,
@@ -33,7 +37,23 @@ def _controller(create: bool = True) -> Any:
         get_if_exists=True,
         num_cpus=0,
         max_concurrency=1000,
+        max_restarts=-1,
+        max_task_retries=-1,
+        resources={"node:__internal_head__": 0.001},
     ).remote()
+
+
+def _ask(call: Any, what: str, timeout_s: float = CONTROLLER_TIMEOUT_S) -> Any:
+    """Wait for a controller call, with a clear error instead of nothing when the controller cannot answer."""
+    try:
+        return ray.get(call, timeout=timeout_s)
+    except ray.exceptions.GetTimeoutError:
+        raise DeploymentError(
+            f"the servegraph controller did not answer {what} within {timeout_s:g}s; it may be restarting "
+            "(retry) or the cluster may be overloaded"
+        ) from None
+    except ray.exceptions.RayActorError as exc:
+        raise DeploymentError(f"the servegraph controller is unreachable ({what}): {exc.error_msg if hasattr(exc, 'error_msg') else exc}") from None
 
 
 def code_paths() -> tuple[str, ...]:
@@ -49,7 +69,7 @@ def code_paths() -> tuple[str, ...]:
 
 def _free_resources(controller: Any, name: str) -> dict[str, float]:
     total = cluster_resources()
-    used = ray.get(controller.reserved.remote(exclude=name))
+    used = _ask(controller.reserved.remote(exclude=name), "which resources are in use")
     return {k: total.get(k, 0.0) - used.get(k, 0.0) for k in set(total) | set(used)}
 
 
@@ -70,15 +90,16 @@ def deploy_compiled(
 ) -> tuple[RayServeSyncHandle, dict[str, str]]:
     """Deploy an already compiled graph; returns its handle and what changed per deployment."""
     controller = _controller()
-    result = ray.get(
+    reply = ray.get(
         controller.deploy_app.remote(
             # Bytes, so the controller can put our import paths on sys.path before it loads user code.
             name, ray.cloudpickle.dumps(compiled.ir), route_prefix, (host, port) if http else None, code_paths()
         )
     )
-    if not result["ok"]:
-        raise DeploymentError(f"application {name!r} was not deployed: {result['error']}")
-    return _handle_for(name, compiled.ir, result["infos"]), result["changes"]
+    if not reply.ok:
+        raise DeploymentError(f"application {name!r} was not deployed: {reply.error}")
+    infos = {spec.name: DeploymentInfo(name, spec.name) for spec in compiled.ir.deployments}
+    return _handle_for(name, compiled.ir, infos), reply.changes
 
 
 def run(
@@ -135,7 +156,7 @@ def delete(name: str, _blocking: bool = True) -> None:
     """Delete an application and its replicas."""
     controller = _controller(create=False)
     if controller is not None:
-        ray.get(controller.delete_app.remote(name))
+        _ask(controller.delete_app.remote(name), f"delete {name!r}", timeout_s=600)
 
 
 def shutdown() -> None:
@@ -145,14 +166,14 @@ def shutdown() -> None:
     controller = _controller(create=False)
     if controller is None:
         return
-    ray.get(controller.shutdown.remote())
+    _ask(controller.shutdown.remote(), "shutdown", timeout_s=600)
     ray.kill(controller, no_restart=True)
 
 
 def get_app_handle(name: str = "default") -> RayServeSyncHandle:
     """A handle to a running application's ingress (or graph)."""
     controller = _controller(create=False)
-    info = ray.get(controller.get_app.remote(name)) if controller is not None else None
+    info = _ask(controller.get_app.remote(name), "get_app") if controller is not None else None
     if info is None:
         raise GraphError(f"no application named {name!r} is running")
     return _handle_for(name, info["app"], info["infos"])
@@ -161,7 +182,7 @@ def get_app_handle(name: str = "default") -> RayServeSyncHandle:
 def get_deployment_handle(deployment_name: str, app_name: str = "default") -> RayServeSyncHandle:
     """A handle to one deployment of a running application."""
     controller = _controller(create=False)
-    info = ray.get(controller.get_app.remote(app_name)) if controller is not None else None
+    info = _ask(controller.get_app.remote(app_name), "get_app") if controller is not None else None
     if info is None or deployment_name not in info["infos"]:
         raise GraphError(f"no deployment {deployment_name!r} in a running application {app_name!r}")
     return deployment_handle(info["infos"][deployment_name])
@@ -196,7 +217,7 @@ class ServeStatus:
 def status() -> ServeStatus:
     """Applications, their deployments, and replica counts by state."""
     controller = _controller(create=False)
-    raw = ray.get(controller.status.remote()) if controller is not None else {"applications": {}, "proxy": None}
+    raw = _ask(controller.status.remote(), "status") if controller is not None else {"applications": {}, "proxy": None}
     apps = {}
     for name, app in raw["applications"].items():
         deployments = {

@@ -1,96 +1,177 @@
-"""The controller: one named, detached actor that owns every application's replicas.
+"""The controller: desired state per deployment, and a loop that moves replicas towards it (the control plane).
 
-It creates and kills replicas and tells the HTTP proxy the routes. It is never
-on a request's path: handles hold the replicas' actor handles and route
-themselves. ``servegraph status`` and ``serve.status()`` read its state from
-any process connected to the cluster.
+One named, detached actor (``servegraph_controller`` in namespace
+``servegraph``) pinned to the head node and restarted by Ray if it dies. It
+holds each deployment's target (replica count and version) and runs a control
+loop, as Ray Serve's ``_private/deployment_state.py`` does:
+
+- start replicas that are missing, with bounded retries and backoff; a
+  constructor that keeps failing gives ``DEPLOY_FAILED`` and its one-line error;
+- replace replicas that died (their ``watch`` call fails the moment the actor
+  dies, on a kill or with its node) or whose ``check_health`` fails;
+- roll updates a few replicas at a time (new before old where resources allow,
+  old first where they do not), reconfigure live replicas when only
+  ``user_config`` changed, scale to the autoscaler's decision;
+- drain replicas it stops (``graceful_shutdown_*``) and run their ``__del__``.
+
+It is never on a request's path. Routers in every process learn the replica
+sets by long-poll (:meth:`Controller.listen`) and report load for the
+autoscaler (:meth:`Controller.record_metrics`). Replicas and the HTTP proxy
+are detached named actors, so they outlive the controller; its state is
+checkpointed in Ray's internal KV, and a restarted controller re-attaches to
+the replicas that are still alive instead of starting over.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hashlib
+import math
 import os
+import pickle
 import sys
+import time
+import traceback
+import uuid
 from typing import Any
 
-import cloudpickle
 import ray
 import ray.cloudpickle
 from ray.actor import ActorHandle
 
 from ..compiler import ir
+from .autoscaling import Autoscaler
 from .cluster import NAMESPACE, PROXY_NAME
 from .codec import loads_with_paths
 from .handle import DeploymentInfo
 from .proxy import HTTPProxy as _HTTPProxy
-from .replica import replica_actor_class
+from .replica import replica_actor_class, replica_concurrency
+from .router import Membership
+from .version import replica_version
 
-#: How long replicas may take to start before a deploy fails.
+#: How long ``deploy`` waits for replicas to start before it reports failure (they keep being tried).
 START_TIMEOUT_S = float(os.environ.get("SERVEGRAPH_REPLICA_START_TIMEOUT_S", "300"))
+#: The control loop runs this often, and at once when something happens (a death, a deploy, a report).
+CONTROL_PERIOD_S = 0.1
+#: A long-poll call returns after this long even when nothing changed.
+LISTEN_TIMEOUT_S = 30.0
+#: Failed starts of one version, counted per replica of the target, before the deployment is DEPLOY_FAILED.
+MAX_START_FAILURES_PER_REPLICA = 3
+#: Where the controller's checkpoint lives in Ray's internal KV.
+CHECKPOINT_KEY = b"servegraph/controller/checkpoint"
+
+# Replica states, Ray Serve's names.
+STARTING, UPDATING, RECOVERING, RUNNING, STOPPING = "STARTING", "UPDATING", "RECOVERING", "RUNNING", "STOPPING"
+#: Replicas in these states take requests.
+SERVING = (RUNNING, UPDATING, RECOVERING)
+
+# Deployment and application states, Ray Serve's names.
+HEALTHY, UNHEALTHY, DEPLOY_FAILED = "HEALTHY", "UNHEALTHY", "DEPLOY_FAILED"
+UPSCALING, DOWNSCALING = "UPSCALING", "DOWNSCALING"
+DEPLOYING, RUNNING_APP, DELETING = "DEPLOYING", "RUNNING", "DELETING"
 
 
-@dataclasses.dataclass
-class DeploymentState:
-    spec: ir.DeploymentIR
-    version: str
-    replicas: list[ActorHandle]
-    status: str = "UPDATING"
-    message: str = ""
-
-    def info(self, app: str) -> DeploymentInfo:
-        return DeploymentInfo(app, self.spec.name, self.replicas, self.spec.options.max_ongoing_requests)
-
-
-@dataclasses.dataclass
-class AppState:
-    name: str
-    app: ir.AppIR
-    route_prefix: str | None
-    deployments: dict[str, DeploymentState]
-    status: str = "DEPLOYING"
-    message: str = ""
-
-
-def _version(spec: ir.DeploymentIR, deps: dict[str, str]) -> str:
-    """What forces new replicas when it changes: code, constructor args, actor options, replicas, handles."""
-    h = hashlib.sha256()
-    for part in (
-        spec.target,
-        spec.init_args,
-        spec.init_kwargs,
-        spec.options.actor_options(),
-        spec.options.replicas(),
-        spec.options.max_ongoing_requests,
-        [deps[name] for name in spec.handles],
-    ):
-        h.update(cloudpickle.dumps(part))
-    return h.hexdigest()[:16]
-
-
-def _with_code_paths(options: dict[str, Any], code_paths: list[str]) -> dict[str, Any]:
-    """Actor options whose runtime_env puts ``code_paths`` on the replica's PYTHONPATH."""
-    if not code_paths:
-        return options
-    runtime_env = dict(options.get("runtime_env") or {})
-    env_vars = dict(runtime_env.get("env_vars") or {})
-    # An actor's env_vars replace its job's, so keep the PYTHONPATH the job gave (ours) after the new paths.
-    inherited = [env_vars.get("PYTHONPATH"), os.environ.get("PYTHONPATH")]
-    env_vars["PYTHONPATH"] = os.pathsep.join([*code_paths, *filter(None, inherited)])
-    runtime_env["env_vars"] = env_vars
-    return {**options, "runtime_env": runtime_env}
+def replica_actor_name(app: str, deployment: str, replica_id: str) -> str:
+    return f"SERVEGRAPH_REPLICA::{app}#{deployment}#{replica_id}"
 
 
 def _describe_failure(exc: BaseException) -> str:
+    """One line for a replica that could not start or answer: the user's error, not Ray's wrapping."""
+    if isinstance(exc, ReplicaStartError):
+        return str(exc)
+    if isinstance(exc, asyncio.TimeoutError):
+        return "timed out"
     cause = getattr(exc, "cause", None) or exc
     text = str(cause)
-    # Ray's actor death message buries the user's exception in a traceback; keep its last line.
     lines = [line for line in text.strip().splitlines() if line.strip()]
     for line in reversed(lines):
         if ": " in line and not line.startswith(" "):
             return line.strip()
     return lines[-1].strip() if lines else type(exc).__name__
+
+
+class ReplicaStartError(Exception):
+    """The user's constructor (or reconfigure) raised; the message is its one-line description."""
+
+
+@dataclasses.dataclass(eq=False)
+class Replica:
+    replica_id: str
+    actor: ActorHandle
+    actor_name: str
+    version: str
+    state: str
+    #: The user_config the replica was last given (what reconfigure compares against).
+    user_config: Any
+    started_at: float
+    node_id: str | None = None
+    pid: int | None = None
+    task: asyncio.Task | None = None  # starting, recovering, reconfiguring or stopping
+    watch: asyncio.Task | None = None
+    health: asyncio.Task | None = None
+    last_health: float = 0.0
+    dead: bool = False
+    unhealthy: str | None = None
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "replica_id": self.replica_id,
+            "state": self.state,
+            "node_id": self.node_id,
+            "pid": self.pid,
+            "actor_name": self.actor_name,
+        }
+
+
+@dataclasses.dataclass(eq=False)
+class Deployment:
+    app: str
+    spec: ir.DeploymentIR
+    version: str
+    target: int
+    replicas: dict[str, Replica] = dataclasses.field(default_factory=dict)
+    autoscaler: Autoscaler | None = None
+    status: str = "UPDATING"
+    message: str = ""
+    failures: int = 0
+    next_start_at: float = 0.0
+    failed: bool = False
+    published: tuple | None = None
+    deleting: bool = False
+    #: A replica died or failed its health check since the deployment was last at its target.
+    degraded: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def membership(self) -> Membership:
+        opts = self.spec.options
+        serving = tuple((r.replica_id, r.actor) for r in self.replicas.values() if r.state in SERVING and not r.dead)
+        interval = opts.autoscaling_config.metrics_interval_s if opts.autoscaling_config else None
+        return Membership(serving, opts.max_ongoing_requests, opts.max_queued_requests, interval, not self.deleting)
+
+
+@dataclasses.dataclass(eq=False)
+class App:
+    name: str
+    app: ir.AppIR
+    app_bytes: bytes
+    code_paths: tuple[str, ...]
+    route_prefix: str | None
+    deployments: dict[str, Deployment]
+    status: str = DEPLOYING
+    message: str = ""
+    deleting: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class DeployReply:
+    """What ``deploy_app`` answers: per deployment what changed, or why the application is not running."""
+
+    ok: bool
+    changes: dict[str, str]
+    error: str = ""
 
 
 class Controller:
@@ -99,50 +180,352 @@ class Controller:
         self._own_path = list(sys.path)
         #: Every deploying driver's import directories, for the proxy to load graphs' code.
         self._code_paths: list[str] = []
-        self._apps: dict[str, AppState] = {}
+        self._apps: dict[str, App] = {}
         self._proxy: ActorHandle | None = None
+        self._proxy_watch: asyncio.Task | None = None
         self._http: tuple[str, int] | None = None
         self._lock = asyncio.Lock()
+        self._incarnation = time.time_ns()
+        self._counter = 0
+        #: Versions of every (app, deployment) membership ever published by this incarnation.
+        self._versions: dict[tuple[str, str], tuple[int, int]] = {}
+        self._memberships: dict[tuple[str, str], Membership] = {}
+        loop = asyncio.get_event_loop()
+        self._published: asyncio.Future = loop.create_future()
+        self._kick = asyncio.Event()
+        self._recovered = asyncio.Event()
+        self._dirty = False
+        self._loop_task = loop.create_task(self._run())
 
-    # Deploying ------------------------------------------------------------------------
-    async def _start_replicas(
-        self, app: str, spec: ir.DeploymentIR, handles: dict[str, DeploymentInfo], code_paths: list[str]
-    ) -> list[ActorHandle]:
-        actor_cls = replica_actor_class(spec.target)
-        options = _with_code_paths(spec.options.actor_options(), code_paths)
-        actors = [
-            actor_cls.options(max_concurrency=spec.options.max_ongoing_requests, namespace=NAMESPACE, **options).remote(
-                app, spec.name, spec.target, spec.is_function, spec.init_args, spec.init_kwargs, handles
-            )
-            for _ in range(spec.options.replicas())
-        ]
+    # The control loop -------------------------------------------------------------------
+    async def _run(self) -> None:
         try:
-            if spec.options.user_config is not None:
-                await asyncio.wait_for(
-                    asyncio.gather(*[a.reconfigure.remote(spec.options.user_config) for a in actors]), START_TIMEOUT_S
-                )
-            await asyncio.wait_for(asyncio.gather(*[a.ready.remote() for a in actors]), START_TIMEOUT_S)
-        except asyncio.TimeoutError:
-            self._kill(actors)
-            raise RuntimeError(
-                f"replicas of {spec.name!r} did not start within {START_TIMEOUT_S:g}s; the cluster may lack "
-                f"the resources they ask for ({options}). See `ray status`."
-            ) from None
-        except Exception as exc:
-            self._kill(actors)
-            raise RuntimeError(
-                f"deployment {spec.name!r} (bound at {spec.call_site}) failed to start: {_describe_failure(exc)}"
-            ) from None
-        return actors
-
-    @staticmethod
-    def _kill(actors: list[ActorHandle]) -> None:
-        for actor in actors:
+            await self._recover()
+        except Exception:
+            traceback.print_exc()
+        finally:
+            self._recovered.set()
+        while True:
             try:
-                ray.kill(actor, no_restart=True)
-            except Exception:  # already dead
+                async with self._lock:
+                    await self._reconcile_all()
+            except Exception:  # the loop must never stop; the next pass retries
+                traceback.print_exc()
+            self._kick.clear()
+            try:
+                await asyncio.wait_for(self._kick.wait(), CONTROL_PERIOD_S)
+            except asyncio.TimeoutError:
                 pass
 
+    def _wake(self) -> None:
+        self._kick.set()
+
+    async def _reconcile_all(self) -> None:
+        now = time.monotonic()
+        for app in list(self._apps.values()):
+            for dep in list(app.deployments.values()):
+                self._reconcile(dep, now)
+                if dep.deleting and not dep.replicas:
+                    del app.deployments[dep.name]
+                    self._publish(dep)
+            if app.deleting and not app.deployments:
+                del self._apps[app.name]
+                self._dirty = True
+            else:
+                self._update_app_status(app)
+        if self._proxy is not None and self._proxy_watch is not None and self._proxy_watch.done():
+            await self._restart_proxy()
+        if self._dirty:
+            self._dirty = False
+            self._checkpoint()
+
+    def _reconcile(self, dep: Deployment, now: float) -> None:
+        opts = dep.spec.options
+        # What finished since the last pass.
+        for r in list(dep.replicas.values()):
+            if r.dead and r.state != STOPPING:
+                self._forget(dep, r)
+                dep.message = f"replica {r.replica_id} died (was {r.state}); replacing it"
+                dep.degraded = True
+                continue
+            if r.unhealthy is not None and r.state != STOPPING:
+                dep.message = f"replica {r.replica_id} failed its health check: {r.unhealthy}; replacing it"
+                dep.degraded = True
+                self._stop(dep, r, graceful=False)
+                continue
+            if r.task is None or not r.task.done() or r.state == STOPPING:
+                continue
+            exc = r.task.exception()
+            task, r.task = r.task, None
+            if r.state in (STARTING, RECOVERING):
+                if exc is None:
+                    info = task.result()
+                    r.node_id, r.pid, r.state, r.last_health = info["node_id"], info["pid"], RUNNING, now
+                    if r.watch is None:
+                        r.watch = asyncio.ensure_future(self._watch(dep, r))
+                    dep.failures = 0
+                    self._dirty = True
+                elif r.state == RECOVERING:
+                    self._forget(dep, r)
+                else:
+                    dep.failures += 1
+                    dep.message = f"a replica failed to start: {_describe_failure(exc)}"
+                    dep.next_start_at = now + min(0.2 * 2 ** (dep.failures - 1), 5.0)
+                    self._forget(dep, r)
+            elif r.state == UPDATING:
+                r.state = RUNNING
+                if exc is not None:
+                    dep.failed, dep.message = True, f"reconfigure() failed: {_describe_failure(exc)}"
+        # Health checks of running replicas.
+        for r in dep.replicas.values():
+            if r.state == RUNNING and r.health is None and now - r.last_health >= opts.health_check_period_s:
+                r.health = asyncio.ensure_future(self._check_health(dep, r))
+        # The target: the autoscaler's decision, or the configured count.
+        new = [r for r in dep.replicas.values() if r.version == dep.version and r.state != STOPPING]
+        old = [r for r in dep.replicas.values() if r.version != dep.version and r.state != STOPPING]
+        if dep.autoscaler is not None and not dep.deleting:
+            dep.target = dep.autoscaler.decide(dep.target, time.time())
+        target = 0 if dep.deleting else dep.target
+        # Reconfigure live replicas whose user_config is behind.
+        for r in new:
+            if r.state == RUNNING and r.user_config != opts.user_config and r.task is None:
+                r.state = UPDATING
+                r.user_config = opts.user_config
+                r.task = asyncio.ensure_future(self._reconfigure(r, opts.user_config))
+        # Too many of the current version: stop the ones not yet serving first.
+        if len(new) > target:
+            surplus = sorted(new, key=lambda r: (r.state in SERVING, r.started_at), reverse=False)
+            for r in surplus[: len(new) - target]:
+                self._stop(dep, r, graceful=r.state in SERVING)
+            new = [r for r in new if r.state != STOPPING]
+        # Too few: start more, surging above the target by a few while old replicas still serve.
+        missing = target - len(new)
+        if missing > 0 and not dep.failed:
+            if dep.failures >= MAX_START_FAILURES_PER_REPLICA * max(target, 1):
+                dep.failed = True
+            elif now >= dep.next_start_at:
+                surge = max(1, math.ceil(0.25 * target))
+                room = target + surge - len(new) - len(old)
+                count = min(missing, max(room, 0))
+                if old and (count == 0 or not self._fits(dep, count)):
+                    count = 0
+                    stopping = any(r.state == STOPPING for r in dep.replicas.values())
+                    if not stopping and all(r.state in SERVING for r in new):
+                        # No room beside the old replicas: stop one old first, start its successor when it is gone.
+                        victim = min(old, key=lambda r: r.state in SERVING)
+                        self._stop(dep, victim, graceful=victim.state in SERVING)
+                for _ in range(count):
+                    self._start(dep)
+        # Old replicas go once enough new ones serve: never fewer serving than the target.
+        serving_new = sum(1 for r in new if r.state in SERVING)
+        serving_old = [r for r in old if r.state in SERVING]
+        for r in old:
+            if r.state not in SERVING:
+                self._stop(dep, r, graceful=False)
+        excess = serving_new + len(serving_old) - target
+        for r in serving_old[: max(0, excess)]:
+            self._stop(dep, r, graceful=True)
+        self._update_status(dep, new, old, target)
+        self._publish(dep)
+
+    def _update_status(self, dep: Deployment, new: list[Replica], old: list[Replica], target: int) -> None:
+        serving = sum(1 for r in new if r.state in SERVING)
+        if dep.failed:
+            dep.status = DEPLOY_FAILED
+        elif serving == target and not old and all(r.state == RUNNING for r in new):
+            if dep.status != HEALTHY:
+                dep.message = ""
+            dep.status, dep.degraded = HEALTHY, False
+        elif dep.status == "UPDATING":
+            pass  # a deploy is rolling out: it stays UPDATING until it converges or fails
+        elif dep.degraded:
+            dep.status = UNHEALTHY
+        else:  # only the autoscaler moves the target of a deployment that was healthy
+            dep.status = UPSCALING if serving < target else DOWNSCALING
+        pending = [r for r in new if r.state == STARTING and time.monotonic() - r.started_at > 30]
+        if pending and not dep.message:
+            dep.message = (
+                f"{len(pending)} replica(s) have been starting for over 30 s; the cluster may lack the resources "
+                f"they ask for ({dep.spec.options.actor_options()}). See `ray status`."
+            )
+
+    def _update_app_status(self, app: App) -> None:
+        deployments = list(app.deployments.values())
+        failed = [d for d in deployments if d.status == DEPLOY_FAILED]
+        if app.deleting:
+            app.status = DELETING
+        elif failed:
+            d = failed[0]
+            app.status = DEPLOY_FAILED
+            app.message = f"deployment {d.name!r} (bound at {d.spec.call_site}) failed: {d.message}"
+        elif any(d.status == "UPDATING" for d in deployments):
+            app.status = DEPLOYING
+        elif any(d.status == UNHEALTHY for d in deployments):
+            app.status = "UNHEALTHY"
+        else:
+            app.status, app.message = RUNNING_APP, ""
+
+    # Replica lifecycle --------------------------------------------------------------------
+    def _fits(self, dep: Deployment, count: int) -> bool:
+        """Whether ``count`` more replicas fit in what the cluster has free now."""
+        try:
+            free = ray.available_resources()
+        except Exception:
+            return True
+        opts = dep.spec.options.actor_options()
+        need = {"CPU": float(opts.get("num_cpus") or 0), "GPU": float(opts.get("num_gpus") or 0)}
+        need.update({k: float(v) for k, v in (opts.get("resources") or {}).items()})
+        return all(free.get(k, 0.0) + 1e-9 >= count * v for k, v in need.items() if v)
+
+    def _start(self, dep: Deployment) -> Replica:
+        spec = dep.spec
+        app = self._apps[dep.app]
+        replica_id = uuid.uuid4().hex[:8]
+        name = replica_actor_name(dep.app, dep.name, replica_id)
+        missing = [p for p in app.code_paths if p not in self._own_path]
+        options = _with_code_paths(spec.options.actor_options(), missing)
+        actor = (
+            replica_actor_class(spec.target)
+            .options(
+                name=name,
+                namespace=NAMESPACE,
+                lifetime="detached",
+                max_concurrency=replica_concurrency(spec.target, spec.options.max_ongoing_requests),
+                scheduling_strategy="SPREAD",
+                **options,
+            )
+            .remote(dep.app, dep.name, replica_id, spec.target, spec.is_function, spec.init_args, spec.init_kwargs)
+        )
+        user_config = spec.options.user_config
+        r = Replica(replica_id, actor, name, dep.version, STARTING, user_config, time.monotonic())
+        r.task = asyncio.ensure_future(self._initialize(r, user_config))
+        dep.replicas[replica_id] = r
+        self._dirty = True
+        return r
+
+    async def _initialize(self, r: Replica, user_config: Any) -> dict:
+        error = await r.actor.initialize.remote(user_config)
+        if error is not None:
+            raise ReplicaStartError(error)
+        return await r.actor.ready.remote()
+
+    async def _recover_one(self, r: Replica) -> dict:
+        return await asyncio.wait_for(r.actor.ready.remote(), 30)
+
+    async def _reconfigure(self, r: Replica, user_config: Any) -> None:
+        error = await r.actor.reconfigure.remote(user_config)
+        if error is not None:
+            raise ReplicaStartError(error)
+
+    async def _watch(self, dep: Deployment, r: Replica) -> None:
+        """Learn of the replica's death the moment it happens: its ``watch`` call fails then."""
+        try:
+            await r.actor.watch.remote()
+        except Exception:
+            pass
+        if r.state != STOPPING:
+            r.dead = True
+            self._wake()
+
+    async def _check_health(self, dep: Deployment, r: Replica) -> None:
+        opts = dep.spec.options
+        try:
+            await asyncio.wait_for(r.actor.check_health.remote(), opts.health_check_timeout_s)
+        except ray.exceptions.RayActorError:
+            r.dead = True
+        except Exception as exc:
+            r.unhealthy = _describe_failure(exc)
+        finally:
+            r.health = None
+            r.last_health = time.monotonic()
+        if r.dead or r.unhealthy:
+            self._wake()
+
+    def _stop(self, dep: Deployment, r: Replica, graceful: bool) -> None:
+        """Take the replica out of routing now; drain it, run its ``__del__``, then end it."""
+        if r.state == STOPPING:
+            return
+        r.state = STOPPING
+        if r.task is not None:
+            r.task.cancel()
+        r.task = asyncio.ensure_future(self._shutdown(dep, r, graceful))
+        self._dirty = True
+
+    async def _shutdown(self, dep: Deployment, r: Replica, graceful: bool) -> None:
+        opts = dep.spec.options
+        if graceful and not r.dead:
+            await asyncio.sleep(0)  # let the membership without it go out first
+            try:
+                await asyncio.wait_for(
+                    r.actor.prepare_for_shutdown.remote(opts.graceful_shutdown_wait_loop_s, opts.graceful_shutdown_timeout_s),
+                    opts.graceful_shutdown_timeout_s + 5,
+                )
+            except Exception:  # dead already, or it overran its timeout: it is ended below either way
+                pass
+        _kill([r.actor])
+        dep.replicas.pop(r.replica_id, None)
+        self._dirty = True
+        self._wake()
+
+    def _forget(self, dep: Deployment, r: Replica) -> None:
+        """Drop a replica that is dead or never started (ending its actor in case it still runs)."""
+        for task in (r.task, r.watch, r.health):
+            if task is not None and not task.done():
+                task.cancel()
+        _kill([r.actor])
+        dep.replicas.pop(r.replica_id, None)
+        self._dirty = True
+
+    # Membership: the long-poll host --------------------------------------------------------
+    def _publish(self, dep: Deployment) -> None:
+        """Announce the deployment's serving replicas to every router, if they changed."""
+        membership = dep.membership()
+        signature = (tuple(rid for rid, _ in membership.replicas), *dataclasses.astuple(membership)[1:])
+        key = (dep.app, dep.name)
+        if dep.published == signature and key in self._versions:
+            return
+        dep.published = signature
+        self._counter += 1
+        self._versions[key] = (self._incarnation, self._counter)
+        self._memberships[key] = membership
+        published, self._published = self._published, asyncio.get_event_loop().create_future()
+        published.set_result(None)
+
+    def _current(self, key: tuple[str, str]) -> tuple[tuple[int, int], Membership]:
+        if key in self._versions:
+            return self._versions[key], self._memberships[key]
+        return (self._incarnation, 0), Membership((), 1, exists=False)
+
+    async def listen(self, snapshot: dict[tuple[str, str], Any]) -> dict[tuple[str, str], tuple[tuple[int, int], Membership]]:
+        """Return the memberships in ``snapshot`` whose version differs, waiting up to LISTEN_TIMEOUT_S for one."""
+        await self._recovered.wait()
+        deadline = time.monotonic() + LISTEN_TIMEOUT_S
+        while True:
+            out = {}
+            for key, known in snapshot.items():
+                version, membership = self._current(tuple(key))  # type: ignore[arg-type]
+                if version != known:
+                    out[key] = (version, membership)
+            remaining = deadline - time.monotonic()
+            if out or remaining <= 0:
+                return out
+            try:
+                await asyncio.wait_for(asyncio.shield(self._published), remaining)
+            except asyncio.TimeoutError:
+                return {}
+
+    async def record_metrics(self, client_id: str, loads: dict[tuple[str, str], int]) -> None:
+        """A router's queued plus in-flight requests per deployment (for the autoscaler)."""
+        now = time.time()
+        for (app, name), load in loads.items():
+            state = self._apps.get(app)
+            dep = state.deployments.get(name) if state is not None else None
+            if dep is not None and dep.autoscaler is not None:
+                dep.autoscaler.record(client_id, now, float(load))
+                if dep.target == 0 and load > 0:
+                    self._wake()
+
+    # Deploying --------------------------------------------------------------------------
     async def deploy_app(
         self,
         name: str,
@@ -150,93 +533,144 @@ class Controller:
         route_prefix: str | None,
         http: tuple[str, int] | None,
         code_paths: tuple[str, ...] = (),
-    ) -> dict[str, Any]:
-        """Deploy or update an application; only deployments whose version changed get new replicas.
+    ) -> DeployReply:
+        """Set an application's desired state and wait until it runs (or cannot).
 
+        Deployments whose replica version is unchanged keep their replicas; a
+        ``user_config`` change reconfigures them; a count change only scales.
         ``code_paths`` are the deploying driver's import directories: replicas
         belong to the controller's job, so they get the ones it lacks.
-
-        Returns {"ok": True, "infos": {...}, "changes": {...}} or {"ok": False, "error": text}.
         """
+        await self._recovered.wait()
         try:
             app: ir.AppIR = loads_with_paths(app_bytes, code_paths)
         except Exception as exc:  # user code that does not import here
-            return {
-                "ok": False,
-                "error": f"the cluster cannot load the graph's code: {type(exc).__name__}: {exc}. Modules the "
-                "graph uses must be importable where replicas run: deploy from their directory or install them.",
-            }
+            return DeployReply(
+                False,
+                {},
+                f"the cluster cannot load the graph's code: {type(exc).__name__}: {exc}. Modules the graph uses "
+                "must be importable where replicas run: deploy from their directory or install them.",
+            )
         self._code_paths.extend(p for p in code_paths if p not in self._code_paths)
+        while name in self._apps and self._apps[name].deleting:  # a delete still draining: let it finish
+            await asyncio.sleep(0.05)
         async with self._lock:
             for other in self._apps.values():
-                if other.name != name and route_prefix is not None and other.route_prefix == route_prefix:
-                    return {"ok": False, "error": f"route prefix {route_prefix!r} is already used by application {other.name!r}"}
+                if other.name != name and route_prefix is not None and other.route_prefix == route_prefix and not other.deleting:
+                    return DeployReply(False, {}, f"route prefix {route_prefix!r} is already used by application {other.name!r}")
             if http is not None and route_prefix is not None:
                 error = await self._ensure_proxy(*http, name)
                 if error:
-                    return {"ok": False, "error": error}
-            old = self._apps.get(name)
-            versions: dict[str, str] = {}
-            new_states: dict[str, DeploymentState] = {}
-            started: list[ActorHandle] = []
-            changes: dict[str, str] = {}
-            try:
-                for spec in app.deployments:
-                    version = _version(spec, versions)
-                    versions[spec.name] = version
-                    previous = old.deployments.get(spec.name) if old else None
-                    if previous is not None and previous.version == version:
-                        state = DeploymentState(spec, version, previous.replicas, "HEALTHY")
-                        if spec.options.user_config != previous.spec.options.user_config:
-                            await asyncio.gather(*[r.reconfigure.remote(spec.options.user_config) for r in state.replicas])
-                            changes[spec.name] = "reconfigured"
-                        else:
-                            changes[spec.name] = "unchanged"
-                    else:
-                        handles = {h: new_states[h].info(name) for h in spec.handles}
-                        missing = [p for p in code_paths if p not in self._own_path]
-                        replicas = await self._start_replicas(name, spec, handles, missing)
-                        started.extend(replicas)
-                        state = DeploymentState(spec, version, replicas, "HEALTHY")
-                        changes[spec.name] = "updated" if previous is not None else "created"
-                    new_states[spec.name] = state
-            except Exception as exc:
-                self._kill(started)
-                if old is not None:
-                    old.message = f"update failed: {exc}"
-                return {"ok": False, "error": str(exc)}
-            if old is not None:
-                kept = {id(r) for s in new_states.values() for r in s.replicas}
-                self._kill([r for s in old.deployments.values() for r in s.replicas if id(r) not in kept])
-            self._apps[name] = AppState(name, app, route_prefix, new_states, "RUNNING")
+                    return DeployReply(False, {}, error)
+            changes = self._set_target(name, app, app_bytes, tuple(code_paths), route_prefix)
+            self._dirty = True
             await self._push_routes()
-            return {"ok": True, "infos": self._infos(name), "changes": changes}
+        self._wake()
+        return await self._wait_settled(name, changes)
 
-    def _infos(self, name: str) -> dict[str, DeploymentInfo]:
-        state = self._apps[name]
-        return {d: s.info(name) for d, s in state.deployments.items()}
+    def _set_target(
+        self, name: str, app: ir.AppIR, app_bytes: bytes, code_paths: tuple[str, ...], route_prefix: str | None
+    ) -> dict[str, str]:
+        old = self._apps.get(name)
+        deployments: dict[str, Deployment] = {}
+        changes: dict[str, str] = {}
+        for spec in app.deployments:
+            version = replica_version(spec)
+            previous = old.deployments.get(spec.name) if old is not None else None
+            if previous is not None and previous.deleting:
+                previous.deleting = False  # removed, and now back before its replicas were gone
+            count = spec.options.replicas()
+            autoscaling = spec.options.autoscaling_config
+            if previous is None:
+                dep = Deployment(name, spec, version, count, autoscaler=Autoscaler(autoscaling) if autoscaling else None)
+                changes[spec.name] = "created"
+            else:
+                dep = previous
+                before = dep.spec.options
+                if version != dep.version:
+                    changes[spec.name] = "updated"
+                elif spec.options.user_config != before.user_config:
+                    changes[spec.name] = "reconfigured"
+                elif spec.options != before:
+                    changes[spec.name] = "scaled" if count != dep.target or autoscaling != before.autoscaling_config else "options"
+                else:
+                    changes[spec.name] = "unchanged"
+                if autoscaling is None:
+                    dep.autoscaler, dep.target = None, count
+                elif autoscaling != before.autoscaling_config:
+                    dep.autoscaler = Autoscaler(autoscaling)
+                    dep.target = max(autoscaling.min_replicas, min(autoscaling.max_replicas, dep.target or count))
+                dep.spec, dep.version = spec, version
+                if changes[spec.name] not in ("unchanged", "options"):
+                    dep.failed, dep.failures, dep.next_start_at = False, 0, 0.0
+                    dep.status = "UPDATING"
+            deployments[spec.name] = dep
+        if old is not None:
+            for dname, dep in old.deployments.items():
+                if dname not in deployments:  # removed from the graph: stopped by the loop
+                    dep.deleting = True
+                    deployments[dname] = dep
+                    changes[dname] = "deleted"
+        state = App(name, app, app_bytes, code_paths, route_prefix, deployments)
+        self._update_app_status(state)
+        self._apps[name] = state
+        return changes
+
+    async def _wait_settled(self, name: str, changes: dict[str, str]) -> DeployReply:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            app = self._apps.get(name)
+            if app is None:
+                return DeployReply(False, changes, "the application was deleted while it deployed")
+            if app.status == DEPLOY_FAILED:
+                return DeployReply(False, changes, app.message)
+            if app.status in (RUNNING_APP, "UNHEALTHY") and all(d.status != "UPDATING" for d in app.deployments.values()):
+                return DeployReply(True, changes)
+            await asyncio.sleep(0.05)
+        pending = [d for d in self._apps[name].deployments.values() if d.status != HEALTHY]
+        detail = "; ".join(f"{d.name}: {d.message or d.status}" for d in pending)
+        return DeployReply(
+            False,
+            changes,
+            f"replicas did not start within {START_TIMEOUT_S:g}s ({detail}); they keep being tried. The cluster may "
+            "lack the resources they ask for: see `ray status`.",
+        )
 
     async def get_app(self, name: str) -> dict[str, Any] | None:
+        await self._recovered.wait()
         state = self._apps.get(name)
-        if state is None:
+        if state is None or state.deleting:
             return None
-        return {"app": state.app, "infos": self._infos(name), "route_prefix": state.route_prefix}
+        infos = {d: DeploymentInfo(name, d) for d in state.deployments}
+        return {"app": state.app, "infos": infos, "route_prefix": state.route_prefix}
 
     async def delete_app(self, name: str) -> bool:
+        """Stop every replica of an application (draining them) and wait until they are gone."""
+        await self._recovered.wait()
         async with self._lock:
-            state = self._apps.pop(name, None)
+            state = self._apps.get(name)
             if state is None:
                 return False
-            self._kill([r for s in state.deployments.values() for r in s.replicas])
+            state.deleting = True
+            for dep in state.deployments.values():
+                dep.deleting = True
+            self._dirty = True
             await self._push_routes()
-            return True
+        self._wake()
+        while name in self._apps:
+            await asyncio.sleep(0.05)
+        return True
 
     async def shutdown(self) -> None:
-        for name in list(self._apps):
-            await self.delete_app(name)
+        names = list(self._apps)
+        await asyncio.gather(*[self.delete_app(n) for n in names])
         if self._proxy is not None:
-            self._kill([self._proxy])
+            if self._proxy_watch is not None:
+                self._proxy_watch.cancel()
+            _kill([self._proxy])
             self._proxy = None
+            self._http = None
+        _kv_del(CHECKPOINT_KEY)
 
     def reserved(self, exclude: str | None = None) -> dict[str, float]:
         """Resources the replicas of every application but ``exclude`` hold."""
@@ -255,27 +689,25 @@ class Controller:
 
     # Status ------------------------------------------------------------------------------
     async def status(self) -> dict[str, Any]:
+        await self._recovered.wait()
         apps = {}
         for name, state in sorted(self._apps.items()):
             deployments = {}
             for dname, dep in state.deployments.items():
-                alive = await self._alive(dep.replicas)
-                dead = len(dep.replicas) - alive
-                replica_states = {"RUNNING": alive} if alive else {}
-                if dead:
-                    replica_states["DEAD"] = dead
+                replica_states: dict[str, int] = {}
+                for r in dep.replicas.values():
+                    replica_states[r.state] = replica_states.get(r.state, 0) + 1
                 deployments[dname] = {
-                    "status": "HEALTHY" if not dead else "UNHEALTHY",
+                    "status": dep.status,
                     "replica_states": replica_states,
                     "message": dep.message,
-                    "num_replicas": dep.spec.options.replicas(),
+                    "num_replicas": dep.target,
                     "class_name": dep.spec.class_name,
+                    "version": dep.version,
+                    "replicas": [r.info() for r in dep.replicas.values()],
                 }
-            status = state.status
-            if status == "RUNNING" and any(d["status"] != "HEALTHY" for d in deployments.values()):
-                status = "UNHEALTHY"
             apps[name] = {
-                "status": status,
+                "status": state.status,
                 "message": state.message,
                 "route_prefix": state.route_prefix,
                 "ingress": state.app.ingress,
@@ -283,13 +715,6 @@ class Controller:
             }
         proxy = {"host": self._http[0], "port": self._http[1]} if self._http and self._proxy else None
         return {"applications": apps, "proxy": proxy}
-
-    @staticmethod
-    async def _alive(replicas: list[ActorHandle]) -> int:
-        if not replicas:
-            return 0
-        alive = await asyncio.gather(*[_ok(r.ready.remote(), timeout=5) for r in replicas])
-        return sum(alive)
 
     # HTTP ------------------------------------------------------------------------------
     async def _ensure_proxy(self, host: str, port: int, app: str) -> str | None:
@@ -304,37 +729,153 @@ class Controller:
                 return None
             others = sorted(n for n, s in self._apps.items() if n != app and s.route_prefix is not None)
             if alive and others:
+                assert self._http is not None
                 h, p = self._http
                 return (
                     f"the HTTP proxy already serves {', '.join(map(repr, others))} on {h}:{p}; deploy on "
                     f"that host and port, or delete those applications first (servegraph shutdown)"
                 )
-            self._kill([self._proxy])
+            _kill([self._proxy])
             self._proxy = None
             await asyncio.sleep(0.2)  # let the old server release its port
-        proxy = HTTPProxy.options(name=PROXY_NAME, namespace=NAMESPACE, num_cpus=0, max_concurrency=10_000).remote(host, port)
+        return await self._start_proxy(host, port)
+
+    async def _start_proxy(self, host: str, port: int) -> str | None:
+        proxy = HTTPProxy.options(
+            name=PROXY_NAME,
+            namespace=NAMESPACE,
+            lifetime="detached",
+            num_cpus=0,
+            max_concurrency=10_000,
+            resources={"node:__internal_head__": 0.001},
+        ).remote(host, port)
         error = await proxy.start.remote()
         if error:
-            self._kill([proxy])
+            _kill([proxy])
             return error
-        self._proxy, self._http = proxy, (host, port)
+        self._attach_proxy(proxy, (host, port))
         return None
+
+    def _attach_proxy(self, proxy: ActorHandle, http: tuple[str, int]) -> None:
+        self._proxy, self._http = proxy, http
+        self._proxy_watch = asyncio.ensure_future(_ok(proxy.watch.remote()))
+        self._dirty = True
+
+    async def _restart_proxy(self) -> None:
+        """The proxy died: start another on the same host and port, with the same routes."""
+        assert self._http is not None
+        print("servegraph: the HTTP proxy died; starting a new one", file=sys.stderr)
+        self._proxy = None
+        error = await self._start_proxy(*self._http)
+        if error:
+            print(f"servegraph: cannot restart the HTTP proxy: {error}", file=sys.stderr)
+            self._http = None
+            return
+        await self._push_routes()
 
     async def _push_routes(self) -> None:
         if self._proxy is None:
             return
         routes: dict[str, tuple[Any, ...]] = {}
         for name, state in self._apps.items():
-            if state.route_prefix is None:
+            if state.route_prefix is None or state.deleting:
                 continue
-            infos = self._infos(name)
+            infos = {d: DeploymentInfo(name, d) for d in state.deployments}
             if state.app.ingress is not None:
                 routes[state.route_prefix] = ("deployment", name, infos[state.app.ingress], None)
             else:
                 assert state.app.plan is not None
                 payload = ray.cloudpickle.dumps((state.app.plan, state.app.http_adapter))
                 routes[state.route_prefix] = ("plan", name, infos, payload)
-        await self._proxy.set_routes.remote(routes, self._code_paths)
+        try:
+            await self._proxy.set_routes.remote(routes, self._code_paths)
+        except ray.exceptions.RayActorError:
+            pass  # it died: the loop restarts it and pushes again
+
+    # Surviving a restart -----------------------------------------------------------------
+    def _checkpoint(self) -> None:
+        """Write what a restarted controller needs to re-attach: apps, targets, replicas, proxy."""
+        apps = {}
+        for name, app in self._apps.items():
+            apps[name] = {
+                "app_bytes": app.app_bytes,
+                "code_paths": app.code_paths,
+                "route_prefix": app.route_prefix,
+                "deleting": app.deleting,
+                "deployments": {
+                    dname: {
+                        "target": dep.target,
+                        "deleting": dep.deleting,
+                        "replicas": [
+                            (r.replica_id, r.actor_name, r.version, pickle.dumps(r.user_config))
+                            for r in dep.replicas.values()
+                            if r.state != STOPPING
+                        ],
+                    }
+                    for dname, dep in app.deployments.items()
+                },
+            }
+        data = {"apps": apps, "http": self._http if self._proxy is not None else None, "code_paths": self._code_paths}
+        try:
+            _kv_put(CHECKPOINT_KEY, ray.cloudpickle.dumps(data))
+        except Exception:
+            traceback.print_exc()
+
+    async def _recover(self) -> None:
+        raw = _kv_get(CHECKPOINT_KEY)
+        if not raw:
+            return
+        data = pickle.loads(raw)
+        self._code_paths = list(data.get("code_paths", []))
+        for name, saved in data["apps"].items():
+            app: ir.AppIR = loads_with_paths(saved["app_bytes"], saved["code_paths"])
+            self._set_target(name, app, saved["app_bytes"], tuple(saved["code_paths"]), saved["route_prefix"])
+            state = self._apps[name]
+            state.deleting = saved["deleting"]
+            for dname, dsaved in saved["deployments"].items():
+                dep = state.deployments.get(dname)
+                if dep is None:
+                    continue
+                dep.target, dep.deleting = dsaved["target"], dsaved["deleting"] or state.deleting
+                for replica_id, actor_name, version, config in dsaved["replicas"]:
+                    try:
+                        actor = ray.get_actor(actor_name, namespace=NAMESPACE)
+                    except ValueError:
+                        continue  # it died with the old controller: the loop starts a new one
+                    r = Replica(replica_id, actor, actor_name, version, RECOVERING, pickle.loads(config), time.monotonic())
+                    r.task = asyncio.ensure_future(self._recover_one(r))
+                    dep.replicas[replica_id] = r
+                self._publish(dep)
+        if data.get("http"):
+            try:
+                proxy = ray.get_actor(PROXY_NAME, namespace=NAMESPACE)
+                self._attach_proxy(proxy, tuple(data["http"]))  # type: ignore[arg-type]
+            except ValueError:
+                self._http = tuple(data["http"])  # type: ignore[assignment]
+                await self._start_proxy(*self._http)
+            await self._push_routes()
+        print(f"servegraph: controller recovered {len(self._apps)} application(s) from its checkpoint", file=sys.stderr)
+
+
+def _with_code_paths(options: dict[str, Any], code_paths: list[str]) -> dict[str, Any]:
+    """Actor options whose runtime_env puts ``code_paths`` on the replica's PYTHONPATH."""
+    if not code_paths:
+        return options
+    runtime_env = dict(options.get("runtime_env") or {})
+    env_vars = dict(runtime_env.get("env_vars") or {})
+    # An actor's env_vars replace its job's, so keep the PYTHONPATH the job gave (ours) after the new paths.
+    inherited = [env_vars.get("PYTHONPATH"), os.environ.get("PYTHONPATH")]
+    env_vars["PYTHONPATH"] = os.pathsep.join([*code_paths, *filter(None, inherited)])
+    runtime_env["env_vars"] = env_vars
+    return {**options, "runtime_env": runtime_env}
+
+
+def _kill(actors: list[ActorHandle]) -> None:
+    for actor in actors:
+        try:
+            ray.kill(actor, no_restart=True)
+        except Exception:  # already dead
+            pass
 
 
 async def _ok(ref: Any, timeout: float | None = None) -> bool:
@@ -343,6 +884,24 @@ async def _ok(ref: Any, timeout: float | None = None) -> bool:
         return True
     except Exception:
         return False
+
+
+def _kv_put(key: bytes, value: bytes) -> None:
+    from ray.experimental.internal_kv import _internal_kv_put
+
+    _internal_kv_put(key, value, overwrite=True, namespace=NAMESPACE)
+
+
+def _kv_get(key: bytes) -> bytes | None:
+    from ray.experimental.internal_kv import _internal_kv_get
+
+    return _internal_kv_get(key, namespace=NAMESPACE)
+
+
+def _kv_del(key: bytes) -> None:
+    from ray.experimental.internal_kv import _internal_kv_del
+
+    _internal_kv_del(key, namespace=NAMESPACE)
 
 
 # Ray's stubs cannot type actor classes created at runtime.

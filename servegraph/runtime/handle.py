@@ -16,48 +16,56 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-from collections.abc import Sequence
 from typing import Any, cast
 
 import ray
 from ray import ObjectRef
-from ray.actor import ActorHandle
 
 from ..compiler import ir
 from .codec import flatten
+from .long_poll import runtime_client
 from .plan import drive, drive_async, run_plan
 from .router import Router
 
-# One router per deployment per process, shared by every handle to it, so
-# in-flight counts are per caller process as the router's docstring says.
-_ROUTERS: dict[tuple, Router] = {}
-
 
 class DeploymentInfo:
-    """What a handle needs to reach a deployment: its replicas and concurrency limit. Picklable."""
+    """Names a deployment for a handle: (application, deployment). Picklable; never lists replicas.
 
-    __slots__ = ("app", "name", "replicas", "max_ongoing", "_router")
+    The process's router for it learns the replicas from the controller and
+    follows them across redeploys, replica deaths and controller restarts.
+    """
 
-    def __init__(self, app: str, name: str, replicas: Sequence[ActorHandle], max_ongoing: int):
+    __slots__ = ("app", "name", "_router")
+
+    def __init__(self, app: str, name: str):
         self.app = app
         self.name = name
-        self.replicas = tuple(replicas)
-        self.max_ongoing = max_ongoing
         self._router: Router | None = None
 
     def __reduce__(self) -> tuple:
-        return (DeploymentInfo, (self.app, self.name, self.replicas, self.max_ongoing))
+        return (DeploymentInfo, (self.app, self.name))
+
+    def __repr__(self) -> str:
+        return f"DeploymentInfo({self.app!r}, {self.name!r})"
 
     def router(self) -> Router:
-        """The process's router for these replicas (looked up once per DeploymentInfo: this is the hot path)."""
+        """The process's router for this deployment (looked up once per DeploymentInfo: this is the hot path)."""
         router = self._router
         if router is None:
-            key = (self.app, self.name, tuple(r._actor_id for r in self.replicas))
-            router = _ROUTERS.get(key)
-            if router is None:
-                router = _ROUTERS[key] = Router(self.name, self.replicas, self.max_ongoing)
-            self._router = router
+            router = self._router = runtime_client().router(self.app, self.name)
         return router
+
+
+def note_actor_death(exc: BaseException) -> bool:
+    """If ``exc`` says a replica died, stop routing to it in this process; True if it did."""
+    if isinstance(exc, ray.exceptions.RayTaskError):
+        return False  # the user's code raised: the replica is fine
+    if isinstance(exc, ray.exceptions.RayActorError):
+        actor_id = getattr(exc, "actor_id", None)
+        if actor_id:
+            runtime_client().drop_actor(actor_id)
+        return True
+    return False
 
 
 # Resolving what callers pass in ----------------------------------------------------
@@ -255,21 +263,27 @@ class DeploymentHandle(_HandleBase):
     """The new handle API: ``.remote()`` returns a DeploymentResponse (one await, or ``.result()``)."""
 
     def remote(self, *args: Any, **kwargs: Any) -> DeploymentResponse:
+        call = (self._target, self._method, args, kwargs)
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
-            return DeploymentResponse(ref=self._target.submit(self._method, args, kwargs))
-        return DeploymentResponse(task=loop.create_task(self._target.submit_async(self._method, args, kwargs)))
+            return DeploymentResponse(ref=self._target.submit(self._method, args, kwargs), call=call)
+        return DeploymentResponse(task=loop.create_task(self._target.submit_async(self._method, args, kwargs)), call=call)
 
 
 class DeploymentResponse:
-    """The future result of a DeploymentHandle call: ``await`` it, or ``.result()`` outside async code."""
+    """The future result of a DeploymentHandle call: ``await`` it, or ``.result()`` outside async code.
 
-    __slots__ = ("_ref", "_task")
+    If the replica dies before answering, the request is sent once more to
+    another replica (the caller holds its arguments, so nothing is lost).
+    """
 
-    def __init__(self, *, ref: ObjectRef | None = None, task: asyncio.Task | None = None):
+    __slots__ = ("_ref", "_task", "_call")
+
+    def __init__(self, *, ref: ObjectRef | None = None, task: asyncio.Task | None = None, call: tuple | None = None):
         self._ref = ref
         self._task = task
+        self._call = call
 
     async def _object_ref(self) -> ObjectRef:
         if self._ref is None:
@@ -281,9 +295,22 @@ class DeploymentResponse:
             raise RuntimeError("this DeploymentResponse was made in async code: await it instead")
         return self._ref
 
+    def _retry_call(self, exc: BaseException) -> tuple | None:
+        """The call to send again if ``exc`` is a replica's death and it was not retried yet."""
+        call, self._call = self._call, None
+        return call if call is not None and note_actor_death(exc) else None
+
     def __await__(self):
         async def get() -> Any:
-            return await (await self._object_ref())
+            try:
+                return await (await self._object_ref())
+            except ray.exceptions.RayActorError as exc:
+                call = self._retry_call(exc)
+                if call is None:
+                    raise
+                target, method, args, kwargs = call
+                self._ref = await target.submit_async(method, args, kwargs)
+                return await self._ref
 
         return get().__await__()
 
@@ -292,7 +319,15 @@ class DeploymentResponse:
         ref = self._object_ref_sync()
         if type(ref) is not ObjectRef:  # a LocalRef, in local testing mode
             return cast(Any, ref).result(timeout_s)
-        return ray.get(ref, timeout=timeout_s)
+        try:
+            return ray.get(ref, timeout=timeout_s)
+        except ray.exceptions.RayActorError as exc:
+            call = self._retry_call(exc)
+            if call is None:
+                raise
+            target, method, args, kwargs = call
+            self._ref = target.submit(method, args, kwargs)
+            return ray.get(self._ref, timeout=timeout_s)
 
     def cancel(self) -> None:
         if self._task is not None:

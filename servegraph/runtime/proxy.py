@@ -14,8 +14,9 @@ from typing import Any
 
 import ray
 
+from ..errors import BackPressureError
 from .codec import loads_with_paths
-from .handle import _PlanTarget
+from .handle import _PlanTarget, note_actor_death
 from .http_codec import HTTPResult, decode_json_body, encode_error, encode_result, make_request, portable_scope, text
 from .plan import PlanInputError
 from .router import HTTP
@@ -80,6 +81,10 @@ class HTTPProxy:
     async def ready(self) -> bool:
         return True
 
+    async def watch(self) -> None:
+        """Never returns: the controller learns of the proxy's death by this call failing."""
+        await asyncio.Event().wait()
+
     async def _handle(self, scope: dict, body: bytes) -> HTTPResult:
         prefix, route = _match(self._routes, scope["path"])
         if route is None:
@@ -87,6 +92,21 @@ class HTTPProxy:
             return text(404, f"no application at {scope['path']!r} (routes: {routes})")
         kind, app, target, adapter = route
         assert prefix is not None
+        try:
+            return await self._forward(prefix, kind, target, adapter, scope, body)
+        except ray.exceptions.RayActorError as exc:
+            # A replica died under this request; the router no longer uses it. Send it once more.
+            if not note_actor_death(exc):
+                raise
+            logger.warning("application %r: a replica died while handling a request; retrying it once", app)
+        try:
+            return await self._forward(prefix, kind, target, adapter, scope, body)
+        except ray.exceptions.RayActorError as exc:
+            note_actor_death(exc)
+            logger.error("application %r: a replica died: %s", app, exc)
+            return text(503, f"application {app!r}: a replica died while handling the request; retry")
+
+    async def _forward(self, prefix: str, kind: str, target: Any, adapter: Any, scope: dict, body: bytes) -> HTTPResult:
         try:
             if kind == "deployment":
                 portable = portable_scope(scope)
@@ -106,9 +126,10 @@ class HTTPProxy:
             return encode_result(await ref)
         except PlanInputError as exc:
             return text(400, str(exc))
-        except ray.exceptions.RayActorError as exc:
-            logger.error("application %r: a replica died: %s", app, exc)
-            return text(503, f"application {app!r}: a replica died while handling the request; retry")
+        except BackPressureError as exc:
+            return text(503, str(exc))
+        except ray.exceptions.RayActorError:
+            raise
         except Exception as exc:  # the user's error: 500 with its type and message
             return encode_error(_cause(exc))
 

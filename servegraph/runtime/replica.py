@@ -3,13 +3,26 @@
 Classes with no ``async def`` methods run in a threaded actor, which Ray calls
 with less overhead; classes with async methods run in an async actor, where
 constructor handles return ``asyncio.Task`` objects as in the seed.
+
+The actor's own constructor only stores its arguments: the controller then
+calls :meth:`initialize`, which runs the user's constructor and returns its
+error as text instead of raising, so a failing ``__init__`` gives one clear
+message (no actor-creation crash, no native stack dump) and the controller
+decides whether to retry. Control calls (health checks, the death watch,
+draining) run in their own concurrency group in threaded actors, so a replica
+busy with ``max_ongoing_requests`` requests still answers them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
+import itertools
 import os
+import sys
+import threading
+import time
+import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -19,6 +32,9 @@ from ..compiler import ir
 from .codec import unflatten
 from .handle import DeploymentInfo, async_handle
 from .http_codec import HTTPResult, encode_error, encode_result, make_request
+
+#: Threads a threaded replica keeps for control calls (watch, health check, reconfigure, drain, status).
+CONTROL_THREADS = 4
 
 
 def is_async_target(target: Any) -> bool:
@@ -33,34 +49,62 @@ def is_async_target(target: Any) -> bool:
     return False
 
 
+def describe_user_error(exc: BaseException) -> str:
+    """``Type: message (file.py:12 in fn)`` naming the innermost frame of the user's code."""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if "/servegraph/" not in f.filename and "/ray/" not in f.filename]
+    where = f" ({os.path.basename(frames[-1].filename)}:{frames[-1].lineno} in {frames[-1].name})" if frames else ""
+    return f"{type(exc).__name__}: {exc}{where}"
+
+
 class _ReplicaCore:
-    """What both actor kinds share: construction, dispatch and HTTP."""
+    """What both actor kinds share: construction, dispatch, draining and HTTP."""
 
     def __init__(
         self,
         app: str,
         deployment: str,
+        replica_id: str,
         target: Any,
         is_function: bool,
         init_args: tuple,
         init_kwargs: tuple,
-        handles: dict[str, DeploymentInfo],
+        handles: dict[str, DeploymentInfo] | None = None,
     ):
         self._app = app
         self._deployment = deployment
+        self._replica_id = replica_id
+        self._target = target
         self._is_function = is_function
+        self._init = (init_args, init_kwargs)
+        self._instance: Any = None
+        self._function: Any = target if is_function else None
+        # Requests started and finished: next() on a count is atomic, so threads need no lock.
+        self._started = itertools.count()
+        self._finished = itertools.count()
+        self._shutting_down = False
 
+    # Construction -------------------------------------------------------------------
+    def _constructor_args(self) -> tuple[tuple, dict]:
         def inject(marker: ir.Ref | ir.HandleRef) -> Any:
             assert isinstance(marker, ir.HandleRef)  # a constructor's nodes are all handles
-            return async_handle(handles[marker.deployment])
+            return async_handle(DeploymentInfo(self._app, marker.deployment))
 
-        if is_function:
-            self._instance = None
-            self._function = target
-        else:
-            args = ir.map_markers(init_args, inject)
-            kwargs = dict(ir.map_markers(init_kwargs, inject))
-            self._instance = target(*args, **kwargs)
+        init_args, init_kwargs = self._init
+        return ir.map_markers(init_args, inject), dict(ir.map_markers(init_kwargs, inject))
+
+    def _failed(self, what: str, exc: BaseException) -> str:
+        # The full traceback goes to the replica's log; the caller gets one line.
+        print(f"{what} of deployment {self._deployment!r} failed:", file=sys.stderr)
+        traceback.print_exception(exc, file=sys.stderr)
+        return describe_user_error(exc)
+
+    def ready(self) -> dict:
+        return {"pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id()}
+
+    def ongoing(self) -> int:
+        """Requests running on this replica now (approximate while they start or end)."""
+        # Reading a count advances it; compensate by reading both the same way.
+        return next(self._started) - next(self._finished)
 
     def _method(self, name: str) -> Callable[..., Any]:
         if self._is_function:
@@ -80,29 +124,48 @@ class _ReplicaCore:
             )
         return fn(user_config)
 
-    def ready(self) -> dict:
-        return {"pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id()}
-
-    def check_health(self) -> bool:
-        fn = getattr(self._instance, "check_health", None)
-        if fn is not None:
-            fn()
-        return True
-
     def gather(self, template: Any, *values: Any) -> Any:
         (out,), _ = unflatten((template,), {}, values)
         return out
 
+    def _destructor(self) -> Callable[[], Any] | None:
+        return getattr(self._instance, "__del__", None) if self._instance is not None else None
+
 
 class SyncReplica(_ReplicaCore):
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._stopped = threading.Event()
+
+    def initialize(self, user_config: Any = None) -> str | None:
+        """Run the user's constructor (and reconfigure); returns the error as text, or None."""
+        try:
+            if not self._is_function:
+                args, kwargs = self._constructor_args()
+                self._instance = self._target(*args, **kwargs)
+            if user_config is not None:
+                self._reconfigure_sync(user_config)
+        except Exception as exc:
+            return self._failed("the constructor", exc)
+        return None
+
     def call(self, method: str, *args: Any) -> Any:
-        return self._method(method)(*args)
+        next(self._started)
+        try:
+            return self._method(method)(*args)
+        finally:
+            next(self._finished)
 
     def handle_request(self, method: str, args: tuple, kwargs: dict, *values: Any) -> Any:
-        args, kwargs = unflatten(args, kwargs, values)
-        return self._method(method)(*args, **kwargs)
+        next(self._started)
+        try:
+            args, kwargs = unflatten(args, kwargs, values)
+            return self._method(method)(*args, **kwargs)
+        finally:
+            next(self._finished)
 
     def handle_http(self, scope: dict, body: bytes) -> HTTPResult:
+        next(self._started)
         try:
             result = self._method("__call__")(make_request(scope, body))
             if inspect.isawaitable(result):  # an async __call__ assigned at runtime
@@ -110,26 +173,102 @@ class SyncReplica(_ReplicaCore):
             return encode_result(result)
         except Exception as exc:  # a user error becomes an HTTP 500, never a dead proxy
             return encode_error(exc)
+        finally:
+            next(self._finished)
 
-    def reconfigure(self, user_config: Any) -> None:
-        self._reconfigure_sync(user_config)
+    @ray.method(concurrency_group="control")
+    def reconfigure(self, user_config: Any) -> str | None:
+        try:
+            self._reconfigure_sync(user_config)
+        except Exception as exc:
+            return self._failed("reconfigure()", exc)
+        return None
+
+    @ray.method(concurrency_group="control")
+    def check_health(self) -> None:
+        fn = getattr(self._instance, "check_health", None)
+        if fn is not None:
+            fn()
+
+    @ray.method(concurrency_group="control")
+    def watch(self) -> str:
+        """Returns only when the replica has shut down: the controller learns of its death by this call failing."""
+        self._stopped.wait()
+        return self._replica_id
+
+    @ray.method(concurrency_group="control")
+    def prepare_for_shutdown(self, wait_loop_s: float, timeout_s: float) -> None:
+        """Wait for running requests to finish (checking every ``wait_loop_s``), then run ``__del__``."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            time.sleep(min(wait_loop_s, max(0.0, deadline - time.monotonic())))
+            if self.ongoing() <= 0:
+                break
+        destructor = self._destructor()
+        if destructor is not None:
+            try:
+                destructor()
+            except Exception as exc:
+                self._failed("__del__", exc)
+        self._stopped.set()
+
+    @ray.method(concurrency_group="control")
+    def status(self) -> dict:
+        return {**self.ready(), "ongoing": self.ongoing()}
 
 
 class AsyncReplica(_ReplicaCore):
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._stopped: asyncio.Event | None = None
+
+    def _stop_event(self) -> asyncio.Event:
+        if self._stopped is None:
+            self._stopped = asyncio.Event()
+        return self._stopped
+
+    async def initialize(self, user_config: Any = None) -> str | None:
+        try:
+            if not self._is_function:
+                args, kwargs = self._constructor_args()
+                if inspect.iscoroutinefunction(getattr(self._target, "__init__", None)):
+                    # ``async def __init__``, as Ray Serve allows: build the object, then await its constructor.
+                    instance = self._target.__new__(self._target)
+                    await instance.__init__(*args, **kwargs)
+                    self._instance = instance
+                else:
+                    self._instance = self._target(*args, **kwargs)
+            if user_config is not None:
+                result = self._reconfigure_sync(user_config)
+                if inspect.isawaitable(result):
+                    await result
+        except Exception as exc:
+            return self._failed("the constructor", exc)
+        return None
+
     async def call(self, method: str, *args: Any) -> Any:
-        result = self._method(method)(*args)
-        if inspect.isawaitable(result):
-            result = await result
-        return result
+        next(self._started)
+        try:
+            result = self._method(method)(*args)
+            if inspect.isawaitable(result):
+                result = await result
+            return result
+        finally:
+            next(self._finished)
 
     async def handle_request(self, method: str, args: tuple, kwargs: dict, *values: Any) -> Any:
-        args, kwargs = unflatten(args, kwargs, values)
-        result = self._method(method)(*args, **kwargs)
-        if inspect.isawaitable(result):
-            result = await result
-        return result
+        next(self._started)
+        try:
+            args, kwargs = unflatten(args, kwargs, values)
+            result = self._method(method)(*args, **kwargs)
+            if inspect.isawaitable(result):
+                result = await result
+            return result
+        finally:
+            next(self._finished)
 
     async def handle_http(self, scope: dict, body: bytes) -> HTTPResult:
+        next(self._started)
         try:
             result = self._method("__call__")(make_request(scope, body))
             if inspect.isawaitable(result):
@@ -137,19 +276,47 @@ class AsyncReplica(_ReplicaCore):
             return encode_result(result)
         except Exception as exc:  # a user error becomes an HTTP 500, never a dead proxy
             return encode_error(exc)
+        finally:
+            next(self._finished)
 
-    async def reconfigure(self, user_config: Any) -> None:
-        result = self._reconfigure_sync(user_config)
-        if inspect.isawaitable(result):
-            await result
+    async def reconfigure(self, user_config: Any) -> str | None:
+        try:
+            result = self._reconfigure_sync(user_config)
+            if inspect.isawaitable(result):
+                await result
+        except Exception as exc:
+            return self._failed("reconfigure()", exc)
+        return None
 
-    async def check_health(self) -> bool:  # type: ignore[override]
+    async def check_health(self) -> None:
         fn = getattr(self._instance, "check_health", None)
         if fn is not None:
             result = fn()
             if inspect.isawaitable(result):
                 await result
-        return True
+
+    async def watch(self) -> str:
+        await self._stop_event().wait()
+        return self._replica_id
+
+    async def prepare_for_shutdown(self, wait_loop_s: float, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            await asyncio.sleep(min(wait_loop_s, max(0.0, deadline - time.monotonic())))
+            if self.ongoing() <= 0:
+                break
+        destructor = self._destructor()
+        if destructor is not None:
+            try:
+                result = destructor()
+                if inspect.isawaitable(result):
+                    await result
+            except Exception as exc:
+                self._failed("__del__", exc)
+        self._stop_event().set()
+
+    async def status(self) -> dict:
+        return {**self.ready(), "ongoing": self.ongoing()}
 
 
 async def _awaited(value: Any) -> Any:
@@ -161,5 +328,10 @@ def replica_actor_class(target: Any) -> Any:
     return _ASYNC if is_async_target(target) else _SYNC
 
 
-_SYNC = ray.remote(SyncReplica)
+def replica_concurrency(target: Any, max_ongoing_requests: int) -> int:
+    """``max_concurrency`` for a replica: async actors run control calls in the same pool, so they get room for them."""
+    return max_ongoing_requests + (CONTROL_THREADS if is_async_target(target) else 0)
+
+
+_SYNC = ray.remote(concurrency_groups={"control": CONTROL_THREADS})(SyncReplica)
 _ASYNC = ray.remote(AsyncReplica)

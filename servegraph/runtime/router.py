@@ -1,43 +1,129 @@
-"""Routes one deployment's requests among its replicas from inside the caller.
+"""Routes one deployment's requests among its replicas from inside the caller (the data plane).
 
 Power of two choices on in-flight counts the router tracks itself: each
 submitted request's ObjectRef stays in its replica's list until Ray reports it
 done (checked with ``ray.wait(fetch_local=False)``, so results are never pulled
-into the caller). When every replica has ``max_ongoing_requests`` in flight,
-new requests wait in the caller until one finishes. No controller round trip.
+into the caller). The replica set is pushed to the router by the controller
+(:mod:`.long_poll`); in-flight counts survive those updates. Nothing on the
+request path asks the controller anything.
+
+When every replica has ``max_ongoing_requests`` in flight, callers wait in the
+router in FIFO order: the first waits for any in-flight request to finish, the
+others wait for their turn. ``max_queued_requests`` bounds that queue
+(:class:`BackPressureError` beyond it). A replica whose call failed with actor
+death is dropped at once, before the controller's update arrives.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import dataclasses
 import random
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable
 
 import ray
 from ray import ObjectRef
 from ray.actor import ActorHandle
 
+from ..errors import BackPressureError, DeploymentError
 from .codec import flatten, has_nested_ref
 
 #: The pseudo-method that sends (scope, body) to the ingress's HTTP entry point.
 HTTP = "<http>"
 
-#: How often a waiting async caller looks for a free slot (seconds).
-_POLL_S = 0.001
+#: How long a waiting caller sleeps at most before it looks again (membership changes also wake it).
+_RECHECK_S = 0.1
+
+#: How long callers wait for a deployment's first replica set from the controller.
+MEMBERSHIP_TIMEOUT_S = 60.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Membership:
+    """What the controller pushes to routers about one deployment."""
+
+    #: (replica id, actor) of every replica that takes requests.
+    replicas: tuple[tuple[str, ActorHandle], ...]
+    max_ongoing: int
+    max_queued: int = -1
+    #: How often routers report load, or None when the deployment does not autoscale.
+    metrics_interval_s: float | None = None
+    #: False once the deployment (or its application) is deleted, or when it never existed.
+    exists: bool = True
+
+
+class _Waiter:
+    """A caller waiting for a free replica: a thread (event) or a coroutine (future on its loop)."""
+
+    __slots__ = ("event", "loop", "future")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop | None = None):
+        self.loop = loop
+        self.event = threading.Event() if loop is None else None
+        self.future = loop.create_future() if loop is not None else None
+
+    def wake(self) -> None:
+        if self.event is not None:
+            self.event.set()
+        else:
+            assert self.loop is not None
+            self.loop.call_soon_threadsafe(_resolve, self.future)
+
+
+def _resolve(future: asyncio.Future | None) -> None:
+    if future is not None and not future.done():
+        future.set_result(None)
 
 
 class Router:
-    def __init__(self, deployment: str, replicas: Sequence[ActorHandle], max_ongoing: int):
-        if not replicas:
-            raise ValueError(f"deployment {deployment!r} has no replicas")
+    def __init__(self, app: str, deployment: str, on_queued: Callable[[], None] | None = None):
+        self.app = app
         self.deployment = deployment
-        self.replicas = list(replicas)
-        self.max_ongoing = max_ongoing
-        self._in_flight: list[list[ObjectRef]] = [[] for _ in self.replicas]
+        self.replicas: list[ActorHandle] = []
+        self._ids: list[str] = []
+        self._actor_ids: list[str] = []
+        self._in_flight: list[list[ObjectRef]] = []
+        self.max_ongoing = 1
+        self.max_queued = -1
+        self.metrics_interval_s: float | None = None
+        #: None until the controller's first answer; then whether the deployment exists.
+        self._exists: bool | None = None
+        self._dead: set[str] = set()
+        self._waiters: collections.deque[_Waiter] = collections.deque()
         self._lock = threading.Lock()
         self._rng = random.Random()
+        self._on_queued = on_queued
+        self._created = time.monotonic()
+
+    # Membership ---------------------------------------------------------------------
+    def update(self, membership: Membership) -> None:
+        """Install a new replica set, keeping in-flight counts of replicas that stay."""
+        with self._lock:
+            old = dict(zip(self._ids, self._in_flight, strict=True))
+            live = [(rid, actor) for rid, actor in membership.replicas if actor._actor_id.hex() not in self._dead]
+            self.replicas = [actor for _, actor in live]
+            self._ids = [rid for rid, _ in live]
+            self._actor_ids = [actor._actor_id.hex() for actor in self.replicas]
+            self._in_flight = [old.get(rid, []) for rid in self._ids]
+            self.max_ongoing = membership.max_ongoing
+            self.max_queued = membership.max_queued
+            self.metrics_interval_s = membership.metrics_interval_s
+            self._exists = membership.exists
+            self._wake_head()
+
+    def drop_actor(self, actor_id: str) -> bool:
+        """Stop sending to a replica whose actor died; True if this router had it."""
+        with self._lock:
+            self._dead.add(actor_id)
+            if actor_id not in self._actor_ids:
+                return False
+            i = self._actor_ids.index(actor_id)
+            for column in (self.replicas, self._ids, self._actor_ids, self._in_flight):
+                del column[i]
+            return True
 
     # Counting -------------------------------------------------------------------
     def _prune(self, i: int) -> int:
@@ -47,12 +133,19 @@ class Router:
             self._in_flight[i] = pending
         return len(self._in_flight[i])
 
+    def load(self) -> int:
+        """Requests this router has queued or in flight: what it reports to the autoscaler."""
+        with self._lock:
+            return len(self._waiters) + sum(self._prune(i) for i in range(len(self.replicas)))
+
     def _try_pick(self) -> int | None:
         """A replica with a free slot (fewer in flight of two random ones), or None if all are full."""
         n = len(self.replicas)
         if n == 1:
             if len(self._in_flight[0]) < self.max_ongoing or self._prune(0) < self.max_ongoing:
                 return 0
+            return None
+        if n == 0:
             return None
         i, j = self._rng.sample(range(n), 2)
         ci, cj = self._prune(i), self._prune(j)
@@ -76,31 +169,111 @@ class Router:
         self._in_flight[i].append(ref)
         return ref
 
+    # Waiting ----------------------------------------------------------------------
+    def _wake_head(self) -> None:
+        if self._waiters:
+            self._waiters[0].wake()
+
+    def _check_usable(self) -> None:
+        if self._exists is False:
+            raise DeploymentError(
+                f"deployment {self.deployment!r} of application {self.app!r} does not exist (deleted, or never "
+                "deployed); `servegraph status` lists what runs"
+            )
+        if self._exists is None and time.monotonic() - self._created > MEMBERSHIP_TIMEOUT_S:
+            raise DeploymentError(
+                f"cannot reach the servegraph controller to learn the replicas of {self.deployment!r} "
+                f"(waited {MEMBERSHIP_TIMEOUT_S:g}s); is the application deployed on this cluster?"
+            )
+
+    def _enqueue(self, waiter: _Waiter) -> None:
+        if 0 <= self.max_queued <= len(self._waiters):
+            raise BackPressureError(
+                f"deployment {self.deployment!r}: {len(self._waiters)} requests are already queued in this "
+                f"handle (max_queued_requests={self.max_queued}) and every replica is busy; retry later"
+            )
+        self._waiters.append(waiter)
+        if not self.replicas and self._on_queued is not None:
+            self._on_queued()  # tell the autoscaler now: it may have scaled to zero
+
+    def _turn(self, waiter: _Waiter) -> tuple[int | None, list[ObjectRef] | None]:
+        """Under the lock: a replica index if it is ``waiter``'s turn and a slot is free; else what to wait on."""
+        if self._waiters[0] is not waiter:
+            return None, None
+        self._check_usable()
+        i = self._try_pick()
+        if i is not None:
+            self._waiters.popleft()
+            self._wake_head()
+            return i, None
+        return None, [r for refs in self._in_flight for r in refs]
+
+    def _leave(self, waiter: _Waiter) -> None:
+        with self._lock:
+            if waiter in self._waiters:
+                was_head = self._waiters[0] is waiter
+                self._waiters.remove(waiter)
+                if was_head:
+                    self._wake_head()
+
     # Submitting ------------------------------------------------------------------
     def submit(self, method: str, args: tuple, kwargs: dict, timeout_s: float | None = None) -> ObjectRef:
-        """Send a request, blocking only while every replica is full."""
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        while True:
-            with self._lock:
+        """Send a request, blocking only while every replica is full (or none is known yet)."""
+        with self._lock:
+            if not self._waiters and self._exists:
                 i = self._try_pick()
                 if i is not None:
                     return self._send(i, method, args, kwargs)
-                waiting = [r for refs in self._in_flight for r in refs]
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                raise TimeoutError(f"every replica of {self.deployment!r} stayed busy for {timeout_s}s")
-            ray.wait(waiting, num_returns=1, timeout=remaining, fetch_local=False)
+            waiter = _Waiter()
+            self._enqueue(waiter)
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        try:
+            while True:
+                with self._lock:
+                    i, refs = self._turn(waiter)
+                    if i is not None:
+                        return self._send(i, method, args, kwargs)
+                remaining = _RECHECK_S if deadline is None else min(_RECHECK_S, deadline - time.monotonic())
+                if remaining <= 0:
+                    raise TimeoutError(f"every replica of {self.deployment!r} stayed busy for {timeout_s}s")
+                if refs:
+                    ray.wait(refs, num_returns=1, timeout=remaining, fetch_local=False)
+                else:
+                    assert waiter.event is not None
+                    waiter.event.wait(remaining)
+                    waiter.event.clear()
+        except BaseException:
+            self._leave(waiter)
+            raise
 
     async def submit_async(self, method: str, args: tuple, kwargs: dict) -> ObjectRef:
         """Send a request from an event loop; waits (without blocking the loop) while every replica is full."""
-        while True:
-            with self._lock:
+        with self._lock:
+            if not self._waiters and self._exists:
                 i = self._try_pick()
                 if i is not None:
                     return self._send(i, method, args, kwargs)
-            await asyncio.sleep(_POLL_S)
+            waiter = _Waiter(asyncio.get_running_loop())
+            self._enqueue(waiter)
+        try:
+            while True:
+                with self._lock:
+                    i, refs = self._turn(waiter)
+                    if i is not None:
+                        return self._send(i, method, args, kwargs)
+                if refs:
+                    await asyncio.to_thread(ray.wait, refs, num_returns=1, timeout=_RECHECK_S, fetch_local=False)
+                else:
+                    assert waiter.future is not None and waiter.loop is not None
+                    await asyncio.wait({waiter.future}, timeout=_RECHECK_S)
+                    if waiter.future.done():
+                        waiter.future = waiter.loop.create_future()
+        except BaseException:
+            self._leave(waiter)
+            raise
 
     def any_replica(self) -> ActorHandle:
-        return self.replicas[self._rng.randrange(len(self.replicas))]
-
-
+        with self._lock:
+            if not self.replicas:
+                raise DeploymentError(f"deployment {self.deployment!r} has no running replica")
+            return self.replicas[self._rng.randrange(len(self.replicas))]

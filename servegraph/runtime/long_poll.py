@@ -1,0 +1,157 @@
+"""How every process learns replica sets from the controller and reports load to it.
+
+One :class:`RuntimeClient` per process (driver, replica, HTTP proxy) owns the
+process's routers. A daemon thread keeps one long-poll call open on the
+controller (``Controller.listen``): the call returns as soon as the replica set
+of any deployment the process routes to changes, and the thread installs the
+new sets in the routers. Requests never wait for the controller; a router keeps
+its last replica set while the controller is down or restarting, and the
+thread reconnects when it is back (as Ray Serve's ``_private/long_poll.py``).
+
+The same thread reports each autoscaled deployment's load (queued plus in
+flight) every ``metrics_interval_s``, and at once when a request waits for a
+deployment that has no replica (scale from zero).
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+import uuid
+from typing import Any
+
+import ray
+
+from .cluster import CONTROLLER_NAME, NAMESPACE
+from .router import Membership, Router
+
+#: Seconds between attempts to reach a controller that is down.
+_RECONNECT_S = 0.5
+
+Key = tuple[str, str]  # (application, deployment)
+
+
+class RuntimeClient:
+    def __init__(self) -> None:
+        self._routers: dict[Key, Router] = {}
+        self._versions: dict[Key, Any] = {}
+        self._lock = threading.Lock()
+        self._events: queue.Queue[tuple] = queue.Queue()
+        self._generation = 0
+        self._controller: Any = None
+        # Identifies this process's reports to the autoscaler; not part of any output.
+        self.client_id = f"{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._thread = threading.Thread(target=self._run, name="servegraph-long-poll", daemon=True)
+        self._thread.start()
+
+    # Routers ---------------------------------------------------------------------------
+    def router(self, app: str, deployment: str) -> Router:
+        key = (app, deployment)
+        router = self._routers.get(key)
+        if router is not None:
+            return router
+        with self._lock:
+            router = self._routers.get(key)
+            if router is None:
+                router = Router(app, deployment, on_queued=self.poke)
+                self._routers[key] = router
+                self._events.put(("subscribe",))
+        return router
+
+    def drop_actor(self, actor_id: str) -> None:
+        """A call to this actor failed with actor death: no router of this process uses it again."""
+        for router in list(self._routers.values()):
+            router.drop_actor(actor_id)
+
+    def poke(self) -> None:
+        """Report load now (a request waits for a deployment with no replica)."""
+        self._events.put(("report",))
+
+    # The thread ------------------------------------------------------------------------
+    def _run(self) -> None:
+        next_report = time.monotonic()
+        while True:
+            interval = self._report_interval()
+            timeout = None if interval is None else max(0.0, next_report - time.monotonic())
+            try:
+                event = self._events.get(timeout=timeout)
+            except queue.Empty:
+                event = ("report",)
+            try:
+                kind = event[0]
+                if kind == "subscribe":
+                    self._listen()
+                elif kind == "reply":
+                    self._on_reply(*event[1:])
+                elif kind == "report":
+                    self._report()
+                    next_report = time.monotonic() + (interval or 1.0)
+            except Exception:  # the thread must outlive any one failure; the next event retries
+                time.sleep(_RECONNECT_S)
+                self._controller = None
+                self._events.put(("subscribe",))
+
+    def _report_interval(self) -> float | None:
+        intervals = [r.metrics_interval_s for r in list(self._routers.values()) if r.metrics_interval_s]
+        return min(intervals) if intervals else None
+
+    def _get_controller(self) -> Any:
+        while self._controller is None:
+            try:
+                self._controller = ray.get_actor(CONTROLLER_NAME, namespace=NAMESPACE)
+            except ValueError:  # not running (being restarted, or shut down): keep the last replica sets
+                time.sleep(_RECONNECT_S)
+        return self._controller
+
+    def _listen(self) -> None:
+        """Open a new long-poll call covering every router; an older one's answer is still applied."""
+        controller = self._get_controller()
+        self._generation += 1
+        generation = self._generation
+        with self._lock:
+            snapshot = {key: self._versions.get(key) for key in self._routers}
+        future = controller.listen.remote(snapshot).future()
+        future.add_done_callback(lambda f: self._events.put(("reply", generation, f)))
+
+    def _on_reply(self, generation: int, future: Any) -> None:
+        try:
+            updates: dict[Key, tuple[Any, Membership]] = future.result()
+        except Exception:  # the controller died mid-call; find it (or its successor) again
+            if generation == self._generation:
+                time.sleep(_RECONNECT_S)
+                self._controller = None
+                self._listen()
+            return
+        for key, (version, membership) in updates.items():
+            known = self._versions.get(key)
+            if known is not None and version <= known:
+                continue  # an older call's stale answer
+            self._versions[key] = version
+            router = self._routers.get(key)
+            if router is not None:
+                router.update(membership)
+        if generation == self._generation:
+            self._listen()
+
+    def _report(self) -> None:
+        loads = {key: router.load() for key, router in list(self._routers.items()) if router.metrics_interval_s}
+        if loads:
+            self._get_controller().record_metrics.remote(self.client_id, loads)
+
+
+_CLIENT: RuntimeClient | None = None
+_CLIENT_LOCK = threading.Lock()
+
+
+def runtime_client() -> RuntimeClient:
+    """This process's client (started on first use)."""
+    global _CLIENT
+    client = _CLIENT
+    if client is None:
+        with _CLIENT_LOCK:
+            if _CLIENT is None:
+                _CLIENT = RuntimeClient()
+            client = _CLIENT
+    return client
