@@ -51,8 +51,7 @@ def _prepare(config_path: str) -> tuple[Any, list[tuple[Any, Any, Any]]]:
     config = load_config(config_path)
     prepared = []
     for app in config.applications:
-        import_path = app.import_path if ":" in app.import_path else ":".join(app.import_path.rsplit(".", 1))
-        node = load_app(import_path)
+        node = load_app(app.graph)
         overrides = deployment_overrides(app)
         check_overrides(compile(node), overrides)
         prepared.append((app, node, overrides))
