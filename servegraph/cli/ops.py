@@ -3,44 +3,14 @@
 from __future__ import annotations
 
 import json
-import logging
-import os
-import subprocess
 import sys
 from typing import Any
 
 import click
 
 from .common import user_errors
+from .connect import cluster_options, connect, no_cluster_message
 from .load import load_app
-
-
-def connect(start_if_missing: bool) -> bool:
-    """Connect to RAY_ADDRESS or a cluster running on this machine; optionally start one that outlives us.
-
-    Returns False when there is no cluster and ``start_if_missing`` is off.
-    """
-    import ray
-
-    if ray.is_initialized():
-        return True
-    address = os.environ.get("RAY_ADDRESS", "auto")
-    try:
-        ray.init(address=address, namespace="servegraph", logging_level=logging.ERROR, log_to_driver=False)
-        return True
-    except ConnectionError:
-        if address != "auto" or not start_if_missing:
-            if address != "auto":
-                raise click.ClickException(f"cannot connect to the Ray cluster at RAY_ADDRESS={address}") from None
-            return False
-    click.echo("No Ray cluster is running here; starting a local one (`ray stop` ends it)...", err=True)
-    subprocess.run(
-        [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--include-dashboard=false", "--disable-usage-stats"],
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )
-    ray.init(address="auto", namespace="servegraph", logging_level=logging.ERROR, log_to_driver=False)
-    return True
 
 
 def _prepare(config_path: str) -> tuple[Any, list[tuple[Any, Any, Any]]]:
@@ -61,8 +31,9 @@ def _prepare(config_path: str) -> tuple[Any, list[tuple[Any, Any, Any]]]:
 @click.command("deploy")
 @click.argument("config_path", type=click.Path(exists=True, dir_okay=False))
 @click.option("--no-resource-check", is_flag=True, help="Deploy even if the cluster lacks resources now.")
-def deploy_cmd(config_path: str, no_resource_check: bool) -> None:
-    """Apply a deploy config (from `servegraph build`) to the cluster: RAY_ADDRESS, the one running here, or a new one.
+@cluster_options
+def deploy_cmd(config_path: str, no_resource_check: bool, address: str | None, connect_timeout: float) -> None:
+    """Apply a deploy config (from `servegraph build`) to the cluster: --address, RAY_ADDRESS, the recorded one, or a new one.
 
     Config values override the code's options. Re-deploying touches only the
     deployments that changed; a user_config change alone reconfigures live replicas.
@@ -72,7 +43,7 @@ def deploy_cmd(config_path: str, no_resource_check: bool) -> None:
 
     with user_errors():
         config, prepared = _prepare(config_path)
-        connect(start_if_missing=True)
+        connect(address, connect_timeout, start_if_missing="servegraph deploy")
         http = config.http_options
         compiled_apps = []
         for app, node, overrides in prepared:
@@ -93,11 +64,14 @@ def deploy_cmd(config_path: str, no_resource_check: bool) -> None:
 
 @click.command("status")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def status_cmd(as_json: bool) -> None:
+@cluster_options
+def status_cmd(as_json: bool, address: str | None, connect_timeout: float) -> None:
     """Applications, deployments and replica counts by state on the running cluster."""
     with user_errors():
-        if not connect(start_if_missing=False):
-            click.echo("No Ray cluster is running (set RAY_ADDRESS to use a remote one).", err=True)
+        if connect(address, connect_timeout) is None:
+            if as_json:  # stdout stays JSON, for scripts that parse it
+                click.echo(json.dumps({"cluster": None, "error": no_cluster_message()}, indent=2))
+            click.echo(no_cluster_message(), err=True)
             sys.exit(1)
         from ..runtime.api import status
 
@@ -141,18 +115,49 @@ def status_cmd(as_json: bool) -> None:
 
 @click.command("shutdown")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
-def shutdown_cmd(yes: bool) -> None:
+@cluster_options
+def shutdown_cmd(yes: bool, address: str | None, connect_timeout: float) -> None:
     """Delete every application, the HTTP proxy and the controller."""
     with user_errors():
-        if not connect(start_if_missing=False):
-            click.echo("No Ray cluster is running; nothing to shut down.")
+        if connect(address, connect_timeout) is None:
+            click.echo(no_cluster_message() + " Nothing to shut down.")
             return
-        if not yes and sys.stdin.isatty() and not click.confirm("Delete every servegraph application?"):
-            return
-        from ..runtime.api import shutdown
+        from ..runtime.api import shutdown, status
 
+        names = sorted(status().applications)
+        if not names:
+            shutdown()  # the controller and proxy may still be up with no applications
+            click.echo("No servegraph applications were running; nothing to delete.")
+            return
+        if not yes and sys.stdin.isatty() and not click.confirm(f"Delete {', '.join(names)}?"):
+            return
         shutdown()
-        click.echo("All servegraph applications were deleted.")
+        click.echo(f"Deleted {len(names)} application(s): {', '.join(names)}.")
 
 
-__all__ = ["deploy_cmd", "shutdown_cmd", "status_cmd"]
+@click.command("delete")
+@click.argument("app_names", nargs=-1, required=True, metavar="APP...")
+@cluster_options
+def delete_cmd(app_names: tuple[str, ...], address: str | None, connect_timeout: float) -> None:
+    """Delete the applications APP... and their replicas; the others keep running."""
+    with user_errors():
+        if connect(address, connect_timeout) is None:
+            click.echo(no_cluster_message(), err=True)
+            sys.exit(1)
+        from ..runtime.api import delete, status
+
+        running = status().applications
+        missing = [n for n in app_names if n not in running]
+        if missing:
+            click.echo(
+                f"Error: no application named {', '.join(map(repr, missing))}; running: "
+                f"{', '.join(sorted(running)) or 'none'}",
+                err=True,
+            )
+            sys.exit(1)
+        for name in app_names:
+            delete(name)
+            click.echo(f"Deleted application {name!r}.")
+
+
+__all__ = ["delete_cmd", "deploy_cmd", "shutdown_cmd", "status_cmd"]
