@@ -19,6 +19,7 @@ def _prepare(config_path: str) -> tuple[Any, list[tuple[Any, Any, Any]]]:
     from ..compiler.config_schema import check_overrides, deployment_overrides, load_config
 
     config = load_config(config_path)
+    _refuse_unapplied_http_options(config, config_path)
     prepared = []
     for app in config.applications:
         node = load_app(app.graph)
@@ -26,6 +27,33 @@ def _prepare(config_path: str) -> tuple[Any, list[tuple[Any, Any, Any]]]:
         check_overrides(compile(node), overrides)
         prepared.append((app, node, overrides))
     return config, prepared
+
+
+#: http_options servegraph's runtime does not pass to its proxy yet (the proxy can apply them, see
+#: runtime/proxy.py HTTP_OPTION_DEFAULTS, once the controller hands them over), with the value that is honoured.
+_HTTP_OPTIONS_HONOURED_ONLY_AS = {
+    "root_path": "",
+    "request_timeout_s": None,
+    "keep_alive_timeout_s": 90,
+    "ssl_keyfile": None,
+    "ssl_certfile": None,
+    "ssl_keyfile_password": None,
+    "ssl_ca_certs": None,
+}
+
+
+def _refuse_unapplied_http_options(config: Any, source: str) -> None:
+    """A config asking for TLS or timeouts servegraph would not apply is refused, never served without them."""
+    from ..errors import ConfigError
+
+    unapplied = [k for k, v in _HTTP_OPTIONS_HONOURED_ONLY_AS.items() if getattr(config.http_options, k) != v]
+    if unapplied:
+        fields = ", ".join(f"http_options.{k}" for k in unapplied)
+        raise ConfigError(
+            f"{source}: {fields}: servegraph deploy does not apply {'this' if len(unapplied) == 1 else 'these'} yet "
+            "and will not serve without them (a config asking for TLS must not serve plain HTTP); remove them, "
+            "or run this config on Ray Serve, which applies them: serve deploy " + source
+        )
 
 
 @click.command("deploy")
