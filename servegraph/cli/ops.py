@@ -104,6 +104,7 @@ def status_cmd(as_json: bool, address: str | None, connect_timeout: float) -> No
         from ..runtime.api import status
 
         current = status()
+        replicas = _replica_lists()
     data: dict[str, Any] = {
         "proxy": current.proxy,
         "applications": {
@@ -112,7 +113,12 @@ def status_cmd(as_json: bool, address: str | None, connect_timeout: float) -> No
                 "route_prefix": app.route_prefix,
                 "message": app.message,
                 "deployments": {
-                    d: {"status": dep.status, "replica_states": dep.replica_states} for d, dep in app.deployments.items()
+                    d: {
+                        "status": dep.status,
+                        "replica_states": dep.replica_states,
+                        **({"replicas": replicas[(name, d)]} if (name, d) in replicas else {}),
+                    }
+                    for d, dep in app.deployments.items()
                 },
             }
             for name, app in current.applications.items()
@@ -131,6 +137,10 @@ def status_cmd(as_json: bool, address: str | None, connect_timeout: float) -> No
         first = True
         for dname, dep in app["deployments"].items():
             states = ", ".join(f"{k} {v}" for k, v in sorted(dep["replica_states"].items())) or "none"
+            # One line per replica where the controller reports them: state, node, pid.
+            for r in dep.get("replicas", []):
+                node = str(r.get("node_id") or "?")[:12]
+                states += f"\n  {r.get('replica_id', '?')}: {r.get('state', '?')} on node {node}, pid {r.get('pid', '?')}"
             table.add_row(
                 name if first else "", str(app["route_prefix"]) if first else "", app["status"] if first else "", dname, states
             )
@@ -139,6 +149,24 @@ def status_cmd(as_json: bool, address: str | None, connect_timeout: float) -> No
         click.echo("No applications are running.")
         return
     Console(width=120).print(table)
+
+
+def _replica_lists() -> dict[tuple[str, str], list[dict[str, Any]]]:
+    """Each deployment's replicas (replica_id, state, node_id, pid, actor_name), where the controller reports them."""
+    import ray
+
+    from ..runtime.api import _controller
+
+    controller = _controller(create=False)
+    if controller is None:
+        return {}
+    raw = ray.get(controller.status.remote(), timeout=60)
+    out = {}
+    for app_name, app in raw.get("applications", {}).items():
+        for dep_name, dep in app.get("deployments", {}).items():
+            if isinstance(dep.get("replicas"), list):
+                out[(app_name, dep_name)] = [dict(r) for r in dep["replicas"]]
+    return out
 
 
 @click.command("shutdown")
