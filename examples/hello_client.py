@@ -1,9 +1,15 @@
-"""Client for hello.py: sends the seed's request and prints the answer (Hola Dora)."""
+"""Client for hello.py: sends the seed's request and prints the answer (Hola Dora).
+
+Usage: python hello_client.py [URL]   (default http://localhost:8000, where `servegraph run` serves)
+"""
+
+import sys
 
 # __hello_client_start__
 import requests
 
-response = requests.post("http://localhost:8000", json={"language": "spanish", "name": "Dora"})
+url = sys.argv[1] if len(sys.argv) > 1 else "http://localhost:8000"
+response = requests.post(url, json={"language": "spanish", "name": "Dora"})
 greeting = response.text
 print(greeting)
 # __hello_client_end__

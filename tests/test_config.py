@@ -20,6 +20,7 @@ from goldens import CASE_IDS, CASES, check_golden, fresh_examples
 import servegraph as serve
 from servegraph.cli import main
 from servegraph.cli.load import load_app
+from servegraph.compiler.app import RAY_SERVE_BUILDER
 from servegraph.compiler.config_schema import (
     ServeConfig,
     check_overrides,
@@ -58,7 +59,8 @@ def test_config_yaml_matches_golden(examples, stem, target):
     text = build(target).to_yaml()
     check_golden(f"{stem}.yaml", text)
     config = validate_config(yaml.safe_load(text))  # what build writes, load accepts
-    assert [a.import_path for a in config.applications] == [target]
+    assert [a.import_path for a in config.applications] == [RAY_SERVE_BUILDER]
+    assert [a.graph for a in config.applications] == [target]
 
 
 @pytest.mark.parametrize("stem,target", CASES, ids=CASE_IDS)
@@ -348,7 +350,8 @@ def test_to_config_needs_an_import_path():
     config = compiled.with_app(import_path="mymodule:graph", name="scaler", route_prefix="/scale").to_config()
     assert config["applications"][0]["name"] == "scaler"
     assert config["applications"][0]["route_prefix"] == "/scale"
-    assert config["applications"][0]["import_path"] == "mymodule:graph"
+    assert config["applications"][0]["import_path"] == RAY_SERVE_BUILDER
+    assert config["applications"][0]["args"] == {"graph": "mymodule:graph"}
 
 
 def test_config_keeps_options_the_code_sets():
@@ -379,7 +382,7 @@ def test_kubernetes_manifest_embeds_a_valid_config(examples, tmp_path):
     assert manifest["kind"] == "RayService"
     assert manifest["metadata"]["name"] == "pipeline-app"
     embedded = validate_config(yaml.safe_load(manifest["spec"]["serveConfigV2"]))
-    assert embedded.applications[0].import_path == "pipeline:app"
+    assert embedded.applications[0].graph == "pipeline:app"
     assert [d.name for d in embedded.applications[0].deployments] == ["combine", "LengthModel", "preprocess", "VowelModel"]
     assert load_config(out).applications[0].name == "app1"  # load_config reads a RayService too
 
@@ -440,7 +443,7 @@ def test_build_several_targets_as_serve_build_names_them(examples):
     result = CliRunner().invoke(main, ["build", "hello:language_classifier", "pipeline:app"])
     assert result.exit_code == 0, result.output
     apps = yaml.safe_load(result.stdout)["applications"]
-    assert [(a["name"], a["route_prefix"], a["import_path"]) for a in apps] == [
+    assert [(a["name"], a["route_prefix"], a["args"]["graph"]) for a in apps] == [
         ("app1", "/app1", "hello:language_classifier"),
         ("app2", "/app2", "pipeline:app"),
     ]
@@ -490,7 +493,7 @@ def test_build_takes_a_sg_file_and_names_its_graph_in_the_import_path(examples, 
     result = CliRunner().invoke(main, ["build", "hello.sg", "-o", str(out)])
     assert result.exit_code == 0, result.output
     app = validate_config(yaml.safe_load(out.read_text())).applications[0]
-    assert app.import_path == "hello.sg:language_classifier"
+    assert app.graph == "hello.sg:language_classifier"
     assert [d.name for d in app.deployments] == ["SpanishResponder", "FrenchResponder", "LanguageClassifier"]
 
 

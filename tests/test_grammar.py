@@ -329,7 +329,7 @@ def test_cli_export_prints_sg_text(monkeypatch):
     result = CliRunner().invoke(main, ["export", "hello:language_classifier", "--name", "hello"])
     assert result.exit_code == 0, result.output
     assert result.output.startswith("from hello import FrenchResponder, LanguageClassifier, SpanishResponder\n")
-    assert "graph hello {" in result.output
+    assert 'graph hello at "/" {' in result.output  # the route is kept (issue 10)
 
 
 def test_cli_export_of_something_unexportable_exits_1(monkeypatch):

@@ -15,7 +15,7 @@ from .load import load_app
 
 
 @click.command("build")
-@click.argument("targets", nargs=-1, required=True, metavar="MODULE:ATTR...")
+@click.argument("targets", nargs=-1, required=True, metavar="MODULE:ATTR|FILE.sg...")
 @click.option("-o", "--output", default=None, type=click.Path(dir_okay=False), help="Write to this file (default: stdout).")
 @click.option(
     "--format",
@@ -56,10 +56,12 @@ def build_cmd(
     port: int,
     image: str | None,
 ) -> None:
-    """Compile the graphs MODULE:ATTR... into a deploy config, each graph one application.
+    """Compile the graphs (MODULE:ATTR, or .sg files) into a deploy config, each graph one application.
 
-    The config is validated before it is written. `servegraph deploy FILE`
-    applies it; options edited in it override those in the code.
+    The config is validated before it is written. It runs on servegraph
+    (`servegraph deploy FILE`) and on Ray Serve (`serve run FILE`, `serve
+    deploy FILE`, KubeRay with --format kubernetes); options edited in it
+    override those in the code.
     """
     if len(names) > len(targets) or len(route_prefixes) > len(targets):
         raise click.UsageError("give --name and --route-prefix at most once per target")

@@ -3,44 +3,14 @@
 from __future__ import annotations
 
 import json
-import logging
-import os
-import subprocess
 import sys
 from typing import Any
 
 import click
 
 from .common import user_errors
+from .connect import cluster_options, connect, no_cluster_message
 from .load import load_app
-
-
-def connect(start_if_missing: bool) -> bool:
-    """Connect to RAY_ADDRESS or a cluster running on this machine; optionally start one that outlives us.
-
-    Returns False when there is no cluster and ``start_if_missing`` is off.
-    """
-    import ray
-
-    if ray.is_initialized():
-        return True
-    address = os.environ.get("RAY_ADDRESS", "auto")
-    try:
-        ray.init(address=address, namespace="servegraph", logging_level=logging.ERROR, log_to_driver=False)
-        return True
-    except ConnectionError:
-        if address != "auto" or not start_if_missing:
-            if address != "auto":
-                raise click.ClickException(f"cannot connect to the Ray cluster at RAY_ADDRESS={address}") from None
-            return False
-    click.echo("No Ray cluster is running here; starting a local one (`ray stop` ends it)...", err=True)
-    subprocess.run(
-        [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--include-dashboard=false", "--disable-usage-stats"],
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )
-    ray.init(address="auto", namespace="servegraph", logging_level=logging.ERROR, log_to_driver=False)
-    return True
 
 
 def _prepare(config_path: str) -> tuple[Any, list[tuple[Any, Any, Any]]]:
@@ -49,21 +19,49 @@ def _prepare(config_path: str) -> tuple[Any, list[tuple[Any, Any, Any]]]:
     from ..compiler.config_schema import check_overrides, deployment_overrides, load_config
 
     config = load_config(config_path)
+    _refuse_unapplied_http_options(config, config_path)
     prepared = []
     for app in config.applications:
-        import_path = app.import_path if ":" in app.import_path else ":".join(app.import_path.rsplit(".", 1))
-        node = load_app(import_path)
+        node = load_app(app.graph)
         overrides = deployment_overrides(app)
         check_overrides(compile(node), overrides)
         prepared.append((app, node, overrides))
     return config, prepared
 
 
+#: http_options servegraph's runtime does not pass to its proxy yet (the proxy can apply them, see
+#: runtime/proxy.py HTTP_OPTION_DEFAULTS, once the controller hands them over), with the value that is honoured.
+_HTTP_OPTIONS_HONOURED_ONLY_AS = {
+    "root_path": "",
+    "request_timeout_s": None,
+    "keep_alive_timeout_s": 90,
+    "ssl_keyfile": None,
+    "ssl_certfile": None,
+    "ssl_keyfile_password": None,
+    "ssl_ca_certs": None,
+}
+
+
+def _refuse_unapplied_http_options(config: Any, source: str) -> None:
+    """A config asking for TLS or timeouts servegraph would not apply is refused, never served without them."""
+    from ..errors import ConfigError
+
+    unapplied = [k for k, v in _HTTP_OPTIONS_HONOURED_ONLY_AS.items() if getattr(config.http_options, k) != v]
+    if unapplied:
+        fields = ", ".join(f"http_options.{k}" for k in unapplied)
+        raise ConfigError(
+            f"{source}: {fields}: servegraph deploy does not apply {'this' if len(unapplied) == 1 else 'these'} yet "
+            "and will not serve without them (a config asking for TLS must not serve plain HTTP); remove them, "
+            "or run this config on Ray Serve, which applies them: serve deploy " + source
+        )
+
+
 @click.command("deploy")
 @click.argument("config_path", type=click.Path(exists=True, dir_okay=False))
 @click.option("--no-resource-check", is_flag=True, help="Deploy even if the cluster lacks resources now.")
-def deploy_cmd(config_path: str, no_resource_check: bool) -> None:
-    """Apply a deploy config (from `servegraph build`) to the cluster: RAY_ADDRESS, the one running here, or a new one.
+@cluster_options
+def deploy_cmd(config_path: str, no_resource_check: bool, address: str | None, connect_timeout: float) -> None:
+    """Apply a deploy config (from `servegraph build`) to the cluster: --address, RAY_ADDRESS, the recorded one, or a new one.
 
     Config values override the code's options. Re-deploying touches only the
     deployments that changed; a user_config change alone reconfigures live replicas.
@@ -73,7 +71,7 @@ def deploy_cmd(config_path: str, no_resource_check: bool) -> None:
 
     with user_errors():
         config, prepared = _prepare(config_path)
-        connect(start_if_missing=True)
+        connect(address, connect_timeout, start_if_missing="servegraph deploy")
         http = config.http_options
         compiled_apps = []
         for app, node, overrides in prepared:
@@ -94,15 +92,19 @@ def deploy_cmd(config_path: str, no_resource_check: bool) -> None:
 
 @click.command("status")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def status_cmd(as_json: bool) -> None:
+@cluster_options
+def status_cmd(as_json: bool, address: str | None, connect_timeout: float) -> None:
     """Applications, deployments and replica counts by state on the running cluster."""
     with user_errors():
-        if not connect(start_if_missing=False):
-            click.echo("No Ray cluster is running (set RAY_ADDRESS to use a remote one).", err=True)
+        if connect(address, connect_timeout) is None:
+            if as_json:  # stdout stays JSON, for scripts that parse it
+                click.echo(json.dumps({"cluster": None, "error": no_cluster_message()}, indent=2))
+            click.echo(no_cluster_message(), err=True)
             sys.exit(1)
         from ..runtime.api import status
 
         current = status()
+        replicas = _replica_lists()
     data: dict[str, Any] = {
         "proxy": current.proxy,
         "applications": {
@@ -111,7 +113,12 @@ def status_cmd(as_json: bool) -> None:
                 "route_prefix": app.route_prefix,
                 "message": app.message,
                 "deployments": {
-                    d: {"status": dep.status, "replica_states": dep.replica_states} for d, dep in app.deployments.items()
+                    d: {
+                        "status": dep.status,
+                        "replica_states": dep.replica_states,
+                        **({"replicas": replicas[(name, d)]} if (name, d) in replicas else {}),
+                    }
+                    for d, dep in app.deployments.items()
                 },
             }
             for name, app in current.applications.items()
@@ -130,6 +137,10 @@ def status_cmd(as_json: bool) -> None:
         first = True
         for dname, dep in app["deployments"].items():
             states = ", ".join(f"{k} {v}" for k, v in sorted(dep["replica_states"].items())) or "none"
+            # One line per replica where the controller reports them: state, node, pid.
+            for r in dep.get("replicas", []):
+                node = str(r.get("node_id") or "?")[:12]
+                states += f"\n  {r.get('replica_id', '?')}: {r.get('state', '?')} on node {node}, pid {r.get('pid', '?')}"
             table.add_row(
                 name if first else "", str(app["route_prefix"]) if first else "", app["status"] if first else "", dname, states
             )
@@ -140,20 +151,69 @@ def status_cmd(as_json: bool) -> None:
     Console(width=120).print(table)
 
 
+def _replica_lists() -> dict[tuple[str, str], list[dict[str, Any]]]:
+    """Each deployment's replicas (replica_id, state, node_id, pid, actor_name), where the controller reports them."""
+    import ray
+
+    from ..runtime.api import _controller
+
+    controller = _controller(create=False)
+    if controller is None:
+        return {}
+    raw = ray.get(controller.status.remote(), timeout=60)
+    out = {}
+    for app_name, app in raw.get("applications", {}).items():
+        for dep_name, dep in app.get("deployments", {}).items():
+            if isinstance(dep.get("replicas"), list):
+                out[(app_name, dep_name)] = [dict(r) for r in dep["replicas"]]
+    return out
+
+
 @click.command("shutdown")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
-def shutdown_cmd(yes: bool) -> None:
+@cluster_options
+def shutdown_cmd(yes: bool, address: str | None, connect_timeout: float) -> None:
     """Delete every application, the HTTP proxy and the controller."""
     with user_errors():
-        if not connect(start_if_missing=False):
-            click.echo("No Ray cluster is running; nothing to shut down.")
+        if connect(address, connect_timeout) is None:
+            click.echo(no_cluster_message() + " Nothing to shut down.")
             return
-        if not yes and sys.stdin.isatty() and not click.confirm("Delete every servegraph application?"):
-            return
-        from ..runtime.api import shutdown
+        from ..runtime.api import shutdown, status
 
+        names = sorted(status().applications)
+        if not names:
+            shutdown()  # the controller and proxy may still be up with no applications
+            click.echo("No servegraph applications were running; nothing to delete.")
+            return
+        if not yes and sys.stdin.isatty() and not click.confirm(f"Delete {', '.join(names)}?"):
+            return
         shutdown()
-        click.echo("All servegraph applications were deleted.")
+        click.echo(f"Deleted {len(names)} application(s): {', '.join(names)}.")
 
 
-__all__ = ["deploy_cmd", "shutdown_cmd", "status_cmd"]
+@click.command("delete")
+@click.argument("app_names", nargs=-1, required=True, metavar="APP...")
+@cluster_options
+def delete_cmd(app_names: tuple[str, ...], address: str | None, connect_timeout: float) -> None:
+    """Delete the applications APP... and their replicas; the others keep running."""
+    with user_errors():
+        if connect(address, connect_timeout) is None:
+            click.echo(no_cluster_message(), err=True)
+            sys.exit(1)
+        from ..runtime.api import delete, status
+
+        running = status().applications
+        missing = [n for n in app_names if n not in running]
+        if missing:
+            click.echo(
+                f"Error: no application named {', '.join(map(repr, missing))}; running: "
+                f"{', '.join(sorted(running)) or 'none'}",
+                err=True,
+            )
+            sys.exit(1)
+        for name in app_names:
+            delete(name)
+            click.echo(f"Deleted application {name!r}.")
+
+
+__all__ = ["delete_cmd", "deploy_cmd", "shutdown_cmd", "status_cmd"]

@@ -20,9 +20,11 @@ from .load import load_app
     help=f"The file to write: {', '.join(FORMATS)} (.svg, .png and .pdf need Graphviz's `dot`).",
 )
 @click.option("--rankdir", type=click.Choice(["LR", "TB"]), default="LR", show_default=True, help="Left to right or top to bottom.")
-@click.option("--name", default=None, help="Graph to draw in a .sg file with several.")
-def render_cmd(target: str, output: str, rankdir: str, name: str | None) -> None:
+@click.option("--graph", "name", default=None, help="Graph to draw in a .sg file with several.")
+@click.option("--name", "old_name", default=None, hidden=True)  # the earlier spelling; run/check say --graph
+def render_cmd(target: str, output: str, rankdir: str, name: str | None, old_name: str | None) -> None:
     """Draw the graph MODULE:ATTR (or a .sg file): deployments, calls, inputs, handles and the ingress."""
+    name = name or old_name
     with user_errors():
         compiled = compile(load_app(target, name=name)).with_app(import_path=target)
         try:

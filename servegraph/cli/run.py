@@ -2,26 +2,70 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
+import socket
 import time
 
 import click
 
+from ..runtime.cluster import NAMESPACE
+from ..runtime.cluster_record import forget_record
 from .common import user_errors
+from .connect import cluster_options, connect, record_started, start_local
 from .load import load_app
+from .portinfo import bind_error, describe_holder
+
+
+def _is_local(ip: str) -> bool:
+    """Whether ``ip`` is an address of this machine (binding to it succeeds only then)."""
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in ip else socket.AF_INET) as s:
+            s.bind((ip, 0))
+        return True
+    except OSError:
+        return False
+
+
+def _check_port(host: str, port: int) -> None:
+    """Fail at once, naming the port and its holder, when the proxy could not listen on host:port.
+
+    Skipped when servegraph's proxy already serves there (it is reused), and on
+    clusters with nodes on other machines, where the proxy may not be on this one.
+    """
+    import ray
+
+    from ..runtime.api import status
+
+    proxy = status().proxy
+    if proxy and (proxy.get("host"), proxy.get("port")) == (host, port):
+        return
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if not nodes or not all(_is_local(n.get("NodeManagerAddress", "")) for n in nodes):
+        return
+    problem = bind_error(host, port)
+    if problem is not None:
+        raise click.ClickException(
+            f"cannot serve HTTP on {host}:{port}: {problem}{describe_holder(host, port)}; "
+            "stop that process or pick another --port"
+        )
 
 
 @click.command("run")
 @click.argument("target")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address the HTTP proxy binds.")
-@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--name", default="default", show_default=True, help="Application name.")
 @click.option("--route-prefix", default=None, help="Where HTTP requests reach the app [default: the .sg graph's `at`, else /].")
 @click.option("--graph", "graph_name", default=None, help="Graph to run from a .sg file with several.")
-@click.option("--address", default=None, help="Ray cluster to use (default: RAY_ADDRESS, else a new local cluster).")
 @click.option("--no-resource-check", is_flag=True, help="Deploy even if the cluster lacks resources now (it may grow).")
-@click.option("--non-blocking", is_flag=True, help="Return after deploying (only useful on an existing cluster).")
+@click.option(
+    "--non-blocking",
+    is_flag=True,
+    help="Return after deploying; without --address/RAY_ADDRESS the new cluster outlives the command.",
+)
+@cluster_options
 def run_cmd(
     target: str,
     host: str,
@@ -29,13 +73,17 @@ def run_cmd(
     name: str,
     route_prefix: str | None,
     graph_name: str | None,
-    address: str | None,
     no_resource_check: bool,
     non_blocking: bool,
+    address: str | None,
+    connect_timeout: float,
 ) -> None:
-    """Deploy TARGET (MODULE:ATTR or a .sg file) and serve it until Ctrl-C."""
-    if address:
-        os.environ["RAY_ADDRESS"] = address
+    """Deploy TARGET (MODULE:ATTR or a .sg file) and serve it until Ctrl-C.
+
+    Uses the cluster at --address (or RAY_ADDRESS); otherwise starts a new local
+    one and records it, so `servegraph status`, `logs`, `delete` ... find it.
+    """
+    started: str | None = None
     with user_errors():
         app = load_app(target, name=graph_name)
         if route_prefix is None and target.endswith(".sg"):
@@ -43,13 +91,28 @@ def run_cmd(
 
             route_prefix = route_prefix_of(target, graph_name)
         route_prefix = route_prefix or "/"
+        explicit = address or os.environ.get("RAY_ADDRESS")
+        if explicit:
+            connect(explicit, connect_timeout)
+        elif non_blocking:
+            connect(start_local("servegraph run"), connect_timeout)
+            started = "detached"
+        else:
+            import ray
+
+            # Ends with this command, as `serve run`'s does.
+            ray.init(namespace=NAMESPACE, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=True)
+            started = record_started("servegraph run")
+            click.echo(f"Ray cluster: {started} (started here; other commands find it while this runs)", err=True)
+        _check_port(host, port)
         from ..runtime.api import run, shutdown
 
         click.echo(f"Deploying {target} as application {name!r}...", err=True)
-        started = time.monotonic()
+        began = time.monotonic()
         run(app, name=name, route_prefix=route_prefix, host=host, port=port, resource_check=not no_resource_check)
         url = f"http://{host}:{port}{route_prefix}"
-        click.echo(f"Deployed {name!r} in {time.monotonic() - started:.1f}s; serving at {url} (Ctrl-C to stop)", err=True)
+        stop = "" if non_blocking else " (Ctrl-C to stop)"
+        click.echo(f"Deployed {name!r} in {time.monotonic() - began:.1f}s; serving at {url}{stop}", err=True)
     if non_blocking:
         return
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
@@ -59,3 +122,5 @@ def run_cmd(
     except KeyboardInterrupt:
         click.echo("Shutting down...", err=True)
         shutdown()
+        if started and started != "detached":
+            forget_record(started)

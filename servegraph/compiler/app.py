@@ -21,6 +21,11 @@ if TYPE_CHECKING:
 #: ``serve build`` names the applications of a config ``app1``, ``app2``, ...
 DEFAULT_APP_NAME = "app1"
 
+#: The application builder configs name as ``import_path``, with the graph's own import path in
+#: ``args.graph``: Ray Serve (``serve run``/``serve deploy``, KubeRay) calls it to get a Ray Serve
+#: application; ``servegraph deploy`` reads ``args.graph`` and runs the graph on servegraph's runtime.
+RAY_SERVE_BUILDER = "servegraph.backends.rayserve:build_app"
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class AppInfo:

@@ -8,9 +8,10 @@ Every field keeps Ray Serve's name, type and meaning (``ServeDeploySchema`` ->
 * Unknown fields are errors (with the closest valid name), where Ray Serve
   ignores some for forward compatibility: a misspelt option must not be
   silently dropped.
-* Fields servegraph cannot honour (application builders' ``args``, gang
-  scheduling, request routers, ...) are left out, so they are reported as
-  unknown rather than accepted and ignored.
+* Fields servegraph cannot honour (gang scheduling, request routers, ...) are
+  left out, so they are reported as unknown rather than accepted and ignored.
+  ``args`` is accepted for one application builder only, servegraph's own
+  (:data:`~servegraph.compiler.app.RAY_SERVE_BUILDER`), which both engines run.
 
 A deployment's options in the config override the ones in the code, field by
 field, as in Ray Serve: :func:`deployment_overrides` says which, and
@@ -29,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 from .._validation import closest, format_errors
 from ..dsl.options import AutoscalingConfig, RayActorOptions, make_options
 from ..errors import ConfigError, OptionError, OptionValueError
+from .app import RAY_SERVE_BUILDER
 
 if TYPE_CHECKING:
     from .compiled import CompiledGraph
@@ -159,12 +161,37 @@ class DeploymentConfig(_Schema):
         return self
 
 
+class BuilderArgs(_Schema):
+    """The ``args`` of servegraph's application builder: which graph to build, and how.
+
+    The builder (:data:`~servegraph.compiler.app.RAY_SERVE_BUILDER`) and
+    ``servegraph deploy`` both read ``args`` through this model.
+    """
+
+    #: The graph's own import path: ``module:attr`` or ``FILE.sg:GRAPH``.
+    graph: str = Field(min_length=1)
+    #: Check replicas' resources against the cluster's free ones before deploying. Off by
+    #: default under Ray Serve, whose clusters (KubeRay's autoscaler) grow to fit.
+    resource_check: bool = False
+
+    @field_validator("graph")
+    @classmethod
+    def _graph(cls, value: str) -> str:
+        if value.endswith(".sg"):
+            return value
+        module, sep, attr = value.partition(":")
+        if not sep or not module or not attr:
+            raise ValueError("must be MODULE:ATTR or FILE.sg[:GRAPH], e.g. hello:language_classifier")
+        return value
+
+
 class ApplicationConfig(_Schema):
     """Ray Serve's ``ServeApplicationSchema``: one application of a multi-application config."""
 
     name: str = Field(default=DEFAULT_APP_NAME, min_length=1)
     route_prefix: str | None = "/"
     import_path: str
+    args: BuilderArgs | None = None
     runtime_env: dict[str, Any] = Field(default_factory=dict)
     deployments: list[DeploymentConfig] = Field(default_factory=list)
     logging_config: LoggingConfig | None = None
@@ -196,6 +223,26 @@ class ApplicationConfig(_Schema):
         if not module or not attr or ":" in attr:
             raise ValueError("must be MODULE:ATTR (or MODULE.ATTR), e.g. hello:app")
         return value
+
+    @model_validator(mode="after")
+    def _builder_args(self) -> ApplicationConfig:
+        if self.import_path == RAY_SERVE_BUILDER and self.args is None:
+            raise ValueError(f"import_path {RAY_SERVE_BUILDER} needs args.graph: the graph's MODULE:ATTR")
+        if self.import_path != RAY_SERVE_BUILDER and self.args is not None:
+            raise ValueError(
+                f"args go to an application builder; servegraph runs only its own ({RAY_SERVE_BUILDER}), "
+                f"not {self.import_path}: set import_path to it and args.graph to your graph"
+            )
+        return self
+
+    @property
+    def graph(self) -> str:
+        """The graph's import path (``module:attr`` or ``FILE.sg:GRAPH``), under the builder or not."""
+        if self.args is not None:
+            return self.args.graph
+        if ":" in self.import_path:
+            return self.import_path
+        return ":".join(self.import_path.rsplit(".", 1))
 
     @model_validator(mode="after")
     def _unique_deployments(self) -> ApplicationConfig:

@@ -205,7 +205,7 @@ def rayservice(
     return {
         "apiVersion": "ray.io/v1",
         "kind": "RayService",
-        "metadata": {"name": service_name(config.applications[0].import_path if config.applications else "")},
+        "metadata": {"name": service_name(config.applications[0].graph if config.applications else "")},
         "spec": {"serveConfigV2": config_text, "rayClusterConfig": cluster},
     }
 
@@ -215,7 +215,8 @@ def rayservice_yaml(config: ServeConfig, config_text: str, sources: list[str], *
     manifest = rayservice(config, config_text, **kwargs)
     notes = (
         "A KubeRay RayService serving the Ray Serve config in spec.serveConfigV2.",
-        "The image must hold the code the import paths name (or set runtime_env.working_dir",
-        "to a remote URI): replace the image below with yours.",
+        "The image must have servegraph installed and hold the code args.graph names (or set",
+        "runtime_env.working_dir to a remote URI and runtime_env.pip to [servegraph]):",
+        "replace the image below with yours.",
     )
     return header(sources, *notes) + "\n" + dump_yaml(manifest, blank_lines=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 from typing import Any
@@ -26,6 +27,13 @@ def ensure_connected() -> None:
     if not os.environ.get("RAY_ADDRESS"):
         kwargs["include_dashboard"] = False
     ray.init(**kwargs)
+    if not os.environ.get("RAY_ADDRESS"):
+        # A cluster this process started: the CLI's other commands find it here while it runs.
+        from .cluster_record import forget_record, write_record
+
+        address = ray.get_runtime_context().gcs_address
+        write_record(address, "serve.run")
+        atexit.register(forget_record, address)
 
 
 def cluster_resources() -> dict[str, float]:

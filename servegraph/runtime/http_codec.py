@@ -7,11 +7,35 @@ Request. Results go back as (status, headers, body).
 
 from __future__ import annotations
 
+import contextvars
 import json
+import os
+import sys
 import traceback
 from typing import Any
 
 HTTPResult = tuple[int, list[tuple[str, str]], bytes]
+
+#: The header carrying a request's id from the client (if it sent one) through the proxy to the replica and back.
+REQUEST_ID_HEADER = "x-request-id"
+#: Set to 1 in the proxy's and replicas' environment (development only) to show an error's type and
+#: message in its 500 body; by default the body is generic, as Ray Serve's, and names only the request id.
+ERROR_DETAILS_ENV = "SERVEGRAPH_HTTP_ERROR_DETAILS"
+
+_request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("servegraph_request_id", default=None)
+
+
+def set_request_id(request_id: str | None) -> contextvars.Token:
+    """The id :func:`encode_error` names for the request this task or thread is handling."""
+    return _request_id.set(request_id)
+
+
+def request_id_of(scope: dict) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key.lower() == REQUEST_ID_HEADER.encode():
+            return value.decode("latin-1")
+    return None
+
 
 _SCOPE_KEYS = ("type", "http_version", "method", "scheme", "path", "raw_path", "query_string", "root_path", "headers", "client", "server")
 
@@ -25,6 +49,7 @@ def portable_scope(scope: dict) -> dict:
 def make_request(scope: dict, body: bytes) -> Any:
     from starlette.requests import Request
 
+    set_request_id(request_id_of(scope))  # errors while handling it are logged under its id
     sent = False
 
     async def receive() -> dict:
@@ -62,11 +87,20 @@ def encode_result(value: Any) -> HTTPResult:
 
 
 def encode_error(exc: BaseException) -> HTTPResult:
-    """A user exception: 500 with its type and message; the traceback goes to the log."""
+    """A user exception: a generic 500 naming the request id; the full error goes to this process's log under it.
+
+    A public endpoint must not leak the error's text; set ``SERVEGRAPH_HTTP_ERROR_DETAILS=1``
+    (development) to put the type and message in the body too.
+    """
     if isinstance(exc, json.JSONDecodeError):
         return text(400, f"request body is not valid JSON: {exc}")
-    traceback.print_exception(type(exc), exc, exc.__traceback__)
-    return text(500, f"{type(exc).__name__}: {exc}")
+    request_id = _request_id.get() or "unknown"
+    print(f"servegraph: request {request_id} failed:", file=sys.stderr)
+    traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+    sys.stderr.flush()
+    if os.environ.get(ERROR_DETAILS_ENV, "") not in ("", "0", "false", "False"):
+        return text(500, f"{type(exc).__name__}: {exc} (request id {request_id})")
+    return text(500, f"Internal Server Error (request id {request_id})")
 
 
 def decode_json_body(body: bytes) -> Any:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import os
+import uuid
 from typing import Any
 
 import ray
@@ -17,7 +19,18 @@ import ray
 from ..errors import BackPressureError
 from .codec import loads_with_paths
 from .handle import _PlanTarget, note_actor_death
-from .http_codec import HTTPResult, decode_json_body, encode_error, encode_result, make_request, portable_scope, text
+from .http_codec import (
+    REQUEST_ID_HEADER,
+    HTTPResult,
+    decode_json_body,
+    encode_error,
+    encode_result,
+    make_request,
+    portable_scope,
+    request_id_of,
+    set_request_id,
+    text,
+)
 from .plan import PlanInputError
 from .router import HTTP
 
@@ -38,12 +51,32 @@ def _cause(exc: BaseException) -> BaseException:
     return getattr(exc, "cause", None) or exc
 
 
+#: Largest request body the proxy reads, in bytes (413 beyond it); SERVEGRAPH_MAX_REQUEST_BODY_BYTES overrides.
+DEFAULT_MAX_BODY_BYTES = 100 * 1024 * 1024
+#: Ray Serve's http_options that the proxy applies through uvicorn, with Ray Serve's defaults.
+HTTP_OPTION_DEFAULTS: dict[str, Any] = {
+    "keep_alive_timeout_s": 90,
+    "request_timeout_s": None,
+    "ssl_keyfile": None,
+    "ssl_certfile": None,
+    "ssl_keyfile_password": None,
+    "ssl_ca_certs": None,
+}
+
+
 class HTTPProxy:
-    def __init__(self, host: str, port: int):
+    def __init__(self, host: str, port: int, http_options: dict[str, Any] | None = None):
+        """``http_options``: Ray Serve's names (:data:`HTTP_OPTION_DEFAULTS`), applied through uvicorn."""
         self._host = host
         self._port = port
         self._routes: dict[str, tuple] = {}
         self._server: Any = None
+        unknown = set(http_options or {}) - set(HTTP_OPTION_DEFAULTS)
+        if unknown:
+            raise ValueError(f"the HTTP proxy cannot apply http_options {sorted(unknown)}")
+        self._options = {**HTTP_OPTION_DEFAULTS, **(http_options or {})}
+        self.max_body_bytes = int(os.environ.get("SERVEGRAPH_MAX_REQUEST_BODY_BYTES", DEFAULT_MAX_BODY_BYTES))
+        self.request_timeout_s: float | None = self._options["request_timeout_s"]
 
     async def start(self) -> str | None:
         """Start serving; returns an error message instead if the port cannot be bound."""
@@ -53,8 +86,20 @@ class HTTPProxy:
             # A closure, not a bound method: Ray wraps an actor's methods.
             await _serve_http(self, scope, receive, send)
 
+        options = self._options
         config = uvicorn.Config(
-            asgi, host=self._host, port=self._port, interface="asgi3", lifespan="off", log_level="warning", access_log=False
+            asgi,
+            host=self._host,
+            port=self._port,
+            interface="asgi3",
+            lifespan="off",
+            log_level="warning",
+            access_log=False,
+            timeout_keep_alive=options["keep_alive_timeout_s"],
+            ssl_keyfile=options["ssl_keyfile"],
+            ssl_certfile=options["ssl_certfile"],
+            ssl_keyfile_password=options["ssl_keyfile_password"],
+            ssl_ca_certs=options["ssl_ca_certs"],
         )
         self._server = uvicorn.Server(config)
         task = asyncio.get_running_loop().create_task(self._server.serve())
@@ -137,13 +182,21 @@ class HTTPProxy:
 async def _serve_http(proxy: HTTPProxy, scope: dict, receive: Any, send: Any) -> None:
     if scope["type"] != "http":
         return
-    body = b""
-    more = True
-    while more:
-        message = await receive()
-        body += message.get("body", b"")
-        more = message.get("more_body", False)
-    status, headers, payload = await proxy._handle(scope, body)
+    # The client's id if it sent one, else a new one; the replica sees it in the request's headers.
+    request_id = request_id_of(scope)
+    if request_id is None:
+        request_id = uuid.uuid4().hex
+        scope = {**scope, "headers": [*scope.get("headers", []), (REQUEST_ID_HEADER.encode(), request_id.encode())]}
+    set_request_id(request_id)
+    body = await _read_body(scope, receive, proxy.max_body_bytes)
+    if body is None:
+        status, headers, payload = text(413, f"request body larger than {proxy.max_body_bytes} bytes")
+    else:
+        try:
+            status, headers, payload = await asyncio.wait_for(proxy._handle(scope, body), proxy.request_timeout_s)
+        except asyncio.TimeoutError:
+            status, headers, payload = text(408, f"request timed out after {proxy.request_timeout_s} s (http_options.request_timeout_s)")
+    headers = [*headers, (REQUEST_ID_HEADER, request_id)]
     await send(
         {
             "type": "http.response.start",
@@ -152,3 +205,23 @@ async def _serve_http(proxy: HTTPProxy, scope: dict, receive: Any, send: Any) ->
         }
     )
     await send({"type": "http.response.body", "body": payload})
+
+
+async def _read_body(scope: dict, receive: Any, limit: int) -> bytes | None:
+    """The whole request body, or None past ``limit`` bytes; chunks joined once, not copied per chunk."""
+    for key, value in scope.get("headers", ()):
+        if key.lower() == b"content-length" and value.isdigit() and int(value) > limit:
+            return None
+    chunks: list[bytes] = []
+    size = 0
+    more = True
+    while more:
+        message = await receive()
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return None
+        if chunk:
+            chunks.append(chunk)
+        more = message.get("more_body", False)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
