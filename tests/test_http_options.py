@@ -115,18 +115,33 @@ def test_unknown_http_options_are_refused_by_the_proxy():
         HTTPProxy("127.0.0.1", 1, {"root_path": "/x"})
 
 
-def test_deploy_refuses_http_options_it_would_not_apply(tmp_path, monkeypatch, certificate):
+def test_deploy_refuses_root_path_which_the_proxy_does_not_apply(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    path = tmp_path / "tls.yaml"
+    path = tmp_path / "root.yaml"
     result = CliRunner().invoke(main, ["build", "hello:language_classifier", "-o", str(path)])
     assert result.exit_code == 0, result.output
     config = yaml.safe_load(path.read_text())
-    config["http_options"].update(ssl_keyfile=certificate[0], ssl_certfile=certificate[1])
+    config["http_options"]["root_path"] = "/behind-a-proxy"
     path.write_text(yaml.safe_dump(config))
     result = CliRunner().invoke(main, ["deploy", str(path)])
     assert result.exit_code == 1
-    assert "http_options.ssl_keyfile, http_options.ssl_certfile: servegraph deploy does not apply these yet" in result.output
-    assert "must not serve plain HTTP" in result.output
+    assert "http_options.root_path: servegraph deploy does not apply this yet" in result.output
+
+
+def test_deploy_hands_tls_and_timeouts_to_the_proxy(tmp_path, monkeypatch, certificate):
+    """What `servegraph deploy` gives the controller for the proxy: the config's TLS files and timeouts."""
+    from servegraph.cli.ops import _applied_http_options
+    from servegraph.compiler.config_schema import load_config
+
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "tls.yaml"
+    assert CliRunner().invoke(main, ["build", "hello:language_classifier", "-o", str(path)]).exit_code == 0
+    config = yaml.safe_load(path.read_text())
+    config["http_options"].update(ssl_keyfile=certificate[0], ssl_certfile=certificate[1], request_timeout_s=5)
+    path.write_text(yaml.safe_dump(config))
+    options = _applied_http_options(load_config(str(path)))
+    assert (options["ssl_keyfile"], options["ssl_certfile"], options["request_timeout_s"]) == (*certificate, 5)
+    HTTPProxy("127.0.0.1", free_port(), options)  # every one of them is an option the proxy applies
 
 
 def test_encode_error_is_generic_logs_under_the_request_id_and_shows_details_when_asked(capsys, monkeypatch):

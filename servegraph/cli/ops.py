@@ -31,19 +31,21 @@ def _prepare(config_path: str) -> tuple[Any, list[tuple[Any, Any, Any]]]:
 
 #: http_options servegraph's runtime does not pass to its proxy yet (the proxy can apply them, see
 #: runtime/proxy.py HTTP_OPTION_DEFAULTS, once the controller hands them over), with the value that is honoured.
-_HTTP_OPTIONS_HONOURED_ONLY_AS = {
-    "root_path": "",
-    "request_timeout_s": None,
-    "keep_alive_timeout_s": 90,
-    "ssl_keyfile": None,
-    "ssl_certfile": None,
-    "ssl_keyfile_password": None,
-    "ssl_ca_certs": None,
-}
+#: http_options the proxy cannot apply, with the only value it accepts for each.
+_HTTP_OPTIONS_HONOURED_ONLY_AS = {"root_path": ""}
+#: http_options the proxy applies through uvicorn (see runtime.proxy.HTTP_OPTION_DEFAULTS).
+_HTTP_OPTIONS_APPLIED = (
+    "request_timeout_s",
+    "keep_alive_timeout_s",
+    "ssl_keyfile",
+    "ssl_certfile",
+    "ssl_keyfile_password",
+    "ssl_ca_certs",
+)
 
 
 def _refuse_unapplied_http_options(config: Any, source: str) -> None:
-    """A config asking for TLS or timeouts servegraph would not apply is refused, never served without them."""
+    """A config asking for an http_option servegraph would not apply is refused, never served without it."""
     from ..errors import ConfigError
 
     unapplied = [k for k, v in _HTTP_OPTIONS_HONOURED_ONLY_AS.items() if getattr(config.http_options, k) != v]
@@ -51,9 +53,13 @@ def _refuse_unapplied_http_options(config: Any, source: str) -> None:
         fields = ", ".join(f"http_options.{k}" for k in unapplied)
         raise ConfigError(
             f"{source}: {fields}: servegraph deploy does not apply {'this' if len(unapplied) == 1 else 'these'} yet "
-            "and will not serve without them (a config asking for TLS must not serve plain HTTP); remove them, "
-            "or run this config on Ray Serve, which applies them: serve deploy " + source
+            "and will not serve without them; remove them, or run this config on Ray Serve, which applies them: "
+            "serve deploy " + source
         )
+
+
+def _applied_http_options(config: Any) -> dict[str, Any]:
+    return {k: getattr(config.http_options, k) for k in _HTTP_OPTIONS_APPLIED}
 
 
 @click.command("deploy")
@@ -85,6 +91,7 @@ def deploy_cmd(config_path: str, no_resource_check: bool, address: str | None, c
                 host=http.host,
                 port=http.port,
                 http=config.proxy_location != "Disabled",
+                http_options=_applied_http_options(config),
             )
             summary = ", ".join(f"{d} {what}" for d, what in changes.items())
             click.echo(f"application {app.name!r} at {app.route_prefix}: {summary}")

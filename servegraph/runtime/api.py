@@ -87,13 +87,18 @@ def deploy_compiled(
     host: str = "127.0.0.1",
     port: int = 8000,
     http: bool = True,
+    http_options: dict[str, Any] | None = None,
 ) -> tuple[RayServeSyncHandle, dict[str, str]]:
     """Deploy an already compiled graph; returns its handle and what changed per deployment."""
     controller = _controller()
     reply = ray.get(
         controller.deploy_app.remote(
             # Bytes, so the controller can put our import paths on sys.path before it loads user code.
-            name, ray.cloudpickle.dumps(compiled.ir), route_prefix, (host, port) if http else None, code_paths()
+            name,
+            ray.cloudpickle.dumps(compiled.ir),
+            route_prefix,
+            (host, port, dict(http_options or {})) if http else None,
+            code_paths(),
         )
     )
     if not reply.ok:

@@ -44,6 +44,7 @@ from .autoscaling import Autoscaler
 from .cluster import NAMESPACE, PROXY_NAME
 from .codec import loads_with_paths
 from .handle import DeploymentInfo
+from .proxy import HTTP_OPTION_DEFAULTS
 from .proxy import HTTPProxy as _HTTPProxy
 from .replica import replica_actor_class, replica_concurrency
 from .router import Membership
@@ -184,6 +185,8 @@ class Controller:
         self._proxy: ActorHandle | None = None
         self._proxy_watch: asyncio.Task | None = None
         self._http: tuple[str, int] | None = None
+        #: Ray Serve's http_options the proxy applies (TLS, timeouts); see proxy.HTTP_OPTION_DEFAULTS.
+        self._http_options: dict[str, Any] = dict(HTTP_OPTION_DEFAULTS)
         self._lock = asyncio.Lock()
         self._incarnation = time.time_ns()
         self._counter = 0
@@ -531,7 +534,7 @@ class Controller:
         name: str,
         app_bytes: bytes,
         route_prefix: str | None,
-        http: tuple[str, int] | None,
+        http: tuple[str, int, dict[str, Any]] | None,
         code_paths: tuple[str, ...] = (),
     ) -> DeployReply:
         """Set an application's desired state and wait until it runs (or cannot).
@@ -559,7 +562,9 @@ class Controller:
                 if other.name != name and route_prefix is not None and other.route_prefix == route_prefix and not other.deleting:
                     return DeployReply(False, {}, f"route prefix {route_prefix!r} is already used by application {other.name!r}")
             if http is not None and route_prefix is not None:
-                error = await self._ensure_proxy(*http, name)
+                host, port, options = http
+                # Normalised, so "defaults left out" and "defaults written out" are the same proxy.
+                error = await self._ensure_proxy(host, port, {**HTTP_OPTION_DEFAULTS, **options}, name)
                 if error:
                     return DeployReply(False, {}, error)
             changes = self._set_target(name, app, app_bytes, tuple(code_paths), route_prefix)
@@ -717,7 +722,7 @@ class Controller:
         return {"applications": apps, "proxy": proxy}
 
     # HTTP ------------------------------------------------------------------------------
-    async def _ensure_proxy(self, host: str, port: int, app: str) -> str | None:
+    async def _ensure_proxy(self, host: str, port: int, options: dict[str, Any], app: str) -> str | None:
         """Start the HTTP proxy on host:port, or check the running one is there.
 
         A proxy already serving other applications elsewhere is not moved: that
@@ -725,22 +730,23 @@ class Controller:
         """
         if self._proxy is not None:
             alive = await _ok(self._proxy.ready.remote(), timeout=5)
-            if alive and self._http == (host, port):
+            if alive and self._http == (host, port) and self._http_options == options:
                 return None
             others = sorted(n for n, s in self._apps.items() if n != app and s.route_prefix is not None)
             if alive and others:
                 assert self._http is not None
                 h, p = self._http
                 return (
-                    f"the HTTP proxy already serves {', '.join(map(repr, others))} on {h}:{p}; deploy on "
-                    f"that host and port, or delete those applications first (servegraph shutdown)"
+                    f"the HTTP proxy already serves {', '.join(map(repr, others))} on {h}:{p} with http_options "
+                    f"{self._http_options or '{}'}; deploy with that host, port and http_options, or delete those "
+                    "applications first (servegraph shutdown)"
                 )
             _kill([self._proxy])
             self._proxy = None
             await asyncio.sleep(0.2)  # let the old server release its port
-        return await self._start_proxy(host, port)
+        return await self._start_proxy(host, port, options)
 
-    async def _start_proxy(self, host: str, port: int) -> str | None:
+    async def _start_proxy(self, host: str, port: int, options: dict[str, Any]) -> str | None:
         proxy = HTTPProxy.options(
             name=PROXY_NAME,
             namespace=NAMESPACE,
@@ -748,11 +754,12 @@ class Controller:
             num_cpus=0,
             max_concurrency=10_000,
             resources={"node:__internal_head__": 0.001},
-        ).remote(host, port)
+        ).remote(host, port, options)
         error = await proxy.start.remote()
         if error:
             _kill([proxy])
             return error
+        self._http_options = dict(options)
         self._attach_proxy(proxy, (host, port))
         return None
 
@@ -766,7 +773,7 @@ class Controller:
         assert self._http is not None
         print("servegraph: the HTTP proxy died; starting a new one", file=sys.stderr)
         self._proxy = None
-        error = await self._start_proxy(*self._http)
+        error = await self._start_proxy(*self._http, self._http_options)
         if error:
             print(f"servegraph: cannot restart the HTTP proxy: {error}", file=sys.stderr)
             self._http = None
@@ -815,7 +822,12 @@ class Controller:
                     for dname, dep in app.deployments.items()
                 },
             }
-        data = {"apps": apps, "http": self._http if self._proxy is not None else None, "code_paths": self._code_paths}
+        data = {
+            "apps": apps,
+            "http": self._http if self._proxy is not None else None,
+            "http_options": self._http_options,
+            "code_paths": self._code_paths,
+        }
         try:
             _kv_put(CHECKPOINT_KEY, ray.cloudpickle.dumps(data))
         except Exception:
@@ -847,12 +859,13 @@ class Controller:
                     dep.replicas[replica_id] = r
                 self._publish(dep)
         if data.get("http"):
+            self._http_options = dict(data.get("http_options") or {})
             try:
                 proxy = ray.get_actor(PROXY_NAME, namespace=NAMESPACE)
                 self._attach_proxy(proxy, tuple(data["http"]))  # type: ignore[arg-type]
             except ValueError:
                 self._http = tuple(data["http"])  # type: ignore[assignment]
-                await self._start_proxy(*self._http)
+                await self._start_proxy(*self._http, self._http_options)
             await self._push_routes()
         print(f"servegraph: controller recovered {len(self._apps)} application(s) from its checkpoint", file=sys.stderr)
 
