@@ -254,7 +254,8 @@ class Controller:
             if r.unhealthy is not None and r.state != STOPPING:
                 dep.message = f"replica {r.replica_id} failed its health check: {r.unhealthy}; replacing it"
                 dep.degraded = True
-                self._stop(dep, r, graceful=False)
+                # Drained like any stop: it may still finish what it runs, and routers must hear first.
+                self._stop(dep, r, graceful=True)
                 continue
             if r.task is None or not r.task.done() or r.state == STOPPING:
                 continue

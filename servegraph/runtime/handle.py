@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import time
 from typing import Any, cast
 
 import ray
@@ -56,16 +57,23 @@ class DeploymentInfo:
         return router
 
 
+#: Before a request is sent again after a replica's death: time for the membership update to reach
+#: every router on its path (tens of milliseconds), so the retry does not meet the same dead replica.
+RETRY_DELAY_S = 0.1
+
+
 def note_actor_death(exc: BaseException) -> bool:
-    """If ``exc`` says a replica died, stop routing to it in this process; True if it did."""
-    if isinstance(exc, ray.exceptions.RayTaskError):
-        return False  # the user's code raised: the replica is fine
-    if isinstance(exc, ray.exceptions.RayActorError):
-        actor_id = getattr(exc, "actor_id", None)
-        if actor_id:
-            runtime_client().drop_actor(actor_id)
-        return True
-    return False
+    """If ``exc`` says a replica died (this request's, or one it called), stop routing to it here; True if so.
+
+    A user exception (RayTaskError) counts only when what it carries is a
+    replica's death: a deployment whose call to a dead replica failed.
+    """
+    if not isinstance(exc, ray.exceptions.RayActorError):
+        return False
+    actor_id = getattr(exc, "actor_id", None) or getattr(getattr(exc, "cause", None), "actor_id", None)
+    if actor_id:
+        runtime_client().drop_actor(actor_id)
+    return True
 
 
 # Resolving what callers pass in ----------------------------------------------------
@@ -308,6 +316,7 @@ class DeploymentResponse:
                 call = self._retry_call(exc)
                 if call is None:
                     raise
+                await asyncio.sleep(RETRY_DELAY_S)
                 target, method, args, kwargs = call
                 self._ref = await target.submit_async(method, args, kwargs)
                 return await self._ref
@@ -325,6 +334,7 @@ class DeploymentResponse:
             call = self._retry_call(exc)
             if call is None:
                 raise
+            time.sleep(RETRY_DELAY_S)
             target, method, args, kwargs = call
             self._ref = target.submit(method, args, kwargs)
             return ray.get(self._ref, timeout=timeout_s)

@@ -101,8 +101,10 @@ class RuntimeClient:
         while self._controller is None:
             try:
                 self._controller = ray.get_actor(CONTROLLER_NAME, namespace=NAMESPACE)
-            except ValueError:  # not running (being restarted, or shut down): keep the last replica sets
-                time.sleep(_RECONNECT_S)
+            except ValueError:  # gone: routers keep their last replica sets meanwhile
+                self._controller = _revive_controller()
+                if self._controller is None:
+                    time.sleep(_RECONNECT_S)
         return self._controller
 
     def _listen(self) -> None:
@@ -139,6 +141,21 @@ class RuntimeClient:
         loads = {key: router.load() for key, router in list(self._routers.items()) if router.metrics_interval_s}
         if loads:
             self._get_controller().record_metrics.remote(self.client_id, loads)
+
+
+def _revive_controller() -> Any:
+    """Start a controller if one died for good with applications running (its checkpoint is there).
+
+    It recovers their state and re-attaches to their replicas. After
+    ``serve.shutdown()`` there is no checkpoint, and nothing is started.
+    """
+    from .controller import CHECKPOINT_KEY, _kv_get
+
+    if not _kv_get(CHECKPOINT_KEY):
+        return None
+    from .api import _controller
+
+    return _controller(create=True)
 
 
 _CLIENT: RuntimeClient | None = None

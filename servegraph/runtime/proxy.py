@@ -18,7 +18,7 @@ import ray
 
 from ..errors import BackPressureError
 from .codec import loads_with_paths
-from .handle import _PlanTarget, note_actor_death
+from .handle import RETRY_DELAY_S, _PlanTarget, note_actor_death
 from .http_codec import (
     REQUEST_ID_HEADER,
     HTTPResult,
@@ -144,6 +144,7 @@ class HTTPProxy:
             if not note_actor_death(exc):
                 raise
             logger.warning("application %r: a replica died while handling a request; retrying it once", app)
+        await asyncio.sleep(RETRY_DELAY_S)
         try:
             return await self._forward(prefix, kind, target, adapter, scope, body)
         except ray.exceptions.RayActorError as exc:

@@ -171,6 +171,8 @@ class SyncReplica(_ReplicaCore):
             if inspect.isawaitable(result):  # an async __call__ assigned at runtime
                 result = asyncio.run(_awaited(result))
             return encode_result(result)
+        except ray.exceptions.RayActorError:
+            raise  # a replica this one called died: the proxy sends the request again
         except Exception as exc:  # a user error becomes an HTTP 500, never a dead proxy
             return encode_error(exc)
         finally:
@@ -274,6 +276,8 @@ class AsyncReplica(_ReplicaCore):
             if inspect.isawaitable(result):
                 result = await result
             return encode_result(result)
+        except ray.exceptions.RayActorError:
+            raise  # a replica this one called died: the proxy sends the request again
         except Exception as exc:  # a user error becomes an HTTP 500, never a dead proxy
             return encode_error(exc)
         finally:
