@@ -17,7 +17,6 @@ from pathlib import Path
 import httpx
 import pytest
 import ray
-
 from starlette.requests import Request
 
 import servegraph as serve
@@ -322,3 +321,13 @@ def test_replicas_are_named_and_status_shows_id_state_node_and_pid(serve_app, ht
         assert replica["actor_name"] == f"SERVEGRAPH_REPLICA::named#Echo#{replica['replica_id']}"
         assert replica["state"] == "RUNNING" and replica["pid"] > 0 and replica["node_id"]
         ray.get_actor(replica["actor_name"], namespace=NAMESPACE)  # an operator can find it by name
+
+
+def test_options_the_runtime_does_not_apply_are_refused_naming_the_line(serve_app, http_port):
+    from support import assert_located, here
+
+    app, line = Echo.options(max_replicas_per_node=1).bind(), here()
+    with pytest.raises(serve.DeploymentError, match="sets max_replicas_per_node, which servegraph's runtime does not apply") as err:
+        serve_app.run(app, name="refused", route_prefix=None, port=http_port)
+    assert_located(err.value, line)
+    assert "refused" not in serve.status().applications

@@ -48,9 +48,15 @@ def _refuse_unapplied_http_options(config: Any, source: str) -> None:
     """A config asking for an http_option servegraph would not apply is refused, never served without it."""
     from ..errors import ConfigError
 
-    unapplied = [k for k, v in _HTTP_OPTIONS_HONOURED_ONLY_AS.items() if getattr(config.http_options, k) != v]
+    unapplied = [f"http_options.{k}" for k, v in _HTTP_OPTIONS_HONOURED_ONLY_AS.items() if getattr(config.http_options, k) != v]
+    if config.grpc_options.grpc_servicer_functions:
+        unapplied.append("grpc_options.grpc_servicer_functions")  # servegraph serves HTTP only
+    if config.logging_config is not None:
+        unapplied.append("logging_config")
+    unapplied += [f"applications[{i}].logging_config" for i, a in enumerate(config.applications) if a.logging_config]
+    unapplied += [f"applications[{i}].runtime_env" for i, a in enumerate(config.applications) if a.runtime_env]
     if unapplied:
-        fields = ", ".join(f"http_options.{k}" for k in unapplied)
+        fields = ", ".join(unapplied)
         raise ConfigError(
             f"{source}: {fields}: servegraph deploy does not apply {'this' if len(unapplied) == 1 else 'these'} yet "
             "and will not serve without them; remove them, or run this config on Ray Serve, which applies them: "

@@ -79,6 +79,24 @@ def _handle_for(name: str, app: Any, infos: dict) -> RayServeSyncHandle:
     return plan_handle(name, app.plan, infos)
 
 
+#: Deployment options servegraph's runtime does not apply yet. Ray Serve does, so a config built with
+#: them runs there (`servegraph build` then `serve deploy`); here they are refused, never ignored.
+UNSUPPORTED_OPTIONS = ("placement_group_bundles", "placement_group_strategy", "max_replicas_per_node", "logging_config")
+
+
+def _refuse_unsupported_options(compiled: CompiledGraph) -> None:
+    for spec in compiled.ir.deployments:
+        used = [name for name in UNSUPPORTED_OPTIONS if getattr(spec.options, name) is not None]
+        if spec.options.route_prefix is not None:
+            used.append("route_prefix")
+        if used:
+            raise DeploymentError(
+                f"{spec.call_site}: deployment {spec.name!r} sets {', '.join(used)}, which servegraph's runtime does "
+                "not apply yet. Remove them (a deployment's route_prefix belongs to serve.run(route_prefix=...)), "
+                "or run the graph on Ray Serve, which applies them: servegraph build ... -o app.yaml && serve deploy app.yaml"
+            )
+
+
 def deploy_compiled(
     compiled: CompiledGraph,
     *,
@@ -90,6 +108,7 @@ def deploy_compiled(
     http_options: dict[str, Any] | None = None,
 ) -> tuple[RayServeSyncHandle, dict[str, str]]:
     """Deploy an already compiled graph; returns its handle and what changed per deployment."""
+    _refuse_unsupported_options(compiled)
     controller = _controller()
     reply = ray.get(
         controller.deploy_app.remote(
