@@ -61,8 +61,17 @@ def encode_result(value: Any) -> HTTPResult:
     return 200, [("content-type", "application/json")], body
 
 
+def user_error(exc: BaseException) -> BaseException:
+    """The user's exception inside Ray's wrappers (a RayTaskError carries it as ``.cause``)."""
+    seen = 0
+    while getattr(exc, "cause", None) is not None and seen < 10:
+        exc, seen = exc.cause, seen + 1  # type: ignore[attr-defined]
+    return exc
+
+
 def encode_error(exc: BaseException) -> HTTPResult:
     """A user exception: 500 with its type and message; the traceback goes to the log."""
+    exc = user_error(exc)
     if isinstance(exc, json.JSONDecodeError):
         return text(400, f"request body is not valid JSON: {exc}")
     traceback.print_exception(type(exc), exc, exc.__traceback__)

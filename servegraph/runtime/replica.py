@@ -15,7 +15,9 @@ from typing import Any
 
 import ray
 
+from .._validation import closest
 from ..compiler import ir
+from ..dsl.signature import public_methods
 from .codec import unflatten
 from .handle import DeploymentInfo, async_handle
 from .http_codec import HTTPResult, encode_error, encode_result, make_request
@@ -31,6 +33,15 @@ def is_async_target(target: Any) -> bool:
         if inspect.iscoroutinefunction(attr) or inspect.isasyncgenfunction(attr):
             return True
     return False
+
+
+def call_http(fn: Callable[..., Any], scope: dict, body: bytes) -> Any:
+    """Call an HTTP entry point as Ray Serve does: with the Request, or with nothing if it takes no parameters."""
+    try:
+        takes_nothing = not inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # no signature to read: pass the request
+        takes_nothing = False
+    return fn() if takes_nothing else fn(make_request(scope, body))
 
 
 class _ReplicaCore:
@@ -70,7 +81,10 @@ class _ReplicaCore:
         try:
             return getattr(self._instance, name)
         except AttributeError:
-            raise AttributeError(f"deployment {self._deployment!r} has no method {name!r}") from None
+            hint = closest(name, public_methods(type(self._instance)))
+            raise AttributeError(
+                f"deployment {self._deployment!r} has no method {name!r}" + (f"; did you mean {hint!r}?" if hint else "")
+            ) from None
 
     def _reconfigure_sync(self, user_config: Any) -> Any:
         fn = getattr(self._instance, "reconfigure", None)
@@ -104,7 +118,7 @@ class SyncReplica(_ReplicaCore):
 
     def handle_http(self, scope: dict, body: bytes) -> HTTPResult:
         try:
-            result = self._method("__call__")(make_request(scope, body))
+            result = call_http(self._method("__call__"), scope, body)
             if inspect.isawaitable(result):  # an async __call__ assigned at runtime
                 result = asyncio.run(_awaited(result))
             return encode_result(result)
@@ -131,7 +145,7 @@ class AsyncReplica(_ReplicaCore):
 
     async def handle_http(self, scope: dict, body: bytes) -> HTTPResult:
         try:
-            result = self._method("__call__")(make_request(scope, body))
+            result = call_http(self._method("__call__"), scope, body)
             if inspect.isawaitable(result):
                 result = await result
             return encode_result(result)

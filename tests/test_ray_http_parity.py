@@ -1,0 +1,69 @@
+"""HTTP as Ray Serve does it: entry points that take no request, and user errors without internal frames."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+import servegraph as serve
+
+
+@serve.deployment
+class NoRequest:
+    def __call__(self) -> str:
+        return "called without a request"
+
+
+@serve.deployment
+class AsyncNoRequest:
+    async def __call__(self):
+        return {"async": True}
+
+
+@serve.deployment
+def no_argument_function():
+    return "function without arguments"
+
+
+@serve.deployment
+class Model:
+    def predict(self, x: int) -> int:
+        return x + 1
+
+
+@serve.deployment
+class Misspeller:
+    def __init__(self, model):
+        self.model = model
+
+    async def __call__(self) -> int:
+        return await (await self.model.predcit.remote(1))
+
+
+@pytest.fixture(scope="module")
+def base(deploy, http_port) -> str:
+    deploy(NoRequest.bind(), name="parity-noreq", route_prefix="/noreq")
+    deploy(AsyncNoRequest.bind(), name="parity-async-noreq", route_prefix="/async-noreq")
+    deploy(no_argument_function.bind(), name="parity-fn", route_prefix="/fn")
+    deploy(Misspeller.bind(Model.bind()), name="parity-misspell", route_prefix="/misspell")
+    return f"http://127.0.0.1:{http_port}"
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        ("/noreq", "called without a request"),
+        ("/async-noreq", '{"async": true}'),
+        ("/fn", "function without arguments"),
+    ],
+)
+def test_http_into_an_entry_point_without_parameters_calls_it_with_none(base, path, expected):
+    reply = httpx.get(base + path, timeout=60)
+    assert reply.status_code == 200, reply.text
+    assert reply.text == expected
+
+
+def test_missing_method_over_http_names_the_closest_one_without_internal_frames(base):
+    reply = httpx.get(base + "/misspell", timeout=60)
+    assert reply.status_code == 500
+    assert reply.text == "AttributeError: deployment 'Model' has no method 'predcit'; did you mean 'predict'?"
