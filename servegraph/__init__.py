@@ -45,6 +45,7 @@ _RUNTIME_NAMES = {
     "status": "api",
     "get_app_handle": "api",
     "get_deployment_handle": "api",
+    "start": "api",
 }
 
 
@@ -87,5 +88,6 @@ __all__ = [
     "get_deployment_handle",
     "run",
     "shutdown",
+    "start",
     "status",
 ]

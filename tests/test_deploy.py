@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import ray
 import yaml
 from click.testing import CliRunner
 
@@ -42,7 +41,7 @@ def deploy(path) -> str:
 
 
 def call(name: str) -> dict:
-    return ray.get(serve.get_app_handle(APP).remote(name), timeout=60)
+    return serve.get_app_handle(APP).remote(name).result(timeout_s=60)
 
 
 def test_build_deploy_status_shows_the_built_replica_counts(config):

@@ -110,7 +110,7 @@ def test_positional_and_keyword_inputs_and_multi_output(graphs):
 
 
 def test_a_node_used_twice_runs_once_per_request(graphs):
-    tally = serve.get_deployment_handle("Tally", "two-sums")
+    tally = serve.get_deployment_handle("Tally", "two-sums").options(use_new_handle_api=False)
     before = ray.get(tally.count.remote(), timeout=60)
     ray.get([graphs["two_sums"].remote(i, 0, bonus=0) for i in range(3)], timeout=60)
     assert ray.get(tally.count.remote(), timeout=60) == before + 3

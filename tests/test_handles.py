@@ -131,7 +131,7 @@ def spread(deploy) -> RayServeSyncHandle:
 
 
 def handle(name: str) -> RayServeSyncHandle:
-    return serve.get_deployment_handle(name, APP)
+    return serve.get_deployment_handle(name, APP).options(use_new_handle_api=False)
 
 
 # RayServeSyncHandle (what serve.run returns) ----------------------------------------------

@@ -68,6 +68,9 @@ def capture(root: DAGNode) -> Captured:
     def marker(node: DAGNode, in_constructor: bool) -> Any:
         if in_constructor and isinstance(node, (DeploymentNode, FunctionNode)):
             return ir.HandleRef(keys[id(node)])
+        if in_constructor and isinstance(node, MethodNode) and not node._bound_args and not node._bound_kwargs:
+            # Ray's class factory pattern: a method node with nothing bound becomes a handle to that method.
+            return ir.HandleRef(keys[id(node._parent)], node.method)
         return ir.Ref(keys[id(node)])
 
     def template(value: Any, in_constructor: bool) -> Any:

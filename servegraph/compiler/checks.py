@@ -96,6 +96,12 @@ def check_constructor_args(captured: Captured, graph: nx.DiGraph, ctx: CheckCont
         for marker in ir.iter_markers((record.args, record.kwargs)):
             if isinstance(marker, ir.Ref):
                 upstream = captured.nodes[marker.key]
+                hint = ""
+                if upstream.kind == ir.METHOD:
+                    hint = (
+                        " (a method node passed to a constructor becomes a handle to that method only when "
+                        "bound with no arguments, as in Ray Serve)"
+                    )
                 out.append(
                     _diag(
                         "bind-arguments",
@@ -103,7 +109,7 @@ def check_constructor_args(captured: Captured, graph: nx.DiGraph, ctx: CheckCont
                         f"{record.label}.bind() got {upstream.label} (bound at {upstream.call_site}) "
                         "as a constructor argument, but it only has a value per request. A constructor "
                         "takes plain values and other deployments (which become handles); pass "
-                        f"{upstream.label} to a method instead: {record.label}.bind(...).method.bind(...).",
+                        f"{upstream.label} to a method instead: {record.label}.bind(...).method.bind(...)" + hint + ".",
                     )
                 )
     return out

@@ -51,6 +51,8 @@ def encode(value: Any) -> Any:
     if isinstance(value, ir.Ref):
         return {"$ref": value.key}
     if isinstance(value, ir.HandleRef):
+        if value.method is not None:
+            return {"$handle": [value.deployment, value.method]}
         return {"$handle": value.deployment}
     if value is None or isinstance(value, (bool, int, str)):
         return value
@@ -83,7 +85,7 @@ def decode(value: Any) -> Any:
         if tag == "$ref":
             return ir.Ref(body)
         if tag == "$handle":
-            return ir.HandleRef(body)
+            return ir.HandleRef(*body) if isinstance(body, list) else ir.HandleRef(body)
         if tag == "$tuple":
             return tuple(decode(v) for v in body)
         if tag == "$dict":

@@ -39,9 +39,14 @@ class Ref:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class HandleRef:
-    """A handle to a deployment (its node key before naming, its name after)."""
+    """A handle to a deployment (its node key before naming, its name after).
+
+    ``method`` is set when a method node was passed to a constructor (Ray's class
+    factory pattern): the handle calls that method.
+    """
 
     deployment: str
+    method: str | None = None
 
 
 def iter_markers(value: Any) -> Iterator[Ref | HandleRef]:

@@ -22,7 +22,7 @@ def import_path(target: Any) -> str:
 def _rename(names: dict[str, str], classes: set[str]):
     def fn(marker: ir.Ref | ir.HandleRef) -> ir.Ref | ir.HandleRef:
         if isinstance(marker, ir.HandleRef):
-            return ir.HandleRef(names[marker.deployment])
+            return ir.HandleRef(names[marker.deployment], marker.method)
         if marker.key in classes:
             # A deployment passed to a method call arrives as a handle, as in Ray Serve.
             return ir.HandleRef(names[marker.key])

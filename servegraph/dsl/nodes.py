@@ -89,6 +89,8 @@ class DeploymentNode(DAGNode):
     def __getattr__(self, method: str) -> _MethodBinder:
         if method.startswith("_") and method != "__call__":
             raise AttributeError(method)
+        if method in ("bind", "remote") and not hasattr(self._deployment.func_or_class, method):
+            raise _used_again(self, method)
         return _MethodBinder(self, method)
 
     def options(self, **kwargs: Any) -> DeploymentNode:
@@ -128,11 +130,29 @@ class _MethodBinder:
             )
         return MethodNode(self._parent, self._method, args, kwargs, site)
 
-    def remote(self, *args: Any, **kwargs: Any) -> None:
-        raise TypeError(
-            f"{self._parent._label()}.{self._method}.remote() called on a graph node: use .bind() "
-            "to build the graph, then serve.run() it and call .remote() on the handle it returns."
+    def __getattr__(self, name: str) -> Any:
+        if name == "remote":
+            raise AttributeError(
+                f".remote() cannot be used on ClassMethodNodes such as {self._parent._label()}.{self._method}: "
+                "build the graph with .bind(), serve.run() it, and call .remote() on the handle it returns."
+            )
+        raise AttributeError(f"{self._parent._label()}.{self._method} has no attribute {name!r}; call .bind() on it")
+
+
+def _used_again(node: DAGNode, name: str) -> AttributeError:
+    """Ray's AttributeError for ``node.bind()`` / ``node.remote()`` on a node that is already bound."""
+    if name == "bind":
+        return AttributeError(
+            f".bind() cannot be used again on {node._label()} (bound at {node._call_site}): it is already a "
+            "graph node. Pass it to another deployment's .bind(), or serve.run() it."
         )
+    prefix = ""
+    if isinstance(node, DeploymentNode):
+        prefix = f"type object {node._label()!r} has no attribute 'remote': "
+    return AttributeError(
+        f"{prefix}.remote() cannot be used on {node._label()} (bound at {node._call_site}), a graph node: "
+        "serve.run() the graph and call .remote() on the handle it returns."
+    )
 
 
 class MethodNode(DAGNode):
@@ -159,6 +179,11 @@ class MethodNode(DAGNode):
     def _label(self) -> str:
         return f"{self._parent._label()}.{self._method}"
 
+    def __getattr__(self, name: str) -> Any:
+        if name in ("bind", "remote"):
+            raise _used_again(self, name)
+        raise AttributeError(name)
+
 
 class FunctionNode(DAGNode):
     """A bound function deployment: ``f.bind(x)``."""
@@ -171,6 +196,11 @@ class FunctionNode(DAGNode):
 
     def _label(self) -> str:
         return self._deployment.name
+
+    def __getattr__(self, name: str) -> Any:
+        if name in ("bind", "remote"):
+            raise _used_again(self, name)
+        raise AttributeError(name)
 
 
 _input_ids = itertools.count()

@@ -6,15 +6,16 @@ import dataclasses
 import os
 import sys
 import time
-from typing import Any
+from typing import Any, cast
 
 import ray
 
+from .._validation import route_prefix_problem
 from ..compiler import CompiledGraph, compile
 from ..dsl.nodes import DAGNode
 from ..errors import DeploymentError, GraphError
-from .cluster import CONTROLLER_NAME, NAMESPACE, cluster_resources, ensure_connected
-from .handle import RayServeSyncHandle, deployment_handle, plan_handle
+from .cluster import CONTROLLER_NAME, NAMESPACE, PROXY_NAME, cluster_resources, ensure_connected
+from .handle import DeploymentHandle, RayServeSyncHandle, deployment_handle, plan_handle
 
 
 def _controller(create: bool = True) -> Any:
@@ -92,6 +93,8 @@ def run(
     *,
     resource_check: bool = True,
     http: bool = True,
+    _blocking: bool = True,
+    logging_config: Any = None,
 ) -> RayServeSyncHandle:
     """Compile, check and deploy a graph; return a handle to its output.
 
@@ -104,6 +107,8 @@ def run(
         _local_testing_mode: run in this process without Ray (see the README for its limits).
         resource_check: fail at once when the cluster's resources cannot hold every replica.
         http: start the HTTP proxy.
+        _blocking, logging_config: accepted for Ray Serve's callers; servegraph always returns once
+            every replica is ready, and replicas log as Ray's workers do.
 
     Raises:
         GraphError: the graph fails a check; DeploymentError: a replica failed to start.
@@ -112,8 +117,9 @@ def run(
         from .local import run_local
 
         return run_local(target, name=name)
-    if route_prefix is not None and not route_prefix.startswith("/"):
-        raise ValueError(f"route_prefix must start with '/', got {route_prefix!r}")
+    problem = None if route_prefix is None else route_prefix_problem(route_prefix)
+    if problem is not None:
+        raise ValueError(f"route_prefix {route_prefix!r} {problem}; Ray Serve refuses it too, e.g. use '/hello'")
     ensure_connected()
     resources = _free_resources(_controller(), name) if resource_check else None
     compiled = compile(target, cluster_resources=resources)
@@ -129,6 +135,29 @@ def _block() -> None:
             time.sleep(3600)
     except KeyboardInterrupt:
         pass
+
+
+def start(
+    detached: bool = True,
+    http_options: dict[str, Any] | None = None,
+    proxy_location: Any = None,
+    **_ignored: Any,
+) -> None:
+    """Ray Serve's ``serve.start``: connect, and start the controller and the HTTP proxy now.
+
+    ``http_options`` takes ``host`` (default 127.0.0.1) and ``port`` (default 8000);
+    ``proxy_location="Disabled"`` starts no proxy.
+
+    Raises:
+        DeploymentError: the proxy cannot listen on host:port.
+    """
+    options = dict(http_options or {})
+    controller = _controller()
+    if str(getattr(proxy_location, "value", proxy_location)).lower() in ("disabled", "noserver"):
+        return
+    error = ray.get(controller.start_http.remote(options.get("host", "127.0.0.1"), int(options.get("port", 8000))))
+    if error:
+        raise DeploymentError(error)
 
 
 def delete(name: str, _blocking: bool = True) -> None:
@@ -149,22 +178,26 @@ def shutdown() -> None:
     ray.kill(controller, no_restart=True)
 
 
-def get_app_handle(name: str = "default") -> RayServeSyncHandle:
-    """A handle to a running application's ingress (or graph)."""
+def get_app_handle(name: str = "default") -> DeploymentHandle:
+    """A DeploymentHandle to a running application's ingress (or graph), as in Ray Serve 2.7+.
+
+    ``.options(use_new_handle_api=False)`` gives the older RayServeSyncHandle.
+    """
     controller = _controller(create=False)
     info = ray.get(controller.get_app.remote(name)) if controller is not None else None
     if info is None:
         raise GraphError(f"no application named {name!r} is running")
-    return _handle_for(name, info["app"], info["infos"])
+    return cast(DeploymentHandle, _handle_for(name, info["app"], info["infos"]).options(use_new_handle_api=True))
 
 
-def get_deployment_handle(deployment_name: str, app_name: str = "default") -> RayServeSyncHandle:
-    """A handle to one deployment of a running application."""
+def get_deployment_handle(deployment_name: str, app_name: str | None = None) -> DeploymentHandle:
+    """A DeploymentHandle to one deployment of a running application (default: the app named "default")."""
+    app_name = app_name or "default"
     controller = _controller(create=False)
     info = ray.get(controller.get_app.remote(app_name)) if controller is not None else None
     if info is None or deployment_name not in info["infos"]:
         raise GraphError(f"no deployment {deployment_name!r} in a running application {app_name!r}")
-    return deployment_handle(info["infos"][deployment_name])
+    return cast(DeploymentHandle, deployment_handle(info["infos"][deployment_name]).options(use_new_handle_api=True))
 
 
 # Status, shaped like Ray Serve's ------------------------------------------------------
@@ -191,6 +224,8 @@ class ApplicationStatus:
 class ServeStatus:
     applications: dict[str, ApplicationStatus]
     proxy: dict[str, Any] | None = None
+    #: Ray Serve's field: proxy state by node id ("HEALTHY"), empty when no proxy runs.
+    proxies: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 def status() -> ServeStatus:
@@ -204,4 +239,13 @@ def status() -> ServeStatus:
             for d, info in app["deployments"].items()
         }
         apps[name] = ApplicationStatus(name, app["status"], app["route_prefix"], deployments, app["message"])
-    return ServeStatus(apps, raw["proxy"])
+    return ServeStatus(apps, raw["proxy"], _proxies() if raw["proxy"] else {})
+
+
+def _proxies() -> dict[str, str]:
+    try:
+        proxy = ray.get_actor(PROXY_NAME, namespace=NAMESPACE)
+        node_id = cast(str, ray.get(proxy.node_id.remote(), timeout=30))
+        return {node_id: "HEALTHY"}
+    except Exception:  # gone between the two questions, or not answering
+        return {}

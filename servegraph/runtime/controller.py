@@ -212,6 +212,14 @@ class Controller:
             await self._push_routes()
             return {"ok": True, "infos": self._infos(name), "changes": changes}
 
+    async def start_http(self, host: str, port: int) -> str | None:
+        """``serve.start``: the HTTP proxy on host:port before any deploy; an error message if it cannot be."""
+        async with self._lock:
+            error = await self._ensure_proxy(host, port, "")
+            if error is None:
+                await self._push_routes()
+            return error
+
     def _infos(self, name: str) -> dict[str, DeploymentInfo]:
         state = self._apps[name]
         return {d: s.info(name) for d, s in state.deployments.items()}

@@ -216,7 +216,8 @@ class _HandleBase:
         """A handle to the same deployment; ``use_new_handle_api=True`` gives a DeploymentHandle."""
         cls = DeploymentHandle if use_new_handle_api else type(self)
         if use_new_handle_api is False and cls is DeploymentHandle:
-            cls = RayServeDeploymentHandle
+            # As in Ray Serve: the old handle for the context, sync in a driver, async in an event loop.
+            cls = RayServeDeploymentHandle if _has_running_loop() else RayServeSyncHandle
         return cls(self._target, method_name or self._method)
 
     def __reduce__(self) -> tuple:
@@ -231,6 +232,14 @@ class RayServeSyncHandle(_HandleBase):
 
     def remote(self, *args: Any, **kwargs: Any) -> ObjectRef:
         return self._target.submit(self._method, args, kwargs)
+
+
+def _has_running_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 def _running_loop(what: str) -> asyncio.AbstractEventLoop:
@@ -287,6 +296,14 @@ class DeploymentResponse:
 
         return get().__await__()
 
+    async def _to_object_ref(self) -> ObjectRef:
+        """Ray Serve's name: the ObjectRef of the result, without waiting for the result."""
+        return await self._object_ref()
+
+    def _to_object_ref_sync(self) -> ObjectRef:
+        """Ray Serve's name: the ObjectRef of the result, outside an event loop."""
+        return self._object_ref_sync()
+
     def result(self, *, timeout_s: float | None = None) -> Any:
         """Block until the result is ready (not inside an event loop: await instead)."""
         ref = self._object_ref_sync()
@@ -309,8 +326,8 @@ def plan_handle(app: str, plan: ir.Plan, infos: dict[str, DeploymentInfo]) -> Ra
     return RayServeSyncHandle(_PlanTarget(app, plan, infos))
 
 
-def async_handle(info: DeploymentInfo) -> RayServeDeploymentHandle:
-    return RayServeDeploymentHandle(_DeploymentTarget(info))
+def async_handle(info: DeploymentInfo, method: str = "__call__") -> RayServeDeploymentHandle:
+    return RayServeDeploymentHandle(_DeploymentTarget(info), method)
 
 
 # Ray Serve's names for the same classes.

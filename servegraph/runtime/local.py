@@ -19,6 +19,7 @@ from ..compiler import compile, ir
 from ..dsl.nodes import DAGNode
 from .handle import DeploymentResponse, RayServeDeploymentHandle, RayServeSyncHandle
 from .plan import PlanInputError, drive, run_plan
+from .replica import construct
 
 _loop: asyncio.AbstractEventLoop | None = None
 _loop_lock = threading.Lock()
@@ -74,14 +75,16 @@ class _LocalDeployment:
 
         def inject(marker: ir.Ref | ir.HandleRef) -> Any:
             assert isinstance(marker, ir.HandleRef)  # a constructor's nodes are all handles
-            return RayServeDeploymentHandle(_LocalTarget(handles[marker.deployment]))
+            return RayServeDeploymentHandle(_LocalTarget(handles[marker.deployment]), marker.method or "__call__")
 
         if spec.is_function:
             self.instance = None
         else:
             args = ir.map_markers(spec.init_args, inject)
             kwargs = dict(ir.map_markers(spec.init_kwargs, inject))
-            self.instance = spec.target(*args, **kwargs)
+            self.instance, init = construct(spec.target, args, kwargs)
+            if init is not None:
+                asyncio.run_coroutine_threadsafe(_await(init), _background_loop()).result()
             if spec.options.user_config is not None:
                 result = self.instance.reconfigure(spec.options.user_config)
                 if inspect.isawaitable(result):

@@ -80,6 +80,9 @@ class HTTPProxy:
     async def ready(self) -> bool:
         return True
 
+    async def node_id(self) -> str:
+        return ray.get_runtime_context().get_node_id()
+
     async def _handle(self, scope: dict, body: bytes) -> HTTPResult:
         prefix, route = _match(self._routes, scope["path"])
         if route is None:

@@ -35,6 +35,18 @@ def is_async_target(target: Any) -> bool:
     return False
 
 
+def construct(cls: type, args: tuple, kwargs: dict) -> tuple[Any, Any]:
+    """An instance of ``cls``, and the coroutine of its ``async def __init__`` (None if it has none).
+
+    As Ray Serve does: ``__new__`` then ``__init__``, so an async constructor's
+    coroutine can be awaited on the replica's event loop.
+    """
+    if not inspect.iscoroutinefunction(getattr(cls, "__init__", None)):
+        return cls(*args, **kwargs), None
+    instance = cls.__new__(cls)  # type: ignore[call-overload]
+    return instance, instance.__init__(*args, **kwargs)
+
+
 def call_http(fn: Callable[..., Any], scope: dict, body: bytes) -> Any:
     """Call an HTTP entry point as Ray Serve does: with the Request, or with nothing if it takes no parameters."""
     try:
@@ -63,15 +75,17 @@ class _ReplicaCore:
 
         def inject(marker: ir.Ref | ir.HandleRef) -> Any:
             assert isinstance(marker, ir.HandleRef)  # a constructor's nodes are all handles
-            return async_handle(handles[marker.deployment])
+            return async_handle(handles[marker.deployment], marker.method or "__call__")
 
+        #: An ``async def __init__``'s coroutine (then its Task) until it has finished.
+        self._init: Any = None
         if is_function:
             self._instance = None
             self._function = target
         else:
             args = ir.map_markers(init_args, inject)
             kwargs = dict(ir.map_markers(init_kwargs, inject))
-            self._instance = target(*args, **kwargs)
+            self._instance, self._init = construct(target, args, kwargs)
 
     def _method(self, name: str) -> Callable[..., Any]:
         if self._is_function:
@@ -130,29 +144,55 @@ class SyncReplica(_ReplicaCore):
 
 
 class AsyncReplica(_ReplicaCore):
+    async def _initialized(self) -> None:
+        """Finish an ``async def __init__`` (once, shared by every request that arrives meanwhile)."""
+        if not isinstance(self._init, asyncio.Task):
+            self._init = asyncio.ensure_future(self._init)
+        await self._init
+        self._init = None
+
+    async def ready(self) -> dict:  # type: ignore[override]
+        if self._init is not None:
+            await self._initialized()
+        return _ReplicaCore.ready(self)
+
     async def call(self, method: str, *args: Any) -> Any:
+        if self._init is not None:
+            await self._initialized()
         result = self._method(method)(*args)
         if inspect.isawaitable(result):
             result = await result
+            if inspect.isawaitable(result):  # a ref returned by an async method: its value, as over HTTP
+                result = await result
         return result
 
     async def handle_request(self, method: str, args: tuple, kwargs: dict, *values: Any) -> Any:
+        if self._init is not None:
+            await self._initialized()
         args, kwargs = unflatten(args, kwargs, values)
         result = self._method(method)(*args, **kwargs)
         if inspect.isawaitable(result):
             result = await result
+            if inspect.isawaitable(result):  # a ref returned by an async method: its value, as over HTTP
+                result = await result
         return result
 
     async def handle_http(self, scope: dict, body: bytes) -> HTTPResult:
+        if self._init is not None:
+            await self._initialized()
         try:
             result = call_http(self._method("__call__"), scope, body)
             if inspect.isawaitable(result):
                 result = await result
+                if inspect.isawaitable(result):  # a ref returned by an async method: its value, as over HTTP
+                    result = await result
             return encode_result(result)
         except Exception as exc:  # a user error becomes an HTTP 500, never a dead proxy
             return encode_error(exc)
 
     async def reconfigure(self, user_config: Any) -> None:
+        if self._init is not None:
+            await self._initialized()
         result = self._reconfigure_sync(user_config)
         if inspect.isawaitable(result):
             await result
