@@ -66,6 +66,12 @@ async def _resolve(value: Any) -> Any:
     return value
 
 
+async def _resolve_top(value: Any) -> Any:
+    if isinstance(value, (LocalRef, DeploymentResponse, asyncio.Future)):
+        return await _resolve(value)
+    return value
+
+
 class _LocalDeployment:
     """One deployment's single in-process instance; the local twin of a DeploymentInfo's router."""
 
@@ -97,8 +103,9 @@ class _LocalDeployment:
 
     def call(self, method: str, args: tuple, kwargs: dict) -> LocalRef:
         async def run() -> Any:
-            real_args = await _resolve(args)
-            real_kwargs = await _resolve(kwargs)
+            # Only top-level results are awaited; nested ones arrive as LocalRefs, as refs do on Ray.
+            real_args = [await _resolve_top(a) for a in args]
+            real_kwargs = {k: await _resolve_top(v) for k, v in kwargs.items()}
             result = self.method(method)(*real_args, **real_kwargs)
             if inspect.isawaitable(result):
                 result = await result

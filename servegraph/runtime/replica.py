@@ -35,6 +35,16 @@ def is_async_target(target: Any) -> bool:
     return False
 
 
+def split_keywords(names: tuple[str, ...], values: tuple) -> tuple[tuple, dict]:
+    """A call sent as ``(names, *args, *keyword values)``: every value top-level, so Ray resolves its refs.
+
+    >>> split_keywords(("k",), (1, 2, 3))
+    ((1, 2), {'k': 3})
+    """
+    n = len(values) - len(names)
+    return values[:n], dict(zip(names, values[n:], strict=True))
+
+
 def construct(cls: type, args: tuple, kwargs: dict) -> tuple[Any, Any]:
     """An instance of ``cls``, and the coroutine of its ``async def __init__`` (None if it has none).
 
@@ -126,8 +136,8 @@ class SyncReplica(_ReplicaCore):
     def call(self, method: str, *args: Any) -> Any:
         return self._method(method)(*args)
 
-    def handle_request(self, method: str, args: tuple, kwargs: dict, *values: Any) -> Any:
-        args, kwargs = unflatten(args, kwargs, values)
+    def handle_request(self, method: str, names: tuple[str, ...], *values: Any) -> Any:
+        args, kwargs = split_keywords(names, values)
         return self._method(method)(*args, **kwargs)
 
     def handle_http(self, scope: dict, body: bytes) -> HTTPResult:
@@ -166,10 +176,10 @@ class AsyncReplica(_ReplicaCore):
                 result = await result
         return result
 
-    async def handle_request(self, method: str, args: tuple, kwargs: dict, *values: Any) -> Any:
+    async def handle_request(self, method: str, names: tuple[str, ...], *values: Any) -> Any:
         if self._init is not None:
             await self._initialized()
-        args, kwargs = unflatten(args, kwargs, values)
+        args, kwargs = split_keywords(names, values)
         result = self._method(method)(*args, **kwargs)
         if inspect.isawaitable(result):
             result = await result
