@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -13,8 +14,9 @@ from .nodes import DAGNode
 class DriverNode(DAGNode):
     """``DAGDriver.bind(dag)``: serves ``dag`` over HTTP and through handles.
 
-    ``http_adapter`` turns the HTTP request into the graph's input; None takes
-    the JSON body. A callable receives the ``starlette.requests.Request``.
+    ``http_adapter`` turns the HTTP request into the graph's input, as a FastAPI
+    dependency; None hands the graph the ``starlette.requests.Request``, as Ray
+    Serve's default adapter does.
     """
 
     _kind = "driver"
@@ -43,19 +45,35 @@ class _DAGDriver:
         dag: DAGNode,
         *,
         http_adapter: None | str | Callable[..., Any] = None,
+        input_schema: None | str | Callable[..., Any] = None,
         _call_site: CallSite | None = None,
     ) -> DriverNode:
+        """``http_adapter`` (Ray 2.0's ``input_schema``) turns the HTTP request into the graph's input:
+        a function taking FastAPI dependencies (the Request, typed query parameters, a body model),
+        a pydantic model class, or an import path to one; by default the graph gets the Request."""
         site = user_call_site(_call_site)
+        http_adapter = http_adapter if http_adapter is not None else input_schema
         if not isinstance(dag, DAGNode):
             raise BindError(
                 f"{site}: DAGDriver.bind() takes a graph node built with .bind(), got {type(dag).__name__}"
             )
         if isinstance(http_adapter, str):
             http_adapter = _import_attr(http_adapter, site)
+        if http_adapter is not None and not (inspect.isfunction(http_adapter) or _is_model(http_adapter)):
+            raise BindError(
+                f"{site}: DAGDriver.bind(): http_adapter must be a function or a pydantic model class, "
+                f"got {type(http_adapter).__name__} {http_adapter!r}"
+            )
         return DriverNode(dag, http_adapter, site)
 
     def options(self, **_: Any) -> _DAGDriver:
         return self
+
+
+def _is_model(value: Any) -> bool:
+    from pydantic import BaseModel
+
+    return inspect.isclass(value) and issubclass(value, BaseModel)
 
 
 def _import_attr(path: str, site: CallSite) -> Callable[..., Any]:

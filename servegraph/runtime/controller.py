@@ -23,6 +23,7 @@ from ray.actor import ActorHandle
 from ..compiler import ir
 from .cluster import NAMESPACE, PROXY_NAME
 from .codec import loads_with_paths
+from .driver_http import route_adapter
 from .handle import DeploymentInfo
 from .proxy import HTTPProxy as _HTTPProxy
 from .replica import replica_actor_class
@@ -336,11 +337,13 @@ class Controller:
             if state.route_prefix is None:
                 continue
             infos = self._infos(name)
+            adapter = route_adapter(state.app)
             if state.app.ingress is not None:
-                routes[state.route_prefix] = ("deployment", name, infos[state.app.ingress], None)
+                payload = ray.cloudpickle.dumps(adapter) if adapter is not None else None
+                routes[state.route_prefix] = ("deployment", name, infos[state.app.ingress], payload)
             else:
                 assert state.app.plan is not None
-                payload = ray.cloudpickle.dumps((state.app.plan, state.app.http_adapter))
+                payload = ray.cloudpickle.dumps((state.app.plan, adapter))
                 routes[state.route_prefix] = ("plan", name, infos, payload)
         await self._proxy.set_routes.remote(routes, self._code_paths)
 

@@ -242,22 +242,15 @@ def _has_running_loop() -> bool:
     return True
 
 
-def _running_loop(what: str) -> asyncio.AbstractEventLoop:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        raise RuntimeError(
-            f"{what}.remote() returns an asyncio.Task and needs a running event loop: call it from "
-            "an async method, or use a RayServeSyncHandle (what serve.run returns) in sync code"
-        ) from None
-
-
 class RayServeDeploymentHandle(_HandleBase):
     """``.remote()`` returns an ``asyncio.Task`` resolving to an ObjectRef: await twice."""
 
-    def remote(self, *args: Any, **kwargs: Any) -> asyncio.Task[ObjectRef]:
-        loop = _running_loop("RayServeDeploymentHandle")
-        return loop.create_task(self._target.submit_async(self._method, args, kwargs))
+    def remote(self, *args: Any, **kwargs: Any) -> asyncio.Task[ObjectRef] | ObjectRef:
+        """An ``asyncio.Task`` in async code; in a sync method (no event loop), the ObjectRef itself,
+        as Ray Serve 2.0's lazy sync handles gave it, so ``ray.get(handle.remote(x))`` works there."""
+        if not _has_running_loop():
+            return self._target.submit(self._method, args, kwargs)
+        return asyncio.get_running_loop().create_task(self._target.submit_async(self._method, args, kwargs))
 
 
 class DeploymentHandle(_HandleBase):

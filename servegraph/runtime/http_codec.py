@@ -16,14 +16,19 @@ HTTPResult = tuple[int, list[tuple[str, str]], bytes]
 _SCOPE_KEYS = ("type", "http_version", "method", "scheme", "path", "raw_path", "query_string", "root_path", "headers", "client", "server")
 
 
-def portable_scope(scope: dict) -> dict:
+def portable_scope(scope: Any) -> dict:
     out = {k: scope[k] for k in _SCOPE_KEYS if k in scope}
     out["headers"] = [tuple(h) for h in scope.get("headers", [])]
     return out
 
 
 def make_request(scope: dict, body: bytes) -> Any:
+    """A real ``starlette.requests.Request`` that can be sent on to a replica (pickled as scope and body)."""
     from starlette.requests import Request
+
+    class PortableRequest(Request):
+        def __reduce__(self) -> tuple:
+            return (make_request, (portable_scope(self.scope), body))
 
     sent = False
 
@@ -34,7 +39,44 @@ def make_request(scope: dict, body: bytes) -> Any:
         sent = True
         return {"type": "http.request", "body": body, "more_body": False}
 
-    return Request(scope, receive)
+    return PortableRequest(scope, receive)
+
+
+async def call_asgi(app: Any, scope: dict, body: bytes) -> HTTPResult:
+    """Run an ASGI app (a FastAPI ingress, a DAGDriver's adapter) on one buffered request."""
+    import asyncio
+
+    scope = dict(scope)
+    root = scope.get("root_path", "")
+    if root and scope["path"] == root:  # /prefix reaches the app's "/" route, as /prefix/ does
+        scope["path"] = root + "/"
+    done = asyncio.Event()
+    sent = False
+    status, headers, chunks = 500, [], []
+
+    async def receive() -> dict:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await done.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        nonlocal status, headers
+        if message["type"] == "http.response.start":
+            status = message["status"]
+            headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in message.get("headers", [])]
+        elif message["type"] == "http.response.body":
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                done.set()
+
+    try:
+        await app(scope, receive, send)
+    finally:
+        done.set()
+    return status, headers, b"".join(chunks)
 
 
 def text(status: int, message: str) -> HTTPResult:

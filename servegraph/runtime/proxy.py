@@ -1,22 +1,23 @@
 """The HTTP proxy: an async actor running uvicorn, routing by route prefix.
 
 A deployment ingress gets the request rebuilt as a ``starlette.requests.Request``
-on its replica; an InputNode graph gets the JSON body (or its http_adapter's
-result) as its input, and the proxy runs the graph's plan like any caller.
+on its replica; an InputNode graph gets the JSON body as its input, and the
+proxy runs the graph's plan like any caller. A DAGDriver's route is a FastAPI
+app (driver_http.py) whose http_adapter makes the graph's input, as in Ray Serve.
 """
 
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 from typing import Any
 
 import ray
 
 from .codec import loads_with_paths
-from .handle import _PlanTarget
-from .http_codec import HTTPResult, decode_json_body, encode_error, encode_result, make_request, portable_scope, text
+from .driver_http import MATCH_ALL, driver_app
+from .handle import _DeploymentTarget, _PlanTarget
+from .http_codec import HTTPResult, call_asgi, decode_json_body, encode_error, encode_result, portable_scope, text
 from .plan import PlanInputError
 from .router import HTTP
 
@@ -72,9 +73,13 @@ class HTTPProxy:
         for prefix, (kind, app, target, extra) in routes.items():
             if kind == "plan":
                 plan, adapter = loads_with_paths(extra, code_paths)
-                installed[prefix] = (kind, app, _PlanTarget(app, plan, target), adapter)
+                target = _PlanTarget(app, plan, target)
             else:
-                installed[prefix] = (kind, app, target, extra)
+                adapter = loads_with_paths(extra, code_paths) if extra is not None else None
+                target = _DeploymentTarget(target) if adapter is not None else target
+            if adapter is not None:  # a DAGDriver: its adapter runs as a FastAPI dependency, as in Ray Serve
+                kind, adapter = "driver", driver_app({MATCH_ALL: target}, adapter)
+            installed[prefix] = (kind, app, target, adapter)
         self._routes = installed
 
     async def ready(self) -> bool:
@@ -91,20 +96,19 @@ class HTTPProxy:
         kind, app, target, adapter = route
         assert prefix is not None
         try:
+            if kind == "driver":
+                portable = portable_scope(scope)
+                portable["root_path"] = "" if prefix == "/" else prefix.rstrip("/")
+                return await call_asgi(adapter, portable, body)
             if kind == "deployment":
                 portable = portable_scope(scope)
                 portable["root_path"] = "" if prefix == "/" else prefix.rstrip("/")
                 ref = await target.router().submit_async(HTTP, (portable, body), {})
                 return await ref
-            if adapter is not None:
-                value = adapter(make_request(portable_scope(scope), body))
-                if inspect.isawaitable(value):
-                    value = await value
-            else:
-                try:
-                    value = decode_json_body(body)
-                except ValueError as exc:
-                    return text(400, f"request body is not valid JSON: {exc}")
+            try:
+                value = decode_json_body(body)
+            except ValueError as exc:
+                return text(400, f"request body is not valid JSON: {exc}")
             ref = await target.submit_async("__call__", (value,), {})
             return encode_result(await ref)
         except PlanInputError as exc:

@@ -1,0 +1,208 @@
+"""DAGDriver as in Ray Serve: http_adapters, pydantic and typed adapters, the Request as the default input.
+
+Includes Ray's doc example branching_input.py and cases of Ray's test_deployment_graph.py,
+with only the imports changed.
+"""
+
+from __future__ import annotations
+
+import httpx
+import numpy as np
+import pytest
+import ray
+import starlette.requests
+from pydantic import BaseModel
+
+import servegraph as serve
+from servegraph import DAGDriver, InputNode
+from servegraph.http_adapters import json_request, json_to_ndarray
+
+# Ray's doc example branching_input.py ------------------------------------------------------
+
+
+@serve.deployment
+class Model:
+    def __init__(self, weight: int):
+        self.weight = weight
+
+    def forward(self, input: int) -> int:
+        return input + self.weight
+
+
+@serve.deployment
+def combine(value_refs):
+    return sum(ray.get(value_refs))
+
+
+model1 = Model.bind(0)
+model2 = Model.bind(1)
+
+with InputNode() as user_input:
+    output1 = model1.forward.bind(user_input)
+    output2 = model2.forward.bind(user_input)
+    combine_output = combine.bind([output1, output2])
+
+branching = DAGDriver.bind(combine_output, http_adapter=json_request)
+
+# Ray's test_deployment_graph.py ---------------------------------------------------------------
+
+
+async def json_resolver(request: starlette.requests.Request):
+    return await request.json()
+
+
+@serve.deployment
+def combine3(m1_output, m2_output, kwargs_output=0):
+    return m1_output + m2_output + kwargs_output
+
+
+@serve.deployment
+class WeightedModel:
+    def __init__(self, weight: int, ratio: float = None):
+        self.weight = weight
+        self.ratio = ratio or 1
+
+    def forward(self, input: int):
+        return self.ratio * self.weight * input
+
+
+@serve.deployment
+class Combine:
+    def __init__(self, m1, m2=None):
+        self.m1 = m1
+        self.m2 = m2
+
+    def __call__(self, req):
+        r1_ref = self.m1.forward.remote(req)
+        r2_ref = self.m2.forward.remote(req)
+        return sum(ray.get([r1_ref, r2_ref]))
+
+
+with InputNode() as dag_input:
+    single_func = DAGDriver.bind(combine3.bind(dag_input[0], dag_input[1], kwargs_output=1), input_schema=json_resolver)
+
+with InputNode() as dag_input:
+    m1 = WeightedModel.bind(1)
+    m2 = WeightedModel.bind(2)
+    func_class = DAGDriver.bind(
+        combine3.bind(m1.forward.bind(dag_input[0]), m2.forward.bind(dag_input[1]), kwargs_output=dag_input[2]),
+        input_schema=json_resolver,
+    )
+
+with InputNode() as dag_input:
+    in_init = DAGDriver.bind(
+        Combine.bind(WeightedModel.bind(2), m2=WeightedModel.bind(3)).__call__.bind(dag_input), input_schema=json_resolver
+    )
+
+# Adapters of every kind ------------------------------------------------------------------------
+
+
+class ModelInputData(BaseModel):
+    model_input1: int
+    model_input2: str
+
+
+@serve.deployment
+class PydanticModel:
+    def forward(self, input: ModelInputData):
+        return input.model_input1 + len(input.model_input2)
+
+
+def add_query(x: int, y: int = 10) -> int:
+    return x + y
+
+
+@serve.deployment
+def identity(value):
+    return value
+
+
+@serve.deployment
+async def read_request(request: starlette.requests.Request) -> dict:
+    return {"path": request.url.path, "body": await request.json(), "q": request.query_params.get("q")}
+
+
+@serve.deployment
+def array_stats(arr: np.ndarray) -> dict:
+    return {"shape": list(arr.shape), "sum": arr.sum(), "dtype": str(arr.dtype)}
+
+
+with InputNode() as inp:
+    pydantic_graph = DAGDriver.bind(PydanticModel.bind().forward.bind(inp), http_adapter=ModelInputData)
+with InputNode() as inp:
+    typed_graph = DAGDriver.bind(identity.bind(inp), http_adapter=add_query)
+with InputNode() as inp:
+    default_graph = DAGDriver.bind(read_request.bind(inp))
+with InputNode() as inp:
+    ndarray_graph = DAGDriver.bind(array_stats.bind(inp), http_adapter=json_to_ndarray)
+
+
+@pytest.fixture(scope="module")
+def apps(deploy, http_port) -> dict:
+    routes = {
+        "branching": branching,
+        "single-func": single_func,
+        "func-class": func_class,
+        "in-init": in_init,
+        "pydantic": pydantic_graph,
+        "typed": typed_graph,
+        "default": default_graph,
+        "ndarray": ndarray_graph,
+    }
+    handles = {name: deploy(graph, name=f"driver-{name}", route_prefix=f"/{name}") for name, graph in routes.items()}
+    handles["url"] = f"http://127.0.0.1:{http_port}"
+    return handles
+
+
+def post(apps, name: str, **kwargs) -> httpx.Response:
+    return httpx.post(f"{apps['url']}/{name}", timeout=60, **kwargs)
+
+
+def test_branching_input_doc_example(apps):
+    assert ray.get(apps["branching"].predict.remote(1), timeout=60) == 3
+    assert post(apps, "branching", json=1).json() == 3
+
+
+def test_single_func_deployment_dag(apps):
+    assert ray.get(apps["single-func"].predict.remote([1, 2]), timeout=60) == 4
+    assert post(apps, "single-func", json=[1, 2]).json() == 4
+
+
+def test_func_class_with_class_method(apps):
+    assert ray.get(apps["func-class"].predict.remote([1, 2, 3]), timeout=60) == 8
+    assert post(apps, "func-class", json=[1, 2, 3]).json() == 8
+
+
+def test_multi_instantiation_class_deployment_in_init_args(apps):
+    assert ray.get(apps["in-init"].predict.remote(1), timeout=60) == 5
+    assert post(apps, "in-init", json=1).json() == 5
+
+
+def test_pydantic_model_adapter_validates_the_body(apps):
+    assert ray.get(apps["pydantic"].predict.remote(ModelInputData(model_input1=1, model_input2="test")), timeout=60) == 5
+    assert post(apps, "pydantic", json={"model_input1": 1, "model_input2": "test"}).json() == 5
+    bad = post(apps, "pydantic", json={"model_input1": "one"})
+    assert bad.status_code == 422
+    assert {e["loc"][-1] for e in bad.json()["detail"]} == {"model_input1", "model_input2"}
+
+
+def test_typed_adapter_reads_query_parameters(apps):
+    assert httpx.get(f"{apps['url']}/typed", params={"x": 1, "y": 2}, timeout=60).json() == 3
+    assert httpx.get(f"{apps['url']}/typed", params={"x": 5}, timeout=60).json() == 15
+    assert httpx.get(f"{apps['url']}/typed", params={"x": "five"}, timeout=60).status_code == 422
+
+
+def test_default_adapter_hands_the_graph_the_request(apps):
+    reply = post(apps, "default/sub", params={"q": "yes"}, json={"a": 1})
+    assert reply.status_code == 200, reply.text
+    assert reply.json() == {"path": "/default/sub", "body": {"a": 1}, "q": "yes"}
+
+
+def test_json_to_ndarray_with_shape_and_dtype(apps):
+    reply = post(apps, "ndarray", json={"array": [1, 2, 3, 4], "shape": [2, 2], "dtype": "float32"})
+    assert reply.json() == {"shape": [2, 2], "sum": 10.0, "dtype": "float32"}
+
+
+def test_adapter_that_is_neither_function_nor_model_is_refused():
+    with pytest.raises(serve.BindError, match="http_adapter must be a function or a pydantic model class"):
+        DAGDriver.bind(identity.bind(), http_adapter=42)
