@@ -17,16 +17,18 @@ def _bound_view(endpoint: Any, instance: Any) -> Any:
     """``endpoint`` with ``self`` bound, with the signature FastAPI should read (``self`` dropped)."""
     sig = inspect.signature(endpoint, eval_str=True)
     params = list(sig.parameters.values())[1:]
+    view: Any
     if inspect.iscoroutinefunction(endpoint):
 
-        async def view(*args: Any, **kwargs: Any) -> Any:
+        async def async_view(*args: Any, **kwargs: Any) -> Any:
             return await endpoint(instance, *args, **kwargs)
+
+        view = async_view
     else:
+        # FastAPI runs a sync endpoint in its thread pool, as it would the method.
+        view = functools.partial(endpoint, instance)
 
-        def view(*args: Any, **kwargs: Any) -> Any:
-            return endpoint(instance, *args, **kwargs)
-
-    view.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
+    view.__signature__ = sig.replace(parameters=params)
     view.__name__ = endpoint.__name__
     view.__doc__ = endpoint.__doc__
     return view
