@@ -67,3 +67,10 @@ def test_missing_method_over_http_names_the_closest_one_without_internal_frames(
     reply = httpx.get(base + "/misspell", timeout=60)
     assert reply.status_code == 500
     assert reply.text == "AttributeError: deployment 'Model' has no method 'predcit'; did you mean 'predict'?"
+
+
+def test_proxy_health_and_routes_endpoints(base):
+    health = httpx.get(f"{base}/-/healthz", timeout=60)
+    assert (health.status_code, health.text) == (200, "success")
+    routes = httpx.get(f"{base}/-/routes", timeout=60).json()
+    assert routes["/noreq"] == "parity-noreq" and routes["/misspell"] == "parity-misspell"

@@ -9,6 +9,7 @@ app (driver_http.py) whose http_adapter makes the graph's input, as in Ray Serve
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from typing import Any
 
@@ -89,6 +90,11 @@ class HTTPProxy:
         return ray.get_runtime_context().get_node_id()
 
     async def _handle(self, scope: dict, body: bytes) -> HTTPResult:
+        if scope["path"] == "/-/healthz":  # Ray Serve's proxy endpoints
+            return text(200, "success")
+        if scope["path"] == "/-/routes":
+            routes = {prefix: route[1] for prefix, route in sorted(self._routes.items())}
+            return 200, [("content-type", "application/json")], json.dumps(routes).encode()
         prefix, route = _match(self._routes, scope["path"])
         if route is None:
             routes = ", ".join(sorted(self._routes)) or "none"
