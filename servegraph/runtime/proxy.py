@@ -93,8 +93,8 @@ class HTTPProxy:
         if scope["path"] == "/-/healthz":  # Ray Serve's proxy endpoints
             return text(200, "success")
         if scope["path"] == "/-/routes":
-            routes = {prefix: route[1] for prefix, route in sorted(self._routes.items())}
-            return 200, [("content-type", "application/json")], json.dumps(routes).encode()
+            apps = {prefix: route[1] for prefix, route in sorted(self._routes.items())}
+            return 200, [("content-type", "application/json")], json.dumps(apps).encode()
         prefix, route = _match(self._routes, scope["path"])
         if route is None:
             routes = ", ".join(sorted(self._routes)) or "none"
