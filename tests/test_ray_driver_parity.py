@@ -206,3 +206,64 @@ def test_json_to_ndarray_with_shape_and_dtype(apps):
 def test_adapter_that_is_neither_function_nor_model_is_refused():
     with pytest.raises(serve.BindError, match="http_adapter must be a function or a pydantic model class"):
         DAGDriver.bind(identity.bind(), http_adapter=42)
+
+
+# DAGDriver.bind({"/route": graph}) and DAGDriver.bind(deployment) -------------------------------
+
+
+@serve.deployment
+class Echo:
+    def __call__(self, value):
+        return {"echo": value}
+
+    def shout(self, value: str) -> str:
+        return value.upper()
+
+
+with InputNode() as inp:
+    plus_one = Model.bind(1).forward.bind(inp)
+with InputNode() as inp:
+    plus_two = Model.bind(2).forward.bind(inp)
+multi = DAGDriver.bind({"/one": plus_one, "/two": plus_two, "/echo": Echo.bind()}, http_adapter=json_request)
+driven_deployment = DAGDriver.bind(Echo.bind(), http_adapter=json_request)
+
+
+@pytest.fixture(scope="module")
+def more(deploy, http_port) -> dict:
+    return {
+        "multi": deploy(multi, name="driver-multi", route_prefix="/multi"),
+        "driven": deploy(driven_deployment, name="driver-deployment", route_prefix="/driven"),
+        "url": f"http://127.0.0.1:{http_port}",
+    }
+
+
+def test_multi_route_driver_through_predict_with_route(more):
+    handle = more["multi"]
+    assert ray.get(handle.predict_with_route.remote("/one", 1), timeout=60) == 2
+    assert ray.get(handle.predict_with_route.remote("/two", 1), timeout=60) == 3
+    assert ray.get(handle.predict_with_route.remote("/echo", "x"), timeout=60) == {"echo": "x"}
+    with pytest.raises(KeyError, match="/three does not exist in dags routes"):
+        handle.predict_with_route.remote("/three", 1)
+
+
+def test_multi_route_driver_over_http(more):
+    assert httpx.post(f"{more['url']}/multi/one", json=10, timeout=60).json() == 11
+    assert httpx.post(f"{more['url']}/multi/two", json=10, timeout=60).json() == 12
+    assert httpx.post(f"{more['url']}/multi/three", json=10, timeout=60).status_code == 404
+
+
+def test_multi_route_driver_in_local_testing_mode():
+    handle = serve.run(multi, _local_testing_mode=True)
+    assert handle.predict_with_route.remote("/two", 5).result() == 7
+
+
+def test_driver_of_a_deployment_keeps_its_methods_and_predict_calls_it(more):
+    handle = more["driven"]
+    assert ray.get(handle.predict.remote("a"), timeout=60) == {"echo": "a"}
+    assert ray.get(handle.shout.remote("a"), timeout=60) == "A"
+    assert httpx.post(f"{more['url']}/driven", json="b", timeout=60).json() == {"echo": "b"}
+
+
+def test_multi_route_keys_must_be_route_prefixes():
+    with pytest.raises(serve.BindError, match="route 'one' must start with '/'"):
+        DAGDriver.bind({"one": plus_one})

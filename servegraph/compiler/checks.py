@@ -17,6 +17,7 @@ from ..dsl.nodes import DeploymentNode, FunctionNode
 from ..errors import Diagnostic
 from . import ir
 from .capture import Captured
+from .naming import key_order
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,7 +57,20 @@ def check_cycles(captured: Captured, graph: nx.DiGraph, ctx: CheckContext) -> li
 
 
 def check_single_input(captured: Captured, graph: nx.DiGraph, ctx: CheckContext) -> list[Diagnostic]:
-    inputs = [r for r in captured.nodes.values() if r.kind == ir.INPUT]
+    root = captured.nodes[captured.root]
+    if root.kind == ir.DRIVER and root.args and isinstance(root.args[0], dict):
+        # DAGDriver.bind({route: graph}): each route's graph has its own input, as in Ray Serve.
+        out = []
+        for marker in root.args[0].values():
+            key = getattr(marker, "key", None) or getattr(marker, "deployment", None)
+            if key in graph:
+                out.extend(_single_input([captured.nodes[k] for k in nx.ancestors(graph, key) | {key}]))
+        return out
+    return _single_input(list(captured.nodes.values()))
+
+
+def _single_input(records: list[ir.NodeIR]) -> list[Diagnostic]:
+    inputs = sorted((r for r in records if r.kind == ir.INPUT), key=lambda r: key_order(r.key))
     if len(inputs) <= 1:
         return []
     sites = ", ".join(str(r.call_site) for r in inputs)

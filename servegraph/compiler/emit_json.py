@@ -207,7 +207,12 @@ def to_data(compiled: CompiledGraph) -> dict[str, Any]:
         if plan is None
         else {"input": plan.input, "steps": [_step(s) for s in plan.steps], "output": encode(plan.output)},
         "http_adapter": encode(compiled.ir.http_adapter),
+        **({"routes": [[route, _plan(p)] for route, p in compiled.ir.routes]} if compiled.ir.routes else {}),
     }
+
+
+def _plan(plan: ir.Plan) -> dict[str, Any]:
+    return {"input": plan.input, "steps": [_step(s) for s in plan.steps], "output": encode(plan.output)}
 
 
 def to_json(compiled: CompiledGraph) -> str:
@@ -297,6 +302,10 @@ def _check_format(data: Any, name: str) -> None:
         )
 
 
+def _load_plan(plan: dict[str, Any]) -> ir.Plan:
+    return ir.Plan(input=plan["input"], steps=tuple(_load_step(s) for s in plan["steps"]), output=decode(plan["output"]))
+
+
 def _build_ir(data: dict[str, Any], name: str) -> ir.AppIR:
     plan = data["plan"]
     try:
@@ -310,6 +319,7 @@ def _build_ir(data: dict[str, Any], name: str) -> ir.AppIR:
                 input=plan["input"], steps=tuple(_load_step(s) for s in plan["steps"]), output=decode(plan["output"])
             ),
             http_adapter=decode(data["http_adapter"]),
+            routes=tuple((route, _load_plan(p)) for route, p in data.get("routes", [])),
         )
     except errors.ConfigError as exc:
         raise errors.ConfigError(f"{name}: {exc}") from None

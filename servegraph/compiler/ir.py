@@ -159,6 +159,13 @@ class AppIR:
     ingress: str | None = None
     plan: Plan | None = None
     http_adapter: Any = None
+    #: A DAGDriver bound to ``{route: graph}``: one plan per route (then ``plan`` is None).
+    routes: tuple[tuple[str, Plan], ...] = ()
+
+    @property
+    def driven(self) -> bool:
+        """Whether the output is a DAGDriver (which changes how HTTP and ``predict`` reach the graph)."""
+        return any(node.kind == DRIVER for node in self.nodes)
 
     def deployment(self, name: str) -> DeploymentIR:
         for dep in self.deployments:

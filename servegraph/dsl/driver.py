@@ -6,6 +6,7 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
+from .._validation import route_prefix_problem
 from ..errors import BindError
 from .callsite import CallSite, user_call_site
 from .nodes import DAGNode
@@ -21,12 +22,13 @@ class DriverNode(DAGNode):
 
     _kind = "driver"
 
-    def __init__(self, dag: DAGNode, http_adapter: Callable[..., Any] | None, call_site: CallSite):
+    def __init__(self, dag: DAGNode | dict[str, DAGNode], http_adapter: Callable[..., Any] | None, call_site: CallSite):
         self._http_adapter = http_adapter
         super().__init__((dag,), {}, call_site)
 
     @property
-    def dag(self) -> DAGNode:
+    def dag(self) -> DAGNode | dict[str, DAGNode]:
+        """The graph, or ``{route: graph}`` for a driver serving several (``predict_with_route``)."""
         return self._bound_args[0]
 
     @property
@@ -42,7 +44,7 @@ class _DAGDriver:
 
     def bind(
         self,
-        dag: DAGNode,
+        dag: DAGNode | dict[str, DAGNode],
         *,
         http_adapter: None | str | Callable[..., Any] = None,
         input_schema: None | str | Callable[..., Any] = None,
@@ -53,9 +55,18 @@ class _DAGDriver:
         a pydantic model class, or an import path to one; by default the graph gets the Request."""
         site = user_call_site(_call_site)
         http_adapter = http_adapter if http_adapter is not None else input_schema
-        if not isinstance(dag, DAGNode):
+        if isinstance(dag, dict):
+            for route, node in dag.items():
+                problem = route_prefix_problem(route) if isinstance(route, str) else "must be a string"
+                if problem is not None or not isinstance(node, DAGNode):
+                    raise BindError(
+                        f"{site}: DAGDriver.bind() takes {{route: graph node}}; route {route!r} "
+                        + (problem or f"maps to {type(node).__name__}, not a graph node built with .bind()")
+                    )
+        elif not isinstance(dag, DAGNode):
             raise BindError(
-                f"{site}: DAGDriver.bind() takes a graph node built with .bind(), got {type(dag).__name__}"
+                f"{site}: DAGDriver.bind() takes a graph node built with .bind(), got {type(dag).__name__} "
+                "(or a dict {route: graph node})"
             )
         if isinstance(http_adapter, str):
             http_adapter = _import_attr(http_adapter, site)

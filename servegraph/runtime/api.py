@@ -15,7 +15,7 @@ from ..compiler import CompiledGraph, compile
 from ..dsl.nodes import DAGNode
 from ..errors import DeploymentError, GraphError
 from .cluster import CONTROLLER_NAME, NAMESPACE, PROXY_NAME, cluster_resources, ensure_connected
-from .handle import DeploymentHandle, RayServeSyncHandle, deployment_handle, plan_handle
+from .handle import DeploymentHandle, RayServeSyncHandle, deployment_handle, plan_handle, routes_handle
 
 
 def _controller(create: bool = True) -> Any:
@@ -56,7 +56,9 @@ def _free_resources(controller: Any, name: str) -> dict[str, float]:
 
 def _handle_for(name: str, app: Any, infos: dict) -> RayServeSyncHandle:
     if app.ingress is not None:
-        return deployment_handle(infos[app.ingress])
+        return deployment_handle(infos[app.ingress], driven=app.driven)
+    if app.routes:
+        return routes_handle(name, app.routes, infos)
     return plan_handle(name, app.plan, infos)
 
 

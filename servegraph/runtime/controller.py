@@ -341,9 +341,8 @@ class Controller:
             if state.app.ingress is not None:
                 payload = ray.cloudpickle.dumps(adapter) if adapter is not None else None
                 routes[state.route_prefix] = ("deployment", name, infos[state.app.ingress], payload)
-            else:
-                assert state.app.plan is not None
-                payload = ray.cloudpickle.dumps((state.app.plan, adapter))
+            else:  # one plan, or {route: plan} for a DAGDriver serving several graphs
+                payload = ray.cloudpickle.dumps((state.app.plan or dict(state.app.routes), adapter))
                 routes[state.route_prefix] = ("plan", name, infos, payload)
         await self._proxy.set_routes.remote(routes, self._code_paths)
 

@@ -97,11 +97,10 @@ def route_adapter(app: Any) -> Any:
     Request; an InputNode graph served without a DAGDriver (servegraph's own
     shortcut) takes the JSON body, and a plain ingress gets the Request.
     """
-    from ..compiler import ir
 
     if app.http_adapter is not None:
         return app.http_adapter
-    if any(node.kind == ir.DRIVER for node in app.nodes):
+    if app.driven:
         from ..http_adapters import starlette_request
 
         return starlette_request

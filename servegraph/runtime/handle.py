@@ -185,6 +185,61 @@ class _PlanTarget:
         return self._finish(out)
 
 
+class DriverTarget:
+    """``DAGDriver.bind(deployment)``: ``predict`` calls the deployment's ``__call__``, as Ray's
+    DAGDriver.predict does; the deployment's own methods stay reachable."""
+
+    __slots__ = ("inner",)
+
+    def __init__(self, inner: Any):
+        self.inner = inner
+
+    def __reduce__(self) -> tuple:
+        return (DriverTarget, (self.inner,))
+
+    @property
+    def name(self) -> str:
+        return self.inner.name
+
+    def submit(self, method: str, args: tuple, kwargs: dict) -> Any:
+        return self.inner.submit("__call__" if method == "predict" else method, args, kwargs)
+
+    async def submit_async(self, method: str, args: tuple, kwargs: dict) -> Any:
+        return await self.inner.submit_async("__call__" if method == "predict" else method, args, kwargs)
+
+
+class RoutesTarget:
+    """A DAGDriver bound to ``{route: graph}``: ``predict_with_route(route, *args)`` runs that route's graph."""
+
+    __slots__ = ("routes", "name")
+
+    def __init__(self, routes: dict[str, Any], name: str = "DAGDriver"):
+        self.routes = routes
+        self.name = name
+
+    def __reduce__(self) -> tuple:
+        return (RoutesTarget, (self.routes, self.name))
+
+    def _route(self, method: str, args: tuple) -> tuple[Any, tuple]:
+        if method != "predict_with_route" or not args:
+            raise AttributeError(
+                f"this DAGDriver serves several graphs ({', '.join(sorted(self.routes))}): call "
+                f"handle.predict_with_route.remote(route, ...), not .{method}.remote()"
+            )
+        route, *rest = args
+        if route not in self.routes:
+            raise KeyError(f"{route} does not exist in dags routes ({', '.join(sorted(self.routes))})")
+        return self.routes[route], tuple(rest)
+
+    def submit(self, method: str, args: tuple, kwargs: dict) -> Any:
+        target, rest = self._route(method, args)
+        return target.submit("__call__", rest, kwargs)
+
+    async def submit_async(self, method: str, args: tuple, kwargs: dict) -> Any:
+        target, rest = self._route(method, args)
+        return await target.submit_async("__call__", rest, kwargs)
+
+
 # Handles ------------------------------------------------------------------------------
 
 
@@ -311,12 +366,17 @@ class DeploymentResponse:
             ray.cancel(self._ref)
 
 
-def deployment_handle(info: DeploymentInfo) -> RayServeSyncHandle:
-    return RayServeSyncHandle(_DeploymentTarget(info))
+def deployment_handle(info: DeploymentInfo, *, driven: bool = False) -> RayServeSyncHandle:
+    target = _DeploymentTarget(info)
+    return RayServeSyncHandle(DriverTarget(target) if driven else target)
 
 
 def plan_handle(app: str, plan: ir.Plan, infos: dict[str, DeploymentInfo]) -> RayServeSyncHandle:
     return RayServeSyncHandle(_PlanTarget(app, plan, infos))
+
+
+def routes_handle(app: str, routes: tuple[tuple[str, ir.Plan], ...], infos: dict[str, DeploymentInfo]) -> RayServeSyncHandle:
+    return RayServeSyncHandle(RoutesTarget({route: _PlanTarget(app, plan, infos) for route, plan in routes}))
 
 
 def async_handle(info: DeploymentInfo, method: str = "__call__") -> RayServeDeploymentHandle:

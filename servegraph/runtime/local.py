@@ -17,7 +17,7 @@ from typing import Any
 
 from ..compiler import compile, ir
 from ..dsl.nodes import DAGNode
-from .handle import DeploymentResponse, RayServeDeploymentHandle, RayServeSyncHandle
+from .handle import DeploymentResponse, DriverTarget, RayServeDeploymentHandle, RayServeSyncHandle, RoutesTarget
 from .plan import PlanInputError, drive, run_plan
 from .replica import construct
 
@@ -162,7 +162,12 @@ def run_local(target: DAGNode, *, name: str = "default") -> RayServeSyncHandle:
     for spec in compiled.ir.deployments:
         deployments[spec.name] = _LocalDeployment(spec, deployments)
     if compiled.ir.ingress is not None:
-        return RayServeSyncHandle(_LocalTarget(deployments[compiled.ir.ingress]))
+        ingress = _LocalTarget(deployments[compiled.ir.ingress])
+        return RayServeSyncHandle(DriverTarget(ingress) if compiled.ir.driven else ingress)
+    if compiled.ir.routes:
+        return RayServeSyncHandle(
+            RoutesTarget({route: _LocalPlanTarget(plan, deployments) for route, plan in compiled.ir.routes})
+        )
     assert compiled.ir.plan is not None
     return RayServeSyncHandle(_LocalPlanTarget(compiled.ir.plan, deployments))
 

@@ -72,14 +72,18 @@ class HTTPProxy:
         """Install routes; a graph's plan and http_adapter arrive pickled, loaded with the drivers' import paths."""
         installed: dict[str, tuple] = {}
         for prefix, (kind, app, target, extra) in routes.items():
+            driven: dict[str, Any] = {}
             if kind == "plan":
                 plan, adapter = loads_with_paths(extra, code_paths)
-                target = _PlanTarget(app, plan, target)
+                if isinstance(plan, dict):  # DAGDriver.bind({route: graph}): FastAPI routes, as in Ray Serve
+                    driven = {route: _PlanTarget(app, p, target) for route, p in plan.items()}
+                else:
+                    target = _PlanTarget(app, plan, target)
             else:
                 adapter = loads_with_paths(extra, code_paths) if extra is not None else None
                 target = _DeploymentTarget(target) if adapter is not None else target
             if adapter is not None:  # a DAGDriver: its adapter runs as a FastAPI dependency, as in Ray Serve
-                kind, adapter = "driver", driver_app({MATCH_ALL: target}, adapter)
+                kind, adapter = "driver", driver_app(driven or {MATCH_ALL: target}, adapter)
             installed[prefix] = (kind, app, target, adapter)
         self._routes = installed
 
