@@ -74,3 +74,10 @@ def test_proxy_health_and_routes_endpoints(base):
     assert (health.status_code, health.text) == (200, "success")
     routes = httpx.get(f"{base}/-/routes", timeout=60).json()
     assert routes["/noreq"] == "parity-noreq" and routes["/misspell"] == "parity-misspell"
+
+
+def test_missing_method_through_a_deployment_handle_is_the_users_error(base):
+    handle = serve.get_deployment_handle("Model", "parity-misspell")
+    with pytest.raises(AttributeError) as err:
+        handle.predcit.remote(1).result(timeout_s=60)
+    assert str(err.value) == "deployment 'Model' has no method 'predcit'; did you mean 'predict'?"

@@ -319,6 +319,14 @@ class DeploymentHandle(_HandleBase):
         return DeploymentResponse(task=loop.create_task(self._target.submit_async(self._method, args, kwargs)))
 
 
+def _user_error(exc: ray.exceptions.RayTaskError) -> BaseException:
+    """The user's own exception inside Ray's wrapper, so its message shows no replica internals."""
+    cause = exc.cause
+    while isinstance(cause, ray.exceptions.RayTaskError) and cause.cause is not None:
+        cause = cause.cause
+    return cause if isinstance(cause, BaseException) else exc
+
+
 class DeploymentResponse:
     """The future result of a DeploymentHandle call: ``await`` it, or ``.result()`` outside async code."""
 
@@ -340,7 +348,11 @@ class DeploymentResponse:
 
     def __await__(self):
         async def get() -> Any:
-            return await (await self._object_ref())
+            ref = await self._object_ref()
+            try:
+                return await ref
+            except ray.exceptions.RayTaskError as exc:
+                raise _user_error(exc) from None
 
         return get().__await__()
 
@@ -357,7 +369,10 @@ class DeploymentResponse:
         ref = self._object_ref_sync()
         if type(ref) is not ObjectRef:  # a LocalRef, in local testing mode
             return cast(Any, ref).result(timeout_s)
-        return ray.get(ref, timeout=timeout_s)
+        try:
+            return ray.get(ref, timeout=timeout_s)
+        except ray.exceptions.RayTaskError as exc:
+            raise _user_error(exc) from None
 
     def cancel(self) -> None:
         if self._task is not None:
