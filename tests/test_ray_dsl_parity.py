@@ -178,3 +178,55 @@ def test_get_app_and_deployment_handles_are_deployment_handles(deploy):
     old = one.options(use_new_handle_api=False)
     assert isinstance(old, RayServeSyncHandle)
     assert ray.get(old.remote("Al"), timeout=60) == "Hej Al"
+
+
+class Children:
+    """A user object holding bound nodes (Ray Serve replaces them with handles)."""
+
+    def __init__(self, first, second, label: str):
+        self.first = first
+        self.second = second
+        self.label = label
+
+
+@serve.deployment
+class Echo:
+    def __init__(self, s: str):
+        self._s = s
+
+    def __call__(self, *args):
+        return self._s
+
+
+@serve.deployment
+class Parent:
+    def __init__(self, children: Children):
+        self.children = children
+
+    async def __call__(self, which: str) -> str:
+        child = self.children.first if which == "first" else self.children.second
+        return f"{self.children.label}: {await (await child.remote())}"
+
+
+def test_bound_nodes_inside_a_user_object_become_handles(deploy):
+    handle = deploy(Parent.bind(Children(Echo.bind("ed"), Echo.bind("simon"), "kids")), name="dsl-object")
+    assert ray.get([handle.remote("first"), handle.remote("second")], timeout=60) == ["kids: ed", "kids: simon"]
+
+
+def test_passing_handle_in_obj(deploy):
+    # Ray's test_deployment_graph.py::test_passing_handle_in_obj, imports changed.
+    @serve.deployment
+    class Parent:
+        def __init__(self, d):
+            self._d = d
+
+        async def __call__(self, key):
+            return await self._d[key].remote()
+
+    child1 = Echo.bind("ed")
+    child2 = Echo.bind("simon")
+    parent = Parent.bind({"child1": child1, "child2": child2})
+
+    handle = deploy(parent, name="dsl-handle-in-obj")
+    assert ray.get(handle.remote("child1"), timeout=60) == "ed"
+    assert ray.get(handle.remote("child2"), timeout=60) == "simon"

@@ -19,6 +19,8 @@ from ..dsl.nodes import (
     InputNode,
     MethodNode,
     MultiOutputNode,
+    is_user_object,
+    iter_nodes,
 )
 from . import ir
 
@@ -45,6 +47,31 @@ def _kind(node: DAGNode) -> str:
         MultiOutputNode: ir.OUTPUT,
         DriverNode: ir.DRIVER,
     }[type(node)]
+
+
+def object_template(value: Any, marker: Any) -> Any:
+    """``value`` pickled with every graph node in it replaced by a slot for its marker (Ray Serve
+    replaces nodes inside user objects with handles too). Left as it is if it cannot be pickled:
+    the serialization check then reports it."""
+    import io
+
+    import cloudpickle
+
+    markers: list[Any] = []
+
+    class Pickler(cloudpickle.Pickler):
+        def persistent_id(self, obj: Any) -> Any:
+            if isinstance(obj, DAGNode):
+                markers.append(marker(obj))
+                return str(len(markers) - 1)
+            return None
+
+    buffer = io.BytesIO()
+    try:
+        Pickler(buffer).dump(value)
+    except Exception:  # reported by check_serializable, with the node and call site
+        return value
+    return ir.ObjectTemplate(buffer.getvalue(), tuple(markers))
 
 
 def capture(root: DAGNode) -> Captured:
@@ -82,6 +109,8 @@ def capture(root: DAGNode) -> Captured:
             return tuple(template(v, in_constructor) for v in value)
         if isinstance(value, dict):
             return {template(k, in_constructor): template(v, in_constructor) for k, v in value.items()}
+        if is_user_object(value) and any(True for _ in iter_nodes(value)):
+            return object_template(value, lambda node: marker(node, in_constructor))
         return value
 
     records: dict[str, ir.NodeIR] = {}

@@ -183,6 +183,12 @@ def _strip_nodes(value: Any) -> Any:
         return tuple(_strip_nodes(v) for v in value)
     if isinstance(value, dict):
         return {_strip_nodes(k): _strip_nodes(v) for k, v in value.items()}
+    from ..dsl.nodes import is_user_object, iter_nodes
+
+    if is_user_object(value) and any(True for _ in iter_nodes(value)):
+        from .capture import object_template
+
+        return object_template(value, lambda node: None)  # pickled without its nodes, or left to fail
     return value
 
 

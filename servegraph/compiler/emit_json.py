@@ -50,6 +50,8 @@ def encode(value: Any) -> Any:
     """
     if isinstance(value, ir.Ref):
         return {"$ref": value.key}
+    if isinstance(value, ir.ObjectTemplate):
+        return {"$object": [base64.b64encode(value.data).decode("ascii"), [encode(m) for m in value.markers]]}
     if isinstance(value, ir.HandleRef):
         if value.method is not None:
             return {"$handle": [value.deployment, value.method]}
@@ -86,6 +88,8 @@ def decode(value: Any) -> Any:
             return ir.Ref(body)
         if tag == "$handle":
             return ir.HandleRef(*body) if isinstance(body, list) else ir.HandleRef(body)
+        if tag == "$object":
+            return ir.ObjectTemplate(base64.b64decode(body[0]), tuple(decode(m) for m in body[1]))
         if tag == "$tuple":
             return tuple(decode(v) for v in body)
         if tag == "$dict":

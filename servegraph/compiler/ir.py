@@ -49,10 +49,33 @@ class HandleRef:
     method: str | None = None
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class ObjectTemplate:
+    """A user object whose attributes held graph nodes: pickled with each node as a marker's slot.
+
+    Rebuilt, with the markers' values (handles, refs) in those slots, where it is used.
+    """
+
+    data: bytes
+    markers: tuple[Any, ...]
+
+    def build(self, values: tuple[Any, ...]) -> Any:
+        import io
+        import pickle
+
+        class Unpickler(pickle.Unpickler):
+            def persistent_load(self, pid: Any) -> Any:
+                return values[int(pid)]
+
+        return Unpickler(io.BytesIO(self.data)).load()
+
+
 def iter_markers(value: Any) -> Iterator[Ref | HandleRef]:
     """Markers nested in an argument template, in argument order."""
     if isinstance(value, (Ref, HandleRef)):
         yield value
+    elif isinstance(value, ObjectTemplate):
+        yield from value.markers
     elif isinstance(value, (list, tuple)):
         for item in value:
             yield from iter_markers(item)
@@ -66,6 +89,11 @@ def map_markers(value: Any, fn: Any) -> Any:
     """A copy of ``value`` with every marker replaced by ``fn(marker)``."""
     if isinstance(value, (Ref, HandleRef)):
         return fn(value)
+    if isinstance(value, ObjectTemplate):
+        mapped = tuple(fn(m) for m in value.markers)
+        if all(isinstance(m, (Ref, HandleRef)) for m in mapped):  # still a template (a compiler pass)
+            return ObjectTemplate(value.data, mapped)
+        return value.build(mapped)  # values: the object itself, where it is used
     if isinstance(value, list):
         return [map_markers(v, fn) for v in value]
     if isinstance(value, tuple):

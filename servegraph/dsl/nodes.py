@@ -7,6 +7,7 @@ options, and the call site. The compiler's capture pass turns nodes into IR.
 from __future__ import annotations
 
 import itertools
+import types
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, cast
 
@@ -18,17 +19,33 @@ if TYPE_CHECKING:
     from .deployment import Deployment
 
 
-def iter_nodes(value: Any) -> Iterator[DAGNode]:
-    """Nodes nested in a bound argument, through lists, tuples and dicts, in order."""
+def iter_nodes(value: Any, _seen: set[int] | None = None) -> Iterator[DAGNode]:
+    """Nodes nested in a bound argument, through lists, tuples, dicts and the attributes of user
+    objects (as Ray Serve finds them), in order."""
     if isinstance(value, DAGNode):
         yield value
     elif isinstance(value, (list, tuple)):
         for item in value:
-            yield from iter_nodes(item)
+            yield from iter_nodes(item, _seen)
     elif isinstance(value, dict):
         for key, item in value.items():
-            yield from iter_nodes(key)
-            yield from iter_nodes(item)
+            yield from iter_nodes(key, _seen)
+            yield from iter_nodes(item, _seen)
+    elif is_user_object(value):
+        seen = set() if _seen is None else _seen
+        if id(value) not in seen and len(seen) < 1000:  # objects may refer to each other
+            seen.add(id(value))
+            for item in vars(value).values():
+                yield from iter_nodes(item, seen)
+
+
+def is_user_object(value: Any) -> bool:
+    """An instance of a user's class whose attributes may hold graph nodes (not a class, function or module)."""
+    return (
+        hasattr(value, "__dict__")
+        and not isinstance(value, (type, DAGNode, types.FunctionType, types.MethodType, types.ModuleType))
+        and not callable(getattr(value, "bind", None))
+    )
 
 
 class DAGNode:
