@@ -267,3 +267,43 @@ def test_driver_of_a_deployment_keeps_its_methods_and_predict_calls_it(more):
 def test_multi_route_keys_must_be_route_prefixes():
     with pytest.raises(serve.BindError, match="route 'one' must start with '/'"):
         DAGDriver.bind({"one": plus_one})
+
+
+# serve.run's route prefix, when none is given, comes from the ingress (Ray's doc example) ---------
+
+
+class ModelInputData2(BaseModel):
+    model_input1: int
+    model_input2: str
+
+
+@serve.deployment
+class DocModel:
+    def __init__(self, weight):
+        self.weight = weight
+
+    def forward(self, input: ModelInputData2):
+        return input.model_input1 + len(input.model_input2) + self.weight
+
+
+with InputNode() as user_input:
+    doc_model1 = DocModel.bind(0)
+    doc_model2 = DocModel.bind(1)
+    doc_dag = combine.bind([doc_model1.forward.bind(user_input), doc_model2.forward.bind(user_input)])
+    doc_serve_dag = DAGDriver.options(route_prefix="/my-dag").bind(doc_dag, http_adapter=ModelInputData2)
+
+
+def test_dag_driver_options_route_prefix_doc_example(serve_app, http_port):
+    dag_handle = serve_app.run(doc_serve_dag, name="driver-my-dag", port=http_port)
+    assert ray.get(dag_handle.predict.remote(ModelInputData2(model_input1=1, model_input2="test")), timeout=60) == 11
+    reply = httpx.post(
+        f"http://127.0.0.1:{http_port}/my-dag", json={"model_input1": 1, "model_input2": "test"}, timeout=60
+    )
+    assert reply.json() == 11
+    assert serve_app.status().applications["driver-my-dag"].route_prefix == "/my-dag"
+
+
+def test_ingress_route_prefix_option(serve_app, http_port):
+    app = serve.deployment(route_prefix="/api-prefix")(Echo.func_or_class).bind()
+    serve_app.run(app, name="driver-ingress-prefix", port=http_port)
+    assert serve_app.status().applications["driver-ingress-prefix"].route_prefix == "/api-prefix"

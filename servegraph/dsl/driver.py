@@ -21,6 +21,8 @@ class DriverNode(DAGNode):
     """
 
     _kind = "driver"
+    #: From ``DAGDriver.options(route_prefix=...)``; ``serve.run`` uses it when given none.
+    _route_prefix: str | None = None
 
     def __init__(self, dag: DAGNode | dict[str, DAGNode], http_adapter: Callable[..., Any] | None, call_site: CallSite):
         self._http_adapter = http_adapter
@@ -41,6 +43,7 @@ class DriverNode(DAGNode):
 
 class _DAGDriver:
     name = "DAGDriver"
+    route_prefix: str | None = None
 
     def bind(
         self,
@@ -75,10 +78,16 @@ class _DAGDriver:
                 f"{site}: DAGDriver.bind(): http_adapter must be a function or a pydantic model class, "
                 f"got {type(http_adapter).__name__} {http_adapter!r}"
             )
-        return DriverNode(dag, http_adapter, site)
+        node = DriverNode(dag, http_adapter, site)
+        node._route_prefix = self.route_prefix
+        return node
 
-    def options(self, **_: Any) -> _DAGDriver:
-        return self
+    def options(self, *, route_prefix: str | None = None, **_ignored: Any) -> _DAGDriver:
+        """Ray's ``DAGDriver.options(route_prefix="/my-dag")``: where ``serve.run`` serves the graph
+        when it is not told; other options do not apply (the graph runs in its caller, not a replica)."""
+        driver = _DAGDriver()
+        driver.route_prefix = route_prefix if route_prefix is not None else self.route_prefix
+        return driver
 
 
 def _is_model(value: Any) -> bool:

@@ -17,6 +17,9 @@ from ..errors import DeploymentError, GraphError
 from .cluster import CONTROLLER_NAME, NAMESPACE, PROXY_NAME, cluster_resources, ensure_connected
 from .handle import DeploymentHandle, RayServeSyncHandle, deployment_handle, plan_handle, routes_handle
 
+#: ``serve.run``'s route_prefix when the caller gives none (None means "no HTTP route").
+DEFAULT_ROUTE_PREFIX: Any = type("DefaultRoutePrefix", (), {"__repr__": lambda self: "'/'"})()
+
 
 def _controller(create: bool = True) -> Any:
     ensure_connected()
@@ -88,7 +91,7 @@ def run(
     target: DAGNode,
     blocking: bool = False,
     name: str = "default",
-    route_prefix: str | None = "/",
+    route_prefix: Any = DEFAULT_ROUTE_PREFIX,
     host: str = "127.0.0.1",
     port: int = 8000,
     _local_testing_mode: bool = False,
@@ -104,7 +107,8 @@ def run(
         target: the graph's output node (``Model.bind()``, an InputNode graph, ``DAGDriver.bind(...)``).
         blocking: serve until Ctrl-C before returning.
         name: the application's name; deploying the same name again updates it.
-        route_prefix: where HTTP requests reach the app (None: no HTTP route).
+        route_prefix: where HTTP requests reach the app (None: no HTTP route). Not given: the
+            ingress's ``route_prefix`` option (or ``DAGDriver.options(route_prefix=)``), else "/".
         host, port: where the HTTP proxy listens (loopback by default).
         _local_testing_mode: run in this process without Ray (see the README for its limits).
         resource_check: fail at once when the cluster's resources cannot hold every replica.
@@ -119,6 +123,8 @@ def run(
         from .local import run_local
 
         return run_local(target, name=name)
+    if route_prefix is DEFAULT_ROUTE_PREFIX:
+        route_prefix = _default_route_prefix(target)
     problem = None if route_prefix is None else route_prefix_problem(route_prefix)
     if problem is not None:
         raise ValueError(f"route_prefix {route_prefix!r} {problem}; Ray Serve refuses it too, e.g. use '/hello'")
@@ -129,6 +135,15 @@ def run(
     if blocking:
         _block()
     return handle
+
+
+def _default_route_prefix(target: DAGNode) -> str:
+    """As Ray Serve: the ingress deployment's ``route_prefix`` option, else "/"."""
+    prefix = getattr(target, "_route_prefix", None)
+    deployment = getattr(target, "_deployment", None)
+    if prefix is None and deployment is not None:
+        prefix = deployment.deployment_options.route_prefix
+    return prefix or "/"
 
 
 def _block() -> None:
