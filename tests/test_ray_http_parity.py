@@ -81,3 +81,14 @@ def test_missing_method_through_a_deployment_handle_is_the_users_error(base):
     with pytest.raises(AttributeError) as err:
         handle.predcit.remote(1).result(timeout_s=60)
     assert str(err.value) == "deployment 'Model' has no method 'predcit'; did you mean 'predict'?"
+
+
+def test_ray_get_error_names_the_replica_by_its_deployment(base):
+    import ray
+
+    handle = serve.get_deployment_handle("Model", "parity-misspell").options(use_new_handle_api=False)
+    with pytest.raises(AttributeError) as err:
+        ray.get(handle.predcit.remote(1), timeout=60)
+    text = str(err.value)
+    assert "repr=replica of deployment 'Model'" in text and "SyncReplica object at" not in text
+    assert text.rstrip().endswith("AttributeError: deployment 'Model' has no method 'predcit'; did you mean 'predict'?")

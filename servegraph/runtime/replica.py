@@ -97,6 +97,10 @@ class _ReplicaCore:
             kwargs = dict(ir.map_markers(init_kwargs, inject))
             self._instance, self._init = construct(target, args, kwargs)
 
+    def __repr__(self) -> str:
+        # Ray shows an actor's repr in errors from it: name the deployment, not this class.
+        return f"replica of deployment {self._deployment!r}"
+
     def _method(self, name: str) -> Callable[..., Any]:
         if self._is_function:
             if name not in ("__call__", "predict"):
