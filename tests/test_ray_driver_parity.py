@@ -307,3 +307,55 @@ def test_ingress_route_prefix_option(serve_app, http_port):
     app = serve.deployment(route_prefix="/api-prefix")(Echo.func_or_class).bind()
     serve_app.run(app, name="driver-ingress-prefix", port=http_port)
     assert serve_app.status().applications["driver-ingress-prefix"].route_prefix == "/api-prefix"
+
+
+# Ray's doc example model_composition/arithmetic.py, imports changed ------------------------------
+
+
+@serve.deployment
+class AddCls:
+    def __init__(self, addend: float):
+        self.addend = addend
+
+    def add(self, number: float) -> float:
+        return number + self.addend
+
+    async def unpack_request(self, http_request: starlette.requests.Request) -> float:
+        return await http_request.json()
+
+
+@serve.deployment
+def subtract_one_fn(number: float) -> float:
+    return number - 1
+
+
+@serve.deployment
+async def unpack_request(http_request: starlette.requests.Request) -> float:
+    return await http_request.json()
+
+
+add_2 = AddCls.bind(2)
+add_3 = AddCls.bind(3)
+
+with InputNode() as http_request:
+    request_number = unpack_request.bind(http_request)
+    add_2_output = add_2.add.bind(request_number)
+    subtract_1_output = subtract_one_fn.bind(add_2_output)
+    add_3_output = add_3.add.bind(subtract_1_output)
+
+arithmetic_graph = DAGDriver.bind(add_3_output)
+
+with InputNode() as request_number:
+    adapter_output = AddCls.bind(3).add.bind(subtract_one_fn.bind(AddCls.bind(2).add.bind(request_number)))
+
+arithmetic_adapter_graph = DAGDriver.bind(adapter_output, http_adapter=json_request)
+
+
+def test_arithmetic_doc_example(serve_app, http_port):
+    serve_app.run(arithmetic_graph, name="driver-arithmetic", route_prefix="/arithmetic", port=http_port)
+    assert httpx.post(f"http://127.0.0.1:{http_port}/arithmetic", json=5, timeout=60).json() == 9
+    handle = serve_app.run(
+        arithmetic_adapter_graph, name="driver-arithmetic-adapter", route_prefix="/arithmetic2", port=http_port
+    )
+    assert httpx.post(f"http://127.0.0.1:{http_port}/arithmetic2", json=5, timeout=60).json() == 9
+    assert ray.get(handle.predict.remote(5), timeout=60) == 9
