@@ -359,3 +359,20 @@ def test_arithmetic_doc_example(serve_app, http_port):
     )
     assert httpx.post(f"http://127.0.0.1:{http_port}/arithmetic2", json=5, timeout=60).json() == 9
     assert ray.get(handle.predict.remote(5), timeout=60) == 9
+
+
+def test_an_adapter_fastapi_cannot_serve_fails_the_deploy_not_the_proxy(serve_app, http_port):
+    pytest.importorskip("numpy")
+    try:
+        import python_multipart  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("python-multipart is installed, so image_to_ndarray can be served")
+    from servegraph.http_adapters import image_to_ndarray
+
+    with InputNode() as inp:
+        graph = DAGDriver.bind(identity.bind(inp), http_adapter=image_to_ndarray)
+    with pytest.raises(serve.DeploymentError, match="'image_to_ndarray' cannot be served: .*python-multipart"):
+        serve_app.run(graph, name="driver-image", route_prefix="/image", port=http_port)
+    assert "driver-image" not in serve_app.status().applications

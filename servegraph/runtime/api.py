@@ -15,6 +15,7 @@ from ..compiler import CompiledGraph, compile
 from ..dsl.nodes import DAGNode
 from ..errors import DeploymentError, GraphError
 from .cluster import CONTROLLER_NAME, NAMESPACE, PROXY_NAME, cluster_resources, ensure_connected
+from .driver_http import adapter_problem
 from .handle import DeploymentHandle, RayServeSyncHandle, deployment_handle, plan_handle, routes_handle
 
 #: ``serve.run``'s route_prefix when the caller gives none (None means "no HTTP route").
@@ -75,6 +76,10 @@ def deploy_compiled(
     http: bool = True,
 ) -> tuple[RayServeSyncHandle, dict[str, str]]:
     """Deploy an already compiled graph; returns its handle and what changed per deployment."""
+    if http and route_prefix is not None:
+        problem = adapter_problem(compiled.ir)
+        if problem is not None:
+            raise DeploymentError(f"application {name!r} was not deployed: {problem}")
     controller = _controller()
     result = ray.get(
         controller.deploy_app.remote(

@@ -90,6 +90,18 @@ def driver_app(routes: dict[str, Any], adapter: Any) -> Any:
 MATCH_ALL = "/{path:path}"
 
 
+def adapter_problem(app: Any) -> str | None:
+    """Why the app's http_adapter cannot be served (checked in the driver, before anything changes)."""
+    adapter = route_adapter(app)
+    if adapter is None:
+        return None
+    try:
+        driver_app({MATCH_ALL: None}, adapter)
+    except Exception as exc:  # FastAPI refuses the adapter's parameters, or lacks a package for them
+        return f"the DAGDriver's http_adapter {getattr(adapter, '__name__', adapter)!r} cannot be served: {exc}"
+    return None
+
+
 def route_adapter(app: Any) -> Any:
     """The http_adapter an application's route runs, or None for none.
 

@@ -83,7 +83,11 @@ class HTTPProxy:
                 adapter = loads_with_paths(extra, code_paths) if extra is not None else None
                 target = _DeploymentTarget(target) if adapter is not None else target
             if adapter is not None:  # a DAGDriver: its adapter runs as a FastAPI dependency, as in Ray Serve
-                kind, adapter = "driver", driver_app(driven or {MATCH_ALL: target}, adapter)
+                try:
+                    kind, adapter = "driver", driver_app(driven or {MATCH_ALL: target}, adapter)
+                except Exception as exc:  # one bad route must not take the others down
+                    logger.error("application %r: its http_adapter cannot be served: %s", app, exc)
+                    kind, adapter = "broken", f"application {app!r}: its http_adapter cannot be served: {exc}"
             installed[prefix] = (kind, app, target, adapter)
         self._routes = installed
 
@@ -105,6 +109,8 @@ class HTTPProxy:
             return text(404, f"no application at {scope['path']!r} (routes: {routes})")
         kind, app, target, adapter = route
         assert prefix is not None
+        if kind == "broken":
+            return text(500, adapter)
         try:
             if kind == "driver":
                 portable = portable_scope(scope)
