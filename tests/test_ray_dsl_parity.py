@@ -161,8 +161,9 @@ def test_run_accepts_rays_blocking_argument(deploy):
     assert ray.get(handle.remote(), timeout=60) == "named positionally"
 
 
-def test_start_serves_health_before_any_deploy_and_status_lists_proxies(ray_cluster, http_port):
+def test_start_starts_the_proxy_and_status_lists_it(ray_cluster, http_port):
     serve.start(http_options={"host": "127.0.0.1", "port": http_port})
+    assert httpx.get(f"http://127.0.0.1:{http_port}/-/healthz", timeout=60).text == "success"
     proxies = serve.status().proxies
     assert list(proxies.values()) == ["HEALTHY"]
     assert list(proxies) == [ray.get_runtime_context().get_node_id()]
