@@ -623,7 +623,10 @@ class Servegraph:
             for i in range(CHAIN_LENGTH):
                 node = self.Stage.options(name=f"Stage{i}").bind().__call__.bind(node)
         graph = serve.run(node, name="chain", route_prefix=None, http=False)
-        stages = [serve.get_deployment_handle(f"Stage{i}", app_name="chain") for i in range(CHAIN_LENGTH)]
+        stages = [
+            serve.get_deployment_handle(f"Stage{i}", app_name="chain").options(use_new_handle_api=False)
+            for i in range(CHAIN_LENGTH)
+        ]
 
         def submit_chain(x: int) -> Any:
             result: Any = x

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .batching import batch
 from .compiler import CompiledGraph, compile
 from .dsl import (
     DAGDriver,
@@ -36,6 +37,7 @@ from .errors import (
     SerializationError,
     UnreachableNodeError,
 )
+from .fastapi_ingress import ingress
 
 # The runtime imports Ray, which takes a second; load it on first use so that
 # building, checking and rendering graphs stays fast.
@@ -46,6 +48,7 @@ _RUNTIME_NAMES = {
     "status": "api",
     "get_app_handle": "api",
     "get_deployment_handle": "api",
+    "start": "api",
 }
 
 
@@ -82,12 +85,15 @@ __all__ = [
     "ResourceError",
     "SerializationError",
     "UnreachableNodeError",
+    "batch",
     "compile",
     "delete",
     "deployment",
     "get_app_handle",
     "get_deployment_handle",
+    "ingress",
     "run",
     "shutdown",
+    "start",
     "status",
 ]

@@ -20,6 +20,25 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 
+def route_prefix_problem(value: str) -> str | None:
+    """Why Ray Serve would refuse ``value`` as a route prefix, or None if it is valid.
+
+    The one copy of the rule: ``serve.run``, the ``route_prefix`` option and deploy configs all ask it.
+
+    >>> route_prefix_problem("/hello") is None
+    True
+    >>> route_prefix_problem("/hello/")
+    "must not end with '/' (unless it is just '/')"
+    """
+    if not value.startswith("/"):
+        return "must start with '/'"
+    if len(value) > 1 and value.endswith("/"):
+        return "must not end with '/' (unless it is just '/')"
+    if "{" in value or "}" in value:
+        return "must not contain wildcards ('{' or '}')"
+    return None
+
+
 def closest(name: str, choices: Iterable[str]) -> str | None:
     """The valid name a misspelt one most likely meant, if any is close."""
     match = difflib.get_close_matches(name, sorted(choices), n=1, cutoff=0.6)

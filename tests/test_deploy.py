@@ -43,7 +43,7 @@ def deploy(path) -> str:
 
 
 def call(name: str) -> dict:
-    return ray.get(serve.get_app_handle(APP).remote(name), timeout=60)
+    return serve.get_app_handle(APP).remote(name).result(timeout_s=60)
 
 
 def test_build_deploy_status_shows_the_built_replica_counts(config):
@@ -90,7 +90,7 @@ def test_scaling_a_leaf_keeps_its_callers_and_their_handles(config):
     edit(config, Greeter={"num_replicas": 3})
     out = deploy(config)
     assert "Greeter scaled, Front unchanged" in out
-    after = ray.get(old_handle.remote("Ana"), timeout=60)
+    after = old_handle.remote("Ana").result(timeout_s=60)
     assert after["text"] == "Hola Ana" and after["front_pid"] == before["front_pid"]
     greeter = serve.status().applications[APP].deployments["Greeter"]
     assert greeter.replica_states == {"RUNNING": 3}

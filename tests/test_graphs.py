@@ -19,6 +19,7 @@ from support import EXAMPLE_CASES, assert_located, here
 
 import servegraph as serve
 from servegraph import DAGDriver, DeploymentError, InputNode, MultiOutputNode, ResourceError
+from servegraph.http_adapters import json_request
 
 # The examples ------------------------------------------------------------------------------
 
@@ -88,7 +89,8 @@ class Point:
 
 
 with InputNode() as point:
-    driven = DAGDriver.bind(add.bind(point.x, point.y))
+    # json_request: Ray Serve's default adapter would hand the graph the Request itself.
+    driven = DAGDriver.bind(add.bind(point.x, point.y), http_adapter=json_request)
 
 
 @serve.deployment
@@ -110,7 +112,7 @@ def test_positional_and_keyword_inputs_and_multi_output(graphs):
 
 
 def test_a_node_used_twice_runs_once_per_request(graphs):
-    tally = serve.get_deployment_handle("Tally", "two-sums")
+    tally = serve.get_deployment_handle("Tally", "two-sums").options(use_new_handle_api=False)
     before = ray.get(tally.count.remote(), timeout=60)
     ray.get([graphs["two_sums"].remote(i, 0, bonus=0) for i in range(3)], timeout=60)
     assert ray.get(tally.count.remote(), timeout=60) == before + 3
@@ -125,7 +127,7 @@ def test_dag_driver_through_a_handle_method(graphs):
     assert ray.get(graphs["driver"].predict.remote(Point(1.5, 2.0)), timeout=60) == 3.5
 
 
-def test_dag_driver_over_http_reads_attributes_of_the_json_body(graphs, http_port):
+def test_dag_driver_with_json_request_reads_attributes_of_the_json_body(graphs, http_port):
     reply = httpx.post(f"http://127.0.0.1:{http_port}/driver", json={"x": 1, "y": 2}, timeout=60)
     assert reply.status_code == 200
     assert reply.json() == 3

@@ -131,7 +131,7 @@ def spread(deploy) -> RayServeSyncHandle:
 
 
 def handle(name: str) -> RayServeSyncHandle:
-    return serve.get_deployment_handle(name, APP)
+    return serve.get_deployment_handle(name, APP).options(use_new_handle_api=False)
 
 
 # RayServeSyncHandle (what serve.run returns) ----------------------------------------------
@@ -212,10 +212,11 @@ def test_object_ref_passed_unawaited_does_not_block_the_caller(prober):
     assert ray.get(chained, timeout=60) == {"nested": [1, 2]}  # the consumer got the value, not the ref
 
 
-def test_refs_nested_in_arguments_are_resolved_too(prober):
+def test_refs_nested_in_arguments_arrive_as_refs_as_in_ray(prober):
     echo = handle("Echo")
-    out = echo.remote({"a": echo.remote(1), "b": [echo.remote(2)]})
-    assert ray.get(out, timeout=60) == {"a": 1, "b": [2]}
+    out = ray.get(echo.remote({"a": echo.remote(1), "b": [echo.remote(2)]}), timeout=60)
+    assert isinstance(out["a"], ray.ObjectRef) and isinstance(out["b"][0], ray.ObjectRef)
+    assert ray.get([out["a"], out["b"][0]], timeout=60) == [1, 2]
 
 
 # DeploymentHandle (use_new_handle_api=True) ------------------------------------------------

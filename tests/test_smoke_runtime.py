@@ -2,7 +2,6 @@
 
 import hello
 import httpx
-import ray
 
 
 def test_hello_over_http_and_handle(serve_app, http_port):
@@ -13,5 +12,5 @@ def test_hello_over_http_and_handle(serve_app, http_port):
     assert reply.text == "Hola Dora"
     assert httpx.post(url, json={"language": "french", "name": "Dora"}, timeout=30).text == "Bonjour Dora"
     spanish = serve_app.get_deployment_handle("SpanishResponder")
-    assert ray.get(spanish.say_hello.remote("Ana")) == "Hola Ana"
+    assert spanish.say_hello.remote("Ana").result() == "Hola Ana"  # a DeploymentHandle, as in Ray 2.7+
     assert handle.deployment_name == "LanguageClassifier"

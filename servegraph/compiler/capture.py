@@ -19,6 +19,8 @@ from ..dsl.nodes import (
     InputNode,
     MethodNode,
     MultiOutputNode,
+    is_user_object,
+    iter_nodes,
 )
 from . import ir
 
@@ -47,6 +49,31 @@ def _kind(node: DAGNode) -> str:
     }[type(node)]
 
 
+def object_template(value: Any, marker: Any) -> Any:
+    """``value`` pickled with every graph node in it replaced by a slot for its marker (Ray Serve
+    replaces nodes inside user objects with handles too). Left as it is if it cannot be pickled:
+    the serialization check then reports it."""
+    import io
+
+    import cloudpickle
+
+    markers: list[Any] = []
+
+    class Pickler(cloudpickle.Pickler):
+        def persistent_id(self, obj: Any) -> Any:
+            if isinstance(obj, DAGNode):
+                markers.append(marker(obj))
+                return str(len(markers) - 1)
+            return None
+
+    buffer = io.BytesIO()
+    try:
+        Pickler(buffer).dump(value)
+    except Exception:  # reported by check_serializable, with the node and call site
+        return value
+    return ir.ObjectTemplate(buffer.getvalue(), tuple(markers))
+
+
 def capture(root: DAGNode) -> Captured:
     if not isinstance(root, DAGNode):
         raise TypeError(
@@ -68,6 +95,9 @@ def capture(root: DAGNode) -> Captured:
     def marker(node: DAGNode, in_constructor: bool) -> Any:
         if in_constructor and isinstance(node, (DeploymentNode, FunctionNode)):
             return ir.HandleRef(keys[id(node)])
+        if in_constructor and isinstance(node, MethodNode) and not node._bound_args and not node._bound_kwargs:
+            # Ray's class factory pattern: a method node with nothing bound becomes a handle to that method.
+            return ir.HandleRef(keys[id(node._parent)], node.method)
         return ir.Ref(keys[id(node)])
 
     def template(value: Any, in_constructor: bool) -> Any:
@@ -79,6 +109,8 @@ def capture(root: DAGNode) -> Captured:
             return tuple(template(v, in_constructor) for v in value)
         if isinstance(value, dict):
             return {template(k, in_constructor): template(v, in_constructor) for k, v in value.items()}
+        if is_user_object(value) and any(True for _ in iter_nodes(value)):
+            return object_template(value, lambda node: marker(node, in_constructor))
         return value
 
     records: dict[str, ir.NodeIR] = {}

@@ -17,6 +17,7 @@ from ..dsl.nodes import DeploymentNode, FunctionNode
 from ..errors import Diagnostic
 from . import ir
 from .capture import Captured
+from .naming import key_order
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,7 +57,20 @@ def check_cycles(captured: Captured, graph: nx.DiGraph, ctx: CheckContext) -> li
 
 
 def check_single_input(captured: Captured, graph: nx.DiGraph, ctx: CheckContext) -> list[Diagnostic]:
-    inputs = [r for r in captured.nodes.values() if r.kind == ir.INPUT]
+    root = captured.nodes[captured.root]
+    if root.kind == ir.DRIVER and root.args and isinstance(root.args[0], dict):
+        # DAGDriver.bind({route: graph}): each route's graph has its own input, as in Ray Serve.
+        out = []
+        for marker in root.args[0].values():
+            key = getattr(marker, "key", None) or getattr(marker, "deployment", None)
+            if key in graph:
+                out.extend(_single_input([captured.nodes[k] for k in nx.ancestors(graph, key) | {key}]))
+        return out
+    return _single_input(list(captured.nodes.values()))
+
+
+def _single_input(records: list[ir.NodeIR]) -> list[Diagnostic]:
+    inputs = sorted((r for r in records if r.kind == ir.INPUT), key=lambda r: key_order(r.key))
     if len(inputs) <= 1:
         return []
     sites = ", ".join(str(r.call_site) for r in inputs)
@@ -96,6 +110,12 @@ def check_constructor_args(captured: Captured, graph: nx.DiGraph, ctx: CheckCont
         for marker in ir.iter_markers((record.args, record.kwargs)):
             if isinstance(marker, ir.Ref):
                 upstream = captured.nodes[marker.key]
+                hint = ""
+                if upstream.kind == ir.METHOD:
+                    hint = (
+                        " (a method node passed to a constructor becomes a handle to that method only when "
+                        "bound with no arguments, as in Ray Serve)"
+                    )
                 out.append(
                     _diag(
                         "bind-arguments",
@@ -103,7 +123,7 @@ def check_constructor_args(captured: Captured, graph: nx.DiGraph, ctx: CheckCont
                         f"{record.label}.bind() got {upstream.label} (bound at {upstream.call_site}) "
                         "as a constructor argument, but it only has a value per request. A constructor "
                         "takes plain values and other deployments (which become handles); pass "
-                        f"{upstream.label} to a method instead: {record.label}.bind(...).method.bind(...).",
+                        f"{upstream.label} to a method instead: {record.label}.bind(...).method.bind(...)" + hint + ".",
                     )
                 )
     return out
@@ -163,6 +183,12 @@ def _strip_nodes(value: Any) -> Any:
         return tuple(_strip_nodes(v) for v in value)
     if isinstance(value, dict):
         return {_strip_nodes(k): _strip_nodes(v) for k, v in value.items()}
+    from ..dsl.nodes import is_user_object, iter_nodes
+
+    if is_user_object(value) and any(True for _ in iter_nodes(value)):
+        from .capture import object_template
+
+        return object_template(value, lambda node: None)  # pickled without its nodes, or left to fail
     return value
 
 

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
-from .._validation import closest, format_errors
+from .._validation import closest, format_errors, route_prefix_problem
 from ..dsl.options import AutoscalingConfig, RayActorOptions, make_options
 from ..errors import ConfigError, OptionError, OptionValueError
 from .app import RAY_SERVE_BUILDER
@@ -204,14 +204,9 @@ class ApplicationConfig(_Schema):
     @classmethod
     def _route_prefix(cls, value: str | None) -> str | None:
         # Ray Serve's rules (schema._route_prefix_format).
-        if value is None:
-            return value
-        if not value.startswith("/"):
-            raise ValueError("must start with '/'")
-        if len(value) > 1 and value.endswith("/"):
-            raise ValueError("must not end with '/' (unless it is just '/')")
-        if "{" in value or "}" in value:
-            raise ValueError("must not contain wildcards ('{' or '}')")
+        problem = None if value is None else route_prefix_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
         return value
 
     @field_validator("import_path")

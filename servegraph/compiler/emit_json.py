@@ -51,7 +51,11 @@ def encode(value: Any) -> Any:
     """
     if isinstance(value, ir.Ref):
         return {"$ref": value.key}
+    if isinstance(value, ir.ObjectTemplate):
+        return {"$object": [base64.b64encode(value.data).decode("ascii"), [encode(m) for m in value.markers]]}
     if isinstance(value, ir.HandleRef):
+        if value.method is not None:
+            return {"$handle": [value.deployment, value.method]}
         return {"$handle": value.deployment}
     if value is None or isinstance(value, (bool, int, str)):
         return value
@@ -84,7 +88,9 @@ def decode(value: Any) -> Any:
         if tag == "$ref":
             return ir.Ref(body)
         if tag == "$handle":
-            return ir.HandleRef(body)
+            return ir.HandleRef(*body) if isinstance(body, list) else ir.HandleRef(body)
+        if tag == "$object":
+            return ir.ObjectTemplate(base64.b64decode(body[0]), tuple(decode(m) for m in body[1]))
         if tag == "$tuple":
             return tuple(decode(v) for v in body)
         if tag == "$dict":
@@ -206,7 +212,12 @@ def to_data(compiled: CompiledGraph) -> dict[str, Any]:
         if plan is None
         else {"input": plan.input, "steps": [_step(s) for s in plan.steps], "output": encode(plan.output)},
         "http_adapter": encode(compiled.ir.http_adapter),
+        **({"routes": [[route, _plan(p)] for route, p in compiled.ir.routes]} if compiled.ir.routes else {}),
     }
+
+
+def _plan(plan: ir.Plan) -> dict[str, Any]:
+    return {"input": plan.input, "steps": [_step(s) for s in plan.steps], "output": encode(plan.output)}
 
 
 def to_json(compiled: CompiledGraph) -> str:
@@ -298,6 +309,10 @@ def _check_format(data: Any, name: str) -> None:
         )
 
 
+def _load_plan(plan: dict[str, Any]) -> ir.Plan:
+    return ir.Plan(input=plan["input"], steps=tuple(_load_step(s) for s in plan["steps"]), output=decode(plan["output"]))
+
+
 def _build_ir(data: dict[str, Any], name: str) -> ir.AppIR:
     plan = data["plan"]
     try:
@@ -311,6 +326,7 @@ def _build_ir(data: dict[str, Any], name: str) -> ir.AppIR:
                 input=plan["input"], steps=tuple(_load_step(s) for s in plan["steps"]), output=decode(plan["output"])
             ),
             http_adapter=decode(data["http_adapter"]),
+            routes=tuple((route, _load_plan(p)) for route, p in data.get("routes", [])),
         )
     except errors.ConfigError as exc:
         raise errors.ConfigError(f"{name}: {exc}") from None

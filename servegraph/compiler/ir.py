@@ -39,15 +39,43 @@ class Ref:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class HandleRef:
-    """A handle to a deployment (its node key before naming, its name after)."""
+    """A handle to a deployment (its node key before naming, its name after).
+
+    ``method`` is set when a method node was passed to a constructor (Ray's class
+    factory pattern): the handle calls that method.
+    """
 
     deployment: str
+    method: str | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ObjectTemplate:
+    """A user object whose attributes held graph nodes: pickled with each node as a marker's slot.
+
+    Rebuilt, with the markers' values (handles, refs) in those slots, where it is used.
+    """
+
+    data: bytes
+    markers: tuple[Any, ...]
+
+    def build(self, values: tuple[Any, ...]) -> Any:
+        import io
+        import pickle
+
+        class Unpickler(pickle.Unpickler):
+            def persistent_load(self, pid: Any) -> Any:
+                return values[int(pid)]
+
+        return Unpickler(io.BytesIO(self.data)).load()
 
 
 def iter_markers(value: Any) -> Iterator[Ref | HandleRef]:
     """Markers nested in an argument template, in argument order."""
     if isinstance(value, (Ref, HandleRef)):
         yield value
+    elif isinstance(value, ObjectTemplate):
+        yield from value.markers
     elif isinstance(value, (list, tuple)):
         for item in value:
             yield from iter_markers(item)
@@ -61,6 +89,11 @@ def map_markers(value: Any, fn: Any) -> Any:
     """A copy of ``value`` with every marker replaced by ``fn(marker)``."""
     if isinstance(value, (Ref, HandleRef)):
         return fn(value)
+    if isinstance(value, ObjectTemplate):
+        mapped = tuple(fn(m) for m in value.markers)
+        if all(isinstance(m, (Ref, HandleRef)) for m in mapped):  # still a template (a compiler pass)
+            return ObjectTemplate(value.data, mapped)
+        return value.build(mapped)  # values: the object itself, where it is used
     if isinstance(value, list):
         return [map_markers(v, fn) for v in value]
     if isinstance(value, tuple):
@@ -156,6 +189,13 @@ class AppIR:
     ingress: str | None = None
     plan: Plan | None = None
     http_adapter: Any = None
+    #: A DAGDriver bound to ``{route: graph}``: one plan per route (then ``plan`` is None).
+    routes: tuple[tuple[str, Plan], ...] = ()
+
+    @property
+    def driven(self) -> bool:
+        """Whether the output is a DAGDriver (which changes how HTTP and ``predict`` reach the graph)."""
+        return any(node.kind == DRIVER for node in self.nodes)
 
     def deployment(self, name: str) -> DeploymentIR:
         for dep in self.deployments:

@@ -23,7 +23,7 @@ def import_path(target: Any) -> str:
 def _rename(names: dict[str, str], classes: set[str]):
     def fn(marker: ir.Ref | ir.HandleRef) -> ir.Ref | ir.HandleRef:
         if isinstance(marker, ir.HandleRef):
-            return ir.HandleRef(names[marker.deployment])
+            return ir.HandleRef(names[marker.deployment], marker.method)
         if marker.key in classes:
             # A deployment passed to a method call arrives as a handle, as in Ray Serve.
             return ir.HandleRef(names[marker.key])
@@ -122,9 +122,12 @@ def lower(
     nodes = _named_nodes(captured, names)
     root = nodes[captured.root]
     ingress = plan = None
+    routes: tuple[tuple[str, ir.Plan], ...] = ()
     if root.kind == ir.DRIVER:
         (dag,) = root.args
-        if isinstance(dag, ir.HandleRef):  # DAGDriver.bind(Model.bind()): the deployment is the app
+        if isinstance(dag, dict):  # DAGDriver.bind({"/route": graph, ...}): one plan per route
+            routes = tuple((route, _route_plan(value, graph, nodes)) for route, value in dag.items())
+        elif isinstance(dag, ir.HandleRef):  # DAGDriver.bind(Model.bind()): the deployment is the app
             ingress = dag.deployment
         else:
             plan = _plan(dag.key, graph, nodes)
@@ -138,4 +141,13 @@ def lower(
         ingress=ingress,
         plan=plan,
         http_adapter=captured.http_adapter,
+        routes=routes,
     )
+
+
+def _route_plan(value: ir.Ref | ir.HandleRef, graph: nx.DiGraph, nodes: dict[str, ir.NodeIR]) -> ir.Plan:
+    """A route's plan: its graph's, or for a deployment one call of ``__call__`` with the input."""
+    if isinstance(value, ir.Ref):
+        return _plan(value.key, graph, nodes)
+    call = ir.PlanStep(key="call", kind="call", deployment=value.deployment, method="__call__", args=(ir.Ref("input"),))
+    return ir.Plan(input="input", steps=(call,), output=ir.Ref("call"))

@@ -101,23 +101,28 @@ def deployment(_func_or_class: Callable[..., Any]) -> Deployment: ...
 
 
 @overload
-def deployment(_func_or_class: None = None, **options: Any) -> Callable[[Callable[..., Any]], Deployment]: ...
+def deployment(_func_or_class: str | None = None, **options: Any) -> Callable[[Callable[..., Any]], Deployment]: ...
 
 
-def deployment(_func_or_class: Callable[..., Any] | None = None, **options: Any) -> Any:
-    """Make a class or function a deployment: ``@serve.deployment`` or ``@serve.deployment(...)``.
+def deployment(_func_or_class: Callable[..., Any] | str | None = None, **options: Any) -> Any:
+    """Make a class or function a deployment: ``@serve.deployment``, ``@serve.deployment(...)``.
+
+    As in Ray Serve, the name may come first: ``@serve.deployment("name", num_replicas=2)``.
+    An ``async def __init__`` is awaited on the replica before it takes requests.
 
     Raises:
         OptionError: an unknown option (the message names the closest valid one).
         OptionValueError: a value outside its accepted range.
     """
+    if isinstance(_func_or_class, str):
+        if "name" in options:
+            raise TypeError(f"@serve.deployment got the name twice: {_func_or_class!r} and name={options['name']!r}")
+        options["name"], _func_or_class = _func_or_class, None
     validated = make_options(_call_site=user_call_site(), **options)
 
     def decorate(target: Callable[..., Any]) -> Deployment:
         if not callable(target):
             raise TypeError(f"@serve.deployment needs a class or function, got {type(target).__name__}")
-        if inspect.isclass(target) and inspect.iscoroutinefunction(getattr(target, "__init__", None)):
-            raise TypeError(f"{target.__name__}.__init__ must not be async")
         return Deployment(target, validated)
 
     if _func_or_class is not None:

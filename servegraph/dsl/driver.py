@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
+from .._validation import route_prefix_problem
 from ..errors import BindError
 from .callsite import CallSite, user_call_site
 from .nodes import DAGNode
@@ -13,18 +15,22 @@ from .nodes import DAGNode
 class DriverNode(DAGNode):
     """``DAGDriver.bind(dag)``: serves ``dag`` over HTTP and through handles.
 
-    ``http_adapter`` turns the HTTP request into the graph's input; None takes
-    the JSON body. A callable receives the ``starlette.requests.Request``.
+    ``http_adapter`` turns the HTTP request into the graph's input, as a FastAPI
+    dependency; None hands the graph the ``starlette.requests.Request``, as Ray
+    Serve's default adapter does.
     """
 
     _kind = "driver"
+    #: From ``DAGDriver.options(route_prefix=...)``; ``serve.run`` uses it when given none.
+    _route_prefix: str | None = None
 
-    def __init__(self, dag: DAGNode, http_adapter: Callable[..., Any] | None, call_site: CallSite):
+    def __init__(self, dag: DAGNode | dict[str, DAGNode], http_adapter: Callable[..., Any] | None, call_site: CallSite):
         self._http_adapter = http_adapter
         super().__init__((dag,), {}, call_site)
 
     @property
-    def dag(self) -> DAGNode:
+    def dag(self) -> DAGNode | dict[str, DAGNode]:
+        """The graph, or ``{route: graph}`` for a driver serving several (``predict_with_route``)."""
         return self._bound_args[0]
 
     @property
@@ -37,25 +43,57 @@ class DriverNode(DAGNode):
 
 class _DAGDriver:
     name = "DAGDriver"
+    route_prefix: str | None = None
 
     def bind(
         self,
-        dag: DAGNode,
+        dag: DAGNode | dict[str, DAGNode],
         *,
         http_adapter: None | str | Callable[..., Any] = None,
+        input_schema: None | str | Callable[..., Any] = None,
         _call_site: CallSite | None = None,
     ) -> DriverNode:
+        """``http_adapter`` (Ray 2.0's ``input_schema``) turns the HTTP request into the graph's input:
+        a function taking FastAPI dependencies (the Request, typed query parameters, a body model),
+        a pydantic model class, or an import path to one; by default the graph gets the Request."""
         site = user_call_site(_call_site)
-        if not isinstance(dag, DAGNode):
+        http_adapter = http_adapter if http_adapter is not None else input_schema
+        if isinstance(dag, dict):
+            for route, node in dag.items():
+                problem = route_prefix_problem(route) if isinstance(route, str) else "must be a string"
+                if problem is not None or not isinstance(node, DAGNode):
+                    raise BindError(
+                        f"{site}: DAGDriver.bind() takes {{route: graph node}}; route {route!r} "
+                        + (problem or f"maps to {type(node).__name__}, not a graph node built with .bind()")
+                    )
+        elif not isinstance(dag, DAGNode):
             raise BindError(
-                f"{site}: DAGDriver.bind() takes a graph node built with .bind(), got {type(dag).__name__}"
+                f"{site}: DAGDriver.bind() takes a graph node built with .bind(), got {type(dag).__name__} "
+                "(or a dict {route: graph node})"
             )
         if isinstance(http_adapter, str):
             http_adapter = _import_attr(http_adapter, site)
-        return DriverNode(dag, http_adapter, site)
+        if http_adapter is not None and not (inspect.isfunction(http_adapter) or _is_model(http_adapter)):
+            raise BindError(
+                f"{site}: DAGDriver.bind(): http_adapter must be a function or a pydantic model class, "
+                f"got {type(http_adapter).__name__} {http_adapter!r}"
+            )
+        node = DriverNode(dag, http_adapter, site)
+        node._route_prefix = self.route_prefix
+        return node
 
-    def options(self, **_: Any) -> _DAGDriver:
-        return self
+    def options(self, *, route_prefix: str | None = None, **_ignored: Any) -> _DAGDriver:
+        """Ray's ``DAGDriver.options(route_prefix="/my-dag")``: where ``serve.run`` serves the graph
+        when it is not told; other options do not apply (the graph runs in its caller, not a replica)."""
+        driver = _DAGDriver()
+        driver.route_prefix = route_prefix if route_prefix is not None else self.route_prefix
+        return driver
+
+
+def _is_model(value: Any) -> bool:
+    from pydantic import BaseModel
+
+    return inspect.isclass(value) and issubclass(value, BaseModel)
 
 
 def _import_attr(path: str, site: CallSite) -> Callable[..., Any]:

@@ -7,6 +7,7 @@ options, and the call site. The compiler's capture pass turns nodes into IR.
 from __future__ import annotations
 
 import itertools
+import types
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, cast
 
@@ -18,17 +19,33 @@ if TYPE_CHECKING:
     from .deployment import Deployment
 
 
-def iter_nodes(value: Any) -> Iterator[DAGNode]:
-    """Nodes nested in a bound argument, through lists, tuples and dicts, in order."""
+def iter_nodes(value: Any, _seen: set[int] | None = None) -> Iterator[DAGNode]:
+    """Nodes nested in a bound argument, through lists, tuples, dicts and the attributes of user
+    objects (as Ray Serve finds them), in order."""
     if isinstance(value, DAGNode):
         yield value
     elif isinstance(value, (list, tuple)):
         for item in value:
-            yield from iter_nodes(item)
+            yield from iter_nodes(item, _seen)
     elif isinstance(value, dict):
         for key, item in value.items():
-            yield from iter_nodes(key)
-            yield from iter_nodes(item)
+            yield from iter_nodes(key, _seen)
+            yield from iter_nodes(item, _seen)
+    elif is_user_object(value):
+        seen = set() if _seen is None else _seen
+        if id(value) not in seen and len(seen) < 1000:  # objects may refer to each other
+            seen.add(id(value))
+            for item in vars(value).values():
+                yield from iter_nodes(item, seen)
+
+
+def is_user_object(value: Any) -> bool:
+    """An instance of a user's class whose attributes may hold graph nodes (not a class, function or module)."""
+    return (
+        hasattr(value, "__dict__")
+        and not isinstance(value, (type, DAGNode, types.FunctionType, types.MethodType, types.ModuleType))
+        and not callable(getattr(value, "bind", None))
+    )
 
 
 class DAGNode:
@@ -89,6 +106,8 @@ class DeploymentNode(DAGNode):
     def __getattr__(self, method: str) -> _MethodBinder:
         if method.startswith("_") and method != "__call__":
             raise AttributeError(method)
+        if method in ("bind", "remote") and not hasattr(self._deployment.func_or_class, method):
+            raise _used_again(self, method)
         return _MethodBinder(self, method)
 
     def options(self, **kwargs: Any) -> DeploymentNode:
@@ -128,11 +147,29 @@ class _MethodBinder:
             )
         return MethodNode(self._parent, self._method, args, kwargs, site)
 
-    def remote(self, *args: Any, **kwargs: Any) -> None:
-        raise TypeError(
-            f"{self._parent._label()}.{self._method}.remote() called on a graph node: use .bind() "
-            "to build the graph, then serve.run() it and call .remote() on the handle it returns."
+    def __getattr__(self, name: str) -> Any:
+        if name == "remote":
+            raise AttributeError(
+                f".remote() cannot be used on ClassMethodNodes such as {self._parent._label()}.{self._method}: "
+                "build the graph with .bind(), serve.run() it, and call .remote() on the handle it returns."
+            )
+        raise AttributeError(f"{self._parent._label()}.{self._method} has no attribute {name!r}; call .bind() on it")
+
+
+def _used_again(node: DAGNode, name: str) -> AttributeError:
+    """Ray's AttributeError for ``node.bind()`` / ``node.remote()`` on a node that is already bound."""
+    if name == "bind":
+        return AttributeError(
+            f".bind() cannot be used again on {node._label()} (bound at {node._call_site}): it is already a "
+            "graph node. Pass it to another deployment's .bind(), or serve.run() it."
         )
+    prefix = ""
+    if isinstance(node, DeploymentNode):
+        prefix = f"type object {node._label()!r} has no attribute 'remote': "
+    return AttributeError(
+        f"{prefix}.remote() cannot be used on {node._label()} (bound at {node._call_site}), a graph node: "
+        "serve.run() the graph and call .remote() on the handle it returns."
+    )
 
 
 class MethodNode(DAGNode):
@@ -159,6 +196,11 @@ class MethodNode(DAGNode):
     def _label(self) -> str:
         return f"{self._parent._label()}.{self._method}"
 
+    def __getattr__(self, name: str) -> Any:
+        if name in ("bind", "remote"):
+            raise _used_again(self, name)
+        raise AttributeError(name)
+
 
 class FunctionNode(DAGNode):
     """A bound function deployment: ``f.bind(x)``."""
@@ -171,6 +213,11 @@ class FunctionNode(DAGNode):
 
     def _label(self) -> str:
         return self._deployment.name
+
+    def __getattr__(self, name: str) -> Any:
+        if name in ("bind", "remote"):
+            raise _used_again(self, name)
+        raise AttributeError(name)
 
 
 _input_ids = itertools.count()

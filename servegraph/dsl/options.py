@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .._validation import closest, format_errors
+from .._validation import closest, format_errors, route_prefix_problem
 from ..errors import OptionError, OptionValueError
 from .callsite import CallSite
 
@@ -113,8 +113,9 @@ class DeploymentOptions(BaseModel):
     @field_validator("route_prefix")
     @classmethod
     def _slash(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith("/"):
-            raise ValueError("must start with '/'")
+        problem = None if value is None else route_prefix_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
         return value
 
     @model_validator(mode="after")

@@ -233,6 +233,11 @@ class _Exporter:
 
     def value(self, template: Any, record: irmod.NodeIR, label: str) -> tuple[ast.Expr, int]:
         """An argument template as an expression, and how deep its inline calls nest."""
+        if isinstance(template, irmod.HandleRef) and template.method is not None:
+            raise ExportError(
+                f"{_where(record)}: argument {label} is a handle to method {template.method!r}, "
+                "which a .sg file cannot write; pass the deployment instead"
+            )
         if isinstance(template, (irmod.Ref, irmod.HandleRef)):
             key = template.key if isinstance(template, irmod.Ref) else self.dep_key[template.deployment]
             return self.use(key)

@@ -6,18 +6,23 @@ import dataclasses
 import os
 import sys
 import time
-from typing import Any
+from typing import Any, cast
 
 import ray
 
+from .._validation import route_prefix_problem
 from ..compiler import CompiledGraph, compile
 from ..dsl.nodes import DAGNode
 from ..errors import DeploymentError, GraphError
-from .cluster import CONTROLLER_NAME, NAMESPACE, cluster_resources, ensure_connected
-from .handle import DeploymentInfo, RayServeSyncHandle, deployment_handle, plan_handle
+from .cluster import CONTROLLER_NAME, NAMESPACE, PROXY_NAME, cluster_resources, ensure_connected
+from .driver_http import adapter_problem
+from .handle import DeploymentHandle, DeploymentInfo, RayServeSyncHandle, deployment_handle, plan_handle, routes_handle
 
 #: How long status-like calls wait for the controller before they say it is unreachable.
 CONTROLLER_TIMEOUT_S = 60.0
+
+#: ``serve.run``'s route_prefix when the caller gives none (None means "no HTTP route").
+DEFAULT_ROUTE_PREFIX: Any = type("DefaultRoutePrefix", (), {"__repr__": lambda self: "'/'"})()
 
 
 def _controller(create: bool = True) -> Any:
@@ -75,7 +80,9 @@ def _free_resources(controller: Any, name: str) -> dict[str, float]:
 
 def _handle_for(name: str, app: Any, infos: dict) -> RayServeSyncHandle:
     if app.ingress is not None:
-        return deployment_handle(infos[app.ingress])
+        return deployment_handle(infos[app.ingress], driven=app.driven)
+    if app.routes:
+        return routes_handle(name, app.routes, infos)
     return plan_handle(name, app.plan, infos)
 
 
@@ -87,12 +94,12 @@ UNSUPPORTED_OPTIONS = ("placement_group_bundles", "placement_group_strategy", "m
 def _refuse_unsupported_options(compiled: CompiledGraph) -> None:
     for spec in compiled.ir.deployments:
         used = [name for name in UNSUPPORTED_OPTIONS if getattr(spec.options, name) is not None]
-        if spec.options.route_prefix is not None:
-            used.append("route_prefix")
+        if spec.options.route_prefix is not None and spec.name != compiled.ir.ingress:
+            used.append("route_prefix")  # the ingress's is the application's (serve.run's default)
         if used:
             raise DeploymentError(
                 f"{spec.call_site}: deployment {spec.name!r} sets {', '.join(used)}, which servegraph's runtime does "
-                "not apply yet. Remove them (a deployment's route_prefix belongs to serve.run(route_prefix=...)), "
+                "not apply yet. Remove them (only the ingress deployment's route_prefix means something: the application's), "
                 "or run the graph on Ray Serve, which applies them: servegraph build ... -o app.yaml && serve deploy app.yaml"
             )
 
@@ -109,6 +116,10 @@ def deploy_compiled(
 ) -> tuple[RayServeSyncHandle, dict[str, str]]:
     """Deploy an already compiled graph; returns its handle and what changed per deployment."""
     _refuse_unsupported_options(compiled)
+    if http and route_prefix is not None:
+        problem = adapter_problem(compiled.ir)
+        if problem is not None:
+            raise DeploymentError(f"application {name!r} was not deployed: {problem}")
     controller = _controller()
     reply = ray.get(
         controller.deploy_app.remote(
@@ -130,13 +141,15 @@ def run(
     target: DAGNode,
     blocking: bool = False,
     name: str = "default",
-    route_prefix: str | None = "/",
+    route_prefix: Any = DEFAULT_ROUTE_PREFIX,
     host: str = "127.0.0.1",
     port: int = 8000,
     _local_testing_mode: bool = False,
     *,
     resource_check: bool = True,
     http: bool = True,
+    _blocking: bool = True,
+    logging_config: Any = None,
 ) -> RayServeSyncHandle:
     """Compile, check and deploy a graph; return a handle to its output.
 
@@ -144,11 +157,14 @@ def run(
         target: the graph's output node (``Model.bind()``, an InputNode graph, ``DAGDriver.bind(...)``).
         blocking: serve until Ctrl-C before returning.
         name: the application's name; deploying the same name again updates it.
-        route_prefix: where HTTP requests reach the app (None: no HTTP route).
+        route_prefix: where HTTP requests reach the app (None: no HTTP route). Not given: the
+            ingress's ``route_prefix`` option (or ``DAGDriver.options(route_prefix=)``), else "/".
         host, port: where the HTTP proxy listens (loopback by default).
         _local_testing_mode: run in this process without Ray (see the README for its limits).
         resource_check: fail at once when the cluster's resources cannot hold every replica.
         http: start the HTTP proxy.
+        _blocking, logging_config: accepted for Ray Serve's callers; servegraph always returns once
+            every replica is ready, and replicas log as Ray's workers do.
 
     Raises:
         GraphError: the graph fails a check; DeploymentError: a replica failed to start.
@@ -157,8 +173,11 @@ def run(
         from .local import run_local
 
         return run_local(target, name=name)
-    if route_prefix is not None and not route_prefix.startswith("/"):
-        raise ValueError(f"route_prefix must start with '/', got {route_prefix!r}")
+    if route_prefix is DEFAULT_ROUTE_PREFIX:
+        route_prefix = _default_route_prefix(target)
+    problem = None if route_prefix is None else route_prefix_problem(route_prefix)
+    if problem is not None:
+        raise ValueError(f"route_prefix {route_prefix!r} {problem}; Ray Serve refuses it too, e.g. use '/hello'")
     ensure_connected()
     resources = _free_resources(_controller(), name) if resource_check else None
     compiled = compile(target, cluster_resources=resources)
@@ -168,12 +187,44 @@ def run(
     return handle
 
 
+def _default_route_prefix(target: DAGNode) -> str:
+    """As Ray Serve: the ingress deployment's ``route_prefix`` option, else "/"."""
+    prefix = getattr(target, "_route_prefix", None)
+    deployment = getattr(target, "_deployment", None)
+    if prefix is None and deployment is not None:
+        prefix = deployment.deployment_options.route_prefix
+    return prefix or "/"
+
+
 def _block() -> None:
     try:
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
         pass
+
+
+def start(
+    detached: bool = True,
+    http_options: dict[str, Any] | None = None,
+    proxy_location: Any = None,
+    **_ignored: Any,
+) -> None:
+    """Ray Serve's ``serve.start``: connect, and start the controller and the HTTP proxy now.
+
+    ``http_options`` takes ``host`` (default 127.0.0.1) and ``port`` (default 8000);
+    ``proxy_location="Disabled"`` starts no proxy.
+
+    Raises:
+        DeploymentError: the proxy cannot listen on host:port.
+    """
+    options = dict(http_options or {})
+    controller = _controller()
+    if str(getattr(proxy_location, "value", proxy_location)).lower() in ("disabled", "noserver"):
+        return
+    error = ray.get(controller.start_http.remote(options.get("host", "127.0.0.1"), int(options.get("port", 8000))))
+    if error:
+        raise DeploymentError(error)
 
 
 def delete(name: str, _blocking: bool = True) -> None:
@@ -194,22 +245,26 @@ def shutdown() -> None:
     ray.kill(controller, no_restart=True)
 
 
-def get_app_handle(name: str = "default") -> RayServeSyncHandle:
-    """A handle to a running application's ingress (or graph)."""
+def get_app_handle(name: str = "default") -> DeploymentHandle:
+    """A DeploymentHandle to a running application's ingress (or graph), as in Ray Serve 2.7+.
+
+    ``.options(use_new_handle_api=False)`` gives the older RayServeSyncHandle.
+    """
     controller = _controller(create=False)
     info = _ask(controller.get_app.remote(name), "get_app") if controller is not None else None
     if info is None:
         raise GraphError(f"no application named {name!r} is running")
-    return _handle_for(name, info["app"], info["infos"])
+    return cast(DeploymentHandle, _handle_for(name, info["app"], info["infos"]).options(use_new_handle_api=True))
 
 
-def get_deployment_handle(deployment_name: str, app_name: str = "default") -> RayServeSyncHandle:
-    """A handle to one deployment of a running application."""
+def get_deployment_handle(deployment_name: str, app_name: str | None = None) -> DeploymentHandle:
+    """A DeploymentHandle to one deployment of a running application (default: the app named "default")."""
+    app_name = app_name or "default"
     controller = _controller(create=False)
     info = _ask(controller.get_app.remote(app_name), "get_app") if controller is not None else None
     if info is None or deployment_name not in info["infos"]:
         raise GraphError(f"no deployment {deployment_name!r} in a running application {app_name!r}")
-    return deployment_handle(info["infos"][deployment_name])
+    return cast(DeploymentHandle, deployment_handle(info["infos"][deployment_name]).options(use_new_handle_api=True))
 
 
 # Status, shaped like Ray Serve's ------------------------------------------------------
@@ -236,6 +291,8 @@ class ApplicationStatus:
 class ServeStatus:
     applications: dict[str, ApplicationStatus]
     proxy: dict[str, Any] | None = None
+    #: Ray Serve's field: proxy state by node id ("HEALTHY"), empty when no proxy runs.
+    proxies: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 def status() -> ServeStatus:
@@ -249,4 +306,13 @@ def status() -> ServeStatus:
             for d, info in app["deployments"].items()
         }
         apps[name] = ApplicationStatus(name, app["status"], app["route_prefix"], deployments, app["message"])
-    return ServeStatus(apps, raw["proxy"])
+    return ServeStatus(apps, raw["proxy"], _proxies() if raw["proxy"] else {})
+
+
+def _proxies() -> dict[str, str]:
+    try:
+        proxy = ray.get_actor(PROXY_NAME, namespace=NAMESPACE)
+        node_id = cast(str, ray.get(proxy.node_id.remote(), timeout=30))
+        return {node_id: "HEALTHY"}
+    except Exception:  # gone between the two questions, or not answering
+        return {}

@@ -1,9 +1,11 @@
 """Carry unresolved ObjectRefs across an actor call so Ray resolves them at the consumer.
 
 Ray resolves ObjectRefs only when they are top-level task arguments, so a
-call's arguments are sent as a template, with each ref replaced by a slot,
-followed by the refs themselves as top-level arguments. The consuming replica
-receives the values straight from the object store, never through the caller.
+value holding refs (a MultiOutputNode's list of results) is sent as a template,
+with each ref replaced by a slot, followed by the refs themselves as top-level
+arguments. The consuming replica receives the values straight from the object
+store, never through the caller. Calls to a user's method do not use it: there,
+as in Ray, refs nested in containers arrive as refs.
 """
 
 from __future__ import annotations
@@ -53,17 +55,6 @@ def _walk(value: Any, refs: list[ObjectRef]) -> Any:
     if kind is dict:
         return {k: _walk(v, refs) for k, v in value.items()}
     return value
-
-
-def has_nested_ref(args: tuple) -> bool:
-    """Whether a ref sits inside a list, tuple or dict argument (Ray resolves only top-level ones)."""
-    for value in args:
-        kind = type(value)
-        if kind in (list, tuple) and value and any(type(v) is ObjectRef or has_nested_ref((v,)) for v in value):
-            return True
-        if kind is dict and value and any(type(v) is ObjectRef or has_nested_ref((v,)) for v in value.values()):
-            return True
-    return False
 
 
 def flatten(args: tuple, kwargs: dict) -> tuple[tuple, dict, list[ObjectRef]]:

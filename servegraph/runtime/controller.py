@@ -43,6 +43,7 @@ from ..compiler import ir
 from .autoscaling import Autoscaler
 from .cluster import NAMESPACE, PROXY_NAME
 from .codec import loads_with_paths
+from .driver_http import route_adapter
 from .handle import DeploymentInfo
 from .proxy import HTTP_OPTION_DEFAULTS
 from .proxy import HTTPProxy as _HTTPProxy
@@ -58,6 +59,8 @@ CONTROL_PERIOD_S = 0.1
 LISTEN_TIMEOUT_S = 30.0
 #: Failed starts of one version, counted per replica of the target, before the deployment is DEPLOY_FAILED.
 MAX_START_FAILURES_PER_REPLICA = 3
+#: How long a stopping replica keeps its slot after routers were told it is gone, before it drains.
+MEMBERSHIP_PROPAGATION_S = 0.2
 #: Where the controller's checkpoint lives in Ray's internal KV.
 CHECKPOINT_KEY = b"servegraph/controller/checkpoint"
 
@@ -458,7 +461,8 @@ class Controller:
     async def _shutdown(self, dep: Deployment, r: Replica, graceful: bool) -> None:
         opts = dep.spec.options
         if graceful and not r.dead:
-            await asyncio.sleep(0)  # let the membership without it go out first
+            # Routers hear it is gone within milliseconds; a request sent just before arrives meanwhile.
+            await asyncio.sleep(MEMBERSHIP_PROPAGATION_S)
             try:
                 await asyncio.wait_for(
                     r.actor.prepare_for_shutdown.remote(opts.graceful_shutdown_wait_loop_s, opts.graceful_shutdown_timeout_s),
@@ -642,6 +646,15 @@ class Controller:
             "lack the resources they ask for: see `ray status`.",
         )
 
+    async def start_http(self, host: str, port: int) -> str | None:
+        """``serve.start``: the HTTP proxy on host:port before any deploy; an error message if it cannot be."""
+        await self._recovered.wait()
+        async with self._lock:
+            error = await self._ensure_proxy(host, port, dict(HTTP_OPTION_DEFAULTS), "")
+            if error is None:
+                await self._push_routes()
+            return error
+
     async def get_app(self, name: str) -> dict[str, Any] | None:
         await self._recovered.wait()
         state = self._apps.get(name)
@@ -789,11 +802,12 @@ class Controller:
             if state.route_prefix is None or state.deleting:
                 continue
             infos = {d: DeploymentInfo(name, d) for d in state.deployments}
+            adapter = route_adapter(state.app)
             if state.app.ingress is not None:
-                routes[state.route_prefix] = ("deployment", name, infos[state.app.ingress], None)
-            else:
-                assert state.app.plan is not None
-                payload = ray.cloudpickle.dumps((state.app.plan, state.app.http_adapter))
+                payload = ray.cloudpickle.dumps(adapter) if adapter is not None else None
+                routes[state.route_prefix] = ("deployment", name, infos[state.app.ingress], payload)
+            else:  # one plan, or {route: plan} for a DAGDriver serving several graphs
+                payload = ray.cloudpickle.dumps((state.app.plan or dict(state.app.routes), adapter))
                 routes[state.route_prefix] = ("plan", name, infos, payload)
         try:
             await self._proxy.set_routes.remote(routes, self._code_paths)

@@ -201,6 +201,61 @@ class _PlanTarget:
         return self._finish(out)
 
 
+class DriverTarget:
+    """``DAGDriver.bind(deployment)``: ``predict`` calls the deployment's ``__call__``, as Ray's
+    DAGDriver.predict does; the deployment's own methods stay reachable."""
+
+    __slots__ = ("inner",)
+
+    def __init__(self, inner: Any):
+        self.inner = inner
+
+    def __reduce__(self) -> tuple:
+        return (DriverTarget, (self.inner,))
+
+    @property
+    def name(self) -> str:
+        return self.inner.name
+
+    def submit(self, method: str, args: tuple, kwargs: dict) -> Any:
+        return self.inner.submit("__call__" if method == "predict" else method, args, kwargs)
+
+    async def submit_async(self, method: str, args: tuple, kwargs: dict) -> Any:
+        return await self.inner.submit_async("__call__" if method == "predict" else method, args, kwargs)
+
+
+class RoutesTarget:
+    """A DAGDriver bound to ``{route: graph}``: ``predict_with_route(route, *args)`` runs that route's graph."""
+
+    __slots__ = ("routes", "name")
+
+    def __init__(self, routes: dict[str, Any], name: str = "DAGDriver"):
+        self.routes = routes
+        self.name = name
+
+    def __reduce__(self) -> tuple:
+        return (RoutesTarget, (self.routes, self.name))
+
+    def _route(self, method: str, args: tuple) -> tuple[Any, tuple]:
+        if method != "predict_with_route" or not args:
+            raise AttributeError(
+                f"this DAGDriver serves several graphs ({', '.join(sorted(self.routes))}): call "
+                f"handle.predict_with_route.remote(route, ...), not .{method}.remote()"
+            )
+        route, *rest = args
+        if route not in self.routes:
+            raise KeyError(f"{route} does not exist in dags routes ({', '.join(sorted(self.routes))})")
+        return self.routes[route], tuple(rest)
+
+    def submit(self, method: str, args: tuple, kwargs: dict) -> Any:
+        target, rest = self._route(method, args)
+        return target.submit("__call__", rest, kwargs)
+
+    async def submit_async(self, method: str, args: tuple, kwargs: dict) -> Any:
+        target, rest = self._route(method, args)
+        return await target.submit_async("__call__", rest, kwargs)
+
+
 # Handles ------------------------------------------------------------------------------
 
 
@@ -232,7 +287,8 @@ class _HandleBase:
         """A handle to the same deployment; ``use_new_handle_api=True`` gives a DeploymentHandle."""
         cls = DeploymentHandle if use_new_handle_api else type(self)
         if use_new_handle_api is False and cls is DeploymentHandle:
-            cls = RayServeDeploymentHandle
+            # As in Ray Serve: the old handle for the context, sync in a driver, async in an event loop.
+            cls = RayServeDeploymentHandle if _has_running_loop() else RayServeSyncHandle
         return cls(self._target, method_name or self._method)
 
     def __reduce__(self) -> tuple:
@@ -249,22 +305,23 @@ class RayServeSyncHandle(_HandleBase):
         return self._target.submit(self._method, args, kwargs)
 
 
-def _running_loop(what: str) -> asyncio.AbstractEventLoop:
+def _has_running_loop() -> bool:
     try:
-        return asyncio.get_running_loop()
+        asyncio.get_running_loop()
     except RuntimeError:
-        raise RuntimeError(
-            f"{what}.remote() returns an asyncio.Task and needs a running event loop: call it from "
-            "an async method, or use a RayServeSyncHandle (what serve.run returns) in sync code"
-        ) from None
+        return False
+    return True
 
 
 class RayServeDeploymentHandle(_HandleBase):
     """``.remote()`` returns an ``asyncio.Task`` resolving to an ObjectRef: await twice."""
 
-    def remote(self, *args: Any, **kwargs: Any) -> asyncio.Task[ObjectRef]:
-        loop = _running_loop("RayServeDeploymentHandle")
-        return loop.create_task(self._target.submit_async(self._method, args, kwargs))
+    def remote(self, *args: Any, **kwargs: Any) -> asyncio.Task[ObjectRef] | ObjectRef:
+        """An ``asyncio.Task`` in async code; in a sync method (no event loop), the ObjectRef itself,
+        as Ray Serve 2.0's lazy sync handles gave it, so ``ray.get(handle.remote(x))`` works there."""
+        if not _has_running_loop():
+            return self._target.submit(self._method, args, kwargs)
+        return asyncio.get_running_loop().create_task(self._target.submit_async(self._method, args, kwargs))
 
 
 class DeploymentHandle(_HandleBase):
@@ -277,6 +334,14 @@ class DeploymentHandle(_HandleBase):
         except RuntimeError:
             return DeploymentResponse(ref=self._target.submit(self._method, args, kwargs), call=call)
         return DeploymentResponse(task=loop.create_task(self._target.submit_async(self._method, args, kwargs)), call=call)
+
+
+def _user_error(exc: ray.exceptions.RayTaskError) -> BaseException:
+    """The user's own exception inside Ray's wrapper, so its message shows no replica internals."""
+    cause = exc.cause
+    while isinstance(cause, ray.exceptions.RayTaskError) and cause.cause is not None:
+        cause = cause.cause
+    return cause if isinstance(cause, BaseException) else exc
 
 
 class DeploymentResponse:
@@ -312,16 +377,29 @@ class DeploymentResponse:
         async def get() -> Any:
             try:
                 return await (await self._object_ref())
-            except ray.exceptions.RayActorError as exc:
+            except ray.exceptions.RayActorError as exc:  # before RayTaskError: a death may come wrapped in one
                 call = self._retry_call(exc)
                 if call is None:
                     raise
-                await asyncio.sleep(RETRY_DELAY_S)
-                target, method, args, kwargs = call
-                self._ref = await target.submit_async(method, args, kwargs)
+            except ray.exceptions.RayTaskError as exc:
+                raise _user_error(exc) from None
+            await asyncio.sleep(RETRY_DELAY_S)
+            target, method, args, kwargs = call
+            self._ref = await target.submit_async(method, args, kwargs)
+            try:
                 return await self._ref
+            except ray.exceptions.RayTaskError as exc:
+                raise _user_error(exc) from None
 
         return get().__await__()
+
+    async def _to_object_ref(self) -> ObjectRef:
+        """Ray Serve's name: the ObjectRef of the result, without waiting for the result."""
+        return await self._object_ref()
+
+    def _to_object_ref_sync(self) -> ObjectRef:
+        """Ray Serve's name: the ObjectRef of the result, outside an event loop."""
+        return self._object_ref_sync()
 
     def result(self, *, timeout_s: float | None = None) -> Any:
         """Block until the result is ready (not inside an event loop: await instead)."""
@@ -330,14 +408,19 @@ class DeploymentResponse:
             return cast(Any, ref).result(timeout_s)
         try:
             return ray.get(ref, timeout=timeout_s)
-        except ray.exceptions.RayActorError as exc:
+        except ray.exceptions.RayActorError as exc:  # before RayTaskError: a death may come wrapped in one
             call = self._retry_call(exc)
             if call is None:
                 raise
-            time.sleep(RETRY_DELAY_S)
-            target, method, args, kwargs = call
-            self._ref = target.submit(method, args, kwargs)
+        except ray.exceptions.RayTaskError as exc:
+            raise _user_error(exc) from None
+        time.sleep(RETRY_DELAY_S)
+        target, method, args, kwargs = call
+        self._ref = target.submit(method, args, kwargs)
+        try:
             return ray.get(self._ref, timeout=timeout_s)
+        except ray.exceptions.RayTaskError as exc:
+            raise _user_error(exc) from None
 
     def cancel(self) -> None:
         if self._task is not None:
@@ -346,16 +429,21 @@ class DeploymentResponse:
             ray.cancel(self._ref)
 
 
-def deployment_handle(info: DeploymentInfo) -> RayServeSyncHandle:
-    return RayServeSyncHandle(_DeploymentTarget(info))
+def deployment_handle(info: DeploymentInfo, *, driven: bool = False) -> RayServeSyncHandle:
+    target = _DeploymentTarget(info)
+    return RayServeSyncHandle(DriverTarget(target) if driven else target)
 
 
 def plan_handle(app: str, plan: ir.Plan, infos: dict[str, DeploymentInfo]) -> RayServeSyncHandle:
     return RayServeSyncHandle(_PlanTarget(app, plan, infos))
 
 
-def async_handle(info: DeploymentInfo) -> RayServeDeploymentHandle:
-    return RayServeDeploymentHandle(_DeploymentTarget(info))
+def routes_handle(app: str, routes: tuple[tuple[str, ir.Plan], ...], infos: dict[str, DeploymentInfo]) -> RayServeSyncHandle:
+    return RayServeSyncHandle(RoutesTarget({route: _PlanTarget(app, plan, infos) for route, plan in routes}))
+
+
+def async_handle(info: DeploymentInfo, method: str = "__call__") -> RayServeDeploymentHandle:
+    return RayServeDeploymentHandle(_DeploymentTarget(info), method)
 
 
 # Ray Serve's names for the same classes.

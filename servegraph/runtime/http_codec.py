@@ -40,16 +40,22 @@ def request_id_of(scope: dict) -> str | None:
 _SCOPE_KEYS = ("type", "http_version", "method", "scheme", "path", "raw_path", "query_string", "root_path", "headers", "client", "server")
 
 
-def portable_scope(scope: dict) -> dict:
+def portable_scope(scope: Any) -> dict:
     out = {k: scope[k] for k in _SCOPE_KEYS if k in scope}
     out["headers"] = [tuple(h) for h in scope.get("headers", [])]
     return out
 
 
 def make_request(scope: dict, body: bytes) -> Any:
+    """A real ``starlette.requests.Request`` that can be sent on to a replica (pickled as scope and body)."""
     from starlette.requests import Request
 
     set_request_id(request_id_of(scope))  # errors while handling it are logged under its id
+
+    class PortableRequest(Request):
+        def __reduce__(self) -> tuple:
+            return (make_request, (portable_scope(self.scope), body))
+
     sent = False
 
     async def receive() -> dict:
@@ -59,7 +65,44 @@ def make_request(scope: dict, body: bytes) -> Any:
         sent = True
         return {"type": "http.request", "body": body, "more_body": False}
 
-    return Request(scope, receive)
+    return PortableRequest(scope, receive)
+
+
+async def call_asgi(app: Any, scope: dict, body: bytes) -> HTTPResult:
+    """Run an ASGI app (a FastAPI ingress, a DAGDriver's adapter) on one buffered request."""
+    import asyncio
+
+    scope = dict(scope)
+    root = scope.get("root_path", "")
+    if root and scope["path"] == root:  # /prefix reaches the app's "/" route, as /prefix/ does
+        scope["path"] = root + "/"
+    done = asyncio.Event()
+    sent = False
+    status, headers, chunks = 500, [], []
+
+    async def receive() -> dict:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await done.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        nonlocal status, headers
+        if message["type"] == "http.response.start":
+            status = message["status"]
+            headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in message.get("headers", [])]
+        elif message["type"] == "http.response.body":
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                done.set()
+
+    try:
+        await app(scope, receive, send)
+    finally:
+        done.set()
+    return status, headers, b"".join(chunks)
 
 
 def text(status: int, message: str) -> HTTPResult:
@@ -86,12 +129,21 @@ def encode_result(value: Any) -> HTTPResult:
     return 200, [("content-type", "application/json")], body
 
 
+def user_error(exc: BaseException) -> BaseException:
+    """The user's exception inside Ray's wrappers (a RayTaskError carries it as ``.cause``)."""
+    seen = 0
+    while getattr(exc, "cause", None) is not None and seen < 10:
+        exc, seen = exc.cause, seen + 1  # type: ignore[attr-defined]
+    return exc
+
+
 def encode_error(exc: BaseException) -> HTTPResult:
     """A user exception: a generic 500 naming the request id; the full error goes to this process's log under it.
 
     A public endpoint must not leak the error's text; set ``SERVEGRAPH_HTTP_ERROR_DETAILS=1``
     (development) to put the type and message in the body too.
     """
+    exc = user_error(exc)
     if isinstance(exc, json.JSONDecodeError):
         return text(400, f"request body is not valid JSON: {exc}")
     request_id = _request_id.get() or "unknown"

@@ -17,8 +17,9 @@ from typing import Any
 
 from ..compiler import compile, ir
 from ..dsl.nodes import DAGNode
-from .handle import DeploymentResponse, RayServeDeploymentHandle, RayServeSyncHandle
+from .handle import DeploymentResponse, DriverTarget, RayServeDeploymentHandle, RayServeSyncHandle, RoutesTarget
 from .plan import PlanInputError, drive, run_plan
+from .replica import construct
 
 _loop: asyncio.AbstractEventLoop | None = None
 _loop_lock = threading.Lock()
@@ -65,6 +66,12 @@ async def _resolve(value: Any) -> Any:
     return value
 
 
+async def _resolve_top(value: Any) -> Any:
+    if isinstance(value, (LocalRef, DeploymentResponse, asyncio.Future)):
+        return await _resolve(value)
+    return value
+
+
 class _LocalDeployment:
     """One deployment's single in-process instance; the local twin of a DeploymentInfo's router."""
 
@@ -74,14 +81,16 @@ class _LocalDeployment:
 
         def inject(marker: ir.Ref | ir.HandleRef) -> Any:
             assert isinstance(marker, ir.HandleRef)  # a constructor's nodes are all handles
-            return RayServeDeploymentHandle(_LocalTarget(handles[marker.deployment]))
+            return RayServeDeploymentHandle(_LocalTarget(handles[marker.deployment]), marker.method or "__call__")
 
         if spec.is_function:
             self.instance = None
         else:
             args = ir.map_markers(spec.init_args, inject)
             kwargs = dict(ir.map_markers(spec.init_kwargs, inject))
-            self.instance = spec.target(*args, **kwargs)
+            self.instance, init = construct(spec.target, args, kwargs)
+            if init is not None:
+                asyncio.run_coroutine_threadsafe(_await(init), _background_loop()).result()
             if spec.options.user_config is not None:
                 result = self.instance.reconfigure(spec.options.user_config)
                 if inspect.isawaitable(result):
@@ -94,8 +103,9 @@ class _LocalDeployment:
 
     def call(self, method: str, args: tuple, kwargs: dict) -> LocalRef:
         async def run() -> Any:
-            real_args = await _resolve(args)
-            real_kwargs = await _resolve(kwargs)
+            # Only top-level results are awaited; nested ones arrive as LocalRefs, as refs do on Ray.
+            real_args = [await _resolve_top(a) for a in args]
+            real_kwargs = {k: await _resolve_top(v) for k, v in kwargs.items()}
             result = self.method(method)(*real_args, **real_kwargs)
             if inspect.isawaitable(result):
                 result = await result
@@ -152,7 +162,12 @@ def run_local(target: DAGNode, *, name: str = "default") -> RayServeSyncHandle:
     for spec in compiled.ir.deployments:
         deployments[spec.name] = _LocalDeployment(spec, deployments)
     if compiled.ir.ingress is not None:
-        return RayServeSyncHandle(_LocalTarget(deployments[compiled.ir.ingress]))
+        ingress = _LocalTarget(deployments[compiled.ir.ingress])
+        return RayServeSyncHandle(DriverTarget(ingress) if compiled.ir.driven else ingress)
+    if compiled.ir.routes:
+        return RayServeSyncHandle(
+            RoutesTarget({route: _LocalPlanTarget(plan, deployments) for route, plan in compiled.ir.routes})
+        )
     assert compiled.ir.plan is not None
     return RayServeSyncHandle(_LocalPlanTarget(compiled.ir.plan, deployments))
 

@@ -1,14 +1,15 @@
 """The HTTP proxy: an async actor running uvicorn, routing by route prefix.
 
 A deployment ingress gets the request rebuilt as a ``starlette.requests.Request``
-on its replica; an InputNode graph gets the JSON body (or its http_adapter's
-result) as its input, and the proxy runs the graph's plan like any caller.
+on its replica; an InputNode graph gets the JSON body as its input, and the
+proxy runs the graph's plan like any caller. A DAGDriver's route is a FastAPI
+app (driver_http.py) whose http_adapter makes the graph's input, as in Ray Serve.
 """
 
 from __future__ import annotations
 
 import asyncio
-import inspect
+import json
 import logging
 import os
 import uuid
@@ -18,14 +19,15 @@ import ray
 
 from ..errors import BackPressureError
 from .codec import loads_with_paths
-from .handle import RETRY_DELAY_S, _PlanTarget, note_actor_death
+from .driver_http import MATCH_ALL, driver_app
+from .handle import RETRY_DELAY_S, _DeploymentTarget, _PlanTarget, note_actor_death
 from .http_codec import (
     REQUEST_ID_HEADER,
     HTTPResult,
+    call_asgi,
     decode_json_body,
     encode_error,
     encode_result,
-    make_request,
     portable_scope,
     request_id_of,
     set_request_id,
@@ -116,11 +118,23 @@ class HTTPProxy:
         """Install routes; a graph's plan and http_adapter arrive pickled, loaded with the drivers' import paths."""
         installed: dict[str, tuple] = {}
         for prefix, (kind, app, target, extra) in routes.items():
+            driven: dict[str, Any] = {}
             if kind == "plan":
                 plan, adapter = loads_with_paths(extra, code_paths)
-                installed[prefix] = (kind, app, _PlanTarget(app, plan, target), adapter)
+                if isinstance(plan, dict):  # DAGDriver.bind({route: graph}): FastAPI routes, as in Ray Serve
+                    driven = {route: _PlanTarget(app, p, target) for route, p in plan.items()}
+                else:
+                    target = _PlanTarget(app, plan, target)
             else:
-                installed[prefix] = (kind, app, target, extra)
+                adapter = loads_with_paths(extra, code_paths) if extra is not None else None
+                target = _DeploymentTarget(target) if adapter is not None else target
+            if adapter is not None:  # a DAGDriver: its adapter runs as a FastAPI dependency, as in Ray Serve
+                try:
+                    kind, adapter = "driver", driver_app(driven or {MATCH_ALL: target}, adapter)
+                except Exception as exc:  # one bad route must not take the others down
+                    logger.error("application %r: its http_adapter cannot be served: %s", app, exc)
+                    kind, adapter = "broken", f"application {app!r}: its http_adapter cannot be served: {exc}"
+            installed[prefix] = (kind, app, target, adapter)
         self._routes = installed
 
     async def ready(self) -> bool:
@@ -130,13 +144,23 @@ class HTTPProxy:
         """Never returns: the controller learns of the proxy's death by this call failing."""
         await asyncio.Event().wait()
 
+    async def node_id(self) -> str:
+        return ray.get_runtime_context().get_node_id()
+
     async def _handle(self, scope: dict, body: bytes) -> HTTPResult:
+        if scope["path"] == "/-/healthz":  # Ray Serve's proxy endpoints
+            return text(200, "success")
+        if scope["path"] == "/-/routes":
+            apps = {prefix: route[1] for prefix, route in sorted(self._routes.items())}
+            return 200, [("content-type", "application/json")], json.dumps(apps).encode()
         prefix, route = _match(self._routes, scope["path"])
         if route is None:
             routes = ", ".join(sorted(self._routes)) or "none"
             return text(404, f"no application at {scope['path']!r} (routes: {routes})")
         kind, app, target, adapter = route
         assert prefix is not None
+        if kind == "broken":
+            return text(500, adapter)
         try:
             return await self._forward(prefix, kind, target, adapter, scope, body)
         except ray.exceptions.RayActorError as exc:
@@ -154,20 +178,19 @@ class HTTPProxy:
 
     async def _forward(self, prefix: str, kind: str, target: Any, adapter: Any, scope: dict, body: bytes) -> HTTPResult:
         try:
+            if kind == "driver":
+                portable = portable_scope(scope)
+                portable["root_path"] = "" if prefix == "/" else prefix.rstrip("/")
+                return await call_asgi(adapter, portable, body)
             if kind == "deployment":
                 portable = portable_scope(scope)
                 portable["root_path"] = "" if prefix == "/" else prefix.rstrip("/")
                 ref = await target.router().submit_async(HTTP, (portable, body), {})
                 return await ref
-            if adapter is not None:
-                value = adapter(make_request(portable_scope(scope), body))
-                if inspect.isawaitable(value):
-                    value = await value
-            else:
-                try:
-                    value = decode_json_body(body)
-                except ValueError as exc:
-                    return text(400, f"request body is not valid JSON: {exc}")
+            try:
+                value = decode_json_body(body)
+            except ValueError as exc:
+                return text(400, f"request body is not valid JSON: {exc}")
             ref = await target.submit_async("__call__", (value,), {})
             return encode_result(await ref)
         except PlanInputError as exc:

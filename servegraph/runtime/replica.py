@@ -28,10 +28,12 @@ from typing import Any
 
 import ray
 
+from .._validation import closest
 from ..compiler import ir
+from ..dsl.signature import public_methods
 from .codec import unflatten
-from .handle import DeploymentInfo, async_handle
-from .http_codec import HTTPResult, encode_error, encode_result, make_request
+from .handle import DeploymentInfo, async_handle, note_actor_death
+from .http_codec import HTTPResult, encode_error, encode_result, make_request, request_id_of, set_request_id
 
 #: Threads a threaded replica keeps for control calls (watch, health check, reconfigure, drain, status).
 CONTROL_THREADS = 4
@@ -54,6 +56,38 @@ def describe_user_error(exc: BaseException) -> str:
     frames = [f for f in traceback.extract_tb(exc.__traceback__) if "/servegraph/" not in f.filename and "/ray/" not in f.filename]
     where = f" ({os.path.basename(frames[-1].filename)}:{frames[-1].lineno} in {frames[-1].name})" if frames else ""
     return f"{type(exc).__name__}: {exc}{where}"
+
+
+def split_keywords(names: tuple[str, ...], values: tuple) -> tuple[tuple, dict]:
+    """A call sent as ``(names, *args, *keyword values)``: every value top-level, so Ray resolves its refs.
+
+    >>> split_keywords(("k",), (1, 2, 3))
+    ((1, 2), {'k': 3})
+    """
+    n = len(values) - len(names)
+    return values[:n], dict(zip(names, values[n:], strict=True))
+
+
+def construct(cls: type, args: tuple, kwargs: dict) -> tuple[Any, Any]:
+    """An instance of ``cls``, and the coroutine of its ``async def __init__`` (None if it has none).
+
+    As Ray Serve does: ``__new__`` then ``__init__``, so an async constructor's
+    coroutine can be awaited on the replica's event loop.
+    """
+    if not inspect.iscoroutinefunction(getattr(cls, "__init__", None)):
+        return cls(*args, **kwargs), None
+    instance = cls.__new__(cls)  # type: ignore[call-overload]
+    return instance, instance.__init__(*args, **kwargs)
+
+
+def call_http(fn: Callable[..., Any], scope: dict, body: bytes) -> Any:
+    """Call an HTTP entry point as Ray Serve does: with the Request, or with nothing if it takes no parameters."""
+    set_request_id(request_id_of(scope))  # errors while handling it are logged under the request's id
+    try:
+        takes_nothing = not inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # no signature to read: pass the request
+        takes_nothing = False
+    return fn() if takes_nothing else fn(make_request(scope, body))
 
 
 class _ReplicaCore:
@@ -87,7 +121,7 @@ class _ReplicaCore:
     def _constructor_args(self) -> tuple[tuple, dict]:
         def inject(marker: ir.Ref | ir.HandleRef) -> Any:
             assert isinstance(marker, ir.HandleRef)  # a constructor's nodes are all handles
-            return async_handle(DeploymentInfo(self._app, marker.deployment))
+            return async_handle(DeploymentInfo(self._app, marker.deployment), marker.method or "__call__")
 
         init_args, init_kwargs = self._init
         return ir.map_markers(init_args, inject), dict(ir.map_markers(init_kwargs, inject))
@@ -97,6 +131,10 @@ class _ReplicaCore:
         print(f"{what} of deployment {self._deployment!r} failed:", file=sys.stderr)
         traceback.print_exception(exc, file=sys.stderr)
         return describe_user_error(exc)
+
+    def __repr__(self) -> str:
+        # Ray shows an actor's repr in errors from it: name the deployment, not this class.
+        return f"replica of deployment {self._deployment!r}"
 
     def ready(self) -> dict:
         return {"pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id()}
@@ -114,7 +152,10 @@ class _ReplicaCore:
         try:
             return getattr(self._instance, name)
         except AttributeError:
-            raise AttributeError(f"deployment {self._deployment!r} has no method {name!r}") from None
+            hint = closest(name, public_methods(type(self._instance)))
+            raise AttributeError(
+                f"deployment {self._deployment!r} has no method {name!r}" + (f"; did you mean {hint!r}?" if hint else "")
+            ) from None
 
     def _reconfigure_sync(self, user_config: Any) -> Any:
         fn = getattr(self._instance, "reconfigure", None)
@@ -153,26 +194,33 @@ class SyncReplica(_ReplicaCore):
         next(self._started)
         try:
             return self._method(method)(*args)
+        except ray.exceptions.RayActorError as exc:
+            note_actor_death(exc)  # a replica this one called died: stop using it here at once
+            raise
         finally:
             next(self._finished)
 
-    def handle_request(self, method: str, args: tuple, kwargs: dict, *values: Any) -> Any:
+    def handle_request(self, method: str, names: tuple[str, ...], *values: Any) -> Any:
         next(self._started)
         try:
-            args, kwargs = unflatten(args, kwargs, values)
+            args, kwargs = split_keywords(names, values)
             return self._method(method)(*args, **kwargs)
+        except ray.exceptions.RayActorError as exc:
+            note_actor_death(exc)
+            raise
         finally:
             next(self._finished)
 
     def handle_http(self, scope: dict, body: bytes) -> HTTPResult:
         next(self._started)
         try:
-            result = self._method("__call__")(make_request(scope, body))
+            result = call_http(self._method("__call__"), scope, body)
             if inspect.isawaitable(result):  # an async __call__ assigned at runtime
                 result = asyncio.run(_awaited(result))
             return encode_result(result)
-        except ray.exceptions.RayActorError:
-            raise  # a replica this one called died: the proxy sends the request again
+        except ray.exceptions.RayActorError as exc:
+            note_actor_death(exc)  # a replica this one called died: stop using it here at once
+            raise  # and the proxy sends the request again
         except Exception as exc:  # a user error becomes an HTTP 500, never a dead proxy
             return encode_error(exc)
         finally:
@@ -202,10 +250,8 @@ class SyncReplica(_ReplicaCore):
     def prepare_for_shutdown(self, wait_loop_s: float, timeout_s: float) -> None:
         """Wait for running requests to finish (checking every ``wait_loop_s``), then run ``__del__``."""
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
+        while self.ongoing() > 0 and time.monotonic() < deadline:
             time.sleep(min(wait_loop_s, max(0.0, deadline - time.monotonic())))
-            if self.ongoing() <= 0:
-                break
         destructor = self._destructor()
         if destructor is not None:
             try:
@@ -233,13 +279,9 @@ class AsyncReplica(_ReplicaCore):
         try:
             if not self._is_function:
                 args, kwargs = self._constructor_args()
-                if inspect.iscoroutinefunction(getattr(self._target, "__init__", None)):
-                    # ``async def __init__``, as Ray Serve allows: build the object, then await its constructor.
-                    instance = self._target.__new__(self._target)
-                    await instance.__init__(*args, **kwargs)
-                    self._instance = instance
-                else:
-                    self._instance = self._target(*args, **kwargs)
+                self._instance, pending = construct(self._target, args, kwargs)
+                if pending is not None:  # ``async def __init__``, as Ray Serve allows
+                    await pending
             if user_config is not None:
                 result = self._reconfigure_sync(user_config)
                 if inspect.isawaitable(result):
@@ -254,30 +296,43 @@ class AsyncReplica(_ReplicaCore):
             result = self._method(method)(*args)
             if inspect.isawaitable(result):
                 result = await result
+                if inspect.isawaitable(result):  # a ref returned by an async method: its value, as over HTTP
+                    result = await result
             return result
+        except ray.exceptions.RayActorError as exc:
+            note_actor_death(exc)  # a replica this one called died: stop using it here at once
+            raise
         finally:
             next(self._finished)
 
-    async def handle_request(self, method: str, args: tuple, kwargs: dict, *values: Any) -> Any:
+    async def handle_request(self, method: str, names: tuple[str, ...], *values: Any) -> Any:
         next(self._started)
         try:
-            args, kwargs = unflatten(args, kwargs, values)
+            args, kwargs = split_keywords(names, values)
             result = self._method(method)(*args, **kwargs)
             if inspect.isawaitable(result):
                 result = await result
+                if inspect.isawaitable(result):  # a ref returned by an async method: its value, as over HTTP
+                    result = await result
             return result
+        except ray.exceptions.RayActorError as exc:
+            note_actor_death(exc)  # a replica this one called died: stop using it here at once
+            raise
         finally:
             next(self._finished)
 
     async def handle_http(self, scope: dict, body: bytes) -> HTTPResult:
         next(self._started)
         try:
-            result = self._method("__call__")(make_request(scope, body))
+            result = call_http(self._method("__call__"), scope, body)
             if inspect.isawaitable(result):
                 result = await result
+                if inspect.isawaitable(result):  # a ref returned by an async method: its value, as over HTTP
+                    result = await result
             return encode_result(result)
-        except ray.exceptions.RayActorError:
-            raise  # a replica this one called died: the proxy sends the request again
+        except ray.exceptions.RayActorError as exc:
+            note_actor_death(exc)  # a replica this one called died: stop using it here at once
+            raise  # and the proxy sends the request again
         except Exception as exc:  # a user error becomes an HTTP 500, never a dead proxy
             return encode_error(exc)
         finally:
@@ -305,10 +360,8 @@ class AsyncReplica(_ReplicaCore):
 
     async def prepare_for_shutdown(self, wait_loop_s: float, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
+        while self.ongoing() > 0 and time.monotonic() < deadline:
             await asyncio.sleep(min(wait_loop_s, max(0.0, deadline - time.monotonic())))
-            if self.ongoing() <= 0:
-                break
         destructor = self._destructor()
         if destructor is not None:
             try:

@@ -29,7 +29,6 @@ from ray import ObjectRef
 from ray.actor import ActorHandle
 
 from ..errors import BackPressureError, DeploymentError
-from .codec import flatten, has_nested_ref
 
 #: The pseudo-method that sends (scope, body) to the ingress's HTTP entry point.
 HTTP = "<http>"
@@ -160,12 +159,12 @@ class Router:
         ref: ObjectRef
         if method == HTTP:
             ref = self.replicas[i].handle_http.remote(*args)
-        elif not kwargs and not has_nested_ref(args):
-            # The common case: Ray resolves top-level refs itself; one extra task argument, not three.
+        elif not kwargs:
+            # Ray resolves top-level refs itself; refs nested in containers arrive as refs, as in Ray.
             ref = self.replicas[i].call.remote(method, *args)
         else:
-            targs, tkwargs, refs = flatten(args, kwargs)
-            ref = self.replicas[i].handle_request.remote(method, targs, tkwargs, *refs)
+            # Keyword values go as top-level arguments too, so Ray resolves their refs (and only theirs).
+            ref = self.replicas[i].handle_request.remote(method, tuple(kwargs), *args, *kwargs.values())
         self._in_flight[i].append(ref)
         return ref
 
