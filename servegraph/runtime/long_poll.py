@@ -34,7 +34,10 @@ Key = tuple[str, str]  # (application, deployment)
 
 
 class RuntimeClient:
-    def __init__(self) -> None:
+    def __init__(self, cluster: str | None = None) -> None:
+        #: The cluster (GCS address) this client's routers and thread belong to.
+        self.cluster = cluster
+        self._closed = False
         self._routers: dict[Key, Router] = {}
         self._versions: dict[Key, Any] = {}
         self._lock = threading.Lock()
@@ -69,10 +72,15 @@ class RuntimeClient:
         """Report load now (a request waits for a deployment with no replica)."""
         self._events.put(("report",))
 
+    def close(self) -> None:
+        """Stop the thread (the process left the cluster these routers belong to)."""
+        self._closed = True
+        self._events.put(("stop",))
+
     # The thread ------------------------------------------------------------------------
     def _run(self) -> None:
         next_report = time.monotonic()
-        while True:
+        while not self._closed:
             interval = self._report_interval()
             timeout = None if interval is None else max(0.0, next_report - time.monotonic())
             try:
@@ -81,6 +89,8 @@ class RuntimeClient:
                 event = ("report",)
             try:
                 kind = event[0]
+                if self._closed:
+                    return
                 if kind == "subscribe":
                     self._listen()
                 elif kind == "reply":
@@ -163,12 +173,15 @@ _CLIENT_LOCK = threading.Lock()
 
 
 def runtime_client() -> RuntimeClient:
-    """This process's client (started on first use)."""
+    """This process's client for the cluster it is connected to (a new one after ``ray.shutdown()``/``ray.init()``)."""
     global _CLIENT
+    cluster = ray.get_runtime_context().gcs_address
     client = _CLIENT
-    if client is None:
+    if client is None or client.cluster != cluster:
         with _CLIENT_LOCK:
-            if _CLIENT is None:
-                _CLIENT = RuntimeClient()
+            if _CLIENT is None or _CLIENT.cluster != cluster:
+                if _CLIENT is not None:
+                    _CLIENT.close()
+                _CLIENT = RuntimeClient(cluster)
             client = _CLIENT
     return client
