@@ -390,5 +390,5 @@ def replica_concurrency(target: Any, max_ongoing_requests: int) -> int:
     return max_ongoing_requests + (CONTROL_THREADS if is_async_target(target) else 0)
 
 
-_SYNC = ray.remote(concurrency_groups={"control": CONTROL_THREADS})(SyncReplica)
+_SYNC = ray.remote(concurrency_groups={"control": CONTROL_THREADS})(SyncReplica)  # type: ignore[call-overload]  # Ray's stubs omit concurrency_groups
 _ASYNC = ray.remote(AsyncReplica)
