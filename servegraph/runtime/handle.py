@@ -26,7 +26,7 @@ from ..compiler import ir
 from .codec import flatten
 from .long_poll import runtime_client
 from .plan import drive, drive_async, run_plan
-from .router import Router
+from .router import Router, StreamMethod
 
 
 class DeploymentInfo:
@@ -260,9 +260,12 @@ class RoutesTarget:
 
 
 class _HandleBase:
-    def __init__(self, target: Any, method: str = "__call__"):
+    def __init__(self, target: Any, method: str = "__call__", stream: bool = False):
         self._target = target
         self._method = method
+        self._stream = stream
+        #: What the router is asked to call: a StreamMethod makes it a streaming call.
+        self._call = StreamMethod(method) if stream else method
 
     @property
     def deployment_name(self) -> str:
@@ -275,24 +278,34 @@ class _HandleBase:
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_") and name != "__call__":
             raise AttributeError(name)
-        return type(self)(self._target, name)
+        return type(self)(self._target, name, self._stream)
 
     def options(
         self,
         *,
         method_name: str | None = None,
         use_new_handle_api: bool | None = None,
-        **_ignored: Any,
+        stream: bool | None = None,
+        **unsupported: Any,
     ) -> _HandleBase:
-        """A handle to the same deployment; ``use_new_handle_api=True`` gives a DeploymentHandle."""
+        """A handle to the same deployment; ``use_new_handle_api=True`` gives a DeploymentHandle,
+        ``stream=True`` one whose calls yield a generator method's results as they come."""
+        given = sorted(k for k, v in unsupported.items() if v is not None)
+        if given:
+            raise TypeError(
+                f"handle.options() got {', '.join(given)}, which servegraph does not support; it takes "
+                "method_name, use_new_handle_api and stream"
+            )
+        if stream and isinstance(self._target, _PlanTarget):
+            raise TypeError("stream=True calls a deployment's generator method; an InputNode graph cannot stream")
         cls = DeploymentHandle if use_new_handle_api else type(self)
         if use_new_handle_api is False and cls is DeploymentHandle:
             # As in Ray Serve: the old handle for the context, sync in a driver, async in an event loop.
             cls = RayServeDeploymentHandle if _has_running_loop() else RayServeSyncHandle
-        return cls(self._target, method_name or self._method)
+        return cls(self._target, method_name or self._method, self._stream if stream is None else stream)
 
     def __reduce__(self) -> tuple:
-        return (type(self), (self._target, self._method))
+        return (type(self), (self._target, self._method, self._stream))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(deployment={self.deployment_name!r}, method={self._method!r})"
@@ -301,8 +314,9 @@ class _HandleBase:
 class RayServeSyncHandle(_HandleBase):
     """``.remote()`` returns a ``ray.ObjectRef``, blocking only until a replica is chosen."""
 
-    def remote(self, *args: Any, **kwargs: Any) -> ObjectRef:
-        return self._target.submit(self._method, args, kwargs)
+    def remote(self, *args: Any, **kwargs: Any) -> Any:
+        out = self._target.submit(self._call, args, kwargs)
+        return DeploymentResponseGenerator(stream=out) if self._stream else out
 
 
 def _has_running_loop() -> bool:
@@ -316,24 +330,67 @@ def _has_running_loop() -> bool:
 class RayServeDeploymentHandle(_HandleBase):
     """``.remote()`` returns an ``asyncio.Task`` resolving to an ObjectRef: await twice."""
 
-    def remote(self, *args: Any, **kwargs: Any) -> asyncio.Task[ObjectRef] | ObjectRef:
+    def remote(self, *args: Any, **kwargs: Any) -> Any:
         """An ``asyncio.Task`` in async code; in a sync method (no event loop), the ObjectRef itself,
-        as Ray Serve 2.0's lazy sync handles gave it, so ``ray.get(handle.remote(x))`` works there."""
+        as Ray Serve 2.0's lazy sync handles gave it, so ``ray.get(handle.remote(x))`` works there.
+        With ``stream=True``, a DeploymentResponseGenerator (``async for`` / ``for``)."""
         if not _has_running_loop():
-            return self._target.submit(self._method, args, kwargs)
-        return asyncio.get_running_loop().create_task(self._target.submit_async(self._method, args, kwargs))
+            out = self._target.submit(self._call, args, kwargs)
+            return DeploymentResponseGenerator(stream=out) if self._stream else out
+        task = asyncio.get_running_loop().create_task(self._target.submit_async(self._call, args, kwargs))
+        return DeploymentResponseGenerator(task=task) if self._stream else task
 
 
 class DeploymentHandle(_HandleBase):
-    """The new handle API: ``.remote()`` returns a DeploymentResponse (one await, or ``.result()``)."""
+    """The new handle API: ``.remote()`` returns a DeploymentResponse (one await, or ``.result()``),
+    or with ``stream=True`` a DeploymentResponseGenerator."""
 
-    def remote(self, *args: Any, **kwargs: Any) -> DeploymentResponse:
+    def remote(self, *args: Any, **kwargs: Any) -> Any:
         call = (self._target, self._method, args, kwargs)
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
-            return DeploymentResponse(ref=self._target.submit(self._method, args, kwargs), call=call)
-        return DeploymentResponse(task=loop.create_task(self._target.submit_async(self._method, args, kwargs)), call=call)
+            out = self._target.submit(self._call, args, kwargs)
+            return DeploymentResponseGenerator(stream=out) if self._stream else DeploymentResponse(ref=out, call=call)
+        task = loop.create_task(self._target.submit_async(self._call, args, kwargs))
+        return DeploymentResponseGenerator(task=task) if self._stream else DeploymentResponse(task=task, call=call)
+
+
+class DeploymentResponseGenerator:
+    """The results of a streaming call, as the replica's generator yields them.
+
+    ``for x in gen`` outside an event loop, ``async for x in gen`` inside one (as in Ray Serve).
+    """
+
+    __slots__ = ("_stream", "_task")
+
+    def __init__(self, *, stream: Any = None, task: asyncio.Task | None = None):
+        self._stream = stream
+        self._task = task
+
+    def __iter__(self) -> Any:
+        if self._stream is None:
+            raise RuntimeError("this stream was started in async code: iterate it with `async for`")
+        for ref in self._stream:
+            try:
+                yield ray.get(ref)
+            except ray.exceptions.RayTaskError as exc:
+                raise _user_error(exc) from None
+
+    async def __aiter__(self) -> Any:
+        if self._stream is None:
+            self._stream = await self._task  # type: ignore[misc]
+        async for ref in self._stream:
+            try:
+                yield await ref
+            except ray.exceptions.RayTaskError as exc:
+                raise _user_error(exc) from None
+
+    def cancel(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        if self._stream is not None:
+            ray.cancel(self._stream)
 
 
 def _user_error(exc: ray.exceptions.RayTaskError) -> BaseException:

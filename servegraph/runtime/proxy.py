@@ -34,6 +34,7 @@ from .http_codec import (
     text,
 )
 from .plan import PlanInputError
+from .replica import STREAM
 from .router import HTTP
 
 logger = logging.getLogger("servegraph.proxy")
@@ -147,7 +148,7 @@ class HTTPProxy:
     async def node_id(self) -> str:
         return ray.get_runtime_context().get_node_id()
 
-    async def _handle(self, scope: dict, body: bytes) -> HTTPResult:
+    async def _handle(self, scope: dict, body: bytes) -> HTTPResult | HTTPStream:
         if scope["path"] == "/-/healthz":  # Ray Serve's proxy endpoints
             return text(200, "success")
         if scope["path"] == "/-/routes":
@@ -176,7 +177,9 @@ class HTTPProxy:
             logger.error("application %r: a replica died: %s", app, exc)
             return text(503, f"application {app!r}: a replica died while handling the request; retry")
 
-    async def _forward(self, prefix: str, kind: str, target: Any, adapter: Any, scope: dict, body: bytes) -> HTTPResult:
+    async def _forward(
+        self, prefix: str, kind: str, target: Any, adapter: Any, scope: dict, body: bytes
+    ) -> HTTPResult | HTTPStream:
         try:
             if kind == "driver":
                 portable = portable_scope(scope)
@@ -186,7 +189,11 @@ class HTTPProxy:
                 portable = portable_scope(scope)
                 portable["root_path"] = "" if prefix == "/" else prefix.rstrip("/")
                 ref = await target.router().submit_async(HTTP, (portable, body), {})
-                return await ref
+                result = await ref
+                if result[0] == STREAM:  # a StreamingResponse: its chunks are pulled from the replica
+                    _, replica, stream_id, status, headers = result
+                    return HTTPStream(replica, stream_id, status, headers)
+                return result
             try:
                 value = decode_json_body(body)
             except ValueError as exc:
@@ -203,6 +210,32 @@ class HTTPProxy:
             return encode_error(_cause(exc))
 
 
+class HTTPStream:
+    """A response whose body the replica that made it (a StreamingResponse) hands over chunk by chunk."""
+
+    def __init__(self, replica: Any, stream_id: int, status: int, headers: list[tuple[str, str]]):
+        self.replica = replica
+        self.stream_id = stream_id
+        self.status = status
+        self.headers = headers
+
+    async def send(self, send: Any, extra_headers: list[tuple[str, str]]) -> None:
+        headers = [*self.headers, *extra_headers]
+        await send(
+            {
+                "type": "http.response.start",
+                "status": self.status,
+                "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers],
+            }
+        )
+        while True:
+            chunk = await self.replica.stream_next.remote(self.stream_id)
+            if chunk is None:
+                break
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
 async def _serve_http(proxy: HTTPProxy, scope: dict, receive: Any, send: Any) -> None:
     if scope["type"] != "http":
         return
@@ -217,7 +250,11 @@ async def _serve_http(proxy: HTTPProxy, scope: dict, receive: Any, send: Any) ->
         status, headers, payload = text(413, f"request body larger than {proxy.max_body_bytes} bytes")
     else:
         try:
-            status, headers, payload = await asyncio.wait_for(proxy._handle(scope, body), proxy.request_timeout_s)
+            result = await asyncio.wait_for(proxy._handle(scope, body), proxy.request_timeout_s)
+            if isinstance(result, HTTPStream):
+                await result.send(send, [(REQUEST_ID_HEADER, request_id)])
+                return
+            status, headers, payload = result
         except asyncio.TimeoutError:
             status, headers, payload = text(408, f"request timed out after {proxy.request_timeout_s} s (http_options.request_timeout_s)")
     headers = [*headers, (REQUEST_ID_HEADER, request_id)]

@@ -80,6 +80,31 @@ def construct(cls: type, args: tuple, kwargs: dict) -> tuple[Any, Any]:
     return instance, instance.__init__(*args, **kwargs)
 
 
+def not_a_generator(method: str, result: Any) -> Any:
+    """``result``, unless the method returned a generator, which only a streaming call can consume."""
+    if inspect.isgenerator(result) or inspect.isasyncgen(result):
+        raise TypeError(
+            f"method {method!r} returned a generator; call it through handle.options(stream=True) to get its "
+            "results as they come"
+        )
+    return result
+
+
+def stream_of(method: str, result: Any) -> Any:
+    if not (inspect.isgenerator(result) or inspect.isasyncgen(result)):
+        raise TypeError(
+            f"handle.options(stream=True) calls a generator method, but {method!r} returned "
+            f"{type(result).__name__}; make it a generator (yield), or call it without stream=True"
+        )
+    return result
+
+
+def streaming_response(result: Any) -> bool:
+    from starlette.responses import StreamingResponse
+
+    return isinstance(result, StreamingResponse)
+
+
 def call_http(fn: Callable[..., Any], scope: dict, body: bytes) -> Any:
     """Call an HTTP entry point as Ray Serve does: with the Request, or with nothing if it takes no parameters."""
     set_request_id(request_id_of(scope))  # errors while handling it are logged under the request's id
@@ -116,6 +141,9 @@ class _ReplicaCore:
         self._started = itertools.count()
         self._finished = itertools.count()
         self._shutting_down = False
+        #: StreamingResponse bodies being pulled by the HTTP proxy, by stream id.
+        self._streams: dict[int, Any] = {}
+        self._stream_ids = itertools.count()
 
     # Construction -------------------------------------------------------------------
     def _constructor_args(self) -> tuple[tuple, dict]:
@@ -165,6 +193,13 @@ class _ReplicaCore:
             )
         return fn(user_config)
 
+    def _open_stream(self, response: Any) -> tuple:
+        """Keep a StreamingResponse's body here; the proxy pulls it chunk by chunk (see HTTPStream)."""
+        stream_id = next(self._stream_ids)
+        self._streams[stream_id] = response.body_iterator
+        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in response.raw_headers]
+        return (STREAM, ray.get_runtime_context().current_actor, stream_id, response.status_code, headers)
+
     def gather(self, template: Any, *values: Any) -> Any:
         (out,), _ = unflatten((template,), {}, values)
         return out
@@ -193,7 +228,7 @@ class SyncReplica(_ReplicaCore):
     def call(self, method: str, *args: Any) -> Any:
         next(self._started)
         try:
-            return self._method(method)(*args)
+            return not_a_generator(method, self._method(method)(*args))
         except ray.exceptions.RayActorError as exc:
             note_actor_death(exc)  # a replica this one called died: stop using it here at once
             raise
@@ -204,12 +239,27 @@ class SyncReplica(_ReplicaCore):
         next(self._started)
         try:
             args, kwargs = split_keywords(names, values)
-            return self._method(method)(*args, **kwargs)
+            return not_a_generator(method, self._method(method)(*args, **kwargs))
         except ray.exceptions.RayActorError as exc:
             note_actor_death(exc)
             raise
         finally:
             next(self._finished)
+
+    def call_stream(self, method: str, names: tuple[str, ...], *values: Any) -> Any:
+        """A generator method's results, one Ray object each, as they come (``num_returns="streaming"``)."""
+        next(self._started)
+        try:
+            args, kwargs = split_keywords(names, values)
+            # Not ``yield from``: Ray send()s into this generator, which must not reach the user's.
+            for item in stream_of(method, self._method(method)(*args, **kwargs)):  # noqa: UP028
+                yield item
+        finally:
+            next(self._finished)
+
+    def stream_next(self, stream_id: int) -> bytes | None:
+        """The next chunk of a StreamingResponse this replica returned over HTTP; None at its end."""
+        return asyncio.run(_next_chunk(self._streams, stream_id))
 
     def handle_http(self, scope: dict, body: bytes) -> HTTPResult:
         next(self._started)
@@ -217,6 +267,8 @@ class SyncReplica(_ReplicaCore):
             result = call_http(self._method("__call__"), scope, body)
             if inspect.isawaitable(result):  # an async __call__ assigned at runtime
                 result = asyncio.run(_awaited(result))
+            if streaming_response(result):
+                return self._open_stream(result)
             return encode_result(result)
         except ray.exceptions.RayActorError as exc:
             note_actor_death(exc)  # a replica this one called died: stop using it here at once
@@ -298,7 +350,7 @@ class AsyncReplica(_ReplicaCore):
                 result = await result
                 if inspect.isawaitable(result):  # a ref returned by an async method: its value, as over HTTP
                     result = await result
-            return result
+            return not_a_generator(method, result)
         except ray.exceptions.RayActorError as exc:
             note_actor_death(exc)  # a replica this one called died: stop using it here at once
             raise
@@ -314,12 +366,31 @@ class AsyncReplica(_ReplicaCore):
                 result = await result
                 if inspect.isawaitable(result):  # a ref returned by an async method: its value, as over HTTP
                     result = await result
-            return result
+            return not_a_generator(method, result)
         except ray.exceptions.RayActorError as exc:
             note_actor_death(exc)  # a replica this one called died: stop using it here at once
             raise
         finally:
             next(self._finished)
+
+    async def call_stream(self, method: str, names: tuple[str, ...], *values: Any) -> Any:
+        """A generator method's results, one Ray object each, as they come (``num_returns="streaming"``)."""
+        next(self._started)
+        try:
+            args, kwargs = split_keywords(names, values)
+            results = stream_of(method, self._method(method)(*args, **kwargs))
+            if inspect.isasyncgen(results):
+                async for item in results:
+                    yield item
+            else:
+                for item in results:
+                    yield item
+        finally:
+            next(self._finished)
+
+    async def stream_next(self, stream_id: int) -> bytes | None:
+        """The next chunk of a StreamingResponse this replica returned over HTTP; None at its end."""
+        return await _next_chunk(self._streams, stream_id)
 
     async def handle_http(self, scope: dict, body: bytes) -> HTTPResult:
         next(self._started)
@@ -329,6 +400,8 @@ class AsyncReplica(_ReplicaCore):
                 result = await result
                 if inspect.isawaitable(result):  # a ref returned by an async method: its value, as over HTTP
                     result = await result
+            if streaming_response(result):
+                return self._open_stream(result)
             return encode_result(result)
         except ray.exceptions.RayActorError as exc:
             note_actor_death(exc)  # a replica this one called died: stop using it here at once
@@ -374,6 +447,22 @@ class AsyncReplica(_ReplicaCore):
 
     async def status(self) -> dict:
         return {**self.ready(), "ongoing": self.ongoing()}
+
+
+#: First element of what handle_http returns for a StreamingResponse: (STREAM, replica, stream id, status, headers).
+STREAM = "<stream>"
+
+
+async def _next_chunk(streams: dict[int, Any], stream_id: int) -> bytes | None:
+    body = streams.get(stream_id)
+    if body is None:
+        return None
+    try:
+        chunk = await body.__anext__()
+    except StopAsyncIteration:
+        del streams[stream_id]
+        return None
+    return chunk if isinstance(chunk, bytes) else str(chunk).encode("utf-8")
 
 
 async def _awaited(value: Any) -> Any:

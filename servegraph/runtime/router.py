@@ -33,6 +33,15 @@ from ..errors import BackPressureError, DeploymentError
 #: The pseudo-method that sends (scope, body) to the ingress's HTTP entry point.
 HTTP = "<http>"
 
+
+class StreamMethod(str):
+    """A method name whose call streams: the replica's generator yields results as they come.
+
+    The router sends it with ``num_returns="streaming"`` and returns Ray's ObjectRefGenerator.
+    """
+
+    __slots__ = ()
+
 #: How long a waiting caller sleeps at most before it looks again (membership changes also wake it).
 _RECHECK_S = 0.1
 
@@ -159,6 +168,12 @@ class Router:
         ref: ObjectRef
         if method == HTTP:
             ref = self.replicas[i].handle_http.remote(*args)
+        elif type(method) is StreamMethod:
+            stream = self.replicas[i].call_stream.options(num_returns="streaming").remote(
+                str(method), tuple(kwargs), *args, *kwargs.values()
+            )
+            self._in_flight[i].append(stream.completed())  # in flight until the generator ends
+            return stream
         elif not kwargs:
             # Ray resolves top-level refs itself; refs nested in containers arrive as refs, as in Ray.
             ref = self.replicas[i].call.remote(method, *args)
