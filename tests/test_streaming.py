@@ -92,3 +92,9 @@ def test_a_streaming_response_reaches_the_client_chunk_by_chunk(deploy, http_por
             assert next(chunks) == "first "  # arrives while the generator still waits: streamed, not buffered
             assert ray.get(handle.release.remote(), timeout=60) is True
             assert "".join(chunks) == "second"
+
+
+def test_local_testing_mode_says_it_does_not_stream():
+    handle = serve.run(Counter.bind(), _local_testing_mode=True)
+    with pytest.raises(NotImplementedError, match="local testing mode does not stream"):
+        handle.options(stream=True).count.remote(2)

@@ -20,6 +20,7 @@ from ..dsl.nodes import DAGNode
 from .handle import DeploymentResponse, DriverTarget, RayServeDeploymentHandle, RayServeSyncHandle, RoutesTarget
 from .plan import PlanInputError, drive, run_plan
 from .replica import construct
+from .router import StreamMethod
 
 _loop: asyncio.AbstractEventLoop | None = None
 _loop_lock = threading.Lock()
@@ -126,10 +127,19 @@ class _LocalTarget:
         self.name = deployment.name
 
     def submit(self, method: str, args: tuple, kwargs: dict) -> LocalRef:
+        _refuse_stream(method)
         return self._deployment.call(method, args, kwargs)
 
     async def submit_async(self, method: str, args: tuple, kwargs: dict) -> LocalRef:
+        _refuse_stream(method)
         return self._deployment.call(method, args, kwargs)
+
+
+def _refuse_stream(method: str) -> None:
+    if type(method) is StreamMethod:
+        raise NotImplementedError(
+            "handle.options(stream=True) needs Ray: local testing mode does not stream; run the graph with serve.run(app)"
+        )
 
 
 class _LocalPlanTarget:
