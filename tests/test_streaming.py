@@ -98,3 +98,15 @@ def test_local_testing_mode_says_it_does_not_stream():
     handle = serve.run(Counter.bind(), _local_testing_mode=True)
     with pytest.raises(NotImplementedError, match="local testing mode does not stream"):
         handle.options(stream=True).count.remote(2)
+
+
+def test_the_streaming_example_over_http_and_through_a_handle(deploy, http_port):
+    from streaming import Words, app
+
+    deploy(app, name="stream-example", route_prefix="/stream-example")
+    with httpx.Client(timeout=60) as client:
+        with client.stream("POST", f"http://127.0.0.1:{http_port}/stream-example", json={"words": 4}) as reply:
+            assert reply.status_code == 200
+            assert "".join(reply.iter_text()) == "word0 word1 word2 word3 "
+    words = deploy(Words.bind(), name="stream-words")
+    assert list(words.options(stream=True).stream.remote(2)) == ["word0 ", "word1 "]
