@@ -331,3 +331,25 @@ def test_options_the_runtime_does_not_apply_are_refused_naming_the_line(serve_ap
         serve_app.run(app, name="refused", route_prefix=None, port=http_port)
     assert_located(err.value, line)
     assert "refused" not in serve.status().applications
+
+
+@serve.deployment
+class SlowStart:
+    def __init__(self):
+        time.sleep(1.5)
+
+    def __call__(self) -> str:
+        return "up"
+
+
+def test_deploy_reports_progress_per_deployment_while_it_runs(serve_app, http_port):
+    from servegraph.compiler import compile
+    from servegraph.runtime.api import deploy_compiled
+
+    seen: list[dict] = []
+    handle, changes = deploy_compiled(
+        compile(SlowStart.bind()), name="progress", route_prefix=None, port=http_port, on_progress=seen.append
+    )
+    assert changes == {"SlowStart": "created"}
+    assert any(snapshot.get("SlowStart") == {"STARTING": 1} for snapshot in seen), seen
+    assert ray.get(handle.remote(), timeout=60) == "up"

@@ -8,6 +8,7 @@ from .build import build_cmd
 from .check import check_cmd
 from .export import export_cmd
 from .fmt import fmt_cmd
+from .logs import logs_cmd
 from .ops import delete_cmd, deploy_cmd, shutdown_cmd, status_cmd
 from .render import render_cmd
 from .run import run_cmd
@@ -25,6 +26,7 @@ main.add_command(deploy_cmd)
 main.add_command(status_cmd)
 main.add_command(shutdown_cmd)
 main.add_command(delete_cmd)
+main.add_command(logs_cmd)
 main.add_command(build_cmd)
 main.add_command(render_cmd)
 main.add_command(fmt_cmd)

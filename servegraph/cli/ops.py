@@ -68,6 +68,22 @@ def _applied_http_options(config: Any) -> dict[str, Any]:
     return {k: getattr(config.http_options, k) for k in _HTTP_OPTIONS_APPLIED}
 
 
+def _progress_display(app: str) -> tuple[Any, Any]:
+    """A live line per deployment (replicas by state) while deploying, on a terminal; nothing otherwise."""
+    if not sys.stderr.isatty():
+        return None, lambda: None
+    from rich.console import Console
+
+    status = Console(stderr=True).status(f"deploying {app!r}...")
+    status.start()
+
+    def show(states: dict[str, dict[str, int]]) -> None:
+        parts = [f"{d}: " + (", ".join(f"{k} {v}" for k, v in sorted(c.items())) or "none") for d, c in states.items()]
+        status.update(f"deploying {app!r}: " + "; ".join(parts))
+
+    return show, status.stop
+
+
 @click.command("deploy")
 @click.argument("config_path", type=click.Path(exists=True, dir_okay=False))
 @click.option("--no-resource-check", is_flag=True, help="Deploy even if the cluster lacks resources now.")
@@ -90,15 +106,20 @@ def deploy_cmd(config_path: str, no_resource_check: bool, address: str | None, c
             resources = None if no_resource_check else _free_resources(_controller(), app.name)
             compiled_apps.append((app, compile(node, overrides=overrides, cluster_resources=resources)))
         for app, compiled in compiled_apps:
-            _, changes = deploy_compiled(
-                compiled,
-                name=app.name,
-                route_prefix=app.route_prefix,
-                host=http.host,
-                port=http.port,
-                http=config.proxy_location != "Disabled",
-                http_options=_applied_http_options(config),
-            )
+            progress, done = _progress_display(app.name)
+            try:
+                _, changes = deploy_compiled(
+                    compiled,
+                    name=app.name,
+                    route_prefix=app.route_prefix,
+                    host=http.host,
+                    port=http.port,
+                    http=config.proxy_location != "Disabled",
+                    http_options=_applied_http_options(config),
+                    on_progress=progress,
+                )
+            finally:
+                done()
             summary = ", ".join(f"{d} {what}" for d, what in changes.items())
             click.echo(f"application {app.name!r} at {app.route_prefix}: {summary}")
 

@@ -109,7 +109,21 @@ def run_cmd(
 
         click.echo(f"Deploying {target} as application {name!r}...", err=True)
         began = time.monotonic()
-        run(app, name=name, route_prefix=route_prefix, host=host, port=port, resource_check=not no_resource_check)
+        from .ops import _progress_display
+
+        progress, done = _progress_display(name)
+        try:
+            run(
+                app,
+                name=name,
+                route_prefix=route_prefix,
+                host=host,
+                port=port,
+                resource_check=not no_resource_check,
+                _on_progress=progress,
+            )
+        finally:
+            done()
         url = f"http://{host}:{port}{route_prefix}"
         stop = "" if non_blocking else " (Ctrl-C to stop)"
         click.echo(f"Deployed {name!r} in {time.monotonic() - began:.1f}s; serving at {url}{stop}", err=True)

@@ -6,6 +6,7 @@ import dataclasses
 import os
 import sys
 import time
+from collections.abc import Callable
 from typing import Any, cast
 
 import ray
@@ -113,24 +114,35 @@ def deploy_compiled(
     port: int = 8000,
     http: bool = True,
     http_options: dict[str, Any] | None = None,
+    on_progress: Callable[[dict[str, dict[str, int]]], None] | None = None,
 ) -> tuple[RayServeSyncHandle, dict[str, str]]:
-    """Deploy an already compiled graph; returns its handle and what changed per deployment."""
+    """Deploy an already compiled graph; returns its handle and what changed per deployment.
+
+    ``on_progress`` is called about twice a second while the deploy runs, with each deployment's
+    replica counts by state (``{"Model": {"STARTING": 1, "RUNNING": 1}}``).
+    """
     _refuse_unsupported_options(compiled)
     if http and route_prefix is not None:
         problem = adapter_problem(compiled.ir)
         if problem is not None:
             raise DeploymentError(f"application {name!r} was not deployed: {problem}")
     controller = _controller()
-    reply = ray.get(
-        controller.deploy_app.remote(
-            # Bytes, so the controller can put our import paths on sys.path before it loads user code.
-            name,
-            ray.cloudpickle.dumps(compiled.ir),
-            route_prefix,
-            (host, port, dict(http_options or {})) if http else None,
-            code_paths(),
-        )
+    pending = controller.deploy_app.remote(
+        # Bytes, so the controller can put our import paths on sys.path before it loads user code.
+        name,
+        ray.cloudpickle.dumps(compiled.ir),
+        route_prefix,
+        (host, port, dict(http_options or {})) if http else None,
+        code_paths(),
     )
+    while on_progress is not None and not ray.wait([pending], timeout=0.5)[0]:
+        try:
+            app = ray.get(controller.status.remote(), timeout=5)["applications"].get(name)
+        except Exception:  # progress is best effort; the deploy's own answer is what counts
+            continue
+        if app is not None:
+            on_progress({d: dict(info["replica_states"]) for d, info in app["deployments"].items()})
+    reply = ray.get(pending)
     if not reply.ok:
         raise DeploymentError(f"application {name!r} was not deployed: {reply.error}")
     infos = {spec.name: DeploymentInfo(name, spec.name) for spec in compiled.ir.deployments}
@@ -149,6 +161,7 @@ def run(
     resource_check: bool = True,
     http: bool = True,
     _blocking: bool = True,
+    _on_progress: Callable[[dict[str, dict[str, int]]], None] | None = None,
     logging_config: Any = None,
 ) -> RayServeSyncHandle:
     """Compile, check and deploy a graph; return a handle to its output.
@@ -181,7 +194,9 @@ def run(
     ensure_connected()
     resources = _free_resources(_controller(), name) if resource_check else None
     compiled = compile(target, cluster_resources=resources)
-    handle, _ = deploy_compiled(compiled, name=name, route_prefix=route_prefix, host=host, port=port, http=http)
+    handle, _ = deploy_compiled(
+        compiled, name=name, route_prefix=route_prefix, host=host, port=port, http=http, on_progress=_on_progress
+    )
     if blocking:
         _block()
     return handle
