@@ -46,7 +46,7 @@ from ..compiler.config_schema import BuilderArgs
 from ..compiler.emit_config import deployment_config
 from ..dsl.options import DEFAULT_REPLICA_CPUS
 from ..errors import ConfigError
-from ..runtime.codec import Slot, unflatten
+from ..runtime.codec import to_slots, unflatten
 from ..runtime.http_codec import decode_json_body, encode_result, text
 from ..runtime.plan import PlanInputError, drive_async, run_plan
 
@@ -205,28 +205,14 @@ def _has_future(value: Any) -> bool:
     return isinstance(value, (asyncio.Future, DeploymentResponse))
 
 
-def _slots(value: Any, refs: list[ObjectRef]) -> Any:
-    kind = type(value)
-    if kind is ObjectRef:
-        refs.append(value)
-        return Slot(len(refs) - 1)
-    if kind is list:
-        return [_slots(v, refs) for v in value]
-    if kind is tuple:
-        return tuple(_slots(v, refs) for v in value)
-    if kind is dict:
-        return {k: _slots(v, refs) for k, v in value.items()}
-    return value
-
-
 async def send(handle: DeploymentHandle, method: str, args: tuple, kwargs: dict) -> Any:
     """Call ``method`` through ``handle`` with the producers' results passed as refs, never as values."""
     if _has_future((args, kwargs)):
         args = tuple([await _resolve(a, True) for a in args])
         kwargs = {k: await _resolve(v, True) for k, v in kwargs.items()}
     refs: list[ObjectRef] = []
-    nested_args = tuple(a if type(a) is ObjectRef else _slots(a, refs) for a in args)
-    nested_kwargs = {k: v if type(v) is ObjectRef else _slots(v, refs) for k, v in kwargs.items()}
+    nested_args = tuple(a if type(a) is ObjectRef else to_slots(a, refs) for a in args)
+    nested_kwargs = {k: v if type(v) is ObjectRef else to_slots(v, refs) for k, v in kwargs.items()}
     if refs:
         return handle.options(method_name=_NESTED_CALL).remote(method, nested_args, nested_kwargs, *refs)
     return handle.options(method_name=method).remote(*args, **kwargs)

@@ -43,24 +43,25 @@ def loads_with_paths(data: bytes, paths: tuple[str, ...] | list[str]) -> Any:
     return ray.cloudpickle.loads(data)
 
 
-def _walk(value: Any, refs: list[ObjectRef]) -> Any:
+def to_slots(value: Any, refs: list[ObjectRef]) -> Any:
+    """``value`` with every ObjectRef in it (lists, tuples, dict values) appended to ``refs`` and replaced by its Slot."""
     kind = type(value)
     if kind is ObjectRef:
         refs.append(value)
         return Slot(len(refs) - 1)
     if kind is list:
-        return [_walk(v, refs) for v in value]
+        return [to_slots(v, refs) for v in value]
     if kind is tuple:
-        return tuple(_walk(v, refs) for v in value)
+        return tuple(to_slots(v, refs) for v in value)
     if kind is dict:
-        return {k: _walk(v, refs) for k, v in value.items()}
+        return {k: to_slots(v, refs) for k, v in value.items()}
     return value
 
 
 def flatten(args: tuple, kwargs: dict) -> tuple[tuple, dict, list[ObjectRef]]:
     """Split arguments into (template args, template kwargs, refs)."""
     refs: list[ObjectRef] = []
-    return tuple(_walk(a, refs) for a in args), {k: _walk(v, refs) for k, v in kwargs.items()}, refs
+    return tuple(to_slots(a, refs) for a in args), {k: to_slots(v, refs) for k, v in kwargs.items()}, refs
 
 
 def _fill(value: Any, values: tuple) -> Any:

@@ -140,7 +140,6 @@ class _ReplicaCore:
         # Requests started and finished: next() on a count is atomic, so threads need no lock.
         self._started = itertools.count()
         self._finished = itertools.count()
-        self._shutting_down = False
         #: StreamingResponse bodies being pulled by the HTTP proxy, by stream id.
         self._streams: dict[int, Any] = {}
         self._stream_ids = itertools.count()
