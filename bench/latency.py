@@ -623,6 +623,8 @@ class Servegraph:
             for i in range(CHAIN_LENGTH):
                 node = self.Stage.options(name=f"Stage{i}").bind().__call__.bind(node)
         graph = serve.run(node, name="chain", route_prefix=None, http=False)
+        plan = serve.run(node, name="chain-plan", route_prefix=None, http=False, compiled=False)
+        wait_for_lanes("chain")
         stages = [
             serve.get_deployment_handle(f"Stage{i}", app_name="chain").options(use_new_handle_api=False)
             for i in range(CHAIN_LENGTH)
@@ -636,11 +638,13 @@ class Servegraph:
 
         try:
             yield [
-                Workload("chain", self.name, "InputNode graph", DRIVER, graph.remote, ray_get),
+                Workload("chain", self.name, "InputNode, compiled", DRIVER, graph.remote, ray_get),
+                Workload("chain", self.name, "InputNode, plan", DRIVER, plan.remote, ray_get),
                 Workload("chain", self.name, "driver handles", DRIVER, submit_chain, ray_get),
             ]
         finally:
             serve.delete("chain")
+            serve.delete("chain-plan")
 
     @contextlib.contextmanager
     def chain_ingress(self) -> Iterator[list[Workload]]:
@@ -803,6 +807,51 @@ class RawActors:
             ]
 
 
+def wait_for_lanes(app: str, timeout_s: float = 60.0) -> None:
+    """Wait until the controller has given this driver a compiled lane for ``app`` (see the README's compiled path)."""
+    from servegraph.runtime.lanes import lanes_for
+
+    lanes = lanes_for(app)
+    deadline = time.monotonic() + timeout_s
+    while lanes.active() == 0:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no compiled lane for {app!r} after {timeout_s:g}s: {lanes.reason}")
+        time.sleep(0.05)
+
+
+class RayCompiledGraphs:
+    """Ray's own compiled graph over five plain actors: the floor the compiled path is measured against."""
+
+    name = "Ray CG"
+
+    def __init__(self, graphs: set[str]):
+        self.graphs = graphs
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[None]:
+        yield
+
+    def apps(self) -> list[App]:
+        return [("chain", self.chain)] if "chain" in self.graphs else []
+
+    @contextlib.contextmanager
+    def chain(self) -> Iterator[list[Workload]]:
+        from ray.dag import InputNode as RayInputNode
+
+        stages = [ray.remote(Stage).options(**RawActors.OPTIONS).remote() for _ in range(CHAIN_LENGTH)]
+        with RayInputNode() as inp:
+            node: Any = inp
+            for stage in stages:
+                node = stage.__call__.bind(node)
+        dag = node.experimental_compile(_max_inflight_executions=64)
+        try:
+            yield [Workload("chain", self.name, "compiled graph", DRIVER, dag.execute, ray_get)]
+        finally:
+            dag.teardown()
+            for stage in stages:
+                ray.kill(stage)
+
+
 def run_sequential(systems: list[Any], settings: Settings, rng: random.Random) -> list[Row]:
     """The default: one system at a time, one app at a time (deploy, warm up, measure, tear down)."""
     rows = []
@@ -895,7 +944,7 @@ def _ratio(value: float | None, reference: float | None) -> str:
 def ordered(rows: list[Row]) -> list[Row]:
     """Rows grouped by graph (hello, chain, then HTTP), systems in a fixed order."""
     graph_order = {g: i for i, g in enumerate(GRAPHS)}
-    system_order = {"servegraph": 0, "Ray Serve": 1, "raw actors": 2}
+    system_order = {"servegraph": 0, "Ray Serve": 1, "raw actors": 2, "Ray CG": 3}
     return sorted(rows, key=lambda r: (r.shape == HTTP, graph_order.get(r.graph, 99), system_order.get(r.system, 99)))
 
 
@@ -903,18 +952,20 @@ def table(rows: list[Row], concurrency: int) -> str:
     """A markdown table: one row per (graph, system, way of calling), with ratios against Ray Serve and raw actors."""
     lines = [
         f"| graph | system | how | p50 ms | p99 ms | req/s ({concurrency} in flight) "
-        "| p50 vs Ray Serve | p50 vs raw | req/s vs Ray Serve | req/s vs raw |",
-        "|" + "---|" * 10,
+        "| p50 vs Ray Serve | p50 vs raw | req/s vs Ray Serve | req/s vs raw | p50 vs Ray CG |",
+        "|" + "---|" * 11,
     ]
     for row in ordered(rows):
         rs = counterpart(row, rows, "Ray Serve")
         raw = counterpart(row, rows, "raw actors")
+        cg = counterpart(row, rows, "Ray CG")
         lines.append(
             f"| {row.graph + ' (HTTP)' if row.shape == HTTP else row.graph} | {row.system} | {row.how} "
             f"| {row.p50_ms:.2f} | {row.p99_ms:.2f} | {f'{row.throughput_rps:.0f}' if row.throughput_rps else '-'} "
             f"| {_ratio(row.p50_ms, rs.p50_ms if rs else None)} | {_ratio(row.p50_ms, raw.p50_ms if raw else None)} "
             f"| {_ratio(row.throughput_rps, rs.throughput_rps if rs else None)} "
-            f"| {_ratio(row.throughput_rps, raw.throughput_rps if raw else None)} |"
+            f"| {_ratio(row.throughput_rps, raw.throughput_rps if raw else None)} "
+            f"| {_ratio(row.p50_ms, cg.p50_ms if cg else None)} |"
         )
     return "\n".join(lines)
 
@@ -940,6 +991,11 @@ def verdict(rows: list[Row]) -> list[str]:
             ratio = row.p50_ms / raw.p50_ms
             met = "met" if ratio <= 1.3 else "NOT met"
             parts.append(f"{ratio:.2f}x raw {raw.how} {raw.p50_ms:.2f} ms (target <= 1.3x: {met})")
+        cg = counterpart(row, rows, "Ray CG")
+        if cg and "compiled" in row.how:
+            ratio = row.p50_ms / cg.p50_ms
+            met = "met" if ratio <= 1.5 else "NOT met"
+            parts.append(f"{ratio:.2f}x Ray CG {cg.p50_ms:.2f} ms (target <= 1.5x: {met})")
         if parts:
             out.append(f"{row.graph}, servegraph {row.how}, p50 {row.p50_ms:.2f} ms: " + "; ".join(parts))
     return out
@@ -1049,7 +1105,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--graphs", default="hello,chain", help="comma-separated subset of hello,chain")
     parser.add_argument(
-        "--systems", default="servegraph,rayserve,raw", help="comma-separated subset of servegraph,rayserve,raw"
+        "--systems", default="servegraph,rayserve,raw,raycg", help="comma-separated subset of servegraph,rayserve,raw,raycg"
     )
     parser.add_argument(
         "--num-cpus", type=int, default=8, help="logical CPUs of the Ray cluster (Ray Serve reserves 1 per replica)"
@@ -1092,6 +1148,8 @@ def main(argv: list[str] | None = None) -> int:
         chosen.append(RayServe(graphs, with_http))
     if "raw" in systems:
         chosen.append(RawActors(graphs))
+    if "raycg" in systems:
+        chosen.append(RayCompiledGraphs(graphs))
     # Ray Serve reserves a CPU per replica and its serve.run waits for them forever: fail now instead.
     needed = CHAIN_LENGTH + 1 if "chain" in graphs else 3
     if any(isinstance(system, RayServe) for system in chosen) and args.num_cpus < needed:

@@ -115,6 +115,7 @@ def deploy_compiled(
     http: bool = True,
     http_options: dict[str, Any] | None = None,
     on_progress: Callable[[dict[str, dict[str, int]]], None] | None = None,
+    compiled_path: bool = True,
 ) -> tuple[RayServeSyncHandle, dict[str, str]]:
     """Deploy an already compiled graph; returns its handle and what changed per deployment.
 
@@ -134,6 +135,7 @@ def deploy_compiled(
         route_prefix,
         (host, port, dict(http_options or {})) if http else None,
         code_paths(),
+        bool(compiled_path),
     )
     while on_progress is not None and not ray.wait([pending], timeout=0.5)[0]:
         try:
@@ -163,6 +165,7 @@ def run(
     _blocking: bool = True,
     _on_progress: Callable[[dict[str, dict[str, int]]], None] | None = None,
     logging_config: Any = None,
+    compiled: bool = True,
 ) -> RayServeSyncHandle:
     """Compile, check and deploy a graph; return a handle to its output.
 
@@ -176,6 +179,8 @@ def run(
         _local_testing_mode: run in this process without Ray (see the README for its limits).
         resource_check: fail at once when the cluster's resources cannot hold every replica.
         http: start the HTTP proxy.
+        compiled: run an eligible InputNode graph on Ray compiled graphs (see the README's "compiled
+            path"); False keeps every request on the plan of actor calls.
         _blocking, logging_config: accepted for Ray Serve's callers; servegraph always returns once
             every replica is ready, and replicas log as Ray's workers do.
 
@@ -193,9 +198,16 @@ def run(
         raise ValueError(f"route_prefix {route_prefix!r} {problem}; Ray Serve refuses it too, e.g. use '/hello'")
     ensure_connected()
     resources = _free_resources(_controller(), name) if resource_check else None
-    compiled = compile(target, cluster_resources=resources)
+    graph = compile(target, cluster_resources=resources)
     handle, _ = deploy_compiled(
-        compiled, name=name, route_prefix=route_prefix, host=host, port=port, http=http, on_progress=_on_progress
+        graph,
+        name=name,
+        route_prefix=route_prefix,
+        host=host,
+        port=port,
+        http=http,
+        on_progress=_on_progress,
+        compiled_path=compiled,
     )
     if blocking:
         _block()

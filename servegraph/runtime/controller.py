@@ -40,14 +40,16 @@ import ray.cloudpickle
 from ray.actor import ActorHandle
 
 from ..compiler import ir
+from ..compiler.fast_path import compiled_path_problem, lane_deployments
 from .autoscaling import Autoscaler
 from .cluster import NAMESPACE, PROXY_NAME
 from .codec import loads_with_paths
 from .driver_http import route_adapter
 from .handle import DeploymentInfo
+from .lane_table import LANES_KEY, LaneAssignment, LaneTable, Owner
 from .proxy import HTTP_OPTION_DEFAULTS
 from .proxy import HTTPProxy as _HTTPProxy
-from .replica import replica_actor_class, replica_concurrency
+from .replica import LANES_SUPPORTED, replica_actor_class, replica_concurrency
 from .router import Membership
 from .version import replica_version
 
@@ -61,6 +63,8 @@ LISTEN_TIMEOUT_S = 30.0
 MAX_START_FAILURES_PER_REPLICA = 3
 #: How long a stopping replica keeps its slot after routers were told it is gone, before it drains.
 MEMBERSHIP_PROPAGATION_S = 0.2
+#: Seconds between checks that the processes owning compiled lanes are still alive.
+OWNER_CHECK_PERIOD_S = 1.0
 #: Where the controller's checkpoint lives in Ray's internal KV.
 CHECKPOINT_KEY = b"servegraph/controller/checkpoint"
 
@@ -167,6 +171,10 @@ class App:
     status: str = DEPLOYING
     message: str = ""
     deleting: bool = False
+    #: The compiled path's lanes, or None when the graph runs as a plan only (``lane_reason`` says why).
+    lanes: LaneTable | None = None
+    lane_reason: str = ""
+    compiled: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -201,6 +209,7 @@ class Controller:
         self._kick = asyncio.Event()
         self._recovered = asyncio.Event()
         self._dirty = False
+        self._owners_checked = 0.0
         self._loop_task = loop.create_task(self._run())
 
     # The control loop -------------------------------------------------------------------
@@ -237,8 +246,13 @@ class Controller:
             if app.deleting and not app.deployments:
                 del self._apps[app.name]
                 self._dirty = True
+                self._publish_lanes(app)
             else:
                 self._update_app_status(app)
+                self._reconcile_lanes(app, now)
+        if now - self._owners_checked >= OWNER_CHECK_PERIOD_S:
+            self._owners_checked = now
+            self._forget_dead_owners()
         if self._proxy is not None and self._proxy_watch is not None and self._proxy_watch.done():
             await self._restart_proxy()
         if self._dirty:
@@ -502,6 +516,8 @@ class Controller:
     def _current(self, key: tuple[str, str]) -> tuple[tuple[int, int], Membership]:
         if key in self._versions:
             return self._versions[key], self._memberships[key]
+        if key[1] == LANES_KEY:
+            return (self._incarnation, 0), _PublishedLanes(LaneAssignment((), "no such application"), frozenset(), ())  # type: ignore[return-value]
         return (self._incarnation, 0), Membership((), 1, exists=False)
 
     async def listen(self, snapshot: dict[tuple[str, str], Any]) -> dict[tuple[str, str], tuple[tuple[int, int], Membership]]:
@@ -533,6 +549,99 @@ class Controller:
                 if dep.target == 0 and load > 0:
                     self._wake()
 
+    # Compiled lanes (see lane_table.py) ----------------------------------------------------
+    def _lane_key(self, app: str) -> tuple[str, str]:
+        return (app, LANES_KEY)
+
+    def _publish_lanes(self, app: App) -> None:
+        if app.lanes is not None and not app.deleting:
+            assignment = app.lanes.assignment()
+            owners = frozenset(app.lanes.owners)
+        else:
+            assignment, owners = LaneAssignment((), app.lane_reason or "the application is being deleted"), frozenset()
+        signature = (tuple((lane.lane_id, lane.owner_id) for lane in assignment.lanes), assignment.reason, owners)
+        key = self._lane_key(app.name)
+        if self._memberships.get(key) is not None and getattr(self._memberships[key], "signature", None) == signature:
+            return
+        self._counter += 1
+        self._versions[key] = (self._incarnation, self._counter)
+        self._memberships[key] = _PublishedLanes(assignment, owners, signature)  # type: ignore[assignment]
+        published, self._published = self._published, asyncio.get_event_loop().create_future()
+        published.set_result(None)
+
+    def _reconcile_lanes(self, app: App, now: float) -> None:
+        table = app.lanes
+        if table is None:
+            self._publish_lanes(app)
+            return
+        running = {
+            name: [(r.replica_id, r.actor) for r in dep.replicas.values() if r.state == RUNNING and not r.dead]
+            for name, dep in app.deployments.items()
+        }
+        table.reconcile(running, now)
+        for replica_id, actor in table.due_releases(now):
+            asyncio.ensure_future(self._release(table, replica_id, actor))
+        self._publish_lanes(app)
+
+    async def _release(self, table: LaneTable, replica_id: str, actor: ActorHandle) -> None:
+        """Stop a replica's compiled loop (its owner may have done so already), then it may join a new lane."""
+        await _ok(actor.release_lane.remote(), timeout=10)
+        table.released(replica_id)
+        self._wake()
+
+    def _forget_dead_owners(self) -> None:
+        """Owners whose process ended lose their lanes (whose replicas are then released)."""
+        owners = [(app, owner) for app in self._apps.values() if app.lanes for owner in app.lanes.owners.values()]
+        if not owners:
+            return
+        try:
+            jobs = ray._private.worker.global_worker.gcs_client.get_all_job_info()
+            dead_jobs = {job_id.hex() for job_id, info in jobs.items() if info.is_dead}
+        except Exception:
+            return
+        for app, owner in owners:
+            gone = owner.job_id in dead_jobs
+            if owner.actor_id is not None and not gone:
+                try:
+                    gone = ray._private.state.actors(owner.actor_id).get("State") == "DEAD"
+                except Exception:
+                    gone = False
+            if gone:
+                assert app.lanes is not None
+                app.lanes.drop_owner(owner.owner_id)
+                self._wake()
+
+    async def claim_lanes(self, app: str, owner_id: str, job_id: str, actor_id: str | None = None) -> str:
+        """A process that runs ``app``'s requests wants compiled lanes; returns why it will get none, or ""."""
+        await self._recovered.wait()
+        state = self._apps.get(app)
+        if state is None:
+            return "no such application"
+        if state.lanes is None:
+            return state.lane_reason
+        if state.lanes.claim(Owner(owner_id, job_id, actor_id)):
+            self._publish_lanes(state)
+            self._wake()
+        return ""
+
+    async def release_lanes(self, app: str, owner_id: str) -> None:
+        """An owner leaves (its process exits): its lanes go to others."""
+        state = self._apps.get(app)
+        if state is not None and state.lanes is not None:
+            state.lanes.drop_owner(owner_id)
+            self._wake()
+
+    async def lane_failed(self, app: str, lane_id: int, reason: str) -> None:
+        """An owner could not compile a lane: the application stays on the plan path, and status says why."""
+        state = self._apps.get(app)
+        if state is not None and state.lanes is not None:
+            print(f"servegraph: application {app!r} cannot run on the compiled path: {reason}", file=sys.stderr)
+            state.lanes.failure = f"compiling a lane failed: {reason}"
+            state.lanes.dissolve(lane_id, time.monotonic())
+            for other in list(state.lanes.lanes):
+                state.lanes.dissolve(other, time.monotonic())
+            self._wake()
+
     # Deploying --------------------------------------------------------------------------
     async def deploy_app(
         self,
@@ -541,6 +650,7 @@ class Controller:
         route_prefix: str | None,
         http: tuple[str, int, dict[str, Any]] | None,
         code_paths: tuple[str, ...] = (),
+        compiled: bool = True,
     ) -> DeployReply:
         """Set an application's desired state and wait until it runs (or cannot).
 
@@ -572,14 +682,20 @@ class Controller:
                 error = await self._ensure_proxy(host, port, {**HTTP_OPTION_DEFAULTS, **options}, name)
                 if error:
                     return DeployReply(False, {}, error)
-            changes = self._set_target(name, app, app_bytes, tuple(code_paths), route_prefix)
+            changes = self._set_target(name, app, app_bytes, tuple(code_paths), route_prefix, compiled)
             self._dirty = True
             await self._push_routes()
         self._wake()
         return await self._wait_settled(name, changes)
 
     def _set_target(
-        self, name: str, app: ir.AppIR, app_bytes: bytes, code_paths: tuple[str, ...], route_prefix: str | None
+        self,
+        name: str,
+        app: ir.AppIR,
+        app_bytes: bytes,
+        code_paths: tuple[str, ...],
+        route_prefix: str | None,
+        compiled: bool = True,
     ) -> dict[str, str]:
         old = self._apps.get(name)
         deployments: dict[str, Deployment] = {}
@@ -621,7 +737,25 @@ class Controller:
                     dep.deleting = True
                     deployments[dname] = dep
                     changes[dname] = "deleted"
-        state = App(name, app, app_bytes, code_paths, route_prefix, deployments)
+        state = App(name, app, app_bytes, code_paths, route_prefix, deployments, compiled=compiled)
+        state.lane_reason = "turned off (compiled=False)" if not compiled else LANES_SUPPORTED or compiled_path_problem(app) or ""
+        previous = old.lanes if old is not None else None
+        if not state.lane_reason:
+            members = lane_deployments(app)
+            if previous is not None and previous.deployments == members and previous.plan == app.plan:
+                state.lanes = previous  # the same graph: lanes stay (those over replicas that change dissolve)
+            else:
+                state.lanes = LaneTable(members, app.plan)
+                if previous is not None:
+                    state.lanes.succeed(previous, time.monotonic())
+            state.lanes.failure = ""  # a new deploy tries again
+        elif previous is not None:
+            # Now ineligible or turned off: the old lanes' loops must still be stopped. Until they are, the
+            # replicas keep serving ordinary calls beside them.
+            for lane_id in list(previous.lanes):
+                previous.dissolve(lane_id, time.monotonic())
+            for replica_id, (_, actor) in previous.releasing.items():
+                asyncio.ensure_future(self._release(previous, replica_id, actor))
         self._update_app_status(state)
         self._apps[name] = state
         return changes
@@ -731,9 +865,21 @@ class Controller:
                 "route_prefix": state.route_prefix,
                 "ingress": state.app.ingress,
                 "deployments": deployments,
+                "path": self._path_status(state),
             }
         proxy = {"host": self._http[0], "port": self._http[1]} if self._http and self._proxy else None
         return {"applications": apps, "proxy": proxy}
+
+    @staticmethod
+    def _path_status(state: App) -> dict[str, Any]:
+        """Which path the application's requests take: compiled lanes, or the plan (and why)."""
+        if state.lanes is None:
+            return {"kind": "plan", "reason": state.lane_reason, "lanes": 0}
+        if state.lanes.failure:
+            return {"kind": "plan", "reason": state.lanes.failure, "lanes": 0}
+        lanes = len(state.lanes.lanes)
+        reason = "" if lanes else ("no caller yet" if not state.lanes.owners else "waiting for running replicas")
+        return {"kind": "compiled", "reason": reason, "lanes": lanes, "owners": len(state.lanes.owners)}
 
     # HTTP ------------------------------------------------------------------------------
     async def _ensure_proxy(self, host: str, port: int, options: dict[str, Any], app: str) -> str | None:
@@ -824,6 +970,7 @@ class Controller:
                 "code_paths": app.code_paths,
                 "route_prefix": app.route_prefix,
                 "deleting": app.deleting,
+                "compiled": app.compiled,
                 "deployments": {
                     dname: {
                         "target": dep.target,
@@ -856,7 +1003,9 @@ class Controller:
         self._code_paths = list(data.get("code_paths", []))
         for name, saved in data["apps"].items():
             app: ir.AppIR = loads_with_paths(saved["app_bytes"], saved["code_paths"])
-            self._set_target(name, app, saved["app_bytes"], tuple(saved["code_paths"]), saved["route_prefix"])
+            self._set_target(
+                name, app, saved["app_bytes"], tuple(saved["code_paths"]), saved["route_prefix"], saved.get("compiled", True)
+            )
             state = self._apps[name]
             state.deleting = saved["deleting"]
             for dname, dsaved in saved["deployments"].items():
@@ -872,6 +1021,9 @@ class Controller:
                     r = Replica(replica_id, actor, actor_name, version, RECOVERING, pickle.loads(config), time.monotonic())
                     r.task = asyncio.ensure_future(self._recover_one(r))
                     dep.replicas[replica_id] = r
+                    if state.lanes is not None:
+                        # Lanes were not checkpointed: stop any loop a replica still runs before it joins a new lane.
+                        state.lanes.releasing[replica_id] = (0.0, actor)
                 self._publish(dep)
         if data.get("http"):
             self._http_options = dict(data.get("http_options") or {})
@@ -883,6 +1035,15 @@ class Controller:
                 await self._start_proxy(*self._http, self._http_options)
             await self._push_routes()
         print(f"servegraph: controller recovered {len(self._apps)} application(s) from its checkpoint", file=sys.stderr)
+
+
+@dataclasses.dataclass(frozen=True)
+class _PublishedLanes:
+    """A LaneAssignment as published, with the owners that claimed (an owner not in it claims again)."""
+
+    assignment: LaneAssignment
+    owners: frozenset[str]
+    signature: tuple
 
 
 def _with_code_paths(options: dict[str, Any], code_paths: list[str]) -> dict[str, Any]:

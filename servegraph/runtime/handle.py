@@ -24,6 +24,7 @@ from ray import ObjectRef
 
 from ..compiler import ir
 from .codec import flatten
+from .graph_ref import GraphRef
 from .long_poll import runtime_client
 from .plan import drive, drive_async, run_plan
 from .router import Router, StreamMethod
@@ -85,14 +86,17 @@ def _needs_resolving(value: Any) -> bool:
         return any(_needs_resolving(v) for v in value)
     if kind is dict:
         return any(_needs_resolving(v) for v in value.values())
-    return kind is DeploymentResponse or isinstance(value, (asyncio.Future, concurrent.futures.Future))
+    return kind is DeploymentResponse or kind is GraphRef or isinstance(value, (asyncio.Future, concurrent.futures.Future))
 
 
 def _resolve_sync(value: Any) -> Any:
     """Replace DeploymentResponses by their ObjectRefs (outside an event loop)."""
     kind = type(value)
     if kind is DeploymentResponse:
-        return value._object_ref_sync()
+        value = value._object_ref_sync()
+        kind = type(value)
+    if kind is GraphRef:
+        return value.get()  # a compiled lane's output: the value itself
     if kind is list:
         return [_resolve_sync(v) for v in value]
     if kind is tuple:
@@ -113,7 +117,10 @@ async def _resolve_async(value: Any) -> Any:
     """Await Tasks and DeploymentResponses down to ObjectRefs, without awaiting the refs."""
     kind = type(value)
     if kind is DeploymentResponse:
-        return await value._object_ref()
+        value = await value._object_ref()
+        kind = type(value)
+    if kind is GraphRef:
+        return value.get()
     if kind is list:
         return [await _resolve_async(v) for v in value]
     if kind is tuple:
@@ -162,18 +169,38 @@ class _DeploymentTarget:
 
 
 class _PlanTarget:
-    """Runs an InputNode graph's plan from the caller: each call gets its upstream refs, only the output is awaited."""
+    """Runs an InputNode graph's requests from the caller.
 
-    __slots__ = ("app", "plan", "infos", "name")
+    On a compiled lane when the controller gave this process one with room
+    (see lanes.py); otherwise as a plan of actor calls: each call gets its
+    upstream refs, only the output is awaited.
+    """
+
+    __slots__ = ("app", "plan", "infos", "name", "_lanes", "_lanes_checked")
 
     def __init__(self, app: str, plan: ir.Plan, infos: dict[str, DeploymentInfo], name: str = "DAGDriver"):
         self.app = app
         self.plan = plan
         self.infos = infos
         self.name = name
+        self._lanes: Any = None
+        #: (the LaneSet's plan generation, whether its plan is this handle's) checked last.
+        self._lanes_checked: tuple[int, bool] = (-1, False)
 
     def __reduce__(self) -> tuple:
         return (_PlanTarget, (self.app, self.plan, self.infos, self.name))
+
+    def _lane_set(self) -> Any:
+        """This process's lanes for the graph, if they run this handle's plan (an old handle's plan runs as a plan)."""
+        lanes = self._lanes
+        if lanes is None:
+            from .lanes import lanes_for
+
+            lanes = self._lanes = lanes_for(self.app)
+        generation = lanes.generation
+        if self._lanes_checked[0] != generation:
+            self._lanes_checked = (generation, lanes.plan == self.plan)
+        return lanes if self._lanes_checked[1] else None
 
     def _finish(self, out: Any) -> ObjectRef:
         if type(out) is ObjectRef:
@@ -188,14 +215,34 @@ class _PlanTarget:
     def _handle(self, handle_cls: type) -> Any:
         return lambda name: handle_cls(_DeploymentTarget(self.infos[name]))
 
-    def submit(self, method: str, args: tuple, kwargs: dict) -> ObjectRef:
+    def submit(self, method: str, args: tuple, kwargs: dict) -> Any:
+        """An ObjectRef of the output (plan path), or a GraphRef holding it (compiled path)."""
         args, kwargs = _prepare_sync(args, kwargs)
+        lanes = self._lane_set()
+        lane = lanes.pick() if lanes is not None else None
+        if lane is not None:
+            try:
+                ok, out = lanes.run_on(lane, args, kwargs)
+            except ray.exceptions.RayTaskError as exc:
+                return GraphRef(error=exc)  # ray.get raises it, as it raises the plan path's
+            if ok:
+                return GraphRef(out)
         gen = run_plan(self.plan, args, kwargs, self._handle(RayServeSyncHandle))
         out = drive(gen, lambda call: self.infos[call[0]].router().submit(*call[1:]))
         return self._finish(out)
 
-    async def submit_async(self, method: str, args: tuple, kwargs: dict) -> ObjectRef:
+    async def submit_async(self, method: str, args: tuple, kwargs: dict) -> Any:
         args, kwargs = await _prepare_async(args, kwargs)
+        lanes = self._lane_set()
+        lane = lanes.pick() if lanes is not None else None
+        if lane is not None:
+            try:
+                # A lane's answer is waited for on a thread: this event loop keeps serving meanwhile.
+                ok, out = await asyncio.get_running_loop().run_in_executor(lanes.callers(), lanes.run_on, lane, args, kwargs)
+            except ray.exceptions.RayTaskError as exc:
+                return GraphRef(error=exc)
+            if ok:
+                return GraphRef(out)
         gen = run_plan(self.plan, args, kwargs, self._handle(RayServeDeploymentHandle))
         out = await drive_async(gen, lambda call: self.infos[call[0]].router().submit_async(*call[1:]))
         return self._finish(out)
@@ -461,6 +508,11 @@ class DeploymentResponse:
     def result(self, *, timeout_s: float | None = None) -> Any:
         """Block until the result is ready (not inside an event loop: await instead)."""
         ref = self._object_ref_sync()
+        if type(ref) is GraphRef:  # a compiled lane's output
+            try:
+                return ref.get()
+            except ray.exceptions.RayTaskError as exc:
+                raise _user_error(exc) from None
         if type(ref) is not ObjectRef:  # a LocalRef, in local testing mode
             return cast(Any, ref).result(timeout_s)
         try:
@@ -482,7 +534,7 @@ class DeploymentResponse:
     def cancel(self) -> None:
         if self._task is not None:
             self._task.cancel()
-        if self._ref is not None:
+        if self._ref is not None and type(self._ref) is ObjectRef:
             ray.cancel(self._ref)
 
 

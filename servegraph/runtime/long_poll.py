@@ -38,7 +38,8 @@ class RuntimeClient:
         #: The cluster (GCS address) this client's routers and thread belong to.
         self.cluster = cluster
         self._closed = False
-        self._routers: dict[Key, Router] = {}
+        #: Routers, and other listeners (see subscribe), by the key the controller publishes under.
+        self._routers: dict[Key, Any] = {}
         self._versions: dict[Key, Any] = {}
         self._lock = threading.Lock()
         self._events: queue.Queue[tuple] = queue.Queue()
@@ -62,6 +63,19 @@ class RuntimeClient:
                 self._routers[key] = router
                 self._events.put(("subscribe",))
         return router
+
+    def subscribe(self, key: Key, listener: Any) -> None:
+        """Push what the controller publishes under ``key`` to ``listener.update`` (compiled lanes use this).
+
+        A listener also offers ``drop_actor(actor_id)``, ``load()`` and ``metrics_interval_s``, as routers do.
+        """
+        with self._lock:
+            self._routers[key] = listener
+            self._events.put(("subscribe",))
+
+    def controller(self) -> Any:
+        """The controller actor (found again, or revived, if it was lost)."""
+        return self._get_controller()
 
     def drop_actor(self, actor_id: str) -> None:
         """A call to this actor failed with actor death: no router of this process uses it again."""

@@ -206,6 +206,31 @@ class _ReplicaCore:
     def _destructor(self) -> Callable[[], Any] | None:
         return getattr(self._instance, "__del__", None) if self._instance is not None else None
 
+    # The compiled path ---------------------------------------------------------------------
+    # A lane (see runtime/lanes.py) is a Ray compiled graph over one replica per deployment. Its
+    # execution loop runs on the replica's "_ray_system" thread and calls ``lane_call`` once per
+    # request; ordinary calls keep arriving beside it.
+    def _lane_arguments(self, spec: tuple, values: tuple) -> tuple[str, tuple, dict]:
+        """The user method's arguments: ``spec`` is (method, args, kwargs, sources), ``values`` one per source.
+
+        A source is the key of an upstream call (its result), or None for the request's input bundle
+        (the input and every input read, by key).
+        """
+        method, args, kwargs, sources = spec
+        known: dict[str, Any] = {}
+        bundle: dict[str, Any] = {}
+        for source, value in zip(sources, values, strict=True):
+            if source is None:
+                bundle = value
+            else:
+                known[source] = value
+
+        def fill(marker: ir.Ref | ir.HandleRef) -> Any:
+            assert isinstance(marker, ir.Ref)  # fast_path refuses graphs that pass handles per request
+            return known[marker.key] if marker.key in known else bundle[marker.key]
+
+        return method, ir.map_markers(args, fill), dict(ir.map_markers(kwargs, fill))
+
 
 class SyncReplica(_ReplicaCore):
     def __init__(self, *args: Any, **kwargs: Any):
@@ -242,6 +267,15 @@ class SyncReplica(_ReplicaCore):
         except ray.exceptions.RayActorError as exc:
             note_actor_death(exc)
             raise
+        finally:
+            next(self._finished)
+
+    def lane_call(self, spec: tuple, *values: Any) -> Any:
+        """One stage of a compiled lane (see :meth:`_lane_arguments`)."""
+        next(self._started)
+        try:
+            method, args, kwargs = self._lane_arguments(spec, values)
+            return not_a_generator(method, self._method(method)(*args, **kwargs))
         finally:
             next(self._finished)
 
@@ -315,6 +349,11 @@ class SyncReplica(_ReplicaCore):
     def status(self) -> dict:
         return {**self.ready(), "ongoing": self.ongoing()}
 
+    @ray.method(concurrency_group="control")
+    def release_lane(self) -> bool:
+        """End this replica's part in a compiled lane whose owner is gone or slow to let go; True if there was one."""
+        return _release_lane(self)
+
 
 class AsyncReplica(_ReplicaCore):
     def __init__(self, *args: Any, **kwargs: Any):
@@ -327,6 +366,8 @@ class AsyncReplica(_ReplicaCore):
         return self._stopped
 
     async def initialize(self, user_config: Any = None) -> str | None:
+        #: Where lane_call (on the compiled graph's thread) runs the user's coroutines.
+        self._loop = asyncio.get_running_loop()
         try:
             if not self._is_function:
                 args, kwargs = self._constructor_args()
@@ -371,6 +412,13 @@ class AsyncReplica(_ReplicaCore):
             raise
         finally:
             next(self._finished)
+
+    def lane_call(self, spec: tuple, *values: Any) -> Any:
+        """One stage of a compiled lane, run on this replica's event loop like any request."""
+        method, args, kwargs = self._lane_arguments(spec, values)
+        names = tuple(kwargs)
+        call = self.handle_request(method, names, *args, *kwargs.values())
+        return asyncio.run_coroutine_threadsafe(call, self._loop).result()
 
     async def call_stream(self, method: str, names: tuple[str, ...], *values: Any) -> Any:
         """A generator method's results, one Ray object each, as they come (``num_returns="streaming"``)."""
@@ -447,9 +495,51 @@ class AsyncReplica(_ReplicaCore):
     async def status(self) -> dict:
         return {**self.ready(), "ongoing": self.ongoing()}
 
+    async def release_lane(self) -> bool:
+        """End this replica's part in a compiled lane whose owner is gone or slow to let go; True if there was one."""
+        return _release_lane(self)
+
 
 #: First element of what handle_http returns for a StreamingResponse: (STREAM, replica, stream id, status, headers).
 STREAM = "<stream>"
+
+
+# Compiled lanes: which one this replica runs ----------------------------------------------
+# Ray starts a compiled graph's loop on an actor with ``do_exec_tasks(actor, tasks, ...)`` and
+# stops it with ``do_cancel_executable_tasks(actor, tasks)``, both sent by the graph's owner. A
+# replica outlives owners (a driver that exits, a proxy that dies), so it records the tasks its
+# loop runs: the controller can then stop that loop itself (release_lane), and the replica is free
+# to join a new lane (an actor runs one compiled loop at a time).
+try:
+    from ray.dag import compiled_dag_node as _cgraph
+
+    _ORIGINAL_EXEC_TASKS = getattr(_cgraph, "_servegraph_original_exec_tasks", _cgraph.do_exec_tasks)
+
+    def _exec_tasks_recorded(self: Any, tasks: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(self, _ReplicaCore):
+            self._lane_tasks = tasks
+        try:
+            return _ORIGINAL_EXEC_TASKS(self, tasks, *args, **kwargs)
+        finally:
+            if isinstance(self, _ReplicaCore) and getattr(self, "_lane_tasks", None) is tasks:
+                self._lane_tasks = None
+
+    _cgraph._servegraph_original_exec_tasks = _ORIGINAL_EXEC_TASKS  # type: ignore[attr-defined]
+    _cgraph.do_exec_tasks = _exec_tasks_recorded
+    LANES_SUPPORTED: str | None = None
+except (ImportError, AttributeError) as exc:  # a Ray without compiled graphs: the plan path only
+    LANES_SUPPORTED = f"this Ray ({ray.__version__}) lacks compiled graphs: {exc}"
+
+
+def _release_lane(replica: _ReplicaCore) -> bool:
+    tasks = getattr(replica, "_lane_tasks", None)
+    if not tasks:
+        return False
+    try:
+        _cgraph.do_cancel_executable_tasks(replica, tasks)
+    except Exception:  # already closed by its owner: nothing left to stop
+        pass
+    return True
 
 
 async def _next_chunk(streams: dict[int, Any], stream_id: int) -> bytes | None:

@@ -1,0 +1,55 @@
+"""The result of a request that ran on a compiled lane: already there, and read like a Ray ref.
+
+Ray's compiled graphs return a ``CompiledDAGRef``, which ``ray.get`` reads (one
+ref, or a list of them). A lane's caller has its answer when ``.remote()``
+returns (see lanes.py), so :class:`GraphRef` only carries it: ``ray.get(ref)``,
+``ray.get([refs])``, ``await ref`` and passing it to another handle all work,
+without the object-store round trip a ``ray.put`` would cost (which measured
+longer than the whole compiled graph here). ``ray.wait`` takes real ObjectRefs
+only: code that needs it deploys with ``compiled=False`` (see the README).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray.experimental.compiled_dag_ref import CompiledDAGRef
+
+
+class GraphRef(CompiledDAGRef):
+    """A finished request's output (or the error it raised)."""
+
+    def __init__(self, value: Any = None, error: BaseException | None = None):  # no super(): no compiled DAG here
+        self._value = value
+        self._error = error
+
+    def get(self, timeout: float | None = None) -> Any:
+        """What ``ray.get`` calls: the output, or the request's error raised as Ray raises it."""
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+    result = get  # DeploymentResponse.result() reads non-ObjectRef refs this way
+
+    def __await__(self) -> Any:
+        async def value() -> Any:
+            return self.get()
+
+        return value().__await__()
+
+    def __reduce__(self) -> tuple:
+        return (GraphRef, (self._value, self._error))
+
+    def __copy__(self) -> GraphRef:
+        return self
+
+    def __deepcopy__(self, memo: dict) -> GraphRef:
+        return GraphRef(self._value, self._error)
+
+    def __del__(self) -> None:  # CompiledDAGRef's would release a DAG buffer: there is none
+        pass
+
+    def __str__(self) -> str:
+        return f"GraphRef({'error' if self._error is not None else type(self._value).__name__})"
+
+    __repr__ = __str__

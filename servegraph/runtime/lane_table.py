@@ -1,0 +1,154 @@
+"""Which replicas form which compiled lanes, and which process owns each (the controller's side).
+
+A lane is one replica of every deployment an InputNode graph calls, compiled
+into a Ray compiled graph by the process that sends it requests (its owner: a
+driver holding the graph's handle, or the HTTP proxy). Ray lets an actor take
+part in one compiled graph at a time, so lanes never share a replica, and the
+controller alone decides them: owners claim lanes for an application, the
+controller forms as many as the running replicas allow and spreads them over
+the owners (fewest lanes first), and dissolves a lane when one of its replicas
+stops running or its owner is gone. The replicas of a dissolved lane are free
+again once their compiled loop has been stopped (:data:`RELEASE_GRACE_S` after
+the dissolution, whether or not the owner tore the lane down itself).
+
+Pure bookkeeping: no Ray here, so every rule is testable on its own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from collections.abc import Mapping
+from typing import Any
+
+#: The pseudo-deployment under which lane assignments are published to owners (not a valid deployment name).
+LANES_KEY = "#lanes"
+
+#: Seconds an owner has to stop using a dissolved lane before the controller stops its replicas' loops.
+RELEASE_GRACE_S = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Owner:
+    """A process that runs the graph's requests: a driver (its job) or an actor (the HTTP proxy)."""
+
+    owner_id: str
+    job_id: str
+    actor_id: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class LaneInfo:
+    """One lane as owners receive it: its members are (deployment, replica id, actor handle)."""
+
+    lane_id: int
+    owner_id: str
+    members: tuple[tuple[str, str, Any], ...]
+
+    def actors(self) -> dict[str, Any]:
+        return {deployment: actor for deployment, _, actor in self.members}
+
+
+@dataclasses.dataclass(frozen=True)
+class LaneAssignment:
+    """What the controller publishes under ``(app, LANES_KEY)``."""
+
+    lanes: tuple[LaneInfo, ...]
+    #: Why the application has no lanes at all (ineligible graph, turned off), or "".
+    reason: str = ""
+    #: The plan lanes compile (an ir.Plan): the deployed one, whatever plan a caller's handle holds.
+    plan: Any = None
+
+
+class LaneTable:
+    """The lanes of one application."""
+
+    def __init__(self, deployments: tuple[str, ...], plan: Any = None, max_lanes: int | None = None):
+        self.deployments = deployments
+        self.plan = plan
+        self.max_lanes = max_lanes
+        self.owners: dict[str, Owner] = {}
+        self.lanes: dict[int, LaneInfo] = {}
+        #: Replica id -> (time after which its loop is stopped, its actor); free for a new lane once released.
+        self.releasing: dict[str, tuple[float, Any]] = {}
+        self.failure = ""
+        self._ids = itertools.count(1)
+
+    # Owners -------------------------------------------------------------------------------
+    def claim(self, owner: Owner) -> bool:
+        """An owner wants lanes; True if it is new."""
+        if owner.owner_id in self.owners:
+            return False
+        self.owners[owner.owner_id] = owner
+        return True
+
+    def drop_owner(self, owner_id: str) -> None:
+        self.owners.pop(owner_id, None)
+
+    def lanes_of(self, owner_id: str) -> int:
+        return sum(1 for lane in self.lanes.values() if lane.owner_id == owner_id)
+
+    # Forming and dissolving -----------------------------------------------------------------
+    def dissolve(self, lane_id: int, now: float) -> None:
+        """Remove a lane; its replicas are released (their loops stopped) after the grace period."""
+        lane = self.lanes.pop(lane_id, None)
+        if lane is not None:
+            for _, replica_id, actor in lane.members:
+                self.releasing[replica_id] = (now + RELEASE_GRACE_S, actor)
+
+    def reconcile(self, running: Mapping[str, list[tuple[str, Any]]], now: float) -> bool:
+        """Bring lanes in line with the running replicas and the owners; True if the lanes changed.
+
+        Args:
+            running: per deployment, its (replica id, actor) that are RUNNING.
+            now: the controller's clock (monotonic seconds).
+        """
+        changed = False
+        alive = {rid for replicas in running.values() for rid, _ in replicas}
+        for lane_id, lane in list(self.lanes.items()):
+            gone = any(rid not in alive for _, rid, _ in lane.members)
+            if gone or lane.owner_id not in self.owners:
+                self.dissolve(lane_id, now)
+                changed = True
+        # Replicas no longer running need no release; others become free when their grace ends.
+        for rid in list(self.releasing):
+            if rid not in alive:
+                del self.releasing[rid]
+        if self.failure or not self.owners:
+            return changed
+        taken = {rid for lane in self.lanes.values() for _, rid, _ in lane.members}
+        free = {
+            dep: [(rid, actor) for rid, actor in running.get(dep, []) if rid not in taken and rid not in self.releasing]
+            for dep in self.deployments
+        }
+        while all(free[dep] for dep in self.deployments):
+            if self.max_lanes is not None and len(self.lanes) >= self.max_lanes:
+                break
+            owner = min(self.owners, key=lambda oid: (self.lanes_of(oid), list(self.owners).index(oid)))
+            members = tuple((dep, *free[dep].pop(0)) for dep in self.deployments)
+            lane_id = next(self._ids)
+            self.lanes[lane_id] = LaneInfo(lane_id, owner, members)
+            changed = True
+        return changed
+
+    def due_releases(self, now: float) -> list[tuple[str, Any]]:
+        """(replica id, actor) whose grace ended: stop their loops now, then call :meth:`released`."""
+        due = [(rid, actor) for rid, (at, actor) in self.releasing.items() if at <= now]
+        for rid, actor in due:
+            self.releasing[rid] = (float("inf"), actor)  # being released: not twice
+        return due
+
+    def released(self, replica_id: str) -> None:
+        self.releasing.pop(replica_id, None)
+
+    def assignment(self, reason: str = "") -> LaneAssignment:
+        return LaneAssignment(tuple(self.lanes[i] for i in sorted(self.lanes)), reason or self.failure, self.plan)
+
+    def succeed(self, old: LaneTable, now: float) -> None:
+        """Take over from the table of the previous deploy: same owners; its lanes' replicas are released first."""
+        self.owners = dict(old.owners)
+        self.releasing = dict(old.releasing)
+        self._ids = old._ids
+        for lane_id in list(old.lanes):
+            old.dissolve(lane_id, now)
+        self.releasing.update(old.releasing)

@@ -1,0 +1,416 @@
+"""The compiled path: an InputNode graph's requests run on Ray compiled graphs (the data plane's side).
+
+The controller assigns *lanes* (one replica of every deployment the graph
+calls; see ``lane_table.py``) to the processes that run the graph's requests:
+a driver holding its handle, or the HTTP proxy. Each such process keeps one
+:class:`LaneSet` per graph. It compiles every lane it is given into a Ray
+compiled graph (``experimental_compile``: shared-memory channels between the
+stages, no task submission per hop), sends each request to the lane with the
+fewest in flight, and follows the assignments the controller pushes: a lane
+taken away is torn down once idle, a new one is compiled beside the others.
+
+A request that finds no lane with room, or whose lane breaks under it (a
+replica died, the lane was released), runs on the plan path instead, as every
+request did before: nothing is lost and nothing waits for a lane.
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import concurrent.futures
+import sys
+import threading
+import traceback
+from typing import Any
+
+import ray
+
+from ..compiler import ir
+from ..compiler.fast_path import call_keys, output_template
+from .lane_table import LANES_KEY, LaneInfo
+from .long_poll import runtime_client
+from .plan import plan_input, read_input
+
+
+class LaneBroken(Exception):
+    """The lane cannot answer this request (a replica died, or the lane was released): use the plan path."""
+
+
+class _Pending:
+    __slots__ = ("ref", "done", "value", "error", "event")
+
+    def __init__(self) -> None:
+        self.ref: Any = None
+        self.done = False
+        self.value: Any = None
+        self.error: BaseException | None = None
+        self.event = threading.Event()
+
+
+def _is_user_error(exc: BaseException) -> bool:
+    """A user's exception in a stage (the request fails, the lane is fine), not a broken lane."""
+    return isinstance(exc, ray.exceptions.RayTaskError) and not isinstance(
+        exc, (ray.exceptions.RayActorError, ray.exceptions.RayChannelError)
+    )
+
+
+class Lane:
+    """One compiled graph over one replica per deployment.
+
+    Ray's CompiledDAG is not thread-safe, and its results come back in
+    submission order. Callers submit under a lock; then whichever caller finds
+    the reader free reads results in order, handing each to its caller, until
+    its own has come (no thread of its own, so a lone caller pays no hand-off).
+    """
+
+    def __init__(self, info: LaneInfo, dag: Any, capacity: int):
+        self.info = info
+        self.dag = dag
+        self.capacity = capacity
+        self.in_flight = 0
+        self.broken = False
+        self.retired = False
+        self.actor_ids = {actor._actor_id.hex() for _, _, actor in info.members}
+        self._submit = threading.Lock()
+        self._read = threading.Lock()
+        self._pending: collections.deque[_Pending] = collections.deque()
+        self._idle = threading.Event()
+        self._idle.set()
+
+    def run(self, bundle: dict[str, Any]) -> Any:
+        """The graph's output for one request; a user's error raises as Ray raises it, a broken lane as LaneBroken."""
+        mine = _Pending()
+        with self._submit:
+            if self.broken:
+                raise LaneBroken()
+            try:
+                mine.ref = self.dag.execute(bundle)
+            except Exception as exc:
+                self._break()
+                raise LaneBroken() from exc
+            self._pending.append(mine)
+        while not mine.done:
+            if self._read.acquire(blocking=False):
+                try:
+                    while not mine.done:
+                        self._read_one()
+                finally:
+                    self._read.release()
+                with self._submit:
+                    head = self._pending[0] if self._pending else None
+                if head is not None:
+                    head.event.set()  # the oldest waiter reads next
+            else:
+                mine.event.wait()
+                mine.event.clear()
+        if mine.error is not None:
+            raise mine.error
+        return mine.value
+
+    def _read_one(self) -> None:
+        with self._submit:
+            head = self._pending[0]
+        try:
+            head.value = head.ref.get(timeout=-1)
+        except BaseException as exc:
+            if _is_user_error(exc):
+                head.error = exc
+            else:
+                self._break()
+                head.error = LaneBroken()
+                head.error.__cause__ = exc
+        head.ref = None
+        with self._submit:
+            self._pending.popleft()
+        head.done = True
+        head.event.set()
+
+    def _break(self) -> None:
+        self.broken = True
+
+    def acquire(self) -> bool:
+        """Count one more request in flight, if there is room."""
+        if self.broken or self.retired or self.in_flight >= self.capacity:
+            return False
+        self.in_flight += 1
+        self._idle.clear()
+        return True
+
+    def done(self) -> None:
+        self.in_flight -= 1
+        if self.in_flight <= 0:
+            self._idle.set()
+
+    def teardown(self, wait_s: float = 5.0) -> None:
+        """Let requests in flight finish (up to ``wait_s``), then stop the compiled graph (never its actors)."""
+        self.retired = True
+        self._idle.wait(wait_s)
+        try:
+            self.dag.teardown(kill_actors=False)
+        except Exception:
+            pass
+
+
+def _build(plan: ir.Plan, info: LaneInfo, capacity: int) -> Any:
+    """Compile one lane: each call step becomes a ``lane_call`` of its replica, bound to its upstream stages."""
+    from ray.dag import InputNode, MultiOutputNode
+    from ray.dag import compiled_dag_node as cgraph
+
+    actors = info.actors()
+    calls = {s.key for s in plan.steps if s.kind not in (ir.INPUT_ATTR, ir.OUTPUT)}
+    nodes: dict[str, Any] = {}
+    with InputNode() as bundle:
+        for step in plan.steps:
+            if step.key not in calls:
+                continue
+            upstream = [k for k in call_keys((step.args, step.kwargs), calls) if k in nodes]
+            reads_input = any(
+                isinstance(m, ir.Ref) and m.key not in calls for m in ir.iter_markers((step.args, step.kwargs))
+            )
+            sources: tuple[str | None, ...] = tuple(upstream)
+            inputs = [nodes[k] for k in upstream]
+            if reads_input or not upstream:  # every stage needs an input; a stage with none gets the bundle
+                sources += (None,)
+                inputs.append(bundle)
+            spec = (step.method, step.args, step.kwargs, sources)
+            nodes[step.key] = actors[step.deployment].lane_call.bind(spec, *inputs)
+        template = output_template(plan)
+        outputs = call_keys(template, calls)
+        root = nodes[outputs[0]] if isinstance(template, ir.Ref) else MultiOutputNode([nodes[k] for k in outputs])
+    dag = root.experimental_compile(_max_inflight_executions=capacity)
+    # Ray tears compiled graphs down with kill_actors=True when this process shuts down: replicas outlive
+    # their callers, so servegraph tears its lanes down itself (and the controller releases what is left).
+    cgraph._compiled_dags.pop(dag.get_id(), None)
+    return dag
+
+
+class LaneSet:
+    """This process's lanes for one application (see :func:`lanes_for`)."""
+
+    def __init__(self, app: str):
+        self.app = app
+        #: The plan lanes run: the controller's (the deployed graph). None until it first answers.
+        self.plan: ir.Plan | None = None
+        #: Bumped when the plan changes, so callers re-check theirs against it (see _PlanTarget).
+        self.generation = 0
+        self.lanes: dict[int, Lane | _Compiling] = {}
+        self.reason = "waiting for the controller's lanes"
+        #: RuntimeClient listener attributes: lanes are not autoscaling inputs.
+        self.metrics_interval_s: float | None = None
+        self._calls: set[str] = set()
+        self._template: Any = None
+        self._outputs: list[str] = []
+        self._lock = threading.Lock()
+        self._manager = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="servegraph-lanes")
+        self._callers: concurrent.futures.ThreadPoolExecutor | None = None
+        self._client = runtime_client()
+        self._owner_id = self._client.client_id
+        self._claiming = False
+        self._closed = False
+        self._client.subscribe((app, LANES_KEY), self)
+        self._claim()
+        _track(self)
+
+    def _set_plan(self, plan: ir.Plan) -> None:
+        self._calls = {s.key for s in plan.steps if s.kind not in (ir.INPUT_ATTR, ir.OUTPUT)}
+        self._template = output_template(plan)
+        self._outputs = call_keys(self._template, self._calls)
+        self.plan = plan
+        self.generation += 1
+
+    def _capacity(self, info: LaneInfo) -> int:
+        """In flight per lane: the smallest max_ongoing_requests of its deployments (as routers know them)."""
+        limits = [self._client.router(self.app, deployment).max_ongoing for deployment, _, _ in info.members]
+        return max(1, min(limits))
+
+    # Owning lanes --------------------------------------------------------------------------
+    def _claim(self) -> None:
+        if self._claiming:
+            return
+        self._claiming = True
+        context = ray.get_runtime_context()
+        actor_id = context.get_actor_id()
+        controller = self._client.controller()
+        ref = controller.claim_lanes.remote(self.app, self._owner_id, context.get_job_id(), actor_id)
+        ref.future().add_done_callback(lambda _: setattr(self, "_claiming", False))
+
+    def update(self, published: Any) -> None:
+        """A new assignment from the controller (on the long-poll thread): compile new lanes, retire old ones."""
+        assignment = published.assignment
+        if assignment.plan is not None and assignment.plan != self.plan:
+            with self._lock:
+                self._set_plan(assignment.plan)
+        if assignment.reason:
+            self.reason = assignment.reason
+        elif self._owner_id not in published.owners:
+            self._claim()  # a restarted controller, or a claim that crossed this answer: ask again
+        mine = {lane.lane_id: lane for lane in assignment.lanes if lane.owner_id == self._owner_id}
+        with self._lock:
+            for lane_id in [i for i in self.lanes if i not in mine]:
+                lane = self.lanes.pop(lane_id)
+                self._manager.submit(lane.teardown)
+            for lane_id, info in mine.items():
+                if lane_id not in self.lanes:
+                    self.lanes[lane_id] = _Compiling(info)  # type: ignore[assignment]
+                    self._manager.submit(self._compile, info)
+            if not mine and not assignment.reason:
+                self.reason = "no lane assigned to this process" if assignment.lanes else "waiting for lanes"
+
+    def _compile(self, info: LaneInfo) -> None:
+        try:
+            assert self.plan is not None
+            capacity = self._capacity(info)
+            dag = _build(self.plan, info, capacity)
+        except Exception as exc:
+            traceback.print_exc()
+            with self._lock:
+                self.lanes.pop(info.lane_id, None)
+            reason = f"{type(exc).__name__}: {exc}"
+            self._client.controller().lane_failed.remote(self.app, info.lane_id, reason)
+            return
+        lane = Lane(info, dag, capacity)
+        with self._lock:
+            if isinstance(self.lanes.get(info.lane_id), _Compiling):
+                self.lanes[info.lane_id] = lane
+                self.reason = ""
+                return
+        lane.teardown(0)  # taken away while it compiled
+
+    def drop_actor(self, actor_id: str) -> None:
+        for lane in list(self.lanes.values()):
+            if isinstance(lane, Lane) and actor_id in lane.actor_ids:
+                lane._break()
+
+    def load(self) -> int:
+        return 0
+
+    def close(self) -> None:
+        """Tear every lane down and give them back (this process is leaving)."""
+        if self._closed:
+            return
+        self._closed = True
+        with self._lock:
+            lanes, self.lanes = list(self.lanes.values()), {}
+        for lane in lanes:
+            if isinstance(lane, Lane):
+                lane.teardown(1.0)
+        try:
+            self._client.controller().release_lanes.remote(self.app, self._owner_id)
+        except Exception:
+            pass
+
+    # Requests ------------------------------------------------------------------------------
+    def _pick(self) -> Lane | None:
+        with self._lock:
+            best = None
+            for lane in self.lanes.values():
+                if isinstance(lane, Lane) and not lane.broken and not lane.retired and lane.in_flight < lane.capacity:
+                    if best is None or lane.in_flight < best.in_flight:
+                        best = lane
+            if best is not None and best.acquire():
+                return best
+        return None
+
+    def bundle(self, args: tuple, kwargs: dict) -> dict[str, Any]:
+        """The request's input and every input read the graph makes, by key (PlanInputError as on the plan path)."""
+        plan = self.plan
+        assert plan is not None
+        values: dict[str, Any] = {}
+        if plan.input is not None:
+            values[plan.input] = plan_input(args, kwargs)
+        for step in plan.steps:
+            if step.kind == ir.INPUT_ATTR:
+                assert step.access is not None
+                source, access, key = step.access
+                values[step.key] = read_input(values[source.key], access, key)
+        return values
+
+    def pick(self) -> Lane | None:
+        """The lane with the fewest requests in flight and room for one more (counted as taken), or None."""
+        if not self.lanes:
+            return None
+        return self._pick()
+
+    def run_on(self, lane: Lane, args: tuple, kwargs: dict) -> tuple[bool, Any]:
+        """(True, output) from ``lane`` (taken by :meth:`pick`); (False, None) if the lane broke: send the
+        request on the plan path.
+
+        A user's exception raises as Ray raises it (RayTaskError wrapping it); a
+        request whose input lacks what the graph reads raises PlanInputError, as on the plan path.
+        """
+        try:
+            bundle = self.bundle(args, kwargs)
+            out = lane.run(bundle)
+        except LaneBroken:
+            self._forget(lane)
+            return False, None
+        finally:
+            lane.done()
+        if isinstance(self._template, ir.Ref):
+            return True, out
+        results = dict(zip(self._outputs, out, strict=True))
+
+        def fill(marker: ir.Ref | ir.HandleRef) -> Any:
+            assert isinstance(marker, ir.Ref)
+            return results[marker.key] if marker.key in results else bundle[marker.key]
+
+        return True, ir.map_markers(self._template, fill)
+
+    def _forget(self, lane: Lane) -> None:
+        with self._lock:
+            if self.lanes.get(lane.info.lane_id) is lane:
+                del self.lanes[lane.info.lane_id]
+                self._manager.submit(lane.teardown, 0)
+
+    def callers(self) -> concurrent.futures.ThreadPoolExecutor:
+        """Threads that wait on lanes for async callers (an event loop must not block)."""
+        if self._callers is None:
+            self._callers = concurrent.futures.ThreadPoolExecutor(64, thread_name_prefix="servegraph-lane-caller")
+        return self._callers
+
+    def active(self) -> int:
+        return sum(1 for lane in list(self.lanes.values()) if isinstance(lane, Lane) and not lane.broken)
+
+
+class _Compiling:
+    """A lane being compiled: it takes no requests yet."""
+
+    __slots__ = ("info",)
+
+    def __init__(self, info: LaneInfo):
+        self.info = info
+
+
+_OPEN: list[LaneSet] = []
+_SETS: dict[tuple[int, str], LaneSet] = {}
+_SETS_LOCK = threading.Lock()
+
+
+def lanes_for(app: str) -> LaneSet:
+    """This process's LaneSet for ``app`` (one per application and cluster connection: a lane has one owner)."""
+    key = (id(runtime_client()), app)
+    lanes = _SETS.get(key)
+    if lanes is None:
+        with _SETS_LOCK:
+            lanes = _SETS.get(key)
+            if lanes is None:
+                lanes = _SETS[key] = LaneSet(app)
+    return lanes
+
+
+def _track(lanes: LaneSet) -> None:
+    if not _OPEN:
+        # Registered after ray.init's own exit handler, so it runs first (atexit is last in, first out):
+        # lanes are torn down while the process is still connected.
+        atexit.register(_close_all)
+    _OPEN.append(lanes)
+
+
+def _close_all() -> None:
+    for lanes in list(_OPEN):
+        try:
+            lanes.close()
+        except Exception:
+            print("servegraph: tearing down a compiled lane failed", file=sys.stderr)
+    _OPEN.clear()
