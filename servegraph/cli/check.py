@@ -8,6 +8,7 @@ import sys
 import click
 
 from ..compiler import compile
+from ..compiler.fast_path import compiled_path_problem
 from ..errors import GraphError
 from .load import load_app
 
@@ -33,9 +34,18 @@ def check_cmd(target: str, name: str | None, fmt: str, resources: str | None) ->
                 "expected NAME=AMOUNT[,NAME=AMOUNT...], e.g. CPU=2", param_hint="--resources"
             ) from None
     diagnostics = []
+    path = None
     try:
         app = load_app(target, name=name)
-        diagnostics = list(compile(app, cluster_resources=cluster, strict=False).diagnostics)
+        compiled = compile(app, cluster_resources=cluster, strict=False)
+        diagnostics = list(compiled.diagnostics)
+        if compiled.ir is not None:
+            problem = compiled_path_problem(compiled.ir)
+            path = (
+                f"requests run as a plan of actor calls: {problem}"
+                if problem
+                else "requests run on the compiled path (Ray compiled graphs; serve.run(..., compiled=False) turns it off)"
+            )
     except GraphError as exc:
         diagnostics = list(exc.diagnostics) or [_as_diagnostic(exc)]
     if fmt == "json":
@@ -46,6 +56,8 @@ def check_cmd(target: str, name: str | None, fmt: str, resources: str | None) ->
         errors = sum(d.severity == "error" for d in diagnostics)
         if not diagnostics:
             click.echo(f"{target}: ok, no problems found")
+        if path is not None:
+            click.echo(path)
         else:
             click.echo(f"{target}: {errors} error(s), {len(diagnostics) - errors} warning(s)", err=True)
     sys.exit(1 if any(d.severity == "error" for d in diagnostics) else 0)

@@ -146,6 +146,7 @@ def status_cmd(as_json: bool, address: str | None, connect_timeout: float) -> No
                 "status": app.status,
                 "route_prefix": app.route_prefix,
                 "message": app.message,
+                "path": app.path,
                 "deployments": {
                     d: {
                         "status": dep.status,
@@ -165,7 +166,7 @@ def status_cmd(as_json: bool, address: str | None, connect_timeout: float) -> No
     from rich.table import Table
 
     table = Table(title="servegraph applications")
-    for column in ("application", "route", "status", "deployment", "replicas"):
+    for column in ("application", "route", "status", "path", "deployment", "replicas"):
         table.add_column(column)
     for name, app in data["applications"].items():
         first = True
@@ -176,13 +177,28 @@ def status_cmd(as_json: bool, address: str | None, connect_timeout: float) -> No
                 node = str(r.get("node_id") or "?")[:12]
                 states += f"\n  {r.get('replica_id', '?')}: {r.get('state', '?')} on node {node}, pid {r.get('pid', '?')}"
             table.add_row(
-                name if first else "", str(app["route_prefix"]) if first else "", app["status"] if first else "", dname, states
+                name if first else "",
+                str(app["route_prefix"]) if first else "",
+                app["status"] if first else "",
+                describe_path(app["path"]) if first else "",
+                dname,
+                states,
             )
             first = False
     if not data["applications"]:
         click.echo("No applications are running.")
         return
     Console(width=120).print(table)
+
+
+def describe_path(path: dict[str, Any]) -> str:
+    """One line on which path an application's requests take (see the README's "compiled path")."""
+    if not path:
+        return "-"
+    if path.get("kind") == "compiled":
+        lanes = path.get("lanes", 0)
+        return f"compiled, {lanes} lane(s)" + (f" ({path['reason']})" if path.get("reason") else "")
+    return f"plan: {path.get('reason') or 'not compiled'}"
 
 
 def _replica_lists() -> dict[tuple[str, str], list[dict[str, Any]]]:

@@ -312,6 +312,8 @@ class ApplicationStatus:
     route_prefix: str | None
     deployments: dict[str, DeploymentStatus]
     message: str = ""
+    #: servegraph's own: which path requests take, ``{"kind": "compiled"|"plan", "reason": ..., "lanes": n}``.
+    path: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -332,7 +334,9 @@ def status() -> ServeStatus:
             d: DeploymentStatus(d, info["status"], dict(info["replica_states"]), info["message"])
             for d, info in app["deployments"].items()
         }
-        apps[name] = ApplicationStatus(name, app["status"], app["route_prefix"], deployments, app["message"])
+        apps[name] = ApplicationStatus(
+            name, app["status"], app["route_prefix"], deployments, app["message"], dict(app.get("path") or {})
+        )
     return ServeStatus(apps, raw["proxy"], _proxies() if raw["proxy"] else {})
 
 

@@ -219,7 +219,9 @@ class _PlanTarget:
         """An ObjectRef of the output (plan path), or a GraphRef holding it (compiled path)."""
         args, kwargs = _prepare_sync(args, kwargs)
         lanes = self._lane_set()
-        lane = lanes.pick() if lanes is not None else None
+        if lanes is None:
+            return self._plan(args, kwargs)
+        lane = lanes.pick()
         if lane is not None:
             try:
                 ok, out = lanes.run_on(lane, args, kwargs)
@@ -227,6 +229,20 @@ class _PlanTarget:
                 return GraphRef(error=exc)  # ray.get raises it, as it raises the plan path's
             if ok:
                 return GraphRef(out)
+        # No lane with room, or its lane broke: the plan path, waited for here like a lane (and sent
+        # once more if a replica died under it), so the caller sees one kind of result either way.
+        for attempt in (1, 2):
+            try:
+                return GraphRef(ray.get(self._plan(args, kwargs)))
+            except ray.exceptions.RayActorError as exc:  # before RayTaskError: a death may come wrapped in one
+                if attempt == 2 or not note_actor_death(exc):
+                    return GraphRef(error=exc)
+            except ray.exceptions.RayTaskError as exc:
+                return GraphRef(error=exc)
+            time.sleep(RETRY_DELAY_S)
+        raise AssertionError("unreachable")
+
+    def _plan(self, args: tuple, kwargs: dict) -> ObjectRef:
         gen = run_plan(self.plan, args, kwargs, self._handle(RayServeSyncHandle))
         out = drive(gen, lambda call: self.infos[call[0]].router().submit(*call[1:]))
         return self._finish(out)
@@ -234,7 +250,9 @@ class _PlanTarget:
     async def submit_async(self, method: str, args: tuple, kwargs: dict) -> Any:
         args, kwargs = await _prepare_async(args, kwargs)
         lanes = self._lane_set()
-        lane = lanes.pick() if lanes is not None else None
+        if lanes is None:
+            return await self._plan_async(args, kwargs)
+        lane = lanes.pick()
         if lane is not None:
             try:
                 # A lane's answer is waited for on a thread: this event loop keeps serving meanwhile.
@@ -243,6 +261,18 @@ class _PlanTarget:
                 return GraphRef(error=exc)
             if ok:
                 return GraphRef(out)
+        for attempt in (1, 2):
+            try:
+                return GraphRef(await (await self._plan_async(args, kwargs)))
+            except ray.exceptions.RayActorError as exc:
+                if attempt == 2 or not note_actor_death(exc):
+                    return GraphRef(error=exc)
+            except ray.exceptions.RayTaskError as exc:
+                return GraphRef(error=exc)
+            await asyncio.sleep(RETRY_DELAY_S)
+        raise AssertionError("unreachable")
+
+    async def _plan_async(self, args: tuple, kwargs: dict) -> ObjectRef:
         gen = run_plan(self.plan, args, kwargs, self._handle(RayServeDeploymentHandle))
         out = await drive_async(gen, lambda call: self.infos[call[0]].router().submit_async(*call[1:]))
         return self._finish(out)

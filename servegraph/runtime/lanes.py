@@ -290,6 +290,8 @@ class LaneSet:
         if self._closed:
             return
         self._closed = True
+        if not ray.is_initialized() or ray.get_runtime_context().gcs_address != self._client.cluster:
+            return  # disconnected (or on another cluster): the controller releases what this process held
         with self._lock:
             lanes, self.lanes = list(self.lanes.values()), {}
         for lane in lanes:

@@ -1,0 +1,287 @@
+"""The compiled path: eligible InputNode graphs run on Ray compiled graphs (lanes), on a real cluster.
+
+Every test compares outcomes: the same answers and errors as the plan path,
+lanes formed and re-formed as replicas come and go, no request lost.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import NamedTuple
+
+import httpx
+import pytest
+import ray
+
+import servegraph as serve
+from servegraph import InputNode
+from servegraph.compiler import compile
+from servegraph.compiler.fast_path import compiled_path_problem
+from servegraph.runtime.graph_ref import GraphRef
+from servegraph.runtime.lane_table import LaneTable, Owner
+from servegraph.runtime.lanes import lanes_for
+from test_control_plane import Load, replica_actors, wait_for
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@serve.deployment
+class Add:
+    def __init__(self, k: int):
+        self.k = k
+
+    def __call__(self, x):
+        if x == "boom":
+            raise ValueError(f"stage {self.k} refuses {x!r}")
+        return x + self.k
+
+    def size(self, blob: bytes) -> int:
+        return len(blob)
+
+
+@serve.deployment
+class AsyncAdd:
+    def __init__(self, k: int):
+        self.k = k
+
+    async def __call__(self, x):
+        return x + self.k
+
+
+@serve.deployment
+class Pair:
+    def both(self, a, b, *, scale=1):
+        return (a + b) * scale
+
+
+class Point(NamedTuple):
+    x: int
+    y: int
+
+
+@serve.deployment
+class Gen:
+    def __call__(self, x):
+        yield x
+
+
+def chain(n: int, cls=Add, **options):
+    with InputNode() as inp:
+        node = inp
+        for i in range(n):
+            node = cls.options(name=f"S{i}", **options).bind(i + 1).__call__.bind(node)
+    return node
+
+
+def path(app: str) -> dict:
+    return serve.status().applications[app].path
+
+
+def wait_for_lanes(app: str, count: int = 1, timeout_s: float = 60.0) -> None:
+    """Until this process owns ``count`` compiled lanes for ``app`` (requests before then run as a plan)."""
+    lanes = lanes_for(app)
+    assert wait_for(lambda: lanes.active() >= count, timeout_s, 0.05), (lanes.reason, path(app))
+
+
+# The rule and the bookkeeping, without Ray -------------------------------------------------
+
+
+def test_eligibility_says_why_a_graph_is_not_compiled():
+    assert compiled_path_problem(compile(chain(3)).ir) is None
+    assert "entry point is a deployment" in compiled_path_problem(compile(Add.bind(1)).ir)
+    with InputNode() as inp:
+        streaming = Gen.bind().__call__.bind(inp)
+    assert "generator" in compiled_path_problem(compile(streaming).ir)
+
+
+def test_lanes_take_one_replica_of_each_deployment_and_never_share_one():
+    table = LaneTable(("A", "B"))
+    table.claim(Owner("driver", "01"))
+    table.claim(Owner("proxy", "02", "actor"))
+    running = {"A": [("a1", "A1"), ("a2", "A2"), ("a3", "A3")], "B": [("b1", "B1"), ("b2", "B2")]}
+    assert table.reconcile(running, now=0.0)
+    lanes = list(table.lanes.values())
+    assert len(lanes) == 2  # as many as the scarcer deployment allows
+    assert {lane.owner_id for lane in lanes} == {"driver", "proxy"}  # spread over owners
+    members = [rid for lane in lanes for _, rid, _ in lane.members]
+    assert len(members) == len(set(members))
+    # b1 stops running: its lane dissolves; its partner is free only once released after the grace period.
+    running["B"] = [("b2", "B2")]
+    assert table.reconcile(running, now=1.0)
+    assert len(table.lanes) == 1
+    partner = next(rid for rid in table.releasing)
+    running["B"].append(("b3", "B3"))
+    table.reconcile(running, now=1.1)
+    assert len(table.lanes) == 2  # a3 (never in a lane) and b3 form one at once
+    assert [rid for rid, _ in table.due_releases(now=5.0)] == [partner]
+    table.released(partner)
+    table.drop_owner("proxy")
+    table.reconcile(running, now=5.1)
+    assert {lane.owner_id for lane in table.lanes.values()} == {"driver"}
+
+
+# On the cluster --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def chain5(deploy):
+    compiled = deploy(chain(5), name="cg-chain")
+    plan = deploy(chain(5), name="cg-chain-plan", compiled=False)
+    wait_for_lanes("cg-chain")
+    return compiled, plan
+
+
+def test_a_five_stage_chain_gives_the_plan_paths_answers(chain5):
+    compiled, plan = chain5
+    refs = [compiled.remote(i) for i in range(20)]
+    assert all(type(r) is GraphRef for r in refs)  # it did run on a lane
+    assert ray.get(refs) == ray.get([plan.remote(i) for i in range(20)]) == [i + 15 for i in range(20)]
+    assert path("cg-chain")["kind"] == "compiled" and path("cg-chain")["lanes"] == 1
+    assert path("cg-chain-plan") == {"kind": "plan", "reason": "turned off (compiled=False)", "lanes": 0}
+
+
+def test_a_users_error_surfaces_as_on_the_plan_path(chain5):
+    compiled, plan = chain5
+    errors = []
+    for handle in (compiled, plan):
+        with pytest.raises(ValueError) as info:
+            ray.get(handle.remote("boom"))
+        errors.append(info.value)
+        with pytest.raises(ValueError, match="stage 1 refuses 'boom'"):
+            handle.options(use_new_handle_api=True).remote("boom").result()
+    assert [type(e).__mro__[1:] for e in errors][0] == [type(e).__mro__[1:] for e in errors][1]
+    assert all("stage 1 refuses 'boom'" in str(e) for e in errors)
+    assert ray.get(compiled.remote(1)) == 16  # the lane still serves
+
+
+def test_results_pass_on_to_other_handles_and_await(chain5):
+    compiled, plan = chain5
+    assert ray.get(plan.remote(compiled.remote(0))) == 30
+
+    async def main():
+        response = compiled.options(use_new_handle_api=True).remote(2)
+        return await response, await compiled.remote(3)
+
+    import asyncio
+
+    assert asyncio.run(main()) == (17, 18)
+
+
+def test_the_pipeline_example_and_a_multi_output_graph_match_the_plan_path(deploy):
+    import pipeline
+
+    with InputNode() as inp:
+        first = Add.options(name="M0").bind(1).__call__.bind(inp[0])
+        second = AsyncAdd.options(name="M1").bind(10).__call__.bind(inp[1])
+        summed = Pair.options(name="M2").bind().both.bind(first, second, scale=inp[2])
+        multi = serve.MultiOutputNode([summed, first, inp[1]])
+    compiled = deploy(pipeline.app, name="cg-pipeline")
+    plan = deploy(pipeline.app, name="cg-pipeline-plan", compiled=False)
+    multi_c = deploy(multi, name="cg-multi")
+    multi_p = deploy(multi, name="cg-multi-plan", compiled=False)
+    wait_for_lanes("cg-pipeline")
+    wait_for_lanes("cg-multi")
+    texts = [{"text": f"  Hello World {i} "} for i in range(10)]
+    assert [ray.get(compiled.remote(t)) for t in texts] == [ray.get(plan.remote(t)) for t in texts]
+    assert type(compiled.remote(texts[0])) is GraphRef
+    assert ray.get(multi_c.remote(1, 2, 3)) == ray.get(multi_p.remote(1, 2, 3)) == [(2 + 12) * 3, 2, 2]
+    # A request whose input lacks what the graph reads fails the same way on both paths.
+    for handle in (compiled, plan):
+        with pytest.raises(LookupError, match="text"):
+            ray.get(handle.remote({"txt": "no"}))
+
+
+def test_values_larger_than_a_channel_buffer_and_namedtuples_pass(deploy):
+    with InputNode() as inp:
+        sized = Add.options(name="Big").bind(0).size.bind(inp)
+    handle = deploy(sized, name="cg-big")
+    wait_for_lanes("cg-big")
+    blob = b"x" * (20 * 1024 * 1024)
+    assert ray.get(handle.remote(blob)) == len(blob)
+    assert ray.get(handle.remote(b"small")) == 5
+
+
+def test_an_ineligible_graph_says_why_and_runs_as_a_plan(deploy):
+    with InputNode() as inp:
+        streaming = Gen.options(name="G").bind().__call__.bind(inp)
+    deploy(streaming, name="cg-gen")
+    assert path("cg-gen")["kind"] == "plan"
+    assert "generator" in path("cg-gen")["reason"]
+    result = subprocess.run(
+        [sys.executable, "-m", "servegraph", "check", "pipeline:app"],
+        cwd=ROOT / "examples",
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert "requests run on the compiled path" in result.stdout
+
+
+def test_scaling_up_adds_lanes_and_scaling_down_removes_them(deploy):
+    handle = deploy(chain(2), name="cg-scale")
+    wait_for_lanes("cg-scale", 1)
+    handle = deploy(chain(2, num_replicas=2), name="cg-scale")
+    wait_for_lanes("cg-scale", 2)
+    assert path("cg-scale")["lanes"] == 2
+    assert ray.get([handle.remote(i) for i in range(10)]) == [i + 3 for i in range(10)]
+    handle = deploy(chain(2, num_replicas=1), name="cg-scale")
+    assert wait_for(lambda: path("cg-scale")["lanes"] == 1 and lanes_for("cg-scale").active() == 1, 60)
+    assert ray.get(handle.remote(1)) == 4
+
+
+def test_a_replica_killed_under_load_on_a_lane_loses_no_request(deploy):
+    handle = deploy(chain(3, num_replicas=2), name="cg-kill")
+    wait_for_lanes("cg-kill", 2)
+    with Load(lambda: ray.get(handle.remote(1), timeout=60) == 7 or 1 / 0, threads=4) as load:
+        assert load.wait_served(50)
+        victim = replica_actors("cg-kill", "S1")[0]
+        ray.kill(victim)
+        assert load.wait_served(200)
+    assert load.failed == []
+    # The lane that lost a replica is re-formed over its successor.
+    assert wait_for(lambda: lanes_for("cg-kill").active() == 2, 60), path("cg-kill")
+
+
+def test_http_requests_use_the_compiled_path(deploy, http_port):
+    import pipeline
+
+    deploy(pipeline.app, name="cg-http", route_prefix="/cg-http")
+    for _ in range(3):
+        reply = httpx.post(f"http://127.0.0.1:{http_port}/cg-http", json={"text": "Hello World"}, timeout=60)
+        assert reply.status_code == 200 and reply.json()["length"] == 11.0
+    # Only the proxy sent this app requests, so it is the one process holding its lane.
+    assert wait_for(lambda: path("cg-http")["lanes"] == 1 and path("cg-http").get("owners") == 1, 60), path("cg-http")
+    for _ in range(5):
+        reply = httpx.post(f"http://127.0.0.1:{http_port}/cg-http", json={"text": "Hello World"}, timeout=60)
+        assert reply.json() == {"length": 11.0, "vowels": 3, "score": 14.0}
+
+
+def test_a_driver_that_exits_leaves_no_replica_stuck_in_its_lane(deploy, ray_cluster):
+    deploy(chain(2), name="cg-owner")
+    address = ray.get_runtime_context().gcs_address
+    script = textwrap.dedent(
+        f"""
+        import os, time, ray, servegraph as serve
+        from servegraph.runtime.lanes import lanes_for
+        ray.init(address={address!r}, namespace="servegraph", log_to_driver=False)
+        handle = serve.get_app_handle("cg-owner").options(use_new_handle_api=False)
+        lanes = lanes_for("cg-owner")
+        deadline = time.monotonic() + 60
+        while lanes.active() == 0 and time.monotonic() < deadline:
+            handle.remote(1)
+            time.sleep(0.05)
+        print("owned", lanes.active(), ray.get(handle.remote(1)), flush=True)
+        os._exit(0)  # no teardown: the controller must notice and release the replicas
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180, cwd=ROOT / "tests")
+    assert "owned 1 4" in result.stdout, result.stdout + result.stderr[-2000:]
+    # This process claims the app's lanes now; it gets one once the dead driver's lane was released.
+    handle = serve.get_app_handle("cg-owner").options(use_new_handle_api=False)
+    assert ray.get(handle.remote(1)) == 4
+    wait_for_lanes("cg-owner", 1, timeout_s=90)
+    assert ray.get(handle.remote(2)) == 5 and type(handle.remote(2)) is GraphRef
