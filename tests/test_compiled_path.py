@@ -9,13 +9,12 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
-from typing import NamedTuple
 
 import httpx
 import pytest
 import ray
+from test_control_plane import Load, replica_actors, wait_for
 
 import servegraph as serve
 from servegraph import InputNode
@@ -24,7 +23,6 @@ from servegraph.compiler.fast_path import compiled_path_problem
 from servegraph.runtime.graph_ref import GraphRef
 from servegraph.runtime.lane_table import LaneTable, Owner
 from servegraph.runtime.lanes import lanes_for
-from test_control_plane import Load, replica_actors, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -56,11 +54,6 @@ class AsyncAdd:
 class Pair:
     def both(self, a, b, *, scale=1):
         return (a + b) * scale
-
-
-class Point(NamedTuple):
-    x: int
-    y: int
 
 
 @serve.deployment
@@ -195,7 +188,7 @@ def test_the_pipeline_example_and_a_multi_output_graph_match_the_plan_path(deplo
             ray.get(handle.remote({"txt": "no"}))
 
 
-def test_values_larger_than_a_channel_buffer_and_namedtuples_pass(deploy):
+def test_values_larger_than_a_channel_buffer_pass(deploy):
     with InputNode() as inp:
         sized = Add.options(name="Big").bind(0).size.bind(inp)
     handle = deploy(sized, name="cg-big")
@@ -285,3 +278,19 @@ def test_a_driver_that_exits_leaves_no_replica_stuck_in_its_lane(deploy, ray_clu
     assert ray.get(handle.remote(1)) == 4
     wait_for_lanes("cg-owner", 1, timeout_s=90)
     assert ray.get(handle.remote(2)) == 5 and type(handle.remote(2)) is GraphRef
+
+
+def test_a_config_turns_the_compiled_path_off_and_build_never_writes_the_field():
+    from servegraph.compiler.config_schema import validate_config
+
+    config = validate_config({"applications": [{"import_path": "pipeline:app", "compiled": False}]})
+    assert config.applications[0].compiled is False
+    assert validate_config({"applications": [{"import_path": "pipeline:app"}]}).applications[0].compiled is True
+    result = subprocess.run(
+        [sys.executable, "-m", "servegraph", "build", "pipeline:app"],
+        cwd=ROOT / "examples",
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0 and "import_path" in result.stdout and "compiled" not in result.stdout

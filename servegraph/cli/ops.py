@@ -117,6 +117,7 @@ def deploy_cmd(config_path: str, no_resource_check: bool, address: str | None, c
                     http=config.proxy_location != "Disabled",
                     http_options=_applied_http_options(config),
                     on_progress=progress,
+                    compiled_path=app.compiled,
                 )
             finally:
                 done()
@@ -166,7 +167,7 @@ def status_cmd(as_json: bool, address: str | None, connect_timeout: float) -> No
     from rich.table import Table
 
     table = Table(title="servegraph applications")
-    for column in ("application", "route", "status", "path", "deployment", "replicas"):
+    for column in ("application", "route", "status (path)", "deployment", "replicas"):
         table.add_column(column)
     for name, app in data["applications"].items():
         first = True
@@ -179,8 +180,7 @@ def status_cmd(as_json: bool, address: str | None, connect_timeout: float) -> No
             table.add_row(
                 name if first else "",
                 str(app["route_prefix"]) if first else "",
-                app["status"] if first else "",
-                describe_path(app["path"]) if first else "",
+                f"{app['status']}\n({describe_path(app['path'], short=True)})" if first else "",
                 dname,
                 states,
             )
@@ -189,12 +189,17 @@ def status_cmd(as_json: bool, address: str | None, connect_timeout: float) -> No
         click.echo("No applications are running.")
         return
     Console(width=120).print(table)
+    for name, app in data["applications"].items():
+        if app["path"].get("reason"):
+            click.echo(f"{name}: {describe_path(app['path'])}")
 
 
-def describe_path(path: dict[str, Any]) -> str:
+def describe_path(path: dict[str, Any], short: bool = False) -> str:
     """One line on which path an application's requests take (see the README's "compiled path")."""
     if not path:
         return "-"
+    if short:
+        return f"compiled, {path.get('lanes', 0)} lane(s)" if path.get("kind") == "compiled" else "plan"
     if path.get("kind") == "compiled":
         lanes = path.get("lanes", 0)
         return f"compiled, {lanes} lane(s)" + (f" ({path['reason']})" if path.get("reason") else "")

@@ -61,6 +61,12 @@ def _check_port(host: str, port: int) -> None:
 @click.option("--graph", "graph_name", default=None, help="Graph to run from a .sg file with several.")
 @click.option("--no-resource-check", is_flag=True, help="Deploy even if the cluster lacks resources now (it may grow).")
 @click.option(
+    "--compiled/--no-compiled",
+    default=True,
+    show_default=True,
+    help="Run an eligible InputNode graph on Ray compiled graphs (see the README's compiled path).",
+)
+@click.option(
     "--non-blocking",
     is_flag=True,
     help="Return after deploying; without --address/RAY_ADDRESS the new cluster outlives the command.",
@@ -74,6 +80,7 @@ def run_cmd(
     route_prefix: str | None,
     graph_name: str | None,
     no_resource_check: bool,
+    compiled: bool,
     non_blocking: bool,
     address: str | None,
     connect_timeout: float,
@@ -121,6 +128,7 @@ def run_cmd(
                 port=port,
                 resource_check=not no_resource_check,
                 _on_progress=progress,
+                compiled=compiled,
             )
         finally:
             done()

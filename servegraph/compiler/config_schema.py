@@ -195,6 +195,9 @@ class ApplicationConfig(_Schema):
     runtime_env: dict[str, Any] = Field(default_factory=dict)
     deployments: list[DeploymentConfig] = Field(default_factory=list)
     logging_config: LoggingConfig | None = None
+    #: servegraph's own: false keeps an eligible InputNode graph off the compiled path (Ray Serve has no
+    #: such field and refuses unknown ones, so ``servegraph build`` never writes it).
+    compiled: bool = True
 
     # Where the application is in its file, for messages: set by validate_config.
     _source: str = PrivateAttr(default="<config>")

@@ -595,7 +595,7 @@ class Controller:
         if not owners:
             return
         try:
-            jobs = ray._private.worker.global_worker.gcs_client.get_all_job_info()
+            jobs = ray._private.worker.global_worker.gcs_client.get_all_job_info()  # type: ignore[attr-defined]
             dead_jobs = {job_id.hex() for job_id, info in jobs.items() if info.is_dead}
         except Exception:
             return
@@ -739,23 +739,23 @@ class Controller:
                     changes[dname] = "deleted"
         state = App(name, app, app_bytes, code_paths, route_prefix, deployments, compiled=compiled)
         state.lane_reason = "turned off (compiled=False)" if not compiled else LANES_SUPPORTED or compiled_path_problem(app) or ""
-        previous = old.lanes if old is not None else None
+        old_lanes = old.lanes if old is not None else None
         if not state.lane_reason:
             members = lane_deployments(app)
-            if previous is not None and previous.deployments == members and previous.plan == app.plan:
-                state.lanes = previous  # the same graph: lanes stay (those over replicas that change dissolve)
+            if old_lanes is not None and old_lanes.deployments == members and old_lanes.plan == app.plan:
+                state.lanes = old_lanes  # the same graph: lanes stay (those over replicas that change dissolve)
             else:
                 state.lanes = LaneTable(members, app.plan)
-                if previous is not None:
-                    state.lanes.succeed(previous, time.monotonic())
+                if old_lanes is not None:
+                    state.lanes.succeed(old_lanes, time.monotonic())
             state.lanes.failure = ""  # a new deploy tries again
-        elif previous is not None:
+        elif old_lanes is not None:
             # Now ineligible or turned off: the old lanes' loops must still be stopped. Until they are, the
             # replicas keep serving ordinary calls beside them.
-            for lane_id in list(previous.lanes):
-                previous.dissolve(lane_id, time.monotonic())
-            for replica_id, (_, actor) in previous.releasing.items():
-                asyncio.ensure_future(self._release(previous, replica_id, actor))
+            for lane_id in list(old_lanes.lanes):
+                old_lanes.dissolve(lane_id, time.monotonic())
+            for replica_id, (_, actor) in old_lanes.releasing.items():
+                asyncio.ensure_future(self._release(old_lanes, replica_id, actor))
         self._update_app_status(state)
         self._apps[name] = state
         return changes

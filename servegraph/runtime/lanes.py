@@ -174,6 +174,7 @@ def _build(plan: ir.Plan, info: LaneInfo, capacity: int) -> Any:
                 sources += (None,)
                 inputs.append(bundle)
             spec = (step.method, step.args, step.kwargs, sources)
+            assert step.deployment is not None  # a call step (see fast_path)
             nodes[step.key] = actors[step.deployment].lane_call.bind(spec, *inputs)
         template = output_template(plan)
         outputs = call_keys(template, calls)
@@ -249,7 +250,8 @@ class LaneSet:
         with self._lock:
             for lane_id in [i for i in self.lanes if i not in mine]:
                 lane = self.lanes.pop(lane_id)
-                self._manager.submit(lane.teardown)
+                if isinstance(lane, Lane):  # one still compiling is torn down when it is ready (see _compile)
+                    self._manager.submit(lane.teardown)
             for lane_id, info in mine.items():
                 if lane_id not in self.lanes:
                     self.lanes[lane_id] = _Compiling(info)  # type: ignore[assignment]

@@ -143,6 +143,8 @@ class _ReplicaCore:
         #: StreamingResponse bodies being pulled by the HTTP proxy, by stream id.
         self._streams: dict[int, Any] = {}
         self._stream_ids = itertools.count()
+        #: The compiled loop this replica runs for a lane, if any (see _exec_tasks_recorded).
+        self._lane_tasks: Any = None
 
     # Construction -------------------------------------------------------------------
     def _constructor_args(self) -> tuple[tuple, dict]:

@@ -23,6 +23,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import ray
 from ray import ObjectRef
@@ -169,7 +170,7 @@ class Router:
         if method == HTTP:
             ref = self.replicas[i].handle_http.remote(*args)
         elif type(method) is StreamMethod:
-            stream = self.replicas[i].call_stream.options(num_returns="streaming").remote(
+            stream: Any = self.replicas[i].call_stream.options(num_returns="streaming").remote(
                 str(method), tuple(kwargs), *args, *kwargs.values()
             )
             self._in_flight[i].append(stream.completed())  # in flight until the generator ends
