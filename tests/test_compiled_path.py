@@ -128,11 +128,31 @@ def chain5(deploy):
     return compiled, plan
 
 
+def on_lanes(app: str):
+    """A context that checks every request inside it ran on this process's lanes."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def counted(expected: int):
+        lanes = lanes_for(app)
+        before = lanes.served
+        yield
+        assert lanes.served - before == expected, (lanes.served - before, lanes.reason)
+
+    return counted
+
+
 def test_a_five_stage_chain_gives_the_plan_paths_answers(chain5):
     compiled, plan = chain5
-    refs = [compiled.remote(i) for i in range(20)]
-    assert all(type(r) is GraphRef for r in refs)  # it did run on a lane
+    with on_lanes("cg-chain")(20):
+        refs = [compiled.remote(i) for i in range(20)]
+    assert all(type(r) is ray.ObjectRef for r in refs)  # the seed's sync handle still gives ObjectRefs
+    done, _ = ray.wait(refs, num_returns=20, timeout=60)
+    assert len(done) == 20
     assert ray.get(refs) == ray.get([plan.remote(i) for i in range(20)]) == [i + 15 for i in range(20)]
+    # A DeploymentHandle reads the lane's answer without the object store.
+    response = compiled.options(use_new_handle_api=True).remote(5)
+    assert response.result() == 20 and type(response._ref) is GraphRef
     assert path("cg-chain")["kind"] == "compiled" and path("cg-chain")["lanes"] == 1
     assert path("cg-chain-plan") == {"kind": "plan", "reason": "turned off (compiled=False)", "lanes": 0}
 
@@ -179,9 +199,12 @@ def test_the_pipeline_example_and_a_multi_output_graph_match_the_plan_path(deplo
     wait_for_lanes("cg-pipeline")
     wait_for_lanes("cg-multi")
     texts = [{"text": f"  Hello World {i} "} for i in range(10)]
-    assert [ray.get(compiled.remote(t)) for t in texts] == [ray.get(plan.remote(t)) for t in texts]
-    assert type(compiled.remote(texts[0])) is GraphRef
-    assert ray.get(multi_c.remote(1, 2, 3)) == ray.get(multi_p.remote(1, 2, 3)) == [(2 + 12) * 3, 2, 2]
+    with on_lanes("cg-pipeline")(10):
+        answers = [ray.get(compiled.remote(t)) for t in texts]
+    assert answers == [ray.get(plan.remote(t)) for t in texts]
+    with on_lanes("cg-multi")(1):
+        multi = ray.get(multi_c.remote(1, 2, 3))
+    assert multi == ray.get(multi_p.remote(1, 2, 3)) == [(2 + 12) * 3, 2, 2]
     # A request whose input lacks what the graph reads fails the same way on both paths.
     for handle in (compiled, plan):
         with pytest.raises(LookupError, match="text"):
@@ -194,7 +217,8 @@ def test_values_larger_than_a_channel_buffer_pass(deploy):
     handle = deploy(sized, name="cg-big")
     wait_for_lanes("cg-big")
     blob = b"x" * (20 * 1024 * 1024)
-    assert ray.get(handle.remote(blob)) == len(blob)
+    with on_lanes("cg-big")(1):
+        assert ray.get(handle.remote(blob)) == len(blob)
     assert ray.get(handle.remote(b"small")) == 5
 
 
@@ -277,7 +301,8 @@ def test_a_driver_that_exits_leaves_no_replica_stuck_in_its_lane(deploy, ray_clu
     handle = serve.get_app_handle("cg-owner").options(use_new_handle_api=False)
     assert ray.get(handle.remote(1)) == 4
     wait_for_lanes("cg-owner", 1, timeout_s=90)
-    assert ray.get(handle.remote(2)) == 5 and type(handle.remote(2)) is GraphRef
+    with on_lanes("cg-owner")(1):
+        assert ray.get(handle.remote(2)) == 5
 
 
 def test_a_config_turns_the_compiled_path_off_and_build_never_writes_the_field():
@@ -294,3 +319,40 @@ def test_a_config_turns_the_compiled_path_off_and_build_never_writes_the_field()
         timeout=120,
     )
     assert result.returncode == 0 and "import_path" in result.stdout and "compiled" not in result.stdout
+
+
+@serve.deployment(max_ongoing_requests=1)
+class OneAtATime:
+    def __init__(self):
+        import threading
+
+        self.lock = threading.Lock()
+        self.running = 0
+        self.peak = 0
+
+    def __call__(self, x):
+        import time
+
+        with self.lock:
+            self.running += 1
+            self.peak = max(self.peak, self.running)
+        time.sleep(0.02)
+        with self.lock:
+            self.running -= 1
+        return x
+
+    def peak_concurrency(self) -> int:
+        return self.peak
+
+
+def test_max_ongoing_requests_holds_across_the_lane_and_the_plan(deploy):
+    with InputNode() as inp:
+        graph = OneAtATime.options(name="Once").bind().__call__.bind(inp)
+    handle = deploy(graph, name="cg-once")
+    wait_for_lanes("cg-once")
+    # Four callers: one at a time fits the lane, the others overflow to the plan path, same replica.
+    with Load(lambda: ray.get(handle.remote(1), timeout=60) == 1 or 1 / 0, threads=4) as load:
+        assert load.wait_served(40)
+    assert load.failed == []
+    probe = serve.get_deployment_handle("Once", app_name="cg-once")
+    assert probe.peak_concurrency.remote().result() == 1

@@ -63,6 +63,8 @@ LISTEN_TIMEOUT_S = 30.0
 MAX_START_FAILURES_PER_REPLICA = 3
 #: How long a stopping replica keeps its slot after routers were told it is gone, before it drains.
 MEMBERSHIP_PROPAGATION_S = 0.2
+#: Lanes of one application that may break (with their replicas alive) in a minute before it leaves the compiled path.
+MAX_LANE_BREAKS_PER_MINUTE = 5
 #: Seconds between checks that the processes owning compiled lanes are still alive.
 OWNER_CHECK_PERIOD_S = 1.0
 #: Where the controller's checkpoint lives in Ray's internal KV.
@@ -419,13 +421,13 @@ class Controller:
         )
         user_config = spec.options.user_config
         r = Replica(replica_id, actor, name, dep.version, STARTING, user_config, time.monotonic())
-        r.task = asyncio.ensure_future(self._initialize(r, user_config))
+        r.task = asyncio.ensure_future(self._initialize(r, user_config, spec.options.max_ongoing_requests))
         dep.replicas[replica_id] = r
         self._dirty = True
         return r
 
-    async def _initialize(self, r: Replica, user_config: Any) -> dict:
-        error = await r.actor.initialize.remote(user_config)
+    async def _initialize(self, r: Replica, user_config: Any, max_ongoing: int) -> dict:
+        error = await r.actor.initialize.remote(user_config, max_ongoing)
         if error is not None:
             raise ReplicaStartError(error)
         return await r.actor.ready.remote()
@@ -630,6 +632,22 @@ class Controller:
         if state is not None and state.lanes is not None:
             state.lanes.drop_owner(owner_id)
             self._wake()
+
+    async def lane_broken(self, app: str, lane_id: int, reason: str) -> None:
+        """An owner's lane failed with its replicas alive: re-form it, unless lanes keep breaking."""
+        state = self._apps.get(app)
+        if state is None or state.lanes is None or lane_id not in state.lanes.lanes:
+            return
+        now = time.monotonic()
+        table = state.lanes
+        table.breaks = [t for t in table.breaks if now - t < 60.0] + [now]
+        table.dissolve(lane_id, now)
+        if len(table.breaks) >= MAX_LANE_BREAKS_PER_MINUTE:
+            print(f"servegraph: application {app!r} leaves the compiled path: lanes keep breaking ({reason})", file=sys.stderr)
+            table.failure = f"lanes broke {len(table.breaks)} times in a minute; last: {reason}"
+            for other in list(table.lanes):
+                table.dissolve(other, now)
+        self._wake()
 
     async def lane_failed(self, app: str, lane_id: int, reason: str) -> None:
         """An owner could not compile a lane: the application stays on the plan path, and status says why."""

@@ -5,14 +5,17 @@ ref, or a list of them). A lane's caller has its answer when ``.remote()``
 returns (see lanes.py), so :class:`GraphRef` only carries it: ``ray.get(ref)``,
 ``ray.get([refs])``, ``await ref`` and passing it to another handle all work,
 without the object-store round trip a ``ray.put`` would cost (which measured
-longer than the whole compiled graph here). ``ray.wait`` takes real ObjectRefs
-only: code that needs it deploys with ``compiled=False`` (see the README).
+longer than the whole compiled graph here). The seed's handles
+(``RayServeSyncHandle``, ``RayServeDeploymentHandle``) promise an ObjectRef, so
+they get :meth:`GraphRef.to_object_ref`; ``DeploymentHandle`` and the HTTP proxy
+read the GraphRef directly.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import ray
 from ray.experimental.compiled_dag_ref import CompiledDAGRef
 
 
@@ -30,6 +33,10 @@ class GraphRef(CompiledDAGRef):
         return self._value
 
     result = get  # DeploymentResponse.result() reads non-ObjectRef refs this way
+
+    def to_object_ref(self) -> Any:
+        """A real ObjectRef of the output (or of the error, which ``ray.get`` then raises), for the seed's handles."""
+        return ray.put(self._error if self._error is not None else self._value)
 
     def __await__(self) -> Any:
         async def value() -> Any:

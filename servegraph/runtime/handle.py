@@ -215,12 +215,21 @@ class _PlanTarget:
     def _handle(self, handle_cls: type) -> Any:
         return lambda name: handle_cls(_DeploymentTarget(self.infos[name]))
 
-    def submit(self, method: str, args: tuple, kwargs: dict) -> Any:
-        """An ObjectRef of the output (plan path), or a GraphRef holding it (compiled path)."""
+    def submit(self, method: str, args: tuple, kwargs: dict, object_ref: bool = True) -> Any:
+        """Run one request: an ObjectRef of the output, as the seed's handles give.
+
+        With ``object_ref=False`` (DeploymentHandle, the HTTP proxy), a graph on the compiled path
+        answers with a GraphRef instead, which skips the object store (see graph_ref.py).
+        """
         args, kwargs = _prepare_sync(args, kwargs)
         lanes = self._lane_set()
         if lanes is None:
             return self._plan(args, kwargs)
+        out = self._run(lanes, args, kwargs)
+        return out.to_object_ref() if object_ref else out
+
+    def _run(self, lanes: Any, args: tuple, kwargs: dict) -> GraphRef:
+        """On the compiled path: a lane if one has room, else the plan, waited for either way."""
         lane = lanes.pick()
         if lane is not None:
             try:
@@ -247,11 +256,15 @@ class _PlanTarget:
         out = drive(gen, lambda call: self.infos[call[0]].router().submit(*call[1:]))
         return self._finish(out)
 
-    async def submit_async(self, method: str, args: tuple, kwargs: dict) -> Any:
+    async def submit_async(self, method: str, args: tuple, kwargs: dict, object_ref: bool = True) -> Any:
         args, kwargs = await _prepare_async(args, kwargs)
         lanes = self._lane_set()
         if lanes is None:
             return await self._plan_async(args, kwargs)
+        out = await self._run_async(lanes, args, kwargs)
+        return out.to_object_ref() if object_ref else out
+
+    async def _run_async(self, lanes: Any, args: tuple, kwargs: dict) -> GraphRef:
         lane = lanes.pick()
         if lane is not None:
             try:
@@ -418,18 +431,23 @@ class RayServeDeploymentHandle(_HandleBase):
         return DeploymentResponseGenerator(task=task) if self._stream else task
 
 
+_NO_OBJECT_REF = {"object_ref": False}
+
+
 class DeploymentHandle(_HandleBase):
     """The new handle API: ``.remote()`` returns a DeploymentResponse (one await, or ``.result()``),
     or with ``stream=True`` a DeploymentResponseGenerator."""
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
         call = (self._target, self._method, args, kwargs)
+        # A DeploymentResponse needs no ObjectRef: a compiled graph's answer skips the object store.
+        extra = _NO_OBJECT_REF if type(self._target) is _PlanTarget else {}
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
-            out = self._target.submit(self._call, args, kwargs)
+            out = self._target.submit(self._call, args, kwargs, **extra)
             return DeploymentResponseGenerator(stream=out) if self._stream else DeploymentResponse(ref=out, call=call)
-        task = loop.create_task(self._target.submit_async(self._call, args, kwargs))
+        task = loop.create_task(self._target.submit_async(self._call, args, kwargs, **extra))
         return DeploymentResponseGenerator(task=task) if self._stream else DeploymentResponse(task=task, call=call)
 
 

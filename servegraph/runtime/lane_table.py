@@ -72,6 +72,8 @@ class LaneTable:
         #: Replica id -> (time after which its loop is stopped, its actor); free for a new lane once released.
         self.releasing: dict[str, tuple[float, Any]] = {}
         self.failure = ""
+        #: When lanes broke with their replicas alive (see Controller.lane_broken).
+        self.breaks: list[float] = []
         self._ids = itertools.count(1)
 
     # Owners -------------------------------------------------------------------------------

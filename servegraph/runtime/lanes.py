@@ -70,6 +70,8 @@ class Lane:
         self.capacity = capacity
         self.in_flight = 0
         self.broken = False
+        #: Why the lane broke (the first system error it met), for the controller and status.
+        self.failure = ""
         self.retired = False
         self.actor_ids = {actor._actor_id.hex() for _, _, actor in info.members}
         self._submit = threading.Lock()
@@ -87,6 +89,7 @@ class Lane:
             try:
                 mine.ref = self.dag.execute(bundle)
             except Exception as exc:
+                self.failure = self.failure or f"{type(exc).__name__}: {exc}"[:300]
                 self._break()
                 raise LaneBroken() from exc
             self._pending.append(mine)
@@ -112,11 +115,13 @@ class Lane:
         with self._submit:
             head = self._pending[0]
         try:
-            head.value = head.ref.get(timeout=-1)
+            ref = head.ref  # a MultiOutputNode's execute() gives one ref per output
+            head.value = [r.get(timeout=-1) for r in ref] if isinstance(ref, list) else ref.get(timeout=-1)
         except BaseException as exc:
             if _is_user_error(exc):
                 head.error = exc
             else:
+                self.failure = self.failure or f"{type(exc).__name__}: {exc}"[:300]
                 self._break()
                 head.error = LaneBroken()
                 head.error.__cause__ = exc
@@ -197,6 +202,8 @@ class LaneSet:
         self.generation = 0
         self.lanes: dict[int, Lane | _Compiling] = {}
         self.reason = "waiting for the controller's lanes"
+        #: Requests lanes answered in this process (for status and tests: proof the compiled path ran).
+        self.served = 0
         #: RuntimeClient listener attributes: lanes are not autoscaling inputs.
         self.metrics_interval_s: float | None = None
         self._calls: set[str] = set()
@@ -351,6 +358,7 @@ class LaneSet:
             return False, None
         finally:
             lane.done()
+        self.served += 1
         if isinstance(self._template, ir.Ref):
             return True, out
         results = dict(zip(self._outputs, out, strict=True))
@@ -362,10 +370,16 @@ class LaneSet:
         return True, ir.map_markers(self._template, fill)
 
     def _forget(self, lane: Lane) -> None:
+        """A lane broke: stop using it, and tell the controller, which re-forms lanes (or says why not)."""
         with self._lock:
-            if self.lanes.get(lane.info.lane_id) is lane:
-                del self.lanes[lane.info.lane_id]
-                self._manager.submit(lane.teardown, 0)
+            if self.lanes.get(lane.info.lane_id) is not lane:
+                return
+            del self.lanes[lane.info.lane_id]
+        self._manager.submit(lane.teardown, 0)
+        try:
+            self._client.controller().lane_broken.remote(self.app, lane.info.lane_id, lane.failure)
+        except Exception:  # the controller is restarting: replica deaths re-form lanes without this
+            pass
 
     def callers(self) -> concurrent.futures.ThreadPoolExecutor:
         """Threads that wait on lanes for async callers (an event loop must not block)."""

@@ -198,7 +198,9 @@ class HTTPProxy:
                 value = decode_json_body(body)
             except ValueError as exc:
                 return text(400, f"request body is not valid JSON: {exc}")
-            ref = await target.submit_async("__call__", (value,), {})
+            # A graph's answer needs no ObjectRef here: on the compiled path it skips the object store.
+            extra = {"object_ref": False} if isinstance(target, _PlanTarget) else {}
+            ref = await target.submit_async("__call__", (value,), {}, **extra)
             return encode_result(await ref)
         except PlanInputError as exc:
             return text(400, str(exc))

@@ -238,9 +238,14 @@ class SyncReplica(_ReplicaCore):
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self._stopped = threading.Event()
+        #: At most max_ongoing_requests in the user's code at once. Ray's thread pool alone keeps that for
+        #: ordinary calls; a compiled lane's calls come on a thread of their own, so they take a slot too.
+        self._slots: threading.BoundedSemaphore | None = None
 
-    def initialize(self, user_config: Any = None) -> str | None:
+    def initialize(self, user_config: Any = None, max_ongoing: int | None = None) -> str | None:
         """Run the user's constructor (and reconfigure); returns the error as text, or None."""
+        if max_ongoing:
+            self._slots = threading.BoundedSemaphore(max_ongoing)
         try:
             if not self._is_function:
                 args, kwargs = self._constructor_args()
@@ -253,16 +258,24 @@ class SyncReplica(_ReplicaCore):
 
     def call(self, method: str, *args: Any) -> Any:
         next(self._started)
+        slots = self._slots
+        if slots is not None:
+            slots.acquire()
         try:
             return not_a_generator(method, self._method(method)(*args))
         except ray.exceptions.RayActorError as exc:
             note_actor_death(exc)  # a replica this one called died: stop using it here at once
             raise
         finally:
+            if slots is not None:
+                slots.release()
             next(self._finished)
 
     def handle_request(self, method: str, names: tuple[str, ...], *values: Any) -> Any:
         next(self._started)
+        slots = self._slots
+        if slots is not None:
+            slots.acquire()
         try:
             args, kwargs = split_keywords(names, values)
             return not_a_generator(method, self._method(method)(*args, **kwargs))
@@ -270,16 +283,14 @@ class SyncReplica(_ReplicaCore):
             note_actor_death(exc)
             raise
         finally:
+            if slots is not None:
+                slots.release()
             next(self._finished)
 
     def lane_call(self, spec: tuple, *values: Any) -> Any:
         """One stage of a compiled lane (see :meth:`_lane_arguments`)."""
-        next(self._started)
-        try:
-            method, args, kwargs = self._lane_arguments(spec, values)
-            return not_a_generator(method, self._method(method)(*args, **kwargs))
-        finally:
-            next(self._finished)
+        method, args, kwargs = self._lane_arguments(spec, values)
+        return self.handle_request(method, tuple(kwargs), *args, *kwargs.values())
 
     def call_stream(self, method: str, names: tuple[str, ...], *values: Any) -> Any:
         """A generator method's results, one Ray object each, as they come (``num_returns="streaming"``)."""
@@ -367,7 +378,7 @@ class AsyncReplica(_ReplicaCore):
             self._stopped = asyncio.Event()
         return self._stopped
 
-    async def initialize(self, user_config: Any = None) -> str | None:
+    async def initialize(self, user_config: Any = None, max_ongoing: int | None = None) -> str | None:
         #: Where lane_call (on the compiled graph's thread) runs the user's coroutines.
         self._loop = asyncio.get_running_loop()
         try:
