@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from .._walk import map_leaves
 from ..dsl.driver import DriverNode
 from ..dsl.nodes import (
     DAGNode,
@@ -101,17 +102,14 @@ def capture(root: DAGNode) -> Captured:
         return ir.Ref(keys[id(node)])
 
     def template(value: Any, in_constructor: bool) -> Any:
-        if isinstance(value, DAGNode):
-            return marker(value, in_constructor)
-        if isinstance(value, list):
-            return [template(v, in_constructor) for v in value]
-        if isinstance(value, tuple):
-            return tuple(template(v, in_constructor) for v in value)
-        if isinstance(value, dict):
-            return {template(k, in_constructor): template(v, in_constructor) for k, v in value.items()}
-        if is_user_object(value) and any(True for _ in iter_nodes(value)):
-            return object_template(value, lambda node: marker(node, in_constructor))
-        return value
+        def leaf(item: Any) -> Any:
+            if isinstance(item, DAGNode):
+                return marker(item, in_constructor)
+            if is_user_object(item) and any(True for _ in iter_nodes(item)):
+                return object_template(item, lambda node: marker(node, in_constructor))
+            return item
+
+        return map_leaves(value, leaf)
 
     records: dict[str, ir.NodeIR] = {}
     adapter = None

@@ -13,6 +13,7 @@ from typing import Any
 
 import networkx as nx
 
+from .._walk import map_leaves
 from ..dsl.nodes import DeploymentNode, FunctionNode
 from ..errors import Diagnostic
 from . import ir
@@ -173,23 +174,17 @@ def check_serializable(captured: Captured, graph: nx.DiGraph, ctx: CheckContext)
 
 
 def _strip_nodes(value: Any) -> Any:
-    from ..dsl.nodes import DAGNode
+    from ..dsl.nodes import DAGNode, is_user_object, iter_nodes
+    from .capture import object_template
 
-    if isinstance(value, DAGNode):
-        return None
-    if isinstance(value, list):
-        return [_strip_nodes(v) for v in value]
-    if isinstance(value, tuple):
-        return tuple(_strip_nodes(v) for v in value)
-    if isinstance(value, dict):
-        return {_strip_nodes(k): _strip_nodes(v) for k, v in value.items()}
-    from ..dsl.nodes import is_user_object, iter_nodes
+    def leaf(item: Any) -> Any:
+        if isinstance(item, DAGNode):
+            return None
+        if is_user_object(item) and any(True for _ in iter_nodes(item)):
+            return object_template(item, lambda node: None)  # pickled without its nodes, or left to fail
+        return item
 
-    if is_user_object(value) and any(True for _ in iter_nodes(value)):
-        from .capture import object_template
-
-        return object_template(value, lambda node: None)  # pickled without its nodes, or left to fail
-    return value
+    return map_leaves(value, leaf)
 
 
 def resource_table(captured: Captured, final: dict[str, Any] | None = None) -> list[tuple[str, str, int, dict[str, float]]]:

@@ -5,6 +5,7 @@ string keys, strings, numbers, booleans, null. Everything else is tagged so it
 comes back as it was:
 
 * ``{"$ref": "n3"}`` a node's value, ``{"$handle": "Model"}`` a deployment handle;
+* ``{"$namedtuple": ["module:qualname", [...]]}`` a namedtuple of an importable type;
 * ``{"$tuple": [...]}``, ``{"$dict": [[key, value], ...]}`` (non-string keys),
   ``{"$float": "nan"}``;
 * ``{"$import": "module:qualname"}`` a module-level function or class;
@@ -27,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import networkx as nx
 
 from .. import errors
+from .._walk import is_namedtuple
 from ..dsl.callsite import CallSite
 from ..dsl.options import DeploymentOptions
 from . import ir
@@ -61,11 +63,15 @@ def encode(value: Any) -> Any:
         return value
     if isinstance(value, float):
         return value if math.isfinite(value) else {"$float": repr(value)}
-    if isinstance(value, list):
+    if type(value) is list:
         return [encode(v) for v in value]
-    if isinstance(value, tuple):
+    if is_namedtuple(value):
+        path = _importable(type(value))
+        if path is not None:  # the same namedtuple type comes back, not a plain tuple
+            return {"$namedtuple": [path, [encode(v) for v in value]]}
+    elif type(value) is tuple:
         return {"$tuple": [encode(v) for v in value]}
-    if isinstance(value, dict):
+    if type(value) is dict:
         if all(isinstance(k, str) and not k.startswith("$") for k in value):
             return {k: encode(v) for k, v in value.items()}
         return {"$dict": [[encode(k), encode(v)] for k, v in value.items()]}
@@ -93,6 +99,8 @@ def decode(value: Any) -> Any:
             return ir.ObjectTemplate(base64.b64decode(body[0]), tuple(decode(m) for m in body[1]))
         if tag == "$tuple":
             return tuple(decode(v) for v in body)
+        if tag == "$namedtuple":
+            return import_target(body[0], what="a namedtuple type")._make(decode(v) for v in body[1])
         if tag == "$dict":
             return {_hashable(decode(k)): decode(v) for k, v in body}
         if tag == "$float":

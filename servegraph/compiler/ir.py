@@ -12,6 +12,7 @@ import dataclasses
 from collections.abc import Iterator
 from typing import Any
 
+from .._walk import iter_leaves, map_leaves
 from ..dsl.callsite import CallSite
 from ..dsl.options import DeploymentOptions
 
@@ -72,35 +73,27 @@ class ObjectTemplate:
 
 def iter_markers(value: Any) -> Iterator[Ref | HandleRef]:
     """Markers nested in an argument template, in argument order."""
-    if isinstance(value, (Ref, HandleRef)):
-        yield value
-    elif isinstance(value, ObjectTemplate):
-        yield from value.markers
-    elif isinstance(value, (list, tuple)):
-        for item in value:
-            yield from iter_markers(item)
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            yield from iter_markers(key)
-            yield from iter_markers(item)
+    for leaf in iter_leaves(value):
+        if isinstance(leaf, (Ref, HandleRef)):
+            yield leaf
+        elif isinstance(leaf, ObjectTemplate):
+            yield from leaf.markers
 
 
 def map_markers(value: Any, fn: Any) -> Any:
-    """A copy of ``value`` with every marker replaced by ``fn(marker)``."""
-    if isinstance(value, (Ref, HandleRef)):
-        return fn(value)
-    if isinstance(value, ObjectTemplate):
-        mapped = tuple(fn(m) for m in value.markers)
-        if all(isinstance(m, (Ref, HandleRef)) for m in mapped):  # still a template (a compiler pass)
-            return ObjectTemplate(value.data, mapped)
-        return value.build(mapped)  # values: the object itself, where it is used
-    if isinstance(value, list):
-        return [map_markers(v, fn) for v in value]
-    if isinstance(value, tuple):
-        return tuple(map_markers(v, fn) for v in value)
-    if isinstance(value, dict):
-        return {map_markers(k, fn): map_markers(v, fn) for k, v in value.items()}
-    return value
+    """A copy of ``value`` with every marker replaced by ``fn(marker)``, container types kept."""
+
+    def leaf(item: Any) -> Any:
+        if isinstance(item, (Ref, HandleRef)):
+            return fn(item)
+        if isinstance(item, ObjectTemplate):
+            mapped = tuple(fn(m) for m in item.markers)
+            if all(isinstance(m, (Ref, HandleRef)) for m in mapped):  # still a template (a compiler pass)
+                return ObjectTemplate(item.data, mapped)
+            return item.build(mapped)  # values: the object itself, where it is used
+        return item
+
+    return map_leaves(value, leaf)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -11,6 +11,7 @@ import types
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, cast
 
+from .._walk import iter_leaves
 from ..errors import BindError
 from .callsite import CallSite, user_call_site
 from .signature import bind_problem, describe_signature, missing_method_hint
@@ -22,21 +23,22 @@ if TYPE_CHECKING:
 def iter_nodes(value: Any, _seen: set[int] | None = None) -> Iterator[DAGNode]:
     """Nodes nested in a bound argument, through lists, tuples, dicts and the attributes of user
     objects (as Ray Serve finds them), in order."""
-    if isinstance(value, DAGNode):
-        yield value
-    elif isinstance(value, (list, tuple)):
-        for item in value:
-            yield from iter_nodes(item, _seen)
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            yield from iter_nodes(key, _seen)
-            yield from iter_nodes(item, _seen)
-    elif is_user_object(value):
-        seen = set() if _seen is None else _seen
-        if id(value) not in seen and len(seen) < 1000:  # objects may refer to each other
-            seen.add(id(value))
-            for item in vars(value).values():
-                yield from iter_nodes(item, seen)
+    for leaf in iter_leaves(value):
+        if isinstance(leaf, DAGNode):
+            yield leaf
+        elif is_user_object(leaf):
+            seen = set() if _seen is None else _seen
+            if id(leaf) not in seen and len(seen) < 1000:  # objects may refer to each other
+                seen.add(id(leaf))
+                inner = list(vars(leaf).values())
+                # Subclasses of list and dict are leaves to the walker (it would rebuild them as their
+                # base type) but Ray Serve finds nodes among their items too; capture pickles them whole.
+                if isinstance(leaf, (list, tuple)):
+                    inner.extend(leaf)
+                elif isinstance(leaf, dict):
+                    inner.extend(leaf.items())
+                for item in inner:
+                    yield from iter_nodes(item, seen)
 
 
 def is_user_object(value: Any) -> bool:

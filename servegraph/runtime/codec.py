@@ -16,6 +16,8 @@ from typing import Any
 import ray.cloudpickle
 from ray import ObjectRef
 
+from .._walk import is_container, map_leaves
+
 
 class Slot:
     """Position of a ref among the call's top-level arguments."""
@@ -44,18 +46,24 @@ def loads_with_paths(data: bytes, paths: tuple[str, ...] | list[str]) -> Any:
 
 
 def to_slots(value: Any, refs: list[ObjectRef]) -> Any:
-    """``value`` with every ObjectRef in it (lists, tuples, dict values) appended to ``refs`` and replaced by its Slot."""
+    """``value`` with every ObjectRef nested in it appended to ``refs`` and replaced by its Slot.
+
+    ``value`` itself comes back when it holds no ref: no copy on the common path.
+    """
     kind = type(value)
     if kind is ObjectRef:
         refs.append(value)
         return Slot(len(refs) - 1)
-    if kind is list:
-        return [to_slots(v, refs) for v in value]
-    if kind is tuple:
-        return tuple(to_slots(v, refs) for v in value)
-    if kind is dict:
-        return {k: to_slots(v, refs) for k, v in value.items()}
-    return value
+    if not is_container(value):  # the request path: most arguments are plain values
+        return value
+
+    def slot(leaf: Any) -> Any:
+        if type(leaf) is ObjectRef:
+            refs.append(leaf)
+            return Slot(len(refs) - 1)
+        return leaf
+
+    return map_leaves(value, slot)
 
 
 def flatten(args: tuple, kwargs: dict) -> tuple[tuple, dict, list[ObjectRef]]:
@@ -64,21 +72,12 @@ def flatten(args: tuple, kwargs: dict) -> tuple[tuple, dict, list[ObjectRef]]:
     return tuple(to_slots(a, refs) for a in args), {k: to_slots(v, refs) for k, v in kwargs.items()}, refs
 
 
-def _fill(value: Any, values: tuple) -> Any:
-    kind = type(value)
-    if kind is Slot:
-        return values[value.index]
-    if kind is list:
-        return [_fill(v, values) for v in value]
-    if kind is tuple:
-        return tuple(_fill(v, values) for v in value)
-    if kind is dict:
-        return {k: _fill(v, values) for k, v in value.items()}
-    return value
-
-
 def unflatten(args: tuple, kwargs: dict, values: tuple) -> tuple[tuple, dict]:
     """Put resolved values back where their refs were."""
     if not values:
         return args, kwargs
-    return tuple(_fill(a, values) for a in args), {k: _fill(v, values) for k, v in kwargs.items()}
+
+    def fill(leaf: Any) -> Any:
+        return values[leaf.index] if type(leaf) is Slot else leaf
+
+    return tuple(map_leaves(a, fill) for a in args), {k: map_leaves(v, fill) for k, v in kwargs.items()}

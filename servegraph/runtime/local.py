@@ -15,6 +15,7 @@ import inspect
 import threading
 from typing import Any
 
+from .._walk import map_leaves_async
 from ..compiler import compile, ir
 from ..dsl.nodes import DAGNode
 from .handle import DeploymentResponse, DriverTarget, RayServeDeploymentHandle, RayServeSyncHandle, RoutesTarget
@@ -55,15 +56,13 @@ class LocalRef:
 
 async def _resolve(value: Any) -> Any:
     """Await every result nested in ``value``."""
+    return await map_leaves_async(value, _resolve_leaf)
+
+
+async def _resolve_leaf(value: Any) -> Any:
     if isinstance(value, (LocalRef, DeploymentResponse, asyncio.Future)):
         value = await value
         return await _resolve(value) if isinstance(value, LocalRef) else value
-    if type(value) is list:
-        return [await _resolve(v) for v in value]
-    if type(value) is tuple:
-        return tuple([await _resolve(v) for v in value])
-    if type(value) is dict:
-        return {k: await _resolve(v) for k, v in value.items()}
     return value
 
 
