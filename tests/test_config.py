@@ -20,16 +20,16 @@ from goldens import CASE_IDS, CASES, check_golden, fresh_examples
 import servegraph as serve
 from servegraph.cli import main
 from servegraph.cli.load import load_app
-from servegraph.compiler.app import RAY_SERVE_BUILDER
-from servegraph.compiler.config_schema import (
+from servegraph.compiler.config.app import RAY_SERVE_BUILDER
+from servegraph.compiler.config.schema import (
     ServeConfig,
     check_overrides,
     deployment_overrides,
     load_config,
     validate_config,
 )
-from servegraph.compiler.emit_json import load_compiled, load_ir
-from servegraph.compiler.emit_kubernetes import rayservice, service_name, worker_groups
+from servegraph.compiler.emit.json_ir import load_compiled, load_ir
+from servegraph.compiler.emit.kubernetes import rayservice, service_name, worker_groups
 from servegraph.errors import ConfigError
 
 

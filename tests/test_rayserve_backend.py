@@ -20,7 +20,7 @@ from conftest import EXAMPLES, ROOT, TESTS, free_port
 from support import EXAMPLE_CASES
 
 from servegraph.cli import main
-from servegraph.compiler.app import RAY_SERVE_BUILDER
+from servegraph.compiler.config.app import RAY_SERVE_BUILDER
 
 pytestmark = [
     pytest.mark.ray,

@@ -23,7 +23,7 @@ handle wiring. User code keeps the seed's semantics:
   in an ingress deployment named ``DAGDriver`` as Ray Serve's own used to be.
 
 Ray Serve's options for each deployment are the ones ``servegraph build`` writes
-(:func:`servegraph.compiler.emit_config.deployment_config`), so a config's
+(:func:`servegraph.compiler.emit.deploy_config.deployment_config`), so a config's
 ``deployments`` entries override them on Ray Serve exactly as on servegraph.
 """
 
@@ -42,9 +42,9 @@ from ray.serve.handle import DeploymentHandle, DeploymentResponse
 from .._validation import format_errors
 from .._walk import any_leaf, is_container, map_leaves, map_leaves_async
 from ..compiler import CompiledGraph, compile, ir
-from ..compiler.app import RAY_SERVE_BUILDER
-from ..compiler.config_schema import BuilderArgs
-from ..compiler.emit_config import deployment_config
+from ..compiler.config.app import RAY_SERVE_BUILDER
+from ..compiler.config.schema import BuilderArgs
+from ..compiler.emit.deploy_config import deployment_config
 from ..dsl.options import DEFAULT_REPLICA_CPUS
 from ..errors import ConfigError
 from ..runtime.codec import to_slots, unflatten

@@ -5,11 +5,11 @@ from __future__ import annotations
 import click
 
 from ..compiler import compile
-from ..compiler.app import default_apps
-from ..compiler.config_schema import validate_config
-from ..compiler.emit_config import application_config, config_yaml, deploy_config, dump_yaml
-from ..compiler.emit_json import to_json
-from ..compiler.emit_kubernetes import rayservice_yaml
+from ..compiler.config.app import default_apps
+from ..compiler.config.schema import validate_config
+from ..compiler.emit.deploy_config import application_config, config_yaml, deploy_config, dump_yaml
+from ..compiler.emit.json_ir import to_json
+from ..compiler.emit.kubernetes import rayservice_yaml
 from .common import user_errors
 from .load import load_app
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from ..compiler import compile
-from ..compiler.render import FORMATS
+from ..compiler.emit.render import FORMATS
 from .common import user_errors
 from .load import load_app
 

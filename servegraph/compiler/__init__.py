@@ -5,10 +5,10 @@ artifact (deploy config, RayService, JSON IR, DOT, Mermaid) has an ``emit_*``
 module of its own.
 """
 
-from .app import AppInfo
 from .compiled import CompiledGraph
-from .config_schema import ServeConfig, check_overrides, deployment_overrides, load_config
-from .emit_json import load_compiled, load_ir
+from .config.app import AppInfo
+from .config.schema import ServeConfig, check_overrides, deployment_overrides, load_config
+from .emit.json_ir import load_compiled, load_ir
 from .pipeline import compile
 
 __all__ = [

@@ -9,9 +9,13 @@ from typing import Any
 import networkx as nx
 
 from ..errors import Diagnostic
-from . import emit_config, emit_dot, emit_json, emit_mermaid, ir
-from . import render as _render
-from .app import AppInfo, resolve
+from . import ir
+from .config.app import AppInfo, resolve
+from .emit import deploy_config as emit_config
+from .emit import dot as emit_dot
+from .emit import json_ir as emit_json
+from .emit import mermaid as emit_mermaid
+from .emit import render as _render
 from .ir import DeploymentIR, Plan
 
 
@@ -81,7 +85,7 @@ class CompiledGraph:
         return emit_config.config_yaml(config, [resolve(self).require_import_path()])
 
     def to_json(self) -> str:
-        """The compiled IR as JSON; :func:`servegraph.compiler.emit_json.load_compiled` reads it back."""
+        """The compiled IR as JSON; :func:`servegraph.compiler.emit.json_ir.load_compiled` reads it back."""
         return emit_json.to_json(self)
 
     def to_dot(self, rankdir: str = "LR") -> str:

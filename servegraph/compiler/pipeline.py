@@ -10,14 +10,14 @@ from typing import Any
 
 from ..dsl.nodes import DAGNode
 from ..errors import Diagnostic, raise_diagnostics
-from .app import AppInfo, find_import_path
-from .capture import capture
 from .checks import CheckContext, run_checks
 from .compiled import CompiledGraph
-from .graph import build_graph
-from .lower import lower
-from .naming import name_deployments
-from .overrides import resolve_options
+from .config.app import AppInfo, find_import_path
+from .passes.capture import capture
+from .passes.graph import build_graph
+from .passes.lower import lower
+from .passes.naming import name_deployments
+from .passes.options import resolve_options
 
 
 def compile(

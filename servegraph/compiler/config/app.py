@@ -12,11 +12,11 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
-from ..dsl.nodes import DAGNode
-from ..errors import ConfigError
+from ...dsl.nodes import DAGNode
+from ...errors import ConfigError
 
 if TYPE_CHECKING:
-    from .compiled import CompiledGraph
+    from ..compiled import CompiledGraph
 
 #: ``serve build`` names the applications of a config ``app1``, ``app2``, ...
 DEFAULT_APP_NAME = "app1"
@@ -58,7 +58,7 @@ class ResolvedApp:
 def resolve(compiled: CompiledGraph) -> ResolvedApp:
     """The application's settings: the user's, else the ingress's ``route_prefix`` option, else serve build's.
 
-    >>> from servegraph.compiler.app import AppInfo
+    >>> from servegraph.compiler.config.app import AppInfo
     >>> AppInfo(name="hello").route_prefix is None
     True
     """

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import networkx as nx
 
-from . import ir
+from .. import ir
 from .capture import Captured
 
 

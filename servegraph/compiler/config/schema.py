@@ -11,7 +11,7 @@ Every field keeps Ray Serve's name, type and meaning (``ServeDeploySchema`` ->
 * Fields servegraph cannot honour (gang scheduling, request routers, ...) are
   left out, so they are reported as unknown rather than accepted and ignored.
   ``args`` is accepted for one application builder only, servegraph's own
-  (:data:`~servegraph.compiler.app.RAY_SERVE_BUILDER`), which both engines run.
+  (:data:`~servegraph.compiler.config.app.RAY_SERVE_BUILDER`), which both engines run.
 
 A deployment's options in the config override the ones in the code, field by
 field, as in Ray Serve: :func:`deployment_overrides` says which, and
@@ -27,13 +27,13 @@ from typing import TYPE_CHECKING, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
-from .._validation import closest, format_errors, route_prefix_problem
-from ..dsl.options import AutoscalingConfig, RayActorOptions, make_options
-from ..errors import ConfigError, OptionError, OptionValueError
+from ..._validation import closest, format_errors, route_prefix_problem
+from ...dsl.options import AutoscalingConfig, RayActorOptions, make_options
+from ...errors import ConfigError, OptionError, OptionValueError
 from .app import RAY_SERVE_BUILDER
 
 if TYPE_CHECKING:
-    from .compiled import CompiledGraph
+    from ..compiled import CompiledGraph
 
 #: Ray Serve's default for a deployment with ``num_replicas: auto`` (``AutoscalingConfig.default()``).
 AUTO_AUTOSCALING_CONFIG = {"min_replicas": 1, "max_replicas": 100, "target_ongoing_requests": 2.0}
@@ -164,7 +164,7 @@ class DeploymentConfig(_Schema):
 class BuilderArgs(_Schema):
     """The ``args`` of servegraph's application builder: which graph to build, and how.
 
-    The builder (:data:`~servegraph.compiler.app.RAY_SERVE_BUILDER`) and
+    The builder (:data:`~servegraph.compiler.config.app.RAY_SERVE_BUILDER`) and
     ``servegraph deploy`` both read ``args`` through this model.
     """
 

@@ -22,9 +22,9 @@ import re
 from importlib import metadata
 from typing import Any
 
-from ..dsl.options import DEFAULT_REPLICA_CPUS, AutoscalingConfig
-from .config_schema import AUTO_AUTOSCALING_CONFIG, ServeConfig
-from .emit_config import dump_yaml, header
+from ...dsl.options import DEFAULT_REPLICA_CPUS, AutoscalingConfig
+from ..config.schema import AUTO_AUTOSCALING_CONFIG, ServeConfig
+from .deploy_config import dump_yaml, header
 
 GIB = 1024**3
 MEMORY_PER_CPU_GIB = 2

@@ -7,12 +7,12 @@ from typing import Any
 
 import networkx as nx
 
-from ..dsl.nodes import DeploymentNode, FunctionNode
-from ..dsl.options import DeploymentOptions
-from . import ir
+from ...dsl.nodes import DeploymentNode, FunctionNode
+from ...dsl.options import DeploymentOptions
+from .. import ir
+from ..version import code_version
 from .capture import Captured
 from .naming import key_order
-from .version import code_version
 
 
 def import_path(target: Any) -> str:

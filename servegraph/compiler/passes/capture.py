@@ -10,9 +10,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from .._walk import map_leaves
-from ..dsl.driver import DriverNode
-from ..dsl.nodes import (
+from ..._walk import map_leaves
+from ...dsl.driver import DriverNode
+from ...dsl.nodes import (
     DAGNode,
     DeploymentNode,
     FunctionNode,
@@ -23,7 +23,7 @@ from ..dsl.nodes import (
     is_user_object,
     iter_nodes,
 )
-from . import ir
+from .. import ir
 
 
 @dataclasses.dataclass(frozen=True)

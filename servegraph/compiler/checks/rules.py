@@ -13,12 +13,12 @@ from typing import Any
 
 import networkx as nx
 
-from .._walk import map_leaves
-from ..dsl.nodes import DeploymentNode, FunctionNode
-from ..errors import Diagnostic
-from . import ir
-from .capture import Captured
-from .naming import key_order
+from ..._walk import map_leaves
+from ...dsl.nodes import DeploymentNode, FunctionNode
+from ...errors import Diagnostic
+from .. import ir
+from ..passes.capture import Captured
+from ..passes.naming import key_order
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,8 +174,8 @@ def check_serializable(captured: Captured, graph: nx.DiGraph, ctx: CheckContext)
 
 
 def _strip_nodes(value: Any) -> Any:
-    from ..dsl.nodes import DAGNode, is_user_object, iter_nodes
-    from .capture import object_template
+    from ...dsl.nodes import DAGNode, is_user_object, iter_nodes
+    from ..passes.capture import object_template
 
     def leaf(item: Any) -> Any:
         if isinstance(item, DAGNode):

@@ -8,10 +8,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from .._validation import closest
-from ..dsl.nodes import DeploymentNode, FunctionNode
-from ..dsl.options import DeploymentOptions, make_options
-from ..errors import ConfigError
+from ..._validation import closest
+from ...dsl.nodes import DeploymentNode, FunctionNode
+from ...dsl.options import DeploymentOptions, make_options
+from ...errors import ConfigError
 from .capture import Captured
 
 

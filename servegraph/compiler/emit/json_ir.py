@@ -27,18 +27,18 @@ from typing import TYPE_CHECKING, Any
 
 import networkx as nx
 
-from .. import errors
-from .._walk import is_namedtuple
-from ..dsl.callsite import CallSite
-from ..dsl.options import DeploymentOptions
-from . import ir
-from .app import AppInfo, resolve
-from .emit_config import require_ok
-from .naming import key_order
-from .version import code_version
+from ... import errors
+from ..._walk import is_namedtuple
+from ...dsl.callsite import CallSite
+from ...dsl.options import DeploymentOptions
+from .. import ir
+from ..config.app import AppInfo, resolve
+from ..passes.naming import key_order
+from ..version import code_version
+from .deploy_config import require_ok
 
 if TYPE_CHECKING:
-    from .compiled import CompiledGraph
+    from ..compiled import CompiledGraph
 
 FORMAT = "servegraph.ir"
 VERSION = 1
@@ -143,7 +143,7 @@ def import_target(path: str, *, what: str = "a deployment", unwrap: bool = True)
     except (ImportError, AttributeError) as exc:
         raise errors.ConfigError(f"cannot import {what} from {path!r}: {exc}") from None
     if unwrap:
-        from ..dsl.deployment import Deployment
+        from ...dsl.deployment import Deployment
 
         if isinstance(value, Deployment):
             value = value.func_or_class
@@ -355,7 +355,7 @@ def load_ir(source: str | os.PathLike[str] | dict[str, Any]) -> ir.AppIR:
 
 def load_compiled(source: str | os.PathLike[str] | dict[str, Any]) -> CompiledGraph:
     """A CompiledGraph (graph, IR, application settings) from a JSON file, as ``servegraph build`` wrote it."""
-    from .compiled import CompiledGraph
+    from ..compiled import CompiledGraph
 
     data, name = _read(source)
     _check_format(data, name)

@@ -6,7 +6,7 @@ an earlier deployment (in capture order) gets ``_1``, ``_2``, ... as in Ray Serv
 
 from __future__ import annotations
 
-from ..dsl.nodes import DeploymentNode, FunctionNode
+from ...dsl.nodes import DeploymentNode, FunctionNode
 from .capture import Captured
 
 
