@@ -1,8 +1,9 @@
-"""The result of ``servegraph.compile()``: one object every artifact is made from."""
+"""The result of ``servegraph.compile()``: a thin view over the IR that every artifact is made from."""
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from typing import Any
 
@@ -11,6 +12,7 @@ import networkx as nx
 from ..errors import Diagnostic
 from . import ir
 from .config.app import AppInfo, resolve
+from .context import to_networkx
 from .emit import deploy_config as emit_config
 from .emit import dot as emit_dot
 from .emit import json_ir as emit_json
@@ -21,12 +23,10 @@ from .ir import DeploymentIR, Plan
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class CompiledGraph:
-    """A checked graph: its networkx DiGraph, its deployments with final names and options, its plan.
+    """A checked graph: its IR, with views of it (networkx graph, deployments by name, plan).
 
     Attributes:
-        graph: nodes keyed ``n0, n1, ...`` with their NodeIR as ``ir``; edges with
-            ``kind`` (data, handle, target) and ``label`` (argument position or keyword).
-        ir: the AppIR the runtime executes.
+        ir: the AppIR the runtime executes, the single source every view and artifact is made from.
         diagnostics: warnings (and, with ``strict=False``, errors) the checks found.
         app: the application's name, route prefix and import path, where known
             (see :meth:`with_app`); emitters fill the rest as ``serve build`` does.
@@ -35,12 +35,21 @@ class CompiledGraph:
     ``emit_mermaid``, ``emit_json``, ``render``); the methods here only call them.
     """
 
-    graph: nx.DiGraph
     ir: ir.AppIR
     diagnostics: tuple[Diagnostic, ...] = ()
-    #: Deployment names by node key, as the naming pass gave them.
-    names: dict[str, str] = dataclasses.field(default_factory=dict)
     app: AppInfo = AppInfo()
+
+    @functools.cached_property
+    def graph(self) -> nx.DiGraph:
+        """The graph as a networkx DiGraph, derived from the IR: nodes keyed ``n0, n1, ...`` with their
+        NodeIR as ``ir``; edges with ``kind`` (data, handle, target) and ``label`` (argument position
+        or keyword); the output's key as ``graph.graph["root"]``."""
+        return to_networkx(self.ir)
+
+    @property
+    def names(self) -> dict[str, str]:
+        """Deployment names by node key, as the naming pass gave them."""
+        return {d.node: d.name for d in self.ir.deployments}
 
     @property
     # In the class body the field ``ir`` hides the module, hence the names imported from it.
@@ -102,8 +111,8 @@ class CompiledGraph:
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:
         """Jupyter: the diagram as SVG with Graphviz, else as Mermaid (JupyterLab draws it), else text."""
-        bundle = {"text/plain": repr(self) if self.ir is not None else "<CompiledGraph with errors>"}
-        if not self.ok or self.ir is None:
+        bundle = {"text/plain": repr(self)}
+        if not self.ok:
             return bundle
         try:
             bundle["image/svg+xml"] = _render.to_svg(self)
@@ -113,7 +122,8 @@ class CompiledGraph:
 
     def __repr__(self) -> str:
         kind = f"ingress={self.ingress!r}" if self.ingress else f"plan of {len(self.plan.steps) if self.plan else 0} steps"
-        return f"<CompiledGraph deployments={list(self.deployments)} {kind}>"
+        errors = sum(d.severity == "error" for d in self.diagnostics)
+        return f"<CompiledGraph deployments={list(self.deployments)} {kind}" + (f" errors={errors}>" if errors else ">")
 
     def __getstate__(self) -> Any:  # pragma: no cover - compiled graphs stay in the driver
         raise TypeError("a CompiledGraph is not sent to replicas; send its .ir")

@@ -1,6 +1,8 @@
 """The compiler's intermediate representation: frozen records, never mutated.
 
-Passes return new values (``dataclasses.replace``). Bound arguments are kept as
+After capture it is the single source: every pass, check and emitter reads the
+:class:`AppIR` (targets, options, call sites, final names, edges), never the
+user's DSL objects. Passes return new values (``dataclasses.replace``). Bound arguments are kept as
 the user wrote them, with each graph node inside replaced by a marker:
 :class:`Ref` (the node's value for this request) or :class:`HandleRef` (a
 handle to a deployment, injected through a constructor).
@@ -113,6 +115,42 @@ class NodeIR:
     #: For input_attr nodes: ("item" | "attr", key).
     access: tuple[str, Any] | None = None
     deps: frozenset[str] = frozenset()
+    #: For deployment and function nodes: the user's class or function, its options (the code's,
+    #: then a deploy config's overrides) and its final name (set by the naming pass).
+    target: Any = None
+    options: DeploymentOptions | None = None
+    name: str | None = None
+
+    @property
+    def is_deployment(self) -> bool:
+        """A deployment or function node: one deployment of the application."""
+        return self.kind == DEPLOYMENT or self.kind == FUNCTION
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class EdgeIR:
+    """``source`` feeds ``target``: a value (data), a handle, or the deployment a method runs on.
+
+    ``label`` is the argument position or keyword it feeds; several joined with ``,``.
+    """
+
+    source: str
+    target: str
+    kind: str
+    label: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class UnreachableIR:
+    """A node computed from the InputNode that the output never uses (so capture did not record it)."""
+
+    label: str
+    call_site: CallSite
+
+
+def key_order(key: str) -> int:
+    """Capture order of a node key (``n12`` -> 12): keys sort by it, and it indexes ``AppIR.nodes``."""
+    return int(key[1:])
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -175,15 +213,31 @@ class Plan:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class AppIR:
-    """A compiled application: what the runtime deploys and runs."""
+    """An application at every stage of the pipeline, and what the runtime deploys and runs.
+
+    Capture fills ``nodes`` (keyed by capture position, so ``nodes[key_order(k)]`` is node ``k``),
+    ``root`` and ``unreachable``; the graph pass ``edges``; naming and options the nodes' ``name`` and
+    ``options``; lowering ``deployments``, ``ingress``, ``plan`` and ``routes`` (and replaces node keys
+    in arguments by deployment names).
+    """
 
     nodes: tuple[NodeIR, ...]
-    deployments: tuple[DeploymentIR, ...]
+    deployments: tuple[DeploymentIR, ...] = ()
     ingress: str | None = None
     plan: Plan | None = None
     http_adapter: Any = None
     #: A DAGDriver bound to ``{route: graph}``: one plan per route (then ``plan`` is None).
     routes: tuple[tuple[str, Plan], ...] = ()
+    root: str = "n0"
+    edges: tuple[EdgeIR, ...] = ()
+    unreachable: tuple[UnreachableIR, ...] = ()
+    #: ``module:attr`` of the module-level variable holding the graph, if capture found exactly one.
+    #: Where the graph was found, not what it is: two equal graphs may live in different files.
+    import_path: str | None = dataclasses.field(default=None, compare=False)
+
+    def node(self, key: str) -> NodeIR:
+        """The node with key ``key``."""
+        return self.nodes[key_order(key)]
 
     @property
     def driven(self) -> bool:

@@ -6,7 +6,7 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
-from .._validation import closest
+from .._validation import did_you_mean
 
 
 def _signature(fn: Callable[..., Any]) -> inspect.Signature | None:
@@ -40,8 +40,7 @@ def bind_problem(
         names = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
         for key in kwargs:
             if key not in names:
-                hint = closest(key, names)
-                return f"got an unexpected keyword argument {key!r}" + (f"; did you mean {hint!r}?" if hint else "")
+                return f"got an unexpected keyword argument {key!r}" + did_you_mean(key, names)
     try:
         if drop_self:
             sig.bind(None, *args, **kwargs)
@@ -67,6 +66,5 @@ def public_methods(cls: type) -> list[str]:
 
 def missing_method_hint(cls: type, method: str) -> str:
     methods = public_methods(cls)
-    hint = closest(method, methods)
-    text = f"did you mean {hint!r}? " if hint else ""
-    return text + f"Methods of {cls.__name__}: {', '.join(methods) or '(none)'}."
+    hint = did_you_mean(method, methods, lead="")
+    return (hint + " " if hint else "") + f"Methods of {cls.__name__}: {', '.join(methods) or '(none)'}."

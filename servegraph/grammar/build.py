@@ -21,7 +21,7 @@ from typing import Any, cast
 
 import networkx as nx
 
-from .._validation import closest
+from .._validation import did_you_mean
 from ..dsl import (
     CallSite,
     DAGDriver,
@@ -86,10 +86,9 @@ class SgFile:
                 "say which one: name=... in Python, --name (or --graph for run) on the command line"
             )
         if name not in self.graphs:
-            hint = closest(name, self.graphs)
             raise ImportPathError(
                 f"{self.filename} has no graph {name!r}"
-                + (f"; did you mean {hint!r}?" if hint else "")
+                + did_you_mean(name, self.graphs)
                 + f" Graphs in the file: {', '.join(self.graphs) or '(none)'}."
             )
         return self.graphs[name]
@@ -251,11 +250,10 @@ class _Builder:
         except ModuleNotFoundError as exc:
             if exc.name and (path == exc.name or path.startswith(exc.name + ".")):
                 siblings = [f[:-3] for f in os.listdir(base) if f.endswith(".py")] if os.path.isdir(base) else []
-                hint = closest(exc.name, siblings)
                 return self.error(
                     "import-path",
                     f"cannot import module '{path}': no module named '{exc.name}' in {base} or on sys.path"
-                    + (f"; did you mean '{hint}'?" if hint else ""),
+                    + did_you_mean(exc.name, siblings),
                     span,
                 )
             return self.error("import-path", f"importing module '{path}' failed: {exc}", span)
@@ -281,11 +279,11 @@ class _Builder:
                 for attr, obj in vars(module).items()
                 if not attr.startswith("_") and (isinstance(obj, Deployment) or inspect.isclass(obj) or inspect.isfunction(obj))
             ]
-            hint = closest(name.text, choices)
+            hint = did_you_mean(name.text, choices)
             return self.error(
                 "import-path",
                 f"module '{path}' has no '{name.text}'"
-                + (f"; did you mean '{hint}'?" if hint else "")
+                + hint
                 + (f" It has: {', '.join(sorted(choices))}." if choices and not hint else ""),
                 name.span,
             )
@@ -573,8 +571,7 @@ class _Builder:
                 "name", f"unknown name '{name.text}'; write {_PYTHON_LITERALS[name.text]}", name.span
             )
         choices = set(bound) | set(self.top) | set(_BUILTINS)
-        hint = closest(name.text, choices)
-        advice = f"did you mean '{hint}'?" if hint else "import it (from MODULE import NAME) or define it above (NAME = ...)"
+        advice = did_you_mean(name.text, choices, lead="") or "import it (from MODULE import NAME) or define it above (NAME = ...)"
         return self.error("name", f"unknown name '{name.text}'; {advice}", name.span)
 
     def value(self, expr: ast.Expr, bound: dict[str, Any], forward: dict[str, ast.Name]) -> Any:

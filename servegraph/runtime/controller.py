@@ -40,6 +40,7 @@ import ray.cloudpickle
 from ray.actor import ActorHandle
 
 from ..compiler import ir
+from ..dsl.options import add_resources
 from .autoscaling import Autoscaler
 from .cluster import NAMESPACE, PROXY_NAME
 from .codec import loads_with_paths
@@ -379,9 +380,7 @@ class Controller:
             free = ray.available_resources()
         except Exception:
             return True
-        opts = dep.spec.options.actor_options()
-        need = {"CPU": float(opts.get("num_cpus") or 0), "GPU": float(opts.get("num_gpus") or 0)}
-        need.update({k: float(v) for k, v in (opts.get("resources") or {}).items()})
+        need = dep.spec.options.replica_resources()
         return all(free.get(k, 0.0) + 1e-9 >= count * v for k, v in need.items() if v)
 
     def _start(self, dep: Deployment) -> Replica:
@@ -698,12 +697,7 @@ class Controller:
             if state.name == exclude:
                 continue
             for dep in state.deployments.values():
-                opts = dep.spec.options.actor_options()
-                n = len(dep.replicas)
-                out["CPU"] = out.get("CPU", 0.0) + n * float(opts.get("num_cpus") or 0)
-                out["GPU"] = out.get("GPU", 0.0) + n * float(opts.get("num_gpus") or 0)
-                for key, amount in (opts.get("resources") or {}).items():
-                    out[key] = out.get(key, 0.0) + n * float(amount)
+                add_resources(out, dep.spec.options.replica_resources(), len(dep.replicas))
         return out
 
     # Status ------------------------------------------------------------------------------

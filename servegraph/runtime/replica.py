@@ -28,7 +28,7 @@ from typing import Any
 
 import ray
 
-from .._validation import closest
+from .._validation import did_you_mean
 from ..compiler import ir
 from ..dsl.signature import public_methods
 from .codec import unflatten
@@ -179,9 +179,9 @@ class _ReplicaCore:
         try:
             return getattr(self._instance, name)
         except AttributeError:
-            hint = closest(name, public_methods(type(self._instance)))
             raise AttributeError(
-                f"deployment {self._deployment!r} has no method {name!r}" + (f"; did you mean {hint!r}?" if hint else "")
+                f"deployment {self._deployment!r} has no method {name!r}"
+                + did_you_mean(name, public_methods(type(self._instance)))
             ) from None
 
     def _reconfigure_sync(self, user_config: Any) -> Any:

@@ -1,35 +1,21 @@
-"""Pass 3, checks: whole-graph problems, each a Diagnostic at the user's ``.bind()`` line.
+"""Pass 5, checks: whole-graph problems, each a Diagnostic at the user's ``.bind()`` line.
 
-Every check is a function ``(captured, graph, context) -> list[Diagnostic]``;
-``CHECKS`` lists them in the order they run. All run, so the user sees every
-problem at once.
+Every check is a function ``(ir, context) -> list[Diagnostic]`` reading only the IR;
+``servegraph.compiler.checks.CHECKS`` lists them in the order they run. All run, so the user sees every
+problem at once. They run after naming, so they speak of deployments by their
+final names (``A``, ``A_1``) and point at the right ``.bind()`` of each.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Callable
 from typing import Any
 
 import networkx as nx
 
-from ..._walk import map_leaves
-from ...dsl.nodes import DeploymentNode, FunctionNode
 from ...errors import Diagnostic
 from .. import ir
-from ..passes.capture import Captured
-from ..passes.naming import key_order
-
-
-@dataclasses.dataclass(frozen=True)
-class CheckContext:
-    """What checks may know beyond the graph: the cluster's resources, if known."""
-
-    #: Resources free for this application (e.g. ``{"CPU": 2.0}``); None skips the check.
-    cluster_resources: dict[str, float] | None = None
-    serializer: Callable[[Any], bytes] | None = None
-    #: Final options by node key (config overrides applied); default: the code's.
-    options: dict[str, Any] | None = None
+from ..context import PassContext
+from ..ir import key_order
 
 
 def _diag(code: str, record: ir.NodeIR, message: str) -> Diagnostic:
@@ -37,15 +23,15 @@ def _diag(code: str, record: ir.NodeIR, message: str) -> Diagnostic:
     return Diagnostic(code=code, message=message, file=site.file, line=site.line, col=site.col or None, node=record.label)
 
 
-def check_cycles(captured: Captured, graph: nx.DiGraph, ctx: CheckContext) -> list[Diagnostic]:
+def check_cycles(app: ir.AppIR, ctx: PassContext) -> list[Diagnostic]:
     try:
-        cycle = nx.find_cycle(graph)
+        cycle = nx.find_cycle(ctx.graph(app))
     except nx.NetworkXNoCycle:
         return []
     keys = [u for u, _ in cycle]
     # Nodes of one deployment share a label, so each step also says where it was bound.
-    path = " -> ".join(f"{captured.nodes[k].label} ({captured.nodes[k].call_site})" for k in keys + keys[:1])
-    first = captured.nodes[keys[0]]
+    path = " -> ".join(f"{app.node(k).label} ({app.node(k).call_site})" for k in keys + keys[:1])
+    first = app.node(keys[0])
     return [
         _diag(
             "cycle",
@@ -57,17 +43,18 @@ def check_cycles(captured: Captured, graph: nx.DiGraph, ctx: CheckContext) -> li
     ]
 
 
-def check_single_input(captured: Captured, graph: nx.DiGraph, ctx: CheckContext) -> list[Diagnostic]:
-    root = captured.nodes[captured.root]
+def check_single_input(app: ir.AppIR, ctx: PassContext) -> list[Diagnostic]:
+    root = app.node(app.root)
+    graph = ctx.graph(app)
     if root.kind == ir.DRIVER and root.args and isinstance(root.args[0], dict):
         # DAGDriver.bind({route: graph}): each route's graph has its own input, as in Ray Serve.
         out = []
         for marker in root.args[0].values():
             key = getattr(marker, "key", None) or getattr(marker, "deployment", None)
             if key in graph:
-                out.extend(_single_input([captured.nodes[k] for k in nx.ancestors(graph, key) | {key}]))
+                out.extend(_single_input([app.node(k) for k in nx.ancestors(graph, key) | {key}]))
         return out
-    return _single_input(list(captured.nodes.values()))
+    return _single_input(list(app.nodes))
 
 
 def _single_input(records: list[ir.NodeIR]) -> list[Diagnostic]:
@@ -85,32 +72,29 @@ def _single_input(records: list[ir.NodeIR]) -> list[Diagnostic]:
     ]
 
 
-def check_reaches_output(captured: Captured, graph: nx.DiGraph, ctx: CheckContext) -> list[Diagnostic]:
-    out = []
-    for node in captured.dangling:
-        site = node._call_site
-        out.append(
-            Diagnostic(
-                code="unreachable",
-                message=f"{node._label()} is computed from the InputNode but never reaches the output; "
-                "pass it to a node that does (or to MultiOutputNode), or remove it.",
-                file=site.file,
-                line=site.line,
-                node=node._label(),
-            )
+def check_reaches_output(app: ir.AppIR, ctx: PassContext) -> list[Diagnostic]:
+    return [
+        Diagnostic(
+            code="unreachable",
+            message=f"{node.label} is computed from the InputNode but never reaches the output; "
+            "pass it to a node that does (or to MultiOutputNode), or remove it.",
+            file=node.call_site.file,
+            line=node.call_site.line,
+            node=node.label,
         )
-    return out
+        for node in app.unreachable
+    ]
 
 
-def check_constructor_args(captured: Captured, graph: nx.DiGraph, ctx: CheckContext) -> list[Diagnostic]:
+def check_constructor_args(app: ir.AppIR, ctx: PassContext) -> list[Diagnostic]:
     """A constructor runs once per replica, so it can take handles and values, not per-request nodes."""
     out = []
-    for record in captured.nodes.values():
+    for record in app.nodes:
         if record.kind != ir.DEPLOYMENT:
             continue
         for marker in ir.iter_markers((record.args, record.kwargs)):
             if isinstance(marker, ir.Ref):
-                upstream = captured.nodes[marker.key]
+                upstream = app.node(marker.key)
                 hint = ""
                 if upstream.kind == ir.METHOD:
                     hint = (
@@ -136,16 +120,22 @@ def _default_serializer(value: Any) -> bytes:
     return cloudpickle.dumps(value)
 
 
-def check_serializable(captured: Captured, graph: nx.DiGraph, ctx: CheckContext) -> list[Diagnostic]:
+def check_serializable(app: ir.AppIR, ctx: PassContext) -> list[Diagnostic]:
+    """Bound arguments and deployment code must pickle to reach replicas.
+
+    Arguments are checked as capture recorded them: graph nodes already replaced by markers (which
+    pickle), user objects holding nodes as templates, or left as they were when they cannot pickle.
+    """
     dumps = ctx.serializer or _default_serializer
     out = []
-    for key, record in captured.nodes.items():
-        source = captured.sources[key]
-        values: list[tuple[str, Any]] = [(str(i), a) for i, a in enumerate(source._bound_args)]
-        values += list(source._bound_kwargs.items())
+    for record in app.nodes:
+        if record.kind == ir.INPUT_ATTR:
+            continue  # its argument is the marker of the node it reads from
+        values: list[tuple[str, Any]] = [(str(i), a) for i, a in enumerate(record.args)]
+        values += list(record.kwargs)
         for label, value in values:
             try:
-                dumps(_strip_nodes(value))
+                dumps(value)
             except Exception as exc:  # any failure to pickle is the user's to fix
                 out.append(
                     _diag(
@@ -157,9 +147,9 @@ def check_serializable(captured: Captured, graph: nx.DiGraph, ctx: CheckContext)
                         "deployment's constructor.",
                     )
                 )
-        if isinstance(source, (DeploymentNode, FunctionNode)):
+        if record.is_deployment:
             try:
-                dumps(source._deployment.func_or_class)
+                dumps(record.target)
             except Exception as exc:
                 out.append(
                     _diag(
@@ -170,94 +160,4 @@ def check_serializable(captured: Captured, graph: nx.DiGraph, ctx: CheckContext)
                         "capturing locks, sockets or open files in globals it uses.",
                     )
                 )
-    return out
-
-
-def _strip_nodes(value: Any) -> Any:
-    from ...dsl.nodes import DAGNode, is_user_object, iter_nodes
-    from ..passes.capture import object_template
-
-    def leaf(item: Any) -> Any:
-        if isinstance(item, DAGNode):
-            return None
-        if is_user_object(item) and any(True for _ in iter_nodes(item)):
-            return object_template(item, lambda node: None)  # pickled without its nodes, or left to fail
-        return item
-
-    return map_leaves(value, leaf)
-
-
-def resource_table(captured: Captured, final: dict[str, Any] | None = None) -> list[tuple[str, str, int, dict[str, float]]]:
-    """(label, call site, replicas, resources per replica) for every deployment."""
-    rows = []
-    for key, record in captured.nodes.items():
-        source = captured.sources.get(key)
-        if not isinstance(source, (DeploymentNode, FunctionNode)):
-            continue
-        options = (final or {}).get(key) or source._deployment.deployment_options
-        actor = options.actor_options()
-        per = {"CPU": float(actor.get("num_cpus", 0) or 0), "GPU": float(actor.get("num_gpus", 0) or 0)}
-        for name, amount in (actor.get("resources") or {}).items():
-            per[name] = float(amount)
-        rows.append((record.label, str(record.call_site), options.replicas(), per))
-    return rows
-
-
-def format_resource_table(rows: list[tuple[str, str, int, dict[str, float]]], have: dict[str, float], names: list[str]) -> str:
-    header = ["deployment", "bound at", "replicas"] + [f"{n}/replica" for n in names] + [f"{n} total" for n in names]
-    body = []
-    for label, site, replicas, per in rows:
-        body.append(
-            [label, site, str(replicas)]
-            + [f"{per.get(n, 0):g}" for n in names]
-            + [f"{per.get(n, 0) * replicas:g}" for n in names]
-        )
-    totals = {n: sum(per.get(n, 0) * r for _, _, r, per in rows) for n in names}
-    body.append(["total asked", "", ""] + [""] * len(names) + [f"{totals[n]:g}" for n in names])
-    body.append(["cluster has", "", ""] + [""] * len(names) + [f"{have.get(n, 0):g}" for n in names])
-    widths = [max(len(r[i]) for r in [header] + body) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in [header] + body]
-    return "\n".join(lines)
-
-
-def check_resources(captured: Captured, graph: nx.DiGraph, ctx: CheckContext) -> list[Diagnostic]:
-    have = ctx.cluster_resources
-    if have is None:
-        return []
-    rows = resource_table(captured, ctx.options)
-    names = sorted({n for *_, per in rows for n, amount in per.items() if amount > 0})
-    short = [
-        n for n in names if sum(per.get(n, 0) * r for _, _, r, per in rows) > have.get(n, 0) + 1e-9
-    ]
-    if not short:
-        return []
-    table = format_resource_table(rows, have, names)
-    biggest = max(rows, key=lambda row: sum(row[3].get(n, 0) * row[2] for n in short))
-    record = next(r for r in captured.nodes.values() if r.label == biggest[0])
-    return [
-        _diag(
-            "resources",
-            record,
-            f"the graph asks for more {', '.join(short)} than the cluster has, so some replicas could "
-            f"never be placed:\n{table}\nLower num_replicas or ray_actor_options, start Ray with more "
-            "resources, or pass resource_check=False (--no-resource-check) on a cluster that grows.",
-        )
-    ]
-
-
-#: Checks in the order they run.
-CHECKS: tuple[Callable[[Captured, nx.DiGraph, CheckContext], list[Diagnostic]], ...] = (
-    check_cycles,
-    check_single_input,
-    check_reaches_output,
-    check_constructor_args,
-    check_serializable,
-    check_resources,
-)
-
-
-def run_checks(captured: Captured, graph: nx.DiGraph, ctx: CheckContext) -> list[Diagnostic]:
-    out: list[Diagnostic] = []
-    for check in CHECKS:
-        out.extend(check(captured, graph, ctx))
     return out

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
-from ..._validation import closest, format_errors, route_prefix_problem
+from ..._validation import did_you_mean, format_errors, route_prefix_problem
 from ...dsl.options import AutoscalingConfig, RayActorOptions, make_options
 from ...errors import ConfigError, OptionError, OptionValueError
 from .app import RAY_SERVE_BUILDER
@@ -415,10 +415,9 @@ def check_overrides(compiled: CompiledGraph, overrides: dict[str, dict[str, Any]
         where = locations.get(name, f"deployment {name!r}")
         dep = deployments.get(name)
         if dep is None:
-            hint = closest(name, deployments)
             problems.append(
                 f"{where}.name: {graph} has no deployment {name!r}"
-                + (f"; did you mean {hint!r}?" if hint else ";")
+                + (did_you_mean(name, deployments) or ";")
                 + f" Its deployments: {', '.join(deployments) or '(none)'}."
             )
             continue

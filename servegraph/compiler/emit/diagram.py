@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from .. import ir
 from ..config.app import resolve
-from ..passes.naming import key_order
+from ..ir import key_order
 from .deploy_config import require_ok
 
 if TYPE_CHECKING:

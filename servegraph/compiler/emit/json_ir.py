@@ -19,13 +19,12 @@ Deployment targets are not stored: :func:`load_ir` re-imports them from their
 from __future__ import annotations
 
 import base64
+import dataclasses
 import importlib
 import json
 import math
 import os
 from typing import TYPE_CHECKING, Any
-
-import networkx as nx
 
 from ... import errors
 from ..._walk import is_namedtuple
@@ -33,7 +32,7 @@ from ...dsl.callsite import CallSite
 from ...dsl.options import DeploymentOptions
 from .. import ir
 from ..config.app import AppInfo, resolve
-from ..passes.naming import key_order
+from ..ir import key_order
 from ..version import code_version
 from .deploy_config import require_ok
 
@@ -204,17 +203,16 @@ def to_data(compiled: CompiledGraph) -> dict[str, Any]:
     """The compiled graph as a JSON-able dict."""
     require_ok(compiled)
     app = resolve(compiled)
-    graph = compiled.graph
-    edges = sorted(graph.edges(data=True), key=lambda e: (key_order(e[0]), key_order(e[1])))
+    edges = sorted(compiled.ir.edges, key=lambda e: (key_order(e.source), key_order(e.target)))
     plan = compiled.plan
     return {
         "format": FORMAT,
         "version": VERSION,
         "application": {"name": app.name, "route_prefix": app.route_prefix, "import_path": app.import_path},
-        "root": graph.graph.get("root"),
+        "root": compiled.ir.root,
         "ingress": compiled.ingress,
         "nodes": [_node(n) for n in compiled.ir.nodes],
-        "edges": [{"from": u, "to": v, "kind": d["kind"], "label": d["label"]} for u, v, d in edges],
+        "edges": [{"from": e.source, "to": e.target, "kind": e.kind, "label": e.label} for e in edges],
         "deployments": [_deployment(d) for d in compiled.ir.deployments],
         "plan": None
         if plan is None
@@ -321,12 +319,25 @@ def _load_plan(plan: dict[str, Any]) -> ir.Plan:
     return ir.Plan(input=plan["input"], steps=tuple(_load_step(s) for s in plan["steps"]), output=decode(plan["output"]))
 
 
+def _with_deployment(node: ir.NodeIR, dep: ir.DeploymentIR | None) -> ir.NodeIR:
+    """A deployment node with its target, options and name, which the file keeps in ``deployments``."""
+    if dep is None:
+        return node
+    return dataclasses.replace(node, target=dep.target, options=dep.options, name=dep.name)
+
+
 def _build_ir(data: dict[str, Any], name: str) -> ir.AppIR:
     plan = data["plan"]
     try:
+        deployments = tuple(_load_deployment(d) for d in data["deployments"])
+        by_node = {d.node: d for d in deployments}
+        nodes = tuple(_with_deployment(_load_node(n), by_node.get(n["key"])) for n in data["nodes"])
         return ir.AppIR(
-            nodes=tuple(_load_node(n) for n in data["nodes"]),
-            deployments=tuple(_load_deployment(d) for d in data["deployments"]),
+            nodes=nodes,
+            deployments=deployments,
+            root=data["root"],
+            edges=tuple(ir.EdgeIR(e["from"], e["to"], e["kind"], e["label"]) for e in data["edges"]),
+            import_path=data["application"]["import_path"],
             ingress=data["ingress"],
             plan=None
             if plan is None
@@ -360,15 +371,8 @@ def load_compiled(source: str | os.PathLike[str] | dict[str, Any]) -> CompiledGr
     data, name = _read(source)
     _check_format(data, name)
     app_ir = _build_ir(data, name)
-    graph = nx.DiGraph(root=data["root"])
-    for record in app_ir.nodes:
-        graph.add_node(record.key, ir=record)
-    for edge in data["edges"]:
-        graph.add_edge(edge["from"], edge["to"], kind=edge["kind"], label=edge["label"])
     app = data["application"]
     return CompiledGraph(
-        graph=graph,
         ir=app_ir,
-        names={d.node: d.name for d in app_ir.deployments},
         app=AppInfo(name=app["name"], route_prefix=app["route_prefix"], import_path=app["import_path"]),
     )

@@ -1,13 +1,15 @@
 """Pass 1, capture: walk the bound nodes from the output and record each as a NodeIR.
 
-Keys are positions in a depth-first walk in argument order (``n0`` is the
-output), so the same graph always gets the same keys. Cycles (possible only
-by mutating a bound list after ``.bind()``) are recorded, not followed.
+The only pass that reads the user's DSL objects: it copies into the IR all that
+later passes, checks and emitters need (targets, options, call sites, labels),
+so after it nothing looks back. Keys are positions in a depth-first walk in
+argument order (``n0`` is the output), so the same graph always gets the same
+keys. Cycles (possible only by mutating a bound list after ``.bind()``) are
+recorded, not followed.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 from ..._walk import map_leaves
@@ -24,18 +26,7 @@ from ...dsl.nodes import (
     iter_nodes,
 )
 from .. import ir
-
-
-@dataclasses.dataclass(frozen=True)
-class Captured:
-    """What capture found: IR records by key, and the user's nodes they came from."""
-
-    root: str
-    nodes: dict[str, ir.NodeIR]
-    sources: dict[str, DAGNode] = dataclasses.field(compare=False)
-    #: Nodes computed from an InputNode that the output never uses.
-    dangling: tuple[DAGNode, ...] = ()
-    http_adapter: Any = None
+from ..config.app import find_import_path
 
 
 def _kind(node: DAGNode) -> str:
@@ -75,7 +66,8 @@ def object_template(value: Any, marker: Any) -> Any:
     return ir.ObjectTemplate(buffer.getvalue(), tuple(markers))
 
 
-def capture(root: DAGNode) -> Captured:
+def capture(root: DAGNode) -> ir.AppIR:
+    """The graph whose output is ``root``, as IR records (edges, names and options come from later passes)."""
     if not isinstance(root, DAGNode):
         raise TypeError(
             f"expected a graph node built with .bind(), got {type(root).__name__}: {root!r}"
@@ -123,6 +115,8 @@ def capture(root: DAGNode) -> Captured:
         fields: dict[str, Any] = {}
         if isinstance(node, (DeploymentNode, FunctionNode)):
             fields["deployment"] = key
+            fields["target"] = node._deployment.func_or_class
+            fields["options"] = node._deployment.deployment_options
         elif isinstance(node, MethodNode):
             fields["deployment"] = keys[id(node._parent)]
             fields["method"] = node.method
@@ -142,16 +136,18 @@ def capture(root: DAGNode) -> Captured:
             **fields,
         )
 
-    dangling = []
+    unreachable: list[ir.UnreachableIR] = []
+    seen: set[int] = set()
     for node in order:
         if isinstance(node, InputNode):
             for consumer in node._consumers:
-                if id(consumer) not in keys and consumer not in dangling:
-                    dangling.append(consumer)
-    return Captured(
+                if id(consumer) not in keys and id(consumer) not in seen:
+                    seen.add(id(consumer))
+                    unreachable.append(ir.UnreachableIR(consumer._label(), consumer._call_site))
+    return ir.AppIR(
+        nodes=tuple(records[f"n{i}"] for i in range(len(order))),
         root=keys[id(root)],
-        nodes=records,
-        sources={keys[id(n)]: n for n in order},
-        dangling=tuple(dangling),
+        unreachable=tuple(unreachable),
         http_adapter=adapter,
+        import_path=find_import_path(root),
     )

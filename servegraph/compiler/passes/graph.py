@@ -1,15 +1,16 @@
-"""Pass 2, graph: the captured nodes as a networkx DiGraph, edges pointing downstream.
+"""Pass 2, graph: the edges between captured nodes, pointing downstream.
 
-Each node carries its NodeIR as ``ir``; each edge a ``kind`` (data, handle,
-target) and a ``label`` (the argument position or keyword it feeds).
+Each edge has a ``kind`` (data, handle, target) and a ``label`` (the argument
+position or keyword it feeds). The networkx DiGraph that checks and
+``CompiledGraph.graph`` use is derived from these (:func:`..context.to_networkx`).
 """
 
 from __future__ import annotations
 
-import networkx as nx
+import dataclasses
 
 from .. import ir
-from .capture import Captured
+from ..context import PassContext
 
 
 def _edge_labels(record: ir.NodeIR) -> list[tuple[str, str, str]]:
@@ -28,15 +29,19 @@ def _edge_labels(record: ir.NodeIR) -> list[tuple[str, str, str]]:
     return out
 
 
-def build_graph(captured: Captured) -> nx.DiGraph:
-    graph = nx.DiGraph(root=captured.root)
-    for key, record in captured.nodes.items():
-        graph.add_node(key, ir=record)
-    for key, record in captured.nodes.items():
+def build_edges(app: ir.AppIR, ctx: PassContext) -> ir.AppIR:
+    """The pass: ``app`` with its edges, one per pair of nodes, sorted by (source, target) key.
+
+    Sorted, so an IR read back from JSON equals the compiled one; each node's successors stay in
+    key order, as networkx walks them (which cycle ``find_cycle`` reports first depends on it).
+    """
+    edges: dict[tuple[str, str], ir.EdgeIR] = {}
+    for record in app.nodes:
         for upstream, kind, label in _edge_labels(record):
-            if graph.has_edge(upstream, key):
-                previous = graph.edges[upstream, key]["label"]
-                graph.edges[upstream, key]["label"] = f"{previous},{label}"
+            previous = edges.get((upstream, record.key))
+            if previous is not None:
+                edges[upstream, record.key] = dataclasses.replace(previous, label=f"{previous.label},{label}")
             else:
-                graph.add_edge(upstream, key, kind=kind, label=label)
-    return graph
+                edges[upstream, record.key] = ir.EdgeIR(upstream, record.key, kind, label)
+    ordered = sorted(edges.values(), key=lambda e: (ir.key_order(e.source), ir.key_order(e.target)))
+    return dataclasses.replace(app, edges=tuple(ordered))
