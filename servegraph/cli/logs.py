@@ -62,7 +62,10 @@ def logs_cmd(app_name: str, deployment: str | None, tail: int, follow: bool, add
                 )
             deployments = {deployment: deployments[deployment]}
         here = ray.get_runtime_context().get_node_id()
-        logs_dir = ray._private.worker._global_node.get_logs_dir_path()
+        node = ray._private.worker._global_node
+        if node is None:  # connected through Ray Client: this process has no node, so no log files
+            raise click.ClickException("servegraph logs needs a connection to a Ray node, not a Ray Client one")
+        logs_dir = node.get_logs_dir_path()
         sources: list[tuple[str, str]] = []
         for dname, dep in deployments.items():
             for replica in dep.get("replicas", []):

@@ -871,9 +871,9 @@ class Controller:
             self._http_options = dict(data.get("http_options") or {})
             try:
                 proxy = ray.get_actor(PROXY_NAME, namespace=NAMESPACE)
-                self._attach_proxy(proxy, tuple(data["http"]))  # type: ignore[arg-type]
+                self._attach_proxy(proxy, tuple(data["http"]))
             except ValueError:
-                self._http = tuple(data["http"])  # type: ignore[assignment]
+                self._http = tuple(data["http"])
                 await self._start_proxy(*self._http, self._http_options)
             await self._push_routes()
         print(f"servegraph: controller recovered {len(self._apps)} application(s) from its checkpoint", file=sys.stderr)

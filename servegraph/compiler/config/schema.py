@@ -355,7 +355,7 @@ def _parse_yaml(text: str, source: str) -> Any:
     return data
 
 
-class Overrides(dict):  # type: ignore[type-arg]
+class Overrides(dict):
     """Option overrides by deployment name, remembering where each deployment is in the config file."""
 
     def __init__(self, items: dict[str, dict[str, Any]], locations: dict[str, str]):
