@@ -70,7 +70,7 @@ def test_build_command_writes_the_golden_config(examples, tmp_path, stem, target
     assert result.exit_code == 0, result.output
     check_golden(f"{stem}.yaml", out.read_text())
     assert "wrote" in result.output and "1 application(s)" in result.output
-    assert load_config(out).applications[0].name == "app1"
+    assert load_config(out).applications[0].name == "default"  # Ray Serve's default application name, as serve.run and servegraph run use
 
 
 @pytest.mark.parametrize("stem,target", CASES, ids=CASE_IDS)
@@ -384,7 +384,7 @@ def test_kubernetes_manifest_embeds_a_valid_config(examples, tmp_path):
     embedded = validate_config(yaml.safe_load(manifest["spec"]["serveConfigV2"]))
     assert embedded.applications[0].graph == "pipeline:app"
     assert [d.name for d in embedded.applications[0].deployments] == ["combine", "LengthModel", "preprocess", "VowelModel"]
-    assert load_config(out).applications[0].name == "app1"  # load_config reads a RayService too
+    assert load_config(out).applications[0].name == "default"  # load_config reads a RayService too
 
     cluster = manifest["spec"]["rayClusterConfig"]
     assert cluster["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"

@@ -46,6 +46,7 @@ from ..compiler.config.app import RAY_SERVE_BUILDER
 from ..compiler.config.schema import BuilderArgs
 from ..compiler.emit.deploy_config import deployment_config
 from ..dsl.options import DEFAULT_REPLICA_CPUS
+from ..dsl.signature import FUNCTION_METHODS
 from ..errors import ConfigError
 from ..runtime.codec import to_slots, unflatten
 from ..runtime.http_codec import decode_json_body, encode_result, text
@@ -267,8 +268,7 @@ def _function_class(function: Any) -> type:
         return await _nested_call(self, method, args, kwargs, values)
 
     namespace = {
-        "__call__": call,
-        "predict": call,
+        **{method: call for method in FUNCTION_METHODS},
         _NESTED_CALL: nested,
         "__module__": getattr(function, "__module__", __name__),
         "__qualname__": getattr(function, "__qualname__", "function"),

@@ -68,3 +68,25 @@ def missing_method_hint(cls: type, method: str) -> str:
     methods = public_methods(cls)
     hint = did_you_mean(method, methods, lead="")
     return (hint + " " if hint else "") + f"Methods of {cls.__name__}: {', '.join(methods) or '(none)'}."
+
+
+#: The methods a function deployment answers to: ``__call__``, and ``predict`` (what Ray Serve's
+#: ``DAGDriver`` and older handles call). Replicas on Ray, local testing mode and the Ray Serve
+#: backend all ask :func:`function_method_problem`, so a name works everywhere or nowhere.
+FUNCTION_METHODS = ("__call__", "predict")
+
+
+def function_method_problem(deployment: str, method: str) -> str | None:
+    """Why function deployment ``deployment`` cannot be called as ``method``, or None if it can.
+
+    >>> function_method_problem("f", "predict") is None
+    True
+    >>> function_method_problem("f", "predcit")
+    "function deployment 'f' has only __call__ and predict, not 'predcit'; did you mean 'predict'?"
+    """
+    if method in FUNCTION_METHODS:
+        return None
+    return (
+        f"function deployment {deployment!r} has only {' and '.join(FUNCTION_METHODS)}, not {method!r}"
+        + did_you_mean(method, FUNCTION_METHODS)
+    )

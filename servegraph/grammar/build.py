@@ -21,7 +21,7 @@ from typing import Any, cast
 
 import networkx as nx
 
-from .._validation import did_you_mean
+from .._validation import did_you_mean, route_prefix_problem
 from ..dsl import (
     CallSite,
     DAGDriver,
@@ -413,12 +413,9 @@ class _Builder:
         route = None
         if item.route is not None:
             route = item.route.value
-            if not route.startswith("/") or (route != "/" and route.endswith("/")):
-                self.error(
-                    "syntax",
-                    f"a route prefix starts with '/' and does not end with one (except \"/\" itself), got {route!r}",
-                    item.route.span,
-                )
+            problem = route_prefix_problem(route)  # the one rule, as serve.run and configs apply it
+            if problem is not None:
+                self.error("syntax", f"route prefix {route!r} {problem}; Ray Serve refuses it too, e.g. \"/{name.text}\"", item.route.span)
         self.local_names(item)
         order: dict[str, int] = {}
         for i, stmt in enumerate(item.body):

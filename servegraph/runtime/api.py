@@ -13,6 +13,7 @@ import ray
 
 from .._validation import route_prefix_problem
 from ..compiler import CompiledGraph, compile
+from ..compiler.config.app import DEFAULT_APP_NAME
 from ..dsl.nodes import DAGNode
 from ..errors import DeploymentError, GraphError
 from .cluster import CONTROLLER_NAME, NAMESPACE, PROXY_NAME, cluster_resources, ensure_connected
@@ -108,7 +109,7 @@ def _refuse_unsupported_options(compiled: CompiledGraph) -> None:
 def deploy_compiled(
     compiled: CompiledGraph,
     *,
-    name: str = "default",
+    name: str = DEFAULT_APP_NAME,
     route_prefix: str | None = "/",
     host: str = "127.0.0.1",
     port: int = 8000,
@@ -152,7 +153,7 @@ def deploy_compiled(
 def run(
     target: DAGNode,
     blocking: bool = False,
-    name: str = "default",
+    name: str = DEFAULT_APP_NAME,
     route_prefix: Any = DEFAULT_ROUTE_PREFIX,
     host: str = "127.0.0.1",
     port: int = 8000,
@@ -260,7 +261,7 @@ def shutdown() -> None:
     ray.kill(controller, no_restart=True)
 
 
-def get_app_handle(name: str = "default") -> DeploymentHandle:
+def get_app_handle(name: str = DEFAULT_APP_NAME) -> DeploymentHandle:
     """A DeploymentHandle to a running application's ingress (or graph), as in Ray Serve 2.7+.
 
     ``.options(use_new_handle_api=False)`` gives the older RayServeSyncHandle.
@@ -274,7 +275,7 @@ def get_app_handle(name: str = "default") -> DeploymentHandle:
 
 def get_deployment_handle(deployment_name: str, app_name: str | None = None) -> DeploymentHandle:
     """A DeploymentHandle to one deployment of a running application (default: the app named "default")."""
-    app_name = app_name or "default"
+    app_name = app_name or DEFAULT_APP_NAME
     controller = _controller(create=False)
     info = _ask(controller.get_app.remote(app_name), "get_app") if controller is not None else None
     if info is None or deployment_name not in info["infos"]:

@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 from ..._validation import did_you_mean, format_errors, route_prefix_problem
 from ...dsl.options import AutoscalingConfig, RayActorOptions, make_options
 from ...errors import ConfigError, OptionError, OptionValueError
-from .app import RAY_SERVE_BUILDER
+from .app import DEFAULT_APP_NAME, RAY_SERVE_BUILDER
 
 if TYPE_CHECKING:
     from ..compiled import CompiledGraph
@@ -39,7 +39,6 @@ if TYPE_CHECKING:
 AUTO_AUTOSCALING_CONFIG = {"min_replicas": 1, "max_replicas": 100, "target_ongoing_requests": 2.0}
 
 #: Ray Serve's name for an application the config does not name.
-DEFAULT_APP_NAME = "default"
 
 
 class _Schema(BaseModel):
