@@ -36,8 +36,8 @@ def check_cmd(target: str, name: str | None, fmt: str, resources: str | None) ->
     try:
         app = load_app(target, name=name)
         diagnostics = list(compile(app, cluster_resources=cluster, strict=False).diagnostics)
-    except GraphError as exc:
-        diagnostics = list(exc.diagnostics) or [_as_diagnostic(exc)]
+    except GraphError as exc:  # every error carries its diagnostics, located where the user wrote the code
+        diagnostics = list(exc.diagnostics)
     if fmt == "json":
         click.echo(json.dumps([d.to_dict() for d in diagnostics], indent=2))
     else:
@@ -49,15 +49,3 @@ def check_cmd(target: str, name: str | None, fmt: str, resources: str | None) ->
         else:
             click.echo(f"{target}: {errors} error(s), {len(diagnostics) - errors} warning(s)", err=True)
     sys.exit(1 if any(d.severity == "error" for d in diagnostics) else 0)
-
-
-def _as_diagnostic(exc: GraphError):
-    from ..errors import Diagnostic
-
-    # Bind errors raised while importing the user's module start with "file:line: ".
-    text = str(exc)
-    head, sep, rest = text.partition(": ")
-    file, _, line = head.rpartition(":")
-    if sep and file and line.isdigit():
-        return Diagnostic(code=exc.code, message=rest, file=file, line=int(line))
-    return Diagnostic(code=exc.code, message=text)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from typing import Any
@@ -196,10 +197,9 @@ def _replica_lists() -> dict[tuple[str, str], list[dict[str, Any]]]:
         return {}
     raw = ray.get(controller.status.remote(), timeout=60)
     out = {}
-    for app_name, app in raw.get("applications", {}).items():
-        for dep_name, dep in app.get("deployments", {}).items():
-            if isinstance(dep.get("replicas"), list):
-                out[(app_name, dep_name)] = [dict(r) for r in dep["replicas"]]
+    for app_name, app in raw.applications.items():
+        for dep_name, dep in app.deployments.items():
+            out[(app_name, dep_name)] = [dataclasses.asdict(r) for r in dep.replicas]
     return out
 
 

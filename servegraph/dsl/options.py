@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .._validation import did_you_mean, format_errors, route_prefix_problem
 from ..errors import OptionError, OptionValueError
-from .callsite import CallSite
+from .callsite import CallSite, diagnostic
 
 #: CPUs a replica reserves when the user does not say: small, so a graph of a
 #: dozen deployments fits on a 2-core laptop. The user's value always wins.
@@ -187,25 +187,32 @@ def make_options(
         OptionError: an option name that does not exist (names the closest one).
         OptionValueError: a value outside the option's accepted range.
     """
-    where = f"{_call_site}: " if _call_site is not None else ""
     for old, new in _ALIASES.items():
         if old in overrides:
             overrides[new] = overrides.pop(old)
     for key in overrides:
         if key not in DeploymentOptions.model_fields:
             raise OptionError(
-                f"{where}unknown deployment option {key!r}"
-                + did_you_mean(key, OPTION_NAMES)
-                + f" Valid options: {', '.join(OPTION_NAMES)}."
+                diagnostic(
+                    "unknown-option",
+                    f"unknown deployment option {key!r}" + did_you_mean(key, OPTION_NAMES),
+                    _call_site,
+                    subject=key,
+                    hint=f"Valid options: {', '.join(OPTION_NAMES)}.",
+                )
             )
     rao = overrides.get("ray_actor_options")
     if isinstance(rao, dict):
         for key in rao:
             if key not in RAY_ACTOR_OPTION_KEYS:
                 raise OptionValueError(
-                    f"{where}ray_actor_options: unknown key {key!r}"
-                    + did_you_mean(key, RAY_ACTOR_OPTION_KEYS)
-                    + f" Accepted keys: {', '.join(RAY_ACTOR_OPTION_KEYS)}."
+                    diagnostic(
+                        "option-value",
+                        f"ray_actor_options: unknown key {key!r}" + did_you_mean(key, RAY_ACTOR_OPTION_KEYS),
+                        _call_site,
+                        subject="ray_actor_options",
+                        hint=f"Accepted keys: {', '.join(RAY_ACTOR_OPTION_KEYS)}.",
+                    )
                 )
     data = base.model_dump(exclude_unset=True) if base is not None else {}
     data.update(overrides)
@@ -213,4 +220,6 @@ def make_options(
         return DeploymentOptions(**data)
     except ValidationError as exc:
         lines = format_errors(exc, "", OPTION_NAMES)
-        raise OptionValueError(f"{where}invalid deployment option: " + "; ".join(lines)) from None
+        raise OptionValueError(
+            diagnostic("option-value", "invalid deployment option: " + "; ".join(lines), _call_site)
+        ) from None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from .._validation import did_you_mean
 
@@ -16,20 +16,34 @@ def _signature(fn: Callable[..., Any]) -> inspect.Signature | None:
         return None
 
 
+#: How to fix arguments that do not fit: the hint of every ``.bind()`` argument error (a ``.sg``
+#: file, which has no ``.bind()``, gives its own).
+BIND_HINT = "fix the arguments passed to .bind()."
+
+
+class BindProblem(NamedTuple):
+    """Why arguments do not fit a signature, and the keyword argument at fault if one is."""
+
+    text: str
+    keyword: str | None = None
+
+
 def bind_problem(
     fn: Callable[..., Any], args: tuple, kwargs: dict, *, drop_self: bool
-) -> str | None:
+) -> BindProblem | None:
     """Why ``fn(*args, **kwargs)`` would fail to bind, or None if it would bind.
 
     ``drop_self`` binds a placeholder for ``self`` (unbound methods, ``__init__``).
 
     >>> def f(a, b=1): ...
     >>> bind_problem(f, (), {}, drop_self=False)
-    "missing a required argument: 'a'"
+    BindProblem(text="missing a required argument: 'a'", keyword=None)
     >>> bind_problem(f, (1,), {"c": 2}, drop_self=False)
-    "got an unexpected keyword argument 'c'"
-    >>> bind_problem(f, (), {"bb": 2}, drop_self=False)
+    BindProblem(text="got an unexpected keyword argument 'c'", keyword='c')
+    >>> bind_problem(f, (), {"bb": 2}, drop_self=False).text
     "got an unexpected keyword argument 'bb'; did you mean 'b'?"
+    >>> bind_problem(f, (1,), {"a": 2}, drop_self=False)
+    BindProblem(text="multiple values for argument 'a'", keyword='a')
     """
     sig = _signature(fn)
     if sig is None:
@@ -40,14 +54,17 @@ def bind_problem(
         names = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
         for key in kwargs:
             if key not in names:
-                return f"got an unexpected keyword argument {key!r}" + did_you_mean(key, names)
+                return BindProblem(f"got an unexpected keyword argument {key!r}" + did_you_mean(key, names), key)
     try:
         if drop_self:
             sig.bind(None, *args, **kwargs)
         else:
             sig.bind(*args, **kwargs)
     except TypeError as exc:
-        return str(exc)
+        # A keyword also given by position is the one keyword Python's binding refuses by name.
+        positional = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        taken = next((key for key in kwargs if key in positional[: len(args)]), None)
+        return BindProblem(str(exc), taken)
     return None
 
 

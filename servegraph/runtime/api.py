@@ -138,14 +138,14 @@ def deploy_compiled(
     )
     while on_progress is not None and not ray.wait([pending], timeout=0.5)[0]:
         try:
-            app = ray.get(controller.status.remote(), timeout=5)["applications"].get(name)
+            app = ray.get(controller.status.remote(), timeout=5).applications.get(name)
         except Exception:  # progress is best effort; the deploy's own answer is what counts
             continue
         if app is not None:
-            on_progress({d: dict(info["replica_states"]) for d, info in app["deployments"].items()})
+            on_progress({d: dict(info.replica_states) for d, info in app.deployments.items()})
     reply = ray.get(pending)
-    if not reply.ok:
-        raise DeploymentError(f"application {name!r} was not deployed: {reply.error}")
+    if reply.refusal is not None:
+        raise DeploymentError(f"application {name!r} was not deployed: {reply.refusal.message}")
     infos = {spec.name: DeploymentInfo(name, spec.name) for spec in compiled.ir.deployments}
     return _handle_for(name, compiled.ir, infos), reply.changes
 
@@ -238,9 +238,9 @@ def start(
     controller = _controller()
     if str(getattr(proxy_location, "value", proxy_location)).lower() in ("disabled", "noserver"):
         return
-    error = ray.get(controller.start_http.remote(options.get("host", "127.0.0.1"), int(options.get("port", 8000))))
-    if error:
-        raise DeploymentError(error)
+    refusal = ray.get(controller.start_http.remote(options.get("host", "127.0.0.1"), int(options.get("port", 8000))))
+    if refusal is not None:
+        raise DeploymentError(refusal.message)
 
 
 def delete(name: str, _blocking: bool = True) -> None:
@@ -270,7 +270,7 @@ def get_app_handle(name: str = DEFAULT_APP_NAME) -> DeploymentHandle:
     info = _ask(controller.get_app.remote(name), "get_app") if controller is not None else None
     if info is None:
         raise GraphError(f"no application named {name!r} is running")
-    return cast(DeploymentHandle, _handle_for(name, info["app"], info["infos"]).options(use_new_handle_api=True))
+    return cast(DeploymentHandle, _handle_for(name, info.app, info.infos).options(use_new_handle_api=True))
 
 
 def get_deployment_handle(deployment_name: str, app_name: str | None = None) -> DeploymentHandle:
@@ -278,9 +278,9 @@ def get_deployment_handle(deployment_name: str, app_name: str | None = None) -> 
     app_name = app_name or DEFAULT_APP_NAME
     controller = _controller(create=False)
     info = _ask(controller.get_app.remote(app_name), "get_app") if controller is not None else None
-    if info is None or deployment_name not in info["infos"]:
+    if info is None or deployment_name not in info.infos:
         raise GraphError(f"no deployment {deployment_name!r} in a running application {app_name!r}")
-    return cast(DeploymentHandle, deployment_handle(info["infos"][deployment_name]).options(use_new_handle_api=True))
+    return cast(DeploymentHandle, deployment_handle(info.infos[deployment_name]).options(use_new_handle_api=True))
 
 
 # Status, shaped like Ray Serve's ------------------------------------------------------
@@ -314,15 +314,17 @@ class ServeStatus:
 def status() -> ServeStatus:
     """Applications, their deployments, and replica counts by state."""
     controller = _controller(create=False)
-    raw = _ask(controller.status.remote(), "status") if controller is not None else {"applications": {}, "proxy": None}
+    from .controller import StatusReply
+
+    raw = _ask(controller.status.remote(), "status") if controller is not None else StatusReply({})
     apps = {}
-    for name, app in raw["applications"].items():
+    for name, app in raw.applications.items():
         deployments = {
-            d: DeploymentStatus(d, info["status"], dict(info["replica_states"]), info["message"])
-            for d, info in app["deployments"].items()
+            d: DeploymentStatus(d, info.status, dict(info.replica_states), info.message)
+            for d, info in app.deployments.items()
         }
-        apps[name] = ApplicationStatus(name, app["status"], app["route_prefix"], deployments, app["message"])
-    return ServeStatus(apps, raw["proxy"], _proxies() if raw["proxy"] else {})
+        apps[name] = ApplicationStatus(name, app.status, app.route_prefix, deployments, app.message)
+    return ServeStatus(apps, raw.proxy, _proxies() if raw.proxy else {})
 
 
 def _proxies() -> dict[str, str]:

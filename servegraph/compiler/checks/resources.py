@@ -79,7 +79,8 @@ def check_resources(app: ir.AppIR, ctx: PassContext) -> list[Diagnostic]:
             "resources",
             app.node(biggest.key),
             f"the graph asks for more {', '.join(short)} than the cluster has, so some replicas could "
-            f"never be placed:\n{table}\nLower num_replicas or ray_actor_options, start Ray with more "
-            "resources, or pass resource_check=False (--no-resource-check) on a cluster that grows.",
+            f"never be placed:\n{table}\n",
+            "Lower num_replicas or ray_actor_options, start Ray with more resources, or pass "
+            "resource_check=False (--no-resource-check) on a cluster that grows.",
         )
     ]

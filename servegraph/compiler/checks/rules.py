@@ -18,9 +18,12 @@ from ..context import PassContext
 from ..ir import key_order
 
 
-def _diag(code: str, record: ir.NodeIR, message: str) -> Diagnostic:
+def _diag(code: str, record: ir.NodeIR, summary: str, hint: str | None = None) -> Diagnostic:
+    """A diagnostic at ``record``'s ``.bind()`` line, about it (by its final name, for a deployment)."""
     site = record.call_site
-    return Diagnostic(code=code, message=message, file=site.file, line=site.line, col=site.col or None, node=record.label)
+    return Diagnostic(
+        code, summary, file=site.file, line=site.line, col=site.col or None, subject=record.name or record.label, hint=hint
+    )
 
 
 def check_cycles(app: ir.AppIR, ctx: PassContext) -> list[Diagnostic]:
@@ -37,8 +40,8 @@ def check_cycles(app: ir.AppIR, ctx: PassContext) -> list[Diagnostic]:
             "cycle",
             first,
             f"{first.label}: the graph has a cycle: {path}. A node cannot depend on its own output; "
-            "a bound argument list was probably changed after .bind(). Build each node from nodes "
-            "made before it.",
+            "a bound argument list was probably changed after .bind().",
+            "Build each node from nodes made before it.",
         )
     ]
 
@@ -66,7 +69,7 @@ def _single_input(records: list[ir.NodeIR]) -> list[Diagnostic]:
         _diag(
             "input-node",
             inputs[1],
-            f"the graph uses {len(inputs)} InputNodes (made at {sites}); a graph has one input. "
+            f"the graph uses {len(inputs)} InputNodes (made at {sites}); a graph has one input.",
             "Use a single `with InputNode() as inp:` and take parts of it with inp[0], inp['key'].",
         )
     ]
@@ -75,12 +78,12 @@ def _single_input(records: list[ir.NodeIR]) -> list[Diagnostic]:
 def check_reaches_output(app: ir.AppIR, ctx: PassContext) -> list[Diagnostic]:
     return [
         Diagnostic(
-            code="unreachable",
-            message=f"{node.label} is computed from the InputNode but never reaches the output; "
-            "pass it to a node that does (or to MultiOutputNode), or remove it.",
+            "unreachable",
+            f"{node.label} is computed from the InputNode but never reaches the output;",
             file=node.call_site.file,
             line=node.call_site.line,
-            node=node.label,
+            subject=node.label,
+            hint="pass it to a node that does (or to MultiOutputNode), or remove it.",
         )
         for node in app.unreachable
     ]
@@ -95,9 +98,9 @@ def check_constructor_args(app: ir.AppIR, ctx: PassContext) -> list[Diagnostic]:
         for marker in ir.iter_markers((record.args, record.kwargs)):
             if isinstance(marker, ir.Ref):
                 upstream = app.node(marker.key)
-                hint = ""
+                why = ""
                 if upstream.kind == ir.METHOD:
-                    hint = (
+                    why = (
                         " (a method node passed to a constructor becomes a handle to that method only when "
                         "bound with no arguments, as in Ray Serve)"
                     )
@@ -106,9 +109,9 @@ def check_constructor_args(app: ir.AppIR, ctx: PassContext) -> list[Diagnostic]:
                         "bind-arguments",
                         record,
                         f"{record.label}.bind() got {upstream.label} (bound at {upstream.call_site}) "
-                        "as a constructor argument, but it only has a value per request. A constructor "
-                        "takes plain values and other deployments (which become handles); pass "
-                        f"{upstream.label} to a method instead: {record.label}.bind(...).method.bind(...)" + hint + ".",
+                        "as a constructor argument, but it only has a value per request.",
+                        "A constructor takes plain values and other deployments (which become handles); pass "
+                        f"{upstream.label} to a method instead: {record.label}.bind(...).method.bind(...)" + why + ".",
                     )
                 )
     return out
@@ -142,8 +145,8 @@ def check_serializable(app: ir.AppIR, ctx: PassContext) -> list[Diagnostic]:
                         "serialization",
                         record,
                         f"{record.label}.bind(): argument {label} ({type(value).__name__}) cannot be "
-                        f"serialized to send to a replica: {type(exc).__name__}: {exc}. Bind something "
-                        "picklable instead (e.g. a path or config) and create the object in the "
+                        f"serialized to send to a replica: {type(exc).__name__}: {exc}.",
+                        "Bind something picklable instead (e.g. a path or config) and create the object in the "
                         "deployment's constructor.",
                     )
                 )
@@ -156,8 +159,8 @@ def check_serializable(app: ir.AppIR, ctx: PassContext) -> list[Diagnostic]:
                         "serialization",
                         record,
                         f"{record.label}: the deployment's code cannot be serialized to send to a "
-                        f"replica: {type(exc).__name__}: {exc}. Define it at module level and avoid "
-                        "capturing locks, sockets or open files in globals it uses.",
+                        f"replica: {type(exc).__name__}: {exc}.",
+                        "Define it at module level and avoid capturing locks, sockets or open files in globals it uses.",
                     )
                 )
     return out
