@@ -21,13 +21,9 @@ import servegraph as serve
 from servegraph.cli import main
 from servegraph.cli.load import load_app
 from servegraph.compiler.config.app import RAY_SERVE_BUILDER
-from servegraph.compiler.config.schema import (
-    ServeConfig,
-    check_overrides,
-    deployment_overrides,
-    load_config,
-    validate_config,
-)
+from servegraph.compiler.config.loading import load_config, validate_config
+from servegraph.compiler.config.overrides import check_overrides, deployment_overrides
+from servegraph.compiler.config.schema import ServeConfig
 from servegraph.compiler.emit.json_ir import load_compiled, load_ir
 from servegraph.compiler.emit.kubernetes import rayservice, service_name, worker_groups
 from servegraph.errors import ConfigError

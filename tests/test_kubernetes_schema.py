@@ -20,7 +20,7 @@ from click.testing import CliRunner
 from goldens import CASE_IDS, CASES, fresh_examples
 
 from servegraph.cli import main
-from servegraph.compiler.config.schema import validate_config
+from servegraph.compiler.config.loading import validate_config
 from servegraph.compiler.emit.deploy_config import dump_yaml
 from servegraph.compiler.emit.kubernetes import rayservice
 

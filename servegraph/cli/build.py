@@ -6,7 +6,7 @@ import click
 
 from ..compiler import compile
 from ..compiler.config.app import default_apps
-from ..compiler.config.schema import validate_config
+from ..compiler.config.loading import validate_config
 from ..compiler.emit.deploy_config import application_config, config_yaml, deploy_config, dump_yaml
 from ..compiler.emit.json_ir import to_json
 from ..compiler.emit.kubernetes import rayservice_yaml

@@ -17,7 +17,8 @@ from .load import load_app
 def _prepare(config_path: str) -> tuple[Any, list[tuple[Any, Any, Any]]]:
     """Validate the config and compile every application before anything changes on the cluster."""
     from ..compiler import compile
-    from ..compiler.config.schema import check_overrides, deployment_overrides, load_config
+    from ..compiler.config.loading import load_config
+    from ..compiler.config.overrides import check_overrides, deployment_overrides
 
     config = load_config(config_path)
     _refuse_unapplied_http_options(config, config_path)

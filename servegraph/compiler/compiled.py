@@ -13,10 +13,7 @@ from ..errors import Diagnostic
 from . import ir
 from .config.app import AppInfo, resolve
 from .context import to_networkx
-from .emit import deploy_config as emit_config
-from .emit import dot as emit_dot
-from .emit import json_ir as emit_json
-from .emit import mermaid as emit_mermaid
+from .emit import deploy_config, dot, json_ir, mermaid
 from .emit import render as _render
 from .ir import DeploymentIR, Plan
 
@@ -31,8 +28,8 @@ class CompiledGraph:
         app: the application's name, route prefix and import path, where known
             (see :meth:`with_app`); emitters fill the rest as ``serve build`` does.
 
-    Artifacts are made by the emitter modules (``emit_config``, ``emit_dot``,
-    ``emit_mermaid``, ``emit_json``, ``render``); the methods here only call them.
+    Artifacts are made by the emitter modules in ``emit/`` (``deploy_config``, ``dot``,
+    ``mermaid``, ``json_ir``, ``render``); the methods here only call them.
     """
 
     ir: ir.AppIR
@@ -86,24 +83,24 @@ class CompiledGraph:
     # -- artifacts ------------------------------------------------------------
     def to_config(self, *, host: str = "127.0.0.1", port: int = 8000) -> dict[str, Any]:
         """A Ray Serve multi-application deploy config (a dict) with this graph as its one application."""
-        return emit_config.deploy_config([emit_config.application_config(self)], host=host, port=port)
+        return deploy_config.deploy_config([deploy_config.application_config(self)], host=host, port=port)
 
     def to_yaml(self, *, host: str = "127.0.0.1", port: int = 8000) -> str:
         """:meth:`to_config` as YAML, with a header saying where it came from (what ``servegraph build`` writes)."""
         config = self.to_config(host=host, port=port)
-        return emit_config.config_yaml(config, [resolve(self).require_import_path()])
+        return deploy_config.config_yaml(config, [resolve(self).require_import_path()])
 
     def to_json(self) -> str:
         """The compiled IR as JSON; :func:`servegraph.compiler.emit.json_ir.load_compiled` reads it back."""
-        return emit_json.to_json(self)
+        return json_ir.to_json(self)
 
     def to_dot(self, rankdir: str = "LR") -> str:
         """The graph's diagram as Graphviz DOT text."""
-        return emit_dot.to_dot(self, rankdir)
+        return dot.to_dot(self, rankdir)
 
     def to_mermaid(self, rankdir: str = "LR") -> str:
         """The graph's diagram as a Mermaid flowchart."""
-        return emit_mermaid.to_mermaid(self, rankdir)
+        return mermaid.to_mermaid(self, rankdir)
 
     def render(self, path: str | os.PathLike[str], rankdir: str = "LR") -> str:
         """Write the diagram to ``path`` (.dot, .mmd, or .svg/.png/.pdf with Graphviz); returns the path."""
