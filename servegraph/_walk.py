@@ -21,7 +21,15 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
-__all__ = ["any_leaf", "is_container", "is_namedtuple", "iter_leaves", "map_leaves", "map_leaves_async"]
+__all__ = [
+    "any_leaf",
+    "contains_type",
+    "is_container",
+    "is_namedtuple",
+    "iter_leaves",
+    "map_leaves",
+    "map_leaves_async",
+]
 
 
 def is_namedtuple(value: Any) -> bool:
@@ -49,6 +57,33 @@ def iter_leaves(value: Any) -> Iterator[Any]:
         yield value
 
 
+def contains_type(value: Any, kinds: frozenset[type]) -> bool:
+    """Whether a leaf whose exact type is in ``kinds`` is nested in ``value``.
+
+    The request path's question (is there a ref to carry?), so it avoids generators and callbacks:
+    an argument holding no such leaf costs one scan and no copy.
+    """
+    kind = type(value)
+    if kind in kinds:
+        return True
+    if kind in _SCALARS:
+        return False
+    if kind is list or kind is tuple or (kind is not dict and is_namedtuple(value)):
+        for item in value:
+            if contains_type(item, kinds):
+                return True
+        return False
+    if kind is dict:
+        for key, item in value.items():
+            if contains_type(key, kinds) or contains_type(item, kinds):
+                return True
+    return False
+
+
+#: Leaves a scan can pass over without asking whether they are containers.
+_SCALARS = frozenset({int, float, str, bytes, bool, type(None)})
+
+
 def any_leaf(value: Any, predicate: Callable[[Any], bool]) -> bool:
     """Whether some leaf nested in ``value`` satisfies ``predicate`` (stops at the first)."""
     return any(predicate(leaf) for leaf in iter_leaves(value))
@@ -71,15 +106,21 @@ def map_leaves(value: Any, fn: Callable[[Any], Any]) -> Any:
     """
     kind = type(value)
     if kind is list or kind is tuple or (kind is not dict and is_namedtuple(value)):
-        items = [map_leaves(item, fn) for item in value]
-        if all(new is old for new, old in zip(items, value, strict=True)):
-            return value
-        return _rebuild(value, items)
+        items = []
+        changed = False
+        for item in value:
+            new = map_leaves(item, fn)
+            changed = changed or new is not item
+            items.append(new)
+        return _rebuild(value, items) if changed else value
     if kind is dict:
-        pairs = [(map_leaves(k, fn), map_leaves(v, fn)) for k, v in value.items()]
-        if all(nk is k and nv is v for (nk, nv), (k, v) in zip(pairs, value.items(), strict=True)):
-            return value
-        return dict(pairs)
+        pairs = []
+        changed = False
+        for key, item in value.items():
+            new_key, new_item = map_leaves(key, fn), map_leaves(item, fn)
+            changed = changed or new_key is not key or new_item is not item
+            pairs.append((new_key, new_item))
+        return dict(pairs) if changed else value
     return fn(value)
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import ray.cloudpickle
 from ray import ObjectRef
 
-from .._walk import is_container, map_leaves
+from .._walk import contains_type, map_leaves
 
 
 class Slot:
@@ -50,11 +50,10 @@ def to_slots(value: Any, refs: list[ObjectRef]) -> Any:
 
     ``value`` itself comes back when it holds no ref: no copy on the common path.
     """
-    kind = type(value)
-    if kind is ObjectRef:
+    if type(value) is ObjectRef:
         refs.append(value)
         return Slot(len(refs) - 1)
-    if not is_container(value):  # the request path: most arguments are plain values
+    if not contains_type(value, _REF):  # the request path: most arguments hold no ref
         return value
 
     def slot(leaf: Any) -> Any:
@@ -66,10 +65,14 @@ def to_slots(value: Any, refs: list[ObjectRef]) -> Any:
     return map_leaves(value, slot)
 
 
+_REF = frozenset({ObjectRef})
+_SLOT = frozenset({Slot})
+
+
 def flatten(args: tuple, kwargs: dict) -> tuple[tuple, dict, list[ObjectRef]]:
     """Split arguments into (template args, template kwargs, refs)."""
     refs: list[ObjectRef] = []
-    return tuple(to_slots(a, refs) for a in args), {k: to_slots(v, refs) for k, v in kwargs.items()}, refs
+    return tuple([to_slots(a, refs) for a in args]), {k: to_slots(v, refs) for k, v in kwargs.items()}, refs
 
 
 def unflatten(args: tuple, kwargs: dict, values: tuple) -> tuple[tuple, dict]:
