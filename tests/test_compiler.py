@@ -10,6 +10,7 @@ from support import assert_located, here
 import servegraph as serve
 from servegraph import (
     BindError,
+    ConfigError,
     CycleError,
     DAGDriver,
     GraphError,
@@ -259,3 +260,18 @@ def test_a_different_graph_gives_different_ir():
     with InputNode() as inp:
         other = Model.bind(5.0).predict.bind(inp)
     assert serve.compile(other).ir != serve.compile(build_graph()).ir
+
+
+@pytest.mark.parametrize("prefix", ["/api/", "/{x}", "api"])
+def test_a_route_the_config_validator_refuses_is_refused_by_every_deploy(prefix):
+    # One rule (_validation.route_prefix_problem): serve.run and deploy_compiled refuse what a config
+    # built from them would fail on, before anything reaches a cluster.
+    from servegraph.runtime.api import deploy_compiled
+
+    app = Model.bind()
+    with pytest.raises(ValueError, match="Ray Serve refuses it too"):
+        serve.run(app, route_prefix=prefix)
+    with pytest.raises(ValueError, match="Ray Serve refuses it too"):
+        deploy_compiled(serve.compile(app), route_prefix=prefix)
+    with pytest.raises(ConfigError, match=rf"application 'default': route_prefix {prefix!r} must"):
+        serve.compile(app).with_app(route_prefix=prefix)  # so `servegraph build` cannot write it either

@@ -9,9 +9,10 @@ from typing import Any
 
 import networkx as nx
 
-from ..errors import Diagnostic
+from .._validation import route_prefix_problem
+from ..errors import ConfigError, Diagnostic
 from . import ir
-from .config.app import AppInfo, resolve
+from .config.app import DEFAULT_APP_NAME, AppInfo, resolve
 from .context import to_networkx
 from .emit import deploy_config, dot, json_ir, mermaid
 from .emit import render as _render
@@ -72,7 +73,13 @@ class CompiledGraph:
         """A copy serving as the application ``name`` at ``route_prefix``, imported from ``import_path``.
 
         Arguments left None keep their current value.
+
+        Raises:
+            ConfigError: a route prefix Ray Serve refuses (the rule ``serve.run`` and configs apply).
         """
+        problem = None if route_prefix is None else route_prefix_problem(route_prefix)
+        if problem is not None:
+            raise ConfigError(f"application {name or self.app.name or DEFAULT_APP_NAME!r}: route_prefix {route_prefix!r} {problem}")
         app = AppInfo(
             name=name if name is not None else self.app.name,
             route_prefix=route_prefix if route_prefix is not None else self.app.route_prefix,

@@ -106,6 +106,12 @@ def _refuse_unsupported_options(compiled: CompiledGraph) -> None:
             )
 
 
+def _require_route_prefix(route_prefix: str | None) -> None:
+    problem = None if route_prefix is None else route_prefix_problem(route_prefix)
+    if problem is not None:
+        raise ValueError(f"route_prefix {route_prefix!r} {problem}; Ray Serve refuses it too, e.g. use '/hello'")
+
+
 def deploy_compiled(
     compiled: CompiledGraph,
     *,
@@ -122,6 +128,9 @@ def deploy_compiled(
     ``on_progress`` is called about twice a second while the deploy runs, with each deployment's
     replica counts by state (``{"Model": {"STARTING": 1, "RUNNING": 1}}``).
     """
+    # Every deploy passes here (serve.run, servegraph run and deploy), so no route the config
+    # validator would refuse ever reaches the cluster.
+    _require_route_prefix(route_prefix)
     _refuse_unsupported_options(compiled)
     if http and route_prefix is not None:
         problem = adapter_problem(compiled.ir)
@@ -189,9 +198,7 @@ def run(
         return run_local(target, name=name)
     if route_prefix is DEFAULT_ROUTE_PREFIX:
         route_prefix = _default_route_prefix(target)
-    problem = None if route_prefix is None else route_prefix_problem(route_prefix)
-    if problem is not None:
-        raise ValueError(f"route_prefix {route_prefix!r} {problem}; Ray Serve refuses it too, e.g. use '/hello'")
+    _require_route_prefix(route_prefix)  # before connecting: a bad route fails at once
     ensure_connected()
     resources = _free_resources(_controller(), name) if resource_check else None
     compiled = compile(target, cluster_resources=resources)
