@@ -127,3 +127,13 @@ def test_a_function_deployment_answers_the_same_method_names_as_on_ray():
     assert handle.predict.remote(3).result(timeout=30) == 6
     with pytest.raises(AttributeError, match=r"function deployment 'doubled' has only __call__ and predict, not 'predcit'; did you mean 'predict'\?"):
         handle.predcit.remote(1).result(timeout=30)
+
+
+@pytest.mark.ray
+def test_a_function_deployment_refuses_other_method_names_on_ray_as_locally(serve_app, http_port):
+    import ray
+
+    handle = serve_app.run(doubled.bind(), name="fn-methods", route_prefix=None, port=http_port)
+    assert ray.get(handle.predict.remote(3), timeout=60) == 6
+    with pytest.raises(Exception, match=r"function deployment 'doubled' has only __call__ and predict, not 'predcit'"):
+        ray.get(handle.predcit.remote(1), timeout=60)
