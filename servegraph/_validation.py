@@ -45,6 +45,18 @@ def closest(name: str, choices: Iterable[str]) -> str | None:
     return match[0] if match else None
 
 
+def did_you_mean(name: str, choices: Iterable[str], *, lead: str = "; ") -> str:
+    """The one "did you mean" hint: ``lead`` + "did you mean 'x'?" for the closest choice, or "" if none is close.
+
+    >>> did_you_mean("predcit", ["predict", "train"])
+    "; did you mean 'predict'?"
+    >>> did_you_mean("zzz", ["predict"])
+    ''
+    """
+    hint = closest(name, choices)
+    return f"{lead}did you mean {hint!r}?" if hint else ""
+
+
 def _loc(prefix: str, loc: tuple[Any, ...]) -> str:
     out = prefix
     for part in loc:
@@ -123,8 +135,7 @@ def format_errors(
                 choices: tuple[str, ...] = _fields_at(model, loc[:-1])
             else:
                 choices = top if len(loc) == 1 else ()
-            hint = closest(str(loc[-1]), choices)
-            line = what + (f"; did you mean '{hint}'?" if hint else "")
+            line = what + did_you_mean(str(loc[-1]), choices)
         elif err["type"] == "missing" or isinstance(err.get("input"), (dict, list)):
             line = what
         else:

@@ -26,19 +26,67 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Diagnostic:
-    """One problem found in a graph, located at the user's source line."""
+    """One problem, as data: what it is (``code``, ``severity``), where (``file``, ``line``, ``col``: the
+    site), what it is about (``subject``, and ``call``, the call as the user wrote it), what was got and
+    what was expected, and how to fix it (``hint``).
+
+    :attr:`message` is rendered from these fields; nothing reads a message back. A front end that
+    shows the same problem differently (a ``.sg`` file calls ``Model(...)`` where Python calls
+    ``Model.bind()``) replaces fields (``dataclasses.replace``), never edits the text.
+
+    >>> d = Diagnostic("bind-arguments", "missing a required argument: 'x'", call="Model.bind()",
+    ...                expected="Model.__init__(self, x)", hint="fix the arguments passed to .bind().")
+    >>> d.message
+    "Model.bind(): missing a required argument: 'x'. Expected Model.__init__(self, x); fix the arguments passed to .bind()."
+    """
 
     code: str
-    message: str
+    #: What is wrong, in the user's words (without the site, the call or the hint).
+    summary: str
     file: str | None = None
     line: int | None = None
-    node: str | None = None
+    #: The node, deployment or option the problem is about.
+    subject: str | None = None
     severity: str = "error"
     col: int | None = None
+    #: The call the problem is in, as the user wrote it (``Model.bind()``; ``Model(...)`` in a ``.sg`` file).
+    call: str | None = None
+    got: str | None = None
+    expected: str | None = None
+    #: How to fix it: a sentence.
+    hint: str | None = None
+    #: The keyword argument the problem is about, if one (a text front end points at it).
+    keyword: str | None = None
+    #: The source line with a caret under the spot (text graphs), shown below the message.
+    excerpt: str | None = None
+
+    @property
+    def node(self) -> str | None:
+        """The subject (the name ``--format json`` has always used)."""
+        return self.subject
+
+    @property
+    def site(self) -> str | None:
+        """``file:line[:col]``, or None when the problem has no place in the user's code."""
+        return None if self.file is None else self.location()
+
+    @property
+    def message(self) -> str:
+        """The problem in one paragraph, rendered from the fields (plus the excerpt, if any)."""
+        text = (f"{self.call}: " if self.call else "") + self.summary
+        if self.got is not None:
+            text += f", got {self.got}"
+        if self.expected is not None:
+            text += f". Expected {self.expected}"
+        if self.hint:
+            # After a summary ending in a line break (a table), the hint starts the next line.
+            text += ("; " if self.expected is not None else "" if text.endswith("\n") else " ") + self.hint
+        return text + (f"\n{self.excerpt}" if self.excerpt else "")
 
     def location(self) -> str:
         if self.file is None:
@@ -48,9 +96,14 @@ class Diagnostic:
         return f"{self.file}:{self.line}"
 
     def format(self) -> str:
+        """``site: severity: message``, as compilers print diagnostics."""
         return f"{self.location()}: {self.severity}: {self.message}"
 
-    def to_dict(self) -> dict:
+    def located(self) -> str:
+        """``site: message`` (or the message alone without a site): how an exception raised at once reads."""
+        return f"{self.location()}: {self.message}" if self.file is not None else self.message
+
+    def to_dict(self) -> dict[str, Any]:
         return {
             "severity": self.severity,
             "code": self.code,
@@ -58,18 +111,32 @@ class Diagnostic:
             "file": self.file,
             "line": self.line,
             "col": self.col,
-            "node": self.node,
+            "node": self.subject,
+            "got": self.got,
+            "expected": self.expected,
+            "hint": self.hint,
         }
 
 
 class GraphError(Exception):
-    """Root of every error servegraph raises about a user's graph."""
+    """Root of every error servegraph raises about a user's graph.
+
+    Raised with a :class:`Diagnostic` (its message is rendered from it), or with a plain message for
+    problems that have no place in the user's code; either way ``.diagnostic`` holds the data and
+    ``.diagnostics`` every problem found with it (``compile()`` reports them all at once).
+    """
 
     code = "graph-error"
 
-    def __init__(self, message: str, diagnostics: tuple[Diagnostic, ...] = ()):
-        super().__init__(message)
-        self.diagnostics = tuple(diagnostics)
+    def __init__(self, message: str | Diagnostic, diagnostics: tuple[Diagnostic, ...] = ()):
+        if isinstance(message, Diagnostic):
+            diagnostic, text = message, message.located()
+        else:
+            errors = [d for d in diagnostics if d.severity == "error"]
+            diagnostic, text = (errors[0] if errors else Diagnostic(self.code, message)), message
+        super().__init__(text)
+        self.diagnostic = diagnostic
+        self.diagnostics = tuple(diagnostics) or (diagnostic,)
 
 
 class BindError(GraphError, TypeError):

@@ -149,7 +149,7 @@ def ingress(app: Any) -> Any:
         key = (cls.__module__, cls.__qualname__)
         user_init = cls.__init__
 
-        class ASGIIngress(cls):  # type: ignore[misc, valid-type]
+        class ASGIIngress(cls):
             async def __init__(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[misc]
                 result = user_init(self, *args, **kwargs)
                 if inspect.isawaitable(result):
@@ -169,7 +169,7 @@ def ingress(app: Any) -> Any:
 
         ASGIIngress.__init__.__signature__ = inspect.signature(user_init)  # type: ignore[attr-defined]
         functools.update_wrapper(ASGIIngress, cls, updated=())
-        ASGIIngress._servegraph_ingress = app  # type: ignore[attr-defined]
+        ASGIIngress._servegraph_ingress = app
         return ASGIIngress
 
     return decorate

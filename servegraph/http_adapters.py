@@ -63,7 +63,7 @@ async def json_request(request: starlette.requests.Request) -> Any:
 def image_to_ndarray(img: bytes = File(...)) -> Any:  # noqa: B008 (FastAPI reads the default)
     """A PIL-readable file from an HTTP form as a numpy array (needs Pillow: pip install pillow)."""
     try:
-        from PIL import Image  # type: ignore[import-not-found]
+        from PIL import Image
     except ImportError:
         raise ImportError("image_to_ndarray needs Pillow: pip install pillow") from None
     import numpy as np

@@ -11,7 +11,8 @@ from click.testing import CliRunner
 
 from servegraph.cli import main
 
-KEYS = {"severity", "code", "message", "file", "line", "col", "node"}
+#: The rendered message, and the fields it is rendered from (got, expected, hint: null when the problem has none).
+KEYS = {"severity", "code", "message", "file", "line", "col", "node", "got", "expected", "hint"}
 
 BROKEN = """\
     import threading
@@ -82,7 +83,11 @@ def test_every_diagnostic_has_severity_code_message_file_line_node(module):
         "line": 17,
         "col": None,
         "node": "Model",
+        "got": None,
+        "expected": None,
+        "hint": constructor["hint"],
     }
+    assert constructor["hint"].startswith("A constructor takes plain values and other deployments")
     assert constructor["message"].startswith("Model.bind() got InputNode (bound at check_json_broken.py:16)")
     assert serialization["code"] == "serialization"
     assert (serialization["file"], serialization["line"], serialization["node"]) == (f"{name}.py", 17, "Model")
@@ -102,6 +107,9 @@ def test_a_bind_error_at_import_keeps_its_location(module):
     assert diagnostic["code"] == "bind-arguments"
     assert (diagnostic["file"], diagnostic["line"]) == (f"{name}.py", 10)
     assert diagnostic["message"].startswith("Model.bind(): ")
+    # The fields the message is made of, for editors: the signature expected and how to fix it.
+    assert diagnostic["expected"].startswith("Model.__init__(self")
+    assert diagnostic["hint"] == "fix the arguments passed to .bind()."
 
 
 def test_an_import_error_is_a_diagnostic_without_location(module):

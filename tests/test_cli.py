@@ -119,3 +119,28 @@ def test_run_serves_hello_over_http_until_interrupted(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=30)
+
+
+SCORED_SG = textwrap.dedent(
+    """\
+    from hello import FrenchResponder, LanguageClassifier, SpanishResponder
+
+    graph scored at "/scored" {
+        output LanguageClassifier(SpanishResponder(), FrenchResponder())
+    }
+    """
+)
+
+
+def test_a_sg_graphs_route_reaches_build_and_render(tmp_path):
+    # `run` honoured `at "/scored"`; build and render load the graph through the same loader now.
+    sg = tmp_path / "scored.sg"
+    sg.write_text(SCORED_SG)
+    (tmp_path / "hello.py").write_text((EXAMPLES / "hello.py").read_text())  # a .sg imports from its own folder
+    built = servegraph("build", "scored.sg", "-o", "scored.yaml", cwd=tmp_path)
+    assert built.returncode == 0, built.stderr
+    config = (tmp_path / "scored.yaml").read_text()
+    assert "route_prefix: /scored" in config and "graph: scored.sg:scored" in config
+    drawn = servegraph("render", "scored.sg", "-o", "scored.dot", cwd=tmp_path)
+    assert drawn.returncode == 0, drawn.stderr
+    assert "HTTP /scored" in (tmp_path / "scored.dot").read_text()

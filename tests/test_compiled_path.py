@@ -306,7 +306,7 @@ def test_a_driver_that_exits_leaves_no_replica_stuck_in_its_lane(deploy, ray_clu
 
 
 def test_a_config_turns_the_compiled_path_off_and_build_never_writes_the_field():
-    from servegraph.compiler.config_schema import validate_config
+    from servegraph.compiler.config.loading import validate_config
 
     config = validate_config({"applications": [{"import_path": "pipeline:app", "compiled": False}]})
     assert config.applications[0].compiled is False

@@ -10,6 +10,7 @@ from support import assert_located, here
 import servegraph as serve
 from servegraph import (
     BindError,
+    ConfigError,
     CycleError,
     DAGDriver,
     GraphError,
@@ -129,6 +130,41 @@ def test_resources_over_the_cluster_show_a_table():
     serve.compile(app)  # no cluster given: no resource check
 
 
+def test_a_resource_error_names_deployments_by_final_name_and_points_at_the_hungry_one():
+    # Two deployments of class Model: the 0.1-CPU one is bound first, the 4-CPU one second.
+    small, small_line = Model.bind(), here()
+    big, big_line = Model.options(ray_actor_options={"num_cpus": 4}).bind(), here()
+    app = Ensemble.bind(small, big)
+    with pytest.raises(ResourceError) as err:
+        serve.compile(app, cluster_resources={"CPU": 2.0})
+    (diagnostic,) = err.value.diagnostics
+    assert diagnostic.line == big_line and diagnostic.line != small_line
+    lines = str(err.value).splitlines()
+    assert lines[1].startswith("deployment")
+    assert [line.split()[0] for line in lines[2:5]] == ["Ensemble", "Model", "Model_1"]  # capture order
+
+
+def test_a_cyclic_graph_compiled_leniently_still_shows_itself():
+    items: list = []
+    first = Model.bind().gather.bind(items)
+    second = Model.bind().gather.bind([first])
+    items.append(second)
+    compiled = serve.compile(second, strict=False)
+    assert [d.code for d in compiled.diagnostics] == ["cycle"]
+    assert repr(compiled) == "<CompiledGraph deployments=['Model', 'Model_1'] plan of 0 steps errors=1>"
+    assert compiled._repr_mimebundle_() == {"text/plain": repr(compiled)}
+    assert set(compiled.graph.nodes) == {"n0", "n1", "n2", "n3"}
+
+
+def test_passes_after_capture_read_only_the_ir():
+    # The IR holds what later passes need: targets, options and final names on the deployment nodes.
+    compiled = serve.compile(Ensemble.bind(Model.bind(), Model.bind()))
+    nodes = {n.key: n for n in compiled.ir.nodes if n.is_deployment}
+    assert {n.name for n in nodes.values()} == {"Ensemble", "Model", "Model_1"}
+    assert all(n.target is not None and n.options is not None for n in nodes.values())
+    assert {(e.source, e.target, e.kind) for e in compiled.ir.edges} == {("n1", "n0", "handle"), ("n2", "n0", "handle")}
+
+
 def test_every_problem_is_reported_at_once():
     with InputNode() as inp:
         used = Model.bind(threading.Lock()).predict.bind(inp)
@@ -224,3 +260,18 @@ def test_a_different_graph_gives_different_ir():
     with InputNode() as inp:
         other = Model.bind(5.0).predict.bind(inp)
     assert serve.compile(other).ir != serve.compile(build_graph()).ir
+
+
+@pytest.mark.parametrize("prefix", ["/api/", "/{x}", "api"])
+def test_a_route_the_config_validator_refuses_is_refused_by_every_deploy(prefix):
+    # One rule (_validation.route_prefix_problem): serve.run and deploy_compiled refuse what a config
+    # built from them would fail on, before anything reaches a cluster.
+    from servegraph.runtime.api import deploy_compiled
+
+    app = Model.bind()
+    with pytest.raises(ValueError, match="Ray Serve refuses it too"):
+        serve.run(app, route_prefix=prefix)
+    with pytest.raises(ValueError, match="Ray Serve refuses it too"):
+        deploy_compiled(serve.compile(app), route_prefix=prefix)
+    with pytest.raises(ConfigError, match=rf"application 'default': route_prefix {prefix!r} must"):
+        serve.compile(app).with_app(route_prefix=prefix)  # so `servegraph build` cannot write it either

@@ -20,16 +20,12 @@ from goldens import CASE_IDS, CASES, check_golden, fresh_examples
 import servegraph as serve
 from servegraph.cli import main
 from servegraph.cli.load import load_app
-from servegraph.compiler.app import RAY_SERVE_BUILDER
-from servegraph.compiler.config_schema import (
-    ServeConfig,
-    check_overrides,
-    deployment_overrides,
-    load_config,
-    validate_config,
-)
-from servegraph.compiler.emit_json import load_compiled, load_ir
-from servegraph.compiler.emit_kubernetes import rayservice, service_name, worker_groups
+from servegraph.compiler.config.app import RAY_SERVE_BUILDER
+from servegraph.compiler.config.loading import load_config, validate_config
+from servegraph.compiler.config.overrides import check_overrides, deployment_overrides
+from servegraph.compiler.config.schema import ServeConfig
+from servegraph.compiler.emit.json_ir import load_compiled, load_ir
+from servegraph.compiler.emit.kubernetes import rayservice, service_name, worker_groups
 from servegraph.errors import ConfigError
 
 
@@ -70,7 +66,7 @@ def test_build_command_writes_the_golden_config(examples, tmp_path, stem, target
     assert result.exit_code == 0, result.output
     check_golden(f"{stem}.yaml", out.read_text())
     assert "wrote" in result.output and "1 application(s)" in result.output
-    assert load_config(out).applications[0].name == "app1"
+    assert load_config(out).applications[0].name == "default"  # Ray Serve's default application name, as serve.run and servegraph run use
 
 
 @pytest.mark.parametrize("stem,target", CASES, ids=CASE_IDS)
@@ -384,7 +380,7 @@ def test_kubernetes_manifest_embeds_a_valid_config(examples, tmp_path):
     embedded = validate_config(yaml.safe_load(manifest["spec"]["serveConfigV2"]))
     assert embedded.applications[0].graph == "pipeline:app"
     assert [d.name for d in embedded.applications[0].deployments] == ["combine", "LengthModel", "preprocess", "VowelModel"]
-    assert load_config(out).applications[0].name == "app1"  # load_config reads a RayService too
+    assert load_config(out).applications[0].name == "default"  # load_config reads a RayService too
 
     cluster = manifest["spec"]["rayClusterConfig"]
     assert cluster["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"

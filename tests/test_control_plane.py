@@ -315,12 +315,12 @@ def test_replicas_are_named_and_status_shows_id_state_node_and_pid(serve_app, ht
     serve_app.run(Echo.bind(), name="named", route_prefix=None, port=http_port)
     from servegraph.runtime.api import _controller
 
-    raw = ray.get(_controller().status.remote())["applications"]["named"]["deployments"]["Echo"]
-    assert len(raw["replicas"]) == 2
-    for replica in raw["replicas"]:
-        assert replica["actor_name"] == f"SERVEGRAPH_REPLICA::named#Echo#{replica['replica_id']}"
-        assert replica["state"] == "RUNNING" and replica["pid"] > 0 and replica["node_id"]
-        ray.get_actor(replica["actor_name"], namespace=NAMESPACE)  # an operator can find it by name
+    raw = ray.get(_controller().status.remote()).applications["named"].deployments["Echo"]
+    assert len(raw.replicas) == 2
+    for replica in raw.replicas:
+        assert replica.actor_name == f"SERVEGRAPH_REPLICA::named#Echo#{replica.replica_id}"
+        assert replica.state == "RUNNING" and replica.pid > 0 and replica.node_id
+        ray.get_actor(replica.actor_name, namespace=NAMESPACE)  # an operator can find it by name
 
 
 def test_options_the_runtime_does_not_apply_are_refused_naming_the_line(serve_app, http_port):

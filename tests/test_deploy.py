@@ -160,3 +160,20 @@ def test_a_config_built_from_a_sg_file_deploys(tmp_path, http_port, monkeypatch,
         assert (reply.status_code, reply.text) == (200, "Hola Dora")
     finally:
         serve.delete("sg-hello")
+
+
+def test_the_readme_sequence_run_then_build_and_deploy_updates_the_running_application(serve_app, tmp_path, http_port):
+    """README: `servegraph run hello:...`, then `servegraph build` + `servegraph deploy`. The config names the
+    application as run did ("default", Ray Serve's default name), so deploy updates it rather than clashing on "/"."""
+    import hello
+    import httpx
+
+    serve_app.run(hello.language_classifier, port=http_port)  # what `servegraph run` does, name and route defaulted
+    path = tmp_path / "hello.yaml"
+    result = CliRunner().invoke(main, ["build", "hello:language_classifier", "--port", str(http_port), "-o", str(path)])
+    assert result.exit_code == 0, result.output
+    assert yaml.safe_load(path.read_text())["applications"][0]["name"] == "default"
+    out = deploy(path)
+    assert "application 'default' at /" in out and "already used" not in out
+    reply = httpx.post(f"http://127.0.0.1:{http_port}/", json={"language": "spanish", "name": "Dora"}, timeout=30)
+    assert reply.text == "Hola Dora"

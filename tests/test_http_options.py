@@ -131,7 +131,7 @@ def test_deploy_refuses_root_path_which_the_proxy_does_not_apply(tmp_path, monke
 def test_deploy_hands_tls_and_timeouts_to_the_proxy(tmp_path, monkeypatch, certificate):
     """What `servegraph deploy` gives the controller for the proxy: the config's TLS files and timeouts."""
     from servegraph.cli.ops import _applied_http_options
-    from servegraph.compiler.config_schema import load_config
+    from servegraph.compiler.config.loading import load_config
 
     monkeypatch.chdir(tmp_path)
     path = tmp_path / "tls.yaml"

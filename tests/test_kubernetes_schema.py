@@ -20,9 +20,9 @@ from click.testing import CliRunner
 from goldens import CASE_IDS, CASES, fresh_examples
 
 from servegraph.cli import main
-from servegraph.compiler.config_schema import validate_config
-from servegraph.compiler.emit_config import dump_yaml
-from servegraph.compiler.emit_kubernetes import rayservice
+from servegraph.compiler.config.loading import validate_config
+from servegraph.compiler.emit.deploy_config import dump_yaml
+from servegraph.compiler.emit.kubernetes import rayservice
 
 CRD = Path(__file__).resolve().parent / "kuberay" / "ray.io_rayservices.yaml"
 

@@ -113,3 +113,27 @@ def test_local_mode_checks_the_graph_like_compile():
         add.bind(inp[0], 2)  # never reaches the output
     with pytest.raises(serve.UnreachableNodeError):
         run_local(used)
+
+
+@serve.deployment
+def doubled(x):
+    return 2 * x
+
+
+def test_a_function_deployment_answers_the_same_method_names_as_on_ray():
+    # One rule (dsl.signature.FUNCTION_METHODS) for local mode and replicas on Ray: __call__ and predict.
+    handle = run_local(doubled.bind())
+    assert handle.remote(2).result(timeout=30) == 4
+    assert handle.predict.remote(3).result(timeout=30) == 6
+    with pytest.raises(AttributeError, match=r"function deployment 'doubled' has only __call__ and predict, not 'predcit'; did you mean 'predict'\?"):
+        handle.predcit.remote(1).result(timeout=30)
+
+
+@pytest.mark.ray
+def test_a_function_deployment_refuses_other_method_names_on_ray_as_locally(serve_app, http_port):
+    import ray
+
+    handle = serve_app.run(doubled.bind(), name="fn-methods", route_prefix=None, port=http_port)
+    assert ray.get(handle.predict.remote(3), timeout=60) == 6
+    with pytest.raises(Exception, match=r"function deployment 'doubled' has only __call__ and predict, not 'predcit'"):
+        ray.get(handle.predcit.remote(1), timeout=60)

@@ -149,7 +149,7 @@ def test_route_prefixes_ray_rejects_are_refused(ray_cluster, prefix):
 
 def test_route_prefix_rule_is_shared_with_the_config_validator():
     from servegraph._validation import route_prefix_problem
-    from servegraph.compiler.config_schema import ApplicationConfig
+    from servegraph.compiler.config.schema import ApplicationConfig
 
     for prefix in ["/hello/", "/{hello}", "hello"]:
         with pytest.raises(ValueError, match=route_prefix_problem(prefix).replace("(", r"\(").replace(")", r"\)")):

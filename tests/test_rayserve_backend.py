@@ -20,7 +20,7 @@ from conftest import EXAMPLES, ROOT, TESTS, free_port
 from support import EXAMPLE_CASES
 
 from servegraph.cli import main
-from servegraph.compiler.app import RAY_SERVE_BUILDER
+from servegraph.compiler.config.app import RAY_SERVE_BUILDER
 
 pytestmark = [
     pytest.mark.ray,
@@ -124,7 +124,7 @@ def test_the_manifests_serve_config_v2_runs_on_ray_serve(tmp_path, served):
     # The manifest binds 0.0.0.0 for its pod; this machine serves loopback only.
     config["http_options"]["host"] = "127.0.0.1"
     deploy_config(config)
-    wait_running("app1")
+    wait_running("default")
     reply = post(served, "/", HELLO)
     assert reply.status_code == 200 and reply.text == "Hola Dora"
     assert post(served, "/", {"language": "french", "name": "Dora"}).text == "Bonjour Dora"

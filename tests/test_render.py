@@ -18,7 +18,7 @@ import servegraph as serve
 from servegraph import DAGDriver, InputNode, MultiOutputNode
 from servegraph.cli import main
 from servegraph.cli.load import load_app
-from servegraph.compiler import render as render_module
+from servegraph.compiler.emit import render as render_module
 from servegraph.errors import RenderError
 
 needs_dot = pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz's dot is not installed")

@@ -23,7 +23,7 @@ handle wiring. User code keeps the seed's semantics:
   in an ingress deployment named ``DAGDriver`` as Ray Serve's own used to be.
 
 Ray Serve's options for each deployment are the ones ``servegraph build`` writes
-(:func:`servegraph.compiler.emit_config.deployment_config`), so a config's
+(:func:`servegraph.compiler.emit.deploy_config.deployment_config`), so a config's
 ``deployments`` entries override them on Ray Serve exactly as on servegraph.
 """
 
@@ -40,11 +40,13 @@ from ray.serve import Application
 from ray.serve.handle import DeploymentHandle, DeploymentResponse
 
 from .._validation import format_errors
+from .._walk import any_leaf, is_container, map_leaves, map_leaves_async
 from ..compiler import CompiledGraph, compile, ir
-from ..compiler.app import RAY_SERVE_BUILDER
-from ..compiler.config_schema import BuilderArgs
-from ..compiler.emit_config import deployment_config
+from ..compiler.config.app import RAY_SERVE_BUILDER
+from ..compiler.config.schema import BuilderArgs
+from ..compiler.emit.deploy_config import deployment_config
 from ..dsl.options import DEFAULT_REPLICA_CPUS
+from ..dsl.signature import FUNCTION_METHODS
 from ..errors import ConfigError
 from ..runtime.codec import to_slots, unflatten
 from ..runtime.http_codec import decode_json_body, encode_result, text
@@ -182,27 +184,23 @@ async def _resolve(value: Any, top: bool) -> Any:
     ObjectRef only as a top-level task argument: nested ones are sent by
     :func:`send` as extra top-level arguments instead.
     """
-    kind = type(value)
-    if kind is list:
-        return [await _resolve(v, False) for v in value]
-    if kind is tuple:
-        return tuple([await _resolve(v, False) for v in value])
-    if kind is dict:
-        return {k: await _resolve(v, False) for k, v in value.items()}
+    if is_container(value):
+        return await map_leaves_async(value, _resolve_nested)
     if isinstance(value, asyncio.Future):
         return await value
-    if isinstance(value, DeploymentResponse) and not top:
+    return value
+
+
+async def _resolve_nested(value: Any) -> Any:
+    if isinstance(value, asyncio.Future):
+        return await value
+    if isinstance(value, DeploymentResponse):
         return await value._to_object_ref()
     return value
 
 
 def _has_future(value: Any) -> bool:
-    kind = type(value)
-    if kind in (list, tuple):
-        return any(_has_future(v) for v in value)
-    if kind is dict:
-        return any(_has_future(v) for v in value.values())
-    return isinstance(value, (asyncio.Future, DeploymentResponse))
+    return any_leaf(value, lambda leaf: isinstance(leaf, (asyncio.Future, DeploymentResponse)))
 
 
 async def send(handle: DeploymentHandle, method: str, args: tuple, kwargs: dict) -> Any:
@@ -220,16 +218,7 @@ async def send(handle: DeploymentHandle, method: str, args: tuple, kwargs: dict)
 
 def _adapt(value: Any) -> Any:
     """Ray Serve's constructor handles, wherever they are in the arguments, as :class:`SeedHandle`\\ s."""
-    if isinstance(value, DeploymentHandle):
-        return SeedHandle(value)
-    kind = type(value)
-    if kind is list:
-        return [_adapt(v) for v in value]
-    if kind is tuple:
-        return tuple(_adapt(v) for v in value)
-    if kind is dict:
-        return {k: _adapt(v) for k, v in value.items()}
-    return value
+    return map_leaves(value, lambda leaf: SeedHandle(leaf) if isinstance(leaf, DeploymentHandle) else leaf)
 
 
 # Replicas -------------------------------------------------------------------------------------
@@ -279,8 +268,7 @@ def _function_class(function: Any) -> type:
         return await _nested_call(self, method, args, kwargs, values)
 
     namespace = {
-        "__call__": call,
-        "predict": call,
+        **{method: call for method in FUNCTION_METHODS},
         _NESTED_CALL: nested,
         "__module__": getattr(function, "__module__", __name__),
         "__qualname__": getattr(function, "__qualname__", "function"),

@@ -5,13 +5,13 @@ from __future__ import annotations
 import click
 
 from ..compiler import compile
-from ..compiler.app import default_apps
-from ..compiler.config_schema import validate_config
-from ..compiler.emit_config import application_config, config_yaml, deploy_config, dump_yaml
-from ..compiler.emit_json import to_json
-from ..compiler.emit_kubernetes import rayservice_yaml
+from ..compiler.config.app import default_apps
+from ..compiler.config.loading import validate_config
+from ..compiler.emit.deploy_config import application_config, config_yaml, deploy_config, dump_yaml
+from ..compiler.emit.json_ir import to_json
+from ..compiler.emit.kubernetes import rayservice_yaml
 from .common import user_errors
-from .load import load_app
+from .load import load_target
 
 
 @click.command("build")
@@ -29,7 +29,7 @@ from .load import load_app
     "--name",
     "names",
     multiple=True,
-    help="Application name; repeat once per target, in order (default: app1, app2, ... as `serve build`).",
+    help="Application name; repeat once per target, in order (default: 'default' for one target, as serve.run and `servegraph run` name it; app1, app2, ... for several, as `serve build`).",
 )
 @click.option(
     "--route-prefix",
@@ -73,15 +73,12 @@ def build_cmd(
         graphs = []
         defaults = default_apps(len(targets))
         for i, target in enumerate(targets):
-            import_path = target
-            if target.endswith(".sg"):
-                # FILE.sg:GRAPH: `servegraph deploy` loads it back; Ray Serve's own tools cannot.
-                from ..grammar import load_graph
-
-                import_path = f"{target}:{load_graph(target).name}"
-            compiled = compile(load_app(import_path))
+            # A .sg graph's import path is FILE.sg:GRAPH: `servegraph deploy` loads it back.
+            loaded = load_target(target)
+            import_path = loaded.import_path
+            compiled = compile(loaded.node)
             name = names[i] if i < len(names) else defaults[i][0]
-            prefix = route_prefixes[i] if i < len(route_prefixes) else None
+            prefix = route_prefixes[i] if i < len(route_prefixes) else loaded.route_prefix
             if prefix is None and len(targets) > 1:
                 # serve build's /app1, /app2, ... follow the names, so a renamed app keeps a matching prefix.
                 ingress = compiled.ir.deployment(compiled.ingress) if compiled.ingress else None

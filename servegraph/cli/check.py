@@ -39,15 +39,15 @@ def check_cmd(target: str, name: str | None, fmt: str, resources: str | None) ->
         app = load_app(target, name=name)
         compiled = compile(app, cluster_resources=cluster, strict=False)
         diagnostics = list(compiled.diagnostics)
-        if compiled.ir is not None:
+        if not any(d.severity == "error" for d in diagnostics):
             problem = compiled_path_problem(compiled.ir)
             path = (
                 f"requests run as a plan of actor calls: {problem}"
                 if problem
                 else "requests run on the compiled path (Ray compiled graphs; serve.run(..., compiled=False) turns it off)"
             )
-    except GraphError as exc:
-        diagnostics = list(exc.diagnostics) or [_as_diagnostic(exc)]
+    except GraphError as exc:  # every error carries its diagnostics, located where the user wrote the code
+        diagnostics = list(exc.diagnostics)
     if fmt == "json":
         click.echo(json.dumps([d.to_dict() for d in diagnostics], indent=2))
     else:
@@ -61,15 +61,3 @@ def check_cmd(target: str, name: str | None, fmt: str, resources: str | None) ->
         else:
             click.echo(f"{target}: {errors} error(s), {len(diagnostics) - errors} warning(s)", err=True)
     sys.exit(1 if any(d.severity == "error" for d in diagnostics) else 0)
-
-
-def _as_diagnostic(exc: GraphError):
-    from ..errors import Diagnostic
-
-    # Bind errors raised while importing the user's module start with "file:line: ".
-    text = str(exc)
-    head, sep, rest = text.partition(": ")
-    file, _, line = head.rpartition(":")
-    if sep and file and line.isdigit():
-        return Diagnostic(code=exc.code, message=rest, file=file, line=int(line))
-    return Diagnostic(code=exc.code, message=text)

@@ -26,7 +26,7 @@ def export_cmd(target: str, graph_name: str | None, route_prefix: str | None, ou
             graph_name = target.rpartition(":")[2].rpartition(".")[2] or "app"
         if route_prefix is None:
             from ..compiler import compile
-            from ..compiler.app import resolve
+            from ..compiler.config.app import resolve
 
             route_prefix = resolve(compile(app)).route_prefix
         text = export(app, graph_name, route_prefix=route_prefix)

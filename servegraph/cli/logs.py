@@ -49,12 +49,13 @@ def logs_cmd(app_name: str, deployment: str | None, tail: int, follow: bool, add
         from ..runtime.api import _ask, _controller
 
         controller = _controller(create=False)
-        raw = _ask(controller.status.remote(), "status") if controller is not None else {"applications": {}}
-        app = raw["applications"].get(app_name)
+        raw = _ask(controller.status.remote(), "status") if controller is not None else None
+        applications = raw.applications if raw is not None else {}
+        app = applications.get(app_name)
         if app is None:
-            running = ", ".join(sorted(raw["applications"])) or "none"
+            running = ", ".join(sorted(applications)) or "none"
             raise click.ClickException(f"no application named {app_name!r}; running: {running}")
-        deployments = app["deployments"]
+        deployments = app.deployments
         if deployment is not None:
             if deployment not in deployments:
                 raise click.ClickException(
@@ -62,18 +63,21 @@ def logs_cmd(app_name: str, deployment: str | None, tail: int, follow: bool, add
                 )
             deployments = {deployment: deployments[deployment]}
         here = ray.get_runtime_context().get_node_id()
-        logs_dir = ray._private.worker._global_node.get_logs_dir_path()
+        node = ray._private.worker._global_node
+        if node is None:  # connected through Ray Client: this process has no node, so no log files
+            raise click.ClickException("servegraph logs needs a connection to a Ray node, not a Ray Client one")
+        logs_dir = node.get_logs_dir_path()
         sources: list[tuple[str, str]] = []
         for dname, dep in deployments.items():
-            for replica in dep.get("replicas", []):
-                label = f"{dname}#{replica['replica_id']}"
-                if replica["node_id"] != here:
-                    click.echo(f"[{label}] runs on node {replica['node_id']}: its logs are in that node's Ray logs directory", err=True)
+            for replica in dep.replicas:
+                label = f"{dname}#{replica.replica_id}"
+                if replica.node_id != here:
+                    click.echo(f"[{label}] runs on node {replica.node_id}: its logs are in that node's Ray logs directory", err=True)
                     continue
-                if replica["pid"] is None:
-                    click.echo(f"[{label}] is {replica['state']}: no process yet", err=True)
+                if replica.pid is None:
+                    click.echo(f"[{label}] is {replica.state}: no process yet", err=True)
                     continue
-                sources += [(label, path) for path in _replica_files(logs_dir, replica["pid"])]
+                sources += [(label, path) for path in _replica_files(logs_dir, replica.pid)]
         offsets: dict[str, int] = {}
         for label, path in sources:
             lines, offsets[path] = _last_lines(path, tail)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from typing import Any
@@ -16,7 +17,8 @@ from .load import load_app
 def _prepare(config_path: str) -> tuple[Any, list[tuple[Any, Any, Any]]]:
     """Validate the config and compile every application before anything changes on the cluster."""
     from ..compiler import compile
-    from ..compiler.config_schema import check_overrides, deployment_overrides, load_config
+    from ..compiler.config.loading import load_config
+    from ..compiler.config.overrides import check_overrides, deployment_overrides
 
     config = load_config(config_path)
     _refuse_unapplied_http_options(config, config_path)
@@ -217,10 +219,9 @@ def _replica_lists() -> dict[tuple[str, str], list[dict[str, Any]]]:
         return {}
     raw = ray.get(controller.status.remote(), timeout=60)
     out = {}
-    for app_name, app in raw.get("applications", {}).items():
-        for dep_name, dep in app.get("deployments", {}).items():
-            if isinstance(dep.get("replicas"), list):
-                out[(app_name, dep_name)] = [dict(r) for r in dep["replicas"]]
+    for app_name, app in raw.applications.items():
+        for dep_name, dep in app.deployments.items():
+            out[(app_name, dep_name)] = [dataclasses.asdict(r) for r in dep.replicas]
     return out
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import click
 
 from ..compiler import compile
-from ..compiler.render import FORMATS
+from ..compiler.emit.render import FORMATS
 from .common import user_errors
-from .load import load_app
+from .load import load_target
 
 
 @click.command("render")
@@ -26,7 +26,8 @@ def render_cmd(target: str, output: str, rankdir: str, name: str | None, old_nam
     """Draw the graph MODULE:ATTR (or a .sg file): deployments, calls, inputs, handles and the ingress."""
     name = name or old_name
     with user_errors():
-        compiled = compile(load_app(target, name=name)).with_app(import_path=target)
+        loaded = load_target(target, name=name)
+        compiled = compile(loaded.node).with_app(import_path=target, route_prefix=loaded.route_prefix)
         try:
             compiled.render(output, rankdir)
         except OSError as exc:

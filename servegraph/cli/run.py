@@ -10,11 +10,12 @@ import time
 
 import click
 
+from ..compiler.config.app import DEFAULT_APP_NAME
 from ..runtime.cluster import NAMESPACE
 from ..runtime.cluster_record import forget_record
 from .common import user_errors
 from .connect import cluster_options, connect, record_started, start_local
-from .load import load_app
+from .load import load_target
 from .portinfo import bind_error, describe_holder
 
 
@@ -56,7 +57,7 @@ def _check_port(host: str, port: int) -> None:
 @click.argument("target")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address the HTTP proxy binds.")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
-@click.option("--name", default="default", show_default=True, help="Application name.")
+@click.option("--name", default=DEFAULT_APP_NAME, show_default=True, help="Application name.")
 @click.option("--route-prefix", default=None, help="Where HTTP requests reach the app [default: the .sg graph's `at`, else /].")
 @click.option("--graph", "graph_name", default=None, help="Graph to run from a .sg file with several.")
 @click.option("--no-resource-check", is_flag=True, help="Deploy even if the cluster lacks resources now (it may grow).")
@@ -92,12 +93,9 @@ def run_cmd(
     """
     started: str | None = None
     with user_errors():
-        app = load_app(target, name=graph_name)
-        if route_prefix is None and target.endswith(".sg"):
-            from ..grammar import route_prefix_of
-
-            route_prefix = route_prefix_of(target, graph_name)
-        route_prefix = route_prefix or "/"
+        loaded = load_target(target, name=graph_name)
+        app = loaded.node
+        route_prefix = route_prefix or loaded.route_prefix or "/"
         explicit = address or os.environ.get("RAY_ADDRESS")
         if explicit:
             connect(explicit, connect_timeout)

@@ -1,6 +1,8 @@
 """The compiler's intermediate representation: frozen records, never mutated.
 
-Passes return new values (``dataclasses.replace``). Bound arguments are kept as
+After capture it is the single source: every pass, check and emitter reads the
+:class:`AppIR` (targets, options, call sites, final names, edges), never the
+user's DSL objects. Passes return new values (``dataclasses.replace``). Bound arguments are kept as
 the user wrote them, with each graph node inside replaced by a marker:
 :class:`Ref` (the node's value for this request) or :class:`HandleRef` (a
 handle to a deployment, injected through a constructor).
@@ -12,6 +14,7 @@ import dataclasses
 from collections.abc import Iterator
 from typing import Any
 
+from .._walk import iter_leaves, map_leaves
 from ..dsl.callsite import CallSite
 from ..dsl.options import DeploymentOptions
 
@@ -72,35 +75,27 @@ class ObjectTemplate:
 
 def iter_markers(value: Any) -> Iterator[Ref | HandleRef]:
     """Markers nested in an argument template, in argument order."""
-    if isinstance(value, (Ref, HandleRef)):
-        yield value
-    elif isinstance(value, ObjectTemplate):
-        yield from value.markers
-    elif isinstance(value, (list, tuple)):
-        for item in value:
-            yield from iter_markers(item)
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            yield from iter_markers(key)
-            yield from iter_markers(item)
+    for leaf in iter_leaves(value):
+        if isinstance(leaf, (Ref, HandleRef)):
+            yield leaf
+        elif isinstance(leaf, ObjectTemplate):
+            yield from leaf.markers
 
 
 def map_markers(value: Any, fn: Any) -> Any:
-    """A copy of ``value`` with every marker replaced by ``fn(marker)``."""
-    if isinstance(value, (Ref, HandleRef)):
-        return fn(value)
-    if isinstance(value, ObjectTemplate):
-        mapped = tuple(fn(m) for m in value.markers)
-        if all(isinstance(m, (Ref, HandleRef)) for m in mapped):  # still a template (a compiler pass)
-            return ObjectTemplate(value.data, mapped)
-        return value.build(mapped)  # values: the object itself, where it is used
-    if isinstance(value, list):
-        return [map_markers(v, fn) for v in value]
-    if isinstance(value, tuple):
-        return tuple(map_markers(v, fn) for v in value)
-    if isinstance(value, dict):
-        return {map_markers(k, fn): map_markers(v, fn) for k, v in value.items()}
-    return value
+    """A copy of ``value`` with every marker replaced by ``fn(marker)``, container types kept."""
+
+    def leaf(item: Any) -> Any:
+        if isinstance(item, (Ref, HandleRef)):
+            return fn(item)
+        if isinstance(item, ObjectTemplate):
+            mapped = tuple(fn(m) for m in item.markers)
+            if all(isinstance(m, (Ref, HandleRef)) for m in mapped):  # still a template (a compiler pass)
+                return ObjectTemplate(item.data, mapped)
+            return item.build(mapped)  # values: the object itself, where it is used
+        return item
+
+    return map_leaves(value, leaf)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -120,6 +115,42 @@ class NodeIR:
     #: For input_attr nodes: ("item" | "attr", key).
     access: tuple[str, Any] | None = None
     deps: frozenset[str] = frozenset()
+    #: For deployment and function nodes: the user's class or function, its options (the code's,
+    #: then a deploy config's overrides) and its final name (set by the naming pass).
+    target: Any = None
+    options: DeploymentOptions | None = None
+    name: str | None = None
+
+    @property
+    def is_deployment(self) -> bool:
+        """A deployment or function node: one deployment of the application."""
+        return self.kind == DEPLOYMENT or self.kind == FUNCTION
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class EdgeIR:
+    """``source`` feeds ``target``: a value (data), a handle, or the deployment a method runs on.
+
+    ``label`` is the argument position or keyword it feeds; several joined with ``,``.
+    """
+
+    source: str
+    target: str
+    kind: str
+    label: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class UnreachableIR:
+    """A node computed from the InputNode that the output never uses (so capture did not record it)."""
+
+    label: str
+    call_site: CallSite
+
+
+def key_order(key: str) -> int:
+    """Capture order of a node key (``n12`` -> 12): keys sort by it, and it indexes ``AppIR.nodes``."""
+    return int(key[1:])
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -182,15 +213,31 @@ class Plan:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class AppIR:
-    """A compiled application: what the runtime deploys and runs."""
+    """An application at every stage of the pipeline, and what the runtime deploys and runs.
+
+    Capture fills ``nodes`` (keyed by capture position, so ``nodes[key_order(k)]`` is node ``k``),
+    ``root`` and ``unreachable``; the graph pass ``edges``; naming and options the nodes' ``name`` and
+    ``options``; lowering ``deployments``, ``ingress``, ``plan`` and ``routes`` (and replaces node keys
+    in arguments by deployment names).
+    """
 
     nodes: tuple[NodeIR, ...]
-    deployments: tuple[DeploymentIR, ...]
+    deployments: tuple[DeploymentIR, ...] = ()
     ingress: str | None = None
     plan: Plan | None = None
     http_adapter: Any = None
     #: A DAGDriver bound to ``{route: graph}``: one plan per route (then ``plan`` is None).
     routes: tuple[tuple[str, Plan], ...] = ()
+    root: str = "n0"
+    edges: tuple[EdgeIR, ...] = ()
+    unreachable: tuple[UnreachableIR, ...] = ()
+    #: ``module:attr`` of the module-level variable holding the graph, if capture found exactly one.
+    #: Where the graph was found, not what it is: two equal graphs may live in different files.
+    import_path: str | None = dataclasses.field(default=None, compare=False)
+
+    def node(self, key: str) -> NodeIR:
+        """The node with key ``key``."""
+        return self.nodes[key_order(key)]
 
     @property
     def driven(self) -> bool:

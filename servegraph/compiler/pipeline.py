@@ -1,6 +1,8 @@
 """The compiler's passes, in the order they run: capture -> graph -> name -> options -> check -> lower.
 
-Each pass is a module of its own; this is the one place their order is written.
+Each pass is a module of its own with one shape, ``(ir, context) -> ir`` (the
+checks: ``(ir, context) -> diagnostics``); this is the one place their order is
+written. Capture is the only pass that reads the user's DSL objects.
 """
 
 from __future__ import annotations
@@ -9,15 +11,20 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..dsl.nodes import DAGNode
-from ..errors import Diagnostic, raise_diagnostics
-from .app import AppInfo, find_import_path
-from .capture import capture
-from .checks import CheckContext, run_checks
+from ..errors import raise_diagnostics
+from . import ir
+from .checks import run_checks
 from .compiled import CompiledGraph
-from .graph import build_graph
-from .lower import lower
-from .naming import name_deployments
-from .overrides import resolve_options
+from .config.app import AppInfo
+from .context import PassContext
+from .passes.capture import capture
+from .passes.graph import build_edges
+from .passes.lower import lower
+from .passes.naming import naming
+from .passes.options import resolve_options
+
+#: The passes between capture and the checks, in order: edges, final names, final options.
+PASSES: tuple[Callable[[ir.AppIR, PassContext], ir.AppIR], ...] = (build_edges, naming, resolve_options)
 
 
 def compile(
@@ -40,22 +47,12 @@ def compile(
     Raises:
         GraphError: a subclass for the first error found; ``.diagnostics`` has them all.
     """
-    captured = capture(app)
-    graph = build_graph(captured)
-    names = name_deployments(captured)
-    options = resolve_options(captured, names, overrides)
-    diagnostics: list[Diagnostic] = run_checks(
-        captured, graph, CheckContext(cluster_resources=cluster_resources, serializer=serializer, options=options)
-    )
+    ctx = PassContext(cluster_resources=cluster_resources, serializer=serializer, overrides=overrides)
+    program = capture(app)
+    for run_pass in PASSES:
+        program = run_pass(program, ctx)
+    diagnostics = tuple(run_checks(program, ctx))
     if strict:
         raise_diagnostics(diagnostics)
-    elif any(d.code == "cycle" for d in diagnostics):
-        # A cyclic graph cannot be ordered, so there is nothing to lower.
-        return CompiledGraph(graph=graph, ir=None, diagnostics=tuple(diagnostics))  # type: ignore[arg-type]
-    return CompiledGraph(
-        graph=graph,
-        ir=lower(captured, graph, names, options),
-        diagnostics=tuple(diagnostics),
-        names=names,
-        app=AppInfo(import_path=find_import_path(app)),
-    )
+    program = lower(program, ctx)
+    return CompiledGraph(ir=program, diagnostics=diagnostics, app=AppInfo(import_path=program.import_path))

@@ -6,6 +6,9 @@ import dataclasses
 import os
 import sys
 from types import FrameType
+from typing import Any
+
+from ..errors import Diagnostic
 
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -25,6 +28,13 @@ class CallSite:
 
 
 UNKNOWN = CallSite("<unknown>", 0)
+
+
+def diagnostic(code: str, summary: str, site: CallSite | None, **fields: Any) -> Diagnostic:
+    """A :class:`~servegraph.errors.Diagnostic` located at ``site`` (the other fields as given)."""
+    if site is None:
+        return Diagnostic(code, summary, **fields)
+    return Diagnostic(code, summary, file=site.file, line=site.line, col=site.col or None, **fields)
 
 
 def _display_path(path: str) -> str:

@@ -7,10 +7,10 @@ from collections.abc import Callable
 from typing import Any, overload
 
 from ..errors import BindError
-from .callsite import CallSite, user_call_site
+from .callsite import CallSite, diagnostic, user_call_site
 from .nodes import DAGNode, DeploymentNode, FunctionNode
 from .options import DeploymentOptions, make_options
-from .signature import bind_problem, describe_signature
+from .signature import BIND_HINT, bind_problem, describe_signature
 
 
 class Deployment:
@@ -79,8 +79,16 @@ class Deployment:
         problem = None if ingress_form else bind_problem(fn, args, kwargs, drop_self=drop_self)
         if problem is not None:
             raise BindError(
-                f"{site}: {self.name}.bind(): {problem}. "
-                f"Expected {describe_signature(what, fn)}; fix the arguments passed to .bind()."
+                diagnostic(
+                    "bind-arguments",
+                    problem.text,
+                    site,
+                    subject=self.name,
+                    call=f"{self.name}.bind()",
+                    expected=describe_signature(what, fn),
+                    hint=BIND_HINT,
+                    keyword=problem.keyword,
+                )
             )
         if self.is_function:
             return FunctionNode(self, args, kwargs, site)

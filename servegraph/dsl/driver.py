@@ -8,7 +8,7 @@ from typing import Any
 
 from .._validation import route_prefix_problem
 from ..errors import BindError
-from .callsite import CallSite, user_call_site
+from .callsite import CallSite, diagnostic, user_call_site
 from .nodes import DAGNode
 
 
@@ -63,20 +63,37 @@ class _DAGDriver:
                 problem = route_prefix_problem(route) if isinstance(route, str) else "must be a string"
                 if problem is not None or not isinstance(node, DAGNode):
                     raise BindError(
-                        f"{site}: DAGDriver.bind() takes {{route: graph node}}; route {route!r} "
-                        + (problem or f"maps to {type(node).__name__}, not a graph node built with .bind()")
+                        diagnostic(
+                            "bind-arguments",
+                            f"DAGDriver.bind() takes {{route: graph node}}; route {route!r} "
+                            + (problem or f"maps to {type(node).__name__}, not a graph node built with .bind()"),
+                            site,
+                            subject="DAGDriver",
+                        )
                     )
         elif not isinstance(dag, DAGNode):
             raise BindError(
-                f"{site}: DAGDriver.bind() takes a graph node built with .bind(), got {type(dag).__name__} "
-                "(or a dict {route: graph node})"
+                diagnostic(
+                    "bind-arguments",
+                    "DAGDriver.bind() takes a graph node built with .bind()",
+                    site,
+                    subject="DAGDriver",
+                    got=type(dag).__name__,
+                    hint="(or a dict {route: graph node}): pass what .bind() returned.",
+                )
             )
         if isinstance(http_adapter, str):
             http_adapter = _import_attr(http_adapter, site)
         if http_adapter is not None and not (inspect.isfunction(http_adapter) or _is_model(http_adapter)):
             raise BindError(
-                f"{site}: DAGDriver.bind(): http_adapter must be a function or a pydantic model class, "
-                f"got {type(http_adapter).__name__} {http_adapter!r}"
+                diagnostic(
+                    "bind-arguments",
+                    "http_adapter must be a function or a pydantic model class",
+                    site,
+                    subject="DAGDriver",
+                    call="DAGDriver.bind()",
+                    got=f"{type(http_adapter).__name__} {http_adapter!r}",
+                )
             )
         node = DriverNode(dag, http_adapter, site)
         node._route_prefix = self.route_prefix
@@ -103,7 +120,15 @@ def _import_attr(path: str, site: CallSite) -> Callable[..., Any]:
     try:
         return getattr(importlib.import_module(module), attr)
     except (ImportError, AttributeError, ValueError) as exc:
-        raise BindError(f"{site}: DAGDriver.bind(): http_adapter {path!r} does not resolve: {exc}") from None
+        raise BindError(
+            diagnostic(
+                "bind-arguments",
+                f"http_adapter {path!r} does not resolve: {exc}",
+                site,
+                subject="DAGDriver",
+                call="DAGDriver.bind()",
+            )
+        ) from None
 
 
 DAGDriver = _DAGDriver()

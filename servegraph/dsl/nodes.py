@@ -11,9 +11,10 @@ import types
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, cast
 
+from .._walk import iter_leaves
 from ..errors import BindError
-from .callsite import CallSite, user_call_site
-from .signature import bind_problem, describe_signature, missing_method_hint
+from .callsite import CallSite, diagnostic, user_call_site
+from .signature import BIND_HINT, bind_problem, describe_signature, missing_method_hint
 
 if TYPE_CHECKING:
     from .deployment import Deployment
@@ -22,21 +23,22 @@ if TYPE_CHECKING:
 def iter_nodes(value: Any, _seen: set[int] | None = None) -> Iterator[DAGNode]:
     """Nodes nested in a bound argument, through lists, tuples, dicts and the attributes of user
     objects (as Ray Serve finds them), in order."""
-    if isinstance(value, DAGNode):
-        yield value
-    elif isinstance(value, (list, tuple)):
-        for item in value:
-            yield from iter_nodes(item, _seen)
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            yield from iter_nodes(key, _seen)
-            yield from iter_nodes(item, _seen)
-    elif is_user_object(value):
-        seen = set() if _seen is None else _seen
-        if id(value) not in seen and len(seen) < 1000:  # objects may refer to each other
-            seen.add(id(value))
-            for item in vars(value).values():
-                yield from iter_nodes(item, seen)
+    for leaf in iter_leaves(value):
+        if isinstance(leaf, DAGNode):
+            yield leaf
+        elif is_user_object(leaf):
+            seen = set() if _seen is None else _seen
+            if id(leaf) not in seen and len(seen) < 1000:  # objects may refer to each other
+                seen.add(id(leaf))
+                inner = list(vars(leaf).values())
+                # Subclasses of list and dict are leaves to the walker (it would rebuild them as their
+                # base type) but Ray Serve finds nodes among their items too; capture pickles them whole.
+                if isinstance(leaf, (list, tuple)):
+                    inner.extend(leaf)
+                elif isinstance(leaf, dict):
+                    inner.extend(leaf.items())
+                for item in inner:
+                    yield from iter_nodes(item, seen)
 
 
 def is_user_object(value: Any) -> bool:
@@ -133,17 +135,31 @@ class _MethodBinder:
         fn = getattr(cls, self._method, None)
         if self._method == "__call__" and not any("__call__" in vars(k) for k in cls.__mro__[:-1]):
             fn = None  # every class has type.__call__; only one the class defines counts
+        call = f"{name}.{self._method}.bind()"
         if fn is None or not callable(fn):
             raise BindError(
-                f"{site}: {name}.{self._method}.bind(): {name} has no method {self._method!r}; "
-                + missing_method_hint(cls, self._method)
+                diagnostic(
+                    "bind-arguments",
+                    f"{name} has no method {self._method!r};",
+                    site,
+                    subject=name,
+                    call=call,
+                    hint=missing_method_hint(cls, self._method),
+                )
             )
         problem = bind_problem(fn, args, kwargs, drop_self=True)
         if problem is not None:
             raise BindError(
-                f"{site}: {name}.{self._method}.bind(): {problem}. "
-                f"Expected {describe_signature(name + '.' + self._method, fn)}; "
-                "fix the arguments passed to .bind()."
+                diagnostic(
+                    "bind-arguments",
+                    problem.text,
+                    site,
+                    subject=name,
+                    call=call,
+                    expected=describe_signature(name + "." + self._method, fn),
+                    hint=BIND_HINT,
+                    keyword=problem.keyword,
+                )
             )
         return MethodNode(self._parent, self._method, args, kwargs, site)
 
@@ -300,12 +316,21 @@ class MultiOutputNode(DAGNode):
     def __init__(self, outputs: list[DAGNode] | tuple[DAGNode, ...], *, _call_site: CallSite | None = None):
         site = user_call_site(_call_site)
         if not isinstance(outputs, (list, tuple)) or not outputs:
-            raise BindError(f"{site}: MultiOutputNode() takes a non-empty list of graph nodes")
+            raise BindError(
+                diagnostic(
+                    "bind-arguments", "MultiOutputNode() takes a non-empty list of graph nodes", site, subject="MultiOutputNode"
+                )
+            )
         for item in outputs:
             if not isinstance(item, DAGNode):
                 raise BindError(
-                    f"{site}: MultiOutputNode() got {type(item).__name__} {item!r}; "
-                    "every output must be a graph node made by .bind() or an InputNode"
+                    diagnostic(
+                        "bind-arguments",
+                        f"MultiOutputNode() got {type(item).__name__} {item!r};",
+                        site,
+                        subject="MultiOutputNode",
+                        hint="every output must be a graph node made by .bind() or an InputNode",
+                    )
                 )
         super().__init__((list(outputs),), {}, site)
 

@@ -6,13 +6,14 @@ configs written for Ray Serve read the same here.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .._validation import closest, format_errors, route_prefix_problem
+from .._validation import did_you_mean, format_errors, route_prefix_problem
 from ..errors import OptionError, OptionValueError
-from .callsite import CallSite
+from .callsite import CallSite, diagnostic
 
 #: CPUs a replica reserves when the user does not say: small, so a graph of a
 #: dozen deployments fits on a 2-core laptop. The user's value always wins.
@@ -137,6 +138,36 @@ class DeploymentOptions(BaseModel):
         opts.setdefault("num_cpus", DEFAULT_REPLICA_CPUS)
         return opts
 
+    def replica_resources(self) -> dict[str, float]:
+        """What one replica reserves (see :func:`replica_resources`)."""
+        return replica_resources(self.actor_options())
+
+
+def replica_resources(actor_options: Mapping[str, Any]) -> dict[str, float]:
+    """CPU, GPU and custom resources one replica reserves, from its Ray actor options.
+
+    The one place resources are read from options: the compiler's resource check, the controller's
+    accounting and its placement test all use it (with :func:`add_resources`).
+
+    >>> replica_resources({"num_cpus": 0.5, "resources": {"TPU": 1}})
+    {'CPU': 0.5, 'GPU': 0.0, 'TPU': 1.0}
+    """
+    out = {"CPU": float(actor_options.get("num_cpus") or 0), "GPU": float(actor_options.get("num_gpus") or 0)}
+    for name, amount in (actor_options.get("resources") or {}).items():
+        out[name] = float(amount)
+    return out
+
+
+def add_resources(total: dict[str, float], per_replica: Mapping[str, float], replicas: int) -> dict[str, float]:
+    """``total`` with ``replicas`` times ``per_replica`` added (in place; returned for chaining).
+
+    >>> add_resources({"CPU": 1.0}, {"CPU": 0.5, "GPU": 1.0}, 2)
+    {'CPU': 2.0, 'GPU': 2.0}
+    """
+    for name, amount in per_replica.items():
+        total[name] = total.get(name, 0.0) + replicas * amount
+    return total
+
 
 OPTION_NAMES = tuple(DeploymentOptions.model_fields)
 
@@ -156,27 +187,32 @@ def make_options(
         OptionError: an option name that does not exist (names the closest one).
         OptionValueError: a value outside the option's accepted range.
     """
-    where = f"{_call_site}: " if _call_site is not None else ""
     for old, new in _ALIASES.items():
         if old in overrides:
             overrides[new] = overrides.pop(old)
     for key in overrides:
         if key not in DeploymentOptions.model_fields:
-            hint = closest(key, OPTION_NAMES)
             raise OptionError(
-                f"{where}unknown deployment option {key!r}"
-                + (f"; did you mean {hint!r}?" if hint else "")
-                + f" Valid options: {', '.join(OPTION_NAMES)}."
+                diagnostic(
+                    "unknown-option",
+                    f"unknown deployment option {key!r}" + did_you_mean(key, OPTION_NAMES),
+                    _call_site,
+                    subject=key,
+                    hint=f"Valid options: {', '.join(OPTION_NAMES)}.",
+                )
             )
     rao = overrides.get("ray_actor_options")
     if isinstance(rao, dict):
         for key in rao:
             if key not in RAY_ACTOR_OPTION_KEYS:
-                hint = closest(key, RAY_ACTOR_OPTION_KEYS)
                 raise OptionValueError(
-                    f"{where}ray_actor_options: unknown key {key!r}"
-                    + (f"; did you mean {hint!r}?" if hint else "")
-                    + f" Accepted keys: {', '.join(RAY_ACTOR_OPTION_KEYS)}."
+                    diagnostic(
+                        "option-value",
+                        f"ray_actor_options: unknown key {key!r}" + did_you_mean(key, RAY_ACTOR_OPTION_KEYS),
+                        _call_site,
+                        subject="ray_actor_options",
+                        hint=f"Accepted keys: {', '.join(RAY_ACTOR_OPTION_KEYS)}.",
+                    )
                 )
     data = base.model_dump(exclude_unset=True) if base is not None else {}
     data.update(overrides)
@@ -184,4 +220,6 @@ def make_options(
         return DeploymentOptions(**data)
     except ValidationError as exc:
         lines = format_errors(exc, "", OPTION_NAMES)
-        raise OptionValueError(f"{where}invalid deployment option: " + "; ".join(lines)) from None
+        raise OptionValueError(
+            diagnostic("option-value", "invalid deployment option: " + "; ".join(lines), _call_site)
+        ) from None

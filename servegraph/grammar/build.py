@@ -21,7 +21,7 @@ from typing import Any, cast
 
 import networkx as nx
 
-from .._validation import closest
+from .._validation import did_you_mean, route_prefix_problem
 from ..dsl import (
     CallSite,
     DAGDriver,
@@ -34,7 +34,7 @@ from ..dsl import (
     deployment,
 )
 from ..dsl.options import make_options
-from ..dsl.signature import missing_method_hint, public_methods
+from ..dsl.signature import BIND_HINT, missing_method_hint, public_methods
 from ..errors import BindError, Diagnostic, GraphError, OptionError, OptionValueError
 from . import ast
 from .errors import Source, raise_located
@@ -86,10 +86,9 @@ class SgFile:
                 "say which one: name=... in Python, --name (or --graph for run) on the command line"
             )
         if name not in self.graphs:
-            hint = closest(name, self.graphs)
             raise ImportPathError(
                 f"{self.filename} has no graph {name!r}"
-                + (f"; did you mean {hint!r}?" if hint else "")
+                + did_you_mean(name, self.graphs)
                 + f" Graphs in the file: {', '.join(self.graphs) or '(none)'}."
             )
         return self.graphs[name]
@@ -251,11 +250,10 @@ class _Builder:
         except ModuleNotFoundError as exc:
             if exc.name and (path == exc.name or path.startswith(exc.name + ".")):
                 siblings = [f[:-3] for f in os.listdir(base) if f.endswith(".py")] if os.path.isdir(base) else []
-                hint = closest(exc.name, siblings)
                 return self.error(
                     "import-path",
                     f"cannot import module '{path}': no module named '{exc.name}' in {base} or on sys.path"
-                    + (f"; did you mean '{hint}'?" if hint else ""),
+                    + did_you_mean(exc.name, siblings),
                     span,
                 )
             return self.error("import-path", f"importing module '{path}' failed: {exc}", span)
@@ -281,11 +279,11 @@ class _Builder:
                 for attr, obj in vars(module).items()
                 if not attr.startswith("_") and (isinstance(obj, Deployment) or inspect.isclass(obj) or inspect.isfunction(obj))
             ]
-            hint = closest(name.text, choices)
+            hint = did_you_mean(name.text, choices)
             return self.error(
                 "import-path",
                 f"module '{path}' has no '{name.text}'"
-                + (f"; did you mean '{hint}'?" if hint else "")
+                + hint
                 + (f" It has: {', '.join(sorted(choices))}." if choices and not hint else ""),
                 name.span,
             )
@@ -379,13 +377,19 @@ class _Builder:
                 _with_options(base, {option.key.text: values[option.key.text]})
             except OptionError as exc:
                 located = True
-                self.error("unknown-option", str(exc), option.key.span, node=base.name)
-            except (OptionValueError, TypeError, ValueError) as exc:
+                self.located(exc.diagnostic, option.key.span, "unknown-option", base.name)
+            except OptionValueError as exc:
+                located = True
+                self.located(exc.diagnostic, option.value.span, "option-value", base.name)
+            except (TypeError, ValueError) as exc:  # raised by Python or pydantic, not by servegraph
                 located = True
                 self.error("option-value", str(exc), option.value.span, node=base.name)
         if not located:
             code = "unknown-option" if isinstance(whole, OptionError) else "option-value"
-            self.error(code, str(whole), block.span, node=base.name)
+            if isinstance(whole, GraphError):
+                self.located(whole.diagnostic, block.span, code, base.name)
+            else:
+                self.error(code, str(whole), block.span, node=base.name)
         return BROKEN
 
     def literal(self, expr: ast.Expr) -> Any:
@@ -415,12 +419,9 @@ class _Builder:
         route = None
         if item.route is not None:
             route = item.route.value
-            if not route.startswith("/") or (route != "/" and route.endswith("/")):
-                self.error(
-                    "syntax",
-                    f"a route prefix starts with '/' and does not end with one (except \"/\" itself), got {route!r}",
-                    item.route.span,
-                )
+            problem = route_prefix_problem(route)  # the one rule, as serve.run and configs apply it
+            if problem is not None:
+                self.error("syntax", f"route prefix {route!r} {problem}; Ray Serve refuses it too, e.g. \"/{name.text}\"", item.route.span)
         self.local_names(item)
         order: dict[str, int] = {}
         for i, stmt in enumerate(item.body):
@@ -573,8 +574,7 @@ class _Builder:
                 "name", f"unknown name '{name.text}'; write {_PYTHON_LITERALS[name.text]}", name.span
             )
         choices = set(bound) | set(self.top) | set(_BUILTINS)
-        hint = closest(name.text, choices)
-        advice = f"did you mean '{hint}'?" if hint else "import it (from MODULE import NAME) or define it above (NAME = ...)"
+        advice = did_you_mean(name.text, choices, lead="") or "import it (from MODULE import NAME) or define it above (NAME = ...)"
         return self.error("name", f"unknown name '{name.text}'; {advice}", name.span)
 
     def value(self, expr: ast.Expr, bound: dict[str, Any], forward: dict[str, ast.Name]) -> Any:
@@ -679,19 +679,29 @@ class _Builder:
                 kwargs[arg.name.text] = value
         return (args, kwargs) if ok else None
 
-    def bind_error(self, exc: BindError, site: CallSite, span: ast.Span, call: ast.Call, node: str) -> Any:
-        """A DSL bind error, reworded from ``.bind()`` to the call the user wrote, at the right token."""
-        message = str(exc)
-        prefix = f"{site}: "
-        if message.startswith(prefix):
-            message = message[len(prefix) :]
-        message = message.replace(".bind(): ", "(...): ", 1).replace(
-            "fix the arguments passed to .bind()", "fix the arguments of the call"
-        )
-        for arg in call.args:  # point at the keyword the DSL names, if it names one
-            if arg.name is not None and f"keyword argument '{arg.name.text}'" in message:
+    def bind_error(self, exc: BindError, span: ast.Span, call: ast.Call, written: str) -> Any:
+        """A DSL bind error shown at the call the user wrote (``written``, e.g. ``Model(...)``, where
+        Python says ``Model.bind()``), pointing at the keyword argument it is about, if one."""
+        found = exc.diagnostic
+        fields: dict[str, Any] = {}
+        if found.call is not None:
+            fields["call"] = written
+        if found.hint == BIND_HINT:
+            fields["hint"] = "fix the arguments of the call."  # a .sg file has no .bind()
+        for arg in call.args:
+            if arg.name is not None and arg.name.text == found.keyword:
                 span = arg.name.span
-        return self.error("bind-arguments", message, span, node=node)
+        return self.located(dataclasses.replace(found, **fields), span)
+
+    def located(self, found: Diagnostic, span: ast.Span, code: str | None = None, node: str | None = None) -> Any:
+        """A diagnostic from the DSL, placed at ``span`` of this file; stands for the node it failed to make."""
+        fields: dict[str, Any] = {}
+        if code is not None:
+            fields["code"] = code
+        if node is not None:
+            fields["subject"] = node
+        self.diagnostics.append(self.source.locate(dataclasses.replace(found, **fields), span))
+        return BROKEN
 
     def call(
         self, callee: Any, label: str, span: ast.Span, call: ast.Call, bound: dict[str, Any], forward: dict[str, ast.Name]
@@ -705,7 +715,7 @@ class _Builder:
             try:
                 return callee.bind(*args, _call_site=site, **kwargs)
             except BindError as exc:
-                return self.bind_error(exc, site, span, call, callee.name)
+                return self.bind_error(exc, span, call, f"{callee.name}(...)")
         if isinstance(callee, _Builtin):
             return self.builtin(callee, args, kwargs, site, span, call)
         if isinstance(callee, DeploymentNode):
@@ -722,7 +732,7 @@ class _Builder:
             try:
                 return callee.__call__.bind(*args, _call_site=site, **kwargs)
             except BindError as exc:
-                return self.bind_error(exc, site, call.span, call, callee._deployment.name)
+                return self.bind_error(exc, call.span, call, f"{callee._deployment.name}.__call__(...)")
         what = _describe(callee)
         if isinstance(callee, DAGNode):
             reason = "it has a value only when a request runs, so the graph cannot call it"
@@ -745,7 +755,7 @@ class _Builder:
             try:
                 return DAGDriver.bind(args[0], http_adapter=adapter, _call_site=site)
             except BindError as exc:
-                return self.bind_error(exc, site, span, call, "DAGDriver")
+                return self.bind_error(exc, span, call, "DAGDriver(...)")
         if len(args) != 1 or kwargs or not isinstance(args[0], list):
             return self.error(
                 "bind-arguments", f"MultiOutputNode takes one list of graph nodes: {builtin.usage}", span
@@ -753,7 +763,7 @@ class _Builder:
         try:
             return MultiOutputNode(args[0], _call_site=site)
         except BindError as exc:
-            return self.bind_error(exc, site, span, call, "MultiOutputNode")
+            return self.bind_error(exc, span, call, "MultiOutputNode(...)")
 
     def method_call(
         self,
@@ -807,7 +817,7 @@ class _Builder:
         try:
             return getattr(target, method.text).bind(*args, _call_site=site, **kwargs)
         except BindError as exc:
-            return self.bind_error(exc, site, method.span, call, name)
+            return self.bind_error(exc, method.span, call, f"{name}.{method.text}(...)")
 
     def attribute(self, target: Any, label: str, name: ast.Name) -> Any:
         if target is BROKEN:

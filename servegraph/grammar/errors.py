@@ -16,6 +16,7 @@ missing method, an import that does not resolve) keep their classes
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 from ..errors import (
@@ -93,14 +94,12 @@ class Source:
 
     def diagnostic(self, code: str, message: str, span: Span, node: str | None = None) -> Diagnostic:
         """A diagnostic at ``span`` whose message ends with the source line and a caret."""
-        excerpt = self.excerpt(span)
-        return Diagnostic(
-            code=code,
-            message=message + ("\n" + excerpt if excerpt else ""),
-            file=self.filename,
-            line=span.line,
-            col=max(span.col, 1),
-            node=node,
+        return self.locate(Diagnostic(code, message, subject=node), span)
+
+    def locate(self, diagnostic: Diagnostic, span: Span) -> Diagnostic:
+        """``diagnostic`` (from the DSL, say) placed at ``span`` of this file, with its source line and caret."""
+        return dataclasses.replace(
+            diagnostic, file=self.filename, line=span.line, col=max(span.col, 1), excerpt=self.excerpt(span) or None
         )
 
 

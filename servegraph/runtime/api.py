@@ -13,6 +13,7 @@ import ray
 
 from .._validation import route_prefix_problem
 from ..compiler import CompiledGraph, compile
+from ..compiler.config.app import DEFAULT_APP_NAME
 from ..dsl.nodes import DAGNode
 from ..errors import DeploymentError, GraphError
 from .cluster import CONTROLLER_NAME, NAMESPACE, PROXY_NAME, cluster_resources, ensure_connected
@@ -105,10 +106,16 @@ def _refuse_unsupported_options(compiled: CompiledGraph) -> None:
             )
 
 
+def _require_route_prefix(route_prefix: str | None) -> None:
+    problem = None if route_prefix is None else route_prefix_problem(route_prefix)
+    if problem is not None:
+        raise ValueError(f"route_prefix {route_prefix!r} {problem}; Ray Serve refuses it too, e.g. use '/hello'")
+
+
 def deploy_compiled(
     compiled: CompiledGraph,
     *,
-    name: str = "default",
+    name: str = DEFAULT_APP_NAME,
     route_prefix: str | None = "/",
     host: str = "127.0.0.1",
     port: int = 8000,
@@ -122,6 +129,9 @@ def deploy_compiled(
     ``on_progress`` is called about twice a second while the deploy runs, with each deployment's
     replica counts by state (``{"Model": {"STARTING": 1, "RUNNING": 1}}``).
     """
+    # Every deploy passes here (serve.run, servegraph run and deploy), so no route the config
+    # validator would refuse ever reaches the cluster.
+    _require_route_prefix(route_prefix)
     _refuse_unsupported_options(compiled)
     if http and route_prefix is not None:
         problem = adapter_problem(compiled.ir)
@@ -139,14 +149,14 @@ def deploy_compiled(
     )
     while on_progress is not None and not ray.wait([pending], timeout=0.5)[0]:
         try:
-            app = ray.get(controller.status.remote(), timeout=5)["applications"].get(name)
+            app = ray.get(controller.status.remote(), timeout=5).applications.get(name)
         except Exception:  # progress is best effort; the deploy's own answer is what counts
             continue
         if app is not None:
-            on_progress({d: dict(info["replica_states"]) for d, info in app["deployments"].items()})
+            on_progress({d: dict(info.replica_states) for d, info in app.deployments.items()})
     reply = ray.get(pending)
-    if not reply.ok:
-        raise DeploymentError(f"application {name!r} was not deployed: {reply.error}")
+    if reply.refusal is not None:
+        raise DeploymentError(f"application {name!r} was not deployed: {reply.refusal.message}")
     infos = {spec.name: DeploymentInfo(name, spec.name) for spec in compiled.ir.deployments}
     return _handle_for(name, compiled.ir, infos), reply.changes
 
@@ -154,7 +164,7 @@ def deploy_compiled(
 def run(
     target: DAGNode,
     blocking: bool = False,
-    name: str = "default",
+    name: str = DEFAULT_APP_NAME,
     route_prefix: Any = DEFAULT_ROUTE_PREFIX,
     host: str = "127.0.0.1",
     port: int = 8000,
@@ -193,9 +203,7 @@ def run(
         return run_local(target, name=name)
     if route_prefix is DEFAULT_ROUTE_PREFIX:
         route_prefix = _default_route_prefix(target)
-    problem = None if route_prefix is None else route_prefix_problem(route_prefix)
-    if problem is not None:
-        raise ValueError(f"route_prefix {route_prefix!r} {problem}; Ray Serve refuses it too, e.g. use '/hello'")
+    _require_route_prefix(route_prefix)  # before connecting: a bad route fails at once
     ensure_connected()
     resources = _free_resources(_controller(), name) if resource_check else None
     graph = compile(target, cluster_resources=resources)
@@ -249,9 +257,9 @@ def start(
     controller = _controller()
     if str(getattr(proxy_location, "value", proxy_location)).lower() in ("disabled", "noserver"):
         return
-    error = ray.get(controller.start_http.remote(options.get("host", "127.0.0.1"), int(options.get("port", 8000))))
-    if error:
-        raise DeploymentError(error)
+    refusal = ray.get(controller.start_http.remote(options.get("host", "127.0.0.1"), int(options.get("port", 8000))))
+    if refusal is not None:
+        raise DeploymentError(refusal.message)
 
 
 def delete(name: str, _blocking: bool = True) -> None:
@@ -272,7 +280,7 @@ def shutdown() -> None:
     ray.kill(controller, no_restart=True)
 
 
-def get_app_handle(name: str = "default") -> DeploymentHandle:
+def get_app_handle(name: str = DEFAULT_APP_NAME) -> DeploymentHandle:
     """A DeploymentHandle to a running application's ingress (or graph), as in Ray Serve 2.7+.
 
     ``.options(use_new_handle_api=False)`` gives the older RayServeSyncHandle.
@@ -281,17 +289,17 @@ def get_app_handle(name: str = "default") -> DeploymentHandle:
     info = _ask(controller.get_app.remote(name), "get_app") if controller is not None else None
     if info is None:
         raise GraphError(f"no application named {name!r} is running")
-    return cast(DeploymentHandle, _handle_for(name, info["app"], info["infos"]).options(use_new_handle_api=True))
+    return cast(DeploymentHandle, _handle_for(name, info.app, info.infos).options(use_new_handle_api=True))
 
 
 def get_deployment_handle(deployment_name: str, app_name: str | None = None) -> DeploymentHandle:
     """A DeploymentHandle to one deployment of a running application (default: the app named "default")."""
-    app_name = app_name or "default"
+    app_name = app_name or DEFAULT_APP_NAME
     controller = _controller(create=False)
     info = _ask(controller.get_app.remote(app_name), "get_app") if controller is not None else None
-    if info is None or deployment_name not in info["infos"]:
+    if info is None or deployment_name not in info.infos:
         raise GraphError(f"no deployment {deployment_name!r} in a running application {app_name!r}")
-    return cast(DeploymentHandle, deployment_handle(info["infos"][deployment_name]).options(use_new_handle_api=True))
+    return cast(DeploymentHandle, deployment_handle(info.infos[deployment_name]).options(use_new_handle_api=True))
 
 
 # Status, shaped like Ray Serve's ------------------------------------------------------
@@ -327,17 +335,17 @@ class ServeStatus:
 def status() -> ServeStatus:
     """Applications, their deployments, and replica counts by state."""
     controller = _controller(create=False)
-    raw = _ask(controller.status.remote(), "status") if controller is not None else {"applications": {}, "proxy": None}
+    from .controller import StatusReply
+
+    raw = _ask(controller.status.remote(), "status") if controller is not None else StatusReply({})
     apps = {}
-    for name, app in raw["applications"].items():
+    for name, app in raw.applications.items():
         deployments = {
-            d: DeploymentStatus(d, info["status"], dict(info["replica_states"]), info["message"])
-            for d, info in app["deployments"].items()
+            d: DeploymentStatus(d, info.status, dict(info.replica_states), info.message)
+            for d, info in app.deployments.items()
         }
-        apps[name] = ApplicationStatus(
-            name, app["status"], app["route_prefix"], deployments, app["message"], dict(app.get("path") or {})
-        )
-    return ServeStatus(apps, raw["proxy"], _proxies() if raw["proxy"] else {})
+        apps[name] = ApplicationStatus(name, app.status, app.route_prefix, deployments, app.message, dict(app.path))
+    return ServeStatus(apps, raw.proxy, _proxies() if raw.proxy else {})
 
 
 def _proxies() -> dict[str, str]:

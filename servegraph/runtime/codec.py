@@ -16,6 +16,8 @@ from typing import Any
 import ray.cloudpickle
 from ray import ObjectRef
 
+from .._walk import contains_type, map_leaves
+
 
 class Slot:
     """Position of a ref among the call's top-level arguments."""
@@ -44,41 +46,41 @@ def loads_with_paths(data: bytes, paths: tuple[str, ...] | list[str]) -> Any:
 
 
 def to_slots(value: Any, refs: list[ObjectRef]) -> Any:
-    """``value`` with every ObjectRef in it (lists, tuples, dict values) appended to ``refs`` and replaced by its Slot."""
-    kind = type(value)
-    if kind is ObjectRef:
+    """``value`` with every ObjectRef nested in it appended to ``refs`` and replaced by its Slot.
+
+    ``value`` itself comes back when it holds no ref: no copy on the common path.
+    """
+    if type(value) is ObjectRef:
         refs.append(value)
         return Slot(len(refs) - 1)
-    if kind is list:
-        return [to_slots(v, refs) for v in value]
-    if kind is tuple:
-        return tuple(to_slots(v, refs) for v in value)
-    if kind is dict:
-        return {k: to_slots(v, refs) for k, v in value.items()}
-    return value
+    if not contains_type(value, _REF):  # the request path: most arguments hold no ref
+        return value
+
+    def slot(leaf: Any) -> Any:
+        if type(leaf) is ObjectRef:
+            refs.append(leaf)
+            return Slot(len(refs) - 1)
+        return leaf
+
+    return map_leaves(value, slot)
+
+
+_REF = frozenset({ObjectRef})
+_SLOT = frozenset({Slot})
 
 
 def flatten(args: tuple, kwargs: dict) -> tuple[tuple, dict, list[ObjectRef]]:
     """Split arguments into (template args, template kwargs, refs)."""
     refs: list[ObjectRef] = []
-    return tuple(to_slots(a, refs) for a in args), {k: to_slots(v, refs) for k, v in kwargs.items()}, refs
-
-
-def _fill(value: Any, values: tuple) -> Any:
-    kind = type(value)
-    if kind is Slot:
-        return values[value.index]
-    if kind is list:
-        return [_fill(v, values) for v in value]
-    if kind is tuple:
-        return tuple(_fill(v, values) for v in value)
-    if kind is dict:
-        return {k: _fill(v, values) for k, v in value.items()}
-    return value
+    return tuple([to_slots(a, refs) for a in args]), {k: to_slots(v, refs) for k, v in kwargs.items()}, refs
 
 
 def unflatten(args: tuple, kwargs: dict, values: tuple) -> tuple[tuple, dict]:
     """Put resolved values back where their refs were."""
     if not values:
         return args, kwargs
-    return tuple(_fill(a, values) for a in args), {k: _fill(v, values) for k, v in kwargs.items()}
+
+    def fill(leaf: Any) -> Any:
+        return values[leaf.index] if type(leaf) is Slot else leaf
+
+    return tuple(map_leaves(a, fill) for a in args), {k: map_leaves(v, fill) for k, v in kwargs.items()}

@@ -41,6 +41,7 @@ from ray.actor import ActorHandle
 
 from ..compiler import ir
 from ..compiler.fast_path import compiled_path_problem, lane_deployments
+from ..dsl.options import add_resources
 from .autoscaling import Autoscaler
 from .cluster import NAMESPACE, PROXY_NAME
 from .codec import loads_with_paths
@@ -123,14 +124,8 @@ class Replica:
     dead: bool = False
     unhealthy: str | None = None
 
-    def info(self) -> dict[str, Any]:
-        return {
-            "replica_id": self.replica_id,
-            "state": self.state,
-            "node_id": self.node_id,
-            "pid": self.pid,
-            "actor_name": self.actor_name,
-        }
+    def info(self) -> ReplicaReport:
+        return ReplicaReport(self.replica_id, self.state, self.node_id, self.pid, self.actor_name)
 
 
 @dataclasses.dataclass(eq=False)
@@ -179,13 +174,80 @@ class App:
     compiled: bool = True
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class ReplicaReport:
+    """One replica, as ``status`` reports it."""
+
+    replica_id: str
+    state: str
+    node_id: str | None
+    pid: int | None
+    actor_name: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DeploymentReport:
+    """One deployment, as ``status`` reports it."""
+
+    status: str
+    replica_states: dict[str, int]
+    message: str
+    num_replicas: int
+    class_name: str
+    version: str
+    replicas: tuple[ReplicaReport, ...]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AppReport:
+    """One application, as ``status`` reports it."""
+
+    status: str
+    message: str
+    route_prefix: str | None
+    ingress: str | None
+    deployments: dict[str, DeploymentReport]
+    #: Which path requests take: {"kind": "compiled"|"plan", "reason": ..., "lanes": n} (see lane_table.py).
+    path: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class StatusReply:
+    """What ``status`` answers: every application, and where the HTTP proxy listens (None: no proxy)."""
+
+    applications: dict[str, AppReport]
+    proxy: dict[str, Any] | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why the controller could not do what a driver asked, as data; the driver raises it as a DeploymentError."""
+
+    #: code-import (the graph's code does not import here), route-taken, proxy (the HTTP proxy cannot
+    #: serve there), deleted (while it deployed), replica-failed, timeout (replicas did not start in time).
+    code: str
+    message: str
+
+
 @dataclasses.dataclass(frozen=True)
 class DeployReply:
-    """What ``deploy_app`` answers: per deployment what changed, or why the application is not running."""
+    """What ``deploy_app`` answers: per deployment what changed, and why the application is not running, if so."""
 
-    ok: bool
     changes: dict[str, str]
-    error: str = ""
+    refusal: Refusal | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.refusal is None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AppRecord:
+    """What ``get_app`` answers: a running application's IR, its deployments' routing infos, its route."""
+
+    app: ir.AppIR
+    infos: dict[str, DeploymentInfo]
+    route_prefix: str | None
 
 
 class Controller:
@@ -395,9 +457,7 @@ class Controller:
             free = ray.available_resources()
         except Exception:
             return True
-        opts = dep.spec.options.actor_options()
-        need = {"CPU": float(opts.get("num_cpus") or 0), "GPU": float(opts.get("num_gpus") or 0)}
-        need.update({k: float(v) for k, v in (opts.get("resources") or {}).items()})
+        need = dep.spec.options.replica_resources()
         return all(free.get(k, 0.0) + 1e-9 >= count * v for k, v in need.items() if v)
 
     def _start(self, dep: Deployment) -> Replica:
@@ -682,10 +742,12 @@ class Controller:
             app: ir.AppIR = loads_with_paths(app_bytes, code_paths)
         except Exception as exc:  # user code that does not import here
             return DeployReply(
-                False,
                 {},
-                f"the cluster cannot load the graph's code: {type(exc).__name__}: {exc}. Modules the graph uses "
-                "must be importable where replicas run: deploy from their directory or install them.",
+                Refusal(
+                    "code-import",
+                    f"the cluster cannot load the graph's code: {type(exc).__name__}: {exc}. Modules the graph uses "
+                    "must be importable where replicas run: deploy from their directory or install them.",
+                ),
             )
         self._code_paths.extend(p for p in code_paths if p not in self._code_paths)
         while name in self._apps and self._apps[name].deleting:  # a delete still draining: let it finish
@@ -693,13 +755,15 @@ class Controller:
         async with self._lock:
             for other in self._apps.values():
                 if other.name != name and route_prefix is not None and other.route_prefix == route_prefix and not other.deleting:
-                    return DeployReply(False, {}, f"route prefix {route_prefix!r} is already used by application {other.name!r}")
+                    return DeployReply(
+                        {}, Refusal("route-taken", f"route prefix {route_prefix!r} is already used by application {other.name!r}")
+                    )
             if http is not None and route_prefix is not None:
                 host, port, options = http
                 # Normalised, so "defaults left out" and "defaults written out" are the same proxy.
                 error = await self._ensure_proxy(host, port, {**HTTP_OPTION_DEFAULTS, **options}, name)
                 if error:
-                    return DeployReply(False, {}, error)
+                    return DeployReply({}, Refusal("proxy", error))
             changes = self._set_target(name, app, app_bytes, tuple(code_paths), route_prefix, compiled)
             self._dirty = True
             await self._push_routes()
@@ -783,37 +847,39 @@ class Controller:
         while time.monotonic() < deadline:
             app = self._apps.get(name)
             if app is None:
-                return DeployReply(False, changes, "the application was deleted while it deployed")
+                return DeployReply(changes, Refusal("deleted", "the application was deleted while it deployed"))
             if app.status == DEPLOY_FAILED:
-                return DeployReply(False, changes, app.message)
+                return DeployReply(changes, Refusal("replica-failed", app.message))
             if app.status in (RUNNING_APP, "UNHEALTHY") and all(d.status != "UPDATING" for d in app.deployments.values()):
-                return DeployReply(True, changes)
+                return DeployReply(changes)
             await asyncio.sleep(0.05)
         pending = [d for d in self._apps[name].deployments.values() if d.status != HEALTHY]
         detail = "; ".join(f"{d.name}: {d.message or d.status}" for d in pending)
         return DeployReply(
-            False,
             changes,
-            f"replicas did not start within {START_TIMEOUT_S:g}s ({detail}); they keep being tried. The cluster may "
-            "lack the resources they ask for: see `ray status`.",
+            Refusal(
+                "timeout",
+                f"replicas did not start within {START_TIMEOUT_S:g}s ({detail}); they keep being tried. The cluster "
+                "may lack the resources they ask for: see `ray status`.",
+            ),
         )
 
-    async def start_http(self, host: str, port: int) -> str | None:
-        """``serve.start``: the HTTP proxy on host:port before any deploy; an error message if it cannot be."""
+    async def start_http(self, host: str, port: int) -> Refusal | None:
+        """``serve.start``: the HTTP proxy on host:port before any deploy; why not, if it cannot be."""
         await self._recovered.wait()
         async with self._lock:
             error = await self._ensure_proxy(host, port, dict(HTTP_OPTION_DEFAULTS), "")
             if error is None:
                 await self._push_routes()
-            return error
+                return None
+            return Refusal("proxy", error)
 
-    async def get_app(self, name: str) -> dict[str, Any] | None:
+    async def get_app(self, name: str) -> AppRecord | None:
         await self._recovered.wait()
         state = self._apps.get(name)
         if state is None or state.deleting:
             return None
-        infos = {d: DeploymentInfo(name, d) for d in state.deployments}
-        return {"app": state.app, "infos": infos, "route_prefix": state.route_prefix}
+        return AppRecord(state.app, {d: DeploymentInfo(name, d) for d in state.deployments}, state.route_prefix)
 
     async def delete_app(self, name: str) -> bool:
         """Stop every replica of an application (draining them) and wait until they are gone."""
@@ -850,16 +916,11 @@ class Controller:
             if state.name == exclude:
                 continue
             for dep in state.deployments.values():
-                opts = dep.spec.options.actor_options()
-                n = len(dep.replicas)
-                out["CPU"] = out.get("CPU", 0.0) + n * float(opts.get("num_cpus") or 0)
-                out["GPU"] = out.get("GPU", 0.0) + n * float(opts.get("num_gpus") or 0)
-                for key, amount in (opts.get("resources") or {}).items():
-                    out[key] = out.get(key, 0.0) + n * float(amount)
+                add_resources(out, dep.spec.options.replica_resources(), len(dep.replicas))
         return out
 
     # Status ------------------------------------------------------------------------------
-    async def status(self) -> dict[str, Any]:
+    async def status(self) -> StatusReply:
         await self._recovered.wait()
         apps = {}
         for name, state in sorted(self._apps.items()):
@@ -868,25 +929,20 @@ class Controller:
                 replica_states: dict[str, int] = {}
                 for r in dep.replicas.values():
                     replica_states[r.state] = replica_states.get(r.state, 0) + 1
-                deployments[dname] = {
-                    "status": dep.status,
-                    "replica_states": replica_states,
-                    "message": dep.message,
-                    "num_replicas": dep.target,
-                    "class_name": dep.spec.class_name,
-                    "version": dep.version,
-                    "replicas": [r.info() for r in dep.replicas.values()],
-                }
-            apps[name] = {
-                "status": state.status,
-                "message": state.message,
-                "route_prefix": state.route_prefix,
-                "ingress": state.app.ingress,
-                "deployments": deployments,
-                "path": self._path_status(state),
-            }
+                deployments[dname] = DeploymentReport(
+                    status=dep.status,
+                    replica_states=replica_states,
+                    message=dep.message,
+                    num_replicas=dep.target,
+                    class_name=dep.spec.class_name,
+                    version=dep.version,
+                    replicas=tuple(r.info() for r in dep.replicas.values()),
+                )
+            apps[name] = AppReport(
+                state.status, state.message, state.route_prefix, state.app.ingress, deployments, self._path_status(state)
+            )
         proxy = {"host": self._http[0], "port": self._http[1]} if self._http and self._proxy else None
-        return {"applications": apps, "proxy": proxy}
+        return StatusReply(apps, proxy)
 
     @staticmethod
     def _path_status(state: App) -> dict[str, Any]:
@@ -1047,9 +1103,9 @@ class Controller:
             self._http_options = dict(data.get("http_options") or {})
             try:
                 proxy = ray.get_actor(PROXY_NAME, namespace=NAMESPACE)
-                self._attach_proxy(proxy, tuple(data["http"]))  # type: ignore[arg-type]
+                self._attach_proxy(proxy, tuple(data["http"]))
             except ValueError:
-                self._http = tuple(data["http"])  # type: ignore[assignment]
+                self._http = tuple(data["http"])
                 await self._start_proxy(*self._http, self._http_options)
             await self._push_routes()
         print(f"servegraph: controller recovered {len(self._apps)} application(s) from its checkpoint", file=sys.stderr)

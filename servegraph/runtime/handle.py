@@ -22,6 +22,7 @@ from typing import Any, cast
 import ray
 from ray import ObjectRef
 
+from .._walk import any_leaf, map_leaves, map_leaves_async
 from ..compiler import ir
 from .codec import flatten
 from .graph_ref import GraphRef
@@ -80,29 +81,20 @@ def note_actor_death(exc: BaseException) -> bool:
 # Resolving what callers pass in ----------------------------------------------------
 
 
-def _needs_resolving(value: Any) -> bool:
+def _is_pending(value: Any) -> bool:
     kind = type(value)
-    if kind in (list, tuple):
-        return any(_needs_resolving(v) for v in value)
-    if kind is dict:
-        return any(_needs_resolving(v) for v in value.values())
     return kind is DeploymentResponse or kind is GraphRef or isinstance(value, (asyncio.Future, concurrent.futures.Future))
 
 
-def _resolve_sync(value: Any) -> Any:
-    """Replace DeploymentResponses by their ObjectRefs (outside an event loop)."""
-    kind = type(value)
-    if kind is DeploymentResponse:
+def _needs_resolving(value: Any) -> bool:
+    return any_leaf(value, _is_pending)
+
+
+def _resolve_one_sync(value: Any) -> Any:
+    if type(value) is DeploymentResponse:
         value = value._object_ref_sync()
-        kind = type(value)
-    if kind is GraphRef:
+    if type(value) is GraphRef:
         return value.get()  # a compiled lane's output: the value itself
-    if kind is list:
-        return [_resolve_sync(v) for v in value]
-    if kind is tuple:
-        return tuple(_resolve_sync(v) for v in value)
-    if kind is dict:
-        return {k: _resolve_sync(v) for k, v in value.items()}
     if isinstance(value, asyncio.Future):
         raise TypeError(
             "an asyncio.Task from RayServeDeploymentHandle.remote() was passed to a sync handle; "
@@ -113,25 +105,26 @@ def _resolve_sync(value: Any) -> Any:
     return value
 
 
-async def _resolve_async(value: Any) -> Any:
-    """Await Tasks and DeploymentResponses down to ObjectRefs, without awaiting the refs."""
-    kind = type(value)
-    if kind is DeploymentResponse:
+def _resolve_sync(value: Any) -> Any:
+    """Replace DeploymentResponses by their ObjectRefs (outside an event loop)."""
+    return map_leaves(value, _resolve_one_sync)
+
+
+async def _resolve_one_async(value: Any) -> Any:
+    if type(value) is DeploymentResponse:
         value = await value._object_ref()
-        kind = type(value)
-    if kind is GraphRef:
+    if type(value) is GraphRef:
         return value.get()
-    if kind is list:
-        return [await _resolve_async(v) for v in value]
-    if kind is tuple:
-        return tuple([await _resolve_async(v) for v in value])
-    if kind is dict:
-        return {k: await _resolve_async(v) for k, v in value.items()}
     if isinstance(value, asyncio.Future):
         return await value
     if isinstance(value, concurrent.futures.Future):
         return await asyncio.wrap_future(value)
     return value
+
+
+async def _resolve_async(value: Any) -> Any:
+    """Await Tasks and DeploymentResponses down to ObjectRefs, without awaiting the refs."""
+    return await map_leaves_async(value, _resolve_one_async)
 
 
 def _prepare_sync(args: tuple, kwargs: dict) -> tuple[tuple, dict]:

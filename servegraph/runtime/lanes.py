@@ -261,7 +261,7 @@ class LaneSet:
                     self._manager.submit(lane.teardown)
             for lane_id, info in mine.items():
                 if lane_id not in self.lanes:
-                    self.lanes[lane_id] = _Compiling(info)  # type: ignore[assignment]
+                    self.lanes[lane_id] = _Compiling(info)
                     self._manager.submit(self._compile, info)
             if not mine and not assignment.reason:
                 self.reason = "no lane assigned to this process" if assignment.lanes else "waiting for lanes"

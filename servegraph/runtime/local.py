@@ -15,8 +15,11 @@ import inspect
 import threading
 from typing import Any
 
+from .._walk import map_leaves_async
 from ..compiler import compile, ir
+from ..compiler.config.app import DEFAULT_APP_NAME
 from ..dsl.nodes import DAGNode
+from ..dsl.signature import function_method_problem
 from .handle import DeploymentResponse, DriverTarget, RayServeDeploymentHandle, RayServeSyncHandle, RoutesTarget
 from .plan import PlanInputError, drive, run_plan
 from .replica import construct
@@ -55,15 +58,13 @@ class LocalRef:
 
 async def _resolve(value: Any) -> Any:
     """Await every result nested in ``value``."""
+    return await map_leaves_async(value, _resolve_leaf)
+
+
+async def _resolve_leaf(value: Any) -> Any:
     if isinstance(value, (LocalRef, DeploymentResponse, asyncio.Future)):
         value = await value
         return await _resolve(value) if isinstance(value, LocalRef) else value
-    if type(value) is list:
-        return [await _resolve(v) for v in value]
-    if type(value) is tuple:
-        return tuple([await _resolve(v) for v in value])
-    if type(value) is dict:
-        return {k: await _resolve(v) for k, v in value.items()}
     return value
 
 
@@ -99,6 +100,9 @@ class _LocalDeployment:
 
     def method(self, name: str) -> Any:
         if self.instance is None:
+            problem = function_method_problem(self.name, name)
+            if problem is not None:  # the same rule as a replica on Ray
+                raise AttributeError(problem)
             return self.spec.target
         return getattr(self.instance, name)
 
@@ -165,7 +169,7 @@ class _LocalPlanTarget:
         return self.submit(method, args, kwargs)
 
 
-def run_local(target: DAGNode, *, name: str = "default") -> RayServeSyncHandle:
+def run_local(target: DAGNode, *, name: str = DEFAULT_APP_NAME) -> RayServeSyncHandle:
     """Compile ``target`` and run it in this process; returns the same handle type as ``serve.run``."""
     compiled = compile(target)
     deployments: dict[str, _LocalDeployment] = {}

@@ -28,9 +28,9 @@ from typing import Any
 
 import ray
 
-from .._validation import closest
+from .._validation import did_you_mean
 from ..compiler import ir
-from ..dsl.signature import public_methods
+from ..dsl.signature import function_method_problem, public_methods
 from .codec import unflatten
 from .handle import DeploymentInfo, async_handle, note_actor_death
 from .http_codec import HTTPResult, encode_error, encode_result, make_request, request_id_of, set_request_id
@@ -175,15 +175,16 @@ class _ReplicaCore:
 
     def _method(self, name: str) -> Callable[..., Any]:
         if self._is_function:
-            if name not in ("__call__", "predict"):
-                raise AttributeError(f"function deployment {self._deployment!r} has only __call__, not {name!r}")
+            problem = function_method_problem(self._deployment, name)
+            if problem is not None:
+                raise AttributeError(problem)
             return self._function
         try:
             return getattr(self._instance, name)
         except AttributeError:
-            hint = closest(name, public_methods(type(self._instance)))
             raise AttributeError(
-                f"deployment {self._deployment!r} has no method {name!r}" + (f"; did you mean {hint!r}?" if hint else "")
+                f"deployment {self._deployment!r} has no method {name!r}"
+                + did_you_mean(name, public_methods(type(self._instance)))
             ) from None
 
     def _reconfigure_sync(self, user_config: Any) -> Any:

@@ -13,13 +13,13 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from ..dsl.options import RayActorOptions
-from ..errors import ConfigError, raise_diagnostics
-from . import ir
-from .app import RAY_SERVE_BUILDER, resolve
+from ...dsl.options import RayActorOptions
+from ...errors import ConfigError, raise_diagnostics
+from .. import ir
+from ..config.app import RAY_SERVE_BUILDER, resolve
 
 if TYPE_CHECKING:
-    from .compiled import CompiledGraph
+    from ..compiled import CompiledGraph
 
 #: Options written for every deployment, in Ray Serve's DeploymentSchema order.
 _ALWAYS = (

@@ -11,35 +11,28 @@ Every field keeps Ray Serve's name, type and meaning (``ServeDeploySchema`` ->
 * Fields servegraph cannot honour (gang scheduling, request routers, ...) are
   left out, so they are reported as unknown rather than accepted and ignored.
   ``args`` is accepted for one application builder only, servegraph's own
-  (:data:`~servegraph.compiler.app.RAY_SERVE_BUILDER`), which both engines run.
+  (:data:`~servegraph.compiler.config.app.RAY_SERVE_BUILDER`), which both engines run.
 
-A deployment's options in the config override the ones in the code, field by
-field, as in Ray Serve: :func:`deployment_overrides` says which, and
-:func:`check_overrides` checks them against a compiled graph before anything
-is deployed.
+Reading and validating files is :mod:`.loading`; how a config's deployment
+options override the code's is :mod:`.overrides`.
 """
 
 from __future__ import annotations
 
-import os
 from typing import TYPE_CHECKING, Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
-from .._validation import closest, format_errors, route_prefix_problem
-from ..dsl.options import AutoscalingConfig, RayActorOptions, make_options
-from ..errors import ConfigError, OptionError, OptionValueError
-from .app import RAY_SERVE_BUILDER
+from ..._validation import route_prefix_problem
+from ...dsl.options import AutoscalingConfig, RayActorOptions
+from ...errors import ConfigError
+from .app import DEFAULT_APP_NAME, RAY_SERVE_BUILDER
 
 if TYPE_CHECKING:
-    from .compiled import CompiledGraph
+    pass
 
 #: Ray Serve's default for a deployment with ``num_replicas: auto`` (``AutoscalingConfig.default()``).
 AUTO_AUTOSCALING_CONFIG = {"min_replicas": 1, "max_replicas": 100, "target_ongoing_requests": 2.0}
-
-#: Ray Serve's name for an application the config does not name.
-DEFAULT_APP_NAME = "default"
 
 
 class _Schema(BaseModel):
@@ -164,7 +157,7 @@ class DeploymentConfig(_Schema):
 class BuilderArgs(_Schema):
     """The ``args`` of servegraph's application builder: which graph to build, and how.
 
-    The builder (:data:`~servegraph.compiler.app.RAY_SERVE_BUILDER`) and
+    The builder (:data:`~servegraph.compiler.config.app.RAY_SERVE_BUILDER`) and
     ``servegraph deploy`` both read ``args`` through this model.
     """
 
@@ -292,146 +285,4 @@ class ServeConfig(_Schema):
                 return app
         raise ConfigError(
             f"the config has no application {name!r}; it has: {', '.join(a.name for a in self.applications)}"
-        )
-
-
-def validate_config(data: Any, source: str = "<config>") -> ServeConfig:
-    """Validate a parsed config (a dict) into a :class:`ServeConfig`.
-
-    Raises:
-        ConfigError: one line per problem, each ``SOURCE: path.in.file: what is wrong, got VALUE``.
-    """
-    if not isinstance(data, dict):
-        raise ConfigError(
-            f"{source}: expected a mapping with 'applications' at the top level, got {type(data).__name__}"
-        )
-    try:
-        config = ServeConfig.model_validate(data)
-    except ValidationError as exc:
-        lines = [f"{source}: {line}" for line in format_errors(exc, "", ServeConfig)]
-        if "applications" not in data and "import_path" in data:
-            lines.append(
-                f"{source}: this looks like a single-application config; put it in a list under 'applications:'"
-            )
-        message = lines[0] if len(lines) == 1 else f"{len(lines)} problems in {source}:\n" + "\n".join(
-            "  " + line for line in lines
-        )
-        raise ConfigError(message) from None
-    for i, app in enumerate(config.applications):
-        app._source, app._path = source, f"applications[{i}]"
-    return config
-
-
-def load_config(path: str | os.PathLike[str]) -> ServeConfig:
-    """Read and validate a deploy config (YAML or JSON), or the ``serveConfigV2`` of a KubeRay RayService.
-
-    Raises:
-        ConfigError: the file cannot be read or parsed, or is not a valid config;
-            the message lists every problem with the file name and its path in the file.
-    """
-    source = os.fspath(path)
-    try:
-        with open(source, encoding="utf-8") as f:
-            text = f.read()
-    except OSError as exc:
-        raise ConfigError(f"{source}: cannot read the config: {exc.strerror}") from None
-    data = _parse_yaml(text, source)
-    if isinstance(data, dict) and data.get("kind") == "RayService":
-        source = f"{source} (spec.serveConfigV2)"
-        embedded = (data.get("spec") or {}).get("serveConfigV2")
-        if not isinstance(embedded, str):
-            raise ConfigError(f"{source}: the RayService has no serveConfigV2 string")
-        data = _parse_yaml(embedded, source)
-    return validate_config(data, source)
-
-
-def _parse_yaml(text: str, source: str) -> Any:
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark is not None else source
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(f"{where}: not valid YAML: {problem}") from None
-    if data is None:
-        raise ConfigError(f"{source}: the config is empty; expected a mapping with 'applications'")
-    return data
-
-
-class Overrides(dict):  # type: ignore[type-arg]
-    """Option overrides by deployment name, remembering where each deployment is in the config file."""
-
-    def __init__(self, items: dict[str, dict[str, Any]], locations: dict[str, str]):
-        super().__init__(items)
-        #: ``file: applications[i].deployments[j]`` by deployment name.
-        self.locations = locations
-
-
-def deployment_overrides(app_config: ApplicationConfig) -> Overrides:
-    """The options each listed deployment overrides: ``{deployment name: {option: value}}``.
-
-    Only fields written in the config appear, as plain values that
-    ``Deployment.options(**overrides)`` / ``make_options`` accept. As in Ray
-    Serve, ``ray_actor_options`` replaces the code's whole dict;
-    ``num_replicas: auto`` becomes Ray Serve's default autoscaling_config
-    updated with the config's own; setting one of num_replicas and
-    autoscaling_config clears the other. The application's ``runtime_env`` is
-    not per deployment and is left to the caller.
-
-    >>> app = ApplicationConfig(import_path="hello:app", deployments=[{"name": "A", "num_replicas": 2}])
-    >>> deployment_overrides(app)
-    {'A': {'num_replicas': 2, 'autoscaling_config': None}}
-    """
-    out: dict[str, dict[str, Any]] = {}
-    locations: dict[str, str] = {}
-    for j, dep in enumerate(app_config.deployments):
-        options: dict[str, Any] = {}
-        for field in DeploymentConfig.model_fields:  # schema order, so the result is stable
-            if field == "name" or field not in dep.model_fields_set:
-                continue
-            value = getattr(dep, field)
-            options[field] = value.model_dump(exclude_unset=True) if isinstance(value, BaseModel) else value
-        if options.get("num_replicas") == "auto":
-            options["num_replicas"] = None
-            options["autoscaling_config"] = {**AUTO_AUTOSCALING_CONFIG, **(options.get("autoscaling_config") or {})}
-        elif options.get("num_replicas") is not None:
-            options.setdefault("autoscaling_config", None)
-        elif options.get("autoscaling_config") is not None:
-            options.setdefault("num_replicas", None)
-        out[dep.name] = options
-        locations[dep.name] = f"{app_config.location}.deployments[{j}]"
-    return Overrides(out, locations)
-
-
-def check_overrides(compiled: CompiledGraph, overrides: dict[str, dict[str, Any]]) -> None:
-    """Check that every overridden deployment is in the graph and its merged options are valid.
-
-    Raises:
-        ConfigError: every problem, each naming the deployment's place in the
-            config file (when ``overrides`` came from :func:`deployment_overrides`).
-    """
-    deployments = compiled.deployments
-    locations = getattr(overrides, "locations", {})
-    graph = compiled.app.import_path or "the graph"
-    problems = []
-    for name, options in overrides.items():
-        where = locations.get(name, f"deployment {name!r}")
-        dep = deployments.get(name)
-        if dep is None:
-            hint = closest(name, deployments)
-            problems.append(
-                f"{where}.name: {graph} has no deployment {name!r}"
-                + (f"; did you mean {hint!r}?" if hint else ";")
-                + f" Its deployments: {', '.join(deployments) or '(none)'}."
-            )
-            continue
-        try:
-            make_options(dep.options, **dict(options))
-        except (OptionError, OptionValueError) as exc:
-            problems.append(f"{where}: {exc}")
-    if problems:
-        raise ConfigError(
-            problems[0]
-            if len(problems) == 1
-            else f"{len(problems)} problems in the config:\n" + "\n".join("  " + p for p in problems)
         )

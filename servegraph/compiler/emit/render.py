@@ -12,12 +12,12 @@ import os
 import shutil
 from typing import TYPE_CHECKING
 
-from ..errors import RenderError
-from .emit_dot import to_dot
-from .emit_mermaid import to_mermaid
+from ...errors import RenderError
+from .dot import to_dot
+from .mermaid import to_mermaid
 
 if TYPE_CHECKING:
-    from .compiled import CompiledGraph
+    from ..compiled import CompiledGraph
 
 TEXT_FORMATS = (".dot", ".mmd")
 GRAPHVIZ_FORMATS = (".svg", ".png", ".pdf")

@@ -5,6 +5,7 @@ string keys, strings, numbers, booleans, null. Everything else is tagged so it
 comes back as it was:
 
 * ``{"$ref": "n3"}`` a node's value, ``{"$handle": "Model"}`` a deployment handle;
+* ``{"$namedtuple": ["module:qualname", [...]]}`` a namedtuple of an importable type;
 * ``{"$tuple": [...]}``, ``{"$dict": [[key, value], ...]}`` (non-string keys),
   ``{"$float": "nan"}``;
 * ``{"$import": "module:qualname"}`` a module-level function or class;
@@ -18,25 +19,25 @@ Deployment targets are not stored: :func:`load_ir` re-imports them from their
 from __future__ import annotations
 
 import base64
+import dataclasses
 import importlib
 import json
 import math
 import os
 from typing import TYPE_CHECKING, Any
 
-import networkx as nx
-
-from .. import errors
-from ..dsl.callsite import CallSite
-from ..dsl.options import DeploymentOptions
-from . import ir
-from .app import AppInfo, resolve
-from .emit_config import require_ok
-from .naming import key_order
-from .version import code_version
+from ... import errors
+from ..._walk import is_namedtuple
+from ...dsl.callsite import CallSite
+from ...dsl.options import DeploymentOptions
+from .. import ir
+from ..config.app import AppInfo, resolve
+from ..ir import key_order
+from ..version import code_version
+from .deploy_config import require_ok
 
 if TYPE_CHECKING:
-    from .compiled import CompiledGraph
+    from ..compiled import CompiledGraph
 
 FORMAT = "servegraph.ir"
 VERSION = 1
@@ -61,11 +62,15 @@ def encode(value: Any) -> Any:
         return value
     if isinstance(value, float):
         return value if math.isfinite(value) else {"$float": repr(value)}
-    if isinstance(value, list):
+    if type(value) is list:
         return [encode(v) for v in value]
-    if isinstance(value, tuple):
+    if is_namedtuple(value):
+        path = _importable(type(value))
+        if path is not None:  # the same namedtuple type comes back, not a plain tuple
+            return {"$namedtuple": [path, [encode(v) for v in value]]}
+    elif type(value) is tuple:
         return {"$tuple": [encode(v) for v in value]}
-    if isinstance(value, dict):
+    if type(value) is dict:
         if all(isinstance(k, str) and not k.startswith("$") for k in value):
             return {k: encode(v) for k, v in value.items()}
         return {"$dict": [[encode(k), encode(v)] for k, v in value.items()]}
@@ -93,6 +98,8 @@ def decode(value: Any) -> Any:
             return ir.ObjectTemplate(base64.b64decode(body[0]), tuple(decode(m) for m in body[1]))
         if tag == "$tuple":
             return tuple(decode(v) for v in body)
+        if tag == "$namedtuple":
+            return import_target(body[0], what="a namedtuple type")._make(decode(v) for v in body[1])
         if tag == "$dict":
             return {_hashable(decode(k)): decode(v) for k, v in body}
         if tag == "$float":
@@ -135,7 +142,7 @@ def import_target(path: str, *, what: str = "a deployment", unwrap: bool = True)
     except (ImportError, AttributeError) as exc:
         raise errors.ConfigError(f"cannot import {what} from {path!r}: {exc}") from None
     if unwrap:
-        from ..dsl.deployment import Deployment
+        from ...dsl.deployment import Deployment
 
         if isinstance(value, Deployment):
             value = value.func_or_class
@@ -196,17 +203,16 @@ def to_data(compiled: CompiledGraph) -> dict[str, Any]:
     """The compiled graph as a JSON-able dict."""
     require_ok(compiled)
     app = resolve(compiled)
-    graph = compiled.graph
-    edges = sorted(graph.edges(data=True), key=lambda e: (key_order(e[0]), key_order(e[1])))
+    edges = sorted(compiled.ir.edges, key=lambda e: (key_order(e.source), key_order(e.target)))
     plan = compiled.plan
     return {
         "format": FORMAT,
         "version": VERSION,
         "application": {"name": app.name, "route_prefix": app.route_prefix, "import_path": app.import_path},
-        "root": graph.graph.get("root"),
+        "root": compiled.ir.root,
         "ingress": compiled.ingress,
         "nodes": [_node(n) for n in compiled.ir.nodes],
-        "edges": [{"from": u, "to": v, "kind": d["kind"], "label": d["label"]} for u, v, d in edges],
+        "edges": [{"from": e.source, "to": e.target, "kind": e.kind, "label": e.label} for e in edges],
         "deployments": [_deployment(d) for d in compiled.ir.deployments],
         "plan": None
         if plan is None
@@ -313,12 +319,25 @@ def _load_plan(plan: dict[str, Any]) -> ir.Plan:
     return ir.Plan(input=plan["input"], steps=tuple(_load_step(s) for s in plan["steps"]), output=decode(plan["output"]))
 
 
+def _with_deployment(node: ir.NodeIR, dep: ir.DeploymentIR | None) -> ir.NodeIR:
+    """A deployment node with its target, options and name, which the file keeps in ``deployments``."""
+    if dep is None:
+        return node
+    return dataclasses.replace(node, target=dep.target, options=dep.options, name=dep.name)
+
+
 def _build_ir(data: dict[str, Any], name: str) -> ir.AppIR:
     plan = data["plan"]
     try:
+        deployments = tuple(_load_deployment(d) for d in data["deployments"])
+        by_node = {d.node: d for d in deployments}
+        nodes = tuple(_with_deployment(_load_node(n), by_node.get(n["key"])) for n in data["nodes"])
         return ir.AppIR(
-            nodes=tuple(_load_node(n) for n in data["nodes"]),
-            deployments=tuple(_load_deployment(d) for d in data["deployments"]),
+            nodes=nodes,
+            deployments=deployments,
+            root=data["root"],
+            edges=tuple(ir.EdgeIR(e["from"], e["to"], e["kind"], e["label"]) for e in data["edges"]),
+            import_path=data["application"]["import_path"],
             ingress=data["ingress"],
             plan=None
             if plan is None
@@ -347,20 +366,13 @@ def load_ir(source: str | os.PathLike[str] | dict[str, Any]) -> ir.AppIR:
 
 def load_compiled(source: str | os.PathLike[str] | dict[str, Any]) -> CompiledGraph:
     """A CompiledGraph (graph, IR, application settings) from a JSON file, as ``servegraph build`` wrote it."""
-    from .compiled import CompiledGraph
+    from ..compiled import CompiledGraph
 
     data, name = _read(source)
     _check_format(data, name)
     app_ir = _build_ir(data, name)
-    graph = nx.DiGraph(root=data["root"])
-    for record in app_ir.nodes:
-        graph.add_node(record.key, ir=record)
-    for edge in data["edges"]:
-        graph.add_edge(edge["from"], edge["to"], kind=edge["kind"], label=edge["label"])
     app = data["application"]
     return CompiledGraph(
-        graph=graph,
         ir=app_ir,
-        names={d.node: d.name for d in app_ir.deployments},
         app=AppInfo(name=app["name"], route_prefix=app["route_prefix"], import_path=app["import_path"]),
     )

@@ -1,4 +1,9 @@
-"""Pass 5, lower: the checked, named graph becomes the AppIR the runtime executes."""
+"""Pass 6, lower: the checked, named graph becomes what the runtime executes.
+
+Fills the AppIR's deployments (dependencies first), ingress, plan and routes, and
+replaces node keys in arguments by deployment names. A cyclic graph (compiled
+with ``strict=False``) gets its deployments in capture order and no plan.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +12,10 @@ from typing import Any
 
 import networkx as nx
 
-from ..dsl.nodes import DeploymentNode, FunctionNode
-from ..dsl.options import DeploymentOptions
-from . import ir
-from .capture import Captured
-from .naming import key_order
-from .version import code_version
+from .. import ir
+from ..context import PassContext
+from ..ir import key_order
+from ..version import code_version
 
 
 def import_path(target: Any) -> str:
@@ -32,15 +35,15 @@ def _rename(names: dict[str, str], classes: set[str]):
     return fn
 
 
-def _named_nodes(captured: Captured, names: dict[str, str]) -> dict[str, ir.NodeIR]:
-    classes = {k for k, r in captured.nodes.items() if r.kind == ir.DEPLOYMENT}
+def _named_nodes(app: ir.AppIR, names: dict[str, str]) -> dict[str, ir.NodeIR]:
+    classes = {r.key for r in app.nodes if r.kind == ir.DEPLOYMENT}
     rename = _rename(names, classes)
     out = {}
-    for key, record in captured.nodes.items():
+    for record in app.nodes:
         if record.kind == ir.INPUT_ATTR:
-            out[key] = record  # its argument is the Ref to the node it reads from
+            out[record.key] = record  # its argument is the Ref to the node it reads from
             continue
-        out[key] = dataclasses.replace(
+        out[record.key] = dataclasses.replace(
             record,
             deployment=names.get(record.deployment) if record.deployment else None,
             args=ir.map_markers(record.args, rename),
@@ -49,37 +52,34 @@ def _named_nodes(captured: Captured, names: dict[str, str]) -> dict[str, ir.Node
     return out
 
 
-def _deployments(
-    captured: Captured,
-    graph: nx.DiGraph,
-    names: dict[str, str],
-    nodes: dict[str, ir.NodeIR],
-    options: dict[str, DeploymentOptions],
-) -> tuple[ir.DeploymentIR, ...]:
+def _deployments(app: ir.AppIR, graph: nx.DiGraph, names: dict[str, str], nodes: dict[str, ir.NodeIR]) -> tuple[ir.DeploymentIR, ...]:
     handles = nx.DiGraph()
     handles.add_nodes_from(names)
     for u, v, kind in graph.edges(data="kind"):
         if kind == ir.HANDLE_EDGE and u in names and v in names:
             handles.add_edge(u, v)
+    if nx.is_directed_acyclic_graph(handles):
+        order = list(nx.lexicographical_topological_sort(handles, key=key_order))
+    else:  # strict=False on a cyclic graph: the checks said so; keep what can be shown
+        order = sorted(names, key=key_order)
     out = []
-    for key in nx.lexicographical_topological_sort(handles, key=key_order):
-        source = captured.sources[key]
-        assert isinstance(source, (DeploymentNode, FunctionNode))
+    for key in order:
         record = nodes[key]
-        is_function = isinstance(source, FunctionNode)
+        assert record.options is not None
+        is_function = record.kind == ir.FUNCTION
         out.append(
             ir.DeploymentIR(
                 name=names[key],
                 node=key,
-                target=source._deployment.func_or_class,
-                import_path=import_path(source._deployment.func_or_class),
+                target=record.target,
+                import_path=import_path(record.target),
                 is_function=is_function,
                 init_args=() if is_function else record.args,
                 init_kwargs=() if is_function else record.kwargs,
-                options=options[key],
+                options=record.options,
                 call_site=record.call_site,
                 handles=tuple(names[u] for u in sorted(handles.predecessors(key), key=key_order)),
-                code_version=code_version(source._deployment.func_or_class, options[key].version),
+                code_version=code_version(record.target, record.options.version),
             )
         )
     return tuple(out)
@@ -116,11 +116,16 @@ def _plan(root: str, graph: nx.DiGraph, nodes: dict[str, ir.NodeIR]) -> ir.Plan:
     return ir.Plan(input=input_key, steps=tuple(steps), output=ir.Ref(root))
 
 
-def lower(
-    captured: Captured, graph: nx.DiGraph, names: dict[str, str], options: dict[str, DeploymentOptions]
-) -> ir.AppIR:
-    nodes = _named_nodes(captured, names)
-    root = nodes[captured.root]
+def lower(app: ir.AppIR, ctx: PassContext) -> ir.AppIR:
+    """The pass: ``app`` with deployments, ingress, plan and routes, node keys in arguments named."""
+    graph = ctx.graph(app)
+    names = {r.key: r.name for r in app.nodes if r.is_deployment and r.name is not None}
+    nodes = _named_nodes(app, names)
+    deployments = _deployments(app, graph, names, nodes)
+    named = tuple(nodes[r.key] for r in app.nodes)
+    if not nx.is_directed_acyclic_graph(graph):
+        return dataclasses.replace(app, nodes=named, deployments=deployments)
+    root = nodes[app.root]
     ingress = plan = None
     routes: tuple[tuple[str, ir.Plan], ...] = ()
     if root.kind == ir.DRIVER:
@@ -134,15 +139,8 @@ def lower(
     elif root.kind == ir.DEPLOYMENT or (root.kind == ir.FUNCTION and not root.args and not root.kwargs):
         ingress = root.deployment
     else:
-        plan = _plan(captured.root, graph, nodes)
-    return ir.AppIR(
-        nodes=tuple(nodes[k] for k in sorted(nodes, key=key_order)),
-        deployments=_deployments(captured, graph, names, nodes, options),
-        ingress=ingress,
-        plan=plan,
-        http_adapter=captured.http_adapter,
-        routes=routes,
-    )
+        plan = _plan(app.root, graph, nodes)
+    return dataclasses.replace(app, nodes=named, deployments=deployments, ingress=ingress, plan=plan, routes=routes)
 
 
 def _route_plan(value: ir.Ref | ir.HandleRef, graph: nx.DiGraph, nodes: dict[str, ir.NodeIR]) -> ir.Plan:

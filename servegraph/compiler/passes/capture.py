@@ -1,17 +1,20 @@
 """Pass 1, capture: walk the bound nodes from the output and record each as a NodeIR.
 
-Keys are positions in a depth-first walk in argument order (``n0`` is the
-output), so the same graph always gets the same keys. Cycles (possible only
-by mutating a bound list after ``.bind()``) are recorded, not followed.
+The only pass that reads the user's DSL objects: it copies into the IR all that
+later passes, checks and emitters need (targets, options, call sites, labels),
+so after it nothing looks back. Keys are positions in a depth-first walk in
+argument order (``n0`` is the output), so the same graph always gets the same
+keys. Cycles (possible only by mutating a bound list after ``.bind()``) are
+recorded, not followed.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
-from ..dsl.driver import DriverNode
-from ..dsl.nodes import (
+from ..._walk import map_leaves
+from ...dsl.driver import DriverNode
+from ...dsl.nodes import (
     DAGNode,
     DeploymentNode,
     FunctionNode,
@@ -22,19 +25,8 @@ from ..dsl.nodes import (
     is_user_object,
     iter_nodes,
 )
-from . import ir
-
-
-@dataclasses.dataclass(frozen=True)
-class Captured:
-    """What capture found: IR records by key, and the user's nodes they came from."""
-
-    root: str
-    nodes: dict[str, ir.NodeIR]
-    sources: dict[str, DAGNode] = dataclasses.field(compare=False)
-    #: Nodes computed from an InputNode that the output never uses.
-    dangling: tuple[DAGNode, ...] = ()
-    http_adapter: Any = None
+from .. import ir
+from ..config.app import find_import_path
 
 
 def _kind(node: DAGNode) -> str:
@@ -74,7 +66,8 @@ def object_template(value: Any, marker: Any) -> Any:
     return ir.ObjectTemplate(buffer.getvalue(), tuple(markers))
 
 
-def capture(root: DAGNode) -> Captured:
+def capture(root: DAGNode) -> ir.AppIR:
+    """The graph whose output is ``root``, as IR records (edges, names and options come from later passes)."""
     if not isinstance(root, DAGNode):
         raise TypeError(
             f"expected a graph node built with .bind(), got {type(root).__name__}: {root!r}"
@@ -101,17 +94,14 @@ def capture(root: DAGNode) -> Captured:
         return ir.Ref(keys[id(node)])
 
     def template(value: Any, in_constructor: bool) -> Any:
-        if isinstance(value, DAGNode):
-            return marker(value, in_constructor)
-        if isinstance(value, list):
-            return [template(v, in_constructor) for v in value]
-        if isinstance(value, tuple):
-            return tuple(template(v, in_constructor) for v in value)
-        if isinstance(value, dict):
-            return {template(k, in_constructor): template(v, in_constructor) for k, v in value.items()}
-        if is_user_object(value) and any(True for _ in iter_nodes(value)):
-            return object_template(value, lambda node: marker(node, in_constructor))
-        return value
+        def leaf(item: Any) -> Any:
+            if isinstance(item, DAGNode):
+                return marker(item, in_constructor)
+            if is_user_object(item) and any(True for _ in iter_nodes(item)):
+                return object_template(item, lambda node: marker(node, in_constructor))
+            return item
+
+        return map_leaves(value, leaf)
 
     records: dict[str, ir.NodeIR] = {}
     adapter = None
@@ -125,6 +115,8 @@ def capture(root: DAGNode) -> Captured:
         fields: dict[str, Any] = {}
         if isinstance(node, (DeploymentNode, FunctionNode)):
             fields["deployment"] = key
+            fields["target"] = node._deployment.func_or_class
+            fields["options"] = node._deployment.deployment_options
         elif isinstance(node, MethodNode):
             fields["deployment"] = keys[id(node._parent)]
             fields["method"] = node.method
@@ -144,16 +136,18 @@ def capture(root: DAGNode) -> Captured:
             **fields,
         )
 
-    dangling = []
+    unreachable: list[ir.UnreachableIR] = []
+    seen: set[int] = set()
     for node in order:
         if isinstance(node, InputNode):
             for consumer in node._consumers:
-                if id(consumer) not in keys and consumer not in dangling:
-                    dangling.append(consumer)
-    return Captured(
+                if id(consumer) not in keys and id(consumer) not in seen:
+                    seen.add(id(consumer))
+                    unreachable.append(ir.UnreachableIR(consumer._label(), consumer._call_site))
+    return ir.AppIR(
+        nodes=tuple(records[f"n{i}"] for i in range(len(order))),
         root=keys[id(root)],
-        nodes=records,
-        sources={keys[id(n)]: n for n in order},
-        dangling=tuple(dangling),
+        unreachable=tuple(unreachable),
         http_adapter=adapter,
+        import_path=find_import_path(root),
     )

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from .. import ir
 from . import diagram as dg
-from . import ir
-from .emit_dot import RANKDIRS
+from .dot import RANKDIRS
 
 if TYPE_CHECKING:
-    from .compiled import CompiledGraph
+    from ..compiled import CompiledGraph
 
 #: (opening, closing) brackets of each box kind's shape.
 _SHAPES = {
@@ -54,7 +54,7 @@ def _class(box: dg.Box) -> str:
 
 
 def to_mermaid(compiled: CompiledGraph, rankdir: str = "LR") -> str:
-    """The Mermaid text of the graph's diagram (see :mod:`servegraph.compiler.diagram` for what it shows)."""
+    """The Mermaid text of the graph's diagram (see :mod:`servegraph.compiler.emit.diagram` for what it shows)."""
     if rankdir not in RANKDIRS:
         raise ValueError(f"rankdir must be one of {', '.join(RANKDIRS)}, got {rankdir!r}")
     d = dg.build(compiled)

@@ -19,13 +19,13 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING
 
-from . import ir
-from .app import resolve
-from .emit_config import require_ok
-from .naming import key_order
+from .. import ir
+from ..config.app import resolve
+from ..ir import key_order
+from .deploy_config import require_ok
 
 if TYPE_CHECKING:
-    from .compiled import CompiledGraph
+    from ..compiled import CompiledGraph
 
 # Box kinds beyond the IR's node kinds.
 HTTP = "http"

@@ -12,14 +12,17 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
-from ..dsl.nodes import DAGNode
-from ..errors import ConfigError
+from ...dsl.nodes import DAGNode
+from ...errors import ConfigError
 
 if TYPE_CHECKING:
-    from .compiled import CompiledGraph
+    from ..compiled import CompiledGraph
 
-#: ``serve build`` names the applications of a config ``app1``, ``app2``, ...
-DEFAULT_APP_NAME = "app1"
+#: The name of an application nobody named: Ray Serve's (``SERVE_DEFAULT_APP_NAME``), the one place it is
+#: written. ``serve.run``, ``servegraph run``, a config's application without a name, and ``servegraph
+#: build`` of one graph all use it, so building and deploying what ``servegraph run`` started updates
+#: that application instead of clashing with it on its route.
+DEFAULT_APP_NAME = "default"
 
 #: The application builder configs name as ``import_path``, with the graph's own import path in
 #: ``args.graph``: Ray Serve (``serve run``/``serve deploy``, KubeRay) calls it to get a Ray Serve
@@ -58,7 +61,7 @@ class ResolvedApp:
 def resolve(compiled: CompiledGraph) -> ResolvedApp:
     """The application's settings: the user's, else the ingress's ``route_prefix`` option, else serve build's.
 
-    >>> from servegraph.compiler.app import AppInfo
+    >>> from servegraph.compiler.config.app import AppInfo
     >>> AppInfo(name="hello").route_prefix is None
     True
     """
@@ -74,15 +77,17 @@ def resolve(compiled: CompiledGraph) -> ResolvedApp:
 
 
 def default_apps(count: int) -> list[tuple[str, str]]:
-    """(name, route prefix) for ``count`` applications, as ``serve build`` gives them.
+    """(name, route prefix) for ``count`` applications: one is the default application at ``/``; several
+    are named ``app1``, ``app2``, ... at ``/app1``, ``/app2``, ... as ``serve build`` names them.
 
     >>> default_apps(1)
-    [('app1', '/')]
+    [('default', '/')]
     >>> default_apps(2)
     [('app1', '/app1'), ('app2', '/app2')]
     """
-    names = [f"app{i + 1}" for i in range(count)]
-    return [(name, "/" if count == 1 else f"/{name}") for name in names]
+    if count == 1:
+        return [(DEFAULT_APP_NAME, "/")]
+    return [(f"app{i + 1}", f"/app{i + 1}") for i in range(count)]
 
 
 def find_import_path(root: DAGNode) -> str | None:

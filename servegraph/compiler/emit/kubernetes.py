@@ -22,9 +22,9 @@ import re
 from importlib import metadata
 from typing import Any
 
-from ..dsl.options import DEFAULT_REPLICA_CPUS, AutoscalingConfig
-from .config_schema import AUTO_AUTOSCALING_CONFIG, ServeConfig
-from .emit_config import dump_yaml, header
+from ...dsl.options import DEFAULT_REPLICA_CPUS, AutoscalingConfig, replica_resources
+from ..config.schema import AUTO_AUTOSCALING_CONFIG, ServeConfig
+from .deploy_config import dump_yaml, header
 
 GIB = 1024**3
 MEMORY_PER_CPU_GIB = 2
@@ -62,12 +62,14 @@ def replicas(config: ServeConfig) -> tuple[list[Replica], list[Replica]]:
     for app in config.applications:
         for dep in app.deployments:
             actor = dep.ray_actor_options
-            cpus = actor.num_cpus if actor is not None and actor.num_cpus is not None else DEFAULT_REPLICA_CPUS
+            options = actor.model_dump(exclude_none=True) if actor is not None else {}
+            options.setdefault("num_cpus", DEFAULT_REPLICA_CPUS)
+            per = replica_resources(options)  # the one accounting rule, as the resource check and controller use
             one = Replica(
-                cpus=float(cpus),
-                gpus=float(actor.num_gpus or 0) if actor is not None else 0.0,
-                memory=float(actor.memory or 0) if actor is not None else 0.0,
-                resources=tuple(sorted((actor.resources or {}).items())) if actor is not None else (),
+                cpus=per.pop("CPU"),
+                gpus=per.pop("GPU"),
+                memory=float(options.get("memory") or 0),
+                resources=tuple(sorted(per.items())),
             )
             auto = dep.autoscaling_config
             if dep.num_replicas == "auto":  # Ray Serve's default autoscaling, tuned by the config's

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from .. import ir
 from . import diagram as dg
-from . import ir
 
 if TYPE_CHECKING:
-    from .compiled import CompiledGraph
+    from ..compiled import CompiledGraph
 
 RANKDIRS = ("LR", "TB")
 
@@ -54,7 +54,7 @@ def _attrs(*parts: str) -> str:
 
 
 def to_dot(compiled: CompiledGraph, rankdir: str = "LR") -> str:
-    """The DOT text of the graph's diagram (see :mod:`servegraph.compiler.diagram` for what it shows)."""
+    """The DOT text of the graph's diagram (see :mod:`servegraph.compiler.emit.diagram` for what it shows)."""
     if rankdir not in RANKDIRS:
         raise ValueError(f"rankdir must be one of {', '.join(RANKDIRS)}, got {rankdir!r}")
     d = dg.build(compiled)

@@ -1,0 +1,1 @@
+"""Deploy configs: their schema (Ray Serve's field names), loading and validation, overrides of the code's options."""

@@ -1,0 +1,98 @@
+"""A deploy config's deployment options override the code's, field by field, as in Ray Serve.
+
+:func:`deployment_overrides` says which options a config overrides, and
+:func:`check_overrides` checks them against a compiled graph before anything is
+deployed; the options pass (:mod:`servegraph.compiler.passes.options`) applies them.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel
+
+from ..._validation import did_you_mean
+from ...dsl.options import make_options
+from ...errors import ConfigError, OptionError, OptionValueError
+from .schema import AUTO_AUTOSCALING_CONFIG, ApplicationConfig, DeploymentConfig
+
+if TYPE_CHECKING:
+    from ..compiled import CompiledGraph
+
+
+class Overrides(dict):
+    """Option overrides by deployment name, remembering where each deployment is in the config file."""
+
+    def __init__(self, items: dict[str, dict[str, Any]], locations: dict[str, str]):
+        super().__init__(items)
+        #: ``file: applications[i].deployments[j]`` by deployment name.
+        self.locations = locations
+
+
+def deployment_overrides(app_config: ApplicationConfig) -> Overrides:
+    """The options each listed deployment overrides: ``{deployment name: {option: value}}``.
+
+    Only fields written in the config appear, as plain values that
+    ``Deployment.options(**overrides)`` / ``make_options`` accept. As in Ray
+    Serve, ``ray_actor_options`` replaces the code's whole dict;
+    ``num_replicas: auto`` becomes Ray Serve's default autoscaling_config
+    updated with the config's own; setting one of num_replicas and
+    autoscaling_config clears the other. The application's ``runtime_env`` is
+    not per deployment and is left to the caller.
+
+    >>> app = ApplicationConfig(import_path="hello:app", deployments=[{"name": "A", "num_replicas": 2}])
+    >>> deployment_overrides(app)
+    {'A': {'num_replicas': 2, 'autoscaling_config': None}}
+    """
+    out: dict[str, dict[str, Any]] = {}
+    locations: dict[str, str] = {}
+    for j, dep in enumerate(app_config.deployments):
+        options: dict[str, Any] = {}
+        for field in DeploymentConfig.model_fields:  # schema order, so the result is stable
+            if field == "name" or field not in dep.model_fields_set:
+                continue
+            value = getattr(dep, field)
+            options[field] = value.model_dump(exclude_unset=True) if isinstance(value, BaseModel) else value
+        if options.get("num_replicas") == "auto":
+            options["num_replicas"] = None
+            options["autoscaling_config"] = {**AUTO_AUTOSCALING_CONFIG, **(options.get("autoscaling_config") or {})}
+        elif options.get("num_replicas") is not None:
+            options.setdefault("autoscaling_config", None)
+        elif options.get("autoscaling_config") is not None:
+            options.setdefault("num_replicas", None)
+        out[dep.name] = options
+        locations[dep.name] = f"{app_config.location}.deployments[{j}]"
+    return Overrides(out, locations)
+
+
+def check_overrides(compiled: CompiledGraph, overrides: dict[str, dict[str, Any]]) -> None:
+    """Check that every overridden deployment is in the graph and its merged options are valid.
+
+    Raises:
+        ConfigError: every problem, each naming the deployment's place in the
+            config file (when ``overrides`` came from :func:`deployment_overrides`).
+    """
+    deployments = compiled.deployments
+    locations = getattr(overrides, "locations", {})
+    graph = compiled.app.import_path or "the graph"
+    problems = []
+    for name, options in overrides.items():
+        where = locations.get(name, f"deployment {name!r}")
+        dep = deployments.get(name)
+        if dep is None:
+            problems.append(
+                f"{where}.name: {graph} has no deployment {name!r}"
+                + (did_you_mean(name, deployments) or ";")
+                + f" Its deployments: {', '.join(deployments) or '(none)'}."
+            )
+            continue
+        try:
+            make_options(dep.options, **dict(options))
+        except (OptionError, OptionValueError) as exc:
+            problems.append(f"{where}: {exc}")
+    if problems:
+        raise ConfigError(
+            problems[0]
+            if len(problems) == 1
+            else f"{len(problems)} problems in the config:\n" + "\n".join("  " + p for p in problems)
+        )
