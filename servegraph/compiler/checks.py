@@ -138,6 +138,7 @@ def _default_serializer(value: Any) -> bytes:
 def check_serializable(captured: Captured, graph: nx.DiGraph, ctx: CheckContext) -> list[Diagnostic]:
     dumps = ctx.serializer or _default_serializer
     out = []
+    code_checked: set[int] = set()  # a class bound many times is pickled once
     for key, record in captured.nodes.items():
         source = captured.sources[key]
         values: list[tuple[str, Any]] = [(str(i), a) for i, a in enumerate(source._bound_args)]
@@ -156,7 +157,8 @@ def check_serializable(captured: Captured, graph: nx.DiGraph, ctx: CheckContext)
                         "deployment's constructor.",
                     )
                 )
-        if isinstance(source, (DeploymentNode, FunctionNode)):
+        if isinstance(source, (DeploymentNode, FunctionNode)) and id(source._deployment.func_or_class) not in code_checked:
+            code_checked.add(id(source._deployment.func_or_class))
             try:
                 dumps(source._deployment.func_or_class)
             except Exception as exc:

@@ -62,11 +62,17 @@ def _deployments(
         if kind == ir.HANDLE_EDGE and u in names and v in names:
             handles.add_edge(u, v)
     out = []
+    # One version per class or function, however many times it is bound (hashing reads its source).
+    versions: dict[tuple[int, str | None], str] = {}
     for key in nx.lexicographical_topological_sort(handles, key=key_order):
         source = captured.sources[key]
         assert isinstance(source, (DeploymentNode, FunctionNode))
         record = nodes[key]
         is_function = isinstance(source, FunctionNode)
+        target = source._deployment.func_or_class
+        memo = (id(target), options[key].version)
+        if memo not in versions:
+            versions[memo] = code_version(target, options[key].version)
         out.append(
             ir.DeploymentIR(
                 name=names[key],
@@ -79,7 +85,7 @@ def _deployments(
                 options=options[key],
                 call_site=record.call_site,
                 handles=tuple(names[u] for u in sorted(handles.predecessors(key), key=key_order)),
-                code_version=code_version(source._deployment.func_or_class, options[key].version),
+                code_version=versions[memo],
             )
         )
     return tuple(out)
