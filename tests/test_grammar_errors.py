@@ -70,6 +70,8 @@ CASES = [
      r"a route prefix starts with '/' and does not end with one", "2:12"),
     ("route-trailing-slash", HEAD + 'graph g at "/g/" {\n    output Model()\n}\n', SgSyntaxError,
      r"a route prefix starts with '/' and does not end with one .*got '/g/'", "2:12"),
+    ("route-wildcard", HEAD + 'graph g at "/{x}" {\n    output Model()\n}\n', SgSyntaxError,
+     r"a route prefix .* without wildcards .*: it must not contain wildcards .*got '/\{x\}'", "2:12"),
     ("duplicate-map-key", graph("output Model({a: 1, a: 2})"), SgSyntaxError,
      r"key 'a' appears twice in this map \(first at line 4\); keep one", "4:25"),
     ("option-value-is-a-name", HEAD + "deployment Model {\n    user_config: Plain\n}\n", SgSyntaxError,

@@ -21,7 +21,7 @@ from typing import Any, cast
 
 import networkx as nx
 
-from .._validation import closest
+from .._validation import closest, route_prefix_problem
 from ..dsl import (
     CallSite,
     DAGDriver,
@@ -415,10 +415,12 @@ class _Builder:
         route = None
         if item.route is not None:
             route = item.route.value
-            if not route.startswith("/") or (route != "/" and route.endswith("/")):
+            problem = route_prefix_problem(route)  # Ray Serve's rule, the one copy of it
+            if problem is not None:
                 self.error(
                     "syntax",
-                    f"a route prefix starts with '/' and does not end with one (except \"/\" itself), got {route!r}",
+                    f"a route prefix starts with '/' and does not end with one (except \"/\" itself), without "
+                    f"wildcards (Ray Serve refuses others): it {problem}, got {route!r}",
                     item.route.span,
                 )
         self.local_names(item)
