@@ -125,6 +125,7 @@ def capture(root: DAGNode) -> Captured:
         fields: dict[str, Any] = {}
         if isinstance(node, (DeploymentNode, FunctionNode)):
             fields["deployment"] = key
+            fields["target"] = node._deployment.func_or_class
         elif isinstance(node, MethodNode):
             fields["deployment"] = keys[id(node._parent)]
             fields["method"] = node.method

@@ -17,6 +17,8 @@ from ..dsl.nodes import DeploymentNode, FunctionNode
 from ..errors import Diagnostic
 from . import ir
 from .capture import Captured
+from .check_code import check_annotations, check_handle_calls
+from .check_options import check_generator_nodes, check_option_values, check_unbound_deployments, check_user_config
 from .naming import key_order
 
 
@@ -260,6 +262,12 @@ CHECKS: tuple[Callable[[Captured, nx.DiGraph, CheckContext], list[Diagnostic]], 
     check_constructor_args,
     check_serializable,
     check_resources,
+    check_option_values,
+    check_user_config,
+    check_unbound_deployments,
+    check_generator_nodes,
+    check_handle_calls,
+    check_annotations,
 )
 
 

@@ -120,6 +120,9 @@ class NodeIR:
     #: For input_attr nodes: ("item" | "attr", key).
     access: tuple[str, Any] | None = None
     deps: frozenset[str] = frozenset()
+    #: For deployment and function nodes: the user's class or function (what checks read the code of).
+    #: Not compared: two nodes of one class are equal when bound alike.
+    target: Any = dataclasses.field(default=None, compare=False, repr=False)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
