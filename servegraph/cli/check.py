@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import socket
 import sys
 
 import click
 
 from ..compiler import compile
 from ..errors import GraphError
+from .connect import _host_port, choose, cluster_options, connect
 from .load import load_app
 
 
@@ -20,9 +23,20 @@ from .load import load_app
     "--resources",
     "resources",
     default=None,
-    help="Check against these cluster resources, e.g. CPU=2,GPU=0 (default: no resource check).",
+    help="Check against these cluster resources, e.g. CPU=2,GPU=0 (default: those of the connected "
+    "cluster, if one is reachable; else no resource check).",
 )
-def check_cmd(target: str, name: str | None, fmt: str, resources: str | None) -> None:
+@click.option("--strict", is_flag=True, help="Treat warnings (e.g. mismatched type annotations) as errors.")
+@cluster_options
+def check_cmd(
+    target: str,
+    name: str | None,
+    fmt: str,
+    resources: str | None,
+    strict: bool,
+    address: str | None,
+    connect_timeout: float,
+) -> None:
     """Check the graph TARGET (MODULE:ATTR or a .sg file) without deploying it."""
     cluster = None
     if resources:
@@ -35,9 +49,14 @@ def check_cmd(target: str, name: str | None, fmt: str, resources: str | None) ->
     diagnostics = []
     try:
         app = load_app(target, name=name)
+        if cluster is None:
+            cluster, note = measured_resources(address, connect_timeout)
+            click.echo(note, err=True)
         diagnostics = list(compile(app, cluster_resources=cluster, strict=False).diagnostics)
     except GraphError as exc:
         diagnostics = list(exc.diagnostics) or [_as_diagnostic(exc)]
+    if strict:
+        diagnostics = [dataclasses.replace(d, severity="error") for d in diagnostics]
     if fmt == "json":
         click.echo(json.dumps([d.to_dict() for d in diagnostics], indent=2))
     else:
@@ -61,3 +80,43 @@ def _as_diagnostic(exc: GraphError):
     if sep and file and line.isdigit():
         return Diagnostic(code=exc.code, message=rest, file=file, line=int(line))
     return Diagnostic(code=exc.code, message=text)
+
+
+#: Resources Ray reports that no replica asks for by name (memory is in bytes, nodes are labels).
+_NOT_CHECKED = ("memory", "object_store_memory")
+
+
+def measured_resources(address: str | None, timeout: float) -> tuple[dict[str, float] | None, str]:
+    """The resources of the cluster a command would use, and a line saying which (or why none).
+
+    Never starts a cluster: with none named, or none answering, the resource check is skipped.
+    """
+    skipped = "resource check skipped: "
+    hint = "; pass --resources CPU=N[,GPU=M] to check against given resources."
+    loaded = sys.modules.get("ray")  # importing Ray takes a second: only once a cluster answers
+    started_here = loaded is None or not loaded.is_initialized()
+    if started_here:
+        chosen = choose(address)
+        if chosen is None:
+            return None, skipped + "no Ray cluster is named (--address, RAY_ADDRESS, or one `servegraph run` started)" + hint
+        target = _host_port(chosen.address)
+        if target is not None:
+            try:
+                with socket.create_connection(target, timeout=min(timeout, 2.0)):
+                    pass
+            except OSError as exc:
+                return None, skipped + f"the Ray cluster at {chosen.address} ({chosen.source}) does not answer ({exc})" + hint
+    try:
+        cluster = connect(address, timeout, quiet=True)
+    except SystemExit:  # connect() said why on stderr
+        return None, skipped + "could not connect to the Ray cluster" + hint
+    import ray
+
+    try:
+        have = {k: float(v) for k, v in ray.cluster_resources().items() if not k.startswith("node:") and k not in _NOT_CHECKED}
+    finally:
+        if started_here:
+            ray.shutdown()
+    shown = ", ".join(f"{k}={v:g}" for k, v in sorted(have.items()))
+    where = f"{cluster.address} ({cluster.source})" if cluster is not None else "this process's"
+    return have, f"resources: checking against the Ray cluster at {where}: {shown} in all (other applications' use not subtracted)"
