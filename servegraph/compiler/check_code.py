@@ -307,6 +307,18 @@ def _inputs(record: ir.NodeIR) -> Iterator[tuple[int | str, ir.Ref]]:
             yield name, value
 
 
+def _parameters(fn: Any, drop_self: bool) -> tuple[list[inspect.Parameter], dict[str, Any]] | None:
+    """``fn``'s parameters (without ``self``) and its resolved annotations, or None if it has none."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return None
+    hints = _hints(fn)
+    if not hints:
+        return None
+    return list(sig.parameters.values())[1 if drop_self else 0 :], hints
+
+
 def _line_of(fn: Any) -> str:
     try:
         return f"{_display_path(inspect.getsourcefile(fn) or '?')}:{inspect.getsourcelines(fn)[1]}"
@@ -319,23 +331,29 @@ def check_annotations(captured: Captured, graph: nx.DiGraph, ctx: Any) -> list[D
     consumer's parameter annotation (``-> str`` into ``v: int``): a warning (an error with ``--strict``)."""
     out = []
     nodes = captured.nodes
+    # Per function, once: a graph binds the same few functions thousands of times.
+    params_of: dict[int, tuple[list[inspect.Parameter], dict[str, Any]] | None] = {}
+    returns_of: dict[int, tuple[type, ...] | None] = {}
     for record in nodes.values():
         consumer = _callable_of(record, nodes)
         if consumer is None:
             continue
         fn, drop_self = consumer
-        try:
-            sig = inspect.signature(fn)
-        except (TypeError, ValueError):
+        if id(fn) not in params_of:
+            params_of[id(fn)] = _parameters(fn, drop_self)
+        found = params_of[id(fn)]
+        if found is None:
             continue
-        params = list(sig.parameters.values())[1 if drop_self else 0 :]
-        hints = _hints(fn)
-        if not hints:
-            continue
+        params, hints = found
         for place, ref in _inputs(record):
             producer_record = nodes.get(ref.key)
             producer = _callable_of(producer_record, nodes) if producer_record is not None else None
             if producer is None:
+                continue
+            if id(producer[0]) not in returns_of:
+                returns_of[id(producer[0])] = _returns(producer[0])
+            produced = returns_of[id(producer[0])]
+            if produced is None:
                 continue
             if isinstance(place, int):
                 if place >= len(params) or params[place].kind not in (
@@ -348,8 +366,8 @@ def check_annotations(captured: Captured, graph: nx.DiGraph, ctx: Any) -> list[D
                 param = place
             if param not in hints:
                 continue
-            wanted, produced = _members(hints[param]), _returns(producer[0])
-            if wanted is None or produced is None:
+            wanted = _members(hints[param])
+            if wanted is None:
                 continue
             verdicts = [_fits(p, w) for p in produced for w in wanted]
             if None in verdicts or any(verdicts):

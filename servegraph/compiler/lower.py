@@ -95,7 +95,11 @@ def _plan(root: str, graph: nx.DiGraph, nodes: dict[str, ir.NodeIR]) -> ir.Plan:
     per_request = {ir.INPUT, ir.INPUT_ATTR, ir.METHOD, ir.FUNCTION, ir.OUTPUT}
     wanted = {root} | nx.ancestors(graph, root)
     wanted = {k for k in wanted if nodes[k].kind in per_request}
-    sub = graph.subgraph(wanted)
+    # A plain graph of the wanted part: networkx's subgraph views filter every lookup, which is
+    # most of the time of ordering 10,000 nodes.
+    sub = nx.DiGraph()
+    sub.add_nodes_from(wanted)
+    sub.add_edges_from((u, v) for u, v in graph.edges if u in wanted and v in wanted)
     steps = []
     input_key = None
     for key in nx.lexicographical_topological_sort(sub, key=key_order):
