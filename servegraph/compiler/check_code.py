@@ -16,8 +16,6 @@ import typing
 from collections.abc import Iterator
 from typing import Any
 
-import networkx as nx
-
 from ..dsl.callsite import _display_path
 from ..dsl.signature import bind_problem, describe_signature, missing_method_hint
 from ..errors import Diagnostic
@@ -159,7 +157,7 @@ def _method_of(cls: type, name: str) -> tuple[Any, bool] | None:
     return fn, not inspect.ismethod(fn)  # a classmethod comes bound
 
 
-def check_handle_calls(captured: Captured, graph: nx.DiGraph, ctx: Any) -> list[Diagnostic]:
+def check_handle_calls(captured: Captured, graph: Any, ctx: Any) -> list[Diagnostic]:
     """Every ``self.<handle>.<method>.remote(...)`` in a deployment names a method its target has,
     with arguments its signature takes."""
     out: dict[tuple[str, int, str], Diagnostic] = {}
@@ -326,7 +324,7 @@ def _line_of(fn: Any) -> str:
         return "?"
 
 
-def check_annotations(captured: Captured, graph: nx.DiGraph, ctx: Any) -> list[Diagnostic]:
+def check_annotations(captured: Captured, graph: Any, ctx: Any) -> list[Diagnostic]:
     """A value passed along an edge whose producer's return annotation plainly does not fit the
     consumer's parameter annotation (``-> str`` into ``v: int``): a warning (an error with ``--strict``)."""
     out = []
@@ -347,7 +345,9 @@ def check_annotations(captured: Captured, graph: nx.DiGraph, ctx: Any) -> list[D
         params, hints = found
         for place, ref in _inputs(record):
             producer_record = nodes.get(ref.key)
-            producer = _callable_of(producer_record, nodes) if producer_record is not None else None
+            if producer_record is None:
+                continue
+            producer = _callable_of(producer_record, nodes)
             if producer is None:
                 continue
             if id(producer[0]) not in returns_of:

@@ -16,8 +16,6 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-import networkx as nx
-
 from ..dsl.deployment import Deployment
 from ..dsl.signature import bind_problem
 from ..errors import Diagnostic
@@ -46,7 +44,7 @@ def _deployments(captured: Captured, ctx: Any) -> Iterator[tuple[ir.NodeIR, Any]
             yield record, final[key]
 
 
-def check_option_values(captured: Captured, graph: nx.DiGraph, ctx: Any) -> list[Diagnostic]:
+def check_option_values(captured: Captured, graph: Any, ctx: Any) -> list[Diagnostic]:
     """``max_queued_requests: 0`` (Ray Serve refuses it) and ``max_ongoing_requests`` below the
     autoscaler's ``target_ongoing_requests`` (it then never scales; Ray Serve logs a warning)."""
     out = []
@@ -76,7 +74,7 @@ def check_option_values(captured: Captured, graph: nx.DiGraph, ctx: Any) -> list
     return out
 
 
-def check_user_config(captured: Captured, graph: nx.DiGraph, ctx: Any) -> list[Diagnostic]:
+def check_user_config(captured: Captured, graph: Any, ctx: Any) -> list[Diagnostic]:
     """A ``user_config`` needs a class with ``reconfigure(self, config)`` and must be JSON
     (replicas fail to start otherwise; Ray Serve refuses one that is not JSON)."""
     out = []
@@ -147,7 +145,7 @@ def _walk(value: Any) -> Iterator[Any]:
             yield from _walk(item)
 
 
-def check_unbound_deployments(captured: Captured, graph: nx.DiGraph, ctx: Any) -> list[Diagnostic]:
+def check_unbound_deployments(captured: Captured, graph: Any, ctx: Any) -> list[Diagnostic]:
     """``Ensemble.bind(Model)`` where ``Ensemble.bind(Model.bind(...))`` was meant: the replica would
     get the deployment object, not a handle."""
     out = []
@@ -169,7 +167,7 @@ def check_unbound_deployments(captured: Captured, graph: nx.DiGraph, ctx: Any) -
     return out
 
 
-def check_generator_nodes(captured: Captured, graph: nx.DiGraph, ctx: Any) -> list[Diagnostic]:
+def check_generator_nodes(captured: Captured, graph: Any, ctx: Any) -> list[Diagnostic]:
     """A generator method (or function) as a graph node: its value would be a generator, which a
     graph cannot pass on; only a handle with ``.options(stream=True)`` reads one."""
     out = []

@@ -65,11 +65,11 @@ def to_mermaid(compiled: CompiledGraph, rankdir: str = "LR") -> str:
         label = "<br/>".join(escape(line) for line in box.lines)
         return f'{indent}{box.id}{left}"{label}"{right}'
 
-    members = d.members()
-    out.extend(node_line(box, "  ") for box in members.get(None, ()))
+    by_cluster = d.members()
+    out.extend(node_line(box, "  ") for box in by_cluster.get(None, ()))
     for cluster in d.clusters:
         out.append(f'  subgraph {cluster.id} ["{escape(cluster.label)}"]')
-        out.extend(node_line(box, "    ") for box in members.get(cluster.id, ()))
+        out.extend(node_line(box, "    ") for box in by_cluster.get(cluster.id, ()))
         out.append("  end")
     for arrow in d.arrows:
         link = _ARROWS[arrow.style]
