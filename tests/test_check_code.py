@@ -77,6 +77,19 @@ class ViaOptions:
         return await self.responder.options(method_name="x").greet.remote(name, politely=True)
 
 
+STREAM_LINE = here() + 9
+
+
+@serve.deployment
+class Streamer:
+    def __init__(self, responder):
+        self.responder = responder.options(stream=True)  # kept with other options
+
+    async def __call__(self, name: str):
+        async for word in self.responder.say_hello.remote():
+            yield word
+
+
 @serve.deployment
 class Fine:
     """Everything here is right, or cannot be known: no diagnostic."""
@@ -129,6 +142,12 @@ def test_handle_calls_through_options_are_checked():
     with pytest.raises(GraphError, match=r"greet\.remote\(\) got an unexpected keyword argument 'politely'; did you mean 'polite'\?") as err:
         serve.compile(ViaOptions.bind(Responder.bind()))
     assert err.value.diagnostics[0].line == OPTIONS_LINE
+
+
+def test_handles_kept_with_options_are_checked():
+    with pytest.raises(GraphError, match=r"self\.responder\.say_hello\.remote\(\) missing a required argument: 'name'") as err:
+        serve.compile(Streamer.bind(Responder.bind()))
+    assert err.value.diagnostics[0].line == STREAM_LINE
 
 
 def test_handle_calls_that_cannot_be_known_are_left_alone():

@@ -56,6 +56,13 @@ def _handle_of(node: ast.AST) -> str | None:
     return _self_attr(node)
 
 
+def _parameter_of(value: ast.AST | None) -> str | None:
+    """``p`` for ``p`` or ``p.options(...)`` (a handle kept with other options): the name stored."""
+    if isinstance(value, ast.Call) and isinstance(value.func, ast.Attribute) and value.func.attr == "options":
+        value = value.func.value
+    return value.id if isinstance(value, ast.Name) else None
+
+
 def _handle_call(call: ast.Call, first_line: int) -> HandleCall | None:
     func = call.func
     if not (isinstance(func, ast.Attribute) and func.attr == "remote"):
@@ -116,10 +123,9 @@ def read_class(cls: type) -> ClassCode | None:
                                 item.name == "__init__"
                                 and sub is target
                                 and isinstance(node, (ast.Assign, ast.AnnAssign))
-                                and isinstance(value, ast.Name)
-                                and value.id in params
+                                and _parameter_of(value) in params
                             ):
-                                stored[attr] = value.id
+                                stored[attr] = _parameter_of(value) or ""
             elif isinstance(node, ast.Call):
                 found = _handle_call(node, first_line)
                 if found is not None:
