@@ -4,7 +4,8 @@ Each subclass also inherits the builtin it resembles, so ``except TypeError``
 keeps working for code written against Ray Serve::
 
     GraphError(Exception)
-    ├── BindError(GraphError, TypeError)            bad .bind() arguments, unknown method
+    ├── BindError(GraphError, TypeError)            bad .bind() arguments, unknown method (also in a
+    │                                               handle call in deployment code), a generator as a node
     ├── OptionError(GraphError, TypeError)          unknown deployment option
     ├── OptionValueError(GraphError, ValueError)    option value out of range
     ├── CycleError(GraphError, ValueError)          the graph has a cycle
@@ -210,6 +211,14 @@ ERROR_CLASSES = {
         DeploymentError,
     )
 }
+#: Diagnostic codes raised as a class whose own code is another: mistakes of the same kind.
+ERROR_CLASSES.update(
+    {
+        "handle-call": BindError,  # a handle call inside deployment code with an unknown method or bad arguments
+        "streaming": BindError,  # a generator bound as a graph node, whose value cannot be passed on
+        "annotation": BindError,  # mismatched annotations across an edge (an error only with --strict)
+    }
+)
 
 
 def raise_diagnostics(

@@ -18,6 +18,9 @@ class Model:
     def __call__(self, *args, **kwargs):
         return args
 
+    def reconfigure(self, config):  # generated graphs may set a user_config
+        self.config = config
+
 
 @serve.deployment(num_replicas=2, max_ongoing_requests=3)
 class Scaled:
@@ -26,6 +29,9 @@ class Scaled:
 
     def run(self, *args, **kwargs):
         return args
+
+    def reconfigure(self, config):
+        self.config = config
 
 
 @serve.deployment

@@ -90,6 +90,7 @@ def graphs(draw: st.DrawFn) -> Any:
         if action == "function":
             fn = sg_models.combine
             options = draw(_options)
+            options.pop("user_config", None)  # a function has no reconfigure() to take one
             if options:
                 fn = fn.options(**options)
             values.append(fn.bind(*args))

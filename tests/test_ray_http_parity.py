@@ -37,7 +37,10 @@ class Misspeller:
         self.model = model
 
     async def __call__(self) -> int:
-        return await (await self.model.predcit.remote(1))
+        # Looked up by name: the compiler refuses `self.model.predcit.remote(1)` written out
+        # (tests/test_check_code.py), and this tests what the runtime says when it gets through.
+        method = "predcit"
+        return await (await getattr(self.model, method).remote(1))
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import socket
 import sys
 
 import click
@@ -10,6 +12,7 @@ import click
 from ..compiler import compile
 from ..compiler.fast_path import compiled_path_problem
 from ..errors import GraphError
+from .connect import _host_port, choose, cluster_options, connect
 from .load import load_app
 
 
@@ -21,9 +24,20 @@ from .load import load_app
     "--resources",
     "resources",
     default=None,
-    help="Check against these cluster resources, e.g. CPU=2,GPU=0 (default: no resource check).",
+    help="Check against these cluster resources, e.g. CPU=2,GPU=0 (default: those of the connected "
+    "cluster, if one is reachable; else no resource check).",
 )
-def check_cmd(target: str, name: str | None, fmt: str, resources: str | None) -> None:
+@click.option("--strict", is_flag=True, help="Treat warnings (e.g. mismatched type annotations) as errors.")
+@cluster_options
+def check_cmd(
+    target: str,
+    name: str | None,
+    fmt: str,
+    resources: str | None,
+    strict: bool,
+    address: str | None,
+    connect_timeout: float,
+) -> None:
     """Check the graph TARGET (MODULE:ATTR or a .sg file) without deploying it."""
     cluster = None
     if resources:
@@ -37,9 +51,12 @@ def check_cmd(target: str, name: str | None, fmt: str, resources: str | None) ->
     path = None
     try:
         app = load_app(target, name=name)
+        if cluster is None:
+            cluster, note = measured_resources(address, connect_timeout)
+            click.echo(note, err=True)
         compiled = compile(app, cluster_resources=cluster, strict=False)
         diagnostics = list(compiled.diagnostics)
-        if not any(d.severity == "error" for d in diagnostics):
+        if not any(d.severity == "error" or strict for d in diagnostics):
             problem = compiled_path_problem(compiled.ir)
             path = (
                 f"requests run as a plan of actor calls: {problem}"
@@ -48,6 +65,8 @@ def check_cmd(target: str, name: str | None, fmt: str, resources: str | None) ->
             )
     except GraphError as exc:  # every error carries its diagnostics, located where the user wrote the code
         diagnostics = list(exc.diagnostics)
+    if strict:
+        diagnostics = [dataclasses.replace(d, severity="error") for d in diagnostics]
     if fmt == "json":
         click.echo(json.dumps([d.to_dict() for d in diagnostics], indent=2))
     else:
@@ -56,8 +75,48 @@ def check_cmd(target: str, name: str | None, fmt: str, resources: str | None) ->
         errors = sum(d.severity == "error" for d in diagnostics)
         if not diagnostics:
             click.echo(f"{target}: ok, no problems found")
-        if path is not None:
-            click.echo(path)
         else:
             click.echo(f"{target}: {errors} error(s), {len(diagnostics) - errors} warning(s)", err=True)
+        if path is not None:  # which way requests will run (only for a graph without errors)
+            click.echo(path)
     sys.exit(1 if any(d.severity == "error" for d in diagnostics) else 0)
+
+
+#: Resources Ray reports that no replica asks for by name (memory is in bytes, nodes are labels).
+_NOT_CHECKED = ("memory", "object_store_memory")
+
+
+def measured_resources(address: str | None, timeout: float) -> tuple[dict[str, float] | None, str]:
+    """The resources of the cluster a command would use, and a line saying which (or why none).
+
+    Never starts a cluster: with none named, or none answering, the resource check is skipped.
+    """
+    skipped = "resource check skipped: "
+    hint = "; pass --resources CPU=N[,GPU=M] to check against given resources."
+    loaded = sys.modules.get("ray")  # importing Ray takes a second: only once a cluster answers
+    started_here = loaded is None or not loaded.is_initialized()
+    if started_here:
+        chosen = choose(address)
+        if chosen is None:
+            return None, skipped + "no Ray cluster is named (--address, RAY_ADDRESS, or one `servegraph run` started)" + hint
+        target = _host_port(chosen.address)
+        if target is not None:
+            try:
+                with socket.create_connection(target, timeout=min(timeout, 2.0)):
+                    pass
+            except OSError as exc:
+                return None, skipped + f"the Ray cluster at {chosen.address} ({chosen.source}) does not answer ({exc})" + hint
+    try:
+        cluster = connect(address, timeout, quiet=True)
+    except SystemExit:  # connect() said why on stderr
+        return None, skipped + "could not connect to the Ray cluster" + hint
+    import ray
+
+    try:
+        have = {k: float(v) for k, v in ray.cluster_resources().items() if not k.startswith("node:") and k not in _NOT_CHECKED}
+    finally:
+        if started_here:
+            ray.shutdown()
+    shown = ", ".join(f"{k}={v:g}" for k, v in sorted(have.items()))
+    where = f"{cluster.address} ({cluster.source})" if cluster is not None else "this process's"
+    return have, f"resources: checking against the Ray cluster at {where}: {shown} in all (other applications' use not subtracted)"

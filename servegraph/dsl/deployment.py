@@ -68,8 +68,15 @@ class Deployment:
             BindError: the arguments do not fit the signature.
         """
         site = user_call_site(_call_site)
+        no_init = not self.is_function and self._target.__init__ is object.__init__  # type: ignore[misc]
         if self.is_function:
             fn, drop_self, what = self._target, False, self.name
+        elif no_init:
+            # No __init__ anywhere: object.__init__'s signature (*args, **kwargs) would accept anything,
+            # but the replica's ``cls(*args)`` then fails; the class's own signature says what it takes
+            # (``()`` unless __new__ or a metaclass says otherwise, known without inspect's slow path).
+            plain = self._target.__new__ is object.__new__ and type(self._target).__call__ is type.__call__
+            fn, drop_self, what = (_takes_nothing if plain else self._target), False, self.name
         else:
             # The class's own __init__, looked up on the class (mypy reads it as an instance lookup).
             fn, drop_self, what = self._target.__init__, True, f"{self.name}.__init__"  # type: ignore[misc]
@@ -85,7 +92,7 @@ class Deployment:
                     site,
                     subject=self.name,
                     call=f"{self.name}.bind()",
-                    expected=describe_signature(what, fn),
+                    expected=describe_signature(what, fn) + (f" ({self.name} defines no __init__)" if no_init else ""),
                     hint=BIND_HINT,
                     keyword=problem.keyword,
                 )
@@ -102,6 +109,10 @@ class Deployment:
 
     def __repr__(self) -> str:
         return f"Deployment(name={self.name!r}, num_replicas={self.num_replicas})"
+
+
+def _takes_nothing():  # no return annotation: it would show in the message
+    """The signature of a class with neither ``__init__`` nor ``__new__``: no arguments."""
 
 
 @overload

@@ -18,11 +18,19 @@ from ..context import PassContext
 from ..ir import key_order
 
 
-def _diag(code: str, record: ir.NodeIR, summary: str, hint: str | None = None) -> Diagnostic:
-    """A diagnostic at ``record``'s ``.bind()`` line, about it (by its final name, for a deployment)."""
+def _diag(code: str, record: ir.NodeIR, summary: str, hint: str | None = None, **fields: Any) -> Diagnostic:
+    """A diagnostic at ``record``'s ``.bind()`` line, about it (by its final name, for a deployment);
+    ``fields`` are the Diagnostic's others (``got``, ``expected``, ``severity``)."""
     site = record.call_site
     return Diagnostic(
-        code, summary, file=site.file, line=site.line, col=site.col or None, subject=record.name or record.label, hint=hint
+        code,
+        summary,
+        file=site.file,
+        line=site.line,
+        col=site.col or None,
+        subject=record.name or record.label,
+        hint=hint,
+        **fields,
     )
 
 
@@ -131,6 +139,7 @@ def check_serializable(app: ir.AppIR, ctx: PassContext) -> list[Diagnostic]:
     """
     dumps = ctx.serializer or _default_serializer
     out = []
+    code_checked: set[int] = set()  # a class bound many times is pickled once
     for record in app.nodes:
         if record.kind == ir.INPUT_ATTR:
             continue  # its argument is the marker of the node it reads from
@@ -150,7 +159,8 @@ def check_serializable(app: ir.AppIR, ctx: PassContext) -> list[Diagnostic]:
                         "deployment's constructor.",
                     )
                 )
-        if record.is_deployment:
+        if record.is_deployment and id(record.target) not in code_checked:
+            code_checked.add(id(record.target))
             try:
                 dumps(record.target)
             except Exception as exc:

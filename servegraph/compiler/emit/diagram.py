@@ -69,6 +69,13 @@ class Diagram:
     arrows: tuple[Arrow, ...]
     clusters: tuple[Cluster, ...]
 
+    def members(self) -> dict[str | None, list[Box]]:
+        """Boxes by cluster id (None: outside every cluster), in order, grouped in one pass."""
+        out: dict[str | None, list[Box]] = {}
+        for box in self.boxes:
+            out.setdefault(box.cluster, []).append(box)
+        return out
+
 
 def _num(value: float) -> str:
     return f"{value:g}"
@@ -104,11 +111,13 @@ def edge_label(label: str) -> str:
     return ", ".join(f"arg {part}" if part.isdigit() else f"{part}=" for part in label.split(","))
 
 
-def _output_label(record: ir.NodeIR, upstream: str) -> str:
-    """``output 0, output 2``: where ``upstream`` appears in MultiOutputNode's list."""
-    outputs = list(ir.iter_markers(record.args))
-    places = [str(i) for i, m in enumerate(outputs) if isinstance(m, ir.Ref) and m.key == upstream]
-    return ", ".join(f"output {i}" for i in places)
+def _output_places(record: ir.NodeIR) -> dict[str, str]:
+    """``{upstream: "output 0, output 2"}``: where each node appears in MultiOutputNode's list."""
+    places: dict[str, list[str]] = {}
+    for i, marker in enumerate(ir.iter_markers(record.args)):
+        if isinstance(marker, ir.Ref):
+            places.setdefault(marker.key, []).append(f"output {i}")
+    return {key: ", ".join(found) for key, found in places.items()}
 
 
 def build(compiled: CompiledGraph) -> Diagram:
@@ -127,6 +136,7 @@ def build(compiled: CompiledGraph) -> Diagram:
             owner[v] = u
     clustered = sorted(set(owner.values()), key=key_order)
     clusters = tuple(Cluster(f"cluster_{key}", nodes[key].deployment or nodes[key].label) for key in clustered)
+    owners = set(clustered)
 
     # Where HTTP requests enter.
     if root is not None and nodes[root].kind == ir.DRIVER:
@@ -150,10 +160,11 @@ def build(compiled: CompiledGraph) -> Diagram:
             lines = [record.label]
         if ingress:
             lines.append(f"ingress, route {app.route_prefix}")
-        cluster = f"cluster_{key}" if key in clustered else (f"cluster_{owner[key]}" if key in owner else None)
+        cluster = f"cluster_{key}" if key in owners else (f"cluster_{owner[key]}" if key in owner else None)
         boxes.append(Box(key, record.kind, tuple(lines), ingress=ingress, cluster=cluster))
 
     arrows = [Arrow(HTTP, entry, ENTRY)] if entry is not None else []
+    output_places: dict[str, dict[str, str]] = {}  # per MultiOutputNode, computed once
     for u, v, data in sorted(graph.edges(data=True), key=lambda e: (key_order(e[1]), key_order(e[0]))):
         kind = data["kind"]
         if kind == ir.TARGET_EDGE:
@@ -164,7 +175,9 @@ def build(compiled: CompiledGraph) -> Diagram:
         elif nodes[v].kind == ir.INPUT_ATTR:
             arrows.append(Arrow(u, v, DATA))  # the node reads part of its upstream value
         elif nodes[v].kind == ir.OUTPUT:
-            arrows.append(Arrow(u, v, DATA, _output_label(nodes[v], u)))
+            if v not in output_places:
+                output_places[v] = _output_places(nodes[v])
+            arrows.append(Arrow(u, v, DATA, output_places[v].get(u, "")))
         else:
             arrows.append(Arrow(u, v, DATA, edge_label(data["label"])))
     if compiled.plan is not None and root is not None:

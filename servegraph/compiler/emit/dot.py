@@ -71,13 +71,12 @@ def to_dot(compiled: CompiledGraph, rankdir: str = "LR") -> str:
         extra = "penwidth=2.5, peripheries=2" if box.ingress else ""
         return f"{indent}{box.id} [{_attrs(f'label={_label(box.lines)}', _SHAPES[box.kind], extra)}];"
 
-    for box in d.boxes:
-        if box.cluster is None:
-            out.append(node_line(box, "  "))
+    by_cluster = d.members()
+    out.extend(node_line(box, "  ") for box in by_cluster.get(None, ()))
     for cluster in d.clusters:
         out.append(f"  subgraph {cluster.id} {{")
         out.append(f'    label={quote(cluster.label)}; style="rounded,dashed"; color="#4a7bb7";')
-        out.extend(node_line(box, "    ") for box in d.boxes if box.cluster == cluster.id)
+        out.extend(node_line(box, "    ") for box in by_cluster.get(cluster.id, ()))
         out.append("  }")
     out.append("")
     for arrow in d.arrows:

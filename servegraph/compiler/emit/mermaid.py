@@ -65,10 +65,11 @@ def to_mermaid(compiled: CompiledGraph, rankdir: str = "LR") -> str:
         label = "<br/>".join(escape(line) for line in box.lines)
         return f'{indent}{box.id}{left}"{label}"{right}'
 
-    out.extend(node_line(box, "  ") for box in d.boxes if box.cluster is None)
+    by_cluster = d.members()
+    out.extend(node_line(box, "  ") for box in by_cluster.get(None, ()))
     for cluster in d.clusters:
         out.append(f'  subgraph {cluster.id} ["{escape(cluster.label)}"]')
-        out.extend(node_line(box, "    ") for box in d.boxes if box.cluster == cluster.id)
+        out.extend(node_line(box, "    ") for box in by_cluster.get(cluster.id, ()))
         out.append("  end")
     for arrow in d.arrows:
         link = _ARROWS[arrow.style]

@@ -1,0 +1,432 @@
+"""Checks that read the deployments' code: handle calls inside it, and type annotations across edges.
+
+Ray Serve finds both mistakes only when a request runs (a 500, or a wrong value passed along).
+Both checks are conservative: where the code cannot be read (no source, a dynamic attribute,
+``*args``, a decorator that hides the signature, an annotation that is not a plain class) they
+say nothing.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import inspect
+import textwrap
+import typing
+from collections.abc import Iterator
+from typing import Any
+
+from ...dsl.callsite import _display_path
+from ...dsl.signature import bind_problem, describe_signature, function_method_problem, missing_method_hint
+from ...errors import Diagnostic
+from .. import ir
+from ..context import PassContext
+from .rules import _diag
+
+# -- handle calls ---------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class HandleCall:
+    """``self.<attr>.<method>.remote(...)`` (or ``self.<attr>.remote(...)``: method None) in a class body."""
+
+    attr: str
+    method: str | None
+    line: int  # in the file
+    positional: int
+    keywords: tuple[str, ...]
+    #: ``*args`` or ``**kwargs`` at the call: its arity cannot be known.
+    unpacked: bool
+
+
+def _self_attr(node: ast.AST) -> str | None:
+    """``x`` for ``self.x``."""
+    if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "self":
+        return node.attr
+    return None
+
+
+def _handle_of(node: ast.AST) -> str | None:
+    """The handle attribute of ``self.x`` or ``self.x.options(...)``."""
+    if (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "options"
+    ):
+        return _self_attr(node.func.value)
+    return _self_attr(node)
+
+
+def _parameter_of(value: ast.AST | None) -> str | None:
+    """``p`` for ``p`` or ``p.options(...)`` (a handle kept with other options): the name stored."""
+    if isinstance(value, ast.Call) and isinstance(value.func, ast.Attribute) and value.func.attr == "options":
+        value = value.func.value
+    return value.id if isinstance(value, ast.Name) else None
+
+
+def _handle_call(call: ast.Call, first_line: int) -> HandleCall | None:
+    func = call.func
+    if not (isinstance(func, ast.Attribute) and func.attr == "remote"):
+        return None
+    attr, method = _handle_of(func.value), None
+    if attr is None and isinstance(func.value, ast.Attribute):
+        attr, method = _handle_of(func.value.value), func.value.attr
+    if attr is None:
+        return None
+    return HandleCall(
+        attr=attr,
+        method=method,
+        line=first_line + call.lineno - 1,
+        positional=sum(not isinstance(a, ast.Starred) for a in call.args),
+        keywords=tuple(k.arg for k in call.keywords if k.arg is not None),
+        unpacked=any(isinstance(a, ast.Starred) for a in call.args) or any(k.arg is None for k in call.keywords),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassCode:
+    """What a class's source says about its handles: where each came from and how it is called."""
+
+    file: str
+    #: ``self.<attr> = <parameter>`` in ``__init__``, for attributes assigned nowhere else.
+    stored: dict[str, str]
+    calls: tuple[HandleCall, ...]
+
+
+def read_class(cls: type) -> ClassCode | None:
+    """The handle wiring in ``cls``'s own source, or None where it cannot be read."""
+    try:
+        lines, first_line = inspect.getsourcelines(cls)
+        file = inspect.getsourcefile(cls)
+        tree = ast.parse(textwrap.dedent("".join(lines)))
+    except (OSError, TypeError, SyntaxError, IndentationError):
+        return None
+    if file is None or not tree.body or not isinstance(tree.body[0], ast.ClassDef):
+        return None
+    body = tree.body[0]
+    stored: dict[str, str] = {}
+    assigned: dict[str, int] = {}  # how often each self attribute is assigned anywhere
+    calls: list[HandleCall] = []
+    for item in body.body:
+        if not isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        params = {a.arg for a in item.args.posonlyargs + item.args.args + item.args.kwonlyargs}
+        for node in ast.walk(item):
+            if isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                for target in targets:
+                    for sub in ast.walk(target):
+                        attr = _self_attr(sub)
+                        if attr is not None:
+                            assigned[attr] = assigned.get(attr, 0) + 1
+                            value = getattr(node, "value", None)
+                            if (
+                                item.name == "__init__"
+                                and sub is target
+                                and isinstance(node, (ast.Assign, ast.AnnAssign))
+                                and _parameter_of(value) in params
+                            ):
+                                stored[attr] = _parameter_of(value) or ""
+            elif isinstance(node, ast.Call):
+                found = _handle_call(node, first_line)
+                if found is not None:
+                    calls.append(found)
+            elif isinstance(node, ast.Name) and node.id == "setattr":
+                return None  # attributes set by name: nothing can be said about them
+    stored = {attr: param for attr, param in stored.items() if assigned.get(attr) == 1}
+    return ClassCode(file=_display_path(file), stored=stored, calls=tuple(calls))
+
+
+def _constructor_handles(record: ir.NodeIR, cls: type) -> dict[str, str]:
+    """Constructor parameter -> node key of the deployment whose handle it receives (whole handles only)."""
+    try:
+        sig = inspect.signature(cls.__init__)  # type: ignore[misc]
+        bound = sig.bind(None, *record.args, **dict(record.kwargs))
+    except (TypeError, ValueError):
+        return {}
+    out = {}
+    for name, value in bound.arguments.items():
+        if isinstance(value, ir.HandleRef) and value.method is None:
+            out[name] = value.deployment
+    return out
+
+
+def _method_of(cls: type, name: str) -> tuple[Any, bool] | None:
+    """``(callable, drop_self)`` for method ``name`` of ``cls``, or None if it has none."""
+    static = inspect.getattr_static(cls, name, None)
+    if static is None:
+        return None
+    if isinstance(static, staticmethod):
+        return static.__func__, False
+    fn = getattr(cls, name, None)
+    if not callable(fn):
+        return None
+    return fn, not inspect.ismethod(fn)  # a classmethod comes bound
+
+
+def check_handle_calls(app: ir.AppIR, ctx: PassContext) -> list[Diagnostic]:
+    """Every ``self.<handle>.<method>.remote(...)`` in a deployment names a method its target has,
+    with arguments its signature takes."""
+    out: dict[tuple[str, int, str], Diagnostic] = {}
+    code_of: dict[int, ClassCode | None] = {}
+    for record in app.nodes:
+        cls = record.target
+        if record.kind != ir.DEPLOYMENT or not inspect.isclass(cls):
+            continue
+        handles = _constructor_handles(record, cls)
+        if not handles:
+            continue
+        if id(cls) not in code_of:
+            code_of[id(cls)] = read_class(cls)
+        code = code_of[id(cls)]
+        if code is None:
+            continue
+        for call in code.calls:
+            param = code.stored.get(call.attr)
+            key = handles.get(param) if param is not None else None
+            if key is None:
+                continue
+            target_record = app.node(key)
+            target = target_record.target
+            if target_record.kind == ir.FUNCTION:
+                diag = _check_function_call(record, call, param or call.attr, target_record, code.file)
+            elif inspect.isclass(target):
+                diag = _check_call(record, call, param or call.attr, target_record, target, code.file)
+            else:
+                continue
+            if diag is not None:
+                out.setdefault((diag.file or "", diag.line or 0, diag.message), diag)
+    return list(out.values())
+
+
+def _shown(call: HandleCall) -> str:
+    return f"self.{call.attr}" + (f".{call.method}" if call.method else "") + ".remote()"
+
+
+def _where(record: ir.NodeIR, param: str, target_record: ir.NodeIR) -> str:
+    return (
+        f"({record.label} bound at {record.call_site}; {param} is {target_record.label}, "
+        f"bound at {target_record.call_site})"
+    )
+
+
+def _call_diag(record: ir.NodeIR, call: HandleCall, file: str, summary: str, **fields: Any) -> Diagnostic:
+    """A handle-call diagnostic at the call's line in the deployment's code, about ``record``."""
+    return Diagnostic("handle-call", summary, file=file, line=call.line, subject=record.name or record.label, **fields)
+
+
+def _check_function_call(
+    record: ir.NodeIR, call: HandleCall, param: str, target_record: ir.NodeIR, file: str
+) -> Diagnostic | None:
+    """A function deployment answers to the method names replicas and local mode accept (one rule)."""
+    problem = function_method_problem(target_record.name or target_record.label, call.method or "__call__")
+    if problem is None:
+        return None
+    return _call_diag(
+        record,
+        call,
+        file,
+        f"{record.label}: {_shown(call)}: {problem} {_where(record, param, target_record)};",
+        hint=f"call it as self.{call.attr}.remote(...).",
+    )
+
+
+def _check_call(
+    record: ir.NodeIR, call: HandleCall, param: str, target_record: ir.NodeIR, target: type, file: str
+) -> Diagnostic | None:
+    if "__getattr__" in {n for k in target.__mro__[:-1] for n in vars(k)}:
+        return None  # methods made on the fly
+    method = call.method or "__call__"
+    shown, where = _shown(call), _where(record, param, target_record)
+    found = _method_of(target, method)
+    if method == "__call__" and not any("__call__" in vars(k) for k in target.__mro__[:-1]):
+        found = None
+    if found is None:
+        if call.method is None:
+            return None  # handle.remote() on a class without __call__: left to the runtime's message
+        return _call_diag(
+            record,
+            call,
+            file,
+            f"{record.label}: {shown} calls {target_record.label}.{method}, which does not exist {where};",
+            hint=missing_method_hint(target, method),
+        )
+    if call.unpacked:
+        return None
+    fn, drop_self = found
+    placeholders = (None,) * call.positional
+    problem = bind_problem(fn, placeholders, dict.fromkeys(call.keywords), drop_self=drop_self)
+    if problem is None:
+        return None
+    return _call_diag(
+        record,
+        call,
+        file,
+        f"{record.label}: {shown} {problem.text} {where}",
+        expected=describe_signature(target_record.label + "." + method, fn),
+        hint="fix the arguments of the call.",
+        keyword=problem.keyword,
+    )
+
+
+# -- type annotations across edges ----------------------------------------------------------------
+
+#: Numbers Python converts implicitly where the typing world accepts them (PEP 484's numeric tower).
+_WIDENS = {(int, float), (int, complex), (float, complex)}
+
+
+def _hints(fn: Any) -> dict[str, Any] | None:
+    try:
+        return typing.get_type_hints(fn)
+    except Exception:  # unresolvable forward references, odd objects: nothing to say
+        return None
+
+
+def _members(annotation: Any) -> tuple[type, ...] | None:
+    """The plain classes an annotation allows (``Optional[str]`` -> ``(str, NoneType)``), or None
+    when it is anything else (Any, generics, type variables, protocols, strings left unresolved)."""
+    if annotation is None or annotation is type(None):
+        return (type(None),)
+    origin = typing.get_origin(annotation)
+    if origin is typing.Union or (origin is not None and getattr(origin, "__name__", "") == "UnionType"):
+        out: list[type] = []
+        for arg in typing.get_args(annotation):
+            found = _members(arg)
+            if found is None:
+                return None
+            out.extend(found)
+        return tuple(out)
+    if origin is not None or not isinstance(annotation, type) or annotation is object:
+        return None
+    if getattr(annotation, "_is_protocol", False):
+        return None
+    return (annotation,)
+
+
+def _fits(produced: type, wanted: type) -> bool | None:
+    try:
+        return issubclass(produced, wanted) or (produced, wanted) in _WIDENS
+    except TypeError:
+        return None
+
+
+def _callable_of(record: ir.NodeIR, nodes: dict[str, ir.NodeIR]) -> tuple[Any, bool] | None:
+    """The function a method or function node runs, and whether its first parameter is ``self``."""
+    if record.kind == ir.FUNCTION:
+        return (record.target, False) if callable(record.target) else None
+    if record.kind == ir.METHOD and record.deployment is not None:
+        cls = nodes[record.deployment].target
+        if not inspect.isclass(cls) or record.method is None:
+            return None
+        return _method_of(cls, record.method)
+    return None
+
+
+def _returns(fn: Any) -> tuple[type, ...] | None:
+    """The plain classes ``fn``'s return annotation allows (an async function's: what it returns
+    when awaited); None if it has none, or a generator's, or one that is not plain."""
+    if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
+        return None
+    hints = _hints(fn)
+    if hints is None or "return" not in hints:
+        return None
+    return _members(hints["return"])
+
+
+def _inputs(record: ir.NodeIR) -> Iterator[tuple[int | str, ir.Ref]]:
+    """(position or keyword, upstream ref) for the node's arguments that are an upstream value itself."""
+    for i, value in enumerate(record.args):
+        if isinstance(value, ir.Ref):
+            yield i, value
+    for name, value in record.kwargs:
+        if isinstance(value, ir.Ref):
+            yield name, value
+
+
+def _parameters(fn: Any, drop_self: bool) -> tuple[list[inspect.Parameter], dict[str, Any]] | None:
+    """``fn``'s parameters (without ``self``) and its resolved annotations, or None if it has none."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return None
+    hints = _hints(fn)
+    if not hints:
+        return None
+    return list(sig.parameters.values())[1 if drop_self else 0 :], hints
+
+
+def _line_of(fn: Any) -> str:
+    try:
+        return f"{_display_path(inspect.getsourcefile(fn) or '?')}:{inspect.getsourcelines(fn)[1]}"
+    except (OSError, TypeError):
+        return "?"
+
+
+def check_annotations(app: ir.AppIR, ctx: PassContext) -> list[Diagnostic]:
+    """A value passed along an edge whose producer's return annotation plainly does not fit the
+    consumer's parameter annotation (``-> str`` into ``v: int``): a warning (an error with ``--strict``)."""
+    out = []
+    nodes = {record.key: record for record in app.nodes}
+    # Per function, once: a graph binds the same few functions thousands of times.
+    params_of: dict[int, tuple[list[inspect.Parameter], dict[str, Any]] | None] = {}
+    returns_of: dict[int, tuple[type, ...] | None] = {}
+    for record in app.nodes:
+        consumer = _callable_of(record, nodes)
+        if consumer is None:
+            continue
+        fn, drop_self = consumer
+        if id(fn) not in params_of:
+            params_of[id(fn)] = _parameters(fn, drop_self)
+        found = params_of[id(fn)]
+        if found is None:
+            continue
+        params, hints = found
+        for place, ref in _inputs(record):
+            producer_record = nodes.get(ref.key)
+            if producer_record is None:
+                continue
+            producer = _callable_of(producer_record, nodes)
+            if producer is None:
+                continue
+            if id(producer[0]) not in returns_of:
+                returns_of[id(producer[0])] = _returns(producer[0])
+            produced = returns_of[id(producer[0])]
+            if produced is None:
+                continue
+            if isinstance(place, int):
+                if place >= len(params) or params[place].kind not in (
+                    inspect.Parameter.POSITIONAL_ONLY,
+                    inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                ):
+                    continue
+                param = params[place].name
+            else:
+                param = place
+            if param not in hints:
+                continue
+            wanted = _members(hints[param])
+            if wanted is None:
+                continue
+            verdicts = [_fits(p, w) for p in produced for w in wanted]
+            if None in verdicts or any(verdicts):
+                continue
+            returned = typing.get_type_hints(producer[0])["return"]
+            out.append(
+                _diag(
+                    "annotation",
+                    record,
+                    f"{param} is annotated {_name(hints[param])} ({_line_of(fn)}), but it gets "
+                    f"{producer_record.label} (bound at {producer_record.call_site}), which returns "
+                    f"{_name(returned)} ({_line_of(producer[0])}).",
+                    "Convert the value in one of them, or fix the annotation that is wrong.",
+                    severity="warning",
+                    call=f"{record.label}.bind()",
+                )
+            )
+    return out
+
+
+def _name(annotation: Any) -> str:
+    if isinstance(annotation, type) and typing.get_origin(annotation) is None:
+        return annotation.__qualname__
+    return repr(annotation).replace("typing.", "")
