@@ -88,7 +88,8 @@ def test_eligibility_says_why_a_graph_is_not_compiled():
     assert "entry point is a deployment" in compiled_path_problem(compile(Add.bind(1)).ir)
     with InputNode() as inp:
         streaming = Gen.bind().__call__.bind(inp)
-    assert "generator" in compiled_path_problem(compile(streaming).ir)
+    # compile() refuses a generator as a graph node (checks/options.py); the rule still says why.
+    assert "generator" in compiled_path_problem(compile(streaming, strict=False).ir)
 
 
 def test_lanes_take_one_replica_of_each_deployment_and_never_share_one():
@@ -223,11 +224,11 @@ def test_values_larger_than_a_channel_buffer_pass(deploy):
 
 
 def test_an_ineligible_graph_says_why_and_runs_as_a_plan(deploy):
-    with InputNode() as inp:
-        streaming = Gen.options(name="G").bind().__call__.bind(inp)
-    deploy(streaming, name="cg-gen")
-    assert path("cg-gen")["kind"] == "plan"
-    assert "generator" in path("cg-gen")["reason"]
+    with InputNode() as inp:  # a deployment passed per request (a generator node no longer compiles)
+        handed = Pair.options(name="G").bind().both.bind(inp, Add.options(name="H").bind(1))
+    deploy(handed, name="cg-handed")
+    assert path("cg-handed")["kind"] == "plan"
+    assert "passed a deployment handle per request" in path("cg-handed")["reason"]
     result = subprocess.run(
         [sys.executable, "-m", "servegraph", "check", "pipeline:app"],
         cwd=ROOT / "examples",

@@ -1,6 +1,8 @@
 """Checks that read the deployments' code: handle calls inside it, and type annotations across edges.
 
 Ray Serve finds both mistakes only when a request runs (a 500, or a wrong value passed along).
+Each check is ``(app, ctx) -> list[Diagnostic]``, reading each node's ``target`` (the user's class or
+function, kept in the IR) and registered in ``checks.CHECKS``.
 Both checks are conservative: where the code cannot be read (no source, a dynamic attribute,
 ``*args``, a decorator that hides the signature, an annotation that is not a plain class) they
 say nothing.

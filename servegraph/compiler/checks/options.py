@@ -5,8 +5,11 @@ deployment passed unbound, a generator a graph cannot stream.
 Options are the final ones (a deploy config's overrides applied), so a mistake made in a config is
 caught as one made in code. Already refused elsewhere, and not repeated here: ``num_replicas`` with
 ``autoscaling_config`` and ``min_replicas > max_replicas`` (``dsl/options.py``), a per-request value
-passed to a constructor (``checks.check_constructor_args``), an empty ``MultiOutputNode`` (its
+passed to a constructor (``rules.check_constructor_args``), an empty ``MultiOutputNode`` (its
 constructor), route prefixes (``_validation.route_prefix_problem``).
+
+Each check is ``(app, ctx) -> list[Diagnostic]`` reading the IR only (``record.options`` are final
+after the options pass), registered in ``checks.CHECKS``.
 """
 
 from __future__ import annotations
