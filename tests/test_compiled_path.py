@@ -357,3 +357,33 @@ def test_max_ongoing_requests_holds_across_the_lane_and_the_plan(deploy):
     assert load.failed == []
     probe = serve.get_deployment_handle("Once", app_name="cg-once")
     assert probe.peak_concurrency.remote().result() == 1
+
+
+def test_the_controller_killed_under_load_loses_no_request_and_lanes_come_back(deploy):
+    from servegraph.runtime.cluster import CONTROLLER_NAME, NAMESPACE
+
+    handle = deploy(chain(2, num_replicas=2), name="cg-controller").options(use_new_handle_api=True)
+    wait_for_lanes("cg-controller", 2)
+    with Load(lambda: handle.remote(1).result(timeout_s=60) == 4 or 1 / 0, threads=4) as load:
+        assert load.wait_served(50)
+        ray.kill(ray.get_actor(CONTROLLER_NAME, namespace=NAMESPACE), no_restart=False)
+        assert load.wait_served(300)
+    assert load.failed == []
+    # The restarted controller stops the loops it did not know of and forms lanes again.
+    assert wait_for(lambda: path("cg-controller")["lanes"] == 2 and lanes_for("cg-controller").active() == 2, 90), (
+        path("cg-controller"),
+        lanes_for("cg-controller").reason,
+    )
+    with on_lanes("cg-controller")(5):
+        assert [handle.remote(i).result() for i in range(5)] == [i + 3 for i in range(5)]
+
+
+def test_a_rolling_update_under_load_on_a_compiled_graph_fails_no_request(deploy):
+    handle = deploy(chain(2, num_replicas=2, version="1"), name="cg-roll").options(use_new_handle_api=True)
+    wait_for_lanes("cg-roll", 2)
+    with Load(lambda: handle.remote(1).result(timeout_s=60) == 4 or 1 / 0, threads=4) as load:
+        assert load.wait_served(50)
+        deploy(chain(2, num_replicas=2, version="2"), name="cg-roll")
+        assert load.wait_served(100)
+    assert load.failed == []
+    assert wait_for(lambda: lanes_for("cg-roll").active() == 2, 90), path("cg-roll")

@@ -827,7 +827,7 @@ class Controller:
             if old_lanes is not None and old_lanes.deployments == members and old_lanes.plan == app.plan:
                 state.lanes = old_lanes  # the same graph: lanes stay (those over replicas that change dissolve)
             else:
-                state.lanes = LaneTable(members, app.plan)
+                state.lanes = LaneTable(members, app.plan, first_id=self._counter + 1)
                 if old_lanes is not None:
                     state.lanes.succeed(old_lanes, time.monotonic())
             state.lanes.failure = ""  # a new deploy tries again

@@ -216,23 +216,21 @@ class _PlanTarget:
         """
         args, kwargs = _prepare_sync(args, kwargs)
         lanes = self._lane_set()
-        if lanes is None:
+        lane = lanes.pick() if lanes is not None else None
+        if lane is None:  # not compiled, or every lane is full: the plan, as any request before lanes
             return self._plan(args, kwargs)
-        out = self._run(lanes, args, kwargs)
+        out = self._run(lanes, lane, args, kwargs)
         return out.to_object_ref() if object_ref else out
 
-    def _run(self, lanes: Any, args: tuple, kwargs: dict) -> GraphRef:
-        """On the compiled path: a lane if one has room, else the plan, waited for either way."""
-        lane = lanes.pick()
-        if lane is not None:
-            try:
-                ok, out = lanes.run_on(lane, args, kwargs)
-            except ray.exceptions.RayTaskError as exc:
-                return GraphRef(error=exc)  # ray.get raises it, as it raises the plan path's
-            if ok:
-                return GraphRef(out)
-        # No lane with room, or its lane broke: the plan path, waited for here like a lane (and sent
-        # once more if a replica died under it), so the caller sees one kind of result either way.
+    def _run(self, lanes: Any, lane: Any, args: tuple, kwargs: dict) -> GraphRef:
+        """On a lane (taken by ``lanes.pick()``); if the lane breaks, on the plan, waited for here and sent
+        once more if a replica died under it too, so a request caught by a fault is not lost."""
+        try:
+            ok, out = lanes.run_on(lane, args, kwargs)
+        except ray.exceptions.RayTaskError as exc:
+            return GraphRef(error=exc)  # ray.get raises it, as it raises the plan path's
+        if ok:
+            return GraphRef(out)
         for attempt in (1, 2):
             try:
                 return GraphRef(ray.get(self._plan(args, kwargs)))
@@ -252,21 +250,20 @@ class _PlanTarget:
     async def submit_async(self, method: str, args: tuple, kwargs: dict, object_ref: bool = True) -> Any:
         args, kwargs = await _prepare_async(args, kwargs)
         lanes = self._lane_set()
-        if lanes is None:
+        lane = lanes.pick() if lanes is not None else None
+        if lane is None:
             return await self._plan_async(args, kwargs)
-        out = await self._run_async(lanes, args, kwargs)
+        out = await self._run_async(lanes, lane, args, kwargs)
         return out.to_object_ref() if object_ref else out
 
-    async def _run_async(self, lanes: Any, args: tuple, kwargs: dict) -> GraphRef:
-        lane = lanes.pick()
-        if lane is not None:
-            try:
-                # A lane's answer is waited for on a thread: this event loop keeps serving meanwhile.
-                ok, out = await asyncio.get_running_loop().run_in_executor(lanes.callers(), lanes.run_on, lane, args, kwargs)
-            except ray.exceptions.RayTaskError as exc:
-                return GraphRef(error=exc)
-            if ok:
-                return GraphRef(out)
+    async def _run_async(self, lanes: Any, lane: Any, args: tuple, kwargs: dict) -> GraphRef:
+        try:
+            # A lane's answer is waited for on a thread: this event loop keeps serving meanwhile.
+            ok, out = await asyncio.get_running_loop().run_in_executor(lanes.callers(), lanes.run_on, lane, args, kwargs)
+        except ray.exceptions.RayTaskError as exc:
+            return GraphRef(error=exc)
+        if ok:
+            return GraphRef(out)
         for attempt in (1, 2):
             try:
                 return GraphRef(await (await self._plan_async(args, kwargs)))

@@ -63,7 +63,7 @@ class LaneAssignment:
 class LaneTable:
     """The lanes of one application."""
 
-    def __init__(self, deployments: tuple[str, ...], plan: Any = None, max_lanes: int | None = None):
+    def __init__(self, deployments: tuple[str, ...], plan: Any = None, max_lanes: int | None = None, first_id: int = 1):
         self.deployments = deployments
         self.plan = plan
         self.max_lanes = max_lanes
@@ -74,7 +74,7 @@ class LaneTable:
         self.failure = ""
         #: When lanes broke with their replicas alive (see Controller.lane_broken).
         self.breaks: list[float] = []
-        self._ids = itertools.count(1)
+        self._ids = itertools.count(first_id)
 
     # Owners -------------------------------------------------------------------------------
     def claim(self, owner: Owner) -> bool:

@@ -255,7 +255,9 @@ class LaneSet:
             self._claim()  # a restarted controller, or a claim that crossed this answer: ask again
         mine = {lane.lane_id: lane for lane in assignment.lanes if lane.owner_id == self._owner_id}
         with self._lock:
-            for lane_id in [i for i in self.lanes if i not in mine]:
+            # A lane is the same lane only with the same replicas (a restarted controller numbers anew).
+            stale = [i for i, lane in self.lanes.items() if i not in mine or _members(mine[i]) != _members(lane.info)]
+            for lane_id in stale:
                 lane = self.lanes.pop(lane_id)
                 if isinstance(lane, Lane):  # one still compiling is torn down when it is ready (see _compile)
                     self._manager.submit(lane.teardown)
@@ -280,7 +282,8 @@ class LaneSet:
             return
         lane = Lane(info, dag, capacity)
         with self._lock:
-            if isinstance(self.lanes.get(info.lane_id), _Compiling):
+            pending = self.lanes.get(info.lane_id)
+            if isinstance(pending, _Compiling) and pending.info is info:
                 self.lanes[info.lane_id] = lane
                 self.reason = ""
                 return
@@ -389,6 +392,10 @@ class LaneSet:
 
     def active(self) -> int:
         return sum(1 for lane in list(self.lanes.values()) if isinstance(lane, Lane) and not lane.broken)
+
+
+def _members(info: LaneInfo) -> tuple[str, ...]:
+    return tuple(replica_id for _, replica_id, _ in info.members)
 
 
 class _Compiling:
