@@ -217,20 +217,25 @@ class _PlanTarget:
         args, kwargs = _prepare_sync(args, kwargs)
         lanes = self._lane_set()
         lane = lanes.pick() if lanes is not None else None
-        if lane is None:  # not compiled, or every lane is full: the plan, as any request before lanes
+        if lane is not None:
+            out = self._run(lanes, lane, args, kwargs)
+        elif lanes is not None and lanes.unsettled():
+            out = self._plan_retrying(args, kwargs)  # a lane just broke: a replica may be dead under the plan too
+        else:  # not compiled, or every lane is full: the plan, as any request before lanes
             return self._plan(args, kwargs)
-        out = self._run(lanes, lane, args, kwargs)
         return out.to_object_ref() if object_ref else out
 
     def _run(self, lanes: Any, lane: Any, args: tuple, kwargs: dict) -> GraphRef:
-        """On a lane (taken by ``lanes.pick()``); if the lane breaks, on the plan, waited for here and sent
-        once more if a replica died under it too, so a request caught by a fault is not lost."""
+        """On a lane (taken by ``lanes.pick()``); if the lane breaks, on the plan (see _plan_retrying)."""
         try:
             ok, out = lanes.run_on(lane, args, kwargs)
         except ray.exceptions.RayTaskError as exc:
             return GraphRef(error=exc)  # ray.get raises it, as it raises the plan path's
-        if ok:
-            return GraphRef(out)
+        return GraphRef(out) if ok else self._plan_retrying(args, kwargs)
+
+    def _plan_retrying(self, args: tuple, kwargs: dict) -> GraphRef:
+        """The plan, waited for here and sent once more if a replica died under it: a request caught by a
+        fault is not lost (a plain ObjectRef could not be re-sent)."""
         for attempt in (1, 2):
             try:
                 return GraphRef(ray.get(self._plan(args, kwargs)))
@@ -251,9 +256,12 @@ class _PlanTarget:
         args, kwargs = await _prepare_async(args, kwargs)
         lanes = self._lane_set()
         lane = lanes.pick() if lanes is not None else None
-        if lane is None:
+        if lane is not None:
+            out = await self._run_async(lanes, lane, args, kwargs)
+        elif lanes is not None and lanes.unsettled():
+            out = await self._plan_retrying_async(args, kwargs)
+        else:
             return await self._plan_async(args, kwargs)
-        out = await self._run_async(lanes, lane, args, kwargs)
         return out.to_object_ref() if object_ref else out
 
     async def _run_async(self, lanes: Any, lane: Any, args: tuple, kwargs: dict) -> GraphRef:
@@ -262,8 +270,9 @@ class _PlanTarget:
             ok, out = await asyncio.get_running_loop().run_in_executor(lanes.callers(), lanes.run_on, lane, args, kwargs)
         except ray.exceptions.RayTaskError as exc:
             return GraphRef(error=exc)
-        if ok:
-            return GraphRef(out)
+        return GraphRef(out) if ok else await self._plan_retrying_async(args, kwargs)
+
+    async def _plan_retrying_async(self, args: tuple, kwargs: dict) -> GraphRef:
         for attempt in (1, 2):
             try:
                 return GraphRef(await (await self._plan_async(args, kwargs)))

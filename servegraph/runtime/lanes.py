@@ -21,6 +21,7 @@ import collections
 import concurrent.futures
 import sys
 import threading
+import time
 import traceback
 from typing import Any
 
@@ -31,6 +32,9 @@ from ..compiler.fast_path import call_keys, output_template
 from .lane_table import LANES_KEY, LaneInfo
 from .long_poll import runtime_client
 from .plan import plan_input, read_input
+
+#: Seconds after a lane breaks during which requests that find no lane are waited for and re-sent on a death.
+UNSETTLED_S = 10.0
 
 
 class LaneBroken(Exception):
@@ -204,6 +208,9 @@ class LaneSet:
         self.reason = "waiting for the controller's lanes"
         #: Requests lanes answered in this process (for status and tests: proof the compiled path ran).
         self.served = 0
+        #: Until when (monotonic) requests without a lane are waited for and re-sent on a replica's death:
+        #: a lane just broke, so a replica may be dead and the plan's routers may not know yet.
+        self._unsettled_until = 0.0
         #: RuntimeClient listener attributes: lanes are not autoscaling inputs.
         self.metrics_interval_s: float | None = None
         self._calls: set[str] = set()
@@ -372,8 +379,13 @@ class LaneSet:
 
         return True, ir.map_markers(self._template, fill)
 
+    def unsettled(self) -> bool:
+        """Whether a lane broke in the last UNSETTLED_S seconds (see _PlanTarget.submit)."""
+        return time.monotonic() < self._unsettled_until
+
     def _forget(self, lane: Lane) -> None:
         """A lane broke: stop using it, and tell the controller, which re-forms lanes (or says why not)."""
+        self._unsettled_until = time.monotonic() + UNSETTLED_S
         with self._lock:
             if self.lanes.get(lane.info.lane_id) is not lane:
                 return
