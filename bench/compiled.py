@@ -35,6 +35,7 @@ for path in (ROOT, ROOT / "examples"):
         sys.path.insert(0, str(path))
 
 import ray  # noqa: E402
+from latency import wait_for_lanes  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 import servegraph as serve  # noqa: E402
 from servegraph import InputNode  # noqa: E402
@@ -45,17 +46,6 @@ CHAIN_LENGTH = 5
 class Stage:
     def __call__(self, x: int) -> int:
         return x + 1
-
-
-def wait_for_lanes(app: str, timeout_s: float = 60.0) -> None:
-    from servegraph.runtime.lanes import lanes_for
-
-    lanes = lanes_for(app)
-    deadline = time.monotonic() + timeout_s
-    while lanes.active() == 0:
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"no compiled lane for {app!r}: {lanes.reason}")
-        time.sleep(0.05)
 
 
 def latencies(call: Callable[[int], Any], expected: Callable[[int], Any], count: int, out: list[float]) -> None:

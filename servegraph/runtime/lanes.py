@@ -31,7 +31,7 @@ from ..compiler import ir
 from ..compiler.fast_path import call_keys, output_template
 from .lane_table import LANES_KEY, LaneInfo
 from .long_poll import runtime_client
-from .plan import plan_input, read_input
+from .plan import read_inputs
 
 #: Seconds after a lane breaks during which requests that find no lane are waited for and re-sent on a death.
 UNSETTLED_S = 10.0
@@ -335,17 +335,8 @@ class LaneSet:
 
     def bundle(self, args: tuple, kwargs: dict) -> dict[str, Any]:
         """The request's input and every input read the graph makes, by key (PlanInputError as on the plan path)."""
-        plan = self.plan
-        assert plan is not None
-        values: dict[str, Any] = {}
-        if plan.input is not None:
-            values[plan.input] = plan_input(args, kwargs)
-        for step in plan.steps:
-            if step.kind == ir.INPUT_ATTR:
-                assert step.access is not None
-                source, access, key = step.access
-                values[step.key] = read_input(values[source.key], access, key)
-        return values
+        assert self.plan is not None
+        return read_inputs(self.plan, args, kwargs)
 
     def pick(self) -> Lane | None:
         """The lane with the fewest requests in flight and room for one more (counted as taken), or None."""

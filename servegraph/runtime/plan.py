@@ -62,12 +62,29 @@ def read_input(value: Any, access: str, key: Any) -> Any:
         ) from None
 
 
+def read_inputs(plan: ir.Plan, args: tuple, kwargs: dict) -> dict[str, Any]:
+    """The request's input and every read of it the graph makes (``inp["k"]``, ``inp.x``), by node key.
+
+    Read before any call is sent, so a request lacking what the graph reads fails whole (PlanInputError).
+    The plan and the compiled lanes both start from this.
+    """
+    values: dict[str, Any] = {}
+    if plan.input is not None:
+        values[plan.input] = plan_input(args, kwargs)
+    for step in plan.steps:
+        if step.kind == ir.INPUT_ATTR:
+            assert step.access is not None
+            source, access, key = step.access
+            values[step.key] = read_input(values[source.key], access, key)
+    return values
+
+
 def run_plan(plan: ir.Plan, args: tuple, kwargs: dict, handle: Callable[[str], Any]) -> Generator[Call, Any, Any]:
     """Yield every call of one request in plan order; return the output (a result, or a list of them).
 
     ``handle(name)`` makes the handle passed where a deployment is an argument.
     """
-    values: dict[str, Any] = {}
+    values = read_inputs(plan, args, kwargs)
 
     def substitute(value: Any) -> Any:
         def fn(marker: ir.Ref | ir.HandleRef) -> Any:
@@ -77,13 +94,9 @@ def run_plan(plan: ir.Plan, args: tuple, kwargs: dict, handle: Callable[[str], A
 
         return ir.map_markers(value, fn)
 
-    if plan.input is not None:
-        values[plan.input] = plan_input(args, kwargs)
     for step in plan.steps:
         if step.kind == ir.INPUT_ATTR:
-            assert step.access is not None
-            source, access, key = step.access
-            values[step.key] = read_input(values[source.key], access, key)
+            continue  # read above
         elif step.kind == ir.OUTPUT:
             values[step.key] = substitute(step.args[0])
         else:
