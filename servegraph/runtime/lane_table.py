@@ -63,10 +63,9 @@ class LaneAssignment:
 class LaneTable:
     """The lanes of one application."""
 
-    def __init__(self, deployments: tuple[str, ...], plan: Any = None, max_lanes: int | None = None, first_id: int = 1):
+    def __init__(self, deployments: tuple[str, ...], plan: Any = None, first_id: int = 1):
         self.deployments = deployments
         self.plan = plan
-        self.max_lanes = max_lanes
         self.owners: dict[str, Owner] = {}
         self.lanes: dict[int, LaneInfo] = {}
         #: Replica id -> (time after which its loop is stopped, its actor); free for a new lane once released.
@@ -124,8 +123,6 @@ class LaneTable:
             for dep in self.deployments
         }
         while all(free[dep] for dep in self.deployments):
-            if self.max_lanes is not None and len(self.lanes) >= self.max_lanes:
-                break
             owner = min(self.owners, key=lambda oid: (self.lanes_of(oid), list(self.owners).index(oid)))
             members = tuple((dep, *free[dep].pop(0)) for dep in self.deployments)
             lane_id = next(self._ids)
@@ -143,8 +140,8 @@ class LaneTable:
     def released(self, replica_id: str) -> None:
         self.releasing.pop(replica_id, None)
 
-    def assignment(self, reason: str = "") -> LaneAssignment:
-        return LaneAssignment(tuple(self.lanes[i] for i in sorted(self.lanes)), reason or self.failure, self.plan)
+    def assignment(self) -> LaneAssignment:
+        return LaneAssignment(tuple(self.lanes[i] for i in sorted(self.lanes)), self.failure, self.plan)
 
     def succeed(self, old: LaneTable, now: float) -> None:
         """Take over from the table of the previous deploy: same owners; its lanes' replicas are released first."""
