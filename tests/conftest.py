@@ -34,6 +34,8 @@ def ray_cluster():
 
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     ray.init(
+        # A new cluster of the tests' own, whatever Ray's ray_current_cluster file points at.
+        address="local",
         num_cpus=TEST_CLUSTER_CPUS,
         include_dashboard=False,
         namespace="servegraph",

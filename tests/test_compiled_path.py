@@ -94,9 +94,12 @@ def test_eligibility_says_why_a_graph_is_not_compiled():
 
 def test_lanes_take_one_replica_of_each_deployment_and_never_share_one():
     table = LaneTable(("A", "B"))
-    table.claim(Owner("driver", "01"))
-    table.claim(Owner("proxy", "02", "actor"))
-    running = {"A": [("a1", "A1"), ("a2", "A2"), ("a3", "A3")], "B": [("b1", "B1"), ("b2", "B2")]}
+    table.claim(Owner("driver", "01", node_id="n1"))
+    table.claim(Owner("proxy", "02", "actor", node_id="n1"))
+    running = {
+        "A": [("a1", "A1", "n1"), ("a2", "A2", "n1"), ("a3", "A3", "n1")],
+        "B": [("b1", "B1", "n1"), ("b2", "B2", "n1")],
+    }
     assert table.reconcile(running, now=0.0)
     lanes = list(table.lanes.values())
     assert len(lanes) == 2  # as many as the scarcer deployment allows
@@ -104,11 +107,11 @@ def test_lanes_take_one_replica_of_each_deployment_and_never_share_one():
     members = [rid for lane in lanes for _, rid, _ in lane.members]
     assert len(members) == len(set(members))
     # b1 stops running: its lane dissolves; its partner is free only once released after the grace period.
-    running["B"] = [("b2", "B2")]
+    running["B"] = [("b2", "B2", "n1")]
     assert table.reconcile(running, now=1.0)
     assert len(table.lanes) == 1
     partner = next(rid for rid in table.releasing)
-    running["B"].append(("b3", "B3"))
+    running["B"].append(("b3", "B3", "n1"))
     table.reconcile(running, now=1.1)
     assert len(table.lanes) == 2  # a3 (never in a lane) and b3 form one at once
     assert [rid for rid, _ in table.due_releases(now=5.0)] == [partner]
@@ -116,6 +119,29 @@ def test_lanes_take_one_replica_of_each_deployment_and_never_share_one():
     table.drop_owner("proxy")
     table.reconcile(running, now=5.1)
     assert {lane.owner_id for lane in table.lanes.values()} == {"driver"}
+
+
+def test_a_lane_never_crosses_a_node():
+    table = LaneTable(("A", "B"))
+    table.claim(Owner("head-driver", "01", node_id="head"))
+    table.claim(Owner("worker-proxy", "02", "actor", node_id="w1"))
+    table.claim(Owner("lost", "03"))  # no node known: it gets no lane
+    # A and B both on w1 twice; the head has an A only; w2 has a B only (and no owner).
+    running = {
+        "A": [("a1", "A1", "head"), ("a2", "A2", "w1"), ("a3", "A3", "w1")],
+        "B": [("b1", "B1", "w2"), ("b2", "B2", "w1"), ("b3", "B3", "w1")],
+    }
+    table.reconcile(running, now=0.0)
+    lanes = list(table.lanes.values())
+    assert len(lanes) == 2
+    for lane in lanes:
+        assert lane.owner_id == "worker-proxy" and lane.node_id == "w1"
+        assert {rid for _, rid, _ in lane.members} <= {"a2", "a3", "b2", "b3"}
+    # A B starts on the head: the head's driver gets a lane of head replicas.
+    running["B"].append(("b4", "B4", "head"))
+    table.reconcile(running, now=0.1)
+    head = [lane for lane in table.lanes.values() if lane.owner_id == "head-driver"]
+    assert len(head) == 1 and {rid for _, rid, _ in head[0].members} == {"a1", "b4"}
 
 
 # On the cluster --------------------------------------------------------------------------
@@ -153,7 +179,7 @@ def test_a_five_stage_chain_gives_the_plan_paths_answers(chain5):
     assert ray.get(refs) == ray.get([plan.remote(i) for i in range(20)]) == [i + 15 for i in range(20)]
     # A DeploymentHandle reads the lane's answer without the object store.
     response = compiled.options(use_new_handle_api=True).remote(5)
-    assert response.result() == 20 and type(response._ref) is GraphRef
+    assert response.result() == 20 and isinstance(response._ref, GraphRef)
     assert path("cg-chain")["kind"] == "compiled" and path("cg-chain")["lanes"] == 1
     assert path("cg-chain-plan") == {"kind": "plan", "reason": "turned off (compiled=False)", "lanes": 0}
 

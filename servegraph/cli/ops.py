@@ -117,6 +117,7 @@ def deploy_cmd(config_path: str, no_resource_check: bool, address: str | None, c
                     host=http.host,
                     port=http.port,
                     http=config.proxy_location != "Disabled",
+                    proxy_location=config.proxy_location,
                     http_options=_applied_http_options(config),
                     on_progress=progress,
                     compiled_path=app.compiled,

@@ -16,7 +16,7 @@ from ..compiler import CompiledGraph, compile
 from ..compiler.config.app import DEFAULT_APP_NAME
 from ..dsl.nodes import DAGNode
 from ..errors import DeploymentError, GraphError
-from .cluster import CONTROLLER_NAME, NAMESPACE, PROXY_NAME, cluster_resources, ensure_connected
+from .cluster import CONTROLLER_NAME, NAMESPACE, cluster_resources, ensure_connected
 from .driver_http import adapter_problem
 from .handle import DeploymentHandle, DeploymentInfo, RayServeSyncHandle, deployment_handle, plan_handle, routes_handle
 
@@ -106,6 +106,24 @@ def _refuse_unsupported_options(compiled: CompiledGraph) -> None:
             )
 
 
+#: Ray Serve's proxy_location values (ProxyLocation, and the older DeploymentMode names), by lower-case name.
+_PROXY_LOCATIONS = {"everynode": "EveryNode", "headonly": "HeadOnly", "disabled": "Disabled", "noserver": "Disabled"}
+
+
+def proxy_location_name(value: Any) -> str | None:
+    """``EveryNode``, ``HeadOnly`` or ``Disabled`` for Ray Serve's ways of saying it (None stays None).
+
+    Raises:
+        ValueError: a value Ray Serve does not know either (``FixedNumber`` is refused: it has no meaning here).
+    """
+    if value is None:
+        return None
+    name = _PROXY_LOCATIONS.get(str(getattr(value, "value", value)).lower())
+    if name is None:
+        raise ValueError(f"proxy_location {value!r} is not one of EveryNode, HeadOnly, Disabled")
+    return name
+
+
 def _require_route_prefix(route_prefix: str | None) -> None:
     problem = None if route_prefix is None else route_prefix_problem(route_prefix)
     if problem is not None:
@@ -123,16 +141,21 @@ def deploy_compiled(
     http_options: dict[str, Any] | None = None,
     on_progress: Callable[[dict[str, dict[str, int]]], None] | None = None,
     compiled_path: bool = True,
+    proxy_location: Any = None,
 ) -> tuple[RayServeSyncHandle, dict[str, str]]:
     """Deploy an already compiled graph; returns its handle and what changed per deployment.
 
     ``on_progress`` is called about twice a second while the deploy runs, with each deployment's
-    replica counts by state (``{"Model": {"STARTING": 1, "RUNNING": 1}}``).
+    replica counts by state (``{"Model": {"STARTING": 1, "RUNNING": 1}}``). ``proxy_location``
+    (``HeadOnly``, ``EveryNode``; None keeps the cluster's, EveryNode at first) says where HTTP proxies run.
     """
     # Every deploy passes here (serve.run, servegraph run and deploy), so no route the config
     # validator would refuse ever reaches the cluster.
     _require_route_prefix(route_prefix)
     _refuse_unsupported_options(compiled)
+    location = proxy_location_name(proxy_location)
+    if location == "Disabled":
+        http = False
     if http and route_prefix is not None:
         problem = adapter_problem(compiled.ir)
         if problem is not None:
@@ -146,6 +169,7 @@ def deploy_compiled(
         (host, port, dict(http_options or {})) if http else None,
         code_paths(),
         bool(compiled_path),
+        location,
     )
     while on_progress is not None and not ray.wait([pending], timeout=0.5)[0]:
         try:
@@ -248,16 +272,20 @@ def start(
     """Ray Serve's ``serve.start``: connect, and start the controller and the HTTP proxy now.
 
     ``http_options`` takes ``host`` (default 127.0.0.1) and ``port`` (default 8000);
-    ``proxy_location="Disabled"`` starts no proxy.
+    ``proxy_location``: ``EveryNode`` (default: a proxy on every node that runs replicas), ``HeadOnly``,
+    or ``Disabled`` (no proxy).
 
     Raises:
         DeploymentError: the proxy cannot listen on host:port.
     """
     options = dict(http_options or {})
+    location = proxy_location_name(proxy_location)
     controller = _controller()
-    if str(getattr(proxy_location, "value", proxy_location)).lower() in ("disabled", "noserver"):
+    if location == "Disabled":
         return
-    refusal = ray.get(controller.start_http.remote(options.get("host", "127.0.0.1"), int(options.get("port", 8000))))
+    refusal = ray.get(
+        controller.start_http.remote(options.get("host", "127.0.0.1"), int(options.get("port", 8000)), location)
+    )
     if refusal is not None:
         raise DeploymentError(refusal.message)
 
@@ -345,13 +373,4 @@ def status() -> ServeStatus:
             for d, info in app.deployments.items()
         }
         apps[name] = ApplicationStatus(name, app.status, app.route_prefix, deployments, app.message, dict(app.path))
-    return ServeStatus(apps, raw.proxy, _proxies() if raw.proxy else {})
-
-
-def _proxies() -> dict[str, str]:
-    try:
-        proxy = ray.get_actor(PROXY_NAME, namespace=NAMESPACE)
-        node_id = cast(str, ray.get(proxy.node_id.remote(), timeout=30))
-        return {node_id: "HEALTHY"}
-    except Exception:  # gone between the two questions, or not answering
-        return {}
+    return ServeStatus(apps, raw.proxy, dict(raw.proxies))

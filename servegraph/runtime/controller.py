@@ -43,14 +43,25 @@ from ..compiler import ir
 from ..compiler.fast_path import compiled_path_problem, lane_deployments
 from ..dsl.options import add_resources
 from .autoscaling import Autoscaler
-from .cluster import NAMESPACE, PROXY_NAME
+from .cluster import NAMESPACE
 from .codec import loads_with_paths
 from .driver_http import route_adapter
 from .handle import DeploymentInfo
 from .lane_table import LANES_KEY, LaneAssignment, LaneTable, Owner
 from .proxy import HTTP_OPTION_DEFAULTS
 from .proxy import HTTPProxy as _HTTPProxy
-from .replica import LANES_SUPPORTED, replica_actor_class, replica_concurrency
+from .proxy_state import EVERY_NODE, ProxyManager
+from .replica import (
+    CONSTRUCTED,
+    DRAINING,
+    FAILED,
+    INITIALIZING,
+    LANES_SUPPORTED,
+    RECONFIGURING,
+    STOPPED,
+    replica_actor_class,
+    replica_concurrency,
+)
 from .router import Membership
 from .version import replica_version
 
@@ -73,8 +84,12 @@ CHECKPOINT_KEY = b"servegraph/controller/checkpoint"
 
 # Replica states, Ray Serve's names.
 STARTING, UPDATING, RECOVERING, RUNNING, STOPPING = "STARTING", "UPDATING", "RECOVERING", "RUNNING", "STOPPING"
-#: Replicas in these states take requests.
+#: Replicas in these states may have requests running (a recovered one, from routers that knew it before).
 SERVING = (RUNNING, UPDATING, RECOVERING)
+#: Replicas in these states are given to routers: a recovered one only once it proved ready (see _recover_one).
+ROUTED = (RUNNING, UPDATING)
+#: Seconds a restarted controller waits for a replica it found to say which phase it is in.
+RECOVER_TIMEOUT_S = 10.0
 
 # Deployment and application states, Ray Serve's names.
 HEALTHY, UNHEALTHY, DEPLOY_FAILED = "HEALTHY", "UNHEALTHY", "DEPLOY_FAILED"
@@ -103,6 +118,10 @@ def _describe_failure(exc: BaseException) -> str:
 
 class ReplicaStartError(Exception):
     """The user's constructor (or reconfigure) raised; the message is its one-line description."""
+
+
+class ReplicaStopping(Exception):
+    """A replica found by a restarted controller was already draining: it is stopped, not recovered."""
 
 
 @dataclasses.dataclass(eq=False)
@@ -152,7 +171,7 @@ class Deployment:
 
     def membership(self) -> Membership:
         opts = self.spec.options
-        serving = tuple((r.replica_id, r.actor) for r in self.replicas.values() if r.state in SERVING and not r.dead)
+        serving = tuple((r.replica_id, r.actor) for r in self.replicas.values() if r.state in ROUTED and not r.dead)
         interval = opts.autoscaling_config.metrics_interval_s if opts.autoscaling_config else None
         return Membership(serving, opts.max_ongoing_requests, opts.max_queued_requests, interval, not self.deleting)
 
@@ -217,6 +236,8 @@ class StatusReply:
 
     applications: dict[str, AppReport]
     proxy: dict[str, Any] | None = None
+    #: Ray Serve's proxy states by node id (HEALTHY, STARTING).
+    proxies: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -257,11 +278,8 @@ class Controller:
         #: Every deploying driver's import directories, for the proxy to load graphs' code.
         self._code_paths: list[str] = []
         self._apps: dict[str, App] = {}
-        self._proxy: ActorHandle | None = None
-        self._proxy_watch: asyncio.Task | None = None
-        self._http: tuple[str, int] | None = None
-        #: Ray Serve's http_options the proxy applies (TLS, timeouts); see proxy.HTTP_OPTION_DEFAULTS.
-        self._http_options: dict[str, Any] = dict(HTTP_OPTION_DEFAULTS)
+        #: The HTTP proxies: where they run and what they serve (see proxy_state.py).
+        self._proxies = ProxyManager(HTTPProxy, _kill, self._changed)
         self._lock = asyncio.Lock()
         self._incarnation = time.time_ns()
         self._counter = 0
@@ -274,7 +292,39 @@ class Controller:
         self._recovered = asyncio.Event()
         self._dirty = False
         self._owners_checked = 0.0
+        #: A test's request to end this process at one point of the lifecycle (see _test_crash_at).
+        self._crash_at: str | None = None
         self._loop_task = loop.create_task(self._run())
+
+    # Test hook: stop the controller at a chosen point, deterministically ----------------------
+    async def _test_crash_at(self, point: str | None) -> int:
+        """End this controller process (Ray restarts it) when it next reaches ``point``; returns its pid.
+
+        Points: ``replica-created`` (a replica exists, its constructor never asked to run),
+        ``replica-initializing`` / ``replica-reconfiguring`` / ``replica-draining`` (the replica is in
+        that phase), ``rollout`` (old and new versions both running), ``lanes-formed`` (lanes were
+        just published to their owners). The checkpoint is written first, as the loop would have.
+        """
+        self._crash_at = point
+        return os.getpid()
+
+    def _crash(self) -> None:
+        self._checkpoint()
+        print(f"servegraph: controller stopping at test point {self._crash_at!r}", file=sys.stderr, flush=True)
+        os._exit(1)
+
+    async def _crash_point(self, point: str, r: Replica, phase: str) -> None:
+        """At ``point``, once replica ``r`` says it is in ``phase``, end the controller (tests only)."""
+        if self._crash_at != point:
+            return
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if (await r.actor.phase.remote())["phase"] == phase:
+                    self._crash()
+            except ray.exceptions.RayActorError:
+                return
+            await asyncio.sleep(0.01)
 
     # The control loop -------------------------------------------------------------------
     async def _run(self) -> None:
@@ -299,6 +349,11 @@ class Controller:
     def _wake(self) -> None:
         self._kick.set()
 
+    def _changed(self) -> None:
+        """Something the checkpoint holds changed outside a loop pass: write it at the next one."""
+        self._dirty = True
+        self._wake()
+
     async def _reconcile_all(self) -> None:
         now = time.monotonic()
         for app in list(self._apps.values()):
@@ -317,8 +372,14 @@ class Controller:
         if now - self._owners_checked >= OWNER_CHECK_PERIOD_S:
             self._owners_checked = now
             self._forget_dead_owners()
-        if self._proxy is not None and self._proxy_watch is not None and self._proxy_watch.done():
-            await self._restart_proxy()
+        replica_nodes = {
+            r.node_id
+            for app in self._apps.values()
+            for dep in app.deployments.values()
+            for r in dep.replicas.values()
+            if r.state in SERVING and r.node_id is not None
+        }
+        self._proxies.reconcile(replica_nodes)
         if self._dirty:
             self._dirty = False
             self._checkpoint()
@@ -346,12 +407,16 @@ class Controller:
                 if exc is None:
                     info = task.result()
                     r.node_id, r.pid, r.state, r.last_health = info["node_id"], info["pid"], RUNNING, now
+                    r.user_config = info["user_config"]  # what its code accepted: the loop reconfigures it if behind
                     if r.watch is None:
                         r.watch = asyncio.ensure_future(self._watch(dep, r))
                     dep.failures = 0
                     self._dirty = True
-                elif r.state == RECOVERING:
-                    self._forget(dep, r)
+                elif isinstance(exc, ReplicaStopping):
+                    self._stop(dep, r, graceful=True)  # finish the drain the old controller began
+                    continue
+                elif r.state == RECOVERING and not isinstance(exc, ReplicaStartError):
+                    self._forget(dep, r)  # dead, or not answering: replaced
                 else:
                     dep.failures += 1
                     dep.message = f"a replica failed to start: {_describe_failure(exc)}"
@@ -404,6 +469,8 @@ class Controller:
         # Old replicas go once enough new ones serve: never fewer serving than the target.
         serving_new = sum(1 for r in new if r.state in SERVING)
         serving_old = [r for r in old if r.state in SERVING]
+        if self._crash_at == "rollout" and serving_old and any(r.state == RUNNING for r in new):
+            self._crash()
         for r in old:
             if r.state not in SERVING:
                 self._stop(dep, r, graceful=False)
@@ -481,22 +548,47 @@ class Controller:
         )
         user_config = spec.options.user_config
         r = Replica(replica_id, actor, name, dep.version, STARTING, user_config, time.monotonic())
-        r.task = asyncio.ensure_future(self._initialize(r, user_config, spec.options.max_ongoing_requests))
         dep.replicas[replica_id] = r
         self._dirty = True
+        if self._crash_at == "replica-created":
+            self._crash()  # created and checkpointed; its constructor was never asked to run
+        r.task = asyncio.ensure_future(self._initialize(r, user_config, spec.options.max_ongoing_requests))
         return r
 
     async def _initialize(self, r: Replica, user_config: Any, max_ongoing: int) -> dict:
-        error = await r.actor.initialize.remote(user_config, max_ongoing)
+        """Run the user's constructor on a new replica; its phase report (see replica.py) once it is READY."""
+        pending = r.actor.initialize.remote(user_config, max_ongoing)
+        await self._crash_point("replica-initializing", r, INITIALIZING)
+        error = await pending
         if error is not None:
             raise ReplicaStartError(error)
-        return await r.actor.ready.remote()
+        return await r.actor.phase.remote()
 
-    async def _recover_one(self, r: Replica) -> dict:
-        return await asyncio.wait_for(r.actor.ready.remote(), 30)
+    async def _recover_one(self, dep: Deployment, r: Replica) -> dict:
+        """Bring a replica found by a restarted controller to the state it claims; its phase report once READY.
+
+        A replica whose constructor never ran, or still runs, is initialized (a second ``initialize``
+        waits for the first and gets its outcome), so no replica serves without its user object.
+
+        Raises:
+            ReplicaStartError: its constructor raised. ReplicaStopping: it was draining.
+        """
+        report = await asyncio.wait_for(r.actor.phase.remote(), RECOVER_TIMEOUT_S)
+        if report["phase"] in (CONSTRUCTED, INITIALIZING):
+            error = await r.actor.initialize.remote(r.user_config, dep.spec.options.max_ongoing_requests)
+            if error is not None:
+                raise ReplicaStartError(error)
+            report = await asyncio.wait_for(r.actor.phase.remote(), RECOVER_TIMEOUT_S)
+        if report["phase"] == FAILED:
+            raise ReplicaStartError(report["error"])
+        if report["phase"] in (DRAINING, STOPPED):
+            raise ReplicaStopping()
+        return report
 
     async def _reconfigure(self, r: Replica, user_config: Any) -> None:
-        error = await r.actor.reconfigure.remote(user_config)
+        pending = r.actor.reconfigure.remote(user_config)
+        await self._crash_point("replica-reconfiguring", r, RECONFIGURING)
+        error = await pending
         if error is not None:
             raise ReplicaStartError(error)
 
@@ -540,10 +632,9 @@ class Controller:
             # Routers hear it is gone within milliseconds; a request sent just before arrives meanwhile.
             await asyncio.sleep(MEMBERSHIP_PROPAGATION_S)
             try:
-                await asyncio.wait_for(
-                    r.actor.prepare_for_shutdown.remote(opts.graceful_shutdown_wait_loop_s, opts.graceful_shutdown_timeout_s),
-                    opts.graceful_shutdown_timeout_s + 5,
-                )
+                pending = r.actor.prepare_for_shutdown.remote(opts.graceful_shutdown_wait_loop_s, opts.graceful_shutdown_timeout_s)
+                await self._crash_point("replica-draining", r, DRAINING)
+                await asyncio.wait_for(pending, opts.graceful_shutdown_timeout_s + 5)
             except Exception:  # dead already, or it overran its timeout: it is ended below either way
                 pass
         _kill([r.actor])
@@ -563,9 +654,13 @@ class Controller:
     # Membership: the long-poll host --------------------------------------------------------
     def _publish(self, dep: Deployment) -> None:
         """Announce the deployment's serving replicas to every router, if they changed."""
+        key = (dep.app, dep.name)
+        if key not in self._versions and any(r.state == RECOVERING for r in dep.replicas.values()):
+            # Just restarted: routers keep the replica sets they had until every replica found has
+            # proved ready (or was replaced), so none is handed a replica without its user object.
+            return
         membership = dep.membership()
         signature = (tuple(rid for rid, _ in membership.replicas), *dataclasses.astuple(membership)[1:])
-        key = (dep.app, dep.name)
         if dep.published == signature and key in self._versions:
             return
         dep.published = signature
@@ -575,9 +670,13 @@ class Controller:
         published, self._published = self._published, asyncio.get_event_loop().create_future()
         published.set_result(None)
 
-    def _current(self, key: tuple[str, str]) -> tuple[tuple[int, int], Membership]:
+    def _current(self, key: tuple[str, str]) -> tuple[tuple[int, int], Membership] | None:
+        """The published version and membership of ``key``; None while it is held back (see _publish)."""
         if key in self._versions:
             return self._versions[key], self._memberships[key]
+        app = self._apps.get(key[0])
+        if app is not None and key[1] in app.deployments:
+            return None
         if key[1] == LANES_KEY:
             return (self._incarnation, 0), _PublishedLanes(LaneAssignment((), "no such application"), frozenset(), ())  # type: ignore[return-value]
         return (self._incarnation, 0), Membership((), 1, exists=False)
@@ -589,9 +688,9 @@ class Controller:
         while True:
             out = {}
             for key, known in snapshot.items():
-                version, membership = self._current(tuple(key))  # type: ignore[arg-type]
-                if version != known:
-                    out[key] = (version, membership)
+                current = self._current(tuple(key))  # type: ignore[arg-type]
+                if current is not None and current[0] != known:
+                    out[key] = current
             remaining = deadline - time.monotonic()
             if out or remaining <= 0:
                 return out
@@ -637,13 +736,15 @@ class Controller:
             self._publish_lanes(app)
             return
         running = {
-            name: [(r.replica_id, r.actor) for r in dep.replicas.values() if r.state == RUNNING and not r.dead]
+            name: [(r.replica_id, r.actor, r.node_id) for r in dep.replicas.values() if r.state == RUNNING and not r.dead]
             for name, dep in app.deployments.items()
         }
         table.reconcile(running, now)
         for replica_id, actor in table.due_releases(now):
             asyncio.ensure_future(self._release(table, replica_id, actor))
         self._publish_lanes(app)
+        if self._crash_at == "lanes-formed" and table.lanes:
+            self._crash()
 
     async def _release(self, table: LaneTable, replica_id: str, actor: ActorHandle) -> None:
         """Stop a replica's compiled loop (its owner may have done so already), then it may join a new lane."""
@@ -673,15 +774,18 @@ class Controller:
                 app.lanes.drop_owner(owner.owner_id)
                 self._wake()
 
-    async def claim_lanes(self, app: str, owner_id: str, job_id: str, actor_id: str | None = None) -> str:
-        """A process that runs ``app``'s requests wants compiled lanes; returns why it will get none, or ""."""
+    async def claim_lanes(
+        self, app: str, owner_id: str, job_id: str, actor_id: str | None = None, node_id: str | None = None
+    ) -> str:
+        """A process on ``node_id`` that runs ``app``'s requests wants compiled lanes (of that node's replicas);
+        returns why it will get none, or ""."""
         await self._recovered.wait()
         state = self._apps.get(app)
         if state is None:
             return "no such application"
         if state.lanes is None:
             return state.lane_reason
-        if state.lanes.claim(Owner(owner_id, job_id, actor_id)):
+        if state.lanes.claim(Owner(owner_id, job_id, actor_id, node_id)):
             self._publish_lanes(state)
             self._wake()
         return ""
@@ -729,6 +833,7 @@ class Controller:
         http: tuple[str, int, dict[str, Any]] | None,
         code_paths: tuple[str, ...] = (),
         compiled: bool = True,
+        proxy_location: str | None = None,
     ) -> DeployReply:
         """Set an application's desired state and wait until it runs (or cannot).
 
@@ -736,6 +841,7 @@ class Controller:
         ``user_config`` change reconfigures them; a count change only scales.
         ``code_paths`` are the deploying driver's import directories: replicas
         belong to the controller's job, so they get the ones it lacks.
+        ``proxy_location`` (HeadOnly, EveryNode; None keeps the current one) says where HTTP proxies run.
         """
         await self._recovered.wait()
         try:
@@ -761,7 +867,7 @@ class Controller:
             if http is not None and route_prefix is not None:
                 host, port, options = http
                 # Normalised, so "defaults left out" and "defaults written out" are the same proxy.
-                error = await self._ensure_proxy(host, port, {**HTTP_OPTION_DEFAULTS, **options}, name)
+                error = await self._ensure_proxy(host, port, {**HTTP_OPTION_DEFAULTS, **options}, name, proxy_location)
                 if error:
                     return DeployReply({}, Refusal("proxy", error))
             changes = self._set_target(name, app, app_bytes, tuple(code_paths), route_prefix, compiled)
@@ -864,11 +970,11 @@ class Controller:
             ),
         )
 
-    async def start_http(self, host: str, port: int) -> Refusal | None:
+    async def start_http(self, host: str, port: int, proxy_location: str | None = None) -> Refusal | None:
         """``serve.start``: the HTTP proxy on host:port before any deploy; why not, if it cannot be."""
         await self._recovered.wait()
         async with self._lock:
-            error = await self._ensure_proxy(host, port, dict(HTTP_OPTION_DEFAULTS), "")
+            error = await self._ensure_proxy(host, port, dict(HTTP_OPTION_DEFAULTS), "", proxy_location)
             if error is None:
                 await self._push_routes()
                 return None
@@ -901,12 +1007,7 @@ class Controller:
     async def shutdown(self) -> None:
         names = list(self._apps)
         await asyncio.gather(*[self.delete_app(n) for n in names])
-        if self._proxy is not None:
-            if self._proxy_watch is not None:
-                self._proxy_watch.cancel()
-            _kill([self._proxy])
-            self._proxy = None
-            self._http = None
+        self._proxies.forget()
         _kv_del(CHECKPOINT_KEY)
 
     def reserved(self, exclude: str | None = None) -> dict[str, float]:
@@ -941,8 +1042,9 @@ class Controller:
             apps[name] = AppReport(
                 state.status, state.message, state.route_prefix, state.app.ingress, deployments, self._path_status(state)
             )
-        proxy = {"host": self._http[0], "port": self._http[1]} if self._http and self._proxy else None
-        return StatusReply(apps, proxy)
+        http = self._proxies.http
+        proxy = {"host": http[0], "port": http[1]} if http is not None and self._proxies.serving() else None
+        return StatusReply(apps, proxy, self._proxies.states() if http is not None else {})
 
     @staticmethod
     def _path_status(state: App) -> dict[str, Any]:
@@ -952,71 +1054,24 @@ class Controller:
         if state.lanes.failure:
             return {"kind": "plan", "reason": state.lanes.failure, "lanes": 0}
         lanes = len(state.lanes.lanes)
-        reason = "" if lanes else ("no caller yet" if not state.lanes.owners else "waiting for running replicas")
+        reason = "" if lanes else (
+            "no caller yet"
+            if not state.lanes.owners
+            else "waiting for a running replica of every deployment on a caller's node (lanes never cross nodes)"
+        )
         return {"kind": "compiled", "reason": reason, "lanes": lanes, "owners": len(state.lanes.owners)}
 
     # HTTP ------------------------------------------------------------------------------
-    async def _ensure_proxy(self, host: str, port: int, options: dict[str, Any], app: str) -> str | None:
-        """Start the HTTP proxy on host:port, or check the running one is there.
-
-        A proxy already serving other applications elsewhere is not moved: that
-        would cut them off. A dead proxy is replaced.
-        """
-        if self._proxy is not None:
-            alive = await _ok(self._proxy.ready.remote(), timeout=5)
-            if alive and self._http == (host, port) and self._http_options == options:
-                return None
-            others = sorted(n for n, s in self._apps.items() if n != app and s.route_prefix is not None)
-            if alive and others:
-                assert self._http is not None
-                h, p = self._http
-                return (
-                    f"the HTTP proxy already serves {', '.join(map(repr, others))} on {h}:{p} with http_options "
-                    f"{self._http_options or '{}'}; deploy with that host, port and http_options, or delete those "
-                    "applications first (servegraph shutdown)"
-                )
-            _kill([self._proxy])
-            self._proxy = None
-            await asyncio.sleep(0.2)  # let the old server release its port
-        return await self._start_proxy(host, port, options)
-
-    async def _start_proxy(self, host: str, port: int, options: dict[str, Any]) -> str | None:
-        proxy = HTTPProxy.options(
-            name=PROXY_NAME,
-            namespace=NAMESPACE,
-            lifetime="detached",
-            num_cpus=0,
-            max_concurrency=10_000,
-            resources={"node:__internal_head__": 0.001},
-        ).remote(host, port, options)
-        error = await proxy.start.remote()
-        if error:
-            _kill([proxy])
-            return error
-        self._http_options = dict(options)
-        self._attach_proxy(proxy, (host, port))
-        return None
-
-    def _attach_proxy(self, proxy: ActorHandle, http: tuple[str, int]) -> None:
-        self._proxy, self._http = proxy, http
-        self._proxy_watch = asyncio.ensure_future(_ok(proxy.watch.remote()))
+    async def _ensure_proxy(
+        self, host: str, port: int, options: dict[str, Any], app: str, location: str | None
+    ) -> str | None:
+        """Start the head node's HTTP proxy on host:port, or check the running one is there (see proxy_state.py)."""
+        others = sorted(n for n, s in self._apps.items() if n != app and s.route_prefix is not None)
+        error = await self._proxies.ensure_head(host, port, options, location, others)
         self._dirty = True
-
-    async def _restart_proxy(self) -> None:
-        """The proxy died: start another on the same host and port, with the same routes."""
-        assert self._http is not None
-        print("servegraph: the HTTP proxy died; starting a new one", file=sys.stderr)
-        self._proxy = None
-        error = await self._start_proxy(*self._http, self._http_options)
-        if error:
-            print(f"servegraph: cannot restart the HTTP proxy: {error}", file=sys.stderr)
-            self._http = None
-            return
-        await self._push_routes()
+        return error
 
     async def _push_routes(self) -> None:
-        if self._proxy is None:
-            return
         routes: dict[str, tuple[Any, ...]] = {}
         for name, state in self._apps.items():
             if state.route_prefix is None or state.deleting:
@@ -1029,10 +1084,7 @@ class Controller:
             else:  # one plan, or {route: plan} for a DAGDriver serving several graphs
                 payload = ray.cloudpickle.dumps((state.app.plan or dict(state.app.routes), adapter))
                 routes[state.route_prefix] = ("plan", name, infos, payload)
-        try:
-            await self._proxy.set_routes.remote(routes, self._code_paths)
-        except ray.exceptions.RayActorError:
-            pass  # it died: the loop restarts it and pushes again
+        await self._proxies.set_routes(routes, self._code_paths)
 
     # Surviving a restart -----------------------------------------------------------------
     def _checkpoint(self) -> None:
@@ -1049,10 +1101,10 @@ class Controller:
                     dname: {
                         "target": dep.target,
                         "deleting": dep.deleting,
+                        # Stopping ones too: a restarted controller finishes their drain instead of losing them.
                         "replicas": [
-                            (r.replica_id, r.actor_name, r.version, pickle.dumps(r.user_config))
+                            (r.replica_id, r.actor_name, r.version, pickle.dumps(r.user_config), r.state == STOPPING)
                             for r in dep.replicas.values()
-                            if r.state != STOPPING
                         ],
                     }
                     for dname, dep in app.deployments.items()
@@ -1060,8 +1112,9 @@ class Controller:
             }
         data = {
             "apps": apps,
-            "http": self._http if self._proxy is not None else None,
-            "http_options": self._http_options,
+            "http": self._proxies.http,
+            "http_options": self._proxies.options,
+            "proxy_location": self._proxies.location,
             "code_paths": self._code_paths,
         }
         try:
@@ -1069,9 +1122,24 @@ class Controller:
         except Exception:
             traceback.print_exc()
 
+    def _stop_orphans(self) -> None:
+        """End replicas no application holds: started by a controller that died before its checkpoint had them."""
+        known = {r.actor_name for app in self._apps.values() for dep in app.deployments.values() for r in dep.replicas.values()}
+        orphans = []
+        for name in _replica_actors():
+            if name not in known:
+                try:
+                    orphans.append(ray.get_actor(name, namespace=NAMESPACE))
+                except ValueError:
+                    pass
+        if orphans:
+            print(f"servegraph: stopping {len(orphans)} replica(s) no application holds", file=sys.stderr)
+            _kill(orphans)
+
     async def _recover(self) -> None:
         raw = _kv_get(CHECKPOINT_KEY)
         if not raw:
+            self._stop_orphans()
             return
         data = pickle.loads(raw)
         self._code_paths = list(data.get("code_paths", []))
@@ -1087,28 +1155,35 @@ class Controller:
                 if dep is None:
                     continue
                 dep.target, dep.deleting = dsaved["target"], dsaved["deleting"] or state.deleting
-                for replica_id, actor_name, version, config in dsaved["replicas"]:
+                for replica_id, actor_name, version, config, *stopping in dsaved["replicas"]:
                     try:
                         actor = ray.get_actor(actor_name, namespace=NAMESPACE)
                     except ValueError:
                         continue  # it died with the old controller: the loop starts a new one
                     r = Replica(replica_id, actor, actor_name, version, RECOVERING, pickle.loads(config), time.monotonic())
-                    r.task = asyncio.ensure_future(self._recover_one(r))
                     dep.replicas[replica_id] = r
+                    if stopping and stopping[0]:
+                        self._stop(dep, r, graceful=True)  # finish the drain the old controller began
+                        continue
+                    r.task = asyncio.ensure_future(self._recover_one(dep, r))
                     if state.lanes is not None:
                         # Lanes were not checkpointed: stop any loop a replica still runs before it joins a new lane.
                         state.lanes.releasing[replica_id] = (0.0, actor)
                 self._publish(dep)
-        if data.get("http"):
-            self._http_options = dict(data.get("http_options") or {})
-            try:
-                proxy = ray.get_actor(PROXY_NAME, namespace=NAMESPACE)
-                self._attach_proxy(proxy, tuple(data["http"]))
-            except ValueError:
-                self._http = tuple(data["http"])
-                await self._start_proxy(*self._http, self._http_options)
-            await self._push_routes()
+        self._stop_orphans()
+        self._proxies.recover(data.get("http"), data.get("http_options") or {}, data.get("proxy_location", EVERY_NODE))
+        await self._push_routes()
         print(f"servegraph: controller recovered {len(self._apps)} application(s) from its checkpoint", file=sys.stderr)
+
+
+def _replica_actors() -> list[str]:
+    """Names of every live replica actor of servegraph's on the cluster."""
+    prefix = replica_actor_name("", "", "").split("::", 1)[0] + "::"
+    return [
+        a["name"]
+        for a in ray.util.list_named_actors(all_namespaces=True)
+        if a["namespace"] == NAMESPACE and a["name"].startswith(prefix)
+    ]
 
 
 @dataclasses.dataclass(frozen=True)

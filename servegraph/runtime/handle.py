@@ -83,7 +83,7 @@ def note_actor_death(exc: BaseException) -> bool:
 
 def _is_pending(value: Any) -> bool:
     kind = type(value)
-    return kind is DeploymentResponse or kind is GraphRef or isinstance(value, (asyncio.Future, concurrent.futures.Future))
+    return kind is DeploymentResponse or isinstance(value, (GraphRef, asyncio.Future, concurrent.futures.Future))
 
 
 def _needs_resolving(value: Any) -> bool:
@@ -93,7 +93,7 @@ def _needs_resolving(value: Any) -> bool:
 def _resolve_one_sync(value: Any) -> Any:
     if type(value) is DeploymentResponse:
         value = value._object_ref_sync()
-    if type(value) is GraphRef:
+    if isinstance(value, GraphRef):
         return value.get()  # a compiled lane's output: the value itself
     if isinstance(value, asyncio.Future):
         raise TypeError(
@@ -113,7 +113,7 @@ def _resolve_sync(value: Any) -> Any:
 async def _resolve_one_async(value: Any) -> Any:
     if type(value) is DeploymentResponse:
         value = await value._object_ref()
-    if type(value) is GraphRef:
+    if isinstance(value, GraphRef):
         return value.get()
     if isinstance(value, asyncio.Future):
         return await value
@@ -217,6 +217,9 @@ class _PlanTarget:
         args, kwargs = _prepare_sync(args, kwargs)
         lanes = self._lane_set()
         lane = lanes.pick() if lanes is not None else None
+        if lane is not None and not object_ref:
+            # Sent now, read when asked for: ``.result(timeout_s=)`` then bounds the whole wait.
+            return _LaneResult(self, lanes, lane, args, kwargs)
         if lane is not None:
             out = self._run(lanes, lane, args, kwargs)
         elif lanes is not None and lanes.unsettled():
@@ -233,12 +236,18 @@ class _PlanTarget:
             return GraphRef(error=exc)  # ray.get raises it, as it raises the plan path's
         return GraphRef(out) if ok else self._plan_retrying(args, kwargs)
 
-    def _plan_retrying(self, args: tuple, kwargs: dict) -> GraphRef:
+    def _plan_retrying(self, args: tuple, kwargs: dict, timeout: float | None = None) -> GraphRef:
         """The plan, waited for here and sent once more if a replica died under it: a request caught by a
-        fault is not lost (a plain ObjectRef could not be re-sent)."""
+        fault is not lost (a plain ObjectRef could not be re-sent). ``timeout`` bounds the whole wait.
+
+        Raises:
+            GetTimeoutError: no answer within ``timeout`` seconds.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
         for attempt in (1, 2):
             try:
-                return GraphRef(ray.get(self._plan(args, kwargs)))
+                remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+                return GraphRef(ray.get(self._plan(args, kwargs), timeout=remaining))
             except ray.exceptions.RayActorError as exc:  # before RayTaskError: a death may come wrapped in one
                 if attempt == 2 or not note_actor_death(exc):
                     return GraphRef(error=exc)
@@ -288,6 +297,63 @@ class _PlanTarget:
         gen = run_plan(self.plan, args, kwargs, self._handle(RayServeDeploymentHandle))
         out = await drive_async(gen, lambda call: self.infos[call[0]].router().submit_async(*call[1:]))
         return self._finish(out)
+
+
+class _LaneResult(GraphRef):
+    """A request sent on a compiled lane whose answer is read when asked for (``ray.get``, ``.result()``).
+
+    So ``DeploymentHandle.remote()`` returns as soon as the request is sent, and a caller's
+    ``.result(timeout_s=)`` bounds the whole wait. A lane that breaks under the request sends it on
+    the plan instead (within what is left of the timeout); an answer nobody asks for is read in the
+    background, so its lane keeps its room.
+    """
+
+    def __init__(self, target: _PlanTarget, lanes: Any, lane: Any, args: tuple, kwargs: dict):
+        from .lanes import LaneBroken  # lanes imports this module's neighbours: loaded once a graph has lanes
+
+        super().__init__()
+        self._pending: tuple[Any, ...] | None = None
+        try:
+            sent = lanes.start_on(lane, args, kwargs)
+        except LaneBroken:  # not sent: the plan now, waited for here like a broken lane's requests
+            lanes._forget(lane)
+            fallback = target._plan_retrying(args, kwargs)
+            self._value, self._error = fallback._value, fallback._error
+            return
+        self._pending = (target, lanes, lane, sent, args, kwargs)
+
+    def get(self, timeout: float | None = None) -> Any:
+        pending = self._pending
+        if pending is not None:
+            target, lanes, lane, sent, args, kwargs = pending
+            deadline = None if timeout is None else time.monotonic() + timeout
+            try:
+                ok, out = lanes.finish_on(lane, sent, timeout)  # GetTimeoutError: still pending, ask again later
+            except ray.exceptions.RayTaskError as exc:
+                ok, out, self._error = True, None, exc
+            self._pending = None
+            if ok:
+                self._value = out
+            else:  # the lane broke under it: the plan, in what is left of the time
+                remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+                fallback = target._plan_retrying(args, kwargs, remaining)
+                self._value, self._error = fallback._value, fallback._error
+        return super().get()
+
+    result = get
+
+    def __reduce__(self) -> tuple:
+        self.get()
+        return super().__reduce__()
+
+    def __deepcopy__(self, memo: dict) -> GraphRef:
+        self.get()
+        return super().__deepcopy__(memo)
+
+    def __del__(self) -> None:
+        pending = self._pending
+        if pending is not None:  # dropped unread: read it in the background
+            pending[1].abandon(pending[2], pending[3])
 
 
 class DriverTarget:
@@ -555,9 +621,9 @@ class DeploymentResponse:
     def result(self, *, timeout_s: float | None = None) -> Any:
         """Block until the result is ready (not inside an event loop: await instead)."""
         ref = self._object_ref_sync()
-        if type(ref) is GraphRef:  # a compiled lane's output
+        if isinstance(ref, GraphRef):  # a compiled lane's output (read now, if it was only sent)
             try:
-                return ref.get()
+                return ref.get(timeout_s)
             except ray.exceptions.RayTaskError as exc:
                 raise _user_error(exc) from None
         if type(ref) is not ObjectRef:  # a LocalRef, in local testing mode

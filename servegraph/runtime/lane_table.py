@@ -2,12 +2,21 @@
 
 A lane is one replica of every deployment an InputNode graph calls, compiled
 into a Ray compiled graph by the process that sends it requests (its owner: a
-driver holding the graph's handle, or the HTTP proxy). Ray lets an actor take
+driver holding the graph's handle, or an HTTP proxy). Ray lets an actor take
 part in one compiled graph at a time, so lanes never share a replica, and the
 controller alone decides them: owners claim lanes for an application, the
 controller forms as many as the running replicas allow and spreads them over
 the owners (fewest lanes first), and dissolves a lane when one of its replicas
-stops running or its owner is gone. The replicas of a dissolved lane are free
+stops running or its owner is gone.
+
+A lane never crosses a node: its owner and every replica in it run on one
+node, so its channels are that node's shared memory only. Ray compiled graphs
+move data between nodes through the raylets, and a channel closed under such a
+transfer (a replica killed, a node lost) crashes the receiving raylet
+(``experimental_mutable_object_provider.cc: Check failed ... Channel closed``),
+which takes every actor on that node with it; that code is in maintenance
+upstream, so servegraph never sends it cross-node traffic. An owner with no
+complete set of replicas on its node runs its requests on the plan. The replicas of a dissolved lane are free
 again once their compiled loop has been stopped (:data:`RELEASE_GRACE_S` after
 the dissolution, whether or not the owner tore the lane down itself).
 
@@ -35,6 +44,8 @@ class Owner:
     owner_id: str
     job_id: str
     actor_id: str | None = None
+    #: The node the owner runs on: its lanes take replicas of this node only (None: it gets no lane).
+    node_id: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +55,8 @@ class LaneInfo:
     lane_id: int
     owner_id: str
     members: tuple[tuple[str, str, Any], ...]
+    #: The node the owner and every member run on.
+    node_id: str | None = None
 
     def actors(self) -> dict[str, Any]:
         return {deployment: actor for deployment, _, actor in self.members}
@@ -97,15 +110,15 @@ class LaneTable:
             for _, replica_id, actor in lane.members:
                 self.releasing[replica_id] = (now + RELEASE_GRACE_S, actor)
 
-    def reconcile(self, running: Mapping[str, list[tuple[str, Any]]], now: float) -> bool:
+    def reconcile(self, running: Mapping[str, list[tuple[str, Any, str | None]]], now: float) -> bool:
         """Bring lanes in line with the running replicas and the owners; True if the lanes changed.
 
         Args:
-            running: per deployment, its (replica id, actor) that are RUNNING.
+            running: per deployment, its (replica id, actor, node id) that are RUNNING.
             now: the controller's clock (monotonic seconds).
         """
         changed = False
-        alive = {rid for replicas in running.values() for rid, _ in replicas}
+        alive = {rid for replicas in running.values() for rid, _, _ in replicas}
         for lane_id, lane in list(self.lanes.items()):
             gone = any(rid not in alive for _, rid, _ in lane.members)
             if gone or lane.owner_id not in self.owners:
@@ -118,17 +131,28 @@ class LaneTable:
         if self.failure or not self.owners:
             return changed
         taken = {rid for lane in self.lanes.values() for _, rid, _ in lane.members}
-        free = {
-            dep: [(rid, actor) for rid, actor in running.get(dep, []) if rid not in taken and rid not in self.releasing]
-            for dep in self.deployments
-        }
-        while all(free[dep] for dep in self.deployments):
-            owner = min(self.owners, key=lambda oid: (self.lanes_of(oid), list(self.owners).index(oid)))
-            members = tuple((dep, *free[dep].pop(0)) for dep in self.deployments)
+        # Free replicas by node, then by deployment: a lane is formed from one node's replicas only.
+        free: dict[str, dict[str, list[tuple[str, Any]]]] = {}
+        for dep in self.deployments:
+            for rid, actor, node in running.get(dep, []):
+                if node is not None and rid not in taken and rid not in self.releasing:
+                    free.setdefault(node, {}).setdefault(dep, []).append((rid, actor))
+        order = list(self.owners)
+        while True:
+            ready = [
+                oid
+                for oid in order
+                if (node := self.owners[oid].node_id) in free and all(free[node].get(dep) for dep in self.deployments)
+            ]
+            if not ready:
+                return changed
+            owner = min(ready, key=lambda oid: (self.lanes_of(oid), order.index(oid)))
+            node = self.owners[owner].node_id
+            assert node is not None
+            members = tuple((dep, *free[node][dep].pop(0)) for dep in self.deployments)
             lane_id = next(self._ids)
-            self.lanes[lane_id] = LaneInfo(lane_id, owner, members)
+            self.lanes[lane_id] = LaneInfo(lane_id, owner, members, node)
             changed = True
-        return changed
 
     def due_releases(self, now: float) -> list[tuple[str, Any]]:
         """(replica id, actor) whose grace ended: stop their loops now, then call :meth:`released`."""

@@ -35,6 +35,8 @@ from .plan import read_inputs
 
 #: Seconds after a lane breaks during which requests that find no lane are waited for and re-sent on a death.
 UNSETTLED_S = 10.0
+#: Longest a caller waiting for its answer sleeps before it checks whether it should read the lane itself.
+WAKE_S = 0.05
 
 
 class LaneBroken(Exception):
@@ -50,6 +52,20 @@ class _Pending:
         self.value: Any = None
         self.error: BaseException | None = None
         self.event = threading.Event()
+
+
+def _read(ref: Any, timeout: float) -> Any:
+    """``ref.get(timeout)``, readable again after a timeout.
+
+    Ray marks a CompiledDAGRef as read before it waits, so a second ``get`` after a timeout would
+    refuse; nothing was consumed (``CompiledDAG._execute_until`` resumes where it stopped), so the
+    mark is undone. Checked on Ray 2.60 (``ray.experimental.compiled_dag_ref``).
+    """
+    try:
+        return ref.get(timeout=timeout)
+    except ray.exceptions.RayChannelTimeoutError:
+        ref._ray_get_called = False
+        raise
 
 
 def _is_user_error(exc: BaseException) -> bool:
@@ -84,43 +100,78 @@ class Lane:
         self._idle = threading.Event()
         self._idle.set()
 
-    def run(self, bundle: dict[str, Any]) -> Any:
-        """The graph's output for one request; a user's error raises as Ray raises it, a broken lane as LaneBroken."""
+    def submit(self, bundle: dict[str, Any]) -> _Pending:
+        """Send one request (counted in flight by :meth:`acquire`); read its answer with :meth:`wait`.
+
+        Raises:
+            LaneBroken: the lane cannot take it (the request was not sent; it no longer counts in flight).
+        """
         mine = _Pending()
         with self._submit:
-            if self.broken:
-                raise LaneBroken()
             try:
-                mine.ref = self.dag.execute(bundle)
-            except Exception as exc:
-                self.failure = self.failure or f"{type(exc).__name__}: {exc}"[:300]
-                self._break()
-                raise LaneBroken() from exc
+                if self.broken:
+                    raise LaneBroken()
+                try:
+                    mine.ref = self.dag.execute(bundle)
+                except Exception as exc:
+                    self.failure = self.failure or f"{type(exc).__name__}: {exc}"[:300]
+                    self._break()
+                    raise LaneBroken() from exc
+            except LaneBroken:
+                self.done()
+                raise
             self._pending.append(mine)
+        return mine
+
+    def wait(self, mine: _Pending, timeout: float | None = None) -> Any:
+        """The answer to a request sent by :meth:`submit`: a user's error raises as Ray raises it, a broken
+        lane as LaneBroken, and no answer within ``timeout`` seconds as GetTimeoutError (the request stays
+        on the lane; a later :meth:`wait` still gets it)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         while not mine.done:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise ray.exceptions.GetTimeoutError(f"the compiled graph did not answer within {timeout} s")
             if self._read.acquire(blocking=False):
                 try:
                     while not mine.done:
-                        self._read_one()
+                        remaining = None if deadline is None else deadline - time.monotonic()
+                        if remaining is not None and remaining <= 0:
+                            break
+                        self._read_one(-1 if remaining is None else remaining)
+                except ray.exceptions.RayChannelTimeoutError:
+                    pass  # nothing was consumed: the deadline check above raises
                 finally:
                     self._read.release()
-                with self._submit:
-                    head = self._pending[0] if self._pending else None
-                if head is not None:
-                    head.event.set()  # the oldest waiter reads next
+                    with self._submit:
+                        head = self._pending[0] if self._pending else None
+                    if head is not None:
+                        head.event.set()  # the oldest waiter reads next
             else:
-                mine.event.wait()
+                # Bounded: a wake-up set between wait() and clear() is not lost for long.
+                mine.event.wait(WAKE_S if remaining is None else min(remaining, WAKE_S))
                 mine.event.clear()
         if mine.error is not None:
             raise mine.error
         return mine.value
 
-    def _read_one(self) -> None:
+    def run(self, bundle: dict[str, Any]) -> Any:
+        """Send one request and wait for its answer (see :meth:`submit`, :meth:`wait`)."""
+        return self.wait(self.submit(bundle))
+
+    def _read_one(self, timeout: float) -> None:
+        """Read the oldest request's answer (``timeout`` -1: as long as it takes).
+
+        Raises:
+            RayChannelTimeoutError: not within ``timeout``; nothing was read, so it can be read again.
+        """
         with self._submit:
             head = self._pending[0]
         try:
-            ref = head.ref  # a MultiOutputNode's execute() gives one ref per output
-            head.value = [r.get(timeout=-1) for r in ref] if isinstance(ref, list) else ref.get(timeout=-1)
+            ref = head.ref  # a MultiOutputNode's execute() gives one ref per output, all read together
+            head.value = [_read(r, timeout) for r in ref] if isinstance(ref, list) else _read(ref, timeout)
+        except ray.exceptions.RayChannelTimeoutError:
+            raise
         except BaseException as exc:
             if _is_user_error(exc):
                 head.error = exc
@@ -134,6 +185,7 @@ class Lane:
             self._pending.popleft()
         head.done = True
         head.event.set()
+        self.done()
 
     def _break(self) -> None:
         self.broken = True
@@ -247,7 +299,7 @@ class LaneSet:
         context = ray.get_runtime_context()
         actor_id = context.get_actor_id()
         controller = self._client.controller()
-        ref = controller.claim_lanes.remote(self.app, self._owner_id, context.get_job_id(), actor_id)
+        ref = controller.claim_lanes.remote(self.app, self._owner_id, context.get_job_id(), actor_id, context.get_node_id())
         ref.future().add_done_callback(lambda _: setattr(self, "_claiming", False))
 
     def update(self, published: Any) -> None:
@@ -352,13 +404,37 @@ class LaneSet:
         request whose input lacks what the graph reads raises PlanInputError, as on the plan path.
         """
         try:
-            bundle = self.bundle(args, kwargs)
-            out = lane.run(bundle)
+            sent = self.start_on(lane, args, kwargs)
         except LaneBroken:
             self._forget(lane)
             return False, None
-        finally:
+        return self.finish_on(lane, sent)
+
+    def start_on(self, lane: Lane, args: tuple, kwargs: dict) -> tuple[_Pending, dict[str, Any]]:
+        """Send a request on ``lane`` (taken by :meth:`pick`) without waiting; :meth:`finish_on` reads it.
+
+        Raises:
+            LaneBroken: not sent. PlanInputError: the input lacks what the graph reads.
+        """
+        try:
+            bundle = self.bundle(args, kwargs)
+        except BaseException:
             lane.done()
+            raise
+        return lane.submit(bundle), bundle
+
+    def finish_on(self, lane: Lane, sent: tuple[_Pending, dict[str, Any]], timeout: float | None = None) -> tuple[bool, Any]:
+        """The answer to a request sent by :meth:`start_on`, as :meth:`run_on` gives it.
+
+        Raises:
+            GetTimeoutError: no answer within ``timeout`` seconds (it can be asked for again).
+        """
+        pending, bundle = sent
+        try:
+            out = lane.wait(pending, timeout)
+        except LaneBroken:
+            self._forget(lane)
+            return False, None
         self.served += 1
         if isinstance(self._template, ir.Ref):
             return True, out
@@ -369,6 +445,11 @@ class LaneSet:
             return results[marker.key] if marker.key in results else bundle[marker.key]
 
         return True, ir.map_markers(self._template, fill)
+
+    def abandon(self, lane: Lane, sent: tuple[_Pending, dict[str, Any]]) -> None:
+        """A caller dropped a request without reading it: read it in the background, so its lane keeps its room."""
+        if not sent[0].done:
+            self.callers().submit(_discard, lane, sent[0])
 
     def unsettled(self) -> bool:
         """Whether a lane broke in the last UNSETTLED_S seconds (see _PlanTarget.submit)."""
@@ -395,6 +476,13 @@ class LaneSet:
 
     def active(self) -> int:
         return sum(1 for lane in list(self.lanes.values()) if isinstance(lane, Lane) and not lane.broken)
+
+
+def _discard(lane: Lane, pending: _Pending) -> None:
+    try:
+        lane.wait(pending)
+    except BaseException:  # its error has no one to go to
+        pass
 
 
 def _members(info: LaneInfo) -> tuple[str, ...]:

@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import os
+import socket
 import uuid
 from typing import Any
 
@@ -104,8 +105,12 @@ class HTTPProxy:
             ssl_keyfile_password=options["ssl_keyfile_password"],
             ssl_ca_certs=options["ssl_ca_certs"],
         )
+        try:
+            sock = _listening_socket(self._host, self._port)
+        except OSError as exc:
+            return f"cannot serve HTTP on {self._host}:{self._port}: the address is in use or not available ({exc.strerror or exc})"
         self._server = uvicorn.Server(config)
-        task = asyncio.get_running_loop().create_task(self._server.serve())
+        task = asyncio.get_running_loop().create_task(self._server.serve(sockets=[sock]))
         while not self._server.started:
             if task.done():
                 exc = task.exception() if not task.cancelled() else None
@@ -210,6 +215,26 @@ class HTTPProxy:
             raise
         except Exception as exc:  # the user's error: 500 with its type and message
             return encode_error(_cause(exc))
+
+
+def _listening_socket(host: str, port: int) -> socket.socket:
+    """A socket bound to host:port that other proxies may bind too (SO_REUSEPORT), as Ray Serve's proxies do.
+
+    With ``proxy_location: EveryNode`` every node runs a proxy on the same port; on one machine (a
+    ``ray.cluster_utils.Cluster``, or several raylets on one host) they share it and the kernel spreads
+    connections over them. A program that binds the port without SO_REUSEPORT still makes this fail.
+    """
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if hasattr(socket, "SO_REUSEPORT"):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(address)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 class HTTPStream:

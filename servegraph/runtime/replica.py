@@ -38,6 +38,21 @@ from .http_codec import HTTPResult, encode_error, encode_result, make_request, r
 #: Threads a threaded replica keeps for control calls (watch, health check, reconfigure, drain, status).
 CONTROL_THREADS = 4
 
+# A replica's lifecycle, as it reports it to a controller that has just restarted (see ``phase``):
+# the controller brings it to exactly the state it claims, or replaces it.
+#: Created; the user's constructor has not been asked to run.
+CONSTRUCTED = "constructed"
+#: The user's constructor (and first reconfigure) is running.
+INITIALIZING = "initializing"
+#: The user's object exists: the replica may take requests.
+READY = "ready"
+#: The user's constructor raised (``error`` says how).
+FAILED = "failed"
+#: ``reconfigure`` is running on a ready replica.
+RECONFIGURING = "reconfiguring"
+#: Finishing its requests before it ends; then ``__del__`` ran.
+DRAINING, STOPPED = "draining", "stopped"
+
 
 def is_async_target(target: Any) -> bool:
     if not inspect.isclass(target):
@@ -145,6 +160,11 @@ class _ReplicaCore:
         self._stream_ids = itertools.count()
         #: The compiled loop this replica runs for a lane, if any (see _exec_tasks_recorded).
         self._lane_tasks: Any = None
+        self._phase = CONSTRUCTED
+        #: The one-line error of a constructor that raised (FAILED).
+        self._init_error: str | None = None
+        #: The user_config the user's code last accepted (reconfigure, or the constructor's first).
+        self._applied_config: Any = None
 
     # Construction -------------------------------------------------------------------
     def _constructor_args(self) -> tuple[tuple, dict]:
@@ -168,6 +188,16 @@ class _ReplicaCore:
     def ready(self) -> dict:
         return {"pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id()}
 
+    def _report(self) -> dict:
+        """Where it runs, which phase it is in, and the user_config its code accepted."""
+        return {**self.ready(), "phase": self._phase, "error": self._init_error, "user_config": self._applied_config}
+
+    def _not_ready(self) -> str | None:
+        """Why this replica cannot take requests or pass a health check yet, or None."""
+        if self._phase in (READY, RECONFIGURING):
+            return None
+        return f"replica of deployment {self._deployment!r} is {self._phase}, not ready to serve"
+
     def ongoing(self) -> int:
         """Requests running on this replica now (approximate while they start or end)."""
         # Reading a count advances it; compensate by reading both the same way.
@@ -182,6 +212,8 @@ class _ReplicaCore:
         try:
             return getattr(self._instance, name)
         except AttributeError:
+            if self._instance is None:  # never on the hot path: only a replica whose constructor has not run
+                raise RuntimeError(self._not_ready() or f"deployment {self._deployment!r} has no instance") from None
             raise AttributeError(
                 f"deployment {self._deployment!r} has no method {name!r}"
                 + did_you_mean(name, public_methods(type(self._instance)))
@@ -242,20 +274,36 @@ class SyncReplica(_ReplicaCore):
         #: At most max_ongoing_requests in the user's code at once. Ray's thread pool alone keeps that for
         #: ordinary calls; a compiled lane's calls come on a thread of their own, so they take a slot too.
         self._slots: threading.BoundedSemaphore | None = None
+        #: One constructor run, one reconfigure and one drain at a time; a second caller (a restarted
+        #: controller) waits for the first and gets its outcome.
+        self._init_lock = threading.Lock()
+        self._config_lock = threading.Lock()
+        self._drain_lock = threading.Lock()
 
     def initialize(self, user_config: Any = None, max_ongoing: int | None = None) -> str | None:
-        """Run the user's constructor (and reconfigure); returns the error as text, or None."""
-        if max_ongoing:
-            self._slots = threading.BoundedSemaphore(max_ongoing)
-        try:
-            if not self._is_function:
-                args, kwargs = self._constructor_args()
-                self._instance = self._target(*args, **kwargs)
-            if user_config is not None:
-                self._reconfigure_sync(user_config)
-        except Exception as exc:
-            return self._failed("the constructor", exc)
-        return None
+        """Run the user's constructor (and reconfigure) once; returns the error as text, or None."""
+        with self._init_lock:
+            if self._phase != CONSTRUCTED:  # started already (a restarted controller asks again): its outcome
+                return self._init_error
+            self._phase = INITIALIZING
+            if max_ongoing:
+                self._slots = threading.BoundedSemaphore(max_ongoing)
+            try:
+                if not self._is_function:
+                    args, kwargs = self._constructor_args()
+                    self._instance = self._target(*args, **kwargs)
+                if user_config is not None:
+                    self._reconfigure_sync(user_config)
+            except Exception as exc:
+                self._phase, self._init_error = FAILED, self._failed("the constructor", exc)
+                return self._init_error
+            self._applied_config, self._phase = user_config, READY
+            return None
+
+    @ray.method(concurrency_group="control")
+    def phase(self) -> dict:
+        """Where the replica is in its lifecycle (see CONSTRUCTED ... STOPPED), for a restarted controller."""
+        return self._report()
 
     def call(self, method: str, *args: Any) -> Any:
         next(self._started)
@@ -327,14 +375,22 @@ class SyncReplica(_ReplicaCore):
 
     @ray.method(concurrency_group="control")
     def reconfigure(self, user_config: Any) -> str | None:
-        try:
-            self._reconfigure_sync(user_config)
-        except Exception as exc:
-            return self._failed("reconfigure()", exc)
-        return None
+        with self._config_lock:
+            phase, self._phase = self._phase, RECONFIGURING
+            try:
+                self._reconfigure_sync(user_config)
+            except Exception as exc:
+                return self._failed("reconfigure()", exc)
+            finally:
+                self._phase = phase if self._phase == RECONFIGURING else self._phase
+            self._applied_config = user_config
+            return None
 
     @ray.method(concurrency_group="control")
     def check_health(self) -> None:
+        problem = self._not_ready()
+        if problem is not None:
+            raise RuntimeError(problem)
         fn = getattr(self._instance, "check_health", None)
         if fn is not None:
             fn()
@@ -347,7 +403,13 @@ class SyncReplica(_ReplicaCore):
 
     @ray.method(concurrency_group="control")
     def prepare_for_shutdown(self, wait_loop_s: float, timeout_s: float) -> None:
-        """Wait for running requests to finish (checking every ``wait_loop_s``), then run ``__del__``."""
+        """Wait for running requests to finish (checking every ``wait_loop_s``), then run ``__del__`` (once)."""
+        with self._drain_lock:
+            draining = self._phase in (DRAINING, STOPPED)
+            self._phase = self._phase if draining else DRAINING
+        if draining:  # a restarted controller asks again: wait for the first drain
+            self._stopped.wait(timeout_s)
+            return
         deadline = time.monotonic() + timeout_s
         while self.ongoing() > 0 and time.monotonic() < deadline:
             time.sleep(min(wait_loop_s, max(0.0, deadline - time.monotonic())))
@@ -357,6 +419,7 @@ class SyncReplica(_ReplicaCore):
                 destructor()
             except Exception as exc:
                 self._failed("__del__", exc)
+        self._phase = STOPPED
         self._stopped.set()
 
     @ray.method(concurrency_group="control")
@@ -373,6 +436,9 @@ class AsyncReplica(_ReplicaCore):
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self._stopped: asyncio.Event | None = None
+        #: Done when the constructor has run (see SyncReplica's locks: one run, later callers get its outcome).
+        self._initialized: asyncio.Future | None = None
+        self._config_lock: asyncio.Lock | None = None
 
     def _stop_event(self) -> asyncio.Event:
         if self._stopped is None:
@@ -380,6 +446,11 @@ class AsyncReplica(_ReplicaCore):
         return self._stopped
 
     async def initialize(self, user_config: Any = None, max_ongoing: int | None = None) -> str | None:
+        """Run the user's constructor (and reconfigure) once; returns the error as text, or None."""
+        if self._initialized is not None:  # started already (a restarted controller asks again): its outcome
+            return await asyncio.shield(self._initialized)
+        self._initialized = asyncio.get_running_loop().create_future()
+        self._phase = INITIALIZING
         #: Where lane_call (on the compiled graph's thread) runs the user's coroutines.
         self._loop = asyncio.get_running_loop()
         try:
@@ -393,8 +464,15 @@ class AsyncReplica(_ReplicaCore):
                 if inspect.isawaitable(result):
                     await result
         except Exception as exc:
-            return self._failed("the constructor", exc)
-        return None
+            self._phase, self._init_error = FAILED, self._failed("the constructor", exc)
+        else:
+            self._applied_config, self._phase = user_config, READY
+        self._initialized.set_result(self._init_error)
+        return self._init_error
+
+    async def phase(self) -> dict:
+        """Where the replica is in its lifecycle (see CONSTRUCTED ... STOPPED), for a restarted controller."""
+        return self._report()
 
     async def call(self, method: str, *args: Any) -> Any:
         next(self._started)
@@ -473,15 +551,25 @@ class AsyncReplica(_ReplicaCore):
             next(self._finished)
 
     async def reconfigure(self, user_config: Any) -> str | None:
-        try:
-            result = self._reconfigure_sync(user_config)
-            if inspect.isawaitable(result):
-                await result
-        except Exception as exc:
-            return self._failed("reconfigure()", exc)
-        return None
+        if self._config_lock is None:
+            self._config_lock = asyncio.Lock()
+        async with self._config_lock:
+            phase, self._phase = self._phase, RECONFIGURING
+            try:
+                result = self._reconfigure_sync(user_config)
+                if inspect.isawaitable(result):
+                    await result
+            except Exception as exc:
+                return self._failed("reconfigure()", exc)
+            finally:
+                self._phase = phase if self._phase == RECONFIGURING else self._phase
+            self._applied_config = user_config
+            return None
 
     async def check_health(self) -> None:
+        problem = self._not_ready()
+        if problem is not None:
+            raise RuntimeError(problem)
         fn = getattr(self._instance, "check_health", None)
         if fn is not None:
             result = fn()
@@ -493,6 +581,11 @@ class AsyncReplica(_ReplicaCore):
         return self._replica_id
 
     async def prepare_for_shutdown(self, wait_loop_s: float, timeout_s: float) -> None:
+        """Wait for running requests to finish (checking every ``wait_loop_s``), then run ``__del__`` (once)."""
+        if self._phase in (DRAINING, STOPPED):  # a restarted controller asks again: wait for the first drain
+            await self._stop_event().wait()
+            return
+        self._phase = DRAINING
         deadline = time.monotonic() + timeout_s
         while self.ongoing() > 0 and time.monotonic() < deadline:
             await asyncio.sleep(min(wait_loop_s, max(0.0, deadline - time.monotonic())))
@@ -504,6 +597,7 @@ class AsyncReplica(_ReplicaCore):
                     await result
             except Exception as exc:
                 self._failed("__del__", exc)
+        self._phase = STOPPED
         self._stop_event().set()
 
     async def status(self) -> dict:
