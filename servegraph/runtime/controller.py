@@ -308,6 +308,10 @@ class Controller:
         self._crash_at = point
         return os.getpid()
 
+    async def _test_pid(self) -> int:
+        """This controller's process id (a test sees a restart by it changing)."""
+        return os.getpid()
+
     def _crash(self) -> None:
         self._checkpoint()
         print(f"servegraph: controller stopping at test point {self._crash_at!r}", file=sys.stderr, flush=True)
