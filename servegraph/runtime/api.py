@@ -19,6 +19,8 @@ from ..errors import DeploymentError, GraphError
 from .cluster import CONTROLLER_NAME, NAMESPACE, cluster_resources, ensure_connected
 from .driver_http import adapter_problem
 from .handle import DeploymentHandle, DeploymentInfo, RayServeSyncHandle, deployment_handle, plan_handle, routes_handle
+from .lanes import forget_all_lanes
+from .long_poll import close_runtime_client
 
 #: How long status-like calls wait for the controller before they say it is unreachable.
 CONTROLLER_TIMEOUT_S = 60.0
@@ -306,6 +308,9 @@ def shutdown() -> None:
         return
     _ask(controller.shutdown.remote(), "shutdown", timeout_s=600)
     ray.kill(controller, no_restart=True)
+    # Nothing of servegraph's keeps running in this process: no lane, no thread waiting for a controller.
+    forget_all_lanes()
+    close_runtime_client()
 
 
 def get_app_handle(name: str = DEFAULT_APP_NAME) -> DeploymentHandle:

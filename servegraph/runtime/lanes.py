@@ -30,13 +30,16 @@ import ray
 from ..compiler import ir
 from ..compiler.fast_path import call_keys, output_template
 from .lane_table import LANES_KEY, LaneInfo
-from .long_poll import runtime_client
+from .long_poll import ControllerUnavailable, runtime_client
 from .plan import read_inputs
 
 #: Seconds after a lane breaks during which requests that find no lane are waited for and re-sent on a death.
 UNSETTLED_S = 10.0
 #: Longest a caller waiting for its answer sleeps before it checks whether it should read the lane itself.
 WAKE_S = 0.05
+#: Seconds a lane set waits for a missing controller before it gives up telling it something (it may be gone
+#: for good: a process that shut servegraph down must still exit).
+CONTROLLER_WAIT_S = 5.0
 
 
 class LaneBroken(Exception):
@@ -298,7 +301,11 @@ class LaneSet:
         self._claiming = True
         context = ray.get_runtime_context()
         actor_id = context.get_actor_id()
-        controller = self._client.controller()
+        try:
+            controller = self._client.controller(CONTROLLER_WAIT_S)
+        except ControllerUnavailable:  # claimed again when the controller publishes (see update)
+            self._claiming = False
+            return
         ref = controller.claim_lanes.remote(self.app, self._owner_id, context.get_job_id(), actor_id, context.get_node_id())
         ref.future().add_done_callback(lambda _: setattr(self, "_claiming", False))
 
@@ -319,11 +326,11 @@ class LaneSet:
             for lane_id in stale:
                 lane = self.lanes.pop(lane_id)
                 if isinstance(lane, Lane):  # one still compiling is torn down when it is ready (see _compile)
-                    self._manager.submit(lane.teardown)
+                    self._background(lane.teardown)
             for lane_id, info in mine.items():
                 if lane_id not in self.lanes:
                     self.lanes[lane_id] = _Compiling(info)
-                    self._manager.submit(self._compile, info)
+                    self._background(self._compile, info)
             if not mine and not assignment.reason:
                 self.reason = "no lane assigned to this process" if assignment.lanes else "waiting for lanes"
 
@@ -337,7 +344,7 @@ class LaneSet:
             with self._lock:
                 self.lanes.pop(info.lane_id, None)
             reason = f"{type(exc).__name__}: {exc}"
-            self._client.controller().lane_failed.remote(self.app, info.lane_id, reason)
+            self._tell_controller("lane_failed", info.lane_id, reason)
             return
         lane = Lane(info, dag, capacity)
         with self._lock:
@@ -368,9 +375,34 @@ class LaneSet:
         for lane in lanes:
             if isinstance(lane, Lane):
                 lane.teardown(1.0)
+        self._tell_controller("release_lanes", self._owner_id, wait_s=1.0)
+        self._stop_threads()
+
+    def forget_all(self) -> None:
+        """servegraph was shut down: stop using every lane and every thread, telling no one (the controller
+        is gone; the replicas' loops ended with them)."""
+        self._closed = True
+        with self._lock:
+            self.lanes = {}
+        self._stop_threads()
+
+    def _background(self, fn: Any, *args: Any) -> None:
+        """Run ``fn(*args)`` on the manager thread (in order), unless this lane set was closed."""
         try:
-            self._client.controller().release_lanes.remote(self.app, self._owner_id)
-        except Exception:
+            self._manager.submit(fn, *args)
+        except RuntimeError:  # shut down
+            pass
+
+    def _stop_threads(self) -> None:
+        self._manager.shutdown(wait=False, cancel_futures=True)
+        if self._callers is not None:
+            self._callers.shutdown(wait=False, cancel_futures=True)
+
+    def _tell_controller(self, method: str, *args: Any, wait_s: float = CONTROLLER_WAIT_S) -> None:
+        """Send the controller ``method(app, *args)``, unless none answers within ``wait_s`` (best effort)."""
+        try:
+            getattr(self._client.controller(wait_s), method).remote(self.app, *args)
+        except Exception:  # gone, or restarting: it re-forms lanes from replica states without this
             pass
 
     # Requests ------------------------------------------------------------------------------
@@ -449,7 +481,10 @@ class LaneSet:
     def abandon(self, lane: Lane, sent: tuple[_Pending, dict[str, Any]]) -> None:
         """A caller dropped a request without reading it: read it in the background, so its lane keeps its room."""
         if not sent[0].done:
-            self.callers().submit(_discard, lane, sent[0])
+            try:
+                self.callers().submit(_discard, lane, sent[0])
+            except RuntimeError:  # this lane set was closed: nothing left to read it for
+                pass
 
     def unsettled(self) -> bool:
         """Whether a lane broke in the last UNSETTLED_S seconds (see _PlanTarget.submit)."""
@@ -462,11 +497,8 @@ class LaneSet:
             if self.lanes.get(lane.info.lane_id) is not lane:
                 return
             del self.lanes[lane.info.lane_id]
-        self._manager.submit(lane.teardown, 0)
-        try:
-            self._client.controller().lane_broken.remote(self.app, lane.info.lane_id, lane.failure)
-        except Exception:  # the controller is restarting: replica deaths re-form lanes without this
-            pass
+        self._background(lane.teardown, 0)
+        self._background(self._tell_controller, "lane_broken", lane.info.lane_id, lane.failure)
 
     def callers(self) -> concurrent.futures.ThreadPoolExecutor:
         """Threads that wait on lanes for async callers (an event loop must not block)."""
@@ -521,6 +553,16 @@ def _track(lanes: LaneSet) -> None:
         # lanes are torn down while the process is still connected.
         atexit.register(_close_all)
     _OPEN.append(lanes)
+
+
+def forget_all_lanes() -> None:
+    """servegraph was shut down in this process: every lane set stops (see LaneSet.forget_all)."""
+    with _SETS_LOCK:
+        sets = list(_SETS.values())
+        _SETS.clear()
+    for lanes in sets:
+        lanes.forget_all()
+    _OPEN.clear()
 
 
 def _close_all() -> None:

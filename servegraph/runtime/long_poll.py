@@ -33,6 +33,10 @@ _RECONNECT_S = 0.5
 Key = tuple[str, str]  # (application, deployment)
 
 
+class ControllerUnavailable(RuntimeError):
+    """No controller answered in time (it was shut down, or is gone), or this process's client was closed."""
+
+
 class RuntimeClient:
     def __init__(self, cluster: str | None = None) -> None:
         #: The cluster (GCS address) this client's routers and thread belong to.
@@ -73,9 +77,13 @@ class RuntimeClient:
             self._routers[key] = listener
             self._events.put(("subscribe",))
 
-    def controller(self) -> Any:
-        """The controller actor (found again, or revived, if it was lost)."""
-        return self._get_controller()
+    def controller(self, timeout: float | None = None) -> Any:
+        """The controller actor (found again, or revived, if it was lost).
+
+        Raises:
+            ControllerUnavailable: none within ``timeout`` seconds (None: as long as it takes), or closed.
+        """
+        return self._get_controller(timeout)
 
     def drop_actor(self, actor_id: str) -> None:
         """A call to this actor failed with actor death: no router of this process uses it again."""
@@ -112,6 +120,8 @@ class RuntimeClient:
                 elif kind == "report":
                     self._report()
                     next_report = time.monotonic() + (interval or 1.0)
+            except ControllerUnavailable:  # closed
+                return
             except Exception:  # the thread must outlive any one failure; the next event retries
                 time.sleep(_RECONNECT_S)
                 self._controller = None
@@ -121,13 +131,18 @@ class RuntimeClient:
         intervals = [r.metrics_interval_s for r in list(self._routers.values()) if r.metrics_interval_s]
         return min(intervals) if intervals else None
 
-    def _get_controller(self) -> Any:
+    def _get_controller(self, timeout: float | None = None) -> Any:
+        deadline = None if timeout is None else time.monotonic() + timeout
         while self._controller is None:
+            if self._closed:
+                raise ControllerUnavailable("servegraph's client in this process was closed")
             try:
                 self._controller = ray.get_actor(CONTROLLER_NAME, namespace=NAMESPACE)
             except ValueError:  # gone: routers keep their last replica sets meanwhile
                 self._controller = _revive_controller()
                 if self._controller is None:
+                    if deadline is not None and time.monotonic() >= deadline:
+                        raise ControllerUnavailable(f"no servegraph controller answered within {timeout:g} s") from None
                     time.sleep(_RECONNECT_S)
         return self._controller
 
@@ -184,6 +199,15 @@ def _revive_controller() -> Any:
 
 _CLIENT: RuntimeClient | None = None
 _CLIENT_LOCK = threading.Lock()
+
+
+def close_runtime_client() -> None:
+    """Stop this process's client and its thread (servegraph was shut down); the next call makes a new one."""
+    global _CLIENT
+    with _CLIENT_LOCK:
+        client, _CLIENT = _CLIENT, None
+    if client is not None:
+        client.close()
 
 
 def runtime_client() -> RuntimeClient:
