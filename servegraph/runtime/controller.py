@@ -1058,12 +1058,15 @@ class Controller:
         if state.lanes.failure:
             return {"kind": "plan", "reason": state.lanes.failure, "lanes": 0}
         lanes = len(state.lanes.lanes)
+        nodes: dict[str, int] = {}
+        for lane in state.lanes.lanes.values():
+            nodes[lane.node_id or ""] = nodes.get(lane.node_id or "", 0) + 1
         reason = "" if lanes else (
             "no caller yet"
             if not state.lanes.owners
             else "waiting for a running replica of every deployment on a caller's node (lanes never cross nodes)"
         )
-        return {"kind": "compiled", "reason": reason, "lanes": lanes, "owners": len(state.lanes.owners)}
+        return {"kind": "compiled", "reason": reason, "lanes": lanes, "owners": len(state.lanes.owners), "lane_nodes": nodes}
 
     # HTTP ------------------------------------------------------------------------------
     async def _ensure_proxy(

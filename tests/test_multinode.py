@@ -1,0 +1,104 @@
+"""Two nodes (a ``ray.cluster_utils.Cluster``, in a child process so the session's cluster is untouched).
+
+- ``proxy_location: EveryNode`` (the default) runs an HTTP proxy on every node that has replicas,
+  all on the same port; HTTP requests are served whichever proxy takes the connection.
+- Compiled lanes never cross a node: a graph whose replicas all run on the worker gets its lanes
+  from the worker's proxy, and a driver on the head gets none (its requests run on the plan).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from conftest import ROOT
+
+from servegraph.runtime.api import proxy_location_name
+
+SCRIPT = textwrap.dedent(
+    """
+    import json, os, socket, sys, time
+    import httpx, ray
+    from ray.cluster_utils import Cluster
+    import servegraph as serve
+    from servegraph import InputNode
+    from servegraph.runtime.lanes import lanes_for
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
+    worker = cluster.add_node(num_cpus=2, resources={"worker": 10})
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, namespace="servegraph", log_to_driver=False, logging_level="ERROR",
+             runtime_env={"env_vars": {"PYTHONPATH": os.environ["PYTHONPATH"]}})
+    out = {"worker": worker.node_id, "head": ray.get_runtime_context().get_node_id()}
+    try:
+        @serve.deployment(ray_actor_options={"num_cpus": 0.1, "resources": {"worker": 0.01}})
+        class Add:
+            def __init__(self, k):
+                self.k = k
+            def __call__(self, x):
+                return {"value": x["value"] + self.k, "node": ray.get_runtime_context().get_node_id()}
+
+        with InputNode() as inp:
+            graph = Add.options(name="B").bind(10).__call__.bind(Add.options(name="A").bind(1).__call__.bind(inp))
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        serve.run(graph, name="pipe", route_prefix="/pipe", port=port)
+
+        deadline = time.monotonic() + 60
+        while list(serve.status().proxies.values()) != ["HEALTHY"] * 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        out["proxies"] = serve.status().proxies
+        answers = []
+        deadline = time.monotonic() + 90
+        # New connections are spread over the proxies by the kernel (SO_REUSEPORT): keep sending until the
+        # worker's proxy owns a lane (its first request claims one), counting every answer.
+        while time.monotonic() < deadline:
+            reply = httpx.post(f"http://127.0.0.1:{port}/pipe", json={"value": 1}, timeout=60)
+            answers.append(reply.json()["value"] if reply.status_code == 200 else reply.status_code)
+            path = serve.status().applications["pipe"].path
+            if path.get("lane_nodes") and len(answers) >= 20:
+                break
+        out["http_answers"] = answers
+        out["path"] = serve.status().applications["pipe"].path
+        handle = serve.get_app_handle("pipe")
+        out["driver_answers"] = [handle.remote({"value": 2}).result(timeout_s=60)["value"] for _ in range(10)]
+        time.sleep(1.0)  # a claim's answer would have arrived
+        out["driver_lanes"] = lanes_for("pipe").active()
+        out["driver_reason"] = lanes_for("pipe").reason
+        serve.shutdown()
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    print(json.dumps(out))
+    """
+)
+
+
+@pytest.mark.ray
+def test_every_node_gets_a_proxy_and_lanes_stay_on_their_node():
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), str(ROOT / "tests"), env.get("PYTHONPATH")]))
+    result = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-4000:]
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert set(out["proxies"]) == {out["head"], out["worker"]}
+    assert set(out["proxies"].values()) == {"HEALTHY"}
+    assert out["http_answers"] and set(out["http_answers"]) == {12}
+    # The only lanes are on the worker, owned there (its proxy); the head's driver got none and used the plan.
+    assert out["path"]["kind"] == "compiled" and out["path"]["lane_nodes"] == {out["worker"]: 1}, out["path"]
+    assert out["driver_answers"] == [13] * 10
+    assert out["driver_lanes"] == 0, out["driver_reason"]
+
+
+def test_proxy_location_takes_ray_serves_names_and_refuses_others():
+    assert proxy_location_name("EveryNode") == "EveryNode"
+    assert proxy_location_name("headonly") == "HeadOnly"
+    assert proxy_location_name("NoServer") == "Disabled"
+    assert proxy_location_name(None) is None
+    with pytest.raises(ValueError, match="proxy_location 'FixedNumber' is not one of EveryNode, HeadOnly, Disabled"):
+        proxy_location_name("FixedNumber")
