@@ -107,8 +107,8 @@ class HTTPProxy:
         )
         try:
             sock = _listening_socket(self._host, self._port)
-        except OSError as exc:
-            return f"cannot serve HTTP on {self._host}:{self._port}: the address is in use or not available ({exc.strerror or exc})"
+        except OSError as err:
+            return f"cannot serve HTTP on {self._host}:{self._port}: the address is in use or not available ({err.strerror or err})"
         self._server = uvicorn.Server(config)
         task = asyncio.get_running_loop().create_task(self._server.serve(sockets=[sock]))
         while not self._server.started:

@@ -83,6 +83,9 @@ class ProxyManager:
         Proxies already serving other applications elsewhere are not moved: that would cut them off.
         """
         head = self.head
+        if head is not None and head.starting is not None:  # the loop is replacing it: let that finish first
+            await asyncio.wait([head.starting])
+            head = self.head
         if head is not None and head.actor is not None and head.starting is None:
             alive = await _ok(head.actor.ready.remote(), timeout=5)
             if alive and self.http == (host, port) and self.options == options:
@@ -199,14 +202,14 @@ class ProxyManager:
 
     # Routes and status ------------------------------------------------------------------------
     async def set_routes(self, routes: dict[str, tuple], code_paths: list[str]) -> None:
-        """Give every proxy the routes; a proxy that starts later gets them as it starts."""
+        """Give every proxy the routes (one still starting too); a proxy that starts later gets them as it starts."""
         self._routes = (routes, list(code_paths))
-        calls = [e.actor.set_routes.remote(routes, code_paths) for e in self.proxies.values() if e.watch is not None]
+        calls = [e.actor.set_routes.remote(routes, code_paths) for e in self.proxies.values() if e.actor is not None]
         for call in calls:
             try:
                 await call
-            except ray.exceptions.RayActorError:
-                pass  # it died: the loop replaces it, and the new one gets the routes at its start
+            except ray.exceptions.RayError:
+                pass  # it died (or never started): the loop replaces it, and the new one gets the routes at its start
 
     def states(self) -> dict[str, str]:
         """Ray Serve's proxy states by node id: HEALTHY once listening, STARTING before."""
