@@ -84,3 +84,24 @@ EXAMPLE_CASES = (
         [{"length": 11.0, "vowels": 3, "score": 14.0}, {"length": 3.0, "vowels": 0, "score": 3.0}],
     ),
 )
+
+
+def user_env(home: os.PathLike[str] | str, **extra: str) -> dict[str, str]:
+    """The environment of a user's fresh shell: no RAY_* variable (the test session's ``ray.init`` sets some),
+    a HOME of its own (so Ray's token and servegraph's cluster record are its own), servegraph importable from
+    this tree."""
+    from conftest import ROOT
+
+    env = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "LC_ALL", "TMPDIR", "TERM")}
+    env.update(HOME=str(home), PYTHONPATH=str(ROOT))
+    env.update(extra)
+    return env
+
+
+def running(pid: int) -> bool:
+    """Whether process ``pid`` runs (an ended process not yet reaped by its parent, a zombie, does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False

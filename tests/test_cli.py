@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+import json
 import signal
 import subprocess
 import sys
@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 from conftest import EXAMPLES, free_port
+from support import running, user_env
 
 #: The installed console script next to this interpreter, else the module.
 _SCRIPT = Path(sys.executable).with_name("servegraph")
@@ -91,10 +92,10 @@ def test_run_of_a_missing_module_is_one_line_without_traceback():
     assert "Traceback" not in result.stderr
 
 
-def test_run_serves_hello_over_http_until_interrupted(tmp_path):
-    """`servegraph run` starts its own Ray cluster, serves the seed's request, and stops on Ctrl-C."""
+def test_run_serves_hello_over_http_until_interrupted_and_stops_its_cluster(tmp_path):
+    """`servegraph run` starts its own Ray cluster, serves the example's request, and on Ctrl-C stops that cluster."""
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a cluster of its own, not the session's
+    env = user_env(tmp_path / "home")  # a user's shell: a cluster of its own, not the session's
     log = tmp_path / "run.log"
     with log.open("w") as out:
         proc = subprocess.Popen(
@@ -104,6 +105,7 @@ def test_run_serves_hello_over_http_until_interrupted(tmp_path):
             stdout=out,
             stderr=subprocess.STDOUT,
         )
+    record_file = tmp_path / "home" / ".servegraph" / "cluster.json"
     try:
         deadline = time.monotonic() + RUN_START_TIMEOUT_S
         while "Deployed" not in log.read_text() and proc.poll() is None and time.monotonic() < deadline:
@@ -111,10 +113,13 @@ def test_run_serves_hello_over_http_until_interrupted(tmp_path):
         assert "Deployed" in log.read_text(), f"servegraph run did not deploy within {RUN_START_TIMEOUT_S}s:\n{log.read_text()}"
         reply = httpx.post(f"http://127.0.0.1:{port}/", json={"language": "spanish", "name": "Dora"}, timeout=30)
         assert reply.status_code == 200 and reply.text == "Hola Dora"
+        host = json.loads(record_file.read_text())["pid"]  # the process its cluster lives and ends with
 
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=60) == 0, log.read_text()
-        assert "Shutting down" in log.read_text()
+        assert proc.wait(timeout=120) == 0, log.read_text()
+        output = log.read_text()
+        assert "Shutting down" in output and "Stopped the Ray cluster at" in output
+        assert not record_file.exists() and not running(host)
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -39,6 +39,8 @@ def test_logs_show_each_replicas_output_prefixed_by_its_replica(deploy):
         out = logs("chatty", "Chatty")
     assert "chatty heard papaya" in out
     assert sum(f"[Chatty#{rid}] chatty replica started" in out for rid in replicas) == 2
+    assert out.count("chatty replica started") == 2  # once per replica, not once per log file
+    assert ":job_id:" not in out and ":actor_name:" not in out  # Ray's marker lines are no one's output
 
 
 def test_logs_of_an_unknown_application_or_deployment_say_what_runs(deploy):

@@ -49,7 +49,7 @@ def call(name: str) -> dict:
 def test_build_deploy_status_shows_the_built_replica_counts(config):
     edit(config, Greeter={"num_replicas": 2})
     out = deploy(config)
-    assert f"application '{APP}' at /deploy: Greeter created, Front created" in out
+    assert f"application '{APP}' at /deploy:\n  Greeter: created with 2 replica(s)\n  Front: created with 1 replica(s)" in out
     result = CliRunner().invoke(main, ["status", "--json"])
     assert result.exit_code == 0, result.output
     deployments = json.loads(result.output)["applications"][APP]["deployments"]
@@ -65,7 +65,7 @@ def test_user_config_only_redeploy_keeps_the_replicas(config):
     before = call("Dora")
     edit(config, Greeter={"user_config": {"greeting": "Bonjour"}})
     out = deploy(config)
-    assert "Greeter reconfigured, Front unchanged" in out
+    assert "  Greeter: reconfigured: the running replicas took the new user_config; none restarted\n  Front: unchanged" in out
     after = call("Dora")
     assert after["text"] == "Bonjour Dora"
     assert (after["pid"], after["front_pid"]) == (before["pid"], before["front_pid"])
@@ -76,7 +76,8 @@ def test_a_changed_deployment_restarts_but_its_callers_keep_their_replicas(confi
     before = call("Ana")
     edit(config, Greeter={"ray_actor_options": {"num_cpus": 0.2}})
     out = deploy(config)
-    assert "Greeter updated, Front unchanged" in out
+    assert "  Greeter: restarted: new replicas (new code, constructor arguments or actor options) replace the old ones" in out
+    assert "  Front: unchanged" in out
     after = call("Ana")
     assert after["text"] == "Hola Ana"
     assert after["pid"] != before["pid"]
@@ -89,7 +90,7 @@ def test_scaling_a_leaf_keeps_its_callers_and_their_handles(config):
     before = call("Ana")
     edit(config, Greeter={"num_replicas": 3})
     out = deploy(config)
-    assert "Greeter scaled, Front unchanged" in out
+    assert "  Greeter: scaled to 3 replica(s); none restarted\n  Front: unchanged" in out
     after = old_handle.remote("Ana").result(timeout_s=60)
     assert after["text"] == "Hola Ana" and after["front_pid"] == before["front_pid"]
     greeter = serve.status().applications[APP].deployments["Greeter"]
@@ -110,13 +111,13 @@ def test_an_unchanged_redeploy_from_another_process_restarts_nothing(config):
         [sys.executable, "-m", "servegraph", "deploy", str(config)], capture_output=True, text=True, timeout=300, env=env
     )
     assert out.returncode == 0, out.stderr
-    assert "Greeter unchanged, Front unchanged" in out.stdout
+    assert "  Greeter: unchanged\n  Front: unchanged" in out.stdout
     edit(config, Greeter={"user_config": {"greeting": "Hej"}})
     out = subprocess.run(
         [sys.executable, "-m", "servegraph", "deploy", str(config)], capture_output=True, text=True, timeout=300, env=env
     )
     assert out.returncode == 0, out.stderr
-    assert "Greeter reconfigured, Front unchanged" in out.stdout
+    assert "  Greeter: reconfigured" in out.stdout and "  Front: unchanged" in out.stdout
     after = call("Ana")
     assert after["text"] == "Hej Ana"
     assert (after["pid"], after["front_pid"]) == (before["pid"], before["front_pid"])
@@ -153,7 +154,7 @@ def test_a_config_built_from_a_sg_file_deploys(tmp_path, http_port, monkeypatch,
     assert CliRunner().invoke(main, args).exit_code == 0
     try:
         out = deploy(path)
-        assert "application 'sg-hello' at /sg-hello: SpanishResponder created" in out
+        assert "application 'sg-hello' at /sg-hello:\n  SpanishResponder: created with 1 replica(s)" in out
         import httpx
 
         reply = httpx.post(f"http://127.0.0.1:{http_port}/sg-hello", json={"language": "spanish", "name": "Dora"}, timeout=60)
@@ -175,5 +176,7 @@ def test_the_readme_sequence_run_then_build_and_deploy_updates_the_running_appli
     assert yaml.safe_load(path.read_text())["applications"][0]["name"] == "default"
     out = deploy(path)
     assert "application 'default' at /" in out and "already used" not in out
+    # What the code ran with and what the config spells out are the same options: nothing to do.
+    assert out.count(": unchanged") == 3, out
     reply = httpx.post(f"http://127.0.0.1:{http_port}/", json={"language": "spanish", "name": "Dora"}, timeout=30)
     assert reply.text == "Hola Dora"

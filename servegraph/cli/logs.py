@@ -13,6 +13,7 @@ import time
 
 import click
 
+from ..runtime import ray_compat
 from .common import user_errors
 from .connect import cluster_options, connect, no_cluster_message
 
@@ -25,10 +26,18 @@ def _replica_files(logs_dir: str, pid: int) -> list[str]:
     return sorted(glob.glob(os.path.join(logs_dir, f"worker-*-{pid}.out")) + glob.glob(os.path.join(logs_dir, f"worker-*-{pid}.err")))
 
 
+def _own_lines(data: bytes) -> list[str]:
+    """The replica's own output in ``data``: without the lines Ray writes into every worker log to mark its
+    job and actor (its log monitor reads them; they are no one's output)."""
+    from ..runtime.ray_compat import WORKER_LOG_MARKERS
+
+    return [line for line in data.decode("utf-8", "replace").splitlines() if not line.startswith(WORKER_LOG_MARKERS)]
+
+
 def _last_lines(path: str, count: int) -> tuple[list[str], int]:
     with open(path, "rb") as f:
         data = f.read()
-    lines = data.decode("utf-8", "replace").splitlines()
+    lines = _own_lines(data)
     return lines[-count:] if count > 0 else [], len(data)
 
 
@@ -63,10 +72,9 @@ def logs_cmd(app_name: str, deployment: str | None, tail: int, follow: bool, add
                 )
             deployments = {deployment: deployments[deployment]}
         here = ray.get_runtime_context().get_node_id()
-        node = ray._private.worker._global_node
-        if node is None:  # connected through Ray Client: this process has no node, so no log files
+        logs_dir = ray_compat.logs_dir()
+        if logs_dir is None:  # connected through Ray Client: this process has no node, so no log files
             raise click.ClickException("servegraph logs needs a connection to a Ray node, not a Ray Client one")
-        logs_dir = node.get_logs_dir_path()
         sources: list[tuple[str, str]] = []
         for dname, dep in deployments.items():
             for replica in dep.replicas:
@@ -79,12 +87,16 @@ def logs_cmd(app_name: str, deployment: str | None, tail: int, follow: bool, add
                     continue
                 sources += [(label, path) for path in _replica_files(logs_dir, replica.pid)]
         offsets: dict[str, int] = {}
+        printed = 0
         for label, path in sources:
             lines, offsets[path] = _last_lines(path, tail)
             for line in lines:
                 click.echo(f"[{label}] {line}")
+            printed += len(lines)
         if not sources:
             click.echo(f"no replica log of {app_name!r} on this node", err=True)
+        elif not printed and tail > 0:
+            click.echo(f"no output from {app_name!r}'s replicas yet (logs in {logs_dir})", err=True)
         try:
             while follow:
                 time.sleep(_FOLLOW_EVERY_S)
@@ -93,7 +105,7 @@ def logs_cmd(app_name: str, deployment: str | None, tail: int, follow: bool, add
                         f.seek(offsets[path])
                         data = f.read()
                     offsets[path] += len(data)
-                    for line in data.decode("utf-8", "replace").splitlines():
+                    for line in _own_lines(data):
                         click.echo(f"[{label}] {line}")
         except KeyboardInterrupt:
             pass

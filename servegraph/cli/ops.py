@@ -9,9 +9,11 @@ from typing import Any
 
 import click
 
+from ..runtime.cluster_record import BY_DEPLOY
 from .common import user_errors
 from .connect import cluster_options, connect, no_cluster_message
 from .load import load_app
+from .stopping import keep_started_cluster, not_ours, stop_started_cluster
 
 
 def _prepare(config_path: str) -> tuple[Any, list[tuple[Any, Any, Any]]]:
@@ -101,13 +103,15 @@ def deploy_cmd(config_path: str, no_resource_check: bool, address: str | None, c
 
     with user_errors():
         config, prepared = _prepare(config_path)
-        connect(address, connect_timeout, start_if_missing="servegraph deploy")
+        cluster = connect(address, connect_timeout, start_if_missing=BY_DEPLOY)
         http = config.http_options
         compiled_apps = []
         for app, node, overrides in prepared:
             resources = None if no_resource_check else _free_resources(_controller(), app.name)
             compiled_apps.append((app, compile(node, overrides=overrides, cluster_resources=resources)))
         for app, compiled in compiled_apps:
+            before = _running_options(app.name)
+            specs = {spec.name: spec.options for spec in compiled.ir.deployments}
             progress, done = _progress_display(app.name)
             try:
                 _, changes = deploy_compiled(
@@ -124,8 +128,46 @@ def deploy_cmd(config_path: str, no_resource_check: bool, address: str | None, c
                 )
             finally:
                 done()
-            summary = ", ".join(f"{d} {what}" for d, what in changes.items())
-            click.echo(f"application {app.name!r} at {app.route_prefix}: {summary}")
+            click.echo(f"application {app.name!r} at {app.route_prefix}:")
+            for dname, what in changes.items():
+                click.echo(f"  {dname}: {describe_change(what, before.get(dname), specs.get(dname))}")
+        if cluster is not None and cluster.started_here:
+            click.echo(f"The Ray cluster at {cluster.address} keeps running; `servegraph shutdown` stops it.", err=True)
+
+
+def _running_options(app_name: str) -> dict[str, Any]:
+    """Each deployment's options as the cluster runs them now (empty for a new application)."""
+    from ..runtime.api import _ask, _controller
+
+    controller = _controller(create=False)
+    running = _ask(controller.get_app.remote(app_name), "get_app") if controller is not None else None
+    return {spec.name: spec.options for spec in running.app.deployments} if running is not None else {}
+
+
+def describe_change(what: str, before: Any, after: Any) -> str:
+    """What a deploy did to one deployment, in words (``what`` is the controller's word for it).
+
+    ``before``/``after`` are its options as they ran and as deployed (None when absent).
+    """
+    from ..runtime.version import changed_settings
+
+    replicas = f"{after.replicas()} replica(s)" if after is not None else "its replicas"
+    if after is not None and after.autoscaling_config is not None:
+        scaling = after.autoscaling_config
+        replicas = f"autoscaling {scaling.min_replicas}-{scaling.max_replicas} replicas"
+    if what == "options":
+        settings = changed_settings(before, after) if before is not None and after is not None else ()
+        if not settings:
+            return "unchanged"
+        return f"{', '.join(settings)} changed; applied without restarting a replica"
+    return {
+        "created": f"created with {replicas}",
+        "updated": "restarted: new replicas (new code, constructor arguments or actor options) replace the old ones",
+        "reconfigured": "reconfigured: the running replicas took the new user_config; none restarted",
+        "scaled": f"scaled to {replicas}; none restarted",
+        "unchanged": "unchanged",
+        "deleted": "deleted: no longer in the config; its replicas stopped",
+    }.get(what, what)
 
 
 @click.command("status")
@@ -228,24 +270,47 @@ def _replica_lists() -> dict[tuple[str, str], list[dict[str, Any]]]:
 
 @click.command("shutdown")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@click.option(
+    "--keep-cluster",
+    is_flag=True,
+    help="Leave the Ray cluster servegraph started running; only the applications, controller and proxy stop.",
+)
 @cluster_options
-def shutdown_cmd(yes: bool, address: str | None, connect_timeout: float) -> None:
-    """Delete every application, the HTTP proxy and the controller."""
+def shutdown_cmd(yes: bool, keep_cluster: bool, address: str | None, connect_timeout: float) -> None:
+    """Delete every application, stop the HTTP proxy and the controller, and stop the Ray cluster servegraph started.
+
+    A cluster servegraph did not start (--address, RAY_ADDRESS, serve.run's) keeps running.
+    """
     with user_errors():
-        if connect(address, connect_timeout) is None:
+        cluster = connect(address, connect_timeout)
+        if cluster is None:
             click.echo(no_cluster_message() + " Nothing to shut down.")
             return
-        from ..runtime.api import shutdown, status
+        from ..runtime.api import _controller, shutdown, status
 
-        names = sorted(status().applications)
-        if not names:
-            shutdown()  # the controller and proxy may still be up with no applications
-            click.echo("No servegraph applications were running; nothing to delete.")
-            return
-        if not yes and sys.stdin.isatty() and not click.confirm(f"Delete {', '.join(names)}?"):
-            return
-        shutdown()
-        click.echo(f"Deleted {len(names)} application(s): {', '.join(names)}.")
+        current = status()
+        names = sorted(current.applications)
+        controller = _controller(create=False)
+        record = cluster.record
+        stops_cluster = record is not None and record.host and not keep_cluster
+        if not yes and sys.stdin.isatty():
+            doing = [f"delete {', '.join(names)}"] if names else []
+            if stops_cluster:
+                doing.append(f"stop the Ray cluster at {cluster.address}")
+            if doing and not click.confirm(" and ".join(doing).capitalize() + "?"):
+                return
+        if controller is not None:
+            shutdown()
+        if names:
+            click.echo(f"Deleted {len(names)} application(s): {', '.join(names)}.")
+        else:
+            click.echo("No applications were running.")
+        if controller is not None:
+            click.echo("Stopped the servegraph controller" + (" and its HTTP proxy." if current.proxy else "."))
+        if record is not None and record.host:
+            click.echo(stop_started_cluster(record) if stops_cluster else keep_started_cluster(record))
+        else:
+            click.echo(not_ours(cluster.address, cluster.source, record))
 
 
 @click.command("delete")
@@ -273,4 +338,4 @@ def delete_cmd(app_names: tuple[str, ...], address: str | None, connect_timeout:
             click.echo(f"Deleted application {name!r}.")
 
 
-__all__ = ["delete_cmd", "deploy_cmd", "shutdown_cmd", "status_cmd"]
+__all__ = ["delete_cmd", "deploy_cmd", "describe_change", "shutdown_cmd", "status_cmd"]

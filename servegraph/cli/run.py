@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import socket
+import sys
 import time
+from typing import Any
 
 import click
 
 from ..compiler.config.app import DEFAULT_APP_NAME
-from ..runtime.cluster import NAMESPACE
-from ..runtime.cluster_record import forget_record
+from ..errors import GraphError
+from ..runtime.cluster_record import BY_RUN, read_record
 from .common import user_errors
-from .connect import cluster_options, connect, record_started, start_local
+from .connect import Cluster, cluster_options, connect
 from .load import load_target
 from .portinfo import bind_error, describe_holder
+from .stopping import disconnect, keep_started_cluster, not_ours, stop_started_cluster
+
+#: How often a foreground run looks whether its application still runs.
+_WATCH_EVERY_S = 1.0
+#: How long the cluster may not answer before a foreground run says it is gone and ends.
+_LOST_AFTER_S = 30.0
 
 
 def _is_local(ip: str) -> bool:
@@ -70,7 +77,12 @@ def _check_port(host: str, port: int) -> None:
 @click.option(
     "--non-blocking",
     is_flag=True,
-    help="Return after deploying; without --address/RAY_ADDRESS the new cluster outlives the command.",
+    help="Return after deploying; a Ray cluster started for it keeps running until `servegraph shutdown`.",
+)
+@click.option(
+    "--keep-cluster",
+    is_flag=True,
+    help="When this command ends, leave the Ray cluster it started running (`servegraph shutdown` stops it later).",
 )
 @cluster_options
 def run_cmd(
@@ -83,64 +95,139 @@ def run_cmd(
     no_resource_check: bool,
     compiled: bool,
     non_blocking: bool,
+    keep_cluster: bool,
     address: str | None,
     connect_timeout: float,
 ) -> None:
     """Deploy TARGET (MODULE:ATTR or a .sg file) and serve it until Ctrl-C.
 
-    Uses the cluster at --address (or RAY_ADDRESS); otherwise starts a new local
-    one and records it, so `servegraph status`, `logs`, `delete` ... find it.
+    Uses the cluster at --address, RAY_ADDRESS, or the one servegraph recorded;
+    otherwise starts a local one and records it, so `servegraph status`, `logs`,
+    `deploy`, `delete` ... find it. Ctrl-C (or the application deleted from
+    elsewhere) ends the command and stops the cluster it started, unless
+    --keep-cluster or --non-blocking.
     """
-    started: str | None = None
     with user_errors():
         loaded = load_target(target, name=graph_name)
         app = loaded.node
         route_prefix = route_prefix or loaded.route_prefix or "/"
-        explicit = address or os.environ.get("RAY_ADDRESS")
-        if explicit:
-            connect(explicit, connect_timeout)
-        elif non_blocking:
-            connect(start_local("servegraph run"), connect_timeout)
-            started = "detached"
-        else:
-            import ray
-
-            # Ends with this command, as `serve run`'s does.
-            ray.init(namespace=NAMESPACE, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=True)
-            started = record_started("servegraph run")
-            click.echo(f"Ray cluster: {started} (started here; other commands find it while this runs)", err=True)
-        _check_port(host, port)
-        from ..runtime.api import run, shutdown
-
-        click.echo(f"Deploying {target} as application {name!r}...", err=True)
-        began = time.monotonic()
-        from .ops import _progress_display
-
-        progress, done = _progress_display(name)
+        owner = None if (non_blocking or keep_cluster) else os.getpid()
+        cluster = connect(address, connect_timeout, start_if_missing=BY_RUN, owner_pid=owner)
+        assert cluster is not None  # start_if_missing: one was started if none was named
+        # A failed deploy (or Ctrl-C) leaves no cluster behind that this command started for it.
+        ours = cluster.record if cluster.started_here and not (non_blocking or keep_cluster) else None
         try:
-            run(
-                app,
-                name=name,
-                route_prefix=route_prefix,
-                host=host,
-                port=port,
-                resource_check=not no_resource_check,
-                _on_progress=progress,
-                compiled=compiled,
-            )
-        finally:
-            done()
-        url = f"http://{host}:{port}{route_prefix}"
-        stop = "" if non_blocking else " (Ctrl-C to stop)"
-        click.echo(f"Deployed {name!r} in {time.monotonic() - began:.1f}s; serving at {url}{stop}", err=True)
+            _deploy(app, target, name, route_prefix, host, port, no_resource_check, compiled, non_blocking)
+        except (GraphError, click.ClickException) as exc:
+            if ours is None:
+                raise
+            text = exc.format_message() if isinstance(exc, click.ClickException) else str(exc)
+            click.echo(f"Error: {text}", err=True)
+            click.echo(stop_started_cluster(ours, wait_for_owner=False), err=True)
+            sys.exit(1)
+        except BaseException:
+            if ours is not None:
+                click.echo(stop_started_cluster(ours, wait_for_owner=False), err=True)
+            raise
     if non_blocking:
+        if cluster.started_here:
+            click.echo(f"The Ray cluster at {cluster.address} keeps running; `servegraph shutdown` stops it.", err=True)
         return
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
-        while True:
-            time.sleep(3600)
+        ended, code = _serve_until_gone(name), None
     except KeyboardInterrupt:
+        ended, code = None, 0
+    if ended is not None:
+        message, code = ended
+        click.echo(message, err=True)
+    else:
         click.echo("Shutting down...", err=True)
-        shutdown()
-        if started and started != "detached":
-            forget_record(started)
+        _take_down(name, cluster)
+    _end_cluster(cluster, keep_cluster)
+    sys.exit(code)
+
+
+def _deploy(
+    app: Any,
+    target: str,
+    name: str,
+    route_prefix: str,
+    host: str,
+    port: int,
+    no_resource_check: bool,
+    compiled: bool,
+    non_blocking: bool,
+) -> None:
+    _check_port(host, port)
+    from ..runtime.api import run
+    from .ops import _progress_display
+
+    click.echo(f"Deploying {target} as application {name!r}...", err=True)
+    began = time.monotonic()
+    progress, done = _progress_display(name)
+    try:
+        run(
+            app,
+            name=name,
+            route_prefix=route_prefix,
+            host=host,
+            port=port,
+            resource_check=not no_resource_check,
+            _on_progress=progress,
+            compiled=compiled,
+        )
+    finally:
+        done()
+    url = f"http://{host}:{port}{route_prefix}"
+    stop = "" if non_blocking else " (Ctrl-C to stop)"
+    click.echo(f"Deployed {name!r} in {time.monotonic() - began:.1f}s; serving at {url}{stop}", err=True)
+
+
+def _serve_until_gone(name: str) -> tuple[str, int]:
+    """Wait while application ``name`` runs; returns why it ended (said to the user) and the exit code."""
+    from ..runtime.api import _ask, _controller
+
+    unanswered_since: float | None = None
+    while True:
+        time.sleep(_WATCH_EVERY_S)
+        try:
+            controller = _controller(create=False)
+            running = _ask(controller.status.remote(), "status", timeout_s=10).applications if controller else {}
+        except Exception as exc:  # the controller restarting, or the cluster gone: wait a while before saying so
+            unanswered_since = unanswered_since or time.monotonic()
+            if time.monotonic() - unanswered_since > _LOST_AFTER_S:
+                return f"The Ray cluster stopped answering ({type(exc).__name__}); stopping.", 1
+            continue
+        unanswered_since = None
+        if name not in running:
+            return f"Application {name!r} was deleted or shut down from elsewhere; stopping.", 0
+
+
+def _take_down(name: str, cluster: Cluster) -> None:
+    """Ctrl-C: everything on a cluster this command started; only its own application on anyone else's."""
+    from ..runtime.api import delete, shutdown
+
+    try:
+        if cluster.started_here:
+            shutdown()
+        else:
+            delete(name)
+            click.echo(f"Deleted application {name!r}.", err=True)
+    except Exception as exc:  # the cluster is going away under us: nothing left to delete
+        click.echo(f"Could not delete {name!r}: {exc}", err=True)
+
+
+def _end_cluster(cluster: Cluster, keep: bool) -> None:
+    """Stop the cluster this command started, unless the user asked to keep it (here or in shutdown)."""
+    record = cluster.record
+    if not cluster.started_here or record is None:
+        disconnect()
+        click.echo(not_ours(cluster.address, cluster.source, record), err=True)
+        return
+    now = read_record()
+    if keep or (now is not None and now.address == record.address and now.keep):
+        disconnect()
+        click.echo(keep_started_cluster(record if now is None else now), err=True)
+        return
+    click.echo(stop_started_cluster(record, wait_for_owner=False), err=True)

@@ -9,6 +9,9 @@ from typing import Any
 
 import ray
 
+from . import ray_compat
+from .cluster_record import BY_SERVE_RUN, forget_record, write_record
+
 #: Ray namespace of servegraph's named actors (controller, HTTP proxy).
 NAMESPACE = "servegraph"
 CONTROLLER_NAME = "servegraph_controller"
@@ -19,20 +22,21 @@ def ensure_connected() -> None:
     """``ray.init()`` unless the process is already connected.
 
     ``RAY_ADDRESS`` (or a prior ``ray.init(address=...)``) picks an existing
-    cluster; otherwise Ray starts a local one sized to this machine.
+    cluster; otherwise Ray starts a local one sized to this machine, recorded for the CLI.
     """
     if ray.is_initialized():
         return
     kwargs: dict[str, Any] = {"namespace": NAMESPACE, "logging_level": logging.WARNING}
     if not os.environ.get("RAY_ADDRESS"):
-        kwargs["include_dashboard"] = False
+        # A cluster of its own, as documented: not whatever Ray's ray_current_cluster file names (a `ray start`
+        # of any project on this machine, or one long gone, which ray.init would wait on forever).
+        kwargs.update(address="local", include_dashboard=False)
     ray.init(**kwargs)
-    if not os.environ.get("RAY_ADDRESS"):
-        # A cluster this process started: the CLI's other commands find it here while it runs.
-        from .cluster_record import forget_record, write_record
-
+    if ray_compat.started_cluster():
+        # A cluster this process started (not one Ray found): the CLI's other commands find it here while it
+        # runs, with what they need to reach it; it ends with this process, as Ray's own local clusters do.
         address = ray.get_runtime_context().gcs_address
-        write_record(address, "serve.run")
+        write_record(address, BY_SERVE_RUN, session_dir=ray_compat.session_dir(), token_path=ray_compat.token_path_in_use())
         atexit.register(forget_record, address)
 
 

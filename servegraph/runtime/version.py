@@ -47,3 +47,23 @@ def _stable_bytes(value: Any) -> bytes:
     except Exception:  # a user object whose repr raises
         pass
     return cloudpickle.dumps(value)
+
+
+def changed_settings(before: Any, after: Any) -> tuple[str, ...]:
+    """The options of a deployment whose effect differs between two option sets, by name.
+
+    Compares what each option does, not how it was written: ``num_replicas`` unset and
+    ``num_replicas: 1`` start the same one replica, and ``ray_actor_options`` unset reserves
+    the same default CPU a config spells out. ``before``/``after`` are ``DeploymentOptions``.
+
+    >>> from servegraph.dsl.options import DeploymentOptions
+    >>> changed_settings(DeploymentOptions(), DeploymentOptions(num_replicas=1, max_queued_requests=3))
+    ('max_queued_requests',)
+    """
+    effective = {"num_replicas": lambda o: o.replicas(), "ray_actor_options": lambda o: o.actor_options()}
+    names = []
+    for name in type(after).model_fields:
+        read = effective.get(name, lambda o, name=name: getattr(o, name))
+        if read(before) != read(after):
+            names.append(name)
+    return tuple(names)
