@@ -1,4 +1,4 @@
-"""The seed's dynamic dispatcher: constructor handles are RayServeDeploymentHandles, awaited twice.
+"""A dynamic dispatcher: constructor handles are RayServeDeploymentHandles, awaited twice.
 
 Run it:  python async_handle.py   -> hello
 """

@@ -1,4 +1,4 @@
-"""The seed's handle chain: one handle call's unawaited result passed straight into another.
+"""A handle chain: one handle call's unawaited result passed straight into another.
 
 Run it:  python async_handle_chain.py   -> hello hello Serve
 """

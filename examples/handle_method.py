@@ -1,4 +1,4 @@
-"""The seed's handle method call: ``handle.method1.remote()``; plain ``.remote()`` calls ``__call__``.
+"""A handle method call: ``handle.method1.remote()``; plain ``.remote()`` calls ``__call__``.
 
 Run it:  python handle_method.py   -> __call__: hi / Method1: hi
 """

@@ -1,4 +1,4 @@
-"""The seed's hello app: a classifier that forwards to a Spanish or French responder.
+"""The hello app: a classifier that forwards to a Spanish or French responder.
 
 Run it:  servegraph run hello:language_classifier   (from this directory)
 Then:    python hello_client.py                      -> Hola Dora

@@ -1,4 +1,4 @@
-"""Client for hello.py: sends the seed's request and prints the answer (Hola Dora).
+"""Client for hello.py: sends one request and prints the answer (Hola Dora).
 
 Usage: python hello_client.py [URL]   (default http://localhost:8000, where `servegraph run` serves)
 """

@@ -1,4 +1,4 @@
-"""The hello example end to end: deploy it, send the seed's request over HTTP, print the answer.
+"""The hello example end to end: deploy it, send one request over HTTP, print the answer.
 
     python examples/run_hello.py        -> Hola Dora
 """

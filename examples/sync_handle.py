@@ -1,11 +1,11 @@
-"""The seed's sync handle: ``serve.run`` returns a RayServeSyncHandle whose ``.remote()`` is a ray.ObjectRef.
+"""The sync handle: ``serve.run`` returns a RayServeSyncHandle whose ``.remote()`` is a ray.ObjectRef.
 
 Run it:  python sync_handle.py   -> hello
 """
 
 # __begin_sync_handle__
 import ray
-from starlette.requests import Request  # noqa: F401  (imported by the seed's snippet)
+from starlette.requests import Request  # noqa: F401  (imported as in Ray Serve's snippet)
 
 import servegraph as serve
 from servegraph.handle import RayServeSyncHandle

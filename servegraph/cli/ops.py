@@ -96,7 +96,10 @@ def deploy_cmd(config_path: str, no_resource_check: bool, address: str | None, c
     """Apply a deploy config (from `servegraph build`) to the cluster: --address, RAY_ADDRESS, the recorded one, or a new one.
 
     Config values override the code's options. Re-deploying touches only the
-    deployments that changed; a user_config change alone reconfigures live replicas.
+    deployments that changed, and says what it did to each: unchanged,
+    reconfigured (a user_config change, applied to live replicas), scaled,
+    restarted (new replicas), created or deleted. A cluster it starts keeps
+    running until `servegraph shutdown`.
     """
     from ..compiler import compile
     from ..runtime.api import _controller, _free_resources, deploy_compiled
