@@ -7,11 +7,12 @@ two 4-CPU workers) started there, with two applications under load for ``--durat
   HTTP on 127.0.0.1, from 8 client threads POSTing ``{"language": "spanish", "name": "Dora"}`` and expecting
   ``Hola Dora``. servegraph's ingress is the seed's (two awaits on a responder handle); Ray Serve's awaits the
   ``DeploymentResponse`` once (its 2.x idiom).
-- **chain**, three stages of 2 replicas each (``x -> (x + 1) * 2 - 3``) called from 4 driver threads through
+- **chain**, three stages of 2 replicas each (``--chain-replicas``; ``x -> (x + 1) * 2 - 3``) called from 4 driver threads through
   ``serve.get_app_handle("chain").remote(x).result(timeout_s=...)``, every answer checked. On servegraph it is an
   InputNode graph, eligible for the compiled path (Ray compiled graphs). A lane never crosses a node, so the
   driver, on the head, has one only while every stage has a replica there, and the plan otherwise; the row keeps
-  the chain's lane count once a second. Ray Serve has no InputNode, so there an ingress (2 replicas, never a
+  the chain's lane count once a second (``--chain-replicas 3`` puts a replica of each stage on every node, as
+  replicas spread, so the head gets a lane). Ray Serve has no InputNode, so there an ingress (2 replicas, never a
   fault target) passes each stage's ``DeploymentResponse`` to the next.
 
 One fault lands every ``--interval`` seconds, drawn from ``random.Random(seed)`` before anything starts, so both
@@ -91,7 +92,6 @@ FAULT_KINDS = ("replica", "controller", "node", "redeploy")
 FAULT_TARGETS = {"hello": ("LanguageClassifier", "SpanishResponder", "FrenchResponder"), "chain": ("StageA", "StageB", "StageC")}
 HTTP_CLIENTS = 8
 CHAIN_CALLERS = 4
-CHAIN_REPLICAS = 2
 WORKER_CPUS = 4
 POLL_S = 0.2
 RECOVERY_LIMIT_S = 60.0
@@ -212,14 +212,14 @@ class Servegraph:
     replica_prefix = "SERVEGRAPH_REPLICA::"
     controller_name = "servegraph_controller"
 
-    def __init__(self, hello_replicas: int):
+    def __init__(self, hello_replicas: int, chain_replicas: int):
         import servegraph
 
         self.serve = servegraph
-        self.hello_replicas = hello_replicas
+        self.hello_replicas, self.chain_replicas = hello_replicas, chain_replicas
         self.port = 0
         self.targets = {("hello", d): hello_replicas for d in FAULT_TARGETS["hello"]}
-        self.targets.update({("chain", d): CHAIN_REPLICAS for d in FAULT_TARGETS["chain"]})
+        self.targets.update({("chain", d): chain_replicas for d in FAULT_TARGETS["chain"]})
 
     def _options(self, replicas: int) -> dict[str, Any]:
         return {"num_replicas": replicas, "health_check_period_s": 1}
@@ -231,7 +231,7 @@ class Servegraph:
         )
 
     def _chain(self) -> Any:
-        d, opts = self.serve.deployment, self._options(CHAIN_REPLICAS)
+        d, opts = self.serve.deployment, self._options(self.chain_replicas)
         with self.serve.InputNode() as x:
             a = d(StageA).options(**opts).bind().__call__.bind(x)
             b = d(StageB).options(**opts).bind().__call__.bind(a)
@@ -267,13 +267,13 @@ class RayServe:
     replica_prefix = "SERVE_REPLICA::"
     controller_name = "SERVE_CONTROLLER_ACTOR"
 
-    def __init__(self, hello_replicas: int):
+    def __init__(self, hello_replicas: int, chain_replicas: int):
         from ray import serve
 
         self.serve = serve
-        self.hello_replicas = hello_replicas
+        self.hello_replicas, self.chain_replicas = hello_replicas, chain_replicas
         self.targets = {("hello", d): hello_replicas for d in FAULT_TARGETS["hello"]}
-        self.targets.update({("chain", d): CHAIN_REPLICAS for d in (*FAULT_TARGETS["chain"], "Chain")})
+        self.targets.update({("chain", d): chain_replicas for d in (*FAULT_TARGETS["chain"], "Chain")})
 
     def _options(self, replicas: int) -> dict[str, Any]:
         return {"num_replicas": replicas, "health_check_period_s": 1, "ray_actor_options": {"num_cpus": 0.1}}
@@ -285,7 +285,7 @@ class RayServe:
         )
 
     def _chain(self) -> Any:
-        d, opts = self.serve.deployment, self._options(CHAIN_REPLICAS)
+        d, opts = self.serve.deployment, self._options(self.chain_replicas)
         return d(RayServeChain).options(name="Chain", **opts).bind(
             d(StageA).options(**opts).bind(), d(StageB).options(**opts).bind(), d(StageC).options(**opts).bind()
         )
@@ -837,6 +837,7 @@ def run_system(name: str, seed: int, args: argparse.Namespace) -> dict[str, Any]
         "timeout_s": args.timeout,
         "fault_mix": list(args.faults),
         "hello_replicas": args.hello_replicas,
+        "chain_replicas": args.chain_replicas,
         "proxy_location": args.proxy_location,
         "plan": [{"at_s": f.at_s, "fault": f.describe()} for f in plan],
         "faults": [],
@@ -854,7 +855,7 @@ def run_system(name: str, seed: int, args: argparse.Namespace) -> dict[str, Any]
     pythonpath = os.pathsep.join(filter(None, [str(Path(__file__).parent), str(ROOT), os.environ.get("PYTHONPATH")]))
     ray.init(address=cluster.address, namespace="servegraph", log_to_driver=False, logging_level="ERROR",
              runtime_env={"env_vars": {"PYTHONPATH": pythonpath}})
-    system: System = Servegraph(args.hello_replicas) if name == "servegraph" else RayServe(args.hello_replicas)
+    system: System = (Servegraph if name == "servegraph" else RayServe)(args.hello_replicas, args.chain_replicas)
     chaos = Chaos(system, cluster, workers, log)
     try:
         exercise(system, chaos, plan, row, args, log)
@@ -880,15 +881,16 @@ def run_system(name: str, seed: int, args: argparse.Namespace) -> dict[str, Any]
     return row
 
 
-def sample_lanes(system: Servegraph, out: list[int | None], stop: threading.Event) -> None:
-    """The chain's compiled lanes once a second while the load runs (None: status did not answer), so a row says
-    how much of the chain's load ran on the compiled path and how much on the plan."""
+def sample_lanes(system: Servegraph, out: list[tuple[float, int | None]], stop: threading.Event, t0: float) -> None:
+    """The chain's compiled lanes about once a second while the load runs, as (seconds into the load, lanes; None:
+    status did not answer), so a row says how much of the chain's load could run on the compiled path."""
     caller = BoundedCaller(one_at_a_time=True)
     while not stop.wait(1.0):
+        at = round(time.monotonic() - t0, 1)
         try:
-            out.append(int(caller.call(system.chain_path, STATUS_TIMEOUT_S).get("lanes", 0)))
+            out.append((at, int(caller.call(system.chain_path, STATUS_TIMEOUT_S).get("lanes", 0))))
         except Exception:
-            out.append(None)
+            out.append((at, None))
     caller.close()
 
 
@@ -934,8 +936,8 @@ def exercise(system: System, chaos: Chaos, plan: list[Fault], row: dict[str, Any
     timer.start()
     log(f"load on: {HTTP_CLIENTS} HTTP clients, {CHAIN_CALLERS} chain callers; {len(plan)} faults planned")
     if isinstance(system, Servegraph):
-        lanes: list[int | None] = row.setdefault("chain_lanes_each_second", [])
-        threading.Thread(target=sample_lanes, args=(system, lanes, stop), daemon=True).start()
+        lanes: list[tuple[float, int | None]] = row.setdefault("chain_lanes", [])
+        threading.Thread(target=sample_lanes, args=(system, lanes, stop, t0), daemon=True).start()
     run_faults(chaos, plan, t0, row)  # then waits (at most RECOVERY_LIMIT_S) for every deployment to be back
     stop.wait()
     for t in threads:  # each call is bounded by the timeout (plus the 2 s a handle call gets on top)
@@ -964,7 +966,7 @@ def run_child(system: str, seed: int, args: argparse.Namespace) -> dict[str, Any
     """Run one system in a child process, so a wedged Ray in one cannot stop the next; a row comes back anyway."""
     argv = [sys.executable, __file__, "--child", system, "--seed", str(seed), "--duration", str(args.duration),
             "--interval", str(args.interval), "--faults", ",".join(args.faults), "--timeout", str(args.timeout),
-            "--hello-replicas", str(args.hello_replicas), "--proxy-location", args.proxy_location]
+            "--hello-replicas", str(args.hello_replicas), "--chain-replicas", str(args.chain_replicas), "--proxy-location", args.proxy_location]
     # Deploy, the load, recovery, the post-check and shutdown are each bounded in the child; this is the last resort.
     limit = DEPLOY_TIMEOUT_S + args.duration + INJECT_TIMEOUT_S + RECOVERY_LIMIT_S + 2 * (args.timeout + 30) + 4 * SHUTDOWN_TIMEOUT_S
     child = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, start_new_session=True)
@@ -1010,6 +1012,10 @@ def print_table(seed: int, rows: list[dict[str, Any]], args: argparse.Namespace)
         failed = r.get("failed_by_kind")
         return "-" if failed is None else (", ".join(f"{k} x{n}" for k, n in failed.items()) or "none")
 
+    def lanes(r: dict[str, Any]) -> str:
+        samples = r.get("chain_lanes")
+        return "n/a" if samples is None else f"{sum(1 for _, n in samples if n)} of {len(samples)}"
+
     line("requests (hello HTTP / chain handle)", lambda r: f"{_cell(r, 'requests')} ({app(r, 'hello', 'requests')} / {app(r, 'chain', 'requests')})")
     line("served %", lambda r: f"{_cell(r, 'served_pct')} ({app(r, 'hello', 'served_pct')} / {app(r, 'chain', 'served_pct')})")
     line("failed, by kind", kinds)
@@ -1019,6 +1025,7 @@ def print_table(seed: int, rows: list[dict[str, Any]], args: argparse.Namespace)
     line("back at target after the last fault (s)", lambda r: _cell(r, "recovery_s"))
     line("post-check hello / chain (of 100)", lambda r: f"{_cell(r.get('post_check', {}), 'hello')} / {_cell(r.get('post_check', {}), 'chain')}")
     line("redeploy took (s)", lambda r: _cell(r.get("redeploy") or {}, "took_s"))
+    line("chain: lane samples with a compiled lane (1/s)", lanes)
     if any(r.get("error") for r in rows):
         line("error", lambda r: _cell(r, "error").replace("|", "/"))
     hits = {r["system"]: r.get("faults", []) for r in rows}
@@ -1040,6 +1047,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--faults", default=",".join(FAULT_KINDS), help="comma-separated mix: " + ", ".join(FAULT_KINDS))
     parser.add_argument("--timeout", type=float, default=30.0, help="a request not answered within this is hung")
     parser.add_argument("--hello-replicas", type=int, default=1, help="replicas of each hello deployment (examples/hello.py: 1)")
+    parser.add_argument("--chain-replicas", type=int, default=2, help="replicas of each chain stage")
     parser.add_argument("--proxy-location", choices=("HeadOnly", "EveryNode"), default="HeadOnly",
                         help="where both systems run HTTP proxies (see the module docstring)")
     parser.add_argument("--json", action="store_true", help="one JSON object per system per run instead of tables")
@@ -1055,14 +1063,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error(f"--faults: unknown fault {f!r}; choose from {', '.join(FAULT_KINDS)}")
     if not args.systems or not args.faults:
         parser.error("--systems and --faults each need at least one entry")
-    if args.interval <= 0 or args.duration <= 0 or args.timeout <= 0 or args.runs < 1:
-        parser.error("--duration, --interval, --timeout and --runs must be positive")
+    if min(args.interval, args.duration, args.timeout, args.runs, args.hello_replicas, args.chain_replicas) <= 0:
+        parser.error("--duration, --interval, --timeout, --runs and the replica counts must be positive")
     return args
+
+
+def follow_parent(parent: int) -> None:
+    """End this child when the bench that started it is gone (killed by a test's timeout, say): the child runs in
+    its own session, so nothing else would, and its cluster's processes share its fate."""
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(1)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.child:
+        threading.Thread(target=follow_parent, args=(os.getppid(),), daemon=True).start()
         row = run_system(args.child, args.seed, args)
         print(ROW_MARK + json.dumps(row), flush=True)
         sys.stderr.flush()
