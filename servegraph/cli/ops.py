@@ -302,6 +302,9 @@ def shutdown_cmd(yes: bool, keep_cluster: bool, address: str | None, connect_tim
                 doing.append(f"stop the Ray cluster at {cluster.address}")
             if doing and not click.confirm(" and ".join(doing).capitalize() + "?"):
                 return
+        # Kept before the applications go: a foreground `servegraph run` that owns the cluster ends when they
+        # do, and reads then whether to stop the cluster.
+        kept = keep_started_cluster(record) if record is not None and record.host and keep_cluster else None
         if controller is not None:
             shutdown()
         if names:
@@ -310,8 +313,10 @@ def shutdown_cmd(yes: bool, keep_cluster: bool, address: str | None, connect_tim
             click.echo("No applications were running.")
         if controller is not None:
             click.echo("Stopped the servegraph controller" + (" and its HTTP proxy." if current.proxy else "."))
-        if record is not None and record.host:
-            click.echo(stop_started_cluster(record) if stops_cluster else keep_started_cluster(record))
+        if kept is not None:
+            click.echo(kept)
+        elif record is not None and record.host:
+            click.echo(stop_started_cluster(record))
         else:
             click.echo(not_ours(cluster.address, cluster.source, record))
 

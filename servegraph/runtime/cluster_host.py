@@ -116,7 +116,9 @@ def start_cluster(by: str, owner_pid: int | None = None, timeout: float = 180.0)
     command = [sys.executable, "-m", "servegraph.runtime.cluster_host", "--by", by]
     if owner_pid is not None:
         command += ["--owner-pid", str(owner_pid)]
-    with open(log_path, "ab") as log:
+    # One run's worth of Ray's start-up lines is all anyone reads: start afresh once the log passes 1 MiB.
+    mode = "wb" if log_path.exists() and log_path.stat().st_size > 1 << 20 else "ab"
+    with open(log_path, mode) as log:
         log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {by}: starting a Ray cluster\n".encode())
         log.flush()
         host = subprocess.Popen(
