@@ -128,6 +128,8 @@ def test_the_readme_flow_from_a_second_terminal(user, tmp_path):
     wait_for("Deployed", log, run)
     record = user.record()
     assert record is not None and record.by == "servegraph run" and record.host
+    current = Path("/tmp/ray/ray_current_cluster")  # where `ray start` sends every later bare ray.init()
+    assert not (current.exists() and current.read_text().strip() == record.address)
     url = f"http://127.0.0.1:{port}/"
     assert httpx.post(url, json={"language": "spanish", "name": "Dora"}, timeout=60).text == "Hola Dora"
     failed = httpx.post(url, json={"name": "Dora"}, timeout=60)  # no "language": the user's code raises
