@@ -96,3 +96,12 @@ def free_port() -> int:
 def http_port(ray_cluster) -> int:
     """The port the session's HTTP proxy listens on (one proxy for the whole session)."""
     return free_port()
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every test that uses the session's Ray cluster (directly or through another fixture) is marked ``ray``,
+    so ``pytest -m "not ray"`` runs the rest without starting Ray. Tests that start Ray themselves (in a child
+    process) carry the mark explicitly."""
+    for item in items:
+        if "ray_cluster" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.ray)

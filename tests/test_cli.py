@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 from conftest import EXAMPLES, free_port
 from support import running, user_env
 
@@ -92,6 +93,7 @@ def test_run_of_a_missing_module_is_one_line_without_traceback():
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.ray  # starts a cluster of its own
 def test_run_serves_hello_over_http_until_interrupted_and_stops_its_cluster(tmp_path):
     """`servegraph run` starts its own Ray cluster, serves the example's request, and on Ctrl-C stops that cluster."""
     port = free_port()

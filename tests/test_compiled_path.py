@@ -361,6 +361,7 @@ def test_result_timeout_bounds_the_whole_call_on_a_lane(deploy):
     assert [handle.remote(0.0).result(timeout_s=60) for _ in range(10)] == [0.0] * 10
 
 
+@pytest.mark.ray  # a cluster of its own, in a child process
 def test_a_process_that_shuts_servegraph_down_and_goes_on_exits():
     """Lanes, the long-poll thread and exit hooks all stop with serve.shutdown(), whatever the process does next."""
     script = textwrap.dedent(

@@ -12,7 +12,10 @@ import os
 import subprocess
 import sys
 
+import pytest
 from conftest import ROOT
+
+pytestmark = pytest.mark.ray  # a 3-node cluster of its own, in a child process
 
 
 def run_scenario(scenario: str, requests: int = 300) -> dict:
