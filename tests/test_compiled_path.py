@@ -121,6 +121,21 @@ def test_lanes_take_one_replica_of_each_deployment_and_never_share_one():
     assert {lane.owner_id for lane in table.lanes.values()} == {"driver"}
 
 
+def test_a_replica_not_running_for_a_while_is_still_released_before_it_joins_a_lane():
+    table = LaneTable(("A",))
+    table.claim(Owner("driver", "01", node_id="n1"))
+    # A restarted controller found a1, which may still run its old lane's loop: released first.
+    table.releasing["a1"] = (0.0, "A1")
+    table.reconcile({"A": []}, now=0.0, present={"a1"})  # a1 is RECOVERING: not running, still there
+    assert "a1" in table.releasing
+    table.reconcile({"A": [("a1", "A1", "n1")]}, now=0.1, present={"a1"})
+    assert not table.lanes  # not until its loop was stopped
+    assert [rid for rid, _ in table.due_releases(now=0.2)] == ["a1"]
+    table.released("a1")
+    table.reconcile({"A": [("a1", "A1", "n1")]}, now=0.3, present={"a1"})
+    assert len(table.lanes) == 1
+
+
 def test_a_lane_never_crosses_a_node():
     table = LaneTable(("A", "B"))
     table.claim(Owner("head-driver", "01", node_id="head"))

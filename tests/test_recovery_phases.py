@@ -185,3 +185,23 @@ def test_lanes_caught_forming_come_back_and_lose_no_request(serve_app):
         handle.remote(0).result(timeout_s=60)
         time.sleep(0.2)
     assert serve.status().applications["phase-lanes"].path["lanes"] >= 1
+
+
+def test_many_controller_restarts_leave_replicas_their_control_threads_and_lanes(serve_app):
+    with InputNode() as inp:
+        graph = Add.bind(100).__call__.bind(Add.options(name="First").bind(1).__call__.bind(inp))
+    serve.run(graph, name="phase-restarts", route_prefix=None)
+    handle = serve.get_app_handle("phase-restarts")
+    for _ in range(6):  # more restarts than a replica has control threads (4)
+        pid = ray.get(controller()._test_pid.remote())
+        ray.kill(controller(), no_restart=False)
+        wait_restarted(pid)
+        assert handle.remote(1).result(timeout_s=60) == 102
+    wait_running("phase-restarts", {"Add": 1, "First": 1})
+    for name in replica_actors("phase-restarts"):  # a dead controller's watch holds no control thread
+        ray.get(ray.get_actor(name, namespace="servegraph").check_health.remote(), timeout=10)
+    deadline = time.monotonic() + 60
+    while serve.status().applications["phase-restarts"].path.get("lanes", 0) < 1 and time.monotonic() < deadline:
+        handle.remote(0).result(timeout_s=60)
+        time.sleep(0.2)
+    assert serve.status().applications["phase-restarts"].path["lanes"] >= 1

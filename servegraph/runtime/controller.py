@@ -599,7 +599,8 @@ class Controller:
     async def _watch(self, dep: Deployment, r: Replica) -> None:
         """Learn of the replica's death the moment it happens: its ``watch`` call fails then."""
         try:
-            await r.actor.watch.remote()
+            if await r.actor.watch.remote() is None:
+                return  # another controller watches it now (this one is being replaced)
         except Exception:
             pass
         if r.state != STOPPING:
@@ -743,7 +744,8 @@ class Controller:
             name: [(r.replica_id, r.actor, r.node_id) for r in dep.replicas.values() if r.state == RUNNING and not r.dead]
             for name, dep in app.deployments.items()
         }
-        table.reconcile(running, now)
+        present = {rid for dep in app.deployments.values() for rid, r in dep.replicas.items() if not r.dead}
+        table.reconcile(running, now, present)
         for replica_id, actor in table.due_releases(now):
             asyncio.ensure_future(self._release(table, replica_id, actor))
         self._publish_lanes(app)
@@ -1061,12 +1063,23 @@ class Controller:
         nodes: dict[str, int] = {}
         for lane in state.lanes.lanes.values():
             nodes[lane.node_id or ""] = nodes.get(lane.node_id or "", 0) + 1
-        reason = "" if lanes else (
-            "no caller yet"
-            if not state.lanes.owners
-            else "waiting for a running replica of every deployment on a caller's node (lanes never cross nodes)"
-        )
-        return {"kind": "compiled", "reason": reason, "lanes": lanes, "owners": len(state.lanes.owners), "lane_nodes": nodes}
+        if lanes:
+            reason = ""
+        elif not state.lanes.owners:
+            reason = "no caller yet"
+        elif state.lanes.releasing:
+            reason = f"stopping the compiled loops of {len(state.lanes.releasing)} replica(s) before they join new lanes"
+        else:
+            reason = "waiting for a running replica of every deployment on a caller's node (lanes never cross nodes)"
+        return {
+            "kind": "compiled",
+            "reason": reason,
+            "lanes": lanes,
+            "owners": len(state.lanes.owners),
+            "owner_nodes": sorted({o.node_id or "" for o in state.lanes.owners.values()}),
+            "lane_nodes": nodes,
+            "releasing": len(state.lanes.releasing),
+        }
 
     # HTTP ------------------------------------------------------------------------------
     async def _ensure_proxy(

@@ -110,12 +110,17 @@ class LaneTable:
             for _, replica_id, actor in lane.members:
                 self.releasing[replica_id] = (now + RELEASE_GRACE_S, actor)
 
-    def reconcile(self, running: Mapping[str, list[tuple[str, Any, str | None]]], now: float) -> bool:
+    def reconcile(
+        self, running: Mapping[str, list[tuple[str, Any, str | None]]], now: float, present: set[str] | None = None
+    ) -> bool:
         """Bring lanes in line with the running replicas and the owners; True if the lanes changed.
 
         Args:
             running: per deployment, its (replica id, actor, node id) that are RUNNING.
             now: the controller's clock (monotonic seconds).
+            present: every replica that still exists, whatever its state (default: the running ones). A
+                replica being released stays so until it is released or gone: one that is only not
+                RUNNING for a while (recovering, reconfiguring) may still run its old lane's loop.
         """
         changed = False
         alive = {rid for replicas in running.values() for rid, _, _ in replicas}
@@ -124,9 +129,10 @@ class LaneTable:
             if gone or lane.owner_id not in self.owners:
                 self.dissolve(lane_id, now)
                 changed = True
-        # Replicas no longer running need no release; others become free when their grace ends.
+        # Replicas that are gone need no release; others become free when their loop was stopped.
+        present = alive if present is None else present
         for rid in list(self.releasing):
-            if rid not in alive:
+            if rid not in present:
                 del self.releasing[rid]
         if self.failure or not self.owners:
             return changed

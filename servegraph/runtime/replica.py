@@ -166,6 +166,8 @@ class _ReplicaCore:
         self._init_error: str | None = None
         #: The user_config the user's code last accepted (reconfigure, or the constructor's first).
         self._applied_config: Any = None
+        #: Counts watch calls: a newer one (a restarted controller's) ends the older ones (see watch).
+        self._watch_gen = 0
 
     # Construction -------------------------------------------------------------------
     def _constructor_args(self) -> tuple[tuple, dict]:
@@ -272,6 +274,7 @@ class SyncReplica(_ReplicaCore):
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self._stopped = threading.Event()
+        self._watch_changed = threading.Condition()
         #: At most max_ongoing_requests in the user's code at once. Ray's thread pool alone keeps that for
         #: ordinary calls; a compiled lane's calls come on a thread of their own, so they take a slot too.
         self._slots: threading.BoundedSemaphore | None = None
@@ -397,10 +400,21 @@ class SyncReplica(_ReplicaCore):
             fn()
 
     @ray.method(concurrency_group="control")
-    def watch(self) -> str:
-        """Returns only when the replica has shut down: the controller learns of its death by this call failing."""
-        self._stopped.wait()
-        return self._replica_id
+    def watch(self) -> str | None:
+        """Returns the replica's id once it has shut down (the controller learns of its death by this call
+        failing instead), or None as soon as a newer watch replaces this one.
+
+        A restarted controller watches every replica anew, and the dead controller's call keeps running
+        here: it must not keep one of the replica's few control threads (a few restarts would leave none
+        for health checks).
+        """
+        with self._watch_changed:
+            self._watch_gen += 1
+            mine = self._watch_gen
+            self._watch_changed.notify_all()
+            while not self._stopped.is_set() and self._watch_gen == mine:
+                self._watch_changed.wait()
+        return self._replica_id if self._stopped.is_set() else None
 
     @ray.method(concurrency_group="control")
     def prepare_for_shutdown(self, wait_loop_s: float, timeout_s: float) -> None:
@@ -421,7 +435,9 @@ class SyncReplica(_ReplicaCore):
             except Exception as exc:
                 self._failed("__del__", exc)
         self._phase = STOPPED
-        self._stopped.set()
+        with self._watch_changed:
+            self._stopped.set()
+            self._watch_changed.notify_all()
 
     @ray.method(concurrency_group="control")
     def status(self) -> dict:
@@ -440,6 +456,7 @@ class AsyncReplica(_ReplicaCore):
         #: Done when the constructor has run (see SyncReplica's locks: one run, later callers get its outcome).
         self._initialized: asyncio.Future | None = None
         self._config_lock: asyncio.Lock | None = None
+        self._watch_wake: asyncio.Condition | None = None
 
     def _stop_event(self) -> asyncio.Event:
         if self._stopped is None:
@@ -577,9 +594,18 @@ class AsyncReplica(_ReplicaCore):
             if inspect.isawaitable(result):
                 await result
 
-    async def watch(self) -> str:
-        await self._stop_event().wait()
-        return self._replica_id
+    async def watch(self) -> str | None:
+        """As SyncReplica.watch: a newer watch ends this one (an async actor counts a waiting call against
+        its max_concurrency, so a dead controller's call must not wait here for ever)."""
+        if self._watch_wake is None:
+            self._watch_wake = asyncio.Condition()
+        stopped = self._stop_event()
+        async with self._watch_wake:
+            self._watch_gen += 1
+            mine = self._watch_gen
+            self._watch_wake.notify_all()
+            await self._watch_wake.wait_for(lambda: stopped.is_set() or self._watch_gen != mine)
+        return self._replica_id if stopped.is_set() else None
 
     async def prepare_for_shutdown(self, wait_loop_s: float, timeout_s: float) -> None:
         """Wait for running requests to finish (checking every ``wait_loop_s``), then run ``__del__`` (once)."""
@@ -600,6 +626,9 @@ class AsyncReplica(_ReplicaCore):
                 self._failed("__del__", exc)
         self._phase = STOPPED
         self._stop_event().set()
+        if self._watch_wake is not None:
+            async with self._watch_wake:
+                self._watch_wake.notify_all()
 
     async def status(self) -> dict:
         return {**self.ready(), "ongoing": self.ongoing()}
