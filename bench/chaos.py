@@ -5,7 +5,7 @@ two 4-CPU workers) started there, with two applications under load for ``--durat
 
 - **hello** (``examples/hello.py``'s shape: LanguageClassifier -> SpanishResponder / FrenchResponder) over real
   HTTP on 127.0.0.1, from 8 client threads POSTing ``{"language": "spanish", "name": "Dora"}`` and expecting
-  ``Hola Dora``. servegraph's ingress is the seed's (two awaits on a responder handle); Ray Serve's awaits the
+  ``Hola Dora``. servegraph's ingress awaits its responder handle twice (the deployment-graph era's idiom); Ray Serve's awaits the
   ``DeploymentResponse`` once (its 2.x idiom).
 - **chain**, three stages of 2 replicas each (``--chain-replicas``; ``x -> (x + 1) * 2 - 3``) called from 4 driver threads through
   ``serve.get_app_handle("chain").remote(x).result(timeout_s=...)``, every answer checked. On servegraph it is an
@@ -135,7 +135,7 @@ class FrenchResponder:
 
 
 class LanguageClassifier:
-    """The seed's ingress (examples/hello.py): a handle call is awaited twice."""
+    """examples/hello.py's ingress: a handle call is awaited twice."""
 
     def __init__(self, spanish_responder, french_responder):
         self.spanish_responder = spanish_responder
@@ -559,7 +559,7 @@ class Fault:
 
 
 def plan_faults(seed: int, duration: float, interval: float, kinds: tuple[str, ...]) -> list[Fault]:
-    """The seed's faults, one every ``interval`` seconds before ``duration``; ``redeploy`` at most once.
+    """The seeded faults, one every ``interval`` seconds before ``duration``; ``redeploy`` at most once.
 
     >>> [f.kind for f in plan_faults(1, 30, 10, ("controller",))]
     ['controller', 'controller']
