@@ -1040,7 +1040,8 @@ def print_table(seed: int, rows: list[dict[str, Any]], args: argparse.Namespace)
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--systems", default="servegraph,rayserve", help="comma-separated: servegraph, rayserve")
-    parser.add_argument("--seed", type=int, default=0, help="the fault sequence's seed (the first, with --runs)")
+    parser.add_argument("--seed", "--sequence", dest="seed", type=int, default=0,
+                        help="the fault sequence's seed (the first, with --runs); --sequence is the same")
     parser.add_argument("--runs", type=int, default=1, help="runs with seeds seed, seed+1, ...")
     parser.add_argument("--duration", type=float, default=120.0, help="seconds of load")
     parser.add_argument("--interval", type=float, default=10.0, help="seconds between faults")
