@@ -50,7 +50,7 @@ from .handle import DeploymentInfo
 from .lane_table import LANES_KEY, LaneAssignment, LaneTable, Owner
 from .proxy import HTTP_OPTION_DEFAULTS
 from .proxy import HTTPProxy as _HTTPProxy
-from .proxy_state import EVERY_NODE, ProxyManager
+from .proxy_state import EVERY_NODE, ProxyManager, answered
 from .replica import (
     CONSTRUCTED,
     DRAINING,
@@ -754,7 +754,7 @@ class Controller:
 
     async def _release(self, table: LaneTable, replica_id: str, actor: ActorHandle) -> None:
         """Stop a replica's compiled loop (its owner may have done so already), then it may join a new lane."""
-        await _ok(actor.release_lane.remote(), timeout=10)
+        await answered(actor.release_lane.remote(), timeout=10)
         table.released(replica_id)
         self._wake()
 
@@ -1234,14 +1234,6 @@ def _kill(actors: list[ActorHandle]) -> None:
             ray.kill(actor, no_restart=True)
         except Exception:  # already dead
             pass
-
-
-async def _ok(ref: Any, timeout: float | None = None) -> bool:
-    try:
-        await asyncio.wait_for(asyncio.ensure_future(ref), timeout)
-        return True
-    except Exception:
-        return False
 
 
 def _kv_put(key: bytes, value: bytes) -> None:

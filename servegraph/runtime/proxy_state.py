@@ -87,7 +87,7 @@ class ProxyManager:
             await asyncio.wait([head.starting])
             head = self.head
         if head is not None and head.actor is not None and head.starting is None:
-            alive = await _ok(head.actor.ready.remote(), timeout=5)
+            alive = await answered(head.actor.ready.remote(), timeout=5)
             if alive and self.http == (host, port) and self.options == options:
                 if location is not None:
                     self.location = location
@@ -144,7 +144,7 @@ class ProxyManager:
                 self._kill([entry.actor])
             entry.actor = None
             return error
-        entry.watch = asyncio.ensure_future(_ok(entry.actor.watch.remote()))
+        entry.watch = asyncio.ensure_future(answered(entry.actor.watch.remote()))
         self._on_change()
         return None
 
@@ -171,7 +171,7 @@ class ProxyManager:
                 continue
             entry = self._begin(self.head_node if name == PROXY_NAME else name.split("::", 1)[1])
             entry.actor = handle
-            entry.watch = asyncio.ensure_future(_ok(handle.watch.remote()))
+            entry.watch = asyncio.ensure_future(answered(handle.watch.remote()))
 
     # The loop's step --------------------------------------------------------------------------
     def reconcile(self, replica_nodes: set[str]) -> None:
@@ -238,7 +238,8 @@ class ProxyManager:
         self.http = None
 
 
-async def _ok(ref: Any, timeout: float | None = None) -> bool:
+async def answered(ref: Any, timeout: float | None = None) -> bool:
+    """Whether an actor call answered (without raising) within ``timeout`` seconds (None: however long it takes)."""
     try:
         await asyncio.wait_for(asyncio.ensure_future(ref), timeout)
         return True
