@@ -217,24 +217,17 @@ class _PlanTarget:
         args, kwargs = _prepare_sync(args, kwargs)
         lanes = self._lane_set()
         lane = lanes.pick() if lanes is not None else None
-        if lane is not None and not object_ref:
-            # Sent now, read when asked for: ``.result(timeout_s=)`` then bounds the whole wait.
-            return _LaneResult(self, lanes, lane, args, kwargs)
         if lane is not None:
-            out = self._run(lanes, lane, args, kwargs)
+            # Sent now, read when asked for: ``.result(timeout_s=)`` then bounds the whole wait.
+            sent = _LaneResult(self, lanes, lane, args, kwargs)
+            if not object_ref:
+                return sent
+            out: GraphRef = sent.finish()
         elif lanes is not None and lanes.unsettled():
             out = self._plan_retrying(args, kwargs)  # a lane just broke: a replica may be dead under the plan too
         else:  # not compiled, or every lane is full: the plan, as any request before lanes
             return self._plan(args, kwargs)
         return out.to_object_ref() if object_ref else out
-
-    def _run(self, lanes: Any, lane: Any, args: tuple, kwargs: dict) -> GraphRef:
-        """On a lane (taken by ``lanes.pick()``); if the lane breaks, on the plan (see _plan_retrying)."""
-        try:
-            ok, out = lanes.run_on(lane, args, kwargs)
-        except ray.exceptions.RayTaskError as exc:
-            return GraphRef(error=exc)  # ray.get raises it, as it raises the plan path's
-        return GraphRef(out) if ok else self._plan_retrying(args, kwargs)
 
     def _plan_retrying(self, args: tuple, kwargs: dict, timeout: float | None = None) -> GraphRef:
         """The plan, waited for here and sent once more if a replica died under it: a request caught by a
@@ -317,18 +310,25 @@ class _LaneResult(GraphRef):
             sent = lanes.start_on(lane, args, kwargs)
         except LaneBroken:  # not sent: the plan now, waited for here like a broken lane's requests
             lanes._forget(lane)
-            fallback = target._plan_retrying(args, kwargs)
-            self._value, self._error = fallback._value, fallback._error
+            self._take(target._plan_retrying(args, kwargs))
             return
         self._pending = (target, lanes, lane, sent, args, kwargs)
 
-    def get(self, timeout: float | None = None) -> Any:
+    def _take(self, answer: GraphRef) -> None:
+        self._value, self._error = answer._value, answer._error
+
+    def finish(self, timeout: float | None = None) -> _LaneResult:
+        """Read the answer (a user's error is kept, as a GraphRef keeps it); itself, for chaining.
+
+        Raises:
+            GetTimeoutError: no answer within ``timeout`` seconds (still pending: ask again later).
+        """
         pending = self._pending
         if pending is not None:
             target, lanes, lane, sent, args, kwargs = pending
             deadline = None if timeout is None else time.monotonic() + timeout
             try:
-                ok, out = lanes.finish_on(lane, sent, timeout)  # GetTimeoutError: still pending, ask again later
+                ok, out = lanes.finish_on(lane, sent, timeout)
             except ray.exceptions.RayTaskError as exc:
                 ok, out, self._error = True, None, exc
             self._pending = None
@@ -336,9 +336,11 @@ class _LaneResult(GraphRef):
                 self._value = out
             else:  # the lane broke under it: the plan, in what is left of the time
                 remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-                fallback = target._plan_retrying(args, kwargs, remaining)
-                self._value, self._error = fallback._value, fallback._error
-        return super().get()
+                self._take(target._plan_retrying(args, kwargs, remaining))
+        return self
+
+    def get(self, timeout: float | None = None) -> Any:
+        return GraphRef.get(self.finish(timeout))
 
     result = get
 
