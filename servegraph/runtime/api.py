@@ -321,7 +321,9 @@ def get_app_handle(name: str = DEFAULT_APP_NAME) -> DeploymentHandle:
     controller = _controller(create=False)
     info = _ask(controller.get_app.remote(name), "get_app") if controller is not None else None
     if info is None:
-        raise GraphError(f"no application named {name!r} is running")
+        raise GraphError(f"Application '{name}' does not exist. `servegraph status` lists what runs")
+    # A DeploymentHandle: outside an event loop its results are ObjectRefs too, except a compiled
+    # graph's, which are read from its lane when asked for (they skip the object store).
     return cast(DeploymentHandle, _handle_for(name, info.app, info.infos).options(use_new_handle_api=True))
 
 

@@ -98,6 +98,9 @@ class RuntimeClient:
         """Stop the thread (the process left the cluster these routers belong to)."""
         self._closed = True
         self._events.put(("stop",))
+        for router in list(self._routers.values()):
+            if isinstance(router, Router):  # lane listeners (see subscribe) have their own end
+                router.close()
 
     # The thread ------------------------------------------------------------------------
     def _run(self) -> None:

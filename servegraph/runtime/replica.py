@@ -457,6 +457,9 @@ class AsyncReplica(_ReplicaCore):
         self._initialized: asyncio.Future | None = None
         self._config_lock: asyncio.Lock | None = None
         self._watch_wake: asyncio.Condition | None = None
+        #: At most max_ongoing_requests in the user's code at once. Routers keep to it on their own, but a
+        #: driver's call sent while every replica is busy waits here (see Router.submit_nowait).
+        self._gate: asyncio.Semaphore | None = None
 
     def _stop_event(self) -> asyncio.Event:
         if self._stopped is None:
@@ -469,6 +472,8 @@ class AsyncReplica(_ReplicaCore):
             return await asyncio.shield(self._initialized)
         self._initialized = asyncio.get_running_loop().create_future()
         self._phase = INITIALIZING
+        if max_ongoing:
+            self._gate = asyncio.Semaphore(max_ongoing)
         #: Where lane_call (on the compiled graph's thread) runs the user's coroutines.
         self._loop = asyncio.get_running_loop()
         try:
@@ -493,6 +498,13 @@ class AsyncReplica(_ReplicaCore):
         return self._report()
 
     async def call(self, method: str, *args: Any) -> Any:
+        gate = self._gate
+        if gate is None:
+            return await self._call(method, *args)
+        async with gate:
+            return await self._call(method, *args)
+
+    async def _call(self, method: str, *args: Any) -> Any:
         next(self._started)
         try:
             result = self._method(method)(*args)
@@ -508,6 +520,13 @@ class AsyncReplica(_ReplicaCore):
             next(self._finished)
 
     async def handle_request(self, method: str, names: tuple[str, ...], *values: Any) -> Any:
+        gate = self._gate
+        if gate is None:
+            return await self._handle_request(method, names, *values)
+        async with gate:
+            return await self._handle_request(method, names, *values)
+
+    async def _handle_request(self, method: str, names: tuple[str, ...], *values: Any) -> Any:
         next(self._started)
         try:
             args, kwargs = split_keywords(names, values)
@@ -701,9 +720,15 @@ def replica_actor_class(target: Any) -> Any:
     return _ASYNC if is_async_target(target) else _SYNC
 
 
+#: Calls an async replica accepts beyond its max_ongoing_requests: drivers' calls sent while it was busy,
+#: which wait at its gate (see AsyncReplica.call), leaving room for control calls in the same pool.
+WAITING_ROOM = 256
+
+
 def replica_concurrency(target: Any, max_ongoing_requests: int) -> int:
-    """``max_concurrency`` for a replica: async actors run control calls in the same pool, so they get room for them."""
-    return max_ongoing_requests + (CONTROL_THREADS if is_async_target(target) else 0)
+    """``max_concurrency`` for a replica: async actors run control calls and waiting calls in the same pool,
+    so they get room for them; a sync replica's threads are its gate (waiting calls queue in Ray)."""
+    return max_ongoing_requests + (CONTROL_THREADS + WAITING_ROOM if is_async_target(target) else 0)
 
 
 _SYNC = ray.remote(concurrency_groups={"control": CONTROL_THREADS})(SyncReplica)  # type: ignore[call-overload]  # Ray's stubs omit concurrency_groups
