@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ._handle_era import handle_api
 from .batching import batch
 from .compiler import CompiledGraph, compile
 from .dsl import (
@@ -91,6 +92,7 @@ __all__ = [
     "deployment",
     "get_app_handle",
     "get_deployment_handle",
+    "handle_api",
     "ingress",
     "run",
     "shutdown",

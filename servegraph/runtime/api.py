@@ -11,6 +11,7 @@ from typing import Any, cast
 
 import ray
 
+from .._handle_era import record_handle_era
 from .._validation import route_prefix_problem
 from ..compiler import CompiledGraph, compile
 from ..compiler.config.app import DEFAULT_APP_NAME
@@ -162,6 +163,9 @@ def deploy_compiled(
         problem = adapter_problem(compiled.ir)
         if problem is not None:
             raise DeploymentError(f"application {name!r} was not deployed: {problem}")
+    for deployment in compiled.ir.deployments:
+        if deployment.handles:  # the handle API its code expects, decided where the code can be read
+            record_handle_era(deployment.target)
     controller = _controller()
     pending = controller.deploy_app.remote(
         # Bytes, so the controller can put our import paths on sys.path before it loads user code.

@@ -694,5 +694,10 @@ def async_handle(info: DeploymentInfo, method: str = "__call__") -> RayServeDepl
     return RayServeDeploymentHandle(_DeploymentTarget(info), method)
 
 
+def new_api_handle(info: DeploymentInfo, method: str = "__call__") -> DeploymentHandle:
+    """A constructor handle for code written for Ray Serve 2.5+: one ``await`` per call."""
+    return DeploymentHandle(_DeploymentTarget(info), method)
+
+
 # Ray Serve's names for the same classes.
 RayServeHandle = RayServeDeploymentHandle

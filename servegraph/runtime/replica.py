@@ -28,11 +28,12 @@ from typing import Any
 
 import ray
 
+from .._handle_era import NEW, handle_era
 from .._validation import did_you_mean
 from ..compiler import ir
 from ..dsl.signature import function_method_problem, public_methods
 from .codec import unflatten
-from .handle import DeploymentInfo, async_handle, note_actor_death
+from .handle import DeploymentInfo, async_handle, new_api_handle, note_actor_death
 from .http_codec import HTTPResult, encode_error, encode_result, make_request, request_id_of, set_request_id
 from .user_frames import is_user_file
 
@@ -171,9 +172,12 @@ class _ReplicaCore:
 
     # Construction -------------------------------------------------------------------
     def _constructor_args(self) -> tuple[tuple, dict]:
+        # The handle API this deployment's code was written for (see _handle_era.py).
+        make = new_api_handle if handle_era(self._target).api == NEW else async_handle
+
         def inject(marker: ir.Ref | ir.HandleRef) -> Any:
             assert isinstance(marker, ir.HandleRef)  # a constructor's nodes are all handles
-            return async_handle(DeploymentInfo(self._app, marker.deployment), marker.method or "__call__")
+            return make(DeploymentInfo(self._app, marker.deployment), marker.method or "__call__")
 
         init_args, init_kwargs = self._init
         return ir.map_markers(init_args, inject), dict(ir.map_markers(init_kwargs, inject))
