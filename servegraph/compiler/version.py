@@ -18,7 +18,6 @@ import cloudpickle
 
 from .._handle_era import DECIDED
 
-
 #: Class attributes that are not the user's code: Python's own, and the handle API the driver recorded.
 _NOT_CODE = frozenset({"__dict__", "__weakref__", "__doc__", "__module__", "__qualname__", DECIDED})
 
