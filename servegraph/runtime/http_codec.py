@@ -14,6 +14,16 @@ import sys
 import traceback
 from typing import Any
 
+#: Ray Serve's http_options that the proxy applies through uvicorn, with Ray Serve's defaults.
+HTTP_OPTION_DEFAULTS: dict[str, Any] = {
+    "keep_alive_timeout_s": 90,
+    "request_timeout_s": None,
+    "ssl_keyfile": None,
+    "ssl_certfile": None,
+    "ssl_keyfile_password": None,
+    "ssl_ca_certs": None,
+}
+
 HTTPResult = tuple[int, list[tuple[str, str]], bytes]
 
 #: The header carrying a request's id from the client (if it sent one) through the proxy to the replica and back.

@@ -23,6 +23,7 @@ from .codec import loads_with_paths
 from .driver_http import MATCH_ALL, driver_app
 from .handle import RETRY_DELAY_S, _DeploymentTarget, _PlanTarget, note_actor_death
 from .http_codec import (
+    HTTP_OPTION_DEFAULTS,
     REQUEST_ID_HEADER,
     HTTPResult,
     call_asgi,
@@ -57,15 +58,6 @@ def _cause(exc: BaseException) -> BaseException:
 
 #: Largest request body the proxy reads, in bytes (413 beyond it); SERVEGRAPH_MAX_REQUEST_BODY_BYTES overrides.
 DEFAULT_MAX_BODY_BYTES = 100 * 1024 * 1024
-#: Ray Serve's http_options that the proxy applies through uvicorn, with Ray Serve's defaults.
-HTTP_OPTION_DEFAULTS: dict[str, Any] = {
-    "keep_alive_timeout_s": 90,
-    "request_timeout_s": None,
-    "ssl_keyfile": None,
-    "ssl_certfile": None,
-    "ssl_keyfile_password": None,
-    "ssl_ca_certs": None,
-}
 
 
 class HTTPProxy:
@@ -154,15 +146,15 @@ class HTTPProxy:
         return ray.get_runtime_context().get_node_id()
 
     async def _handle(self, scope: dict, body: bytes) -> HTTPResult | HTTPStream:
-        if scope["path"] == "/-/healthz":  # Ray Serve's proxy endpoints
-            return text(200, "success")
+        if scope["path"] == "/-/healthz":  # Ray Serve's proxy endpoints, with its words
+            return text(200, "success") if self._routes else text(503, "Route table is not populated yet.")
         if scope["path"] == "/-/routes":
             apps = {prefix: route[1] for prefix, route in sorted(self._routes.items())}
             return 200, [("content-type", "application/json")], json.dumps(apps).encode()
         prefix, route = _match(self._routes, scope["path"])
         if route is None:
             routes = ", ".join(sorted(self._routes)) or "none"
-            return text(404, f"no application at {scope['path']!r} (routes: {routes})")
+            return text(404, f"Path '{scope['path']}' not found. Ping http://.../-/routes for available routes. (servegraph: routes are {routes})")
         kind, app, target, adapter = route
         assert prefix is not None
         if kind == "broken":

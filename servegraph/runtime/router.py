@@ -64,6 +64,14 @@ class Membership:
     exists: bool = True
 
 
+def _dropped(deployment: str, queued: int, max_queued: int) -> str:
+    """Ray Serve's words for a request refused by back-pressure, then which deployment and what to do."""
+    return (
+        f"Request dropped due to backpressure (num_queued_requests={queued}, max_queued_requests={max_queued}). "
+        f"(servegraph: every replica of {deployment!r} is busy; retry later)"
+    )
+
+
 class _Waiter:
     """A caller waiting for a free replica: a thread (event) or a coroutine (future on its loop)."""
 
@@ -214,10 +222,7 @@ class Router:
 
     def _enqueue(self, waiter: _Waiter) -> None:
         if 0 <= self.max_queued <= len(self._waiters):
-            raise BackPressureError(
-                f"deployment {self.deployment!r}: {len(self._waiters)} requests are already queued in this "
-                f"handle (max_queued_requests={self.max_queued}) and every replica is busy; retry later"
-            )
+            raise BackPressureError(_dropped(self.deployment, len(self._waiters), self.max_queued))
         self._waiters.append(waiter)
         if not self.replicas and self._on_queued is not None:
             self._on_queued()  # tell the autoscaler now: it may have scaled to zero
@@ -276,10 +281,7 @@ class Router:
                 counts = [self._prune(k) for k in range(len(self.replicas))]
                 queued = len(self._waiters) + sum(max(0, c - self.max_ongoing) for c in counts)
                 if 0 <= self.max_queued <= queued:
-                    raise BackPressureError(
-                        f"deployment {self.deployment!r}: {queued} requests are already queued "
-                        f"(max_queued_requests={self.max_queued}) and every replica is busy; retry later"
-                    )
+                    raise BackPressureError(_dropped(self.deployment, queued, self.max_queued))
                 return self._send(min(range(len(counts)), key=counts.__getitem__), method, args, kwargs)
         return self.submit(method, args, kwargs)
 
