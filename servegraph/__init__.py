@@ -50,6 +50,8 @@ _RUNTIME_NAMES = {
     "get_app_handle": "api",
     "get_deployment_handle": "api",
     "start": "api",
+    "shutdown_async": "api",
+    "get_replica_context": "context",
 }
 
 
@@ -92,10 +94,12 @@ __all__ = [
     "deployment",
     "get_app_handle",
     "get_deployment_handle",
+    "get_replica_context",
     "handle_api",
     "ingress",
     "run",
     "shutdown",
+    "shutdown_async",
     "start",
     "status",
 ]

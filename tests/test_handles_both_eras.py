@@ -154,3 +154,55 @@ def test_result_timeout_and_cancel(serve_app):
 def test_unknown_application_uses_ray_serves_words(serve_app):
     with pytest.raises(RayServeException, match="Application 'random' does not exist"):
         serve.get_app_handle("random")
+
+
+@serve.deployment
+class BrokenModel:
+    def __init__(self):
+        raise ValueError("bad model file")
+
+
+def test_a_non_blocking_run_returns_at_once_and_status_shows_deploy_failed(serve_app):
+    serve.run(BrokenModel.bind(), name="eras_broken", route_prefix=None, _blocking=False)  # does not raise
+    for _ in range(600):
+        app = serve.status().applications.get("eras_broken")
+        if app is not None and app.status == "DEPLOY_FAILED":
+            break
+        ray.get(Signal.remote().waiters.remote())  # a short round trip between looks
+    assert app.status == "DEPLOY_FAILED"
+    assert "bad model file" in app.deployments["BrokenModel"].message
+
+
+@serve.deployment
+class WhoAmI:
+    def __init__(self):
+        self.context_in_init = serve.get_replica_context().deployment
+
+    def __call__(self) -> dict:
+        context = serve.get_replica_context()
+        return {
+            "app": context.app_name,
+            "deployment": context.deployment,
+            "in_init": self.context_in_init,
+            "servable_is_self": context.servable_object is self,
+            "replica": context.replica_id.unique_id == context.replica_tag,
+        }
+
+
+@serve.deployment
+class Counter:
+    def __call__(self, n: int):
+        yield from range(n)
+
+
+def test_replica_context_streams_and_set_options(serve_app):
+    who = serve.run(WhoAmI.bind(), name="eras_context", route_prefix=None).remote().result(timeout_s=60)
+    assert who == {"app": "eras_context", "deployment": "WhoAmI", "in_init": "WhoAmI", "servable_is_self": True, "replica": True}
+    with pytest.raises(RayServeException, match="may only be called from within a Ray Serve deployment"):
+        serve.get_replica_context()
+
+    stream = serve.run(Counter.bind(), name="eras_stream", route_prefix=None).options(stream=True).remote(3)
+    assert next(stream) == 0 and list(stream) == [1, 2]
+
+    Counter.set_options(num_replicas=2)  # Ray 2.x: in place
+    assert Counter.num_replicas == 2

@@ -146,6 +146,7 @@ def deploy_compiled(
     on_progress: Callable[[dict[str, dict[str, int]]], None] | None = None,
     compiled_path: bool = True,
     proxy_location: Any = None,
+    wait: bool = True,
 ) -> tuple[RayServeSyncHandle, dict[str, str]]:
     """Deploy an already compiled graph; returns its handle and what changed per deployment.
 
@@ -178,6 +179,7 @@ def deploy_compiled(
         code_paths(),
         bool(compiled_path),
         location,
+        wait,
     )
     while on_progress is not None and not ray.wait([pending], timeout=0.5)[0]:
         try:
@@ -224,12 +226,19 @@ def run(
         http: start the HTTP proxy.
         compiled: run an eligible InputNode graph on Ray compiled graphs (see the README's "compiled
             path"); False keeps every request on the plan of actor calls.
-        _blocking, logging_config: accepted for Ray Serve's callers; servegraph always returns once
-            every replica is ready, and replicas log as Ray's workers do.
+        _blocking: False returns once the application's new state is set, before its replicas are up
+            (``serve.status()`` then shows it DEPLOYING, RUNNING or DEPLOY_FAILED with the error), as in
+            Ray Serve.
+        logging_config: not supported yet: anything but None is refused.
 
     Raises:
         GraphError: the graph fails a check; DeploymentError: a replica failed to start.
     """
+    if logging_config is not None:
+        raise TypeError(
+            "serve.run(logging_config=...) is not supported yet: replicas log as Ray's workers do "
+            "(`servegraph logs APP` shows what they printed); leave it out"
+        )
     if _local_testing_mode:
         from .local import run_local
 
@@ -249,6 +258,7 @@ def run(
         http=http,
         on_progress=_on_progress,
         compiled_path=compiled,
+        wait=_blocking,
     )
     if blocking:
         _block()
@@ -348,6 +358,13 @@ def shutdown() -> None:
     # Nothing of servegraph's keeps running in this process: no lane, no thread waiting for a controller.
     forget_all_lanes()
     close_runtime_client()
+
+
+async def shutdown_async() -> None:
+    """``serve.shutdown()`` from async code: the same, run off the event loop so the loop keeps serving."""
+    import asyncio
+
+    await asyncio.to_thread(shutdown)
 
 
 def get_app_handle(name: str = DEFAULT_APP_NAME) -> DeploymentHandle:

@@ -840,8 +840,10 @@ class Controller:
         code_paths: tuple[str, ...] = (),
         compiled: bool = True,
         proxy_location: str | None = None,
+        wait: bool = True,
     ) -> DeployReply:
-        """Set an application's desired state and wait until it runs (or cannot).
+        """Set an application's desired state and wait until it runs (or cannot); with ``wait=False``,
+        answer once the state is set (``serve.run(_blocking=False)``: status shows how it goes).
 
         Deployments whose replica version is unchanged keep their replicas; a
         ``user_config`` change reconfigures them; a count change only scales.
@@ -879,6 +881,8 @@ class Controller:
             self._dirty = True
             await self._push_routes()
         self._wake()
+        if not wait:
+            return DeployReply(changes)
         return await self._wait_settled(name, changes)
 
     def _set_target(

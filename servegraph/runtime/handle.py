@@ -552,20 +552,41 @@ class DeploymentResponseGenerator:
     ``for x in gen`` outside an event loop, ``async for x in gen`` inside one (as in Ray Serve).
     """
 
-    __slots__ = ("_stream", "_task")
+    __slots__ = ("_stream", "_task", "_values")
 
     def __init__(self, *, stream: Any = None, task: asyncio.Task | None = None):
         self._stream = stream
         self._task = task
+        self._values: Any = None
 
     def __iter__(self) -> Any:
-        if self._stream is None:
-            raise RuntimeError("this stream was started in async code: iterate it with `async for`")
+        return self
+
+    def __next__(self) -> Any:
+        """The next result (``next(gen)``, ``for x in gen``), outside an event loop."""
+        if self._values is None:
+            if self._stream is None:
+                raise RuntimeError("this stream was started in async code: iterate it with `async for`")
+            self._values = self._read()
+        return next(self._values)
+
+    def _read(self) -> Any:
         for ref in self._stream:
             try:
                 yield ray.get(ref)
             except ray.exceptions.RayTaskError as exc:
                 raise _user_error(exc) from None
+
+    def _to_object_ref_gen_sync(self, _record_telemetry: bool = True) -> Any:
+        """Ray Serve's name: Ray's ObjectRefGenerator under this stream (outside an event loop)."""
+        if self._stream is None:
+            raise RuntimeError("this stream was started in async code: await gen._to_object_ref_gen()")
+        return self._stream
+
+    async def _to_object_ref_gen(self, _record_telemetry: bool = True) -> Any:
+        if self._stream is None:
+            self._stream = await self._task  # type: ignore[misc]
+        return self._stream
 
     async def __aiter__(self) -> Any:
         if self._stream is None:

@@ -33,6 +33,7 @@ from .._validation import did_you_mean
 from ..compiler import ir
 from ..dsl.signature import function_method_problem, public_methods
 from .codec import unflatten
+from .context import set_replica_context
 from .handle import DeploymentInfo, async_handle, new_api_handle, note_actor_death
 from .http_codec import HTTPResult, encode_error, encode_result, make_request, request_id_of, set_request_id
 from .user_frames import is_user_file
@@ -149,6 +150,7 @@ class _ReplicaCore:
         self._app = app
         self._deployment = deployment
         self._replica_id = replica_id
+        self._context = set_replica_context(app, deployment, replica_id)
         self._target = target
         self._is_function = is_function
         self._init = (init_args, init_kwargs)
@@ -299,7 +301,7 @@ class SyncReplica(_ReplicaCore):
             try:
                 if not self._is_function:
                     args, kwargs = self._constructor_args()
-                    self._instance = self._target(*args, **kwargs)
+                    self._instance = self._context.servable_object = self._target(*args, **kwargs)
                 if user_config is not None:
                     self._reconfigure_sync(user_config)
             except Exception as exc:
@@ -484,6 +486,7 @@ class AsyncReplica(_ReplicaCore):
             if not self._is_function:
                 args, kwargs = self._constructor_args()
                 self._instance, pending = construct(self._target, args, kwargs)
+                self._context.servable_object = self._instance
                 if pending is not None:  # ``async def __init__``, as Ray Serve allows
                     await pending
             if user_config is not None:
