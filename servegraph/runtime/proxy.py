@@ -238,7 +238,12 @@ class HTTPStream:
         self.status = status
         self.headers = headers
 
-    async def send(self, send: Any, extra_headers: list[tuple[str, str]]) -> None:
+    async def send(self, send: Any, receive: Any, extra_headers: list[tuple[str, str]]) -> None:
+        """Send the response as the replica hands over its chunks.
+
+        A client that goes away ends the stream on the replica (its generator is closed); a body that
+        fails mid-way raises here, after the headers went out, so the client sees the response cut off.
+        """
         headers = [*self.headers, *extra_headers]
         await send(
             {
@@ -247,12 +252,32 @@ class HTTPStream:
                 "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers],
             }
         )
-        while True:
-            chunk = await self.replica.stream_next.remote(self.stream_id)
-            if chunk is None:
-                break
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        gone = asyncio.ensure_future(_disconnected(receive))
+        try:
+            while True:
+                pull = asyncio.ensure_future(_awaited(self.replica.stream_next.remote(self.stream_id)))
+                await asyncio.wait({pull, gone}, return_when=asyncio.FIRST_COMPLETED)
+                if not pull.done():  # the client left: stop the body where it is made
+                    pull.cancel()
+                    self.replica.stream_close.remote(self.stream_id)
+                    return
+                chunk = pull.result()
+                if chunk is None:
+                    break
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            gone.cancel()
+
+
+async def _awaited(value: Any) -> Any:
+    return await value
+
+
+async def _disconnected(receive: Any) -> None:
+    """Returns when the client disconnects (the request body was read already)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 async def _serve_http(proxy: HTTPProxy, scope: dict, receive: Any, send: Any) -> None:
@@ -271,7 +296,7 @@ async def _serve_http(proxy: HTTPProxy, scope: dict, receive: Any, send: Any) ->
         try:
             result = await asyncio.wait_for(proxy._handle(scope, body), proxy.request_timeout_s)
             if isinstance(result, HTTPStream):
-                await result.send(send, [(REQUEST_ID_HEADER, request_id)])
+                await result.send(send, receive, [(REQUEST_ID_HEADER, request_id)])
                 return
             status, headers, payload = result
         except asyncio.TimeoutError:

@@ -123,14 +123,18 @@ def streaming_response(result: Any) -> bool:
     return isinstance(result, StreamingResponse)
 
 
+def takes_nothing(fn: Callable[..., Any]) -> bool:
+    """Whether ``fn`` takes no parameters (then Ray Serve calls an HTTP entry point without the Request)."""
+    try:
+        return not inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # no signature to read: pass the request
+        return False
+
+
 def call_http(fn: Callable[..., Any], scope: dict, body: bytes) -> Any:
     """Call an HTTP entry point as Ray Serve does: with the Request, or with nothing if it takes no parameters."""
     set_request_id(request_id_of(scope))  # errors while handling it are logged under the request's id
-    try:
-        takes_nothing = not inspect.signature(fn).parameters
-    except (TypeError, ValueError):  # no signature to read: pass the request
-        takes_nothing = False
-    return fn() if takes_nothing else fn(make_request(scope, body))
+    return fn() if takes_nothing(fn) else fn(make_request(scope, body))
 
 
 class _ReplicaCore:
@@ -288,6 +292,9 @@ class SyncReplica(_ReplicaCore):
         #: controller) waits for the first and gets its outcome.
         self._init_lock = threading.Lock()
         self._config_lock = threading.Lock()
+        #: The event loop StreamingResponse bodies are read on (see stream_next); started on first use.
+        self._streaming: asyncio.AbstractEventLoop | None = None
+        self._streaming_lock = threading.Lock()
         self._drain_lock = threading.Lock()
 
     def initialize(self, user_config: Any = None, max_ongoing: int | None = None) -> str | None:
@@ -321,7 +328,10 @@ class SyncReplica(_ReplicaCore):
         if slots is not None:
             slots.acquire()
         try:
-            return not_a_generator(method, self._method(method)(*args))
+            fn = self._method(method)
+            if len(args) == 1 and type(args[0]).__name__ == "PortableRequest" and takes_nothing(fn):
+                args = ()  # a DAGDriver route's Request, to a method that takes none (as Ray Serve drops it)
+            return not_a_generator(method, fn(*args))
         except ray.exceptions.RayActorError as exc:
             note_actor_death(exc)  # a replica this one called died: stop using it here at once
             raise
@@ -363,8 +373,27 @@ class SyncReplica(_ReplicaCore):
             next(self._finished)
 
     def stream_next(self, stream_id: int) -> bytes | None:
-        """The next chunk of a StreamingResponse this replica returned over HTTP; None at its end."""
-        return asyncio.run(_next_chunk(self._streams, stream_id))
+        """The next chunk of a StreamingResponse this replica returned over HTTP; None at its end.
+
+        Every chunk of every stream is read on one event loop of this replica's: an async body
+        (``async def gen(): ... await ...``) lives across reads, so it must keep its loop.
+        """
+        return asyncio.run_coroutine_threadsafe(_next_chunk(self._streams, stream_id), self._stream_loop()).result()
+
+    @ray.method(concurrency_group="control")
+    def stream_close(self, stream_id: int) -> None:
+        """The client of an HTTP stream went away: close its body (the user's generator ends)."""
+        asyncio.run_coroutine_threadsafe(_close_stream(self._streams, stream_id), self._stream_loop()).result()
+
+    def _stream_loop(self) -> asyncio.AbstractEventLoop:
+        loop = self._streaming
+        if loop is None:
+            with self._streaming_lock:
+                if self._streaming is None:
+                    self._streaming = asyncio.new_event_loop()
+                    threading.Thread(target=self._streaming.run_forever, name="servegraph-stream-bodies", daemon=True).start()
+                loop = self._streaming
+        return loop
 
     def handle_http(self, scope: dict, body: bytes) -> HTTPResult:
         next(self._started)
@@ -514,7 +543,10 @@ class AsyncReplica(_ReplicaCore):
     async def _call(self, method: str, *args: Any) -> Any:
         next(self._started)
         try:
-            result = self._method(method)(*args)
+            fn = self._method(method)
+            if len(args) == 1 and type(args[0]).__name__ == "PortableRequest" and takes_nothing(fn):
+                args = ()  # a DAGDriver route's Request, to a method that takes none (as Ray Serve drops it)
+            result = fn(*args)
             if inspect.isawaitable(result):
                 result = await result
                 if inspect.isawaitable(result):  # a ref returned by an async method: its value, as over HTTP
@@ -574,6 +606,10 @@ class AsyncReplica(_ReplicaCore):
     async def stream_next(self, stream_id: int) -> bytes | None:
         """The next chunk of a StreamingResponse this replica returned over HTTP; None at its end."""
         return await _next_chunk(self._streams, stream_id)
+
+    async def stream_close(self, stream_id: int) -> None:
+        """The client of an HTTP stream went away: close its body (the user's generator ends)."""
+        await _close_stream(self._streams, stream_id)
 
     async def handle_http(self, scope: dict, body: bytes) -> HTTPResult:
         next(self._started)
@@ -716,6 +752,13 @@ async def _next_chunk(streams: dict[int, Any], stream_id: int) -> bytes | None:
         del streams[stream_id]
         return None
     return chunk if isinstance(chunk, bytes) else str(chunk).encode("utf-8")
+
+
+async def _close_stream(streams: dict[int, Any], stream_id: int) -> None:
+    body = streams.pop(stream_id, None)
+    close = getattr(body, "aclose", None)
+    if close is not None:
+        await close()
 
 
 async def _awaited(value: Any) -> Any:
