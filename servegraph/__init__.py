@@ -39,6 +39,7 @@ from .errors import (
     UnreachableNodeError,
 )
 from .fastapi_ingress import ingress
+from .multiplex import get_multiplexed_model_id, multiplexed
 
 # The runtime imports Ray, which takes a second; load it on first use so that
 # building, checking and rendering graphs stays fast.
@@ -94,9 +95,11 @@ __all__ = [
     "deployment",
     "get_app_handle",
     "get_deployment_handle",
+    "get_multiplexed_model_id",
     "get_replica_context",
     "handle_api",
     "ingress",
+    "multiplexed",
     "run",
     "shutdown",
     "shutdown_async",

@@ -6,6 +6,7 @@ holds at most one replica).
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 from typing import Any
 
@@ -73,3 +74,33 @@ def get_replica_context() -> ReplicaContext:
             "(servegraph: call it in a deployment's constructor or methods, not in the driver)"
         )
     return _CONTEXT
+
+
+#: The model id of the request being handled (``handle.options(multiplexed_model_id=...)``, or the HTTP
+#: header ``serve_multiplexed_model_id``); "" when it names none.
+_MODEL_ID: contextvars.ContextVar[str] = contextvars.ContextVar("servegraph_multiplexed_model_id", default="")
+
+#: The HTTP header that names a request's model, as in Ray Serve.
+MODEL_ID_HEADER = "serve_multiplexed_model_id"
+
+
+def get_multiplexed_model_id() -> str:
+    """The model id of the request this code handles ("" if the request names none), as in Ray Serve."""
+    return _MODEL_ID.get()
+
+
+def set_multiplexed_model_id(model_id: str) -> contextvars.Token:
+    return _MODEL_ID.set(model_id)
+
+
+def reset_multiplexed_model_id(token: contextvars.Token) -> None:
+    _MODEL_ID.reset(token)
+
+
+def model_id_of(scope: dict) -> str:
+    """The model an HTTP request names in its ``serve_multiplexed_model_id`` header, or ""."""
+    wanted = MODEL_ID_HEADER.encode()
+    for key, value in scope.get("headers", ()):
+        if key.lower() == wanted:
+            return value.decode("latin-1")
+    return ""

@@ -142,6 +142,8 @@ class Replica:
     last_health: float = 0.0
     dead: bool = False
     unhealthy: str | None = None
+    #: The multiplexed models the replica holds or is loading, as it last reported them.
+    models: frozenset[str] = frozenset()
 
     def info(self) -> ReplicaReport:
         return ReplicaReport(self.replica_id, self.state, self.node_id, self.pid, self.actor_name)
@@ -171,9 +173,11 @@ class Deployment:
 
     def membership(self) -> Membership:
         opts = self.spec.options
-        serving = tuple((r.replica_id, r.actor) for r in self.replicas.values() if r.state in ROUTED and not r.dead)
+        routed = [r for r in self.replicas.values() if r.state in ROUTED and not r.dead]
+        serving = tuple((r.replica_id, r.actor) for r in routed)
         interval = opts.autoscaling_config.metrics_interval_s if opts.autoscaling_config else None
-        return Membership(serving, opts.max_ongoing_requests, opts.max_queued_requests, interval, not self.deleting)
+        models = tuple(r.models for r in routed) if any(r.models for r in routed) else ()
+        return Membership(serving, opts.max_ongoing_requests, opts.max_queued_requests, interval, not self.deleting, models)
 
 
 @dataclasses.dataclass(eq=False)
@@ -703,6 +707,15 @@ class Controller:
                 await asyncio.wait_for(asyncio.shield(self._published), remaining)
             except asyncio.TimeoutError:
                 return {}
+
+    async def record_models(self, app: str, deployment: str, replica_id: str, model_ids: tuple[str, ...]) -> None:
+        """A replica's multiplexed models changed: routers learn it with the replica set (see multiplex.py)."""
+        state = self._apps.get(app)
+        dep = state.deployments.get(deployment) if state is not None else None
+        replica = dep.replicas.get(replica_id) if dep is not None else None
+        if dep is not None and replica is not None and replica.models != frozenset(model_ids):
+            replica.models = frozenset(model_ids)
+            self._publish(dep)
 
     async def record_metrics(self, client_id: str, loads: dict[tuple[str, str], int]) -> None:
         """A router's queued plus in-flight requests per deployment (for the autoscaler)."""

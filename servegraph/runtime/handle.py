@@ -31,7 +31,7 @@ from .long_poll import runtime_client
 from .plan import drive, drive_async, run_plan
 from .responses import RETRY_DELAY_S, DriverResponse, note_actor_death
 from .responses import user_error as _user_error
-from .router import Router, StreamMethod
+from .router import ModelCall, Router, StreamMethod
 
 
 class DeploymentInfo:
@@ -410,12 +410,14 @@ class RoutesTarget:
 
 
 class _HandleBase:
-    def __init__(self, target: Any, method: str = "__call__", stream: bool = False):
+    def __init__(self, target: Any, method: str = "__call__", stream: bool = False, model_id: str = ""):
         self._target = target
         self._method = method
         self._stream = stream
-        #: What the router is asked to call: a StreamMethod makes it a streaming call.
-        self._call = StreamMethod(method) if stream else method
+        self._model_id = model_id
+        #: What the router is asked to call: a StreamMethod makes it a streaming call, a ModelCall
+        #: one that names a multiplexed model.
+        self._call: str = ModelCall(method, model_id) if model_id else StreamMethod(method) if stream else method
 
     @property
     def deployment_name(self) -> str:
@@ -428,7 +430,7 @@ class _HandleBase:
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_") and name != "__call__":
             raise AttributeError(name)
-        return type(self)(self._target, name, self._stream)
+        return type(self)(self._target, name, self._stream, self._model_id)
 
     def options(
         self,
@@ -436,26 +438,35 @@ class _HandleBase:
         method_name: str | None = None,
         use_new_handle_api: bool | None = None,
         stream: bool | None = None,
+        multiplexed_model_id: str | None = None,
         **unsupported: Any,
     ) -> _HandleBase:
         """A handle to the same deployment; ``use_new_handle_api=True`` gives a DeploymentHandle,
-        ``stream=True`` one whose calls yield a generator method's results as they come."""
+        ``stream=True`` one whose calls yield a generator method's results as they come,
+        ``multiplexed_model_id`` one whose requests name that model (see multiplex.py)."""
         given = sorted(k for k, v in unsupported.items() if v is not None)
         if given:
             raise TypeError(
                 f"handle.options() got {', '.join(given)}, which servegraph does not support; it takes "
-                "method_name, use_new_handle_api and stream"
+                "method_name, use_new_handle_api, stream and multiplexed_model_id"
             )
         if stream and isinstance(self._target, _PlanTarget):
             raise TypeError("stream=True calls a deployment's generator method; an InputNode graph cannot stream")
+        model_id = self._model_id if multiplexed_model_id is None else multiplexed_model_id
+        if not isinstance(model_id, str):
+            raise TypeError(f"multiplexed_model_id must be a str, got {type(model_id).__name__}")
+        if model_id and not isinstance(self._target, (_DeploymentTarget, DriverTarget)):
+            raise TypeError("multiplexed_model_id names a model of one deployment; an InputNode graph's handle cannot take it")
+        if model_id and (self._stream if stream is None else stream):
+            raise TypeError("servegraph cannot yet stream a multiplexed request: use stream=True or multiplexed_model_id")
         cls = DeploymentHandle if use_new_handle_api else type(self)
         if use_new_handle_api is False and issubclass(cls, DeploymentHandle):
             # As in Ray Serve: the old handle for the context, sync in a driver, async in an event loop.
             cls = RayServeDeploymentHandle if _has_running_loop() else RayServeSyncHandle
-        return cls(self._target, method_name or self._method, self._stream if stream is None else stream)
+        return cls(self._target, method_name or self._method, self._stream if stream is None else stream, model_id)
 
     def __reduce__(self) -> tuple:
-        return (type(self), (self._target, self._method, self._stream))
+        return (type(self), (self._target, self._method, self._stream, self._model_id))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(deployment={self.deployment_name!r}, method={self._method!r})"

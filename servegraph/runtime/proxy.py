@@ -20,6 +20,7 @@ import ray
 
 from ..errors import BackPressureError
 from .codec import loads_with_paths
+from .context import model_id_of
 from .driver_http import MATCH_ALL, driver_app
 from .handle import RETRY_DELAY_S, _DeploymentTarget, _PlanTarget, note_actor_death
 from .http_codec import (
@@ -37,7 +38,7 @@ from .http_codec import (
 )
 from .plan import PlanInputError
 from .replica import STREAM
-from .router import HTTP
+from .router import HTTP, ModelCall
 
 logger = logging.getLogger("servegraph.proxy")
 
@@ -185,7 +186,9 @@ class HTTPProxy:
             if kind == "deployment":
                 portable = portable_scope(scope)
                 portable["root_path"] = "" if prefix == "/" else prefix.rstrip("/")
-                ref = await target.router().submit_async(HTTP, (portable, body), {})
+                model_id = model_id_of(scope)  # a multiplexed model's requests go where it is loaded
+                method = ModelCall(HTTP, model_id) if model_id else HTTP
+                ref = await target.router().submit_async(method, (portable, body), {})
                 result = await ref
                 if result[0] == STREAM:  # a StreamingResponse: its chunks are pulled from the replica
                     _, replica, stream_id, status, headers = result

@@ -33,7 +33,7 @@ from .._validation import did_you_mean
 from ..compiler import ir
 from ..dsl.signature import function_method_problem, public_methods
 from .codec import unflatten
-from .context import set_replica_context
+from .context import model_id_of, reset_multiplexed_model_id, set_multiplexed_model_id, set_replica_context
 from .handle import DeploymentInfo, async_handle, new_api_handle, note_actor_death
 from .http_codec import HTTPResult, encode_error, encode_result, make_request, request_id_of, set_request_id
 from .user_frames import is_user_file
@@ -134,6 +134,7 @@ def takes_nothing(fn: Callable[..., Any]) -> bool:
 def call_http(fn: Callable[..., Any], scope: dict, body: bytes) -> Any:
     """Call an HTTP entry point as Ray Serve does: with the Request, or with nothing if it takes no parameters."""
     set_request_id(request_id_of(scope))  # errors while handling it are logged under the request's id
+    set_multiplexed_model_id(model_id_of(scope))  # every request sets it (to "" if it names no model)
     return fn() if takes_nothing(fn) else fn(make_request(scope, body))
 
 
@@ -339,6 +340,14 @@ class SyncReplica(_ReplicaCore):
             if slots is not None:
                 slots.release()
             next(self._finished)
+
+    def call_model(self, model_id: str, method: str, names: tuple[str, ...], *values: Any) -> Any:
+        """A request naming a multiplexed model: ``serve.get_multiplexed_model_id()`` gives it in the user's code."""
+        token = set_multiplexed_model_id(model_id)
+        try:
+            return self.handle_request(method, names, *values)
+        finally:
+            reset_multiplexed_model_id(token)
 
     def handle_request(self, method: str, names: tuple[str, ...], *values: Any) -> Any:
         next(self._started)
@@ -558,6 +567,11 @@ class AsyncReplica(_ReplicaCore):
         finally:
             next(self._finished)
 
+    async def call_model(self, model_id: str, method: str, names: tuple[str, ...], *values: Any) -> Any:
+        """A request naming a multiplexed model: ``serve.get_multiplexed_model_id()`` gives it in the user's code."""
+        set_multiplexed_model_id(model_id)  # this call's own task context: nothing to reset
+        return await self.handle_request(method, names, *values)
+
     async def handle_request(self, method: str, names: tuple[str, ...], *values: Any) -> Any:
         gate = self._gate
         if gate is None:
@@ -698,6 +712,19 @@ class AsyncReplica(_ReplicaCore):
     async def release_lane(self) -> bool:
         """End this replica's part in a compiled lane whose owner is gone or slow to let go; True if there was one."""
         return _release_lane(self)
+
+
+def report_models(model_ids: tuple[str, ...]) -> None:
+    """Tell the controller which multiplexed models this replica holds or is loading (see multiplex.py)."""
+    from .cluster import CONTROLLER_NAME, NAMESPACE
+    from .context import get_replica_context
+
+    try:
+        context = get_replica_context()
+        controller = ray.get_actor(CONTROLLER_NAME, namespace=NAMESPACE)
+    except Exception:  # outside a replica (a test calling the loader), or no controller now: nothing to tell
+        return
+    controller.record_models.remote(context.app_name, context.deployment, context.replica_tag, model_ids)
 
 
 #: First element of what handle_http returns for a StreamingResponse: (STREAM, replica, stream id, status, headers).

@@ -43,6 +43,24 @@ class StreamMethod(str):
 
     __slots__ = ()
 
+class ModelCall(str):
+    """A method name whose request names a multiplexed model (``handle.options(multiplexed_model_id=)``).
+
+    The router prefers a replica that holds the model; the replica's code reads the id with
+    ``serve.get_multiplexed_model_id()``.
+    """
+
+    model_id: str
+
+    def __new__(cls, method: str, model_id: str) -> ModelCall:
+        call = super().__new__(cls, method)
+        call.model_id = model_id
+        return call
+
+    def __reduce__(self) -> tuple:
+        return (ModelCall, (str(self), self.model_id))
+
+
 #: How long a waiting caller sleeps at most before it looks again (membership changes also wake it).
 _RECHECK_S = 0.1
 
@@ -62,6 +80,8 @@ class Membership:
     metrics_interval_s: float | None = None
     #: False once the deployment (or its application) is deleted, or when it never existed.
     exists: bool = True
+    #: The multiplexed models each replica holds or is loading (in the order of ``replicas``); () if none.
+    models: tuple[frozenset[str], ...] = ()
 
 
 def _dropped(deployment: str, queued: int, max_queued: int) -> str:
@@ -102,6 +122,10 @@ class Router:
         self.replicas: list[ActorHandle] = []
         self._ids: list[str] = []
         self._actor_ids: list[str] = []
+        #: Per replica, the multiplexed models it holds (from the controller), and where this router sent
+        #: a model last (so its next requests follow before the controller's update arrives).
+        self._models: list[frozenset[str]] = []
+        self._sent_model_to: dict[str, str] = {}
         self._in_flight: list[list[ObjectRef]] = []
         self.max_ongoing = 1
         self.max_queued = -1
@@ -125,6 +149,8 @@ class Router:
             live = [(rid, actor) for rid, actor in membership.replicas if actor._actor_id.hex() not in self._dead]
             self.replicas = [actor for _, actor in live]
             self._ids = [rid for rid, _ in live]
+            held = dict(zip((rid for rid, _ in membership.replicas), membership.models, strict=False))
+            self._models = [held.get(rid, frozenset()) for rid in self._ids]
             self._actor_ids = [actor._actor_id.hex() for actor in self.replicas]
             self._in_flight = [old.get(rid, []) for rid in self._ids]
             self.max_ongoing = membership.max_ongoing
@@ -149,7 +175,7 @@ class Router:
             if actor_id not in self._actor_ids:
                 return False
             i = self._actor_ids.index(actor_id)
-            for column in (self.replicas, self._ids, self._actor_ids, self._in_flight):
+            for column in (self.replicas, self._ids, self._actor_ids, self._in_flight, self._models):
                 del column[i]
             return True
 
@@ -166,8 +192,13 @@ class Router:
         with self._lock:
             return len(self._waiters) + sum(self._prune(i) for i in range(len(self.replicas)))
 
-    def _try_pick(self) -> int | None:
-        """A replica with a free slot (fewer in flight of two random ones), or None if all are full."""
+    def _try_pick(self, method: str = "") -> int | None:
+        """A replica with a free slot (fewer in flight of two random ones), or None if all are full.
+
+        A request naming a multiplexed model goes to a replica holding it when one has room.
+        """
+        if type(method) is ModelCall:
+            return self._pick_for_model(method.model_id)
         n = len(self.replicas)
         if n == 1:
             if len(self._in_flight[0]) < self.max_ongoing or self._prune(0) < self.max_ongoing:
@@ -184,9 +215,21 @@ class Router:
         best = min(range(n), key=counts.__getitem__)
         return best if counts[best] < self.max_ongoing else None
 
+    def _pick_for_model(self, model_id: str) -> int | None:
+        last = self._sent_model_to.get(model_id)
+        holders = [k for k, rid in enumerate(self._ids) if model_id in self._models[k] or rid == last]
+        best = min(holders, key=self._prune, default=None)
+        if best is None or self._prune(best) >= self.max_ongoing:
+            best = self._try_pick()  # none holds it, or they are full: the least loaded loads it
+        if best is not None:
+            self._sent_model_to[model_id] = self._ids[best]
+        return best
+
     def _send(self, i: int, method: str, args: tuple, kwargs: dict) -> ObjectRef:
         ref: ObjectRef
-        if method == HTTP:
+        if type(method) is ModelCall and method != HTTP:
+            ref = self.replicas[i].call_model.remote(method.model_id, str(method), tuple(kwargs), *args, *kwargs.values())
+        elif method == HTTP:
             ref = self.replicas[i].handle_http.remote(*args)
         elif type(method) is StreamMethod:
             stream: Any = self.replicas[i].call_stream.options(num_returns="streaming").remote(
@@ -227,12 +270,12 @@ class Router:
         if not self.replicas and self._on_queued is not None:
             self._on_queued()  # tell the autoscaler now: it may have scaled to zero
 
-    def _turn(self, waiter: _Waiter) -> tuple[int | None, list[ObjectRef] | None]:
+    def _turn(self, waiter: _Waiter, method: str = "") -> tuple[int | None, list[ObjectRef] | None]:
         """Under the lock: a replica index if it is ``waiter``'s turn and a slot is free; else what to wait on."""
         if self._waiters[0] is not waiter:
             return None, None
         self._check_usable()
-        i = self._try_pick()
+        i = self._try_pick(method)
         if i is not None:
             self._waiters.popleft()
             self._wake_head()
@@ -252,7 +295,7 @@ class Router:
         """Send a request, blocking only while every replica is full (or none is known yet)."""
         with self._lock:
             if not self._waiters and self._exists:
-                i = self._try_pick()
+                i = self._try_pick(method)
                 if i is not None:
                     return self._send(i, method, args, kwargs)
             waiter = _Waiter()
@@ -275,7 +318,7 @@ class Router:
         with self._lock:
             if self._exists and self.replicas:
                 if not self._waiters:
-                    i = self._try_pick()
+                    i = self._try_pick(method)
                     if i is not None:
                         return self._send(i, method, args, kwargs)
                 counts = [self._prune(k) for k in range(len(self.replicas))]
@@ -298,7 +341,7 @@ class Router:
         try:
             while True:
                 with self._lock:
-                    i, refs = self._turn(waiter)
+                    i, refs = self._turn(waiter, method)
                     if i is not None:
                         return self._send(i, method, args, kwargs)
                 remaining = _RECHECK_S if deadline is None else min(_RECHECK_S, deadline - time.monotonic())
@@ -318,7 +361,7 @@ class Router:
         """Send a request from an event loop; waits (without blocking the loop) while every replica is full."""
         with self._lock:
             if not self._waiters and self._exists:
-                i = self._try_pick()
+                i = self._try_pick(method)
                 if i is not None:
                     return self._send(i, method, args, kwargs)
             waiter = _Waiter(asyncio.get_running_loop())
@@ -326,7 +369,7 @@ class Router:
         try:
             while True:
                 with self._lock:
-                    i, refs = self._turn(waiter)
+                    i, refs = self._turn(waiter, method)
                     if i is not None:
                         return self._send(i, method, args, kwargs)
                 if refs:
