@@ -144,57 +144,44 @@ def _is_handle_call(node: ast.AST) -> bool:
     return isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "remote"
 
 
-class _Uses(ast.NodeVisitor):
-    """Collects evidence of each API in a deployment's code."""
+class _Uses:
+    """Evidence of each API in a deployment's code, from where each ``await <handle call>`` sits."""
 
     def __init__(self) -> None:
         self.old: list[tuple[int, str]] = []
         self.new: list[tuple[int, str]] = []
-        #: Names bound to ``await <handle call>`` (an ObjectRef under the old API, a value under the new).
-        self.awaited_names: dict[str, int] = {}
-        self.name_uses: list[tuple[str, int, str]] = []
 
-    def visit_Await(self, node: ast.Await) -> None:
-        inner = node.value
-        if isinstance(inner, ast.Await) and _is_handle_call(inner.value):
-            self.old.append((node.lineno, "awaits a handle call's result twice"))
-        elif isinstance(inner, ast.Name):
-            self.name_uses.append((inner.id, node.lineno, "await"))
-        self.generic_visit(node)
-
-    def visit_Assign(self, node: ast.Assign) -> None:
-        value = node.value
-        if isinstance(value, ast.Await) and _is_handle_call(value.value):
-            for target in node.targets:
-                if isinstance(target, ast.Name):
-                    self.awaited_names[target.id] = node.lineno
-        self.generic_visit(node)
-
-    def visit_Call(self, node: ast.Call) -> None:
-        func = node.func
-        if isinstance(func, ast.Attribute) and func.attr == "result" and _is_handle_call(func.value):
-            self.new.append((node.lineno, "calls .result() on a handle call"))
-        if isinstance(func, ast.Attribute) and func.attr == "get" and isinstance(func.value, ast.Name) and func.value.id == "ray":
-            for arg in node.args:
-                if isinstance(arg, ast.Name):
-                    self.name_uses.append((arg.id, node.lineno, "ray.get"))
-        self.generic_visit(node)
-
-    def visit_Return(self, node: ast.Return) -> None:
-        if isinstance(node.value, ast.Await) and _is_handle_call(node.value.value):
-            self.new.append((node.lineno, "returns an awaited handle call as its value"))
-        self.generic_visit(node)
-
-    def visit_BinOp(self, node: ast.BinOp) -> None:
-        for side in (node.left, node.right):
-            if isinstance(side, ast.Await) and _is_handle_call(side.value):
-                self.new.append((node.lineno, "computes with an awaited handle call's value"))
-        self.generic_visit(node)
-
-    def finish(self) -> None:
-        for name, line, how in self.name_uses:
-            if name in self.awaited_names:
-                self.old.append((line, f"{'awaits' if how == 'await' else 'ray.get()s'} {name!r}, an awaited handle call's result"))
+    def read(self, tree: ast.AST) -> None:
+        parents: dict[ast.AST, ast.AST] = {}
+        for node in ast.walk(tree):
+            for child in ast.iter_child_nodes(node):
+                parents[child] = node
+        awaited_names: dict[str, int] = {}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "result" and _is_handle_call(node.func.value):
+                self.new.append((node.lineno, "calls .result() on a handle call"))
+            if not (isinstance(node, ast.Await) and _is_handle_call(node.value)):
+                continue
+            parent = parents.get(node)
+            if isinstance(parent, ast.Await):
+                self.old.append((node.lineno, "awaits a handle call's result twice"))
+            elif isinstance(parent, ast.Assign) and all(isinstance(t, ast.Name) for t in parent.targets):
+                for target in parent.targets:
+                    awaited_names[target.id] = node.lineno  # decided by what the code does with it next
+            elif not isinstance(parent, ast.Expr):  # returned, computed with, put in a list, passed on
+                self.new.append((node.lineno, "uses an awaited handle call as its value"))
+        for node in ast.walk(tree):
+            name = None
+            if isinstance(node, ast.Await) and isinstance(node.value, ast.Name):
+                name, how = node.value.id, "awaits"
+            elif (
+                isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get"
+                and isinstance(node.func.value, ast.Name) and node.func.value.id == "ray" and node.args
+                and isinstance(node.args[0], ast.Name)
+            ):
+                name, how = node.args[0].id, "ray.get()s"
+            if name in awaited_names:
+                self.old.append((node.lineno, f"{how} {name!r}, an awaited handle call's result"))
 
 
 def _from_code(target: Any) -> HandleEra | None:
@@ -203,8 +190,7 @@ def _from_code(target: Any) -> HandleEra | None:
         return None
     tree, first = found
     uses = _Uses()
-    uses.visit(tree)
-    uses.finish()
+    uses.read(tree)
     file = _short_file(target)
     if uses.old:
         line, what = min(uses.old)

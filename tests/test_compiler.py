@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 
 import pytest
@@ -269,9 +270,9 @@ def test_a_route_the_config_validator_refuses_is_refused_by_every_deploy(prefix)
     from servegraph.runtime.api import deploy_compiled
 
     app = Model.bind()
-    with pytest.raises(ValueError, match="Ray Serve refuses it too"):
+    with pytest.raises(ValueError, match=rf"Invalid route_prefix '{re.escape(prefix)}', m"):  # Ray Serve's words
         serve.run(app, route_prefix=prefix)
-    with pytest.raises(ValueError, match="Ray Serve refuses it too"):
+    with pytest.raises(ValueError, match=rf"Invalid route_prefix '{re.escape(prefix)}', m"):
         deploy_compiled(serve.compile(app), route_prefix=prefix)
-    with pytest.raises(ConfigError, match=rf"application 'default': route_prefix {prefix!r} must"):
+    with pytest.raises(ConfigError, match=rf"application 'default': route_prefix {re.escape(repr(prefix))} m"):
         serve.compile(app).with_app(route_prefix=prefix)  # so `servegraph build` cannot write it either

@@ -180,3 +180,47 @@ def test_the_readme_sequence_run_then_build_and_deploy_updates_the_running_appli
     assert out.count(": unchanged") == 3, out
     reply = httpx.post(f"http://127.0.0.1:{http_port}/", json={"language": "spanish", "name": "Dora"}, timeout=30)
     assert reply.text == "Hola Dora"
+
+
+def test_an_applications_runtime_env_reaches_every_replica_and_its_working_dir_holds_the_graph(tmp_path, http_port, ray_cluster):
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "rt_env_models.py").write_text(
+        "import os\n"
+        "import servegraph as serve\n\n"
+        "@serve.deployment(ray_actor_options={'runtime_env': {'env_vars': {'WHO': 'deployment'}}})\n"
+        "class Inner:\n"
+        "    def __call__(self):\n"
+        "        return [os.environ.get('GREETING'), os.environ.get('WHO')]\n\n"
+        "@serve.deployment\n"
+        "class Outer:\n"
+        "    def __init__(self, inner):\n"
+        "        self.inner = inner\n\n"
+        "    async def __call__(self):\n"
+        "        return [os.environ.get('GREETING'), os.environ.get('WHO'), await self.inner.remote()]\n\n"
+        "app = Outer.bind(Inner.bind())\n"
+    )
+    config = tmp_path / "runtime_env.yaml"
+    config.write_text(yaml.safe_dump({
+        "http_options": {"host": "127.0.0.1", "port": http_port},
+        "applications": [{
+            "name": "rt-env", "route_prefix": None, "import_path": "rt_env_models:app",
+            "runtime_env": {"working_dir": str(code), "env_vars": {"GREETING": "hej", "WHO": "app"}},
+        }],
+    }))
+    try:
+        deploy(config)
+        # The app's env_vars reach both deployments; a deployment's own runtime_env wins where both set a key.
+        assert serve.get_app_handle("rt-env").remote().result(timeout_s=60) == ["hej", "app", ["hej", "deployment"]]
+    finally:
+        serve.delete("rt-env")
+
+
+def test_a_remote_working_dir_is_refused_with_what_to_do(tmp_path):
+    config = tmp_path / "remote.yaml"
+    config.write_text(yaml.safe_dump({"applications": [{
+        "name": "remote", "import_path": "deploy_models:app", "runtime_env": {"working_dir": "s3://bucket/code.zip"},
+    }]}))
+    result = CliRunner().invoke(main, ["deploy", str(config)])
+    assert result.exit_code == 1
+    assert "applications[0].runtime_env.working_dir: 's3://bucket/code.zip' is not a local directory" in result.output

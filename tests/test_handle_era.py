@@ -80,6 +80,6 @@ def test_check_says_which_api_each_deployment_gets():
     tests = Path(__file__).parent
     new = servegraph("check", "era_models:new_app", "--resources", "CPU=8", cwd=tests)
     assert new.returncode == 0, new.stderr
-    assert "NewAwaitsOnce: its constructor handles are DeploymentHandles: the code computes with" in new.stdout
+    assert "NewAwaitsOnce: its constructor handles are DeploymentHandles: the code uses an awaited handle call as its value" in new.stdout
     old = servegraph("check", "era_models:old_app", "--resources", "CPU=8", cwd=tests)
     assert "OldAwaitsTwice: its constructor handles are RayServeDeploymentHandles: the code awaits 'ref'" in old.stdout

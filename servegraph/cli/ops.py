@@ -20,15 +20,20 @@ def _prepare(config_path: str) -> tuple[Any, list[tuple[Any, Any, Any]]]:
     """Validate the config and compile every application before anything changes on the cluster."""
     from ..compiler import compile
     from ..compiler.config.loading import load_config
-    from ..compiler.config.overrides import check_overrides, deployment_overrides
+    from ..compiler.config.overrides import check_overrides, deployment_overrides, local_code_dirs
 
     config = load_config(config_path)
     _refuse_unapplied_http_options(config, config_path)
     prepared = []
-    for app in config.applications:
+    for i, app in enumerate(config.applications):
+        # The graph imports from the application's runtime_env working_dir / py_modules, as on Ray Serve.
+        for directory in reversed(local_code_dirs(app.runtime_env, f"{config_path}: applications[{i}]")):
+            if directory not in sys.path:
+                sys.path.insert(0, directory)
         node = load_app(app.graph)
         overrides = deployment_overrides(app)
-        check_overrides(compile(node), overrides)
+        compiled = compile(node)
+        check_overrides(compiled, overrides)
         prepared.append((app, node, overrides))
     return config, prepared
 
@@ -58,7 +63,6 @@ def _refuse_unapplied_http_options(config: Any, source: str) -> None:
     if config.logging_config is not None:
         unapplied.append("logging_config")
     unapplied += [f"applications[{i}].logging_config" for i, a in enumerate(config.applications) if a.logging_config]
-    unapplied += [f"applications[{i}].runtime_env" for i, a in enumerate(config.applications) if a.runtime_env]
     if unapplied:
         fields = ", ".join(unapplied)
         raise ConfigError(
@@ -102,7 +106,9 @@ def deploy_cmd(config_path: str, no_resource_check: bool, address: str | None, c
     running until `servegraph shutdown`.
     """
     from ..compiler import compile
+    from ..compiler.config.overrides import with_app_runtime_env
     from ..runtime.api import _controller, _free_resources, deploy_compiled
+    from ..runtime.ray_compat import upload_local_code
 
     with user_errors():
         config, prepared = _prepare(config_path)
@@ -111,6 +117,8 @@ def deploy_cmd(config_path: str, no_resource_check: bool, address: str | None, c
         compiled_apps = []
         for app, node, overrides in prepared:
             resources = None if no_resource_check else _free_resources(_controller(), app.name)
+            if app.runtime_env:  # every replica starts in it; local code is uploaded to the cluster first
+                overrides = with_app_runtime_env(compile(node), overrides, upload_local_code(app.runtime_env))
             compiled_apps.append((app, compile(node, overrides=overrides, cluster_resources=resources)))
         for app, compiled in compiled_apps:
             before = _running_options(app.name)

@@ -159,3 +159,39 @@ def ray_address_file() -> Path:
     except ImportError:  # Ray before 2.4x kept it in ray._private.utils
         from ray._private.utils import get_ray_address_file
     return Path(get_ray_address_file(None))
+
+
+# -- Shipping an application's local code to replicas (ray._private.runtime_env; checked on Ray 2.60) --------
+
+
+def upload_local_code(runtime_env: dict[str, Any]) -> dict[str, Any]:
+    """``runtime_env`` with a local ``working_dir`` / ``py_modules`` uploaded to the cluster and replaced by
+    their ``gcs://`` URIs, as ``ray.init(runtime_env=...)`` does for a job: an actor's runtime_env takes
+    URIs only. Needs a connected driver.
+
+    Raises:
+        RuntimeError: this Ray lacks the upload helpers (then give remote URIs instead of directories).
+    """
+    if not (runtime_env.get("working_dir") or runtime_env.get("py_modules")):
+        return runtime_env
+    try:
+        from ray._private.runtime_env.py_modules import upload_py_modules_if_needed
+        from ray._private.runtime_env.working_dir import upload_working_dir_if_needed
+    except ImportError as exc:  # a Ray that moved them: say so rather than start replicas without the code
+        raise RuntimeError(
+            f"this Ray ({ray_version()}) cannot ship a local working_dir or py_modules from servegraph; "
+            "give them as remote URIs (s3://, https://...zip)"
+        ) from exc
+    node = _node()
+    scratch = node.get_runtime_env_dir_path() if node is not None else None
+    env = dict(runtime_env)
+    env = upload_py_modules_if_needed(env, include_gitignore=True, scratch_dir=scratch)
+    env = upload_working_dir_if_needed(env, include_gitignore=True, scratch_dir=scratch)
+    env.pop("excludes", None)  # applied by the upload; not a field an actor's runtime_env takes
+    return env
+
+
+def ray_version() -> str:
+    import ray
+
+    return getattr(ray, "__version__", "unknown")

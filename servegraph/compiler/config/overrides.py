@@ -96,3 +96,59 @@ def check_overrides(compiled: CompiledGraph, overrides: dict[str, dict[str, Any]
             if len(problems) == 1
             else f"{len(problems)} problems in the config:\n" + "\n".join("  " + p for p in problems)
         )
+
+
+#: runtime_env fields whose value is a location servegraph must be able to import from where it deploys.
+_CODE_FIELDS = ("working_dir", "py_modules")
+
+
+def merge_runtime_env(app_env: dict[str, Any], deployment_env: dict[str, Any]) -> dict[str, Any]:
+    """An application's runtime_env under a deployment's own, as Ray Serve merges them: the deployment's
+    fields win, and ``env_vars`` merge key by key (the deployment's win).
+
+    >>> merge_runtime_env({"env_vars": {"A": "1", "B": "1"}, "pip": ["x"]}, {"env_vars": {"B": "2"}})
+    {'env_vars': {'A': '1', 'B': '2'}, 'pip': ['x']}
+    """
+    merged = {**app_env, **deployment_env}
+    if "env_vars" in app_env or "env_vars" in deployment_env:
+        merged["env_vars"] = {**(app_env.get("env_vars") or {}), **(deployment_env.get("env_vars") or {})}
+    return merged
+
+
+def with_app_runtime_env(compiled: CompiledGraph, overrides: Overrides, runtime_env: dict[str, Any]) -> Overrides:
+    """``overrides`` with the application's runtime_env given to every deployment's ray_actor_options.
+
+    Each replica starts in it (Ray installs ``pip``, sets ``env_vars``, ships a local ``working_dir``).
+    """
+    if not runtime_env:
+        return overrides
+    out = {name: dict(options) for name, options in overrides.items()}
+    for name, dep in compiled.deployments.items():
+        options = out.setdefault(name, {})
+        actor = dict(options.get("ray_actor_options") or dep.options.actor_options())
+        actor["runtime_env"] = merge_runtime_env(runtime_env, dict(actor.get("runtime_env") or {}))
+        options["ray_actor_options"] = actor
+    return Overrides(out, getattr(overrides, "locations", {}))
+
+
+def local_code_dirs(runtime_env: dict[str, Any], where: str) -> list[str]:
+    """The local directories of an application's runtime_env code fields, to import its graph from.
+
+    Raises:
+        ConfigError: a remote location (``s3://``, ``https://...zip``): servegraph imports the graph where
+            ``servegraph deploy`` runs, so the code must be on this machine.
+    """
+    import os
+
+    dirs = []
+    for field in _CODE_FIELDS:
+        value = runtime_env.get(field)
+        for location in (value if isinstance(value, list) else [value] if value else []):
+            if not isinstance(location, str) or "://" in location:
+                raise ConfigError(
+                    f"{where}.runtime_env.{field}: {location!r} is not a local directory; servegraph imports the "
+                    "application where `servegraph deploy` runs, so give the directory the code is in here "
+                    "(Ray still ships it to every replica)"
+                )
+            dirs.append(os.path.abspath(location) if field == "working_dir" else os.path.dirname(os.path.abspath(location)))
+    return dirs
