@@ -167,6 +167,7 @@ class _Uses:
                 self.old.append((node.lineno, "awaits a handle call's result twice"))
             elif isinstance(parent, ast.Assign) and all(isinstance(t, ast.Name) for t in parent.targets):
                 for target in parent.targets:
+                    assert isinstance(target, ast.Name)
                     awaited_names[target.id] = node.lineno  # decided by what the code does with it next
             elif not isinstance(parent, ast.Expr):  # returned, computed with, put in a list, passed on
                 self.new.append((node.lineno, "uses an awaited handle call as its value"))
@@ -181,7 +182,7 @@ class _Uses:
             ):
                 name, how = node.args[0].id, "ray.get()s"
             if name in awaited_names:
-                self.old.append((node.lineno, f"{how} {name!r}, an awaited handle call's result"))
+                self.old.append((getattr(node, "lineno", 0), f"{how} {name!r}, an awaited handle call's result"))
 
 
 def _from_code(target: Any) -> HandleEra | None:
