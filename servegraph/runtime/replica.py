@@ -31,6 +31,7 @@ import ray
 from .._validation import did_you_mean
 from ..compiler import ir
 from ..dsl.signature import function_method_problem, public_methods
+from . import ray_compat
 from .codec import unflatten
 from .handle import DeploymentInfo, async_handle, note_actor_death
 from .http_codec import HTTPResult, encode_error, encode_result, make_request, request_id_of, set_request_id
@@ -648,35 +649,28 @@ STREAM = "<stream>"
 # replica outlives owners (a driver that exits, a proxy that dies), so it records the tasks its
 # loop runs: the controller can then stop that loop itself (release_lane), and the replica is free
 # to join a new lane (an actor runs one compiled loop at a time).
-try:
-    from ray.dag import compiled_dag_node as _cgraph
-
-    _ORIGINAL_EXEC_TASKS = getattr(_cgraph, "_servegraph_original_exec_tasks", _cgraph.do_exec_tasks)
-
-    def _exec_tasks_recorded(self: Any, tasks: Any, *args: Any, **kwargs: Any) -> Any:
+def _record_lane_tasks(original: Callable[..., Any]) -> Callable[..., Any]:
+    def exec_tasks_recorded(self: Any, tasks: Any, *args: Any, **kwargs: Any) -> Any:
         if isinstance(self, _ReplicaCore):
             self._lane_tasks = tasks
         try:
-            return _ORIGINAL_EXEC_TASKS(self, tasks, *args, **kwargs)
+            return original(self, tasks, *args, **kwargs)
         finally:
             if isinstance(self, _ReplicaCore) and getattr(self, "_lane_tasks", None) is tasks:
                 self._lane_tasks = None
 
-    _cgraph._servegraph_original_exec_tasks = _ORIGINAL_EXEC_TASKS  # type: ignore[attr-defined]
-    _cgraph.do_exec_tasks = _exec_tasks_recorded
-    LANES_SUPPORTED: str | None = None
-except (ImportError, AttributeError) as exc:  # a Ray without compiled graphs: the plan path only
-    LANES_SUPPORTED = f"this Ray ({ray.__version__}) lacks compiled graphs: {exc}"
+    return exec_tasks_recorded
+
+
+# On a Ray without (the checked) compiled graphs this records nothing, and the compiled path is off.
+ray_compat.wrap_compiled_loop(_record_lane_tasks)
 
 
 def _release_lane(replica: _ReplicaCore) -> bool:
     tasks = getattr(replica, "_lane_tasks", None)
     if not tasks:
         return False
-    try:
-        _cgraph.do_cancel_executable_tasks(replica, tasks)
-    except Exception:  # already closed by its owner: nothing left to stop
-        pass
+    ray_compat.cancel_compiled_loop(replica, tasks)  # one already closed by its owner: nothing to stop
     return True
 
 
