@@ -19,7 +19,7 @@ from ..errors import DeploymentError, GraphError
 from .cluster import CONTROLLER_NAME, NAMESPACE, cluster_resources, ensure_connected
 from .driver_http import adapter_problem
 from .handle import DeploymentHandle, DeploymentInfo, RayServeSyncHandle, deployment_handle, plan_handle, routes_handle
-from .lanes import forget_all_lanes
+from .lanes import close_lanes, forget_all_lanes
 from .long_poll import close_runtime_client
 
 #: How long status-like calls wait for the controller before they say it is unreachable.
@@ -293,10 +293,11 @@ def start(
 
 
 def delete(name: str, _blocking: bool = True) -> None:
-    """Delete an application and its replicas."""
+    """Delete an application and its replicas; this process's compiled lanes for it stop too."""
     controller = _controller(create=False)
     if controller is not None:
         _ask(controller.delete_app.remote(name), f"delete {name!r}", timeout_s=600)
+    close_lanes(name)
 
 
 def shutdown() -> None:

@@ -308,6 +308,8 @@ class LaneSet:
 
     def update(self, published: Any) -> None:
         """A new assignment from the controller (on the long-poll thread): compile new lanes, retire old ones."""
+        if self._closed:
+            return
         assignment = published.assignment
         if assignment.plan is not None and assignment.plan != self.plan:
             with self._lock:
@@ -365,7 +367,9 @@ class LaneSet:
         if self._closed:
             return
         self._closed = True
+        self._client.unsubscribe((self.app, LANES_KEY), self)
         if not ray.is_initialized() or ray.get_runtime_context().gcs_address != self._client.cluster:
+            self._stop_threads()
             return  # disconnected (or on another cluster): the controller releases what this process held
         with self._lock:
             lanes, self.lanes = list(self.lanes.values()), {}
@@ -379,6 +383,7 @@ class LaneSet:
         """servegraph was shut down: stop using every lane and every thread, telling no one (the controller
         is gone; the replicas' loops ended with them)."""
         self._closed = True
+        self._client.unsubscribe((self.app, LANES_KEY), self)
         with self._lock:
             self.lanes = {}
         self._stop_threads()
@@ -560,6 +565,21 @@ def forget_all_lanes() -> None:
     for lanes in sets:
         lanes.forget_all()
     _OPEN.clear()
+
+
+def close_lanes(app: str) -> None:
+    """``app`` was deleted: this process's lanes for it are torn down and their threads stop."""
+    with _SETS_LOCK:
+        sets = [lanes for key, lanes in _SETS.items() if key[1] == app]
+        for key in [key for key in _SETS if key[1] == app]:
+            del _SETS[key]
+    for lanes in sets:
+        if lanes in _OPEN:
+            _OPEN.remove(lanes)
+        try:
+            lanes.close()
+        except Exception:
+            lanes.forget_all()
 
 
 def _close_all() -> None:

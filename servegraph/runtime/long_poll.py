@@ -77,6 +77,12 @@ class RuntimeClient:
             self._routers[key] = listener
             self._events.put(("subscribe",))
 
+    def unsubscribe(self, key: Key, listener: Any) -> None:
+        """Stop pushing ``key`` to ``listener`` (a lane set that closed); a router under the key stays."""
+        with self._lock:
+            if self._routers.get(key) is listener:
+                del self._routers[key]
+
     def controller(self, timeout: float | None = None) -> Any:
         """The controller actor (found again, or revived, if it was lost).
 
