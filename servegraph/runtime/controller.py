@@ -63,6 +63,7 @@ from .replica import (
     replica_concurrency,
 )
 from .router import Membership
+from .user_frames import user_frame_in
 from .version import replica_version
 
 #: How long ``deploy`` waits for replicas to start before it reports failure (they keep being tried).
@@ -102,18 +103,25 @@ def replica_actor_name(app: str, deployment: str, replica_id: str) -> str:
 
 
 def _describe_failure(exc: BaseException) -> str:
-    """One line for a replica that could not start or answer: the user's error, not Ray's wrapping."""
+    """One line for a replica that could not start or answer: the user's error, not Ray's wrapping.
+
+    However it arrived (the replica's own reply, or a Ray error: a call that raised, or the replica's
+    death carrying its error as the cause), the line is the same: ``Type: message (file.py:N in fn)``,
+    naming the innermost frame of the user's code when the error's traceback has one.
+    """
     if isinstance(exc, ReplicaStartError):
         return str(exc)
     if isinstance(exc, asyncio.TimeoutError):
         return "timed out"
-    cause = getattr(exc, "cause", None) or exc
-    text = str(cause)
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    for line in reversed(lines):
-        if ": " in line and not line.startswith(" "):
-            return line.strip()
-    return lines[-1].strip() if lines else type(exc).__name__
+    text = str(exc)
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, BaseException) and not isinstance(cause, ray.exceptions.RayError):
+        head = f"{type(cause).__name__}: {cause}"  # a RayTaskError raised as the user's exception type
+    else:
+        lines = [line for line in str(cause or exc).strip().splitlines() if line.strip()]
+        head = next((ln.strip() for ln in reversed(lines) if ": " in ln and not ln.startswith(" ")), "")
+        head = head or (lines[-1].strip() if lines else type(exc).__name__)
+    return head + user_frame_in(text)
 
 
 class ReplicaStartError(Exception):

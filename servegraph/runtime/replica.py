@@ -35,7 +35,7 @@ from . import ray_compat
 from .codec import unflatten
 from .handle import DeploymentInfo, async_handle, note_actor_death
 from .http_codec import HTTPResult, encode_error, encode_result, make_request, request_id_of, set_request_id
-from .user_frames import is_user_file
+from .user_frames import describe_user_error
 
 #: Threads a threaded replica keeps for control calls (watch, health check, reconfigure, drain, status).
 CONTROL_THREADS = 4
@@ -66,13 +66,6 @@ def is_async_target(target: Any) -> bool:
         if inspect.iscoroutinefunction(attr) or inspect.isasyncgenfunction(attr):
             return True
     return False
-
-
-def describe_user_error(exc: BaseException) -> str:
-    """``Type: message (file.py:12 in fn)`` naming the innermost frame of the user's code."""
-    frames = [f for f in traceback.extract_tb(exc.__traceback__) if is_user_file(f.filename)]
-    where = f" ({os.path.basename(frames[-1].filename)}:{frames[-1].lineno} in {frames[-1].name})" if frames else ""
-    return f"{type(exc).__name__}: {exc}{where}"
 
 
 def split_keywords(names: tuple[str, ...], values: tuple) -> tuple[tuple, dict]:
