@@ -129,3 +129,21 @@ def test_a_ray_error_with_no_user_frame_gives_the_error_alone():
     error = ray.exceptions.RayTaskError("f", f'Traceback:\n  File "{rays_file}", line 1, in f\nOSError: gone\n', None)
     assert _describe_failure(error) == "OSError: gone"
 
+
+
+@pytest.mark.ray
+def test_a_replica_that_dies_while_it_is_created_names_the_users_line(serve_app, http_port):
+    """Its argument fails to unpickle in the replica: the error arrives as the replica's death, and still
+    reads as the user's error at the user's line (not Ray's, nor the half-made replica's)."""
+    from pathlib import Path
+
+    import replica_weights
+
+    source = Path(replica_weights.__file__).read_text().splitlines()
+    line = next(i for i, text in enumerate(source, 1) if "RAISES_HERE" in text)
+    app = replica_weights.WeightsModel.bind(replica_weights.Weights("w.bin"))
+    with pytest.raises(serve.DeploymentError) as error:
+        serve_app.run(app, name="weights-fail", route_prefix=None, port=http_port)
+    assert str(error.value).endswith(
+        f"a replica failed to start: ValueError: bad model file (replica_weights.py:{line} in __setstate__)"
+    ), str(error.value)

@@ -179,8 +179,9 @@ class _ReplicaCore:
         return describe_user_error(exc)
 
     def __repr__(self) -> str:
-        # Ray shows an actor's repr in errors from it: name the deployment, not this class.
-        return f"replica of deployment {self._deployment!r}"
+        # Ray shows an actor's repr in errors from it: name the deployment, not this class. Ray also asks
+        # for it when the actor's creation failed before __init__ ran (its arguments would not unpickle).
+        return f"replica of deployment {getattr(self, '_deployment', '?')!r}"
 
     def ready(self) -> dict:
         return {"pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id()}

@@ -57,5 +57,6 @@ def user_frame_in(text: str) -> str:
     >>> user_frame_in('  File "/home/ana/model.py", line 12, in __init__\\n    raise ValueError()')
     ' (model.py:12 in __init__)'
     """
-    frames = [m for m in _FRAME_LINE.finditer(text) if is_user_file(m["file"])]
+    # Only absolute paths: Ray's compiled modules name theirs relative (``python/ray/_raylet.pyx``).
+    frames = [m for m in _FRAME_LINE.finditer(text) if os.path.isabs(m["file"]) and is_user_file(m["file"])]
     return where(frames[-1]["file"], frames[-1]["line"], frames[-1]["name"]) if frames else ""
