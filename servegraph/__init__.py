@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ._handle_era import handle_api
 from .batching import batch
 from .dsl import (
     DAGDriver,
@@ -55,6 +56,8 @@ _LAZY_NAMES = {
     "get_app_handle": "runtime.api",
     "get_deployment_handle": "runtime.api",
     "start": "runtime.api",
+    "shutdown_async": "runtime.api",
+    "get_replica_context": "runtime.context",
 }
 
 
@@ -97,9 +100,12 @@ __all__ = [
     "deployment",
     "get_app_handle",
     "get_deployment_handle",
+    "get_replica_context",
+    "handle_api",
     "ingress",
     "run",
     "shutdown",
+    "shutdown_async",
     "start",
     "status",
 ]

@@ -28,14 +28,16 @@ def route_prefix_problem(value: str) -> str | None:
     >>> route_prefix_problem("/hello") is None
     True
     >>> route_prefix_problem("/hello/")
-    "must not end with '/' (unless it is just '/')"
+    "may not end with a trailing '/' (unless it is just '/')"
+
+    The words are Ray Serve's, so code and tests that match on them see the same text.
     """
     if not value.startswith("/"):
-        return "must start with '/'"
+        return "must start with a forward slash ('/')"
     if len(value) > 1 and value.endswith("/"):
-        return "must not end with '/' (unless it is just '/')"
+        return "may not end with a trailing '/' (unless it is just '/')"
     if "{" in value or "}" in value:
-        return "must not contain wildcards ('{' or '}')"
+        return "may not contain wildcards ('{' or '}')"
     return None
 
 

@@ -158,14 +158,10 @@ def ingress(app: Any) -> Any:
                 await _start_lifespan(app)
 
             async def __call__(self, request: Any) -> Any:
-                from starlette.responses import Response
+                from .runtime.http_codec import asgi_response
 
-                from .runtime.http_codec import call_asgi
-
-                status, headers, body = await call_asgi(app, dict(request.scope), await request.body())
-                response = Response(body, status_code=status)
-                response.raw_headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]
-                return response
+                # A StreamingResponse from a route streams to the client chunk by chunk, as in Ray Serve.
+                return await asgi_response(app, dict(request.scope), await request.body())
 
         ASGIIngress.__init__.__signature__ = inspect.signature(user_init)  # type: ignore[attr-defined]
         functools.update_wrapper(ASGIIngress, cls, updated=())

@@ -3,6 +3,7 @@
 from .runtime.handle import (
     DeploymentHandle,
     DeploymentResponse,
+    DeploymentResponseGenerator,
     RayServeDeploymentHandle,
     RayServeHandle,
     RayServeSyncHandle,
@@ -11,6 +12,7 @@ from .runtime.handle import (
 __all__ = [
     "DeploymentHandle",
     "DeploymentResponse",
+    "DeploymentResponseGenerator",
     "RayServeDeploymentHandle",
     "RayServeHandle",
     "RayServeSyncHandle",

@@ -188,7 +188,7 @@ def test_a_five_stage_chain_gives_the_plan_paths_answers(chain5):
     compiled, plan = chain5
     with on_lanes("cg-chain")(20):
         refs = [compiled.remote(i) for i in range(20)]
-    assert all(type(r) is ray.ObjectRef for r in refs)  # the seed's sync handle still gives ObjectRefs
+    assert all(isinstance(r, ray.ObjectRef) for r in refs)  # the seed's sync handle still gives ObjectRefs
     done, _ = ray.wait(refs, num_returns=20, timeout=60)
     assert len(done) == 20
     assert ray.get(refs) == ray.get([plan.remote(i) for i in range(20)]) == [i + 15 for i in range(20)]

@@ -214,7 +214,7 @@ def test_every_problem_is_listed(tmp_path):
             "applications:\n- {name: a, import_path: 'x:a'}\n- {name: a, import_path: 'x:b', route_prefix: /b}\n",
             r"applications: applications\[0\] and applications\[1\] have the same name 'a'",
         ),
-        ("applications:\n- {import_path: 'x:a', route_prefix: api}\n", r"applications\[0\]\.route_prefix: must start with '/', got 'api'"),
+        ("applications:\n- {import_path: 'x:a', route_prefix: api}\n", r"applications\[0\]\.route_prefix: must start with a forward slash \('/'\), got 'api'"),
         ("applications:\n- {import_path: hello}\n", r"applications\[0\]\.import_path: must be MODULE:ATTR"),
         (
             "applications:\n- import_path: 'x:a'\n  deployments: [{name: A, num_replicas: 2, autoscaling_config: {max_replicas: 3}}]\n",

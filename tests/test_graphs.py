@@ -38,7 +38,7 @@ def example_handles(deploy) -> dict:
 @pytest.mark.parametrize("case", EXAMPLE_CASES, ids=lambda case: case.module)
 def test_example_on_ray(example_handles, case):
     refs = case.send(example_handles[case.module])
-    assert all(type(ref) is ray.ObjectRef for ref in refs)
+    assert all(isinstance(ref, ray.ObjectRef) for ref in refs)
     assert ray.get(refs, timeout=60) == case.expected
 
 

@@ -265,7 +265,7 @@ def test_driver_of_a_deployment_keeps_its_methods_and_predict_calls_it(more):
 
 
 def test_multi_route_keys_must_be_route_prefixes():
-    with pytest.raises(serve.BindError, match="route 'one' must start with '/'"):
+    with pytest.raises(serve.BindError, match=r"route 'one' must start with a forward slash \('/'\)"):
         DAGDriver.bind({"one": plus_one})
 
 

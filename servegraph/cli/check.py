@@ -9,6 +9,7 @@ import sys
 
 import click
 
+from .._handle_era import HandleEra, handle_era
 from ..compiler import compile
 from ..compiler.fast_path import compiled_path_problem
 from ..errors import GraphError
@@ -49,6 +50,7 @@ def check_cmd(
             ) from None
     diagnostics = []
     path = None
+    eras: list[tuple[str, HandleEra]] = []
     try:
         app = load_app(target, name=name)
         if cluster is None:
@@ -57,6 +59,7 @@ def check_cmd(
         compiled = compile(app, cluster_resources=cluster, strict=False)
         diagnostics = list(compiled.diagnostics)
         if not any(d.severity == "error" or strict for d in diagnostics):
+            eras = [(d.name, handle_era(d.target)) for d in compiled.ir.deployments if d.handles]
             problem = compiled_path_problem(compiled.ir)
             path = (
                 f"requests run as a plan of actor calls: {problem}"
@@ -79,6 +82,8 @@ def check_cmd(
             click.echo(f"{target}: {errors} error(s), {len(diagnostics) - errors} warning(s)", err=True)
         if path is not None:  # which way requests will run (only for a graph without errors)
             click.echo(path)
+        for deployment, era in eras:
+            click.echo(f"{deployment}: its constructor handles are {era.handle_class}s: {era.reason}")
     sys.exit(1 if any(d.severity == "error" for d in diagnostics) else 0)
 
 

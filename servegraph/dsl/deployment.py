@@ -61,6 +61,10 @@ class Deployment:
         """A copy of this deployment with some options overridden."""
         return Deployment(self._target, make_options(self._options, _call_site=user_call_site(), **kwargs))
 
+    def set_options(self, **kwargs: Any) -> None:
+        """Ray 2.x's in-place ``options``: change this deployment's options (checked as ``options`` checks them)."""
+        self._options = make_options(self._options, _call_site=user_call_site(), **kwargs)
+
     def bind(self, *args: Any, _call_site: CallSite | None = None, **kwargs: Any) -> DAGNode:
         """Bind constructor (class) or call (function) arguments into a graph node.
 

@@ -11,6 +11,7 @@ from typing import Any, cast
 
 import ray
 
+from .._handle_era import record_handle_era
 from .._validation import route_prefix_problem
 from ..compiler import CompiledGraph, compile
 from ..compiler.config.app import DEFAULT_APP_NAME
@@ -19,6 +20,7 @@ from ..errors import DeploymentError, GraphError
 from .cluster import CONTROLLER_NAME, NAMESPACE, cluster_resources, ensure_connected
 from .driver_http import adapter_problem
 from .handle import DeploymentHandle, DeploymentInfo, RayServeSyncHandle, deployment_handle, plan_handle, routes_handle
+from .http_codec import HTTP_OPTION_DEFAULTS
 from .lanes import close_lanes, forget_all_lanes
 from .long_poll import close_runtime_client
 
@@ -129,7 +131,7 @@ def proxy_location_name(value: Any) -> str | None:
 def _require_route_prefix(route_prefix: str | None) -> None:
     problem = None if route_prefix is None else route_prefix_problem(route_prefix)
     if problem is not None:
-        raise ValueError(f"route_prefix {route_prefix!r} {problem}; Ray Serve refuses it too, e.g. use '/hello'")
+        raise ValueError(f"Invalid route_prefix '{route_prefix}', {problem}. (servegraph: e.g. use '/hello')")
 
 
 def deploy_compiled(
@@ -137,13 +139,14 @@ def deploy_compiled(
     *,
     name: str = DEFAULT_APP_NAME,
     route_prefix: str | None = "/",
-    host: str = "127.0.0.1",
-    port: int = 8000,
+    host: str | None = "127.0.0.1",
+    port: int | None = 8000,
     http: bool = True,
     http_options: dict[str, Any] | None = None,
     on_progress: Callable[[dict[str, dict[str, int]]], None] | None = None,
     compiled_path: bool = True,
     proxy_location: Any = None,
+    wait: bool = True,
 ) -> tuple[RayServeSyncHandle, dict[str, str]]:
     """Deploy an already compiled graph; returns its handle and what changed per deployment.
 
@@ -162,16 +165,21 @@ def deploy_compiled(
         problem = adapter_problem(compiled.ir)
         if problem is not None:
             raise DeploymentError(f"application {name!r} was not deployed: {problem}")
+    for deployment in compiled.ir.deployments:
+        if deployment.handles:  # the handle API its code expects, decided where the code can be read
+            record_handle_era(deployment.target)
     controller = _controller()
     pending = controller.deploy_app.remote(
         # Bytes, so the controller can put our import paths on sys.path before it loads user code.
         name,
         ray.cloudpickle.dumps(compiled.ir),
         route_prefix,
-        (host, port, dict(http_options or {})) if http else None,
+        # None (not given) keeps what the running proxy uses; see Controller._ensure_proxy.
+        (host, port, None if http_options is None else dict(http_options)) if http else None,
         code_paths(),
         bool(compiled_path),
         location,
+        wait,
     )
     while on_progress is not None and not ray.wait([pending], timeout=0.5)[0]:
         try:
@@ -192,8 +200,8 @@ def run(
     blocking: bool = False,
     name: str = DEFAULT_APP_NAME,
     route_prefix: Any = DEFAULT_ROUTE_PREFIX,
-    host: str = "127.0.0.1",
-    port: int = 8000,
+    host: str | None = None,
+    port: int | None = None,
     _local_testing_mode: bool = False,
     *,
     resource_check: bool = True,
@@ -211,18 +219,26 @@ def run(
         name: the application's name; deploying the same name again updates it.
         route_prefix: where HTTP requests reach the app (None: no HTTP route). Not given: the
             ingress's ``route_prefix`` option (or ``DAGDriver.options(route_prefix=)``), else "/".
-        host, port: where the HTTP proxy listens (loopback by default).
+        host, port: where the HTTP proxy listens; not given, where the running proxy listens (as
+            ``serve.start(http_options=...)`` set it), else 127.0.0.1:8000.
         _local_testing_mode: run in this process without Ray (see the README for its limits).
         resource_check: fail at once when the cluster's resources cannot hold every replica.
         http: start the HTTP proxy.
         compiled: run an eligible InputNode graph on Ray compiled graphs (see the README's "compiled
             path"); False keeps every request on the plan of actor calls.
-        _blocking, logging_config: accepted for Ray Serve's callers; servegraph always returns once
-            every replica is ready, and replicas log as Ray's workers do.
+        _blocking: False returns once the application's new state is set, before its replicas are up
+            (``serve.status()`` then shows it DEPLOYING, RUNNING or DEPLOY_FAILED with the error), as in
+            Ray Serve.
+        logging_config: not supported yet: anything but None is refused.
 
     Raises:
         GraphError: the graph fails a check; DeploymentError: a replica failed to start.
     """
+    if logging_config is not None:
+        raise TypeError(
+            "serve.run(logging_config=...) is not supported yet: replicas log as Ray's workers do "
+            "(`servegraph logs APP` shows what they printed); leave it out"
+        )
     if _local_testing_mode:
         from .local import run_local
 
@@ -242,6 +258,7 @@ def run(
         http=http,
         on_progress=_on_progress,
         compiled_path=compiled,
+        wait=_blocking,
     )
     if blocking:
         _block()
@@ -269,27 +286,57 @@ def start(
     detached: bool = True,
     http_options: dict[str, Any] | None = None,
     proxy_location: Any = None,
-    **_ignored: Any,
+    grpc_options: Any = None,
+    logging_config: Any = None,
+    **kwargs: Any,
 ) -> None:
     """Ray Serve's ``serve.start``: connect, and start the controller and the HTTP proxy now.
 
-    ``http_options`` takes ``host`` (default 127.0.0.1) and ``port`` (default 8000);
-    ``proxy_location``: ``EveryNode`` (default: a proxy on every node that runs replicas), ``HeadOnly``,
-    or ``Disabled`` (no proxy).
+    ``http_options``: ``host`` (default 127.0.0.1), ``port`` (default 8000), ``request_timeout_s``,
+    ``keep_alive_timeout_s``, as Ray Serve names them (a dict, or an object with those attributes). Later
+    ``serve.run`` calls that name no host or port serve there. ``proxy_location``: ``EveryNode`` (default:
+    a proxy on every node that runs replicas), ``HeadOnly``, or ``Disabled`` (no proxy). ``detached`` is
+    accepted for old callers: servegraph's controller always outlives the driver, as Ray Serve's does.
 
     Raises:
         DeploymentError: the proxy cannot listen on host:port.
+        TypeError: an option servegraph cannot honour (gRPC, logging_config, unknown keywords).
     """
-    options = dict(http_options or {})
+    refused = sorted(k for k, v in {"grpc_options": grpc_options, "logging_config": logging_config, **kwargs}.items() if v is not None)
+    if refused:
+        raise TypeError(
+            f"serve.start() got {', '.join(refused)}, which servegraph does not support yet; it takes "
+            "http_options and proxy_location"
+        )
+    options = _http_options_dict(http_options)
+    host, port = options.pop("host", None), options.pop("port", None)
+    unknown = sorted(set(options) - set(HTTP_OPTION_DEFAULTS))
+    if unknown:
+        raise TypeError(
+            f"serve.start(http_options=...) got {', '.join(unknown)}, which servegraph's proxy cannot apply; it "
+            f"takes host, port, {', '.join(HTTP_OPTION_DEFAULTS)}"
+        )
     location = proxy_location_name(proxy_location)
     controller = _controller()
     if location == "Disabled":
         return
     refusal = ray.get(
-        controller.start_http.remote(options.get("host", "127.0.0.1"), int(options.get("port", 8000)), location)
+        controller.start_http.remote(host, None if port is None else int(port), location, options)
     )
     if refusal is not None:
         raise DeploymentError(refusal.message)
+
+
+def _http_options_dict(http_options: Any) -> dict[str, Any]:
+    """Ray Serve's ``http_options``, given as a dict or as an ``HTTPOptions``-like object, as a dict."""
+    if http_options is None:
+        return {}
+    if isinstance(http_options, dict):
+        return dict(http_options)
+    dump = getattr(http_options, "model_dump", None) or getattr(http_options, "dict", None)
+    if dump is None:
+        raise TypeError(f"http_options must be a dict or an HTTPOptions, got {type(http_options).__name__}")
+    return {k: v for k, v in dump().items() if v is not None}
 
 
 def delete(name: str, _blocking: bool = True) -> None:
@@ -314,6 +361,13 @@ def shutdown() -> None:
     close_runtime_client()
 
 
+async def shutdown_async() -> None:
+    """``serve.shutdown()`` from async code: the same, run off the event loop so the loop keeps serving."""
+    import asyncio
+
+    await asyncio.to_thread(shutdown)
+
+
 def get_app_handle(name: str = DEFAULT_APP_NAME) -> DeploymentHandle:
     """A DeploymentHandle to a running application's ingress (or graph), as in Ray Serve 2.7+.
 
@@ -322,7 +376,9 @@ def get_app_handle(name: str = DEFAULT_APP_NAME) -> DeploymentHandle:
     controller = _controller(create=False)
     info = _ask(controller.get_app.remote(name), "get_app") if controller is not None else None
     if info is None:
-        raise GraphError(f"no application named {name!r} is running")
+        raise GraphError(f"Application '{name}' does not exist. `servegraph status` lists what runs")
+    # A DeploymentHandle: outside an event loop its results are ObjectRefs too, except a compiled
+    # graph's, which are read from its lane when asked for (they skip the object store).
     return cast(DeploymentHandle, _handle_for(name, info.app, info.infos).options(use_new_handle_api=True))
 
 

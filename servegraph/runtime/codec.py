@@ -17,6 +17,7 @@ import ray.cloudpickle
 from ray import ObjectRef
 
 from .._walk import contains_type, map_leaves
+from .responses import DriverResponse
 
 
 class Slot:
@@ -50,14 +51,14 @@ def to_slots(value: Any, refs: list[ObjectRef]) -> Any:
 
     ``value`` itself comes back when it holds no ref: no copy on the common path.
     """
-    if type(value) is ObjectRef:
+    if type(value) in _REF:
         refs.append(value)
         return Slot(len(refs) - 1)
     if not contains_type(value, _REF):  # the request path: most arguments hold no ref
         return value
 
     def slot(leaf: Any) -> Any:
-        if type(leaf) is ObjectRef:
+        if type(leaf) in _REF:
             refs.append(leaf)
             return Slot(len(refs) - 1)
         return leaf
@@ -65,7 +66,7 @@ def to_slots(value: Any, refs: list[ObjectRef]) -> Any:
     return map_leaves(value, slot)
 
 
-_REF = frozenset({ObjectRef})
+_REF = frozenset({ObjectRef, DriverResponse})
 _SLOT = frozenset({Slot})
 
 

@@ -839,12 +839,14 @@ class Controller:
         name: str,
         app_bytes: bytes,
         route_prefix: str | None,
-        http: tuple[str, int, dict[str, Any]] | None,
+        http: tuple[str | None, int | None, dict[str, Any] | None] | None,
         code_paths: tuple[str, ...] = (),
         compiled: bool = True,
         proxy_location: str | None = None,
+        wait: bool = True,
     ) -> DeployReply:
-        """Set an application's desired state and wait until it runs (or cannot).
+        """Set an application's desired state and wait until it runs (or cannot); with ``wait=False``,
+        answer once the state is set (``serve.run(_blocking=False)``: status shows how it goes).
 
         Deployments whose replica version is unchanged keep their replicas; a
         ``user_config`` change reconfigures them; a count change only scales.
@@ -875,14 +877,15 @@ class Controller:
                     )
             if http is not None and route_prefix is not None:
                 host, port, options = http
-                # Normalised, so "defaults left out" and "defaults written out" are the same proxy.
-                error = await self._ensure_proxy(host, port, {**HTTP_OPTION_DEFAULTS, **options}, name, proxy_location)
+                error = await self._ensure_proxy(host, port, options, name, proxy_location)
                 if error:
                     return DeployReply({}, Refusal("proxy", error))
             changes = self._set_target(name, app, app_bytes, tuple(code_paths), route_prefix, compiled)
             self._dirty = True
             await self._push_routes()
         self._wake()
+        if not wait:
+            return DeployReply(changes)
         return await self._wait_settled(name, changes)
 
     def _set_target(
@@ -979,11 +982,13 @@ class Controller:
             ),
         )
 
-    async def start_http(self, host: str, port: int, proxy_location: str | None = None) -> Refusal | None:
+    async def start_http(
+        self, host: str | None, port: int | None, proxy_location: str | None = None, options: dict[str, Any] | None = None
+    ) -> Refusal | None:
         """``serve.start``: the HTTP proxy on host:port before any deploy; why not, if it cannot be."""
         await self._recovered.wait()
         async with self._lock:
-            error = await self._ensure_proxy(host, port, dict(HTTP_OPTION_DEFAULTS), "", proxy_location)
+            error = await self._ensure_proxy(host, port, options, "", proxy_location)
             if error is None:
                 await self._push_routes()
                 return None
@@ -1086,9 +1091,20 @@ class Controller:
 
     # HTTP ------------------------------------------------------------------------------
     async def _ensure_proxy(
-        self, host: str, port: int, options: dict[str, Any], app: str, location: str | None
+        self, host: str | None, port: int | None, options: dict[str, Any] | None, app: str, location: str | None
     ) -> str | None:
-        """Start the head node's HTTP proxy on host:port, or check the running one is there (see proxy_state.py)."""
+        """Start the head node's HTTP proxy on host:port, or check the running one is there (see proxy_state.py).
+
+        None (host, port or options not given by the caller) keeps what the running proxy uses, as in Ray
+        Serve, where the options of a running Serve win; with no proxy yet, the defaults (127.0.0.1:8000).
+        """
+        running_host, running_port = self._proxies.http or ("127.0.0.1", 8000)
+        host = running_host if host is None else host
+        port = running_port if port is None else port
+        if options is None:
+            options = self._proxies.options if self._proxies.http is not None else {}
+        # Normalised, so "defaults left out" and "defaults written out" are the same proxy.
+        options = {**HTTP_OPTION_DEFAULTS, **options}
         others = sorted(n for n, s in self._apps.items() if n != app and s.route_prefix is not None)
         error = await self._proxies.ensure_head(host, port, options, location, others)
         self._dirty = True

@@ -14,6 +14,7 @@ Exactly the seed's semantics:
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import concurrent.futures
 import time
@@ -28,6 +29,8 @@ from .codec import flatten
 from .graph_ref import GraphRef
 from .long_poll import runtime_client
 from .plan import drive, drive_async, run_plan
+from .responses import RETRY_DELAY_S, DriverResponse, note_actor_death
+from .responses import user_error as _user_error
 from .router import Router, StreamMethod
 
 
@@ -57,25 +60,6 @@ class DeploymentInfo:
         if router is None:
             router = self._router = runtime_client().router(self.app, self.name)
         return router
-
-
-#: Before a request is sent again after a replica's death: time for the membership update to reach
-#: every router on its path (tens of milliseconds), so the retry does not meet the same dead replica.
-RETRY_DELAY_S = 0.1
-
-
-def note_actor_death(exc: BaseException) -> bool:
-    """If ``exc`` says a replica died (this request's, or one it called), stop routing to it here; True if so.
-
-    A user exception (RayTaskError) counts only when what it carries is a
-    replica's death: a deployment whose call to a dead replica failed.
-    """
-    if not isinstance(exc, ray.exceptions.RayActorError):
-        return False
-    actor_id = getattr(exc, "actor_id", None) or getattr(getattr(exc, "cause", None), "actor_id", None)
-    if actor_id:
-        runtime_client().drop_actor(actor_id)
-    return True
 
 
 # Resolving what callers pass in ----------------------------------------------------
@@ -155,6 +139,11 @@ class _DeploymentTarget:
     def submit(self, method: str, args: tuple, kwargs: dict) -> ObjectRef:
         args, kwargs = _prepare_sync(args, kwargs)
         return self.info.router().submit(method, args, kwargs)
+
+    def submit_nowait(self, method: str, args: tuple, kwargs: dict) -> ObjectRef:
+        """Send without waiting for room (see Router.submit_nowait)."""
+        args, kwargs = _prepare_sync(args, kwargs)
+        return self.info.router().submit_nowait(method, args, kwargs)
 
     async def submit_async(self, method: str, args: tuple, kwargs: dict) -> ObjectRef:
         args, kwargs = await _prepare_async(args, kwargs)
@@ -377,6 +366,10 @@ class DriverTarget:
     def submit(self, method: str, args: tuple, kwargs: dict) -> Any:
         return self.inner.submit("__call__" if method == "predict" else method, args, kwargs)
 
+    def submit_nowait(self, method: str, args: tuple, kwargs: dict) -> Any:
+        inner = getattr(self.inner, "submit_nowait", self.inner.submit)
+        return inner("__call__" if method == "predict" else method, args, kwargs)
+
     async def submit_async(self, method: str, args: tuple, kwargs: dict) -> Any:
         return await self.inner.submit_async("__call__" if method == "predict" else method, args, kwargs)
 
@@ -456,7 +449,7 @@ class _HandleBase:
         if stream and isinstance(self._target, _PlanTarget):
             raise TypeError("stream=True calls a deployment's generator method; an InputNode graph cannot stream")
         cls = DeploymentHandle if use_new_handle_api else type(self)
-        if use_new_handle_api is False and cls is DeploymentHandle:
+        if use_new_handle_api is False and issubclass(cls, DeploymentHandle):
             # As in Ray Serve: the old handle for the context, sync in a driver, async in an event loop.
             cls = RayServeDeploymentHandle if _has_running_loop() else RayServeSyncHandle
         return cls(self._target, method_name or self._method, self._stream if stream is None else stream)
@@ -468,12 +461,29 @@ class _HandleBase:
         return f"{type(self).__name__}(deployment={self.deployment_name!r}, method={self._method!r})"
 
 
+def _respond(target: Any, method: str, args: tuple, kwargs: dict) -> Any:
+    """Send a request from code outside an event loop: a result that serves both handle eras,
+    a ``DriverResponse`` (an ObjectRef with DeploymentResponse's methods; see responses.py)."""
+    nowait = getattr(target, "submit_nowait", None)
+    out = nowait(method, args, kwargs) if nowait is not None else target.submit(method, args, kwargs)
+    if type(out) is ObjectRef:
+        return DriverResponse.of(out, lambda: target.submit(method, args, kwargs))
+    return out  # a compiled lane's GraphRef, or a LocalRef in local testing mode
+
+
 class RayServeSyncHandle(_HandleBase):
-    """``.remote()`` returns a ``ray.ObjectRef``, blocking only until a replica is chosen."""
+    """``.remote()`` returns a ``ray.ObjectRef`` that is also a DeploymentResponse (``.result()``).
+
+    It never waits for a free replica: with every replica busy the request waits in the least loaded
+    replica's queue (``max_queued_requests`` bounds how many wait; see Router.submit_nowait).
+    """
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
-        out = self._target.submit(self._call, args, kwargs)
-        return DeploymentResponseGenerator(stream=out) if self._stream else out
+        if self._stream:
+            return DeploymentResponseGenerator(stream=self._target.submit(self._call, args, kwargs))
+        return _respond(self._target, self._call, args, kwargs)
+
+
 
 
 def _has_running_loop() -> bool:
@@ -512,10 +522,28 @@ class DeploymentHandle(_HandleBase):
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
+            if self._stream:
+                return DeploymentResponseGenerator(stream=self._target.submit(self._call, args, kwargs))
+            if not extra:
+                out = _respond(self._target, self._call, args, kwargs)
+                return out if type(out) is DriverResponse else DeploymentResponse(ref=out, call=call)
             out = self._target.submit(self._call, args, kwargs, **extra)
-            return DeploymentResponseGenerator(stream=out) if self._stream else DeploymentResponse(ref=out, call=call)
+            return DriverResponse.of(out) if type(out) is ObjectRef else DeploymentResponse(ref=out, call=call)
         task = loop.create_task(self._target.submit_async(self._call, args, kwargs, **extra))
         return DeploymentResponseGenerator(task=task) if self._stream else DeploymentResponse(task=task, call=call)
+
+
+class AppHandle(RayServeSyncHandle, DeploymentHandle):
+    """What ``serve.run`` and ``get_app_handle`` return: a ``RayServeSyncHandle`` (the seed's code) that is
+    also a ``DeploymentHandle`` (Ray Serve 2.x code); its ``.remote()`` results serve both (see responses.py).
+
+    Inside an event loop it is a DeploymentHandle (one ``await`` gives the value; nothing blocks the loop).
+    """
+
+    def remote(self, *args: Any, **kwargs: Any) -> Any:
+        if _has_running_loop():
+            return DeploymentHandle.remote(self, *args, **kwargs)
+        return RayServeSyncHandle.remote(self, *args, **kwargs)
 
 
 class DeploymentResponseGenerator:
@@ -524,20 +552,41 @@ class DeploymentResponseGenerator:
     ``for x in gen`` outside an event loop, ``async for x in gen`` inside one (as in Ray Serve).
     """
 
-    __slots__ = ("_stream", "_task")
+    __slots__ = ("_stream", "_task", "_values")
 
     def __init__(self, *, stream: Any = None, task: asyncio.Task | None = None):
         self._stream = stream
         self._task = task
+        self._values: Any = None
 
     def __iter__(self) -> Any:
-        if self._stream is None:
-            raise RuntimeError("this stream was started in async code: iterate it with `async for`")
+        return self
+
+    def __next__(self) -> Any:
+        """The next result (``next(gen)``, ``for x in gen``), outside an event loop."""
+        if self._values is None:
+            if self._stream is None:
+                raise RuntimeError("this stream was started in async code: iterate it with `async for`")
+            self._values = self._read()
+        return next(self._values)
+
+    def _read(self) -> Any:
         for ref in self._stream:
             try:
                 yield ray.get(ref)
             except ray.exceptions.RayTaskError as exc:
                 raise _user_error(exc) from None
+
+    def _to_object_ref_gen_sync(self, _record_telemetry: bool = True) -> Any:
+        """Ray Serve's name: Ray's ObjectRefGenerator under this stream (outside an event loop)."""
+        if self._stream is None:
+            raise RuntimeError("this stream was started in async code: await gen._to_object_ref_gen()")
+        return self._stream
+
+    async def _to_object_ref_gen(self, _record_telemetry: bool = True) -> Any:
+        if self._stream is None:
+            self._stream = await self._task  # type: ignore[misc]
+        return self._stream
 
     async def __aiter__(self) -> Any:
         if self._stream is None:
@@ -555,15 +604,7 @@ class DeploymentResponseGenerator:
             ray.cancel(self._stream)
 
 
-def _user_error(exc: ray.exceptions.RayTaskError) -> BaseException:
-    """The user's own exception inside Ray's wrapper, so its message shows no replica internals."""
-    cause = exc.cause
-    while isinstance(cause, ray.exceptions.RayTaskError) and cause.cause is not None:
-        cause = cause.cause
-    return cause if isinstance(cause, BaseException) else exc
-
-
-class DeploymentResponse:
+class DeploymentResponse(metaclass=abc.ABCMeta):  # noqa: B024  # ABCMeta only so driver results register as one
     """The future result of a DeploymentHandle call: ``await`` it, or ``.result()`` outside async code.
 
     If the replica dies before answering, the request is sent once more to
@@ -653,21 +694,30 @@ class DeploymentResponse:
             ray.cancel(self._ref)
 
 
+# A driver's results are DeploymentResponses too (they are ObjectRefs as well: see responses.py).
+DeploymentResponse.register(DriverResponse)
+
+
 def deployment_handle(info: DeploymentInfo, *, driven: bool = False) -> RayServeSyncHandle:
     target = _DeploymentTarget(info)
-    return RayServeSyncHandle(DriverTarget(target) if driven else target)
+    return AppHandle(DriverTarget(target) if driven else target)
 
 
 def plan_handle(app: str, plan: ir.Plan, infos: dict[str, DeploymentInfo]) -> RayServeSyncHandle:
-    return RayServeSyncHandle(_PlanTarget(app, plan, infos))
+    return AppHandle(_PlanTarget(app, plan, infos))
 
 
 def routes_handle(app: str, routes: tuple[tuple[str, ir.Plan], ...], infos: dict[str, DeploymentInfo]) -> RayServeSyncHandle:
-    return RayServeSyncHandle(RoutesTarget({route: _PlanTarget(app, plan, infos) for route, plan in routes}))
+    return AppHandle(RoutesTarget({route: _PlanTarget(app, plan, infos) for route, plan in routes}))
 
 
 def async_handle(info: DeploymentInfo, method: str = "__call__") -> RayServeDeploymentHandle:
     return RayServeDeploymentHandle(_DeploymentTarget(info), method)
+
+
+def new_api_handle(info: DeploymentInfo, method: str = "__call__") -> DeploymentHandle:
+    """A constructor handle for code written for Ray Serve 2.5+: one ``await`` per call."""
+    return DeploymentHandle(_DeploymentTarget(info), method)
 
 
 # Ray Serve's names for the same classes.

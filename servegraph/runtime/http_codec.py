@@ -14,6 +14,16 @@ import sys
 import traceback
 from typing import Any
 
+#: Ray Serve's http_options that the proxy applies through uvicorn, with Ray Serve's defaults.
+HTTP_OPTION_DEFAULTS: dict[str, Any] = {
+    "keep_alive_timeout_s": 90,
+    "request_timeout_s": None,
+    "ssl_keyfile": None,
+    "ssl_certfile": None,
+    "ssl_keyfile_password": None,
+    "ssl_ca_certs": None,
+}
+
 HTTPResult = tuple[int, list[tuple[str, str]], bytes]
 
 #: The header carrying a request's id from the client (if it sent one) through the proxy to the replica and back.
@@ -103,6 +113,88 @@ async def call_asgi(app: Any, scope: dict, body: bytes) -> HTTPResult:
     finally:
         done.set()
     return status, headers, b"".join(chunks)
+
+
+async def asgi_response(app: Any, scope: dict, body: bytes) -> Any:
+    """Run an ASGI app on one request; its answer as a starlette Response, streamed if the app streams.
+
+    A body sent in one message is a plain Response. A body sent in several (a ``StreamingResponse``,
+    server-sent events) becomes a ``StreamingResponse`` whose chunks come as the app sends them (the
+    replica hands them to the proxy one by one, see replica.py); if the app fails mid-body, reading
+    the next chunk raises, and the proxy aborts the response instead of ending it cleanly.
+    """
+    import asyncio
+
+    from starlette.responses import Response, StreamingResponse
+
+    scope = dict(scope)
+    root = scope.get("root_path", "")
+    if root and scope["path"] == root:  # /prefix reaches the app's "/" route, as /prefix/ does
+        scope["path"] = root + "/"
+    finished = asyncio.Event()
+    sent = False
+    start: asyncio.Future = asyncio.get_running_loop().create_future()
+    chunks: asyncio.Queue = asyncio.Queue()
+
+    async def receive() -> dict:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await finished.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        if message["type"] == "http.response.start":
+            if not start.done():
+                start.set_result((message["status"], message.get("headers", [])))
+        elif message["type"] == "http.response.body":
+            chunks.put_nowait((message.get("body", b""), message.get("more_body", False)))
+
+    async def run() -> None:
+        try:
+            await app(scope, receive, send)
+        except BaseException as exc:
+            if not start.done():
+                start.set_exception(exc)
+            chunks.put_nowait(exc)
+            raise
+        finally:
+            finished.set()
+            chunks.put_nowait(None)  # the app ended: no more chunks (whatever it sent)
+
+    task = asyncio.get_running_loop().create_task(run())
+    status, raw_headers = await start
+    first = await chunks.get()
+    if isinstance(first, BaseException):
+        raise first
+    content, more = first if first is not None else (b"", False)
+    if not more:
+        await asyncio.shield(task)
+        response = Response(content, status_code=status)
+        response.raw_headers = list(raw_headers)
+        return response
+
+    async def rest() -> Any:
+        try:
+            yield content
+            while True:
+                item = await chunks.get()
+                if isinstance(item, BaseException):
+                    raise item
+                if item is None:
+                    return
+                yield item[0]
+                if not item[1]:
+                    return
+        finally:  # read to the end, or closed because the client left: the app sees a disconnect and stops
+            finished.set()
+            if not task.done():
+                task.cancel()
+
+    streamed = StreamingResponse(rest(), status_code=status)
+    streamed.raw_headers = [(k, v) for k, v in raw_headers if k.lower() != b"content-length"]
+    return streamed
 
 
 def text(status: int, message: str) -> HTTPResult:

@@ -107,6 +107,9 @@ class RuntimeClient:
         self._closed = True
         self._stop.set()
         self._events.put(("stop",))
+        for router in list(self._routers.values()):
+            if isinstance(router, Router):  # lane listeners (see subscribe) have their own end
+                router.close()
 
     # The thread ------------------------------------------------------------------------
     def _run(self) -> None:

@@ -23,6 +23,7 @@ from .codec import loads_with_paths
 from .driver_http import MATCH_ALL, driver_app
 from .handle import RETRY_DELAY_S, _DeploymentTarget, _PlanTarget, note_actor_death
 from .http_codec import (
+    HTTP_OPTION_DEFAULTS,
     REQUEST_ID_HEADER,
     HTTPResult,
     call_asgi,
@@ -57,15 +58,6 @@ def _cause(exc: BaseException) -> BaseException:
 
 #: Largest request body the proxy reads, in bytes (413 beyond it); SERVEGRAPH_MAX_REQUEST_BODY_BYTES overrides.
 DEFAULT_MAX_BODY_BYTES = 100 * 1024 * 1024
-#: Ray Serve's http_options that the proxy applies through uvicorn, with Ray Serve's defaults.
-HTTP_OPTION_DEFAULTS: dict[str, Any] = {
-    "keep_alive_timeout_s": 90,
-    "request_timeout_s": None,
-    "ssl_keyfile": None,
-    "ssl_certfile": None,
-    "ssl_keyfile_password": None,
-    "ssl_ca_certs": None,
-}
 
 
 class HTTPProxy:
@@ -154,15 +146,15 @@ class HTTPProxy:
         return ray.get_runtime_context().get_node_id()
 
     async def _handle(self, scope: dict, body: bytes) -> HTTPResult | HTTPStream:
-        if scope["path"] == "/-/healthz":  # Ray Serve's proxy endpoints
-            return text(200, "success")
+        if scope["path"] == "/-/healthz":  # Ray Serve's proxy endpoints, with its words
+            return text(200, "success") if self._routes else text(503, "Route table is not populated yet.")
         if scope["path"] == "/-/routes":
             apps = {prefix: route[1] for prefix, route in sorted(self._routes.items())}
             return 200, [("content-type", "application/json")], json.dumps(apps).encode()
         prefix, route = _match(self._routes, scope["path"])
         if route is None:
             routes = ", ".join(sorted(self._routes)) or "none"
-            return text(404, f"no application at {scope['path']!r} (routes: {routes})")
+            return text(404, f"Path '{scope['path']}' not found. Ping http://.../-/routes for available routes. (servegraph: routes are {routes})")
         kind, app, target, adapter = route
         assert prefix is not None
         if kind == "broken":
@@ -246,7 +238,12 @@ class HTTPStream:
         self.status = status
         self.headers = headers
 
-    async def send(self, send: Any, extra_headers: list[tuple[str, str]]) -> None:
+    async def send(self, send: Any, receive: Any, extra_headers: list[tuple[str, str]]) -> None:
+        """Send the response as the replica hands over its chunks.
+
+        A client that goes away ends the stream on the replica (its generator is closed); a body that
+        fails mid-way raises here, after the headers went out, so the client sees the response cut off.
+        """
         headers = [*self.headers, *extra_headers]
         await send(
             {
@@ -255,12 +252,32 @@ class HTTPStream:
                 "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers],
             }
         )
-        while True:
-            chunk = await self.replica.stream_next.remote(self.stream_id)
-            if chunk is None:
-                break
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        gone = asyncio.ensure_future(_disconnected(receive))
+        try:
+            while True:
+                pull = asyncio.ensure_future(_awaited(self.replica.stream_next.remote(self.stream_id)))
+                await asyncio.wait({pull, gone}, return_when=asyncio.FIRST_COMPLETED)
+                if not pull.done():  # the client left: stop the body where it is made
+                    pull.cancel()
+                    self.replica.stream_close.remote(self.stream_id)
+                    return
+                chunk = pull.result()
+                if chunk is None:
+                    break
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            gone.cancel()
+
+
+async def _awaited(value: Any) -> Any:
+    return await value
+
+
+async def _disconnected(receive: Any) -> None:
+    """Returns when the client disconnects (the request body was read already)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 async def _serve_http(proxy: HTTPProxy, scope: dict, receive: Any, send: Any) -> None:
@@ -279,7 +296,7 @@ async def _serve_http(proxy: HTTPProxy, scope: dict, receive: Any, send: Any) ->
         try:
             result = await asyncio.wait_for(proxy._handle(scope, body), proxy.request_timeout_s)
             if isinstance(result, HTTPStream):
-                await result.send(send, [(REQUEST_ID_HEADER, request_id)])
+                await result.send(send, receive, [(REQUEST_ID_HEADER, request_id)])
                 return
             status, headers, payload = result
         except asyncio.TimeoutError:

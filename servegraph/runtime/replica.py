@@ -28,12 +28,14 @@ from typing import Any
 
 import ray
 
+from .._handle_era import NEW, handle_era
 from .._validation import did_you_mean
 from ..compiler import ir
 from ..dsl.signature import function_method_problem, public_methods
 from . import ray_compat
 from .codec import unflatten
-from .handle import DeploymentInfo, async_handle, note_actor_death
+from .context import set_replica_context
+from .handle import DeploymentInfo, async_handle, new_api_handle, note_actor_death
 from .http_codec import HTTPResult, encode_error, encode_result, make_request, request_id_of, set_request_id
 from .user_frames import describe_user_error
 
@@ -115,14 +117,18 @@ def streaming_response(result: Any) -> bool:
     return isinstance(result, StreamingResponse)
 
 
+def takes_nothing(fn: Callable[..., Any]) -> bool:
+    """Whether ``fn`` takes no parameters (then Ray Serve calls an HTTP entry point without the Request)."""
+    try:
+        return not inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # no signature to read: pass the request
+        return False
+
+
 def call_http(fn: Callable[..., Any], scope: dict, body: bytes) -> Any:
     """Call an HTTP entry point as Ray Serve does: with the Request, or with nothing if it takes no parameters."""
     set_request_id(request_id_of(scope))  # errors while handling it are logged under the request's id
-    try:
-        takes_nothing = not inspect.signature(fn).parameters
-    except (TypeError, ValueError):  # no signature to read: pass the request
-        takes_nothing = False
-    return fn() if takes_nothing else fn(make_request(scope, body))
+    return fn() if takes_nothing(fn) else fn(make_request(scope, body))
 
 
 class _ReplicaCore:
@@ -142,6 +148,7 @@ class _ReplicaCore:
         self._app = app
         self._deployment = deployment
         self._replica_id = replica_id
+        self._context = set_replica_context(app, deployment, replica_id)
         self._target = target
         self._is_function = is_function
         self._init = (init_args, init_kwargs)
@@ -165,9 +172,12 @@ class _ReplicaCore:
 
     # Construction -------------------------------------------------------------------
     def _constructor_args(self) -> tuple[tuple, dict]:
+        # The handle API this deployment's code was written for (see _handle_era.py).
+        make = new_api_handle if handle_era(self._target).api == NEW else async_handle
+
         def inject(marker: ir.Ref | ir.HandleRef) -> Any:
             assert isinstance(marker, ir.HandleRef)  # a constructor's nodes are all handles
-            return async_handle(DeploymentInfo(self._app, marker.deployment), marker.method or "__call__")
+            return make(DeploymentInfo(self._app, marker.deployment), marker.method or "__call__")
 
         init_args, init_kwargs = self._init
         return ir.map_markers(init_args, inject), dict(ir.map_markers(init_kwargs, inject))
@@ -277,6 +287,9 @@ class SyncReplica(_ReplicaCore):
         #: controller) waits for the first and gets its outcome.
         self._init_lock = threading.Lock()
         self._config_lock = threading.Lock()
+        #: The event loop StreamingResponse bodies are read on (see stream_next); started on first use.
+        self._streaming: asyncio.AbstractEventLoop | None = None
+        self._streaming_lock = threading.Lock()
         self._drain_lock = threading.Lock()
 
     def initialize(self, user_config: Any = None, max_ongoing: int | None = None) -> str | None:
@@ -290,7 +303,7 @@ class SyncReplica(_ReplicaCore):
             try:
                 if not self._is_function:
                     args, kwargs = self._constructor_args()
-                    self._instance = self._target(*args, **kwargs)
+                    self._instance = self._context.servable_object = self._target(*args, **kwargs)
                 if user_config is not None:
                     self._reconfigure_sync(user_config)
             except Exception as exc:
@@ -310,7 +323,10 @@ class SyncReplica(_ReplicaCore):
         if slots is not None:
             slots.acquire()
         try:
-            return not_a_generator(method, self._method(method)(*args))
+            fn = self._method(method)
+            if len(args) == 1 and type(args[0]).__name__ == "PortableRequest" and takes_nothing(fn):
+                args = ()  # a DAGDriver route's Request, to a method that takes none (as Ray Serve drops it)
+            return not_a_generator(method, fn(*args))
         except ray.exceptions.RayActorError as exc:
             note_actor_death(exc)  # a replica this one called died: stop using it here at once
             raise
@@ -352,8 +368,27 @@ class SyncReplica(_ReplicaCore):
             next(self._finished)
 
     def stream_next(self, stream_id: int) -> bytes | None:
-        """The next chunk of a StreamingResponse this replica returned over HTTP; None at its end."""
-        return asyncio.run(_next_chunk(self._streams, stream_id))
+        """The next chunk of a StreamingResponse this replica returned over HTTP; None at its end.
+
+        Every chunk of every stream is read on one event loop of this replica's: an async body
+        (``async def gen(): ... await ...``) lives across reads, so it must keep its loop.
+        """
+        return asyncio.run_coroutine_threadsafe(_next_chunk(self._streams, stream_id), self._stream_loop()).result()
+
+    @ray.method(concurrency_group="control")
+    def stream_close(self, stream_id: int) -> None:
+        """The client of an HTTP stream went away: close its body (the user's generator ends)."""
+        asyncio.run_coroutine_threadsafe(_close_stream(self._streams, stream_id), self._stream_loop()).result()
+
+    def _stream_loop(self) -> asyncio.AbstractEventLoop:
+        loop = self._streaming
+        if loop is None:
+            with self._streaming_lock:
+                if self._streaming is None:
+                    self._streaming = asyncio.new_event_loop()
+                    threading.Thread(target=self._streaming.run_forever, name="servegraph-stream-bodies", daemon=True).start()
+                loop = self._streaming
+        return loop
 
     def handle_http(self, scope: dict, body: bytes) -> HTTPResult:
         next(self._started)
@@ -452,6 +487,9 @@ class AsyncReplica(_ReplicaCore):
         self._initialized: asyncio.Future | None = None
         self._config_lock: asyncio.Lock | None = None
         self._watch_wake: asyncio.Condition | None = None
+        #: At most max_ongoing_requests in the user's code at once. Routers keep to it on their own, but a
+        #: driver's call sent while every replica is busy waits here (see Router.submit_nowait).
+        self._gate: asyncio.Semaphore | None = None
 
     def _stop_event(self) -> asyncio.Event:
         if self._stopped is None:
@@ -464,12 +502,15 @@ class AsyncReplica(_ReplicaCore):
             return await asyncio.shield(self._initialized)
         self._initialized = asyncio.get_running_loop().create_future()
         self._phase = INITIALIZING
+        if max_ongoing:
+            self._gate = asyncio.Semaphore(max_ongoing)
         #: Where lane_call (on the compiled graph's thread) runs the user's coroutines.
         self._loop = asyncio.get_running_loop()
         try:
             if not self._is_function:
                 args, kwargs = self._constructor_args()
                 self._instance, pending = construct(self._target, args, kwargs)
+                self._context.servable_object = self._instance
                 if pending is not None:  # ``async def __init__``, as Ray Serve allows
                     await pending
             if user_config is not None:
@@ -488,9 +529,19 @@ class AsyncReplica(_ReplicaCore):
         return self._report()
 
     async def call(self, method: str, *args: Any) -> Any:
+        gate = self._gate
+        if gate is None:
+            return await self._call(method, *args)
+        async with gate:
+            return await self._call(method, *args)
+
+    async def _call(self, method: str, *args: Any) -> Any:
         next(self._started)
         try:
-            result = self._method(method)(*args)
+            fn = self._method(method)
+            if len(args) == 1 and type(args[0]).__name__ == "PortableRequest" and takes_nothing(fn):
+                args = ()  # a DAGDriver route's Request, to a method that takes none (as Ray Serve drops it)
+            result = fn(*args)
             if inspect.isawaitable(result):
                 result = await result
                 if inspect.isawaitable(result):  # a ref returned by an async method: its value, as over HTTP
@@ -503,6 +554,13 @@ class AsyncReplica(_ReplicaCore):
             next(self._finished)
 
     async def handle_request(self, method: str, names: tuple[str, ...], *values: Any) -> Any:
+        gate = self._gate
+        if gate is None:
+            return await self._handle_request(method, names, *values)
+        async with gate:
+            return await self._handle_request(method, names, *values)
+
+    async def _handle_request(self, method: str, names: tuple[str, ...], *values: Any) -> Any:
         next(self._started)
         try:
             args, kwargs = split_keywords(names, values)
@@ -543,6 +601,10 @@ class AsyncReplica(_ReplicaCore):
     async def stream_next(self, stream_id: int) -> bytes | None:
         """The next chunk of a StreamingResponse this replica returned over HTTP; None at its end."""
         return await _next_chunk(self._streams, stream_id)
+
+    async def stream_close(self, stream_id: int) -> None:
+        """The client of an HTTP stream went away: close its body (the user's generator ends)."""
+        await _close_stream(self._streams, stream_id)
 
     async def handle_http(self, scope: dict, body: bytes) -> HTTPResult:
         next(self._started)
@@ -680,6 +742,13 @@ async def _next_chunk(streams: dict[int, Any], stream_id: int) -> bytes | None:
     return chunk if isinstance(chunk, bytes) else str(chunk).encode("utf-8")
 
 
+async def _close_stream(streams: dict[int, Any], stream_id: int) -> None:
+    body = streams.pop(stream_id, None)
+    close = getattr(body, "aclose", None)
+    if close is not None:
+        await close()
+
+
 async def _awaited(value: Any) -> Any:
     return await value
 
@@ -689,9 +758,15 @@ def replica_actor_class(target: Any) -> Any:
     return _ASYNC if is_async_target(target) else _SYNC
 
 
+#: Calls an async replica accepts beyond its max_ongoing_requests: drivers' calls sent while it was busy,
+#: which wait at its gate (see AsyncReplica.call), leaving room for control calls in the same pool.
+WAITING_ROOM = 256
+
+
 def replica_concurrency(target: Any, max_ongoing_requests: int) -> int:
-    """``max_concurrency`` for a replica: async actors run control calls in the same pool, so they get room for them."""
-    return max_ongoing_requests + (CONTROL_THREADS if is_async_target(target) else 0)
+    """``max_concurrency`` for a replica: async actors run control calls and waiting calls in the same pool,
+    so they get room for them; a sync replica's threads are its gate (waiting calls queue in Ray)."""
+    return max_ongoing_requests + (CONTROL_THREADS + WAITING_ROOM if is_async_target(target) else 0)
 
 
 _SYNC = ray.remote(concurrency_groups={"control": CONTROL_THREADS})(SyncReplica)  # type: ignore[call-overload]  # Ray's stubs omit concurrency_groups

@@ -65,6 +65,14 @@ class Membership:
     exists: bool = True
 
 
+def _dropped(deployment: str, queued: int, max_queued: int) -> str:
+    """Ray Serve's words for a request refused by back-pressure, then which deployment and what to do."""
+    return (
+        f"Request dropped due to backpressure (num_queued_requests={queued}, max_queued_requests={max_queued}). "
+        f"(servegraph: every replica of {deployment!r} is busy; retry later)"
+    )
+
+
 class _Waiter:
     """A caller waiting for a free replica: a thread (event) or a coroutine (future on its loop)."""
 
@@ -107,6 +115,8 @@ class Router:
         self._rng = random.Random()
         self._on_queued = on_queued
         self._created = time.monotonic()
+        #: Set once the controller's first answer arrived (or the router was closed).
+        self._known = threading.Event()
 
     # Membership ---------------------------------------------------------------------
     def update(self, membership: Membership) -> None:
@@ -122,7 +132,16 @@ class Router:
             self.max_queued = membership.max_queued
             self.metrics_interval_s = membership.metrics_interval_s
             self._exists = membership.exists
+            self._known.set()
             self._wake_head()
+
+    def close(self) -> None:
+        """This process left the runtime (``serve.shutdown()``): queued callers fail now instead of waiting."""
+        with self._lock:
+            self._exists = False
+            self._known.set()
+            for waiter in self._waiters:
+                waiter.wake()
 
     def drop_actor(self, actor_id: str) -> bool:
         """Stop sending to a replica whose actor died; True if this router had it."""
@@ -204,10 +223,7 @@ class Router:
 
     def _enqueue(self, waiter: _Waiter) -> None:
         if 0 <= self.max_queued <= len(self._waiters):
-            raise BackPressureError(
-                f"deployment {self.deployment!r}: {len(self._waiters)} requests are already queued in this "
-                f"handle (max_queued_requests={self.max_queued}) and every replica is busy; retry later"
-            )
+            raise BackPressureError(_dropped(self.deployment, len(self._waiters), self.max_queued))
         self._waiters.append(waiter)
         if not self.replicas and self._on_queued is not None:
             self._on_queued()  # tell the autoscaler now: it may have scaled to zero
@@ -242,6 +258,43 @@ class Router:
                     return self._send(i, method, args, kwargs)
             waiter = _Waiter()
             self._enqueue(waiter)
+        return self._send_in_turn(waiter, method, args, kwargs, timeout_s)
+
+    def submit_nowait(self, method: str, args: tuple, kwargs: dict) -> ObjectRef:
+        """Send a request without waiting for room: code outside an event loop (the driver) calls this.
+
+        With every replica busy, the request goes to the least loaded one and waits in that replica's
+        queue (replicas run at most ``max_ongoing_requests`` at once; see replica.py), so the caller gets
+        an ObjectRef at once, as Ray Serve's handles return at once. Waits only while no replica exists
+        yet (a new handle learning the replicas, a deployment scaled to zero).
+
+        Raises:
+            BackPressureError: ``max_queued_requests`` requests already wait for these replicas.
+        """
+        if not self._known.is_set():  # a new router: learn the replicas first (tens of ms), then choose
+            self._known.wait(MEMBERSHIP_TIMEOUT_S)
+        with self._lock:
+            if self._exists and self.replicas:
+                if not self._waiters:
+                    i = self._try_pick()
+                    if i is not None:
+                        return self._send(i, method, args, kwargs)
+                counts = [self._prune(k) for k in range(len(self.replicas))]
+                queued = len(self._waiters) + sum(max(0, c - self.max_ongoing) for c in counts)
+                if 0 <= self.max_queued <= queued:
+                    raise BackPressureError(_dropped(self.deployment, queued, self.max_queued))
+                return self._send(min(range(len(counts)), key=counts.__getitem__), method, args, kwargs)
+        return self.submit(method, args, kwargs)
+
+    def _send_in_turn(
+        self,
+        waiter: _Waiter,
+        method: str,
+        args: tuple,
+        kwargs: dict,
+        timeout_s: float | None,
+    ) -> ObjectRef:
+        """Wait for ``waiter``'s turn and a free replica, then send; leaves the queue however it ends."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         try:
             while True:

@@ -1,0 +1,85 @@
+"""Constructor handles follow the API a deployment's code was written for (see servegraph/_handle_era.py)."""
+
+from __future__ import annotations
+
+import era_models as m
+import pytest
+
+from servegraph._handle_era import NEW, OLD, RAY_ENV, handle_era
+
+
+def era(deployment) -> str:
+    return handle_era(deployment.func_or_class).api
+
+
+def test_the_code_decides():
+    assert era(m.NewAwaitsOnce) == NEW
+    assert era(m.NewChained) == NEW
+    assert era(m.OldAwaitsTwice) == OLD
+    reason = handle_era(m.OldAwaitsTwice.func_or_class).reason
+    assert "awaits 'ref'" in reason and "era_models.py:" in reason
+
+
+def test_annotations_decide_before_the_code():
+    found = handle_era(m.NewSyncResult.func_or_class)
+    assert found.api == NEW and "annotated DeploymentHandle" in found.reason
+
+
+def test_an_explicit_choice_wins(monkeypatch):
+    monkeypatch.setenv(RAY_ENV, "0")
+    found = handle_era(m.ExplicitNew.func_or_class)
+    assert found.api == NEW and "serve.handle_api('new')" in found.reason
+
+
+def test_rays_switch_is_honoured(monkeypatch):
+    monkeypatch.setenv(RAY_ENV, "1")
+    assert era(m.OldAwaitsTwice) == NEW
+    monkeypatch.setenv(RAY_ENV, "0")
+    assert era(m.NewAwaitsOnce) == OLD
+
+
+def test_the_modules_imports_decide_when_the_code_does_not():
+    found = handle_era(m.Undecided.func_or_class)  # era_models imports DeploymentHandle
+    assert found.api == NEW and "imports DeploymentHandle" in found.reason
+
+
+def test_with_nothing_to_go_on_the_old_api():
+    class Plain:
+        def __init__(self, h):
+            self.h = h
+
+    found = handle_era(Plain)  # no await, no annotation, and this module imports neither handle class
+    assert found.api == OLD and found.reason.startswith("nothing in the code says otherwise")
+    source_less = type("Dynamic", (), {"__init__": lambda self, h: None, "__module__": "nowhere"})
+    assert handle_era(source_less).api == OLD
+
+
+def test_handle_api_refuses_other_values():
+    import servegraph as serve
+
+    with pytest.raises(ValueError, match="takes 'new'"):
+        serve.handle_api("2.60")
+
+
+@pytest.mark.ray
+def test_both_eras_run_side_by_side(serve_app):
+    import servegraph as serve
+
+    assert serve.run(m.NewAwaitsOnce.bind(m.Adder.bind()), name="era-new", route_prefix=None).remote(1).result() == 20
+    assert serve.run(m.NewSyncResult.bind(m.Adder.bind()), name="era-sync", route_prefix=None).remote(1).result() == [2, True]
+    chained = serve.run(m.NewChained.bind(m.Adder.bind(), m.Adder.bind()), name="era-chain", route_prefix=None)
+    assert chained.remote(1).result() == [3, [1, 2, 3]]
+    assert serve.run(m.OldAwaitsTwice.bind(m.Adder.bind()), name="era-old", route_prefix=None).remote(1).result() == 2
+
+
+def test_check_says_which_api_each_deployment_gets():
+    from pathlib import Path
+
+    from test_cli import servegraph
+
+    tests = Path(__file__).parent
+    new = servegraph("check", "era_models:new_app", "--resources", "CPU=8", cwd=tests)
+    assert new.returncode == 0, new.stderr
+    assert "NewAwaitsOnce: its constructor handles are DeploymentHandles: the code computes with" in new.stdout
+    old = servegraph("check", "era_models:old_app", "--resources", "CPU=8", cwd=tests)
+    assert "OldAwaitsTwice: its constructor handles are RayServeDeploymentHandles: the code awaits 'ref'" in old.stdout

@@ -1,0 +1,141 @@
+"""HTTP streaming as Ray Serve streams, on the session's Ray cluster and real HTTP: a StreamingResponse from a
+function deployment or a FastAPI route reaches the client chunk by chunk; a body that fails mid-way cuts the
+response off; a client that leaves ends the generator on the replica."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+import ray
+from fastapi import FastAPI
+from starlette.responses import StreamingResponse
+
+import servegraph as serve
+from servegraph import DAGDriver
+
+
+@ray.remote(num_cpus=0)
+class Gate:
+    """Holds a generator between chunks until the test opens it, and records that a generator was closed."""
+
+    def __init__(self):
+        self.event = asyncio.Event()
+        self.closed = False
+
+    async def wait(self):
+        await self.event.wait()
+
+    def open(self):
+        self.event.set()
+
+    def mark_closed(self):
+        self.closed = True
+
+    def was_closed(self) -> bool:
+        return self.closed
+
+
+@serve.deployment
+def teapot(request):
+    async def body():
+        for i in range(1, 4):
+            yield str(i)
+            await asyncio.sleep(0.01)
+
+    return StreamingResponse(body(), status_code=418, media_type="text/plain")
+
+
+fastapi_app = FastAPI()
+
+
+@serve.deployment
+@serve.ingress(fastapi_app)
+class Streamer:
+    def __init__(self, gate):
+        self.gate = gate
+
+    @fastapi_app.get("/gated")
+    def gated(self):
+        gate = self.gate
+
+        def body():
+            yield "first\n"
+            ray.get(gate.wait.remote())  # the client has the first chunk before this returns
+            yield "second\n"
+
+        return StreamingResponse(body(), media_type="text/plain")
+
+    @fastapi_app.get("/broken")
+    def broken(self):
+        def body():
+            yield "partial\n"
+            raise RuntimeError("the model crashed mid-stream")
+
+        return StreamingResponse(body(), media_type="text/plain")
+
+    @fastapi_app.get("/endless")
+    async def endless(self):
+        gate = self.gate
+
+        async def body():
+            try:
+                while True:
+                    yield "tick\n"
+                    await asyncio.sleep(0.05)
+            finally:
+                await gate.mark_closed.remote()
+
+        return StreamingResponse(body(), media_type="text/plain")
+
+
+@serve.deployment
+class NoArgs:
+    def __call__(self):
+        return "no args"
+
+
+@pytest.fixture(scope="module")
+def gate(deploy):
+    gate = Gate.remote()
+    deploy(teapot.bind(), name="stream-teapot", route_prefix="/teapot")
+    deploy(Streamer.bind(gate), name="stream-fastapi", route_prefix="/fa")
+    deploy(DAGDriver.bind({"/none": NoArgs.bind(), "/also": NoArgs.bind()}), name="stream-routes", route_prefix="/routes")
+    return gate
+
+
+def test_a_function_deployments_streaming_response_sends_every_chunk(gate, http_port):
+    response = httpx.get(f"http://127.0.0.1:{http_port}/teapot", timeout=60)
+    assert (response.status_code, response.text) == (418, "123")
+
+
+def test_a_fastapi_streaming_response_streams_chunk_by_chunk(gate, http_port):
+    with httpx.stream("GET", f"http://127.0.0.1:{http_port}/fa/gated", timeout=60) as response:
+        lines = response.iter_lines()
+        assert next(lines) == "first"  # arrived while the generator still waits at the gate
+        ray.get(gate.open.remote())
+        assert list(lines) == ["second"]
+
+
+def test_a_body_that_fails_mid_stream_cuts_the_response_off(gate, http_port):
+    with pytest.raises(httpx.RemoteProtocolError):
+        with httpx.stream("GET", f"http://127.0.0.1:{http_port}/fa/broken", timeout=60) as response:
+            assert response.status_code == 200
+            list(response.iter_lines())
+
+
+def test_a_client_that_leaves_ends_the_generator(gate, http_port):
+    with httpx.stream("GET", f"http://127.0.0.1:{http_port}/fa/endless", timeout=60) as response:
+        assert next(response.iter_lines()) == "tick"
+    for _ in range(2000):  # bounded: the replica closes the body once the proxy sees the client gone
+        if ray.get(gate.was_closed.remote()):
+            break
+        ray.get(gate.wait.remote())  # the gate is open by now (see above): a round trip, no sleep to tune
+    assert ray.get(gate.was_closed.remote())
+
+
+def test_a_dagdriver_route_to_a_call_without_arguments(gate, http_port):
+    for route in ("/routes/none", "/routes/also"):
+        response = httpx.get(f"http://127.0.0.1:{http_port}{route}", timeout=60)
+        assert (response.status_code, response.json()) == (200, "no args")
