@@ -8,11 +8,10 @@ Code written for Ray Serve's model composition ports by changing imports only::
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._handle_era import handle_api
 from .batching import batch
-from .compiler import CompiledGraph, compile
 from .dsl import (
     DAGDriver,
     Deployment,
@@ -41,28 +40,35 @@ from .errors import (
 from .fastapi_ingress import ingress
 from .multiplex import get_multiplexed_model_id, multiplexed
 
+if TYPE_CHECKING:
+    from .compiler import CompiledGraph, compile
+
 # The runtime imports Ray, which takes a second; load it on first use so that
-# building, checking and rendering graphs stays fast.
-_RUNTIME_NAMES = {
-    "run": "api",
-    "delete": "api",
-    "shutdown": "api",
-    "status": "api",
-    "get_app_handle": "api",
-    "get_deployment_handle": "api",
-    "start": "api",
-    "shutdown_async": "api",
-    "get_replica_context": "context",
+# building, checking and rendering graphs stays fast. The compiler (networkx, the
+# emitters, the config schema) loads on first use too, so that replicas and the
+# proxy, which import only the runtime and the IR, never load it.
+_LAZY_NAMES = {
+    "CompiledGraph": "compiler",
+    "compile": "compiler",
+    "run": "runtime.api",
+    "delete": "runtime.api",
+    "shutdown": "runtime.api",
+    "status": "runtime.api",
+    "get_app_handle": "runtime.api",
+    "get_deployment_handle": "runtime.api",
+    "start": "runtime.api",
+    "shutdown_async": "runtime.api",
+    "get_replica_context": "runtime.context",
 }
 
 
 def __getattr__(name: str) -> Any:
-    module = _RUNTIME_NAMES.get(name)
+    module = _LAZY_NAMES.get(name)
     if module is None:
         raise AttributeError(f"module 'servegraph' has no attribute {name!r}")
     import importlib
 
-    value = getattr(importlib.import_module(f"servegraph.runtime.{module}"), name)
+    value = getattr(importlib.import_module(f"servegraph.{module}"), name)
     globals()[name] = value
     return value
 

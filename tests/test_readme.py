@@ -67,8 +67,8 @@ def test_no_workshop_words(path):
 
 
 def test_the_readme_says_which_ray_is_tested_and_what_needs_ray_serve():
-    floor = re.search(r'"ray>=([0-9.]+)"', (ROOT / "pyproject.toml").read_text()).group(1)
-    assert f"accepts Ray {floor} and newer" in README
+    floor, ceiling = re.search(r'"ray>=([0-9.]+),<([0-9.]+)"', (ROOT / "pyproject.toml").read_text()).groups()
+    assert f"accepts Ray {floor} only (`ray>={floor},<{ceiling}`)" in README
     assert "the tests run on **Ray 2.60.0**" in README
     assert "`serve run" in README and "`ray[serve]` extra" in README and 'pip install -e ".[bench]"' in README
 

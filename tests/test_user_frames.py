@@ -74,3 +74,76 @@ def test_a_failing_constructor_in_a_folder_named_like_a_library_names_the_users_
         ray.cloudpickle.unregister_pickle_by_value(module)
         del sys.modules[module_name]
     assert f"ValueError: bad model file {RAISES_AT}" in str(error.value)
+
+
+# However the error reaches the controller, the message names the user's line ----------------------
+
+
+def _raised(cls: type) -> BaseException:
+    try:
+        cls()
+    except Exception as exc:
+        return exc
+    raise AssertionError("did not raise")
+
+
+class BrokenInit:
+    def __init__(self):
+        raise ValueError("bad model file")
+
+
+BROKEN_AT = f"(test_user_frames.py:{BrokenInit.__init__.__code__.co_firstlineno + 1} in __init__)"
+
+
+def _remote_error(exc: BaseException) -> ray.exceptions.RayTaskError:
+    """The error as Ray hands it to the controller: the traceback only as text, across processes."""
+    import traceback
+
+    text = "".join(traceback.format_exception(exc))
+    return ray.exceptions.RayTaskError("SyncReplica.initialize", text, exc)
+
+
+def test_a_start_failure_names_the_users_line_however_it_arrives():
+    """The constructor's reply, a call that raised, and the replica's death carrying its error as the cause
+    all give the same one line (the last is what once lost the frame: the message depended on which came first).
+    """
+    from servegraph.runtime.controller import ReplicaStartError, _describe_failure
+    from servegraph.runtime.user_frames import describe_user_error
+
+    exc = _raised(BrokenInit)
+    expected = f"ValueError: bad model file {BROKEN_AT}"
+    remote = _remote_error(exc)
+    arrivals = {
+        "the constructor's reply": ReplicaStartError(describe_user_error(exc)),
+        "a call that raised": remote.as_instanceof_cause(),
+        "a Ray error without the user's type": remote,
+        "the replica's death": ray.exceptions.ActorDiedError(cause=remote),
+    }
+    assert {how: _describe_failure(error) for how, error in arrivals.items()} == dict.fromkeys(arrivals, expected)
+
+
+def test_a_ray_error_with_no_user_frame_gives_the_error_alone():
+    from servegraph.runtime.controller import _describe_failure
+
+    rays_file = os.path.join(os.path.dirname(ray.__file__), "worker.py")
+    error = ray.exceptions.RayTaskError("f", f'Traceback:\n  File "{rays_file}", line 1, in f\nOSError: gone\n', None)
+    assert _describe_failure(error) == "OSError: gone"
+
+
+
+@pytest.mark.ray
+def test_a_replica_that_dies_while_it_is_created_names_the_users_line(serve_app, http_port):
+    """Its argument fails to unpickle in the replica: the error arrives as the replica's death, and still
+    reads as the user's error at the user's line (not Ray's, nor the half-made replica's)."""
+    from pathlib import Path
+
+    import replica_weights
+
+    source = Path(replica_weights.__file__).read_text().splitlines()
+    line = next(i for i, text in enumerate(source, 1) if "RAISES_HERE" in text)
+    app = replica_weights.WeightsModel.bind(replica_weights.Weights("w.bin"))
+    with pytest.raises(serve.DeploymentError) as error:
+        serve_app.run(app, name="weights-fail", route_prefix=None, port=http_port)
+    assert str(error.value).endswith(
+        f"a replica failed to start: ValueError: bad model file (replica_weights.py:{line} in __setstate__)"
+    ), str(error.value)

@@ -48,6 +48,7 @@ from ..compiler.emit.deploy_config import deployment_config
 from ..dsl.options import DEFAULT_REPLICA_CPUS
 from ..dsl.signature import FUNCTION_METHODS
 from ..errors import ConfigError
+from ..runtime import ray_compat
 from ..runtime.codec import to_slots, unflatten
 from ..runtime.http_codec import decode_json_body, encode_result, text
 from ..runtime.plan import PlanInputError, drive_async, run_plan
@@ -168,7 +169,7 @@ class SeedHandle:
 
     async def _object_ref(self, args: tuple, kwargs: dict) -> ObjectRef:
         response = await send(self._handle, self._method, args, kwargs)
-        return await response._to_object_ref()
+        return await ray_compat.serve_response_ref(response)
 
     def __reduce__(self) -> tuple:
         return (SeedHandle, (self._handle, self._method))
@@ -195,7 +196,7 @@ async def _resolve_nested(value: Any) -> Any:
     if isinstance(value, asyncio.Future):
         return await value
     if isinstance(value, DeploymentResponse):
-        return await value._to_object_ref()
+        return await ray_compat.serve_response_ref(value)
     return value
 
 

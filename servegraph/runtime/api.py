@@ -21,7 +21,7 @@ from .cluster import CONTROLLER_NAME, NAMESPACE, cluster_resources, ensure_conne
 from .driver_http import adapter_problem
 from .handle import DeploymentHandle, DeploymentInfo, RayServeSyncHandle, deployment_handle, plan_handle, routes_handle
 from .http_codec import HTTP_OPTION_DEFAULTS
-from .lanes import forget_all_lanes
+from .lanes import close_lanes, forget_all_lanes
 from .long_poll import close_runtime_client
 
 #: How long status-like calls wait for the controller before they say it is unreachable.
@@ -340,10 +340,11 @@ def _http_options_dict(http_options: Any) -> dict[str, Any]:
 
 
 def delete(name: str, _blocking: bool = True) -> None:
-    """Delete an application and its replicas."""
+    """Delete an application and its replicas; this process's compiled lanes for it stop too."""
     controller = _controller(create=False)
     if controller is not None:
         _ask(controller.delete_app.remote(name), f"delete {name!r}", timeout_s=600)
+    close_lanes(name)
 
 
 def shutdown() -> None:

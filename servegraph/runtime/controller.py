@@ -42,6 +42,7 @@ from ray.actor import ActorHandle
 from ..compiler import ir
 from ..compiler.fast_path import compiled_path_problem, lane_deployments
 from ..dsl.options import add_resources
+from . import ray_compat
 from .autoscaling import Autoscaler
 from .cluster import NAMESPACE
 from .codec import loads_with_paths
@@ -56,13 +57,13 @@ from .replica import (
     DRAINING,
     FAILED,
     INITIALIZING,
-    LANES_SUPPORTED,
     RECONFIGURING,
     STOPPED,
     replica_actor_class,
     replica_concurrency,
 )
 from .router import Membership
+from .user_frames import user_frame_in
 from .version import replica_version
 
 #: How long ``deploy`` waits for replicas to start before it reports failure (they keep being tried).
@@ -102,18 +103,25 @@ def replica_actor_name(app: str, deployment: str, replica_id: str) -> str:
 
 
 def _describe_failure(exc: BaseException) -> str:
-    """One line for a replica that could not start or answer: the user's error, not Ray's wrapping."""
+    """One line for a replica that could not start or answer: the user's error, not Ray's wrapping.
+
+    However it arrived (the replica's own reply, or a Ray error: a call that raised, or the replica's
+    death carrying its error as the cause), the line is the same: ``Type: message (file.py:N in fn)``,
+    naming the innermost frame of the user's code when the error's traceback has one.
+    """
     if isinstance(exc, ReplicaStartError):
         return str(exc)
     if isinstance(exc, asyncio.TimeoutError):
         return "timed out"
-    cause = getattr(exc, "cause", None) or exc
-    text = str(cause)
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    for line in reversed(lines):
-        if ": " in line and not line.startswith(" "):
-            return line.strip()
-    return lines[-1].strip() if lines else type(exc).__name__
+    text = str(exc)
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, BaseException) and not isinstance(cause, ray.exceptions.RayError):
+        head = f"{type(cause).__name__}: {cause}"  # a RayTaskError raised as the user's exception type
+    else:
+        lines = [line for line in str(cause or exc).strip().splitlines() if line.strip()]
+        head = next((ln.strip() for ln in reversed(lines) if ": " in ln and not ln.startswith(" ")), "")
+        head = head or (lines[-1].strip() if lines else type(exc).__name__)
+    return head + user_frame_in(text)
 
 
 class ReplicaStartError(Exception):
@@ -776,18 +784,13 @@ class Controller:
         owners = [(app, owner) for app in self._apps.values() if app.lanes for owner in app.lanes.owners.values()]
         if not owners:
             return
-        try:
-            jobs = ray._private.worker.global_worker.gcs_client.get_all_job_info()  # type: ignore[attr-defined]
-            dead_jobs = {job_id.hex() for job_id, info in jobs.items() if info.is_dead}
-        except Exception:
+        dead_jobs = ray_compat.dead_job_ids()
+        if dead_jobs is None:
             return
         for app, owner in owners:
             gone = owner.job_id in dead_jobs
             if owner.actor_id is not None and not gone:
-                try:
-                    gone = ray._private.state.actors(owner.actor_id).get("State") == "DEAD"
-                except Exception:
-                    gone = False
+                gone = ray_compat.actor_is_dead(owner.actor_id)
             if gone:
                 assert app.lanes is not None
                 app.lanes.drop_owner(owner.owner_id)
@@ -948,7 +951,7 @@ class Controller:
                     deployments[dname] = dep
                     changes[dname] = "deleted"
         state = App(name, app, app_bytes, code_paths, route_prefix, deployments, compiled=compiled)
-        state.lane_reason = "turned off (compiled=False)" if not compiled else LANES_SUPPORTED or compiled_path_problem(app) or ""
+        state.lane_reason = lane_reason(app, compiled)
         old_lanes = old.lanes if old is not None else None
         if not state.lane_reason:
             members = lane_deployments(app)
@@ -1225,6 +1228,17 @@ class Controller:
         print(f"servegraph: controller recovered {len(self._apps)} application(s) from its checkpoint", file=sys.stderr)
 
 
+def lane_reason(app: ir.AppIR, compiled: bool) -> str:
+    """Why ``app`` runs as a plan of actor calls only, or "" when it gets compiled lanes.
+
+    Turned off by the deployer, this Ray (:func:`ray_compat.compiled_graphs_problem`: not a version the
+    compiled path was checked on, or a private piece of compiled graphs missing), or the graph itself.
+    """
+    if not compiled:
+        return "turned off (compiled=False)"
+    return ray_compat.compiled_graphs_problem() or compiled_path_problem(app) or ""
+
+
 def _replica_actors() -> list[str]:
     """Names of every live replica actor of servegraph's on the cluster."""
     prefix = replica_actor_name("", "", "").split("::", 1)[0] + "::"
@@ -1266,21 +1280,15 @@ def _kill(actors: list[ActorHandle]) -> None:
 
 
 def _kv_put(key: bytes, value: bytes) -> None:
-    from ray.experimental.internal_kv import _internal_kv_put
-
-    _internal_kv_put(key, value, overwrite=True, namespace=NAMESPACE)
+    ray_compat.kv_put(key, value, NAMESPACE)
 
 
 def _kv_get(key: bytes) -> bytes | None:
-    from ray.experimental.internal_kv import _internal_kv_get
-
-    return _internal_kv_get(key, namespace=NAMESPACE)
+    return ray_compat.kv_get(key, NAMESPACE)
 
 
 def _kv_del(key: bytes) -> None:
-    from ray.experimental.internal_kv import _internal_kv_del
-
-    _internal_kv_del(key, namespace=NAMESPACE)
+    ray_compat.kv_del(key, NAMESPACE)
 
 
 # Ray's stubs cannot type actor classes created at runtime.

@@ -1,6 +1,6 @@
 """The result of a request that ran on a compiled lane: already there, and read like a Ray ref.
 
-Ray's compiled graphs return a ``CompiledDAGRef``, which ``ray.get`` reads (one
+Ray's compiled graphs return a compiled-graph ref, which ``ray.get`` reads (one
 ref, or a list of them). A lane's caller has its answer when ``.remote()``
 returns (see lanes.py), so :class:`GraphRef` only carries it: ``ray.get(ref)``,
 ``ray.get([refs])``, ``await ref`` and passing it to another handle all work,
@@ -13,13 +13,20 @@ read the GraphRef directly.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray
-from ray.experimental.compiled_dag_ref import CompiledDAGRef
+
+from . import ray_compat
+
+if TYPE_CHECKING:
+    _RefBase = object
+else:
+    # Ray's compiled-graph ref, so that ray.get reads a GraphRef (see ray_compat.compiled_ref_base).
+    _RefBase = ray_compat.compiled_ref_base()
 
 
-class GraphRef(CompiledDAGRef):
+class GraphRef(_RefBase):
     """A finished request's output (or the error it raised)."""
 
     def __init__(self, value: Any = None, error: BaseException | None = None):  # no super(): no compiled DAG here
@@ -53,7 +60,7 @@ class GraphRef(CompiledDAGRef):
     def __deepcopy__(self, memo: dict) -> GraphRef:
         return GraphRef(self._value, self._error)
 
-    def __del__(self) -> None:  # CompiledDAGRef's would release a DAG buffer: there is none
+    def __del__(self) -> None:  # Ray's ref would release a compiled graph's buffer: there is none
         pass
 
     def __str__(self) -> str:

@@ -29,6 +29,7 @@ import ray
 
 from ..compiler import ir
 from ..compiler.fast_path import call_keys, output_template
+from . import ray_compat
 from .lane_table import LANES_KEY, LaneInfo
 from .long_poll import ControllerUnavailable, runtime_client
 from .plan import read_inputs
@@ -60,14 +61,13 @@ class _Pending:
 def _read(ref: Any, timeout: float) -> Any:
     """``ref.get(timeout)``, readable again after a timeout.
 
-    Ray marks a CompiledDAGRef as read before it waits, so a second ``get`` after a timeout would
-    refuse; nothing was consumed (``CompiledDAG._execute_until`` resumes where it stopped), so the
-    mark is undone. Checked on Ray 2.60 (``ray.experimental.compiled_dag_ref``).
+    Ray marks a compiled graph's ref as read before it waits, so a second ``get`` after a timeout
+    would refuse; :func:`ray_compat.allow_reread` undoes the mark.
     """
     try:
         return ref.get(timeout=timeout)
     except ray.exceptions.RayChannelTimeoutError:
-        ref._ray_get_called = False
+        ray_compat.allow_reread(ref)
         raise
 
 
@@ -96,7 +96,7 @@ class Lane:
         #: Why the lane broke (the first system error it met), for the controller and status.
         self.failure = ""
         self.retired = False
-        self.actor_ids = {actor._actor_id.hex() for _, _, actor in info.members}
+        self.actor_ids = {ray_compat.actor_id_hex(actor) for _, _, actor in info.members}
         self._submit = threading.Lock()
         self._read = threading.Lock()
         self._pending: collections.deque[_Pending] = collections.deque()
@@ -219,7 +219,6 @@ class Lane:
 def _build(plan: ir.Plan, info: LaneInfo, capacity: int) -> Any:
     """Compile one lane: each call step becomes a ``lane_call`` of its replica, bound to its upstream stages."""
     from ray.dag import InputNode, MultiOutputNode
-    from ray.dag import compiled_dag_node as cgraph
 
     actors = info.actors()
     calls = {s.key for s in plan.steps if s.kind not in (ir.INPUT_ATTR, ir.OUTPUT)}
@@ -243,11 +242,9 @@ def _build(plan: ir.Plan, info: LaneInfo, capacity: int) -> Any:
         template = output_template(plan)
         outputs = call_keys(template, calls)
         root = nodes[outputs[0]] if isinstance(template, ir.Ref) else MultiOutputNode([nodes[k] for k in outputs])
-    dag = root.experimental_compile(_max_inflight_executions=capacity)
-    # Ray tears compiled graphs down with kill_actors=True when this process shuts down: replicas outlive
-    # their callers, so servegraph tears its lanes down itself (and the controller releases what is left).
-    cgraph._compiled_dags.pop(dag.get_id(), None)
-    return dag
+    # Ray would tear compiled graphs down with kill_actors=True when this process shuts down: replicas
+    # outlive their callers, so servegraph tears its lanes down itself (and the controller releases the rest).
+    return ray_compat.compile_lane(root, capacity)
 
 
 class LaneSet:
@@ -311,6 +308,8 @@ class LaneSet:
 
     def update(self, published: Any) -> None:
         """A new assignment from the controller (on the long-poll thread): compile new lanes, retire old ones."""
+        if self._closed:
+            return
         assignment = published.assignment
         if assignment.plan is not None and assignment.plan != self.plan:
             with self._lock:
@@ -368,7 +367,9 @@ class LaneSet:
         if self._closed:
             return
         self._closed = True
+        self._client.unsubscribe((self.app, LANES_KEY), self)
         if not ray.is_initialized() or ray.get_runtime_context().gcs_address != self._client.cluster:
+            self._stop_threads()
             return  # disconnected (or on another cluster): the controller releases what this process held
         with self._lock:
             lanes, self.lanes = list(self.lanes.values()), {}
@@ -382,6 +383,7 @@ class LaneSet:
         """servegraph was shut down: stop using every lane and every thread, telling no one (the controller
         is gone; the replicas' loops ended with them)."""
         self._closed = True
+        self._client.unsubscribe((self.app, LANES_KEY), self)
         with self._lock:
             self.lanes = {}
         self._stop_threads()
@@ -563,6 +565,21 @@ def forget_all_lanes() -> None:
     for lanes in sets:
         lanes.forget_all()
     _OPEN.clear()
+
+
+def close_lanes(app: str) -> None:
+    """``app`` was deleted: this process's lanes for it are torn down and their threads stop."""
+    with _SETS_LOCK:
+        sets = [lanes for key, lanes in _SETS.items() if key[1] == app]
+        for key in [key for key in _SETS if key[1] == app]:
+            del _SETS[key]
+    for lanes in sets:
+        if lanes in _OPEN:
+            _OPEN.remove(lanes)
+        try:
+            lanes.close()
+        except Exception:
+            lanes.forget_all()
 
 
 def _close_all() -> None:

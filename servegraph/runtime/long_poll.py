@@ -42,6 +42,8 @@ class RuntimeClient:
         #: The cluster (GCS address) this client's routers and thread belong to.
         self.cluster = cluster
         self._closed = False
+        #: Set by close(): every wait of this client's thread (and of callers looking for the controller) ends.
+        self._stop = threading.Event()
         #: Routers, and other listeners (see subscribe), by the key the controller publishes under.
         self._routers: dict[Key, Any] = {}
         self._versions: dict[Key, Any] = {}
@@ -77,6 +79,12 @@ class RuntimeClient:
             self._routers[key] = listener
             self._events.put(("subscribe",))
 
+    def unsubscribe(self, key: Key, listener: Any) -> None:
+        """Stop pushing ``key`` to ``listener`` (a lane set that closed); a router under the key stays."""
+        with self._lock:
+            if self._routers.get(key) is listener:
+                del self._routers[key]
+
     def controller(self, timeout: float | None = None) -> Any:
         """The controller actor (found again, or revived, if it was lost).
 
@@ -97,6 +105,7 @@ class RuntimeClient:
     def close(self) -> None:
         """Stop the thread (the process left the cluster these routers belong to)."""
         self._closed = True
+        self._stop.set()
         self._events.put(("stop",))
         for router in list(self._routers.values()):
             if isinstance(router, Router):  # lane listeners (see subscribe) have their own end
@@ -126,7 +135,10 @@ class RuntimeClient:
             except ControllerUnavailable:  # closed
                 return
             except Exception:  # the thread must outlive any one failure; the next event retries
-                time.sleep(_RECONNECT_S)
+                if not ray.is_initialized():  # this process left its cluster (ray.shutdown, or at exit)
+                    self.close()
+                    return
+                self._stop.wait(_RECONNECT_S)
                 self._controller = None
                 self._events.put(("subscribe",))
 
@@ -146,7 +158,7 @@ class RuntimeClient:
                 if self._controller is None:
                     if deadline is not None and time.monotonic() >= deadline:
                         raise ControllerUnavailable(f"no servegraph controller answered within {timeout:g} s") from None
-                    time.sleep(_RECONNECT_S)
+                    self._stop.wait(_RECONNECT_S if deadline is None else min(_RECONNECT_S, max(0.0, deadline - time.monotonic())))
         return self._controller
 
     def _listen(self) -> None:
@@ -164,7 +176,7 @@ class RuntimeClient:
             updates: dict[Key, tuple[Any, Membership]] = future.result()
         except Exception:  # the controller died mid-call; find it (or its successor) again
             if generation == self._generation:
-                time.sleep(_RECONNECT_S)
+                self._stop.wait(_RECONNECT_S)
                 self._controller = None
                 self._listen()
             return

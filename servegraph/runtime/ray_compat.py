@@ -1,7 +1,13 @@
-"""Ray's private and version-dependent APIs that servegraph uses, in one place.
+"""Ray's private, experimental and version-dependent APIs that servegraph uses, in one place.
 
 Each entry says which Ray versions it was checked on and what happens where it is missing,
-so a Ray upgrade is read here first. Everything was checked on Ray 2.60.0.
+so a Ray upgrade is read here first. Everything was checked on Ray 2.60.0, the one version the
+tests run (``pyproject.toml`` accepts no other); ``tests/test_ray_compat.py`` fails when any other
+module of servegraph reaches into Ray's private or experimental parts.
+
+Ray Compiled Graphs (the compiled path's lanes) are experimental in Ray and in maintenance
+upstream: :func:`compiled_graphs_problem` turns the compiled path off, with the reason shown by
+``servegraph status`` and ``check``, on any Ray it was not checked on or that lacks a piece it needs.
 
 Token authentication: Ray 2.60 turns it on for every new local cluster ``ray.init()``
 starts (``RAY_AUTH_MODE=token`` in that process and its children, with a token kept in
@@ -15,7 +21,9 @@ and change nothing.
 
 from __future__ import annotations
 
+import functools
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -161,6 +169,219 @@ def ray_address_file() -> Path:
     return Path(get_ray_address_file(None))
 
 
+# -- Ray Compiled Graphs (ray.dag.compiled_dag_node, ray.experimental.compiled_dag_ref; Ray 2.60.0) --------
+#
+# The compiled path (lanes.py, the replica's lane hook) uses, beyond Ray's documented ``ray.dag`` API:
+# ``experimental_compile(_max_inflight_executions=)``, the module-level ``_compiled_dags`` registry,
+# ``do_exec_tasks`` / ``do_cancel_executable_tasks`` (the loop a compiled graph runs on an actor),
+# ``CompiledDAGRef`` (subclassed without its constructor) and its ``_ray_get_called`` mark.
+# Where any is missing, or on a Ray not listed here, the compiled path stays off: every request runs
+# on the plan of actor calls, and ``status``/``check`` say why (:func:`compiled_graphs_problem`).
+
+#: Ray versions (major.minor) the compiled path was checked on.
+COMPILED_GRAPHS_CHECKED = ("2.60",)
+
+
+def _ray_version() -> str:
+    import ray
+
+    return str(ray.__version__)
+
+
+@functools.lru_cache(maxsize=1)
+def compiled_graphs_problem() -> str | None:
+    """Why this Ray cannot run compiled lanes (the compiled path then stays off), or None when it can.
+
+    Checked on Ray 2.60.0. Probes every private piece the compiled path uses, so a Ray that renamed
+    one falls back to the plan path with this reason instead of failing on a request.
+    """
+    version = _ray_version()
+    if ".".join(version.split(".")[:2]) not in COMPILED_GRAPHS_CHECKED:
+        checked = ", ".join(COMPILED_GRAPHS_CHECKED)
+        return f"the compiled path is checked on Ray {checked} only; this is Ray {version}"
+    try:
+        import inspect
+
+        from ray.dag import DAGNode
+        from ray.dag import compiled_dag_node as cgraph
+        from ray.experimental.compiled_dag_ref import CompiledDAGRef  # noqa: F401  # present is enough
+    except ImportError as exc:
+        return f"this Ray ({version}) lacks compiled graphs: {exc}"
+    missing = [
+        name
+        for name in ("do_exec_tasks", "do_cancel_executable_tasks", "_compiled_dags")
+        if not hasattr(cgraph, name)
+    ]
+    if "_max_inflight_executions" not in inspect.signature(DAGNode.experimental_compile).parameters:
+        missing.append("experimental_compile(_max_inflight_executions=)")
+    if missing:
+        return f"this Ray ({version}) lacks what compiled lanes use: {', '.join(missing)}"
+    return None
+
+
+def compiled_ref_base() -> type:
+    """The class a lane's finished answer subclasses so that ``ray.get`` reads it: ``CompiledDAGRef``.
+
+    Ray 2.60's ``ray.get`` reads a CompiledDAGRef (or a list of them) by calling its ``get()``;
+    servegraph's ``GraphRef`` subclasses it without calling its constructor (no compiled graph behind it).
+    Where it is missing, ``object``: the compiled path is off there (:func:`compiled_graphs_problem`), so no
+    GraphRef is ever made.
+    """
+    try:
+        from ray.experimental.compiled_dag_ref import CompiledDAGRef
+    except ImportError:
+        return object
+    return CompiledDAGRef
+
+
+def compile_lane(root: Any, max_inflight: int) -> Any:
+    """``root.experimental_compile(_max_inflight_executions=max_inflight)``, owned by servegraph alone.
+
+    Ray registers every compiled graph in ``compiled_dag_node._compiled_dags`` and tears each down with
+    ``kill_actors=True`` when this process shuts down; replicas outlive their callers, so servegraph takes
+    the graph out of that registry and tears its lanes down itself. Checked on Ray 2.60.0; on a Ray without
+    these the compiled path is off (:func:`compiled_graphs_problem`) and this is never called.
+    """
+    from ray.dag import compiled_dag_node as cgraph
+
+    dag = root.experimental_compile(_max_inflight_executions=max_inflight)
+    cgraph._compiled_dags.pop(dag.get_id(), None)
+    return dag
+
+
+def allow_reread(ref: Any) -> None:
+    """Let a ``CompiledDAGRef`` whose ``get`` timed out be read again.
+
+    Ray marks the ref as read (``_ray_get_called``) before it waits; nothing was consumed on a timeout
+    (``CompiledDAG._execute_until`` resumes where it stopped), so the mark is undone. Checked on Ray
+    2.60.0; the compiled path is off on a Ray without it.
+    """
+    ref._ray_get_called = False
+
+
+def wrap_compiled_loop(wrap: Callable[[Callable[..., Any]], Callable[..., Any]]) -> None:
+    """Replace ``compiled_dag_node.do_exec_tasks`` (the loop a compiled graph runs on an actor) by ``wrap(original)``.
+
+    Ray starts that loop with ``do_exec_tasks(actor, tasks, ...)``, sent by the graph's owner; the replica
+    records the tasks so the controller can stop the loop itself (:func:`cancel_compiled_loop`). Wrapping
+    twice (a module reloaded) wraps Ray's original, never a wrapper. Checked on Ray 2.60.0; does nothing
+    where :func:`compiled_graphs_problem` finds compiled graphs missing.
+    """
+    if compiled_graphs_problem() is not None:
+        return
+    from ray.dag import compiled_dag_node as cgraph
+
+    original = getattr(cgraph, "_servegraph_original_exec_tasks", cgraph.do_exec_tasks)
+    cgraph._servegraph_original_exec_tasks = original  # type: ignore[attr-defined]
+    cgraph.do_exec_tasks = wrap(original)
+
+
+def cancel_compiled_loop(actor: Any, tasks: Any) -> None:
+    """Stop the compiled loop running ``tasks`` on ``actor`` (``do_cancel_executable_tasks``; Ray 2.60.0).
+
+    A loop already closed by its owner is nothing to stop: any error is swallowed.
+    """
+    try:
+        from ray.dag import compiled_dag_node as cgraph
+
+        cgraph.do_cancel_executable_tasks(actor, tasks)
+    except Exception:
+        pass
+
+
+# -- actors and jobs (ray.actor.ActorHandle._actor_id, ray._private.state; Ray 2.40-2.60) ------------------
+
+
+def actor_id_hex(actor: Any) -> str:
+    """An actor handle's id in hex (``ActorHandle._actor_id``, the same since Ray 1.x; checked on 2.60.0).
+
+    Ray has no public accessor on a handle (``get_runtime_context().get_actor_id()`` works only inside
+    the actor). Where it is missing: the handle's repr, unique per actor, so lanes still tell replicas apart.
+    """
+    actor_id = getattr(actor, "_actor_id", None)
+    return actor_id.hex() if actor_id is not None else repr(actor)
+
+
+def dead_job_ids() -> set[str] | None:
+    """Hex ids of the cluster's finished jobs (``global_worker.gcs_client.get_all_job_info``; Ray 2.60.0).
+
+    None when this Ray lacks it or the GCS does not answer: the controller then skips this pass of
+    noticing gone lane owners (an owner that exits normally still releases its lanes itself).
+    """
+    try:
+        import ray._private.worker
+
+        jobs = ray._private.worker.global_worker.gcs_client.get_all_job_info()  # type: ignore[attr-defined]  # set on connect
+        return {job_id.hex() for job_id, info in jobs.items() if info.is_dead}
+    except Exception:
+        return None
+
+
+def actor_is_dead(actor_id: str) -> bool:
+    """Whether the GCS says the actor ``actor_id`` (hex) is DEAD (``ray._private.state.actors``; Ray 2.60.0).
+
+    False when this Ray lacks it or the GCS does not answer (the owner is then kept until a later pass).
+    """
+    try:
+        import ray._private.state
+
+        return bool(ray._private.state.actors(actor_id).get("State") == "DEAD")
+    except Exception:
+        return False
+
+
+# -- the GCS key-value store (ray.experimental.internal_kv; Ray 1.x-2.60, checked on 2.60.0) -----------------
+#
+# The controller keeps its checkpoint there, as Ray Serve's controller does. Where the module is missing
+# the checkpoint is neither written nor found: a controller that restarts starts empty, nothing crashes.
+
+
+def _internal_kv() -> Any:
+    try:
+        from ray.experimental import internal_kv
+    except ImportError:
+        return None
+    return internal_kv
+
+
+def kv_put(key: bytes, value: bytes, namespace: str) -> None:
+    """Store ``value`` under ``key`` in the GCS (overwriting); nothing where Ray lacks internal_kv."""
+    kv = _internal_kv()
+    if kv is not None:
+        kv._internal_kv_put(key, value, overwrite=True, namespace=namespace)
+
+
+def kv_get(key: bytes, namespace: str) -> bytes | None:
+    """The value stored under ``key``, or None (also where Ray lacks internal_kv)."""
+    kv = _internal_kv()
+    return kv._internal_kv_get(key, namespace=namespace) if kv is not None else None
+
+
+def kv_del(key: bytes, namespace: str) -> None:
+    """Delete ``key`` from the GCS; nothing where Ray lacks internal_kv."""
+    kv = _internal_kv()
+    if kv is not None:
+        kv._internal_kv_del(key, namespace=namespace)
+
+
+# -- Ray Serve's DeploymentResponse (ray.serve.handle; Ray 2.60.0) ---------------------------------------------
+
+
+async def serve_response_ref(response: Any) -> Any:
+    """The ObjectRef behind a Ray Serve ``DeploymentResponse`` (its private ``_to_object_ref``; Ray 2.60.0).
+
+    Used by the Ray Serve backend to pass one stage's result to the next unawaited, as servegraph's own
+    runtime does. Where Ray Serve lacks it, the response is awaited and its value put in the object
+    store: still an ObjectRef, at the cost of one hop through this replica.
+    """
+    to_ref = getattr(response, "_to_object_ref", None)
+    if to_ref is None:
+        import ray
+
+        return ray.put(await response)
+    return await to_ref()
+
+
 # -- Shipping an application's local code to replicas (ray._private.runtime_env; checked on Ray 2.60) --------
 
 
@@ -179,7 +400,7 @@ def upload_local_code(runtime_env: dict[str, Any]) -> dict[str, Any]:
         from ray._private.runtime_env.working_dir import upload_working_dir_if_needed
     except ImportError as exc:  # a Ray that moved them: say so rather than start replicas without the code
         raise RuntimeError(
-            f"this Ray ({ray_version()}) cannot ship a local working_dir or py_modules from servegraph; "
+            f"this Ray ({_ray_version()}) cannot ship a local working_dir or py_modules from servegraph; "
             "give them as remote URIs (s3://, https://...zip)"
         ) from exc
     node = _node()
@@ -190,8 +411,3 @@ def upload_local_code(runtime_env: dict[str, Any]) -> dict[str, Any]:
     env.pop("excludes", None)  # applied by the upload; not a field an actor's runtime_env takes
     return env
 
-
-def ray_version() -> str:
-    import ray
-
-    return getattr(ray, "__version__", "unknown")

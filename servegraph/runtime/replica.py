@@ -32,11 +32,12 @@ from .._handle_era import NEW, handle_era
 from .._validation import did_you_mean
 from ..compiler import ir
 from ..dsl.signature import function_method_problem, public_methods
+from . import ray_compat
 from .codec import unflatten
 from .context import model_id_of, reset_multiplexed_model_id, set_multiplexed_model_id, set_replica_context
 from .handle import DeploymentInfo, async_handle, new_api_handle, note_actor_death
 from .http_codec import HTTPResult, encode_error, encode_result, make_request, request_id_of, set_request_id
-from .user_frames import is_user_file
+from .user_frames import describe_user_error
 
 #: Threads a threaded replica keeps for control calls (watch, health check, reconfigure, drain, status).
 CONTROL_THREADS = 4
@@ -67,13 +68,6 @@ def is_async_target(target: Any) -> bool:
         if inspect.iscoroutinefunction(attr) or inspect.isasyncgenfunction(attr):
             return True
     return False
-
-
-def describe_user_error(exc: BaseException) -> str:
-    """``Type: message (file.py:12 in fn)`` naming the innermost frame of the user's code."""
-    frames = [f for f in traceback.extract_tb(exc.__traceback__) if is_user_file(f.filename)]
-    where = f" ({os.path.basename(frames[-1].filename)}:{frames[-1].lineno} in {frames[-1].name})" if frames else ""
-    return f"{type(exc).__name__}: {exc}{where}"
 
 
 def split_keywords(names: tuple[str, ...], values: tuple) -> tuple[tuple, dict]:
@@ -196,8 +190,9 @@ class _ReplicaCore:
         return describe_user_error(exc)
 
     def __repr__(self) -> str:
-        # Ray shows an actor's repr in errors from it: name the deployment, not this class.
-        return f"replica of deployment {self._deployment!r}"
+        # Ray shows an actor's repr in errors from it: name the deployment, not this class. Ray also asks
+        # for it when the actor's creation failed before __init__ ran (its arguments would not unpickle).
+        return f"replica of deployment {getattr(self, '_deployment', '?')!r}"
 
     def ready(self) -> dict:
         return {"pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id()}
@@ -737,35 +732,28 @@ STREAM = "<stream>"
 # replica outlives owners (a driver that exits, a proxy that dies), so it records the tasks its
 # loop runs: the controller can then stop that loop itself (release_lane), and the replica is free
 # to join a new lane (an actor runs one compiled loop at a time).
-try:
-    from ray.dag import compiled_dag_node as _cgraph
-
-    _ORIGINAL_EXEC_TASKS = getattr(_cgraph, "_servegraph_original_exec_tasks", _cgraph.do_exec_tasks)
-
-    def _exec_tasks_recorded(self: Any, tasks: Any, *args: Any, **kwargs: Any) -> Any:
+def _record_lane_tasks(original: Callable[..., Any]) -> Callable[..., Any]:
+    def exec_tasks_recorded(self: Any, tasks: Any, *args: Any, **kwargs: Any) -> Any:
         if isinstance(self, _ReplicaCore):
             self._lane_tasks = tasks
         try:
-            return _ORIGINAL_EXEC_TASKS(self, tasks, *args, **kwargs)
+            return original(self, tasks, *args, **kwargs)
         finally:
             if isinstance(self, _ReplicaCore) and getattr(self, "_lane_tasks", None) is tasks:
                 self._lane_tasks = None
 
-    _cgraph._servegraph_original_exec_tasks = _ORIGINAL_EXEC_TASKS  # type: ignore[attr-defined]
-    _cgraph.do_exec_tasks = _exec_tasks_recorded
-    LANES_SUPPORTED: str | None = None
-except (ImportError, AttributeError) as exc:  # a Ray without compiled graphs: the plan path only
-    LANES_SUPPORTED = f"this Ray ({ray.__version__}) lacks compiled graphs: {exc}"
+    return exec_tasks_recorded
+
+
+# On a Ray without (the checked) compiled graphs this records nothing, and the compiled path is off.
+ray_compat.wrap_compiled_loop(_record_lane_tasks)
 
 
 def _release_lane(replica: _ReplicaCore) -> bool:
     tasks = getattr(replica, "_lane_tasks", None)
     if not tasks:
         return False
-    try:
-        _cgraph.do_cancel_executable_tasks(replica, tasks)
-    except Exception:  # already closed by its owner: nothing left to stop
-        pass
+    ray_compat.cancel_compiled_loop(replica, tasks)  # one already closed by its owner: nothing to stop
     return True
 
 

@@ -30,6 +30,7 @@ from ray import ObjectRef
 from ray.actor import ActorHandle
 
 from ..errors import BackPressureError, DeploymentError
+from . import ray_compat
 
 #: The pseudo-method that sends (scope, body) to the ingress's HTTP entry point.
 HTTP = "<http>"
@@ -146,12 +147,12 @@ class Router:
         """Install a new replica set, keeping in-flight counts of replicas that stay."""
         with self._lock:
             old = dict(zip(self._ids, self._in_flight, strict=True))
-            live = [(rid, actor) for rid, actor in membership.replicas if actor._actor_id.hex() not in self._dead]
+            live = [(rid, actor) for rid, actor in membership.replicas if ray_compat.actor_id_hex(actor) not in self._dead]
             self.replicas = [actor for _, actor in live]
             self._ids = [rid for rid, _ in live]
             held = dict(zip((rid for rid, _ in membership.replicas), membership.models, strict=False))
             self._models = [held.get(rid, frozenset()) for rid in self._ids]
-            self._actor_ids = [actor._actor_id.hex() for actor in self.replicas]
+            self._actor_ids = [ray_compat.actor_id_hex(actor) for actor in self.replicas]
             self._in_flight = [old.get(rid, []) for rid in self._ids]
             self.max_ongoing = membership.max_ongoing
             self.max_queued = membership.max_queued

@@ -1,0 +1,320 @@
+"""HTTP throughput under wrk: servegraph's proxy, Ray Serve 2.60's, and the floor, side by side in one run.
+
+Every system serves the hello graph (a classifier forwarding each request to a Spanish or French
+responder) over HTTP on 127.0.0.1, and wrk POSTs ``{"language": "spanish", "name": "Dora"}`` to it
+(64 connections, 15 s by default). The **floor** is what the same work costs without a serving layer:
+one plain uvicorn + starlette process (this one) whose handler awaits the same two raw Ray actor calls
+(an async classifier actor, which awaits a responder actor). Each system's answer is checked first.
+
+- servegraph and Ray Serve run at their default ``max_ongoing_requests`` (5) and at each value in
+  ``--max-ongoing`` (default also 100), set on every deployment.
+- The floor's actors are async actors with Ray's default concurrency, reserving 0.1 CPU each.
+
+Run from the repository root (needs ``wrk``: ``apt-get install wrk``; Ray Serve rows need the ``bench``
+extra, ``pip install -e '.[bench]'``)::
+
+    python bench/wrk_floor.py                         # about four minutes
+    python bench/wrk_floor.py --duration 5 --systems floor,servegraph
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import http.client
+import importlib
+import json
+import logging
+import os
+import platform
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+# Run as `python bench/wrk_floor.py`: make the checkout's servegraph importable without installing it.
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import ray  # noqa: E402
+
+import servegraph as serve  # noqa: E402
+
+BODY = {"language": "spanish", "name": "Dora"}
+EXPECTED = "Hola Dora"
+TIMEOUT_S = 120.0
+
+
+# The user's code, the same for every system --------------------------------------------------
+
+
+class SpanishResponder:
+    def say_hello(self, name: str) -> str:
+        return f"Hola {name}"
+
+
+class FrenchResponder:
+    def say_hello(self, name: str) -> str:
+        return f"Bonjour {name}"
+
+
+class ServegraphClassifier:
+    """examples/hello.py's ingress: reads the starlette Request, awaits one responder call."""
+
+    def __init__(self, spanish_responder: Any, french_responder: Any):
+        self.spanish_responder = spanish_responder
+        self.french_responder = french_responder
+
+    async def __call__(self, http_request: Any) -> str:
+        request = await http_request.json()
+        language, name = request["language"], request["name"]
+        if language == "spanish":
+            ref = await self.spanish_responder.say_hello.remote(name)
+        elif language == "french":
+            ref = await self.french_responder.say_hello.remote(name)
+        else:
+            return "Please try again."
+        return await ref
+
+
+class RayServeClassifier:
+    """The same ingress for Ray Serve 2.x's handle API (a DeploymentResponse, awaited once)."""
+
+    def __init__(self, spanish_responder: Any, french_responder: Any):
+        self.spanish_responder = spanish_responder
+        self.french_responder = french_responder
+
+    async def __call__(self, http_request: Any) -> str:
+        request = await http_request.json()
+        language, name = request["language"], request["name"]
+        if language == "spanish":
+            return await self.spanish_responder.say_hello.remote(name)
+        if language == "french":
+            return await self.french_responder.say_hello.remote(name)
+        return "Please try again."
+
+
+class RawClassifier:
+    """The floor's classifier: an async actor awaiting a responder actor."""
+
+    def __init__(self, spanish_responder: Any, french_responder: Any):
+        self.spanish_responder = spanish_responder
+        self.french_responder = french_responder
+
+    async def __call__(self, request: dict) -> str:
+        language, name = request["language"], request["name"]
+        if language == "spanish":
+            return await self.spanish_responder.say_hello.remote(name)
+        if language == "french":
+            return await self.french_responder.say_hello.remote(name)
+        return "Please try again."
+
+
+class AsyncResponder:
+    """The floor's responder: the same work as SpanishResponder, as an async actor."""
+
+    async def say_hello(self, name: str) -> str:
+        return f"Hola {name}"
+
+
+# Measuring --------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def post(port: int) -> str:
+    """One request, as wrk sends it; the answer's text."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT_S)
+    try:
+        conn.request("POST", "/", body=json.dumps(BODY), headers={"Content-Type": "application/json"})
+        response = conn.getresponse()
+        text = response.read().decode()
+        if response.status != 200:
+            raise RuntimeError(f"HTTP {response.status}: {text[:200]}")
+        return text.strip().strip('"')
+    finally:
+        conn.close()
+
+
+def wait_serving(port: int, deadline_s: float = TIMEOUT_S) -> None:
+    end = time.monotonic() + deadline_s
+    while True:
+        try:
+            answer = post(port)
+        except Exception:
+            if time.monotonic() > end:
+                raise
+            time.sleep(0.2)
+            continue
+        if answer != EXPECTED:
+            raise RuntimeError(f"expected {EXPECTED!r}, got {answer!r}")
+        return
+
+
+def run_wrk(port: int, connections: int, duration: int, threads: int) -> dict[str, Any]:
+    """wrk's figures for POSTs to 127.0.0.1:port (after a 2 s warm-up run that is not counted)."""
+    body = json.dumps(BODY).replace("\\", "\\\\").replace('"', '\\"')
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write(f'wrk.method = "POST"\nwrk.body = "{body}"\nwrk.headers["Content-Type"] = "application/json"\n')
+    try:
+        base = ["wrk", f"-t{threads}", f"-c{connections}", "--latency", "-s", script.name, f"http://127.0.0.1:{port}/"]
+        subprocess.run([*base[:3], "-d2s", *base[3:]], capture_output=True, text=True, timeout=60, check=False)
+        out = subprocess.run(
+            [*base[:3], f"-d{duration}s", "--timeout", "10s", *base[3:]],
+            capture_output=True,
+            text=True,
+            timeout=duration + 60,
+            check=True,
+        ).stdout
+    finally:
+        os.unlink(script.name)
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    errors = sum(int(n) for n in re.findall(r"(?:Non-2xx or 3xx responses|connect|read|write|timeout)\s*:?\s+(\d+)", out))
+    p50 = re.search(r"50%\s+([\d.]+\w+)", out)
+    p99 = re.search(r"99%\s+([\d.]+\w+)", out)
+    return {"rps": rps, "errors": errors, "p50": p50.group(1) if p50 else "?", "p99": p99.group(1) if p99 else "?"}
+
+
+# The systems --------------------------------------------------------------------------------------
+
+
+def servegraph_app(port: int, max_ongoing: int | None) -> None:
+    options = {} if max_ongoing is None else {"max_ongoing_requests": max_ongoing}
+    spanish = serve.deployment(SpanishResponder).options(**options).bind()
+    french = serve.deployment(FrenchResponder).options(**options).bind()
+    app = serve.deployment(ServegraphClassifier).options(**options).bind(spanish, french)
+    serve.run(app, name="hello-wrk", route_prefix="/", host="127.0.0.1", port=port)
+
+
+def measure_servegraph(max_ongoing: int | None, args: argparse.Namespace) -> dict[str, Any]:
+    port = free_port()
+    servegraph_app(port, max_ongoing)
+    try:
+        wait_serving(port)
+        return run_wrk(port, args.connections, args.duration, args.threads)
+    finally:
+        serve.shutdown()
+
+
+def measure_rayserve(max_ongoing: int | None, args: argparse.Namespace) -> dict[str, Any]:
+    from ray import serve as rserve
+
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)
+    port = free_port()
+    rserve.start(http_options={"host": "127.0.0.1", "port": port})
+    options = {} if max_ongoing is None else {"max_ongoing_requests": max_ongoing}
+    spanish = rserve.deployment(SpanishResponder).options(**options).bind()
+    french = rserve.deployment(FrenchResponder).options(**options).bind()
+    app = rserve.deployment(RayServeClassifier).options(**options).bind(spanish, french)
+    try:
+        rserve.run(app, name="hello-wrk", route_prefix="/")
+        wait_serving(port)
+        return run_wrk(port, args.connections, args.duration, args.threads)
+    finally:
+        rserve.shutdown()
+
+
+def measure_floor(args: argparse.Namespace) -> dict[str, Any]:
+    """uvicorn + starlette in this process; each request awaits the classifier actor, which awaits a responder."""
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    actor_options = {"num_cpus": 0.1}
+    spanish = ray.remote(AsyncResponder).options(**actor_options).remote()
+    french = ray.remote(AsyncResponder).options(**actor_options).remote()
+    classifier = ray.remote(RawClassifier).options(**actor_options).remote(spanish, french)
+
+    async def hello(request: Request) -> PlainTextResponse:
+        return PlainTextResponse(await classifier.__call__.remote(await request.json()))
+
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(Starlette(routes=[Route("/", hello, methods=["POST"])]), host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=lambda: asyncio.run(server.serve()), name="floor-uvicorn", daemon=True)
+    thread.start()
+    try:
+        wait_serving(port)
+        return run_wrk(port, args.connections, args.duration, args.threads)
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        for actor in (classifier, spanish, french):
+            ray.kill(actor)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--systems", default="floor,servegraph,rayserve", help="comma-separated (default all three)")
+    parser.add_argument("--max-ongoing", default="100", help="comma-separated max_ongoing_requests besides the default")
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--duration", type=int, default=15, help="seconds per wrk run")
+    parser.add_argument("--threads", type=int, default=2, help="wrk threads")
+    parser.add_argument("--num-cpus", type=int, default=8, help="CPUs the local Ray cluster advertises")
+    parser.add_argument("--json", help="also write the figures to this file")
+    args = parser.parse_args(argv)
+    if shutil.which("wrk") is None:
+        print("wrk is not installed (apt-get install wrk)", file=sys.stderr)
+        return 2
+    systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    if "rayserve" in systems:
+        try:
+            importlib.import_module("ray.serve")
+        except ImportError:
+            print("Ray Serve is not installed (pip install -e '.[bench]'): skipping its rows.", file=sys.stderr)
+            systems.remove("rayserve")
+    limits: list[int | None] = [None, *(int(v) for v in args.max_ongoing.split(",") if v.strip())]
+
+    started = datetime.datetime.now().astimezone()
+    rows: list[tuple[str, str, dict[str, Any]]] = []
+    ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+    try:
+        for system in systems:
+            for limit in [None] if system == "floor" else limits:
+                label = "-" if system == "floor" else ("default (5)" if limit is None else str(limit))
+                if system == "floor":
+                    figures = measure_floor(args)
+                elif system == "servegraph":
+                    figures = measure_servegraph(limit, args)
+                else:
+                    figures = measure_rayserve(limit, args)
+                rows.append((system, label, figures))
+                print(f"{system:<10} max_ongoing {label:<12} {figures['rps']:8.1f} req/s", flush=True)
+    finally:
+        ray.shutdown()
+
+    floor = next((f["rps"] for s, _, f in rows if s == "floor"), None)
+    print()
+    print(
+        f"{started:%Y-%m-%d %H:%M %Z}, {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"Ray {ray.__version__}; wrk -t{args.threads} -c{args.connections} -d{args.duration}s, POST / to the hello graph"
+    )
+    header = f"{'system':<11} {'max_ongoing':<12} {'req/s':>8} {'vs floor':>9} {'p50':>9} {'p99':>9} {'errors':>7}"
+    print(header)
+    print("-" * len(header))
+    for system, label, f in rows:
+        ratio = f"{f['rps'] / floor:.2f}x" if floor else "-"
+        name = {"floor": "floor", "servegraph": "servegraph", "rayserve": "Ray Serve"}[system]
+        print(f"{name:<11} {label:<12} {f['rps']:>8.1f} {ratio:>9} {f['p50']:>9} {f['p99']:>9} {f['errors']:>7}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"started": started.isoformat(), "rows": rows}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
