@@ -139,12 +139,21 @@ def read_class(cls: type) -> ClassCode | None:
     return ClassCode(file=_display_path(file), stored=stored, calls=tuple(calls))
 
 
-def _constructor_handles(record: ir.NodeIR, cls: type) -> dict[str, str]:
-    """Constructor parameter -> node key of the deployment whose handle it receives (whole handles only)."""
+def _init_signature(cls: type) -> inspect.Signature | None:
+    """``cls.__init__``'s signature, or None where it has none."""
     try:
-        sig = inspect.signature(cls.__init__)  # type: ignore[misc]
-        bound = sig.bind(None, *record.args, **dict(record.kwargs))
+        return inspect.signature(cls.__init__)  # type: ignore[misc]
     except (TypeError, ValueError):
+        return None
+
+
+def _constructor_handles(record: ir.NodeIR, sig: inspect.Signature | None) -> dict[str, str]:
+    """Constructor parameter -> node key of the deployment whose handle it receives (whole handles only)."""
+    if sig is None:
+        return {}
+    try:
+        bound = sig.bind(None, *record.args, **dict(record.kwargs))
+    except TypeError:
         return {}
     out = {}
     for name, value in bound.arguments.items():
@@ -170,12 +179,19 @@ def check_handle_calls(app: ir.AppIR, ctx: PassContext) -> list[Diagnostic]:
     """Every ``self.<handle>.<method>.remote(...)`` in a deployment names a method its target has,
     with arguments its signature takes."""
     out: dict[tuple[str, int, str], Diagnostic] = {}
+    # Per class, once: a graph binds the same few classes thousands of times, and inspect.signature
+    # of a class without __init__ parses object.__init__'s text signature each time it is asked.
     code_of: dict[int, ClassCode | None] = {}
+    init_of: dict[int, inspect.Signature | None] = {}
     for record in app.nodes:
         cls = record.target
         if record.kind != ir.DEPLOYMENT or not inspect.isclass(cls):
             continue
-        handles = _constructor_handles(record, cls)
+        if not any(isinstance(m, ir.HandleRef) for m in ir.iter_markers((record.args, record.kwargs))):
+            continue  # no handle passed to this constructor: no handle call to check
+        if id(cls) not in init_of:
+            init_of[id(cls)] = _init_signature(cls)
+        handles = _constructor_handles(record, init_of[id(cls)])
         if not handles:
             continue
         if id(cls) not in code_of:
