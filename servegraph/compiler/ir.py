@@ -123,6 +123,8 @@ class RouteIR:
     choices: tuple[Any, ...]
     default: bool = False
     name: str | None = None
+    #: Where the user made it (``file:line``), for the message of a request no branch takes.
+    site: str = ""
 
     def branches(self, args: tuple[Any, ...]) -> tuple[Any, ...]:
         """The branch markers among a routing node's arguments."""
@@ -240,6 +242,8 @@ class PlanStep:
     kwargs: tuple[tuple[str, Any], ...] = ()
     #: For INPUT_ATTR: (source Ref, access, key).
     access: tuple[Ref, str, Any] | None = None
+    #: For SWITCH and SPLIT: how the branch is chosen (``args`` are the value, if any, then the branches).
+    route: RouteIR | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -253,6 +257,11 @@ class Plan:
     input: str | None
     steps: tuple[PlanStep, ...]
     output: Any  # a Ref, or a list of Refs for MultiOutputNode
+
+    @property
+    def routed(self) -> bool:
+        """Whether a switch or split decides, per request, which of the steps run."""
+        return any(step.kind in ROUTING for step in self.steps)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
