@@ -47,7 +47,7 @@ from ..compiler.config.schema import BuilderArgs
 from ..compiler.emit.deploy_config import deployment_config
 from ..dsl.options import DEFAULT_REPLICA_CPUS
 from ..dsl.signature import FUNCTION_METHODS
-from ..errors import ConfigError
+from ..errors import ConfigError, NoRouteError
 from ..runtime.codec import to_slots, unflatten
 from ..runtime.http_codec import decode_json_body, encode_result, text
 from ..runtime.plan import PlanInputError, drive_async, run_plan
@@ -83,7 +83,7 @@ def build_app(args: dict[str, Any]) -> Application:
 
     node = load_app(parsed.graph)
     resources = ray.available_resources() if parsed.resource_check else None
-    return application(compile(node, cluster_resources=resources))
+    return application(compile(node, cluster_resources=resources, weights=parsed.splits))
 
 
 def application(compiled: CompiledGraph) -> Application:
@@ -108,14 +108,24 @@ def application(compiled: CompiledGraph) -> Application:
     name = DRIVER_NAME
     while name in bound:
         name = "_" + name
+    # Split weights travel as the driver's user_config, and its plan holds the code's: a config that only
+    # shifts traffic changes the user_config, which Ray Serve applies to the live replica (reconfigure).
+    weights = app_ir.plan.split_weights()
+    user_config: dict[str, Any] = {"user_config": {"splits": weights}} if weights else {}
     driver: Any = serve.deployment(
         PlanDriver,
         name=name,
         num_replicas=1,
         max_ongoing_requests=DRIVER_MAX_ONGOING_REQUESTS,
         ray_actor_options={"num_cpus": DEFAULT_REPLICA_CPUS},
+        **user_config,
     )
-    return driver.bind(app_ir.plan, bound, app_ir.http_adapter)
+    return driver.bind(_code_weights(app_ir.plan), bound, app_ir.http_adapter)
+
+
+def _code_weights(plan: ir.Plan) -> ir.Plan:
+    """The plan with every split at equal weights: the same init arguments whatever a config says."""
+    return plan.with_weights({name: dict.fromkeys(w, 1) for name, w in plan.split_weights().items()})
 
 
 # Handles with the seed's semantics ------------------------------------------------------------
@@ -290,6 +300,10 @@ class PlanDriver:
         self._handles = handles
         self._http_adapter = http_adapter
 
+    def reconfigure(self, config: dict[str, Any]) -> None:
+        """Ray Serve's user_config: the splits' weights, applied without a restart."""
+        self._plan = self._plan.with_weights(config.get("splits", {}))
+
     async def __call__(self, *args: Any, **kwargs: Any) -> Any:
         from starlette.requests import Request
 
@@ -321,7 +335,7 @@ class PlanDriver:
                 return Response(body, status_code=status, headers=dict(headers))
         try:
             result = await self._run((value,), {})
-        except PlanInputError as exc:
+        except (PlanInputError, NoRouteError) as exc:
             status, headers, body = text(400, str(exc))
         else:
             status, headers, body = encode_result(result)

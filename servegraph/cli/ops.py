@@ -28,9 +28,14 @@ def _prepare(config_path: str) -> tuple[Any, list[tuple[Any, Any, Any]]]:
     for app in config.applications:
         node = load_app(app.graph)
         overrides = deployment_overrides(app)
-        check_overrides(compile(node), overrides)
+        check_overrides(compile(node, weights=split_weights(app)), overrides)
         prepared.append((app, node, overrides))
     return config, prepared
+
+
+def split_weights(app: Any) -> dict[str, dict[str, int]]:
+    """A config application's split weights (``args.splits``), by split name."""
+    return dict(app.args.splits) if app.args is not None else {}
 
 
 #: http_options servegraph's runtime does not pass to its proxy yet (the proxy can apply them, see
@@ -111,7 +116,9 @@ def deploy_cmd(config_path: str, no_resource_check: bool, address: str | None, c
         compiled_apps = []
         for app, node, overrides in prepared:
             resources = None if no_resource_check else _free_resources(_controller(), app.name)
-            compiled_apps.append((app, compile(node, overrides=overrides, cluster_resources=resources)))
+            compiled_apps.append(
+                (app, compile(node, overrides=overrides, cluster_resources=resources, weights=split_weights(app)))
+            )
         for app, compiled in compiled_apps:
             before = _running_options(app.name)
             specs = {spec.name: spec.options for spec in compiled.ir.deployments}

@@ -263,6 +263,26 @@ class Plan:
         """Whether a switch or split decides, per request, which of the steps run."""
         return any(step.kind in ROUTING for step in self.steps)
 
+    def split_weights(self) -> dict[str, dict[str, int]]:
+        """Each split's weights by branch, by split name (what a deploy config's ``args.splits`` holds)."""
+        return {
+            step.route.name: dict(zip(step.route.labels, step.route.choices, strict=True))
+            for step in self.steps
+            if step.route is not None and step.route.mode == BY_WEIGHT and step.route.name is not None
+        }
+
+    def with_weights(self, weights: dict[str, dict[str, int]]) -> Plan:
+        """This plan with the named splits' weights replaced (already checked: every branch has one)."""
+
+        def step_with(step: PlanStep) -> PlanStep:
+            route = step.route
+            if route is None or route.mode != BY_WEIGHT or route.name not in weights:
+                return step
+            given = weights[route.name]
+            return dataclasses.replace(step, route=dataclasses.replace(route, choices=tuple(given[b] for b in route.labels)))
+
+        return dataclasses.replace(self, steps=tuple(step_with(step) for step in self.steps))
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class AppIR:

@@ -70,7 +70,7 @@ def weights_problem(weights: Mapping[str, Any], branches: Sequence[str]) -> str 
 
 
 def _refuse(what: str, summary: str, site: CallSite, hint: str) -> RoutingError:
-    return RoutingError(diagnostic("routing", summary, site, subject=what, call=f"{what}()", hint=hint))
+    return RoutingError(diagnostic("routing", summary + ";", site, subject=what, call=f"{what}()", hint=hint))
 
 
 def _branch(what: str, label: str, node: Any, site: CallSite) -> DAGNode:

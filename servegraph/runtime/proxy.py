@@ -18,7 +18,7 @@ from typing import Any
 
 import ray
 
-from ..errors import BackPressureError
+from ..errors import BackPressureError, NoRouteError
 from .codec import loads_with_paths
 from .driver_http import MATCH_ALL, driver_app
 from .handle import RETRY_DELAY_S, _DeploymentTarget, _PlanTarget, note_actor_death
@@ -207,7 +207,7 @@ class HTTPProxy:
             extra = {"object_ref": False} if isinstance(target, _PlanTarget) else {}
             ref = await target.submit_async("__call__", (value,), {}, **extra)
             return encode_result(await ref)
-        except PlanInputError as exc:
+        except (PlanInputError, NoRouteError) as exc:  # what the request lacks, or a value no branch takes
             return text(400, str(exc))
         except BackPressureError as exc:
             return text(503, str(exc))

@@ -86,11 +86,15 @@ def application_config(compiled: CompiledGraph) -> dict[str, Any]:
     """
     require_ok(compiled)
     app = resolve(compiled)
+    args: dict[str, Any] = {"graph": app.require_import_path()}
+    splits = compiled.ir.plan.split_weights() if compiled.ir.plan is not None else {}
+    if splits:  # the place to shift traffic: edited and deployed again, no replica restarts
+        args["splits"] = {name: dict(weights) for name, weights in sorted(splits.items())}
     return {
         "name": app.name,
         "route_prefix": app.route_prefix,
         "import_path": RAY_SERVE_BUILDER,
-        "args": {"graph": app.require_import_path()},
+        "args": args,
         "runtime_env": {},
         "deployments": [deployment_config(dep) for dep in compiled.ir.deployments],
     }
