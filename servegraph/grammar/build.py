@@ -787,8 +787,8 @@ class _Builder:
             why = f"unknown argument {extra[0]}=; " if extra else ""
             return self.error(
                 "routing",
-                f"{builtin.name} takes {arity} argument{'s' if arity > 1 else ''} and "
-                f"{' and '.join(sorted(allowed))}=: {why}write {builtin.usage}",
+                f"{builtin.name} takes {arity} argument{'s' if arity > 1 else ''} and the keyword"
+                f"{'s' if len(allowed) > 1 else ''} {', '.join(f'{k}=' for k in sorted(allowed))}: {why}write {builtin.usage}",
                 span,
             )
         try:
