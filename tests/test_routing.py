@@ -431,3 +431,22 @@ def test_a_switch_by_predicates_cannot_be_exported_to_sg():
         app = Switch(inp, [(is_long, spanish.bind(inp))], default=french.bind(inp))
     with pytest.raises(ExportError, match="a switch by predicates cannot be written in a .sg file"):
         export(app, "app")
+
+
+def test_the_canary_example_runs_both_ways_and_its_text_twin_compiles_to_the_same_routing():
+    import canary
+
+    from servegraph.grammar import load_file
+
+    handle = run_local(canary.app)
+    models = Counter(handle.remote({"text": "a short text here", "lang": "en"}).result()["model"] for _ in range(200))
+    assert set(models) <= {"v1", "v2"} and models["v1"] > models["v2"]  # 90/10
+    assert handle.remote({"text": "Hola. Adios", "lang": "es"}).result() == {"model": "es-1", "summary": "Hola"}
+    python = serve.compile(canary.app)
+    text = serve.compile(load_file(ROOT / "examples" / "canary.sg"))
+
+    def rules(c):
+        return sorted((r.mode, r.labels, r.choices, r.default, r.name) for r in (n.route for n in c.ir.nodes) if r)
+
+    assert rules(text) == rules(python)
+    assert {d.name for d in text.ir.deployments} == {d.name for d in python.ir.deployments}
