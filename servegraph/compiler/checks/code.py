@@ -352,13 +352,27 @@ def _line_of(fn: Any) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class _Produced:
-    """What one producer gives a consumer: its annotation, and the words that say who and where."""
+    """What one producer gives a consumer: its annotation, the node, and where the annotation is.
+
+    The words are made only for a diagnostic (:attr:`who`): a call site costs a path computation.
+    """
 
     hint: Any
-    #: ``Typed.text (bound at file:line)``, with the branch of a routing node first if it came through one.
-    who: str
-    #: ``file:line`` of the annotation.
-    line: str
+    record: ir.NodeIR
+    #: The function whose return annotation it is (None for MultiOutputNode's list).
+    fn: Any = None
+    #: The routing nodes' branches it came through, outermost first (``Switch branch es: ``).
+    via: str = ""
+
+    @property
+    def who(self) -> str:
+        """``Typed.text (bound at file:line)``, after the branch of a routing node it came through."""
+        return f"{self.via}{self.record.label} (bound at {self.record.call_site})"
+
+    @property
+    def line(self) -> str:
+        """``file:line`` of the annotation."""
+        return _line_of(self.fn) if self.fn is not None else str(self.record.call_site)
 
 
 class _Producers:
@@ -368,7 +382,7 @@ class _Producers:
 
     def __init__(self, nodes: dict[str, ir.NodeIR]):
         self.nodes = nodes
-        self._returns: dict[int, tuple[Any, str]] = {}
+        self._returns: dict[int, Any] = {}
         self._memo: dict[str, tuple[_Produced, ...]] = {}
 
     def of(self, key: str, depth: int = 0) -> tuple[_Produced, ...]:
@@ -386,7 +400,7 @@ class _Producers:
             for label, value in zip(record.route.labels, record.route.branches(record.args), strict=True):
                 if isinstance(value, ir.Ref):
                     for produced in self.of(value.key, depth + 1):
-                        out.append(dataclasses.replace(produced, who=f"{record.label} branch {label}: {produced.who}"))
+                        out.append(dataclasses.replace(produced, via=f"{record.label} branch {label}: {produced.via}"))
             return tuple(out)
         if record.kind == ir.OUTPUT and record.args and isinstance(record.args[0], list):
             members = [self.of(m.key, depth + 1) for m in record.args[0] if isinstance(m, ir.Ref)]
@@ -394,17 +408,17 @@ class _Producers:
                 return ()
             # A union of the members' annotations (``Union[...]`` of one is that one): the list's items.
             item = typing.Union.__getitem__(tuple(m[0].hint for m in members))
-            return (_Produced(list[item], f"{record.label} (bound at {record.call_site})", str(record.call_site)),)  # type: ignore[valid-type]
+            return (_Produced(list[item], record),)  # type: ignore[valid-type]
         found = _callable_of(record, self.nodes)
         if found is None:
             return ()
         fn = found[0]
         if id(fn) not in self._returns:
-            self._returns[id(fn)] = (_returns(fn), _line_of(fn))
-        hint, line = self._returns[id(fn)]
+            self._returns[id(fn)] = _returns(fn)
+        hint = self._returns[id(fn)]
         if hint is None:
             return ()
-        return (_Produced(hint, f"{record.label} (bound at {record.call_site})", line),)
+        return (_Produced(hint, record, fn),)
 
 
 def check_annotations(app: ir.AppIR, ctx: PassContext) -> list[Diagnostic]:

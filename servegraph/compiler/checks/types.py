@@ -62,6 +62,16 @@ def _runtime_class(hint: Any) -> type | None:
     return cls
 
 
+def _plain(hint: Any) -> bool:
+    """A class that is not a generic alias, a protocol or an ABC with a subclass hook."""
+    return (
+        isinstance(hint, type)
+        and typing.get_origin(hint) is None
+        and not getattr(hint, "_is_protocol", False)
+        and type(hint) is type
+    )
+
+
 def _subclass(a: type, b: type) -> bool | None:
     try:
         return issubclass(a, b) or (a, b) in _WIDENS
@@ -121,6 +131,10 @@ def relation(produced: Any, wanted: Any) -> str:
         return UNKNOWN if UNKNOWN in verdicts and FITS not in verdicts and MAYBE not in verdicts else MAYBE
     if _is_union(wanted):
         return _best([relation(produced, member) for member in typing.get_args(wanted)])
+    if _plain(produced) and _plain(wanted):
+        # Plain classes: is_subhint would answer issubclass; asked here, a graph of plain annotations
+        # never imports beartype (0.15 s).
+        return FITS if issubclass(produced, wanted) or (produced, wanted) in _WIDENS else _class_relation(produced, wanted)
     if _is_subhint(produced, wanted):
         return FITS
     return _literal_relation(produced, wanted) or _class_relation(produced, wanted)
