@@ -3,9 +3,10 @@
     servegraph run canary:app
     curl -d '{"text": "hello there", "lang": "en"}' localhost:8000/
 
-The split's weights are written to the deploy config (`servegraph build canary:app`) under
-``args.splits.rollout``; edit them there and `servegraph deploy` the file again to shift traffic (to
-50/50, then 0/100). No replica restarts: only the routing changes. A switch in front picks the model
+The split's weights are written to the deploy config (`servegraph build canary:app`) as the
+``user_config`` of its ``DAGDriver`` entry (``splits: {rollout: {stable: 90, canary: 10}}``); edit them
+there and `servegraph deploy` the file again to shift traffic (to 50/50, then 0/100). No replica
+restarts: only the routing changes. A switch in front picks the model
 family by language, and only the branch a request takes runs.
 """
 

@@ -44,7 +44,7 @@ es, fr = Branch.bind("es"), Branch.bind("fr")
 with InputNode() as inp:
     detected_app = Switch(detect.bind(inp), {"spanish": es.__call__.bind(inp), "french": fr.__call__.bind(inp)})
 
-# A canary: 80/20 in the code; a deploy config's args.splits.rollout changes it.
+# A canary: 80/20 in the code; a deploy config's DAGDriver entry (user_config.splits.rollout) changes it.
 stable, canary = Branch.bind("stable"), Branch.bind("canary")
 with InputNode() as inp:
     split_app = Split(

@@ -289,9 +289,9 @@ def test_split_weights_from_a_config_are_held_to_the_same_rule():
         app = Split({"stable": spanish.bind(inp), "canary": french.bind(inp)}, weights={"stable": 80, "canary": 20}, name="rollout")
     with pytest.raises(serve.ConfigError) as info:
         serve.compile(app, weights={"rollout": {"stable": -10, "canary": 110}})
-    assert "args.splits.rollout: the weight of 'stable' is negative (-10)" in str(info.value)
+    assert "split 'rollout': the weight of 'stable' is negative (-10)" in str(info.value)
     assert f"(the split is made at tests/test_routing.py:{line})" in str(info.value)
-    with pytest.raises(serve.ConfigError, match="args.splits names split 'rolout', which the graph does not have; did you mean 'rollout'"):
+    with pytest.raises(serve.ConfigError, match="weights name split 'rolout', which the graph does not have; did you mean 'rollout'"):
         serve.compile(app, weights={"rolout": {"stable": 50, "canary": 50}})
 
 
@@ -342,20 +342,50 @@ def test_the_json_ir_carries_the_routing_rules():
         assert again.ir.plan == compiled.ir.plan  # the same plan, rules and all
 
 
-def test_the_config_carries_the_weights_and_refuses_weights_that_are_not_whole_numbers(tmp_path):
-    from servegraph.compiler.config.loading import load_config
-
-    text = serve.compile(_canary()).with_app(import_path="routing_models:split_app").to_yaml()
-    data = yaml.safe_load(text)
-    assert data["applications"][0]["args"] == {
-        "graph": "routing_models:split_app",
-        "splits": {"rollout": {"stable": 80, "canary": 20}},
-    }
-    data["applications"][0]["args"]["splits"]["rollout"]["canary"] = "20"
+def _config(tmp_path, **splits_entry):
+    """The canary's config as `servegraph build` writes it, with the DAGDriver entry changed as given."""
+    data = yaml.safe_load(serve.compile(_canary()).with_app(import_path="routing_models:split_app").to_yaml())
+    (entry,) = [d for d in data["applications"][0]["deployments"] if d["name"] == "DAGDriver"]
+    entry.update(splits_entry)
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(data))
-    with pytest.raises(serve.ConfigError, match="splits"):
-        load_config(str(path))
+    return data, path
+
+
+def test_the_config_holds_the_weights_as_the_plan_drivers_user_config(tmp_path):
+    data, _ = _config(tmp_path)
+    app = data["applications"][0]
+    assert app["args"] == {"graph": "routing_models:split_app"}  # Ray Serve restarts every replica when args change
+    assert app["deployments"][-1] == {"name": "DAGDriver", "user_config": {"splits": {"rollout": {"stable": 80, "canary": 20}}}}
+
+
+def _prepared(path):
+    from servegraph.cli.ops import _prepare
+
+    (prepared,) = _prepare(str(path))[1]
+    return prepared
+
+
+def test_servegraph_deploy_reads_the_weights_and_holds_them_to_the_rule(tmp_path):
+    _, path = _config(tmp_path, user_config={"splits": {"rollout": {"stable": 0, "canary": 100}}})
+    app, node, overrides, weights = _prepared(path)
+    assert weights == {"rollout": {"stable": 0, "canary": 100}} and "DAGDriver" not in overrides
+    assert serve.compile(node, weights=weights).ir.plan.split_weights() == weights
+    _, bad = _config(tmp_path, user_config={"splits": {"rollout": {"stable": 90, "canary": 20}}})
+    with pytest.raises(serve.ConfigError, match=r"split 'rollout': weights must sum to 100, got 110 \(stable 90, canary 20\)"):
+        _prepared(bad)
+    _, other = _config(tmp_path, num_replicas=2)
+    with pytest.raises(serve.ConfigError, match=r"deployments\[2\]: DAGDriver runs the graph's plan; its entry holds only user_config.splits"):
+        _prepared(other)
+
+
+def test_a_plan_driver_entry_for_a_graph_without_a_split_is_refused(tmp_path):
+    data = yaml.safe_load(serve.compile(_canary()).with_app(import_path="routing_models:switch_app").to_yaml())
+    data["applications"][0]["args"]["graph"] = "routing_models:switch_app"
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(serve.ConfigError, match="routing_models:switch_app has no Split, so there is no DAGDriver entry"):
+        _prepared(path)
 
 
 def test_the_ray_serve_driver_takes_weights_as_user_config_without_new_init_arguments():
@@ -367,6 +397,9 @@ def test_the_ray_serve_driver_takes_weights_as_user_config_without_new_init_argu
     driver = PlanDriver(_code_weights(shifted), {})
     driver.reconfigure({"splits": shifted.split_weights()})
     assert driver._plan == shifted
+    with pytest.raises(serve.ConfigError, match="DAGDriver user_config.splits.rollout: no weight for branch 'canary'"):
+        driver.reconfigure({"splits": {"rollout": {"stable": 100}}})
+    assert driver._plan == shifted  # a refused config changes nothing
 
 
 # -- the .sg language --------------------------------------------------------------------------------

@@ -96,9 +96,10 @@ def test_a_config_edit_shifts_a_split_with_no_replica_restarted(ray_cluster, htt
     )
     assert built.exit_code == 0, built.output
     data = yaml.safe_load(path.read_text())
-    assert data["applications"][0]["args"]["splits"] == {"rollout": {"stable": 80, "canary": 20}}
+    splits = data["applications"][0]["deployments"][-1]["user_config"]["splits"]
+    assert splits == {"rollout": {"stable": 80, "canary": 20}}
     try:
-        data["applications"][0]["args"]["splits"]["rollout"] = {"stable": 100, "canary": 0}
+        splits["rollout"] = {"stable": 100, "canary": 0}
         path.write_text(yaml.safe_dump(data))
         _deploy(path)
         url = f"http://127.0.0.1:{http_port}/canary"
@@ -106,7 +107,7 @@ def test_a_config_edit_shifts_a_split_with_no_replica_restarted(ray_cluster, htt
         assert {b["branch"] for b in before} == {"stable"}
         replicas, pids = _replicas(), {b["pid"] for b in before}
 
-        data["applications"][0]["args"]["splits"]["rollout"] = {"stable": 0, "canary": 100}
+        splits["rollout"] = {"stable": 0, "canary": 100}
         path.write_text(yaml.safe_dump(data))
         out = _deploy(path)
         assert "  Branch: unchanged\n  Branch_1: unchanged" in out
@@ -117,11 +118,11 @@ def test_a_config_edit_shifts_a_split_with_no_replica_restarted(ray_cluster, htt
         assert _count(APP, "Branch") == 20 and _count(APP, "Branch_1") == 21  # their counts lived on
         assert pids.isdisjoint({a["pid"] for a in after})  # canary's replica is another process than stable's
 
-        data["applications"][0]["args"]["splits"]["rollout"] = {"stable": 90, "canary": 20}
+        splits["rollout"] = {"stable": 90, "canary": 20}
         path.write_text(yaml.safe_dump(data))
         bad = CliRunner().invoke(main, ["deploy", str(path)])
         assert bad.exit_code == 1
-        assert "args.splits.rollout: weights must sum to 100, got 110 (stable 90, canary 20)" in bad.output
+        assert "split 'rollout': weights must sum to 100, got 110 (stable 90, canary 20)" in bad.output
         assert "Traceback" not in bad.output
     finally:
         serve.delete(APP)

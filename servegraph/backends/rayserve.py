@@ -44,8 +44,9 @@ from .._walk import any_leaf, is_container, map_leaves, map_leaves_async
 from ..compiler import CompiledGraph, compile, ir
 from ..compiler.config.app import RAY_SERVE_BUILDER
 from ..compiler.config.schema import BuilderArgs
-from ..compiler.emit.deploy_config import deployment_config
+from ..compiler.emit.deploy_config import PLAN_DRIVER, deployment_config, plan_driver_name, splits_entry
 from ..dsl.options import DEFAULT_REPLICA_CPUS
+from ..dsl.routing import weights_problem
 from ..dsl.signature import FUNCTION_METHODS
 from ..errors import ConfigError, NoRouteError
 from ..runtime.codec import to_slots, unflatten
@@ -53,7 +54,7 @@ from ..runtime.http_codec import decode_json_body, encode_result, text
 from ..runtime.plan import PlanInputError, drive_async, run_plan
 
 #: The ingress deployment that runs an InputNode graph's plan (Ray Serve's name for it).
-DRIVER_NAME = "DAGDriver"
+DRIVER_NAME = PLAN_DRIVER
 #: It only waits on downstream calls, so it takes many requests at once (Ray Serve's DAGDriver took 100).
 DRIVER_MAX_ONGOING_REQUESTS = 100
 #: The replica method that receives calls whose arguments hold results nested in lists, tuples or dicts.
@@ -83,7 +84,7 @@ def build_app(args: dict[str, Any]) -> Application:
 
     node = load_app(parsed.graph)
     resources = ray.available_resources() if parsed.resource_check else None
-    return application(compile(node, cluster_resources=resources, weights=parsed.splits))
+    return application(compile(node, cluster_resources=resources))
 
 
 def application(compiled: CompiledGraph) -> Application:
@@ -105,13 +106,12 @@ def application(compiled: CompiledGraph) -> Application:
     if app_ir.ingress is not None:
         return bound[app_ir.ingress]
     assert app_ir.plan is not None
-    name = DRIVER_NAME
-    while name in bound:
-        name = "_" + name
-    # Split weights travel as the driver's user_config, and its plan holds the code's: a config that only
-    # shifts traffic changes the user_config, which Ray Serve applies to the live replica (reconfigure).
-    weights = app_ir.plan.split_weights()
-    user_config: dict[str, Any] = {"user_config": {"splits": weights}} if weights else {}
+    name = plan_driver_name(bound)
+    # Split weights travel as the driver's user_config (a config's deployments entry for it overrides them),
+    # and its plan holds fixed ones: a config that only shifts traffic changes the user_config, which Ray
+    # Serve applies to the live replica (reconfigure) with no restart.
+    splits = splits_entry(compiled)
+    user_config: dict[str, Any] = {"user_config": splits["user_config"]} if splits is not None else {}
     driver: Any = serve.deployment(
         PlanDriver,
         name=name,
@@ -301,8 +301,19 @@ class PlanDriver:
         self._http_adapter = http_adapter
 
     def reconfigure(self, config: dict[str, Any]) -> None:
-        """Ray Serve's user_config: the splits' weights, applied without a restart."""
-        self._plan = self._plan.with_weights(config.get("splits", {}))
+        """Ray Serve's user_config: the splits' weights, checked by the rule the code's are, applied without a restart.
+
+        Raises:
+            ConfigError: weights for a split the graph lacks, or that do not split traffic.
+        """
+        splits = {s.route.name: s.route for s in self._plan.steps if s.route is not None and s.route.name is not None}
+        weights = config.get("splits", {})
+        for name, given in weights.items():
+            route = splits.get(name)
+            problem = f"the graph has no split {name!r}" if route is None else weights_problem(given, route.labels)
+            if problem is not None:
+                raise ConfigError(f"{DRIVER_NAME} user_config.splits.{name}: {problem}")
+        self._plan = self._plan.with_weights(weights)
 
     async def __call__(self, *args: Any, **kwargs: Any) -> Any:
         from starlette.requests import Request

@@ -16,26 +16,23 @@ from .load import load_app
 from .stopping import keep_started_cluster, not_ours, stop_started_cluster
 
 
-def _prepare(config_path: str) -> tuple[Any, list[tuple[Any, Any, Any]]]:
+def _prepare(config_path: str) -> tuple[Any, list[tuple[Any, Any, Any, Any]]]:
     """Validate the config and compile every application before anything changes on the cluster."""
     from ..compiler import compile
     from ..compiler.config.loading import load_config
-    from ..compiler.config.overrides import check_overrides, deployment_overrides
+    from ..compiler.config.overrides import check_overrides, deployment_overrides, split_weights
 
     config = load_config(config_path)
     _refuse_unapplied_http_options(config, config_path)
     prepared = []
     for app in config.applications:
         node = load_app(app.graph)
-        overrides = deployment_overrides(app)
-        check_overrides(compile(node, weights=split_weights(app)), overrides)
-        prepared.append((app, node, overrides))
+        compiled = compile(node)
+        weights, overrides = split_weights(compiled, deployment_overrides(app))
+        check_overrides(compiled, overrides)
+        compile(node, weights=weights)  # the weights checked too, before anything changes on the cluster
+        prepared.append((app, node, overrides, weights))
     return config, prepared
-
-
-def split_weights(app: Any) -> dict[str, dict[str, int]]:
-    """A config application's split weights (``args.splits``), by split name."""
-    return dict(app.args.splits) if app.args is not None else {}
 
 
 #: http_options servegraph's runtime does not pass to its proxy yet (the proxy can apply them, see
@@ -114,11 +111,9 @@ def deploy_cmd(config_path: str, no_resource_check: bool, address: str | None, c
         cluster = connect(address, connect_timeout, start_if_missing=BY_DEPLOY)
         http = config.http_options
         compiled_apps = []
-        for app, node, overrides in prepared:
+        for app, node, overrides, weights in prepared:
             resources = None if no_resource_check else _free_resources(_controller(), app.name)
-            compiled_apps.append(
-                (app, compile(node, overrides=overrides, cluster_resources=resources, weights=split_weights(app)))
-            )
+            compiled_apps.append((app, compile(node, overrides=overrides, cluster_resources=resources, weights=weights)))
         for app, compiled in compiled_apps:
             before = _running_options(app.name)
             specs = {spec.name: spec.options for spec in compiled.ir.deployments}

@@ -264,7 +264,7 @@ class Plan:
         return any(step.kind in ROUTING for step in self.steps)
 
     def split_weights(self) -> dict[str, dict[str, int]]:
-        """Each split's weights by branch, by split name (what a deploy config's ``args.splits`` holds)."""
+        """Each split's weights by branch, by split name (a deploy config's ``user_config.splits`` of its DAGDriver entry)."""
         return {
             step.route.name: dict(zip(step.route.labels, step.route.choices, strict=True))
             for step in self.steps

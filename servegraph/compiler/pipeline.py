@@ -45,7 +45,7 @@ def compile(
         serializer: how bound arguments are sent to replicas (default: cloudpickle).
         strict: raise on errors (default); False returns them in ``.diagnostics``.
         overrides: option overrides by deployment name (from a deploy config).
-        weights: split weights by split name, then branch (from a deploy config's ``args.splits``).
+        weights: split weights by split name, then branch (from a deploy config's ``DAGDriver`` entry).
 
     Raises:
         GraphError: a subclass for the first error found; ``.diagnostics`` has them all.

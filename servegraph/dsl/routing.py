@@ -179,9 +179,9 @@ class Split(DAGNode):
     """One branch per request, chosen at random by weight: a canary or an A/B test.
 
     ``Split({"stable": a, "canary": b}, weights={"stable": 90, "canary": 10}, name="rollout")``.
-    Weights are whole percentages summing to 100. A deploy config carries them under
-    ``args.splits.<name>``, so an operator shifts traffic by editing the config and deploying it again;
-    no replica restarts.
+    Weights are whole percentages summing to 100. A deploy config carries them as the ``user_config`` of
+    its ``DAGDriver`` entry (``splits: {<name>: {branch: weight}}``), so an operator shifts traffic by
+    editing the config and deploying it again; no replica restarts.
 
     Raises:
         RoutingError: no branches, weights that are negative, not whole numbers, missing for a branch,

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, StrictInt, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from ..._validation import route_prefix_problem
 from ...dsl.options import AutoscalingConfig, RayActorOptions
@@ -166,9 +166,6 @@ class BuilderArgs(_Schema):
     #: Check replicas' resources against the cluster's free ones before deploying. Off by
     #: default under Ray Serve, whose clusters (KubeRay's autoscaler) grow to fit.
     resource_check: bool = False
-    #: Split weights by split name, then branch (``{rollout: {stable: 90, canary: 10}}``): they replace the
-    #: code's, so an operator shifts traffic by editing them and deploying again, no replica restarted.
-    splits: dict[str, dict[str, StrictInt]] = Field(default_factory=dict)
 
     @field_validator("graph")
     @classmethod

@@ -1,4 +1,7 @@
-"""Pass 5, weights: a deploy config's split weights (``args.splits``) in place of the code's.
+"""Pass 5, weights: a deploy config's split weights in place of the code's.
+
+A config holds them as the plan driver's ``user_config.splits`` (see
+:func:`servegraph.compiler.emit.deploy_config.splits_entry`); ``compile(weights=...)`` takes them.
 
 Runs after options; the rule for weights is the DSL's own (:func:`servegraph.dsl.routing.weights_problem`),
 so a config is held to what ``Split(...)`` is held to.
@@ -32,7 +35,7 @@ def resolve_weights(app: ir.AppIR, ctx: PassContext) -> ir.AppIR:
         record = splits.get(name)
         if record is None:
             raise ConfigError(
-                f"args.splits names split {name!r}, which the graph does not have"
+                f"the config's split weights name split {name!r}, which the graph does not have"
                 + did_you_mean(name, splits)
                 + (f" Its splits: {', '.join(sorted(splits))}." if splits else " It has no Split.")
             )
@@ -40,7 +43,7 @@ def resolve_weights(app: ir.AppIR, ctx: PassContext) -> ir.AppIR:
         problem = weights_problem(weights, record.route.labels)
         if problem is not None:
             raise ConfigError(
-                f"args.splits.{name}: {problem} (the split is made at {record.call_site}); give each branch a "
+                f"split {name!r}: {problem} (the split is made at {record.call_site}); give each branch a "
                 "whole percentage, together 100"
             )
         route = dataclasses.replace(record.route, choices=tuple(weights[b] for b in record.route.labels))
