@@ -4,6 +4,7 @@ chosen branch (local testing mode), diagrams, the JSON IR, deploy configs and th
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import threading
@@ -483,3 +484,16 @@ def test_the_canary_example_runs_both_ways_and_its_text_twin_compiles_to_the_sam
 
     assert rules(text) == rules(python)
     assert {d.name for d in text.ir.deployments} == {d.name for d in python.ir.deployments}
+
+
+@pytest.mark.skipif(shutil.which("dot") is None, reason="needs Graphviz's dot")
+def test_the_svg_shows_keys_and_weights_on_the_edges(tmp_path):
+    import xml.etree.ElementTree as ET
+
+    import canary
+
+    out = tmp_path / "canary.svg"
+    serve.compile(canary.app).with_app(import_path="canary:app").render(str(out))
+    texts = [el.text for el in ET.parse(out).iter() if el.tag.endswith("text") and el.text]
+    for label in ("stable 90%", "canary 10%", "en", "es", "value", "Split rollout", "Switch"):
+        assert label in texts, (label, texts)
