@@ -257,11 +257,15 @@ class Plan:
     input: str | None
     steps: tuple[PlanStep, ...]
     output: Any  # a Ref, or a list of Refs for MultiOutputNode
-    #: Whether a switch or split decides, per request, which of the steps run (found once, not per request).
-    routed: bool = dataclasses.field(init=False, compare=False, repr=False)
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "routed", any(step.kind in ROUTING for step in self.steps))
+    @property
+    def routed(self) -> bool:
+        """Whether a switch or split decides, per request, which of the steps run.
+
+        A scan per request, as the plan's own loop is: a stored field would be one that a ``Plan(...)``
+        made elsewhere (a route's plan, a test) could get wrong.
+        """
+        return any(step.kind in ROUTING for step in self.steps)
 
     def split_weights(self) -> dict[str, dict[str, int]]:
         """Each split's weights by branch, by split name (a deploy config's ``user_config.splits`` of its DAGDriver entry)."""
