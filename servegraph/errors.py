@@ -10,6 +10,9 @@ keeps working for code written against Ray Serve::
     ├── OptionValueError(GraphError, ValueError)    option value out of range
     ├── CycleError(GraphError, ValueError)          the graph has a cycle
     ├── InputNodeError(GraphError, ValueError)      more than one InputNode
+    ├── RoutingError(GraphError, ValueError)        a malformed switch or split: no branches, unknown keys,
+    │                                               keys that cannot cover the value without a default, bad weights
+    ├── NoRouteError(GraphError, LookupError)       a request's value matches no branch of a switch; HTTP 400
     ├── UnreachableNodeError(GraphError, ValueError) a node never reaches the output
     ├── ResourceError(GraphError, RuntimeError)     the graph cannot be placed on the cluster
     ├── SerializationError(GraphError, TypeError)   a bound argument cannot be serialized
@@ -160,6 +163,31 @@ class InputNodeError(GraphError, ValueError):
     code = "input-node"
 
 
+class RoutingError(GraphError, ValueError):
+    code = "routing"
+
+
+class NoRouteError(GraphError, LookupError):
+    """A request's value matches no branch of a switch that has no default (HTTP 400).
+
+    ``got`` is the value, ``keys`` the keys (or predicate names) the switch knows, ``switch`` where it was made.
+    """
+
+    code = "no-route"
+
+    def __init__(self, switch: str, got: Any, keys: Sequence[str]):
+        self.switch, self.got, self.keys = switch, got, tuple(keys)
+        super().__init__(
+            Diagnostic(
+                self.code,
+                f"{switch}: the request's value {got!r} matches no branch and the switch has no default",
+                subject=switch,
+                expected="one of " + ", ".join(self.keys),
+                hint="send one of those values, or give the switch a default branch.",
+            )
+        )
+
+
 class UnreachableNodeError(GraphError, ValueError):
     code = "unreachable"
 
@@ -202,6 +230,7 @@ ERROR_CLASSES = {
         OptionValueError,
         CycleError,
         InputNodeError,
+        RoutingError,
         UnreachableNodeError,
         ResourceError,
         SerializationError,

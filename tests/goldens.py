@@ -28,6 +28,7 @@ CASES = [
     ("async_handle_chain", "async_handle_chain:app"),
     ("handle_method", "handle_method:app"),
     ("sync_handle", "sync_handle:app"),
+    ("canary", "canary:app"),
 ]
 CASE_IDS = [stem for stem, _ in CASES]
 

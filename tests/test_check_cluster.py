@@ -35,8 +35,8 @@ MISTYPED = textwrap.dedent(
 
     @serve.deployment
     class Model:
-        def text(self, x) -> str:
-            return str(x)
+        def text(self, x) -> int | None:
+            return int(x) if x else None
 
         def double(self, v: int) -> int:
             return 2 * v
@@ -80,6 +80,7 @@ def test_a_cluster_that_does_not_answer_is_skipped_without_starting_one():
 
 
 def test_strict_makes_warnings_errors(tmp_path):
+    # int | None into int: it fits unless None comes, a doubtful case that only --strict refuses.
     (tmp_path / "mistyped.py").write_text(MISTYPED)
     relaxed = check("mistyped:app", cwd=tmp_path)
     assert relaxed.returncode == 0, relaxed.stderr
@@ -87,6 +88,15 @@ def test_strict_makes_warnings_errors(tmp_path):
     strict = check("mistyped:app", "--strict", cwd=tmp_path)
     assert strict.returncode == 1
     assert "mistyped.py:16: error: Model.double.bind(): v is annotated int" in strict.stderr
+
+
+def test_an_annotation_that_never_fits_is_an_error_without_strict(tmp_path):
+    (tmp_path / "mistyped.py").write_text(MISTYPED.replace("-> int | None:", "-> str:"))
+    result = check("mistyped:app", cwd=tmp_path)
+    assert result.returncode == 1
+    assert "mistyped.py:16: error: Model.double.bind(): v is annotated int (mistyped.py:10)" in result.stderr
+    assert "which returns str (mistyped.py:7); str never fits int" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 @pytest.mark.ray

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typing
 
+import pydantic
 import pytest
 from support import here
 
@@ -222,17 +223,20 @@ class Typed:
         return 0
 
 
-def test_plainly_incompatible_annotations_warn_with_both_lines():
+def test_an_annotation_that_never_fits_is_an_error_with_both_lines():
+    # Was a warning that deployed anyway: a str reaching ``v: int`` fails on every request.
     typed = Typed.bind()
     with InputNode() as inp:
         line = here() + 1
         app = typed.takes_int.bind(typed.text.bind(inp))
-    compiled = serve.compile(app)  # a warning does not stop the compile
-    (diag,) = compiled.diagnostics
-    assert diag.severity == "warning" and diag.code == "annotation"
+    with pytest.raises(serve.BindError) as info:
+        serve.compile(app)
+    (diag,) = info.value.diagnostics
+    assert diag.severity == "error" and diag.code == "annotation"
     assert diag.line == line
     assert "v is annotated int (tests/test_check_code.py:" in diag.message
     assert "which returns str (tests/test_check_code.py:" in diag.message
+    assert "str never fits int" in diag.message
 
 
 def test_compatible_or_unknown_annotations_say_nothing():
@@ -242,14 +246,120 @@ def test_compatible_or_unknown_annotations_say_nothing():
             [
                 typed.takes_float.bind(typed.number.bind(inp)),  # int -> float: the numeric tower
                 typed.takes_optional_str.bind(typed.text.bind(inp)),  # one member fits
-                typed.takes_list.bind(typed.number.bind(inp)),  # generics are not judged
                 typed.takes_anything.bind(typed.text.bind(inp)),
-                typed.takes_int.bind(typed.maybe.bind(inp)),  # int fits int
                 typed.takes_int.bind(inp),  # the input has no annotation
                 shout.bind(typed.text.bind(inp)),
             ]
         )
     assert _diagnostics(app) == []
+
+
+def test_a_union_with_a_fitting_member_deploys_with_a_warning_strict_refuses():
+    typed = Typed.bind()
+    with InputNode() as inp:
+        line = here() + 1
+        app = typed.takes_int.bind(typed.maybe.bind(inp))  # Optional[int] -> int: None would not fit
+    compiled = serve.compile(app)  # a doubtful case does not stop the compile
+    (diag,) = compiled.diagnostics
+    assert diag.severity == "warning" and diag.line == line
+    assert "which returns Optional[int]" in diag.message and "fits int only sometimes" in diag.message
+
+
+def _relation(produced, wanted) -> str:
+    from servegraph.compiler.checks.types import relation
+
+    return relation(produced, wanted)
+
+
+class _Model(pydantic.BaseModel):
+    x: int
+
+
+class _Child(_Model):
+    pass
+
+
+class _Other(pydantic.BaseModel):
+    y: int
+
+
+@pytest.mark.parametrize(
+    ("produced", "wanted", "verdict"),
+    [
+        (list[int], str, "never"),  # generics: passed silently before
+        (list[str], list[int], "never"),
+        (list[int], typing.Sequence[int], "fits"),
+        (typing.Sequence[int], list[int], "maybe"),
+        (dict[str, list[int]], dict[str, list[str]], "never"),
+        (tuple[int, str], tuple[int, ...], "never"),
+        (tuple[int, int], tuple[int, ...], "fits"),
+        (typing.Optional[int], int, "maybe"),  # noqa: UP045 - the spelling under test
+        (int | str, bytes, "never"),
+        (None, int, "never"),
+        (None, typing.Optional[int], "fits"),  # noqa: UP045 - the spelling under test
+        (typing.Literal["a"], str, "fits"),
+        (str, typing.Literal["a", "b"], "maybe"),
+        (typing.Literal["a"], typing.Literal["b"], "never"),
+        (typing.Literal["a", "b"], typing.Literal["b", "c"], "maybe"),
+        (typing.Annotated[int, "units"], int, "fits"),
+        (int, typing.Annotated[float, "units"], "fits"),
+        (typing.Annotated[str, "units"], int, "never"),
+        (_Child, _Model, "fits"),
+        (_Model, _Child, "maybe"),
+        (_Model, _Other, "never"),
+        (typing.Any, int, "fits"),
+        (str, typing.Any, "fits"),
+        (object, int, "maybe"),
+        (typing.TypeVar("T"), int, "unknown"),
+    ],
+)
+def test_annotations_are_compared_by_their_real_rules(produced, wanted, verdict):
+    assert _relation(produced, wanted) == verdict
+
+
+def test_numpy_and_pandas_annotations():
+    np = pytest.importorskip("numpy")
+    npt = pytest.importorskip("numpy.typing")
+    pd = pytest.importorskip("pandas")
+    assert _relation(npt.NDArray[np.float64], npt.NDArray[np.float64]) == "fits"
+    assert _relation(npt.NDArray[np.float64], np.ndarray) == "fits"
+    assert _relation(npt.NDArray[np.float64], npt.NDArray[np.int64]) == "never"
+    assert _relation(pd.DataFrame, pd.Series) == "never"
+    assert _relation(pd.DataFrame, pd.DataFrame) == "fits"
+
+
+@serve.deployment
+def listing(x: typing.Any) -> list[int]:
+    return [1]
+
+
+@serve.deployment
+def takes_text(text: str) -> str:
+    return text
+
+
+def test_a_generic_into_a_plain_class_is_an_error_at_the_consumer_line():
+    with InputNode() as inp:
+        line = here() + 1
+        app = takes_text.bind(listing.bind(inp))
+    (diag,) = _diagnostics(app)
+    assert diag.severity == "error" and diag.line == line
+    assert "text is annotated str" in diag.message and "which returns list[int]" in diag.message
+
+
+@serve.deployment
+def takes_numbers(values: list[str]) -> int:
+    return len(values)
+
+
+def test_multi_output_values_are_judged_as_a_list_of_their_members():
+    typed = Typed.bind()
+    with InputNode() as inp:
+        line = here() + 1
+        app = takes_numbers.bind(MultiOutputNode([typed.number.bind(inp), typed.number.bind(inp)]))
+    (diag,) = _diagnostics(app)
+    assert diag.severity == "error" and diag.line == line
+    assert "values is annotated list[str]" in diag.message and "MultiOutputNode" in diag.message
 
 
 def test_string_annotations_are_resolved():

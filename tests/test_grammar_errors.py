@@ -22,6 +22,7 @@ from servegraph.errors import (
     InputNodeError,
     OptionError,
     OptionValueError,
+    RoutingError,
 )
 from servegraph.grammar import parse
 from servegraph.grammar.errors import SgNameError, SgSyntaxError
@@ -177,6 +178,18 @@ CASES = [
      r"MultiOutputNode\(\) takes a non-empty list of graph nodes", "4:12"),
     ("builtin-not-called", graph("output combine(DAGDriver)"), BindError,
      r'DAGDriver must be called: DAGDriver\(NODE, http_adapter="module:function"\)', "4:20"),
+    # -- routing -------------------------------------------------------------------------------------
+    ("switch-arguments", graph("output Switch(request)"), RoutingError,
+     r"Switch takes 2 arguments and the keyword default=: write Switch\(VALUE, \{key: NODE, \.\.\.\}, default=NODE\)", "4:12"),
+    ("switch-empty", graph("output Switch(request, {})"), RoutingError, r"Switch\(\.\.\.\): the switch has no branches", "4:12"),
+    ("switch-branch-not-a-node", graph("output Switch(request, {a: 1})"), RoutingError,
+     r"Switch\(\.\.\.\): branch a is 1, not a graph node with a value per request", "4:12"),
+    ("split-weights-sum", graph("output Split({a: combine(request), b: combine(request)}, weights={a: 60, b: 60})"), RoutingError,
+     r"Split\(\.\.\.\): weights must sum to 100, got 120 \(a 60, b 60\)", "4:12"),
+    ("split-negative", graph("output Split({a: combine(request), b: combine(request)}, weights={a: 110, b: -10})"), RoutingError,
+     r"the weight of 'b' is negative \(-10\)", "4:12"),
+    ("split-unknown-keyword", graph("output Split({a: combine(request)}, weight={a: 100})"), RoutingError,
+     r"Split takes 1 argument and the keywords name=, weights=: unknown argument weight=", "4:12"),
 ]
 
 

@@ -204,3 +204,41 @@ def test_servegraph_deploy_refuses_args_for_another_builder(tmp_path):
     result = CliRunner().invoke(main, ["deploy", str(path)])
     assert result.exit_code == 1
     assert "servegraph runs only its own" in result.output
+
+
+def test_switch_and_split_run_on_ray_serve_and_a_weights_edit_reconfigures_the_driver(tmp_path, served):
+    """Only the chosen branch is called on Ray Serve too, and the weights are the driver's user_config:
+    Ray Serve applies an edit to the live driver, and no replica restarts (their call counts live on)."""
+    from ray import serve
+
+    config = build(tmp_path, "routing_models:switch_app", "--name", "switch-rs", "--route-prefix", "/switch-rs", port=served)
+    deploy_config(config)
+    wait_running("switch-rs")
+    assert {post(served, "/switch-rs", {"lang": "spanish", "text": "hola"}).json()["branch"] for _ in range(5)} == {"spanish"}
+    unknown = post(served, "/switch-rs", {"lang": "german", "text": "hallo"})
+    assert unknown.status_code == 400 and "'german' matches no branch" in unknown.text
+
+    def count(app: str, deployment: str) -> int:
+        return serve.get_deployment_handle(deployment, app).count.remote().result(timeout_s=60)
+
+    assert (count("switch-rs", "Branch"), count("switch-rs", "Branch_1")) == (5, 0)
+
+    config = build(tmp_path, "routing_models:split_app", "--name", "split-rs", "--route-prefix", "/split-rs", port=served)
+    (driver,) = [d for d in config["applications"][0]["deployments"] if d["name"] == "DAGDriver"]
+    driver["user_config"]["splits"]["rollout"] = {"stable": 100, "canary": 0}
+    deploy_config(config)
+    wait_running("split-rs")
+    replies = [post(served, "/split-rs", f"a{i}").json() for i in range(10)]
+    assert {r["branch"] for r in replies} == {"stable"}
+    driver["user_config"]["splits"]["rollout"] = {"stable": 0, "canary": 100}
+    deploy_config(config)
+    while replies[-1]["branch"] != "canary":  # until Ray Serve has reconfigured the driver
+        replies.append(post(served, "/split-rs", "b").json())
+        time.sleep(0.1)
+    replies += [post(served, "/split-rs", f"c{i}").json() for i in range(10)]
+    assert {r["branch"] for r in replies[-10:]} == {"canary"}
+    stable = sum(r["branch"] == "stable" for r in replies)
+    canary = len(replies) - stable
+    # Every call each replica ever got is in its count: neither branch was restarted by the edit.
+    assert (count("split-rs", "Branch"), count("split-rs", "Branch_1")) == (stable, canary)
+    assert serve.status().applications["split-rs"].deployments["DAGDriver"].replica_states == {"RUNNING": 1}

@@ -57,7 +57,16 @@ WORKSHOP = [
 
 
 @pytest.mark.parametrize(
-    "path", [ROOT / "README.md", EXAMPLES / "hello.py", EXAMPLES / "hello.sg", EXAMPLES / "run_hello.py", EXAMPLES / "hello_client.py"]
+    "path",
+    [
+        ROOT / "README.md",
+        EXAMPLES / "hello.py",
+        EXAMPLES / "hello.sg",
+        EXAMPLES / "run_hello.py",
+        EXAMPLES / "hello_client.py",
+        EXAMPLES / "canary.py",
+        EXAMPLES / "canary.sg",
+    ],
 )
 def test_no_workshop_words(path):
     text = path.read_text(encoding="utf-8")

@@ -44,17 +44,18 @@ from .._walk import any_leaf, is_container, map_leaves, map_leaves_async
 from ..compiler import CompiledGraph, compile, ir
 from ..compiler.config.app import RAY_SERVE_BUILDER
 from ..compiler.config.schema import BuilderArgs
-from ..compiler.emit.deploy_config import deployment_config
+from ..compiler.emit.deploy_config import PLAN_DRIVER, deployment_config, plan_driver_name, splits_entry
 from ..dsl.options import DEFAULT_REPLICA_CPUS
+from ..dsl.routing import weights_problem
 from ..dsl.signature import FUNCTION_METHODS
-from ..errors import ConfigError
+from ..errors import ConfigError, NoRouteError
 from ..runtime import ray_compat
 from ..runtime.codec import to_slots, unflatten
 from ..runtime.http_codec import decode_json_body, encode_result, text
 from ..runtime.plan import PlanInputError, drive_async, run_plan
 
 #: The ingress deployment that runs an InputNode graph's plan (Ray Serve's name for it).
-DRIVER_NAME = "DAGDriver"
+DRIVER_NAME = PLAN_DRIVER
 #: It only waits on downstream calls, so it takes many requests at once (Ray Serve's DAGDriver took 100).
 DRIVER_MAX_ONGOING_REQUESTS = 100
 #: The replica method that receives calls whose arguments hold results nested in lists, tuples or dicts.
@@ -106,17 +107,26 @@ def application(compiled: CompiledGraph) -> Application:
     if app_ir.ingress is not None:
         return bound[app_ir.ingress]
     assert app_ir.plan is not None
-    name = DRIVER_NAME
-    while name in bound:
-        name = "_" + name
+    name = plan_driver_name(bound)
+    # Split weights travel as the driver's user_config (a config's deployments entry for it overrides them),
+    # and its plan holds fixed ones: a config that only shifts traffic changes the user_config, which Ray
+    # Serve applies to the live replica (reconfigure) with no restart.
+    splits = splits_entry(compiled)
+    user_config: dict[str, Any] = {"user_config": splits["user_config"]} if splits is not None else {}
     driver: Any = serve.deployment(
         PlanDriver,
         name=name,
         num_replicas=1,
         max_ongoing_requests=DRIVER_MAX_ONGOING_REQUESTS,
         ray_actor_options={"num_cpus": DEFAULT_REPLICA_CPUS},
+        **user_config,
     )
-    return driver.bind(app_ir.plan, bound, app_ir.http_adapter)
+    return driver.bind(_code_weights(app_ir.plan), bound, app_ir.http_adapter)
+
+
+def _code_weights(plan: ir.Plan) -> ir.Plan:
+    """The plan with every split at equal weights: the same init arguments whatever a config says."""
+    return plan.with_weights({name: dict.fromkeys(w, 1) for name, w in plan.split_weights().items()})
 
 
 # Handles with the seed's semantics ------------------------------------------------------------
@@ -291,6 +301,21 @@ class PlanDriver:
         self._handles = handles
         self._http_adapter = http_adapter
 
+    def reconfigure(self, config: dict[str, Any]) -> None:
+        """Ray Serve's user_config: the splits' weights, checked by the rule the code's are, applied without a restart.
+
+        Raises:
+            ConfigError: weights for a split the graph lacks, or that do not split traffic.
+        """
+        splits = {s.route.name: s.route for s in self._plan.steps if s.route is not None and s.route.name is not None}
+        weights = config.get("splits", {})
+        for name, given in weights.items():
+            route = splits.get(name)
+            problem = f"the graph has no split {name!r}" if route is None else weights_problem(given, route.labels)
+            if problem is not None:
+                raise ConfigError(f"{DRIVER_NAME} user_config.splits.{name}: {problem}")
+        self._plan = self._plan.with_weights(weights)
+
     async def __call__(self, *args: Any, **kwargs: Any) -> Any:
         from starlette.requests import Request
 
@@ -322,7 +347,7 @@ class PlanDriver:
                 return Response(body, status_code=status, headers=dict(headers))
         try:
             result = await self._run((value,), {})
-        except PlanInputError as exc:
+        except (PlanInputError, NoRouteError) as exc:
             status, headers, body = text(400, str(exc))
         else:
             status, headers, body = encode_result(result)

@@ -16,11 +16,11 @@ from .load import load_app
 from .stopping import keep_started_cluster, not_ours, stop_started_cluster
 
 
-def _prepare(config_path: str) -> tuple[Any, list[tuple[Any, Any, Any]]]:
+def _prepare(config_path: str) -> tuple[Any, list[tuple[Any, Any, Any, Any]]]:
     """Validate the config and compile every application before anything changes on the cluster."""
     from ..compiler import compile
     from ..compiler.config.loading import load_config
-    from ..compiler.config.overrides import check_overrides, deployment_overrides, local_code_dirs
+    from ..compiler.config.overrides import check_overrides, deployment_overrides, local_code_dirs, split_weights
 
     config = load_config(config_path)
     _refuse_unapplied_http_options(config, config_path)
@@ -31,10 +31,11 @@ def _prepare(config_path: str) -> tuple[Any, list[tuple[Any, Any, Any]]]:
             if directory not in sys.path:
                 sys.path.insert(0, directory)
         node = load_app(app.graph)
-        overrides = deployment_overrides(app)
         compiled = compile(node)
+        weights, overrides = split_weights(compiled, deployment_overrides(app))
         check_overrides(compiled, overrides)
-        prepared.append((app, node, overrides))
+        compile(node, weights=weights)  # the weights checked too, before anything changes on the cluster
+        prepared.append((app, node, overrides, weights))
     return config, prepared
 
 
@@ -115,11 +116,11 @@ def deploy_cmd(config_path: str, no_resource_check: bool, address: str | None, c
         cluster = connect(address, connect_timeout, start_if_missing=BY_DEPLOY)
         http = config.http_options
         compiled_apps = []
-        for app, node, overrides in prepared:
+        for app, node, overrides, weights in prepared:
             resources = None if no_resource_check else _free_resources(_controller(), app.name)
             if app.runtime_env:  # every replica starts in it; local code is uploaded to the cluster first
                 overrides = with_app_runtime_env(compile(node), overrides, upload_local_code(app.runtime_env))
-            compiled_apps.append((app, compile(node, overrides=overrides, cluster_resources=resources)))
+            compiled_apps.append((app, compile(node, overrides=overrides, cluster_resources=resources, weights=weights)))
         for app, compiled in compiled_apps:
             before = _running_options(app.name)
             specs = {spec.name: spec.options for spec in compiled.ir.deployments}

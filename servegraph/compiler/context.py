@@ -36,6 +36,8 @@ class PassContext:
     serializer: Callable[[Any], bytes] | None = None
     #: Option overrides by final deployment name (from a deploy config).
     overrides: Mapping[str, Mapping[str, Any]] | None = None
+    #: Split weights by split name, then branch (from a deploy config's plan driver entry).
+    weights: Mapping[str, Mapping[str, int]] | None = None
     #: The last graph derived, with the nodes and edges it was derived from (held, so ids stay unique).
     _graph: list[tuple[Any, Any, nx.DiGraph]] = dataclasses.field(default_factory=list, compare=False, repr=False)
 

@@ -75,6 +75,11 @@ def compiled_path_problem(app: ir.AppIR) -> str | None:
             return "a DAGDriver serving several routes"
         return "its entry point is a deployment (only InputNode graphs are static)"
     plan = app.plan
+    if plan.routed:
+        return (
+            "it routes requests (a switch or split): each request runs only the branch it takes, "
+            "chosen as it runs, and a compiled graph runs every step"
+        )
     specs = {spec.name: spec for spec in app.deployments}
     calls: set[str] = set()
     for step in plan.steps:

@@ -26,6 +26,15 @@ METHOD = "method"
 FUNCTION = "function"
 OUTPUT = "output"
 DRIVER = "driver"
+SWITCH = "switch"  # one branch per request, chosen by a value's key or by predicates
+SPLIT = "split"  # one branch per request, chosen at random by weight
+#: Routing nodes: each request takes one of their branches, and only that branch runs.
+ROUTING = frozenset({SWITCH, SPLIT})
+
+# How a routing node chooses (RouteIR.mode).
+BY_KEY = "keys"
+BY_PREDICATE = "predicates"
+BY_WEIGHT = "weights"
 
 # Edge kinds in the networkx graph.
 DATA_EDGE = "data"  # a value flows per request
@@ -99,6 +108,41 @@ def map_markers(value: Any, fn: Any) -> Any:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class RouteIR:
+    """How a switch or split picks the one branch a request takes.
+
+    A switch's node arguments are ``(value, *branches)``, a split's ``branches``; ``labels`` and
+    ``choices`` run in the same order as the branches. ``choices`` holds each branch's key
+    (``BY_KEY``), predicate (``BY_PREDICATE``) or integer weight (``BY_WEIGHT``); a default branch
+    is last, with ``None`` as its choice. ``name`` names a split in a deploy config, where its
+    weights can be changed without touching the code.
+    """
+
+    mode: str
+    labels: tuple[str, ...]
+    choices: tuple[Any, ...]
+    default: bool = False
+    name: str | None = None
+    #: Where the user made it (``file:line``), for the message of a request no branch takes.
+    site: str = ""
+
+    def branches(self, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        """The branch markers among a routing node's arguments."""
+        return args if self.mode == BY_WEIGHT else args[1:]
+
+    def keyed(self) -> dict[Any, int]:
+        """Branch index by key, for a switch by key (the default not among them)."""
+        count = len(self.choices) - (1 if self.default else 0)
+        return {key: i for i, key in enumerate(self.choices[:count])}
+
+    def edge_label(self, i: int) -> str:
+        """What a diagram writes on branch ``i``'s edge: its key, predicate, or weight."""
+        if self.mode == BY_WEIGHT:
+            return f"{self.labels[i]} {self.choices[i]}%"
+        return self.labels[i]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class NodeIR:
     """One node of the graph as the user bound it."""
 
@@ -120,6 +164,8 @@ class NodeIR:
     target: Any = None
     options: DeploymentOptions | None = None
     name: str | None = None
+    #: For switch and split nodes: how they choose a branch.
+    route: RouteIR | None = None
 
     @property
     def is_deployment(self) -> bool:
@@ -196,6 +242,8 @@ class PlanStep:
     kwargs: tuple[tuple[str, Any], ...] = ()
     #: For INPUT_ATTR: (source Ref, access, key).
     access: tuple[Ref, str, Any] | None = None
+    #: For SWITCH and SPLIT: how the branch is chosen (``args`` are the value, if any, then the branches).
+    route: RouteIR | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -209,6 +257,35 @@ class Plan:
     input: str | None
     steps: tuple[PlanStep, ...]
     output: Any  # a Ref, or a list of Refs for MultiOutputNode
+
+    @property
+    def routed(self) -> bool:
+        """Whether a switch or split decides, per request, which of the steps run.
+
+        A scan per request, as the plan's own loop is: a stored field would be one that a ``Plan(...)``
+        made elsewhere (a route's plan, a test) could get wrong.
+        """
+        return any(step.kind in ROUTING for step in self.steps)
+
+    def split_weights(self) -> dict[str, dict[str, int]]:
+        """Each split's weights by branch, by split name (a deploy config's ``user_config.splits`` of its DAGDriver entry)."""
+        return {
+            step.route.name: dict(zip(step.route.labels, step.route.choices, strict=True))
+            for step in self.steps
+            if step.route is not None and step.route.mode == BY_WEIGHT and step.route.name is not None
+        }
+
+    def with_weights(self, weights: dict[str, dict[str, int]]) -> Plan:
+        """This plan with the named splits' weights replaced (already checked: every branch has one)."""
+
+        def step_with(step: PlanStep) -> PlanStep:
+            route = step.route
+            if route is None or route.mode != BY_WEIGHT or route.name not in weights:
+                return step
+            given = weights[route.name]
+            return dataclasses.replace(step, route=dataclasses.replace(route, choices=tuple(given[b] for b in route.labels)))
+
+        return dataclasses.replace(self, steps=tuple(step_with(step) for step in self.steps))
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -1,4 +1,4 @@
-"""The compiler's passes, in the order they run: capture -> graph -> name -> options -> check -> lower.
+"""The compiler's passes, in the order they run: capture -> graph -> name -> options -> weights -> check -> lower.
 
 Each pass is a module of its own with one shape, ``(ir, context) -> ir`` (the
 checks: ``(ir, context) -> diagnostics``); this is the one place their order is
@@ -22,9 +22,10 @@ from .passes.graph import build_edges
 from .passes.lower import lower
 from .passes.naming import naming
 from .passes.options import resolve_options
+from .passes.weights import resolve_weights
 
-#: The passes between capture and the checks, in order: edges, final names, final options.
-PASSES: tuple[Callable[[ir.AppIR, PassContext], ir.AppIR], ...] = (build_edges, naming, resolve_options)
+#: The passes between capture and the checks, in order: edges, final names, final options, split weights.
+PASSES: tuple[Callable[[ir.AppIR, PassContext], ir.AppIR], ...] = (build_edges, naming, resolve_options, resolve_weights)
 
 
 def compile(
@@ -34,6 +35,7 @@ def compile(
     serializer: Callable[[Any], bytes] | None = None,
     strict: bool = True,
     overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    weights: Mapping[str, Mapping[str, int]] | None = None,
 ) -> CompiledGraph:
     """Compile a bound graph into a checked CompiledGraph.
 
@@ -43,11 +45,12 @@ def compile(
         serializer: how bound arguments are sent to replicas (default: cloudpickle).
         strict: raise on errors (default); False returns them in ``.diagnostics``.
         overrides: option overrides by deployment name (from a deploy config).
+        weights: split weights by split name, then branch (from a deploy config's ``DAGDriver`` entry).
 
     Raises:
         GraphError: a subclass for the first error found; ``.diagnostics`` has them all.
     """
-    ctx = PassContext(cluster_resources=cluster_resources, serializer=serializer, overrides=overrides)
+    ctx = PassContext(cluster_resources=cluster_resources, serializer=serializer, overrides=overrides, weights=weights)
     program = capture(app)
     for run_pass in PASSES:
         program = run_pass(program, ctx)

@@ -13,6 +13,7 @@ from .nodes import (
     MultiOutputNode,
 )
 from .options import DeploymentOptions
+from .routing import Split, Switch
 
 __all__ = [
     "CallSite",
@@ -27,5 +28,7 @@ __all__ = [
     "InputNode",
     "MethodNode",
     "MultiOutputNode",
+    "Split",
+    "Switch",
     "deployment",
 ]

@@ -31,11 +31,13 @@ from ..dsl import (
     InputAttributeNode,
     InputNode,
     MultiOutputNode,
+    Split,
+    Switch,
     deployment,
 )
 from ..dsl.options import make_options
 from ..dsl.signature import BIND_HINT, missing_method_hint, public_methods
-from ..errors import BindError, Diagnostic, GraphError, OptionError, OptionValueError
+from ..errors import BindError, Diagnostic, GraphError, OptionError, OptionValueError, RoutingError
 from . import ast
 from .errors import Source, raise_located
 from .syntax import KEYWORDS, MAX_DEPTH
@@ -113,6 +115,8 @@ class _Builtin:
 _BUILTINS = {
     "DAGDriver": _Builtin("DAGDriver", 'DAGDriver(NODE, http_adapter="module:function")'),
     "MultiOutputNode": _Builtin("MultiOutputNode", "MultiOutputNode([NODE, NODE, ...])"),
+    "Switch": _Builtin("Switch", "Switch(VALUE, {key: NODE, ...}, default=NODE)"),
+    "Split": _Builtin("Split", 'Split({branch: NODE, ...}, weights={branch: PERCENT, ...}, name="NAME")'),
 }
 _PYTHON_LITERALS = {"True": "true", "False": "false", "None": "null"}
 
@@ -679,7 +683,7 @@ class _Builder:
                 kwargs[arg.name.text] = value
         return (args, kwargs) if ok else None
 
-    def bind_error(self, exc: BindError, span: ast.Span, call: ast.Call, written: str) -> Any:
+    def bind_error(self, exc: GraphError, span: ast.Span, call: ast.Call, written: str) -> Any:
         """A DSL bind error shown at the call the user wrote (``written``, e.g. ``Model(...)``, where
         Python says ``Model.bind()``), pointing at the keyword argument it is about, if one."""
         found = exc.diagnostic
@@ -737,7 +741,7 @@ class _Builder:
         if isinstance(callee, DAGNode):
             reason = "it has a value only when a request runs, so the graph cannot call it"
         else:
-            reason = "only deployments, deployment nodes, DAGDriver and MultiOutputNode can be called"
+            reason = "only deployments, deployment nodes, DAGDriver, MultiOutputNode, Switch and Split can be called"
         return self.error("bind-arguments", f"{label} is {what}, which cannot be called: {reason}", call.span)
 
     def builtin(
@@ -756,6 +760,8 @@ class _Builder:
                 return DAGDriver.bind(args[0], http_adapter=adapter, _call_site=site)
             except BindError as exc:
                 return self.bind_error(exc, span, call, "DAGDriver(...)")
+        if builtin.name in ("Switch", "Split"):
+            return self.routing(builtin, args, kwargs, site, span, call)
         if len(args) != 1 or kwargs or not isinstance(args[0], list):
             return self.error(
                 "bind-arguments", f"MultiOutputNode takes one list of graph nodes: {builtin.usage}", span
@@ -764,6 +770,33 @@ class _Builder:
             return MultiOutputNode(args[0], _call_site=site)
         except BindError as exc:
             return self.bind_error(exc, span, call, "MultiOutputNode(...)")
+
+    def routing(
+        self, builtin: _Builtin, args: list[Any], kwargs: dict[str, Any], site: CallSite, span: ast.Span, call: ast.Call
+    ) -> Any:
+        """``Switch(value, {key: node}, default=node)`` or ``Split({branch: node}, weights={...}, name="...")``.
+
+        A switch by predicates is Python's only: a predicate is code, and a ``.sg`` file names no plain functions.
+        """
+        if builtin.name == "Switch":
+            allowed, arity, shape_ok = {"default"}, 2, len(args) == 2 and isinstance(args[1], dict)
+        else:
+            allowed, arity, shape_ok = {"weights", "name"}, 1, len(args) == 1 and "weights" in kwargs
+        extra = sorted(set(kwargs) - allowed)
+        if not shape_ok or extra:
+            why = f"unknown argument {extra[0]}=; " if extra else ""
+            return self.error(
+                "routing",
+                f"{builtin.name} takes {arity} argument{'s' if arity > 1 else ''} and the keyword"
+                f"{'s' if len(allowed) > 1 else ''} {', '.join(f'{k}=' for k in sorted(allowed))}: {why}write {builtin.usage}",
+                span,
+            )
+        try:
+            if builtin.name == "Switch":
+                return Switch(args[0], args[1], _call_site=site, **kwargs)
+            return Split(args[0], _call_site=site, **kwargs)
+        except RoutingError as exc:
+            return self.bind_error(exc, span, call, f"{builtin.name}(...)")
 
     def method_call(
         self,

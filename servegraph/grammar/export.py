@@ -26,7 +26,7 @@ from .syntax import KEYWORDS, MAX_DEPTH, NAME_RE
 
 #: Inline calls nest at most this deep before the exporter names an inner one.
 INLINE_DEPTH = 6
-_RESERVED = KEYWORDS | {"DAGDriver", "MultiOutputNode", "True", "False", "None"}
+_RESERVED = KEYWORDS | {"DAGDriver", "MultiOutputNode", "Switch", "Split", "True", "False", "None"}
 _NOWHERE = ast.Span(0, 0)
 
 
@@ -319,7 +319,44 @@ class _Exporter:
             if self.ir.http_adapter is not None:
                 args.append(ast.Arg(self.adapter(record), _name("http_adapter")))
             return ast.Postfix(_ref("DAGDriver"), (ast.Call(tuple(args), _NOWHERE),)), depth + 1
+        if record.route is not None:
+            return self.routing(record)
         raise ExportError(f"{_where(record)}: a {kind} node cannot be written in a .sg file")  # pragma: no cover
+
+    def routing(self, record: irmod.NodeIR) -> tuple[ast.Expr, int]:
+        """``Switch(value, {key: node}, default=node)`` or ``Split({branch: node}, weights={...}, name=...)``."""
+        route = record.route
+        assert route is not None
+        if route.mode == irmod.BY_PREDICATE:
+            raise ExportError(f"{_where(record)}: a switch by predicates cannot be written in a .sg file (predicates are Python)")
+        branches = route.branches(record.args)
+        count = len(branches) - (1 if route.default else 0)
+        entries, depth = [], 0
+        for choice, label, branch in zip(route.choices[:count], route.labels[:count], branches[:count], strict=True):
+            key = literal(choice if route.mode == irmod.BY_KEY else label, f"{_where(record)}: branch {label}")
+            assert isinstance(key, ast.Literal)
+            expr, d = self.value(branch, record, label)
+            entries.append((key, expr))
+            depth = max(depth, d)
+        args = []
+        if route.mode == irmod.BY_KEY:
+            value, d = self.value(record.args[0], record, "value")
+            args.append(ast.Arg(value))
+            depth = max(depth, d)
+        args.append(ast.Arg(ast.MapExpr(tuple(entries), _NOWHERE)))
+        if route.default:
+            expr, d = self.value(branches[-1], record, "default")
+            args.append(ast.Arg(expr, _name("default")))
+            depth = max(depth, d)
+        if route.mode == irmod.BY_WEIGHT:
+            weights = tuple(
+                (literal(label, f"{_where(record)}: weight"), ast.Literal(weight, _NOWHERE))
+                for label, weight in zip(route.labels, route.choices, strict=True)
+            )
+            args.append(ast.Arg(ast.MapExpr(weights, _NOWHERE), _name("weights")))  # type: ignore[arg-type]
+            args.append(ast.Arg(ast.Literal(route.name, _NOWHERE), _name("name")))
+        callee = "Switch" if route.mode == irmod.BY_KEY else "Split"
+        return ast.Postfix(_ref(callee), (ast.Call(tuple(args), _NOWHERE),)), depth + 1
 
     def adapter(self, record: irmod.NodeIR) -> ast.Literal:
         adapter = self.ir.http_adapter

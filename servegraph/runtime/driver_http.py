@@ -10,6 +10,7 @@ caller; the result goes back through FastAPI (JSON, or a Response as it is).
 import inspect
 from typing import Any
 
+from ..errors import NoRouteError
 from .http_codec import encode_error
 from .plan import PlanInputError
 
@@ -70,7 +71,7 @@ def driver_app(routes: dict[str, Any], adapter: Any) -> Any:
             try:
                 ref = await target.submit_async("__call__", (inp,), {})
                 result = await ref
-            except PlanInputError as exc:
+            except (PlanInputError, NoRouteError) as exc:
                 return PlainTextResponse(str(exc), status_code=400)
             except Exception as exc:  # the user's error: 500 with its type and message
                 status, headers, body = encode_error(exc)

@@ -146,6 +146,11 @@ def _refuse_stream(method: str) -> None:
         )
 
 
+def _value(value: Any) -> Any:
+    """A local result's value, waited for (a switch choosing its branch from a node's output)."""
+    return value.result() if isinstance(value, LocalRef) else value
+
+
 class _LocalPlanTarget:
     """Runs an InputNode graph's plan against local deployments."""
 
@@ -160,7 +165,7 @@ class _LocalPlanTarget:
             return RayServeSyncHandle(_LocalTarget(self._deployments[name]))
 
         gen = run_plan(self._plan, args, kwargs, handle)
-        out = drive(gen, lambda call: self._deployments[call[0]].call(*call[1:]))
+        out = drive(gen, lambda call: self._deployments[call[0]].call(*call[1:]), resolve=_value)
         if isinstance(out, LocalRef):
             return out
         return LocalRef(asyncio.run_coroutine_threadsafe(_resolve(out), _background_loop()))

@@ -8,6 +8,8 @@ Sync callers, async callers and local testing mode drive the same generator.
 
 from __future__ import annotations
 
+import inspect
+import random
 from collections.abc import Callable, Generator
 from typing import Any
 
@@ -15,6 +17,7 @@ import ray
 from ray import ObjectRef
 
 from ..compiler import ir
+from ..errors import NoRouteError
 
 Call = tuple[str, str, tuple, dict]
 
@@ -79,11 +82,120 @@ def read_inputs(plan: ir.Plan, args: tuple, kwargs: dict) -> dict[str, Any]:
     return values
 
 
+class Resolve:
+    """What a plan yields, besides calls, when it needs a result's value now: a switch choosing its branch
+    from a node's output. The driver sends back the value (:func:`drive`, :func:`drive_async`)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any):
+        self.value = value
+
+
+_random = random.Random()
+
+
+def choose(route: ir.RouteIR, value: Any = None) -> int:
+    """The branch a request takes: by the value's key, the first predicate true of it, or by weight.
+
+    Raises:
+        NoRouteError: the value matches no branch and the switch has no default (HTTP 400).
+    """
+    if route.mode == ir.BY_WEIGHT:
+        return _random.choices(range(len(route.choices)), weights=route.choices)[0]
+    found: int | None = None
+    if route.mode == ir.BY_KEY:
+        try:
+            found = route.keyed().get(value)
+        except TypeError:  # an unhashable value equals no key
+            found = None
+    else:
+        count = len(route.choices) - (1 if route.default else 0)
+        found = next((i for i, predicate in enumerate(route.choices[:count]) if predicate(value)), None)
+    if found is not None:
+        return found
+    if route.default:
+        return len(route.choices) - 1
+    known = [repr(c) if route.mode == ir.BY_KEY else label for c, label in zip(route.choices, route.labels, strict=True)]
+    raise NoRouteError(f"Switch (made at {route.site})", value, known)
+
+
+def _waits_for(step: ir.PlanStep) -> list[str]:
+    """The keys a step needs before it runs; a routing node's branches wait for its choice."""
+    if step.kind == ir.INPUT_ATTR:
+        assert step.access is not None
+        return [step.access[0].key]
+    markers = step.args[:1] if step.kind == ir.SWITCH else () if step.kind == ir.SPLIT else (step.args, step.kwargs)
+    return [m.key for m in ir.iter_markers(markers) if isinstance(m, ir.Ref)]
+
+
+def _run_routed(plan: ir.Plan, args: tuple, kwargs: dict, handle: Callable[[str], Any]) -> Generator[Any, Any, Any]:
+    """:func:`run_plan` for a plan with switches or splits: only the steps the chosen branches need run.
+
+    Steps run in plan order, demanded from the output: a routing step chooses its branch (waiting for
+    its value if that is a node's output), then runs the steps that branch needs and nothing else. Input
+    reads happen when a step needs them, so a branch not taken may read what the request lacks.
+    """
+    steps = {step.key: step for step in plan.steps}
+    order = {step.key: i for i, step in enumerate(plan.steps)}
+    values: dict[str, Any] = {}
+    if plan.input is not None:
+        values[plan.input] = plan_input(args, kwargs)
+
+    def needed(root: str) -> list[str]:
+        found: set[str] = set()
+        stack = [root]
+        while stack:
+            key = stack.pop()
+            if key in found or key in values or key not in steps:
+                continue
+            found.add(key)
+            stack.extend(_waits_for(steps[key]))
+        return sorted(found, key=order.__getitem__)
+
+    def substitute(value: Any) -> Any:
+        def fn(marker: ir.Ref | ir.HandleRef) -> Any:
+            if isinstance(marker, ir.HandleRef):
+                return handle(marker.deployment)
+            return values[marker.key]
+
+        return ir.map_markers(value, fn)
+
+    def run(keys: list[str]) -> Generator[Any, Any, None]:
+        for key in keys:
+            if key in values:
+                continue  # run by a branch chosen earlier in this loop
+            step = steps[key]
+            if step.kind == ir.INPUT_ATTR:
+                assert step.access is not None
+                source, access, name = step.access
+                values[key] = read_input(values[source.key], access, name)
+            elif step.kind == ir.OUTPUT:
+                values[key] = substitute(step.args[0])
+            elif step.kind in ir.ROUTING:
+                assert step.route is not None
+                value = None
+                if step.kind == ir.SWITCH:
+                    value = yield Resolve(substitute(step.args[0]))
+                branch = step.route.branches(step.args)[choose(step.route, value)]
+                yield from run(needed(branch.key))
+                values[key] = values[branch.key]
+            else:
+                assert step.deployment is not None and step.method is not None
+                values[key] = yield (step.deployment, step.method, substitute(step.args), dict(substitute(step.kwargs)))
+
+    yield from run(needed(plan.output.key))
+    return values[plan.output.key]
+
+
 def run_plan(plan: ir.Plan, args: tuple, kwargs: dict, handle: Callable[[str], Any]) -> Generator[Call, Any, Any]:
     """Yield every call of one request in plan order; return the output (a result, or a list of them).
 
-    ``handle(name)`` makes the handle passed where a deployment is an argument.
+    ``handle(name)`` makes the handle passed where a deployment is an argument. A plan with a switch
+    or split also yields :class:`Resolve` where it needs a result's value to choose a branch.
     """
+    if plan.routed:
+        return (yield from _run_routed(plan, args, kwargs, handle))
     values = read_inputs(plan, args, kwargs)
 
     def substitute(value: Any) -> Any:
@@ -106,21 +218,33 @@ def run_plan(plan: ir.Plan, args: tuple, kwargs: dict, handle: Callable[[str], A
     return values[plan.output.key]
 
 
-def drive(gen: Generator[Call, Any, Any], send: Callable[[Call], Any]) -> Any:
-    """Run a plan generator, sending each call with ``send``; returns the plan's output."""
+def resolve_ref(value: Any) -> Any:
+    """A result's value, waited for (an ObjectRef); anything else is a value already."""
+    return ray.get(value) if isinstance(value, ObjectRef) else value
+
+
+def drive(gen: Generator[Call, Any, Any], send: Callable[[Call], Any], resolve: Callable[[Any], Any] = resolve_ref) -> Any:
+    """Run a plan generator, sending each call with ``send`` (and each :class:`Resolve` to ``resolve``);
+    returns the plan's output."""
     try:
         call = next(gen)
         while True:
-            call = gen.send(send(call))
+            call = gen.send(resolve(call.value) if isinstance(call, Resolve) else send(call))
     except StopIteration as stop:
         return stop.value
 
 
-async def drive_async(gen: Generator[Call, Any, Any], send: Callable[[Call], Any]) -> Any:
-    """:func:`drive` for an async ``send``."""
+async def _await(value: Any) -> Any:
+    return await value if inspect.isawaitable(value) else value
+
+
+async def drive_async(
+    gen: Generator[Call, Any, Any], send: Callable[[Call], Any], resolve: Callable[[Any], Any] = _await
+) -> Any:
+    """:func:`drive` for an async ``send`` (and ``resolve``: a result is awaited for its value)."""
     try:
         call = next(gen)
         while True:
-            call = gen.send(await send(call))
+            call = gen.send(await (resolve(call.value) if isinstance(call, Resolve) else send(call)))
     except StopIteration as stop:
         return stop.value

@@ -18,7 +18,7 @@ from typing import Any
 
 import ray
 
-from ..errors import BackPressureError
+from ..errors import BackPressureError, NoRouteError
 from .codec import loads_with_paths
 from .context import model_id_of
 from .driver_http import MATCH_ALL, driver_app
@@ -202,7 +202,7 @@ class HTTPProxy:
             extra = {"object_ref": False} if isinstance(target, _PlanTarget) else {}
             ref = await target.submit_async("__call__", (value,), {}, **extra)
             return encode_result(await ref)
-        except PlanInputError as exc:
+        except (PlanInputError, NoRouteError) as exc:  # what the request lacks, or a value no branch takes
             return text(400, str(exc))
         except BackPressureError as exc:
             return text(503, str(exc))

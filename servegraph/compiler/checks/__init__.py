@@ -10,6 +10,7 @@ from ..context import CheckContext, PassContext
 from .code import check_annotations, check_handle_calls
 from .options import check_generator_nodes, check_option_values, check_unbound_deployments, check_user_config
 from .resources import check_resources
+from .routing import check_routing
 from .rules import check_constructor_args, check_cycles, check_reaches_output, check_serializable, check_single_input
 
 #: Checks in the order they run.
@@ -26,6 +27,7 @@ CHECKS: tuple[Callable[[ir.AppIR, PassContext], list[Diagnostic]], ...] = (
     check_generator_nodes,
     check_handle_calls,
     check_annotations,
+    check_routing,
 )
 
 

@@ -4,7 +4,7 @@ Ray Serve finds both mistakes only when a request runs (a 500, or a wrong value 
 Each check is ``(app, ctx) -> list[Diagnostic]``, reading each node's ``target`` (the user's class or
 function, kept in the IR) and registered in ``checks.CHECKS``.
 Both checks are conservative: where the code cannot be read (no source, a dynamic attribute,
-``*args``, a decorator that hides the signature, an annotation that is not a plain class) they
+``*args``, a decorator that hides the signature, an annotation that cannot be judged) they
 say nothing.
 """
 
@@ -23,6 +23,7 @@ from ...dsl.signature import bind_problem, describe_signature, function_method_p
 from ...errors import Diagnostic
 from .. import ir
 from ..context import PassContext
+from . import types
 from .rules import _diag
 
 # -- handle calls ---------------------------------------------------------------------------------
@@ -139,12 +140,21 @@ def read_class(cls: type) -> ClassCode | None:
     return ClassCode(file=_display_path(file), stored=stored, calls=tuple(calls))
 
 
-def _constructor_handles(record: ir.NodeIR, cls: type) -> dict[str, str]:
-    """Constructor parameter -> node key of the deployment whose handle it receives (whole handles only)."""
+def _init_signature(cls: type) -> inspect.Signature | None:
+    """``cls.__init__``'s signature, or None where it has none."""
     try:
-        sig = inspect.signature(cls.__init__)  # type: ignore[misc]
-        bound = sig.bind(None, *record.args, **dict(record.kwargs))
+        return inspect.signature(cls.__init__)  # type: ignore[misc]
     except (TypeError, ValueError):
+        return None
+
+
+def _constructor_handles(record: ir.NodeIR, sig: inspect.Signature | None) -> dict[str, str]:
+    """Constructor parameter -> node key of the deployment whose handle it receives (whole handles only)."""
+    if sig is None:
+        return {}
+    try:
+        bound = sig.bind(None, *record.args, **dict(record.kwargs))
+    except TypeError:
         return {}
     out = {}
     for name, value in bound.arguments.items():
@@ -170,12 +180,19 @@ def check_handle_calls(app: ir.AppIR, ctx: PassContext) -> list[Diagnostic]:
     """Every ``self.<handle>.<method>.remote(...)`` in a deployment names a method its target has,
     with arguments its signature takes."""
     out: dict[tuple[str, int, str], Diagnostic] = {}
+    # Per class, once: a graph binds the same few classes thousands of times, and inspect.signature
+    # of a class without __init__ parses object.__init__'s text signature each time it is asked.
     code_of: dict[int, ClassCode | None] = {}
+    init_of: dict[int, inspect.Signature | None] = {}
     for record in app.nodes:
         cls = record.target
         if record.kind != ir.DEPLOYMENT or not inspect.isclass(cls):
             continue
-        handles = _constructor_handles(record, cls)
+        if not any(isinstance(m, ir.HandleRef) for m in ir.iter_markers((record.args, record.kwargs))):
+            continue  # no handle passed to this constructor: no handle call to check
+        if id(cls) not in init_of:
+            init_of[id(cls)] = _init_signature(cls)
+        handles = _constructor_handles(record, init_of[id(cls)])
         if not handles:
             continue
         if id(cls) not in code_of:
@@ -273,42 +290,11 @@ def _check_call(
 
 # -- type annotations across edges ----------------------------------------------------------------
 
-#: Numbers Python converts implicitly where the typing world accepts them (PEP 484's numeric tower).
-_WIDENS = {(int, float), (int, complex), (float, complex)}
-
 
 def _hints(fn: Any) -> dict[str, Any] | None:
     try:
         return typing.get_type_hints(fn)
     except Exception:  # unresolvable forward references, odd objects: nothing to say
-        return None
-
-
-def _members(annotation: Any) -> tuple[type, ...] | None:
-    """The plain classes an annotation allows (``Optional[str]`` -> ``(str, NoneType)``), or None
-    when it is anything else (Any, generics, type variables, protocols, strings left unresolved)."""
-    if annotation is None or annotation is type(None):
-        return (type(None),)
-    origin = typing.get_origin(annotation)
-    if origin is typing.Union or (origin is not None and getattr(origin, "__name__", "") == "UnionType"):
-        out: list[type] = []
-        for arg in typing.get_args(annotation):
-            found = _members(arg)
-            if found is None:
-                return None
-            out.extend(found)
-        return tuple(out)
-    if origin is not None or not isinstance(annotation, type) or annotation is object:
-        return None
-    if getattr(annotation, "_is_protocol", False):
-        return None
-    return (annotation,)
-
-
-def _fits(produced: type, wanted: type) -> bool | None:
-    try:
-        return issubclass(produced, wanted) or (produced, wanted) in _WIDENS
-    except TypeError:
         return None
 
 
@@ -324,15 +310,15 @@ def _callable_of(record: ir.NodeIR, nodes: dict[str, ir.NodeIR]) -> tuple[Any, b
     return None
 
 
-def _returns(fn: Any) -> tuple[type, ...] | None:
-    """The plain classes ``fn``'s return annotation allows (an async function's: what it returns
-    when awaited); None if it has none, or a generator's, or one that is not plain."""
+def _returns(fn: Any) -> Any:
+    """``fn``'s return annotation (an async function's: what it returns when awaited), or None if it has
+    none or is a generator."""
     if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
         return None
     hints = _hints(fn)
     if hints is None or "return" not in hints:
         return None
-    return _members(hints["return"])
+    return hints["return"]
 
 
 def _inputs(record: ir.NodeIR) -> Iterator[tuple[int | str, ir.Ref]]:
@@ -364,14 +350,92 @@ def _line_of(fn: Any) -> str:
         return "?"
 
 
+@dataclasses.dataclass(frozen=True)
+class _Produced:
+    """What one producer gives a consumer: its annotation, the node, and where the annotation is.
+
+    The words are made only for a diagnostic (:attr:`who`): a call site costs a path computation.
+    """
+
+    hint: Any
+    record: ir.NodeIR
+    #: The function whose return annotation it is (None for MultiOutputNode's list).
+    fn: Any = None
+    #: The routing nodes' branches it came through, outermost first (``Switch branch es: ``).
+    via: str = ""
+
+    @property
+    def who(self) -> str:
+        """``Typed.text (bound at file:line)``, after the branch of a routing node it came through."""
+        return f"{self.via}{self.record.label} (bound at {self.record.call_site})"
+
+    @property
+    def line(self) -> str:
+        """``file:line`` of the annotation."""
+        return _line_of(self.fn) if self.fn is not None else str(self.record.call_site)
+
+
+class _Producers:
+    """Every value a node may give its consumers, with its annotation: one for a method or function node,
+    one per branch for a switch or split (any may be the one a request takes), a list for MultiOutputNode.
+    Annotations are read once per function: a graph binds the same few functions thousands of times."""
+
+    def __init__(self, nodes: dict[str, ir.NodeIR]):
+        self.nodes = nodes
+        self._returns: dict[int, Any] = {}
+        self._memo: dict[str, tuple[_Produced, ...]] = {}
+
+    def of(self, key: str, depth: int = 0) -> tuple[_Produced, ...]:
+        if key not in self._memo:
+            self._memo[key] = self._find(key, depth)
+        return self._memo[key]
+
+    def _find(self, key: str, depth: int) -> tuple[_Produced, ...]:
+        record = self.nodes.get(key)
+        if record is None or depth > 50:  # routing nodes nested deeper than anyone writes: not judged
+            return ()
+        if record.kind in ir.ROUTING:
+            out: list[_Produced] = []
+            assert record.route is not None
+            for label, value in zip(record.route.labels, record.route.branches(record.args), strict=True):
+                if isinstance(value, ir.Ref):
+                    for produced in self.of(value.key, depth + 1):
+                        out.append(dataclasses.replace(produced, via=f"{record.label} branch {label}: {produced.via}"))
+            return tuple(out)
+        if record.kind == ir.OUTPUT and record.args and isinstance(record.args[0], list):
+            members = [self.of(m.key, depth + 1) for m in record.args[0] if isinstance(m, ir.Ref)]
+            if len(members) != len(record.args[0]) or any(len(m) != 1 for m in members):
+                return ()
+            # A union of the members' annotations (``Union[...]`` of one is that one): the list's items.
+            item = typing.Union.__getitem__(tuple(m[0].hint for m in members))
+            return (_Produced(list[item], record),)  # type: ignore[valid-type]
+        found = _callable_of(record, self.nodes)
+        if found is None:
+            return ()
+        fn = found[0]
+        if id(fn) not in self._returns:
+            self._returns[id(fn)] = _returns(fn)
+        hint = self._returns[id(fn)]
+        if hint is None:
+            return ()
+        return (_Produced(hint, record, fn),)
+
+
 def check_annotations(app: ir.AppIR, ctx: PassContext) -> list[Diagnostic]:
-    """A value passed along an edge whose producer's return annotation plainly does not fit the
-    consumer's parameter annotation (``-> str`` into ``v: int``): a warning (an error with ``--strict``)."""
+    """A value passed along an edge whose producer's return annotation cannot fit the consumer's
+    parameter annotation, judged by :func:`.types.relation` (beartype's ``is_subhint`` and the classes'
+    own rules): an error where no value of one can be the other (``-> str`` into ``v: int``), a warning
+    (an error with ``--strict``) where only some can (``-> Optional[int]`` into ``v: int``).
+
+    A switch or split passes on the value of whichever branch a request takes, so each branch is judged
+    against the consumer on its own.
+    """
     out = []
     nodes = {record.key: record for record in app.nodes}
+    producers = _Producers(nodes)
     # Per function, once: a graph binds the same few functions thousands of times.
     params_of: dict[int, tuple[list[inspect.Parameter], dict[str, Any]] | None] = {}
-    returns_of: dict[int, tuple[type, ...] | None] = {}
+    verdicts: dict[tuple[int, int], str] = {}
     for record in app.nodes:
         consumer = _callable_of(record, nodes)
         if consumer is None:
@@ -384,17 +448,6 @@ def check_annotations(app: ir.AppIR, ctx: PassContext) -> list[Diagnostic]:
             continue
         params, hints = found
         for place, ref in _inputs(record):
-            producer_record = nodes.get(ref.key)
-            if producer_record is None:
-                continue
-            producer = _callable_of(producer_record, nodes)
-            if producer is None:
-                continue
-            if id(producer[0]) not in returns_of:
-                returns_of[id(producer[0])] = _returns(producer[0])
-            produced = returns_of[id(producer[0])]
-            if produced is None:
-                continue
             if isinstance(place, int):
                 if place >= len(params) or params[place].kind not in (
                     inspect.Parameter.POSITIONAL_ONLY,
@@ -406,29 +459,29 @@ def check_annotations(app: ir.AppIR, ctx: PassContext) -> list[Diagnostic]:
                 param = place
             if param not in hints:
                 continue
-            wanted = _members(hints[param])
-            if wanted is None:
-                continue
-            verdicts = [_fits(p, w) for p in produced for w in wanted]
-            if None in verdicts or any(verdicts):
-                continue
-            returned = typing.get_type_hints(producer[0])["return"]
-            out.append(
-                _diag(
-                    "annotation",
-                    record,
-                    f"{param} is annotated {_name(hints[param])} ({_line_of(fn)}), but it gets "
-                    f"{producer_record.label} (bound at {producer_record.call_site}), which returns "
-                    f"{_name(returned)} ({_line_of(producer[0])}).",
-                    "Convert the value in one of them, or fix the annotation that is wrong.",
-                    severity="warning",
-                    call=f"{record.label}.bind()",
+            wanted = hints[param]
+            for produced in producers.of(ref.key):
+                memo = (id(produced.hint), id(wanted))
+                if memo not in verdicts:
+                    verdicts[memo] = types.relation(produced.hint, wanted)
+                verdict = verdicts[memo]
+                if verdict not in (types.NEVER, types.MAYBE):
+                    continue
+                never = verdict == types.NEVER
+                out.append(
+                    _diag(
+                        "annotation",
+                        record,
+                        f"{param} is annotated {types.show(wanted)} ({_line_of(fn)}), but it gets "
+                        f"{produced.who}, which returns {types.show(produced.hint)} ({produced.line})"
+                        + (
+                            f"; {types.show(produced.hint)} never fits {types.show(wanted)}."
+                            if never
+                            else f"; {types.show(produced.hint)} fits {types.show(wanted)} only sometimes."
+                        ),
+                        "Convert the value in one of them, or fix the annotation that is wrong.",
+                        severity="error" if never else "warning",
+                        call=f"{record.label}.bind()",
+                    )
                 )
-            )
     return out
-
-
-def _name(annotation: Any) -> str:
-    if isinstance(annotation, type) and typing.get_origin(annotation) is None:
-        return annotation.__qualname__
-    return repr(annotation).replace("typing.", "")

@@ -65,6 +65,38 @@ def deployment_overrides(app_config: ApplicationConfig) -> Overrides:
     return Overrides(out, locations)
 
 
+def split_weights(compiled: CompiledGraph, overrides: dict[str, dict[str, Any]]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """The split weights a config gives (its plan driver entry's ``user_config.splits``), and the other overrides.
+
+    ``servegraph build`` writes a graph's split weights as the ``user_config`` of a ``DAGDriver`` entry, the
+    deployment that runs the plan on Ray Serve; servegraph runs the plan in its proxies and handles, so
+    from that entry it reads the weights and nothing else.
+
+    Raises:
+        ConfigError: the entry sets anything but ``user_config.splits``, or the graph has no split.
+    """
+    from ..emit.deploy_config import plan_driver_name, splits_entry
+
+    driver = plan_driver_name(compiled.deployments)
+    if driver not in overrides:
+        return {}, overrides
+    where = getattr(overrides, "locations", {}).get(driver, f"deployment {driver!r}")
+    entry = dict(overrides[driver])
+    rest = Overrides({k: v for k, v in overrides.items() if k != driver}, getattr(overrides, "locations", {}))
+    if splits_entry(compiled) is None:
+        raise ConfigError(
+            f"{where}: {compiled.app.import_path or 'the graph'} has no Split, so there is no {driver} entry to "
+            f"configure (servegraph build writes one for a graph with a split, holding its weights); remove it"
+        )
+    config = entry.pop("user_config", None)
+    if entry or not isinstance(config, dict) or set(config) != {"splits"} or not isinstance(config["splits"], dict):
+        raise ConfigError(
+            f"{where}: {driver} runs the graph's plan; its entry holds only user_config.splits, the split weights "
+            f"({{split name: {{branch: percent}}}}), got {({**entry, 'user_config': config})!r}"
+        )
+    return dict(config["splits"]), rest
+
+
 def check_overrides(compiled: CompiledGraph, overrides: dict[str, dict[str, Any]]) -> None:
     """Check that every overridden deployment is in the graph and its merged options are valid.
 

@@ -37,6 +37,39 @@ _TIMINGS = (
 _WHEN_SET = ("placement_group_bundles", "placement_group_strategy", "max_replicas_per_node", "logging_config")
 
 
+#: The ingress deployment that runs an InputNode graph's plan on Ray Serve (Ray Serve's name for it).
+PLAN_DRIVER = "DAGDriver"
+
+
+def plan_driver_name(deployments: Iterable[str]) -> str:
+    """The plan driver's name beside these deployments: ``DAGDriver``, or ``_DAGDriver`` if a deployment has it.
+
+    >>> plan_driver_name(["Model"]), plan_driver_name(["DAGDriver"])
+    ('DAGDriver', '_DAGDriver')
+    """
+    taken = set(deployments)
+    name = PLAN_DRIVER
+    while name in taken:
+        name = "_" + name
+    return name
+
+
+def splits_entry(compiled: CompiledGraph) -> dict[str, Any] | None:
+    """The ``deployments`` entry that holds a graph's split weights, or None for a graph with no split.
+
+    They are the plan driver's ``user_config`` (``{"splits": {name: {branch: weight}}}``): Ray Serve
+    applies a changed ``user_config`` to the live replica, where a changed ``args`` would restart every
+    replica of the application (it is part of Ray Serve's code version); servegraph reads them from the
+    same place and runs the plan in its proxies and handles, so nothing restarts there either.
+    """
+    plan = compiled.ir.plan
+    weights = plan.split_weights() if plan is not None else {}
+    if not weights:
+        return None
+    names = [dep.name for dep in compiled.ir.deployments]
+    return {"name": plan_driver_name(names), "user_config": {"splits": {k: dict(v) for k, v in sorted(weights.items())}}}
+
+
 def require_ok(compiled: CompiledGraph) -> None:
     """Refuse to emit a graph that has errors (compiled with ``strict=False``)."""
     raise_diagnostics(compiled.diagnostics)
@@ -86,13 +119,17 @@ def application_config(compiled: CompiledGraph) -> dict[str, Any]:
     """
     require_ok(compiled)
     app = resolve(compiled)
+    deployments = [deployment_config(dep) for dep in compiled.ir.deployments]
+    splits = splits_entry(compiled)
+    if splits is not None:  # the place to shift traffic: edited and deployed again, no replica restarts
+        deployments.append(splits)
     return {
         "name": app.name,
         "route_prefix": app.route_prefix,
         "import_path": RAY_SERVE_BUILDER,
         "args": {"graph": app.require_import_path()},
         "runtime_env": {},
-        "deployments": [deployment_config(dep) for dep in compiled.ir.deployments],
+        "deployments": deployments,
     }
 
 

@@ -5,6 +5,8 @@
 * a method call is a node of its own, drawn inside its deployment's cluster;
 * the InputNode, its attribute accesses, MultiOutputNode and DAGDriver are
   nodes; a plan's output flows to a ``response`` node;
+* a switch or split is a diamond: its edges carry the value it reads (``value``) and each branch's
+  key, predicate or weight (``spanish``, ``default``, ``canary 10%``);
 * data edges carry the argument they feed (``arg 0``, ``text=``); handles
   (a deployment given to a constructor or method) are dashed;
 * an ``HTTP <route prefix>`` node points at the ingress.
@@ -156,6 +158,9 @@ def build(compiled: CompiledGraph) -> Diagram:
             lines = [dep.name, what, replicas_line(dep), resources_line(dep)]
         elif record.kind == ir.METHOD:
             lines = [f"{record.deployment}.{record.method}()"]
+        elif record.route is not None:
+            how = {ir.BY_KEY: "by key", ir.BY_PREDICATE: "first predicate true", ir.BY_WEIGHT: "by weight"}
+            lines = [record.label, how[record.route.mode]]
         else:
             lines = [record.label]
         if ingress:
@@ -174,6 +179,8 @@ def build(compiled: CompiledGraph) -> Diagram:
             arrows.append(Arrow(u, v, HANDLE, edge_label(data["label"])))
         elif nodes[v].kind == ir.INPUT_ATTR:
             arrows.append(Arrow(u, v, DATA))  # the node reads part of its upstream value
+        elif nodes[v].kind in ir.ROUTING:
+            arrows.append(Arrow(u, v, DATA, data["label"]))  # the value, or a branch's key or weight
         elif nodes[v].kind == ir.OUTPUT:
             if v not in output_places:
                 output_places[v] = _output_places(nodes[v])

@@ -23,6 +23,8 @@ _SHAPES = {
     ir.INPUT_ATTR: 'shape=parallelogram, style=filled, fillcolor="#f2f2f2"',
     ir.OUTPUT: 'shape=hexagon, style=filled, fillcolor="#f2f2f2"',
     ir.DRIVER: 'shape=box, style="rounded,filled", fillcolor="#f2f2f2"',
+    ir.SWITCH: 'shape=diamond, style=filled, fillcolor="#fff2cc", color="#b59a2d"',
+    ir.SPLIT: 'shape=diamond, style=filled, fillcolor="#e2f0d9", color="#5f9a46"',
     dg.HTTP: 'shape=cds, style=filled, fillcolor="#e8e8e8"',
     dg.RESPONSE: 'shape=oval, style=filled, fillcolor="#e8e8e8"',
 }

@@ -170,7 +170,33 @@ def _node(record: ir.NodeIR) -> dict[str, Any]:
         "kwargs": _pairs(record.kwargs),
         "access": [record.access[0], encode(record.access[1])] if record.access else None,
         "deps": sorted(record.deps, key=key_order),
+        **({"route": _route(record.route)} if record.route is not None else {}),
     }
+
+
+def _route(route: ir.RouteIR) -> dict[str, Any]:
+    """A switch's or split's rule: keys and weights as JSON, predicates as imports (or pickles)."""
+    return {
+        "mode": route.mode,
+        "labels": list(route.labels),
+        "choices": [encode(c) for c in route.choices],
+        "default": route.default,
+        "name": route.name,
+        "site": route.site,
+    }
+
+
+def _load_route(data: dict[str, Any] | None) -> ir.RouteIR | None:
+    if data is None:
+        return None
+    return ir.RouteIR(
+        mode=data["mode"],
+        labels=tuple(data["labels"]),
+        choices=tuple(decode(c) for c in data["choices"]),
+        default=data["default"],
+        name=data["name"],
+        site=data["site"],
+    )
 
 
 def _deployment(dep: ir.DeploymentIR) -> dict[str, Any]:
@@ -196,6 +222,7 @@ def _step(step: ir.PlanStep) -> dict[str, Any]:
         "args": [encode(a) for a in step.args],
         "kwargs": _pairs(step.kwargs),
         "access": [encode(step.access[0]), step.access[1], encode(step.access[2])] if step.access else None,
+        **({"route": _route(step.route)} if step.route is not None else {}),
     }
 
 
@@ -254,6 +281,7 @@ def _load_node(data: dict[str, Any]) -> ir.NodeIR:
         kwargs=_decode_pairs(data["kwargs"]),
         access=(access[0], decode(access[1])) if access else None,
         deps=frozenset(data["deps"]),
+        route=_load_route(data.get("route")),
     )
 
 
@@ -288,6 +316,7 @@ def _load_step(data: dict[str, Any]) -> ir.PlanStep:
         args=tuple(decode(a) for a in data["args"]),
         kwargs=_decode_pairs(data["kwargs"]),
         access=(decode(access[0]), access[1], decode(access[2])) if access else None,
+        route=_load_route(data.get("route")),
     )
 
 

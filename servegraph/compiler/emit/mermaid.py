@@ -20,6 +20,8 @@ _SHAPES = {
     ir.INPUT_ATTR: ("[/", "/]"),
     ir.OUTPUT: ("{{", "}}"),
     ir.DRIVER: ("[", "]"),
+    ir.SWITCH: ("{", "}"),
+    ir.SPLIT: ("{", "}"),
     dg.HTTP: (">", "]"),
     dg.RESPONSE: ("([", "])"),
 }

@@ -25,6 +25,7 @@ from ...dsl.nodes import (
     is_user_object,
     iter_nodes,
 )
+from ...dsl.routing import Split, Switch
 from .. import ir
 from ..config.app import find_import_path
 
@@ -38,6 +39,8 @@ def _kind(node: DAGNode) -> str:
         FunctionNode: ir.FUNCTION,
         MultiOutputNode: ir.OUTPUT,
         DriverNode: ir.DRIVER,
+        Switch: ir.SWITCH,
+        Split: ir.SPLIT,
     }[type(node)]
 
 
@@ -125,6 +128,16 @@ def capture(root: DAGNode) -> ir.AppIR:
             args = (ir.Ref(keys[id(node._parent)]),)
         elif isinstance(node, DriverNode):
             adapter = node.http_adapter
+        elif isinstance(node, Switch):
+            fields["route"] = ir.RouteIR(
+                ir.BY_KEY if node._mode == "keys" else ir.BY_PREDICATE,
+                node._labels,
+                node._choices,
+                default=node._has_default,
+                site=str(node._call_site),
+            )
+        elif isinstance(node, Split):
+            fields["route"] = ir.RouteIR(ir.BY_WEIGHT, node._labels, node._choices, name=node.name, site=str(node._call_site))
         records[key] = ir.NodeIR(
             key=key,
             kind=kind,

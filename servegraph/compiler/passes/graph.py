@@ -19,6 +19,10 @@ def _edge_labels(record: ir.NodeIR) -> list[tuple[str, str, str]]:
     if record.kind == ir.METHOD and record.deployment is not None:
         out.append((record.deployment, ir.TARGET_EDGE, "self"))
     positional = [(str(i), a) for i, a in enumerate(record.args)]
+    if record.route is not None:  # a routing node's edges say which value or branch they are
+        first = 0 if record.route.mode == ir.BY_WEIGHT else 1
+        positional = [("value", a) for a in record.args[:first]]
+        positional += [(record.route.edge_label(i), a) for i, a in enumerate(record.args[first:])]
     keyword = [(k, v) for k, v in record.kwargs]
     for label, value in positional + keyword:
         for marker in ir.iter_markers(value):

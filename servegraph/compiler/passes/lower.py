@@ -91,7 +91,7 @@ def _deployments(app: ir.AppIR, graph: nx.DiGraph, names: dict[str, str], nodes:
 
 
 def _plan(root: str, graph: nx.DiGraph, nodes: dict[str, ir.NodeIR]) -> ir.Plan:
-    per_request = {ir.INPUT, ir.INPUT_ATTR, ir.METHOD, ir.FUNCTION, ir.OUTPUT}
+    per_request = {ir.INPUT, ir.INPUT_ATTR, ir.METHOD, ir.FUNCTION, ir.OUTPUT, ir.SWITCH, ir.SPLIT}
     wanted = {root} | nx.ancestors(graph, root)
     wanted = {k for k in wanted if nodes[k].kind in per_request}
     # A plain graph of the wanted part: networkx's subgraph views filter every lookup, which is
@@ -111,6 +111,8 @@ def _plan(root: str, graph: nx.DiGraph, nodes: dict[str, ir.NodeIR]) -> ir.Plan:
             steps.append(ir.PlanStep(key=key, kind=ir.INPUT_ATTR, access=(record.args[0], access, attr)))
         elif record.kind == ir.OUTPUT:
             steps.append(ir.PlanStep(key=key, kind=ir.OUTPUT, args=record.args))
+        elif record.kind in ir.ROUTING:
+            steps.append(ir.PlanStep(key=key, kind=record.kind, args=record.args, route=record.route))
         else:
             steps.append(
                 ir.PlanStep(
