@@ -22,6 +22,7 @@ from .dsl import (
     Switch,
     deployment,
 )
+from .dsl import nodes as _dsl_nodes
 from .errors import (
     BackPressureError,
     BindError,
@@ -64,6 +65,15 @@ _LAZY_NAMES = {
     "shutdown_async": "runtime.api",
     "get_replica_context": "runtime.context",
 }
+
+
+def _execute(node: Any, args: tuple, kwargs: dict) -> Any:
+    from .runtime.api import execute_graph
+
+    return execute_graph(node, args, kwargs)
+
+
+_dsl_nodes.set_executor(_execute)  # dag.execute(): the DSL imports no runtime, so it is handed in
 
 
 def __getattr__(name: str) -> Any:

@@ -222,3 +222,11 @@ def test_deployment_attributes_read_like_ray_serve():
     assert big.func_or_class is Model.func_or_class
     assert not big.is_function and double.is_function
     assert big.ray_actor_options == {"num_cpus": 0.1}  # the default reservation
+
+
+def test_dagdriver_options_other_than_route_prefix_are_refused_not_ignored():
+    from servegraph import DAGDriver
+
+    assert DAGDriver.options(route_prefix="/x").route_prefix == "/x"
+    with pytest.raises(serve.OptionError, match=r"DAGDriver.options\(\) got num_replicas, ray_actor_options: servegraph runs"):
+        DAGDriver.options(num_replicas=2, ray_actor_options={"num_cpus": 1})

@@ -102,3 +102,58 @@ def test_proxy_location_takes_ray_serves_names_and_refuses_others():
     assert proxy_location_name(None) is None
     with pytest.raises(ValueError, match="proxy_location 'FixedNumber' is not one of EveryNode, HeadOnly, Disabled"):
         proxy_location_name("FixedNumber")
+
+
+LOCALITY_SCRIPT = textwrap.dedent(
+    """
+    import json, os, time
+    import ray
+    from ray.cluster_utils import Cluster
+    import servegraph as serve
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
+    worker = cluster.add_node(num_cpus=2, resources={"worker": 10})
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, namespace="servegraph", log_to_driver=False, logging_level="ERROR",
+             runtime_env={"env_vars": {"PYTHONPATH": os.environ["PYTHONPATH"]}})
+    out = {"worker": worker.node_id}
+    try:
+        @serve.deployment(num_replicas=2, ray_actor_options={"num_cpus": 0.1})
+        class Where:
+            def __call__(self):
+                return ray.get_runtime_context().get_node_id()
+
+        @serve.deployment(ray_actor_options={"num_cpus": 0.1, "resources": {"worker": 0.01}})
+        class Caller:
+            def __init__(self, where):
+                self.where = where
+            async def __call__(self, n):
+                return [await self.where.remote() for _ in range(n)]
+
+        serve.run(Caller.bind(Where.bind()), name="local", route_prefix=None, http=False)
+        replicas = ray.get(serve.runtime.api._controller().status.remote()).applications["local"].deployments["Where"].replicas
+        out["where_nodes"] = sorted(r.node_id for r in replicas)
+        out["seen"] = serve.get_app_handle("local").remote(20).result(timeout_s=60)
+        out["driver_seen"] = [serve.get_deployment_handle("Where", "local").remote().result(timeout_s=60) for _ in range(20)]
+        serve.shutdown()
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    print(json.dumps(out))
+    """
+)
+
+
+@pytest.mark.ray
+def test_handles_in_replicas_prefer_replicas_on_their_own_node(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), str(ROOT / "tests"), env.get("PYTHONPATH")]))
+    script = tmp_path / "locality.py"  # a file, so the deployments' code can be read (see _handle_era.py)
+    script.write_text(LOCALITY_SCRIPT)
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-4000:]
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    if out["worker"] not in out["where_nodes"] or len(set(out["where_nodes"])) != 2:
+        pytest.skip(f"the replicas did not land one per node ({out['where_nodes']}): nothing to prefer")
+    assert out["seen"] == [out["worker"]] * 20  # the caller runs on the worker: every call stayed there
+    assert len(set(out["driver_seen"])) == 2  # a driver's handle spreads over both nodes

@@ -152,3 +152,18 @@ def test_a_replica_keeps_at_most_its_limit_and_unloads_the_least_recently_used(d
     assert [ask(m) for m in ("m1", "m2", "m1", "m3")] == ["m1", "m2", "m1", "m3"]  # m3 evicts m2, not m1
     assert ask("m4") == "m4"  # evicts m1
     assert ray.get(unloads.get.remote()) == ["m2", "m1"]  # each unloaded model's __del__ ran once, in order
+
+
+def test_the_multiplexing_example(deploy, http_port):
+    import sys
+
+    from conftest import EXAMPLES
+
+    sys.path.insert(0, str(EXAMPLES))
+    import multiplexing
+
+    handle = deploy(multiplexing.app, name="multiplex-example", route_prefix="/greeters")
+    spanish = [handle.options(multiplexed_model_id="spanish").greet.remote("Dora").result(timeout_s=60) for _ in range(4)]
+    assert {r["text"] for r in spanish} == {"Hola Dora"} and len({r["replica_pid"] for r in spanish}) == 1
+    reply = httpx.get(f"http://127.0.0.1:{http_port}/greeters?name=Dora", headers={"serve_multiplexed_model_id": "french"}, timeout=60)
+    assert reply.text == "Bonjour Dora"

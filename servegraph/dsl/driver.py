@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .._validation import route_prefix_problem
-from ..errors import BindError
+from ..errors import BindError, OptionError
 from .callsite import CallSite, diagnostic, user_call_site
 from .nodes import DAGNode
 
@@ -99,9 +99,21 @@ class _DAGDriver:
         node._route_prefix = self.route_prefix
         return node
 
-    def options(self, *, route_prefix: str | None = None, **_ignored: Any) -> _DAGDriver:
+    def options(self, *, route_prefix: str | None = None, **others: Any) -> _DAGDriver:
         """Ray's ``DAGDriver.options(route_prefix="/my-dag")``: where ``serve.run`` serves the graph
-        when it is not told; other options do not apply (the graph runs in its caller, not a replica)."""
+        when it is not told.
+
+        Raises:
+            OptionError: any other option: servegraph runs a DAGDriver's graph in its caller (the HTTP
+                proxy, or the process holding the handle), so there is no driver replica to configure.
+        """
+        given = sorted(k for k, v in others.items() if v is not None)
+        if given:
+            raise OptionError(
+                f"DAGDriver.options() got {', '.join(given)}: servegraph runs a DAGDriver's graph in its caller (the "
+                "HTTP proxy, or the process holding the handle), not in a driver replica, so only route_prefix "
+                "applies; set replicas and resources on the graph's deployments instead"
+            )
         driver = _DAGDriver()
         driver.route_prefix = route_prefix if route_prefix is not None else self.route_prefix
         return driver

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import itertools
 import types
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, cast
 
 from .._walk import iter_leaves
@@ -50,6 +50,15 @@ def is_user_object(value: Any) -> bool:
     )
 
 
+#: Runs ``DAGNode.execute`` (handed in by servegraph/__init__.py: the DSL imports no runtime).
+_EXECUTOR: Callable[[DAGNode, tuple, dict], Any] | None = None
+
+
+def set_executor(executor: Callable[[DAGNode, tuple, dict], Any]) -> None:
+    global _EXECUTOR
+    _EXECUTOR = executor
+
+
 class DAGNode:
     """Base of every node in a deployment graph."""
 
@@ -76,6 +85,17 @@ class DAGNode:
 
     def _label(self) -> str:
         return self._kind
+
+    def execute(self, *args: Any, **kwargs: Any) -> Any:
+        """Ray's DAG API: run the graph once on Ray with these inputs, without an HTTP route.
+
+        ``ray.get(dag.execute(1))`` gives the output; a graph whose output is a deployment gives a handle
+        to it. The graph is deployed as an application of its own (kept for later ``execute`` calls,
+        ended by ``serve.shutdown()``).
+        """
+        if _EXECUTOR is None:
+            raise RuntimeError("dag.execute() needs servegraph's runtime: import servegraph first")
+        return _EXECUTOR(self, args, kwargs)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self._label()} bound at {self._call_site}>"

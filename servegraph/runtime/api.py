@@ -361,6 +361,20 @@ def shutdown() -> None:
     close_runtime_client()
 
 
+def execute_graph(node: DAGNode, args: tuple, kwargs: dict) -> Any:
+    """``dag.execute(*args)``: deploy the graph as an application of its own with no HTTP route (unchanged on
+    later calls: nothing restarts) and send it one request; a deployment at the root gives its handle."""
+    import hashlib
+
+    from ..dsl.nodes import DeploymentNode
+
+    site = hashlib.sha256(str(node._call_site).encode()).hexdigest()[:8]
+    handle = run(node, name=f"execute-{node._label()}-{site}", route_prefix=None, http=False)
+    if isinstance(node, DeploymentNode) and not args and not kwargs:
+        return handle  # Ray's ClassNode.execute() gives the actor; here, the deployment's handle
+    return handle.remote(*args, **kwargs)
+
+
 async def shutdown_async() -> None:
     """``serve.shutdown()`` from async code: the same, run off the event loop so the loop keeps serving."""
     import asyncio

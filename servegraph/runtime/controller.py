@@ -185,7 +185,10 @@ class Deployment:
         serving = tuple((r.replica_id, r.actor) for r in routed)
         interval = opts.autoscaling_config.metrics_interval_s if opts.autoscaling_config else None
         models = tuple(r.models for r in routed) if any(r.models for r in routed) else ()
-        return Membership(serving, opts.max_ongoing_requests, opts.max_queued_requests, interval, not self.deleting, models)
+        nodes = tuple(r.node_id for r in routed)
+        return Membership(
+            serving, opts.max_ongoing_requests, opts.max_queued_requests, interval, not self.deleting, models, nodes
+        )
 
 
 @dataclasses.dataclass(eq=False)

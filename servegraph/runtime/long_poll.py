@@ -65,10 +65,16 @@ class RuntimeClient:
         with self._lock:
             router = self._routers.get(key)
             if router is None:
-                router = Router(app, deployment, on_queued=self.poke)
+                router = Router(app, deployment, on_queued=self.poke, local_node=self._local_node())
                 self._routers[key] = router
                 self._events.put(("subscribe",))
         return router
+
+    def _local_node(self) -> str | None:
+        """This process's node if its routers prefer replicas there: in an actor (a replica, the HTTP proxy),
+        as Ray Serve's proxies prefer their node; a driver's handles spread over every node."""
+        context = ray.get_runtime_context()
+        return context.get_node_id() if context.get_actor_id() is not None else None
 
     def subscribe(self, key: Key, listener: Any) -> None:
         """Push what the controller publishes under ``key`` to ``listener.update`` (compiled lanes use this).

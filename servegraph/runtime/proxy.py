@@ -189,7 +189,7 @@ class HTTPProxy:
                 model_id = model_id_of(scope)  # a multiplexed model's requests go where it is loaded
                 method = ModelCall(HTTP, model_id) if model_id else HTTP
                 ref = await target.router().submit_async(method, (portable, body), {})
-                result = await ref
+                result = await _cancelling(ref)
                 if result[0] == STREAM:  # a StreamingResponse: its chunks are pulled from the replica
                     _, replica, stream_id, status, headers = result
                     return HTTPStream(replica, stream_id, status, headers)
@@ -201,7 +201,7 @@ class HTTPProxy:
             # A graph's answer needs no ObjectRef here: on the compiled path it skips the object store.
             extra = {"object_ref": False} if isinstance(target, _PlanTarget) else {}
             ref = await target.submit_async("__call__", (value,), {}, **extra)
-            return encode_result(await ref)
+            return encode_result(await _cancelling(ref))
         except (PlanInputError, NoRouteError) as exc:  # what the request lacks, or a value no branch takes
             return text(400, str(exc))
         except BackPressureError as exc:
@@ -277,6 +277,17 @@ async def _awaited(value: Any) -> Any:
     return await value
 
 
+async def _cancelling(ref: Any) -> Any:
+    """Await a request's result; if this wait is cancelled (the request timed out, or its client left),
+    cancel the request on its replica too, which cancels the calls it made (see replica.py)."""
+    try:
+        return await ref
+    except asyncio.CancelledError:
+        if isinstance(ref, ray.ObjectRef):
+            ray.cancel(ref)
+        raise
+
+
 async def _disconnected(receive: Any) -> None:
     """Returns when the client disconnects (the request body was read already)."""
     while (await receive())["type"] != "http.disconnect":
@@ -297,7 +308,17 @@ async def _serve_http(proxy: HTTPProxy, scope: dict, receive: Any, send: Any) ->
         status, headers, payload = text(413, f"request body larger than {proxy.max_body_bytes} bytes")
     else:
         try:
-            result = await asyncio.wait_for(proxy._handle(scope, body), proxy.request_timeout_s)
+            # The client may leave before the answer: then the request is cancelled, down to the replicas.
+            work = asyncio.ensure_future(asyncio.wait_for(proxy._handle(scope, body), proxy.request_timeout_s))
+            gone = asyncio.ensure_future(_disconnected(receive))
+            try:
+                await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                gone.cancel()
+            if not work.done():
+                work.cancel()
+                return
+            result = work.result()
             if isinstance(result, HTTPStream):
                 await result.send(send, receive, [(REQUEST_ID_HEADER, request_id)])
                 return

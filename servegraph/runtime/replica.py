@@ -37,6 +37,7 @@ from .codec import unflatten
 from .context import model_id_of, reset_multiplexed_model_id, set_multiplexed_model_id, set_replica_context
 from .handle import DeploymentInfo, async_handle, new_api_handle, note_actor_death
 from .http_codec import HTTPResult, encode_error, encode_result, make_request, request_id_of, set_request_id
+from .router import CHILD_CALLS
 from .user_frames import describe_user_error
 
 #: Threads a threaded replica keeps for control calls (watch, health check, reconfigure, drain, status).
@@ -538,11 +539,17 @@ class AsyncReplica(_ReplicaCore):
         return self._report()
 
     async def call(self, method: str, *args: Any) -> Any:
-        gate = self._gate
-        if gate is None:
-            return await self._call(method, *args)
-        async with gate:
-            return await self._call(method, *args)
+        children: list = []
+        CHILD_CALLS.set(children)  # this call's own task context
+        try:
+            gate = self._gate
+            if gate is None:
+                return await self._call(method, *args)
+            async with gate:
+                return await self._call(method, *args)
+        except asyncio.CancelledError:
+            _cancel_all(children)  # the request was cancelled: so are the calls it made
+            raise
 
     async def _call(self, method: str, *args: Any) -> Any:
         next(self._started)
@@ -568,11 +575,19 @@ class AsyncReplica(_ReplicaCore):
         return await self.handle_request(method, names, *values)
 
     async def handle_request(self, method: str, names: tuple[str, ...], *values: Any) -> Any:
-        gate = self._gate
-        if gate is None:
-            return await self._handle_request(method, names, *values)
-        async with gate:
-            return await self._handle_request(method, names, *values)
+        children: list = []
+        token = CHILD_CALLS.set(children)
+        try:
+            gate = self._gate
+            if gate is None:
+                return await self._handle_request(method, names, *values)
+            async with gate:
+                return await self._handle_request(method, names, *values)
+        except asyncio.CancelledError:
+            _cancel_all(children)
+            raise
+        finally:
+            CHILD_CALLS.reset(token)  # lane_call runs this on a loop's shared context
 
     async def _handle_request(self, method: str, names: tuple[str, ...], *values: Any) -> Any:
         next(self._started)
@@ -767,6 +782,14 @@ async def _next_chunk(streams: dict[int, Any], stream_id: int) -> bytes | None:
         del streams[stream_id]
         return None
     return chunk if isinstance(chunk, bytes) else str(chunk).encode("utf-8")
+
+
+def _cancel_all(refs: list) -> None:
+    for ref in refs:
+        try:
+            ray.cancel(ref)
+        except Exception:  # finished already, or not cancellable: nothing left running
+            pass
 
 
 async def _close_stream(streams: dict[int, Any], stream_id: int) -> None:

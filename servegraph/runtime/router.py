@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextvars
 import dataclasses
 import random
 import threading
@@ -43,6 +44,11 @@ class StreamMethod(str):
     """
 
     __slots__ = ()
+
+#: The calls the request being handled made (set by a replica around each request): cancelling the
+#: request cancels them, as Ray Serve propagates cancellation to child requests.
+CHILD_CALLS: contextvars.ContextVar[list[ObjectRef] | None] = contextvars.ContextVar("servegraph_child_calls", default=None)
+
 
 class ModelCall(str):
     """A method name whose request names a multiplexed model (``handle.options(multiplexed_model_id=)``).
@@ -83,6 +89,8 @@ class Membership:
     exists: bool = True
     #: The multiplexed models each replica holds or is loading (in the order of ``replicas``); () if none.
     models: tuple[frozenset[str], ...] = ()
+    #: The node each replica runs on (in the order of ``replicas``); () if unknown.
+    nodes: tuple[str | None, ...] = ()
 
 
 def _dropped(deployment: str, queued: int, max_queued: int) -> str:
@@ -117,9 +125,17 @@ def _resolve(future: asyncio.Future | None) -> None:
 
 
 class Router:
-    def __init__(self, app: str, deployment: str, on_queued: Callable[[], None] | None = None):
+    def __init__(
+        self, app: str, deployment: str, on_queued: Callable[[], None] | None = None, local_node: str | None = None
+    ):
         self.app = app
         self.deployment = deployment
+        #: This process's node when it prefers replicas there (proxies and replicas do, as Ray Serve's
+        #: proxies do): a request crosses nodes only when no replica on its own node has room.
+        self._local_node = local_node
+        #: Indexes of the replicas on ``_local_node``, when some (not all) replicas are there; else None.
+        self._local: list[int] | None = None
+        self._nodes: list[str | None] = []
         self.replicas: list[ActorHandle] = []
         self._ids: list[str] = []
         self._actor_ids: list[str] = []
@@ -152,6 +168,9 @@ class Router:
             self._ids = [rid for rid, _ in live]
             held = dict(zip((rid for rid, _ in membership.replicas), membership.models, strict=False))
             self._models = [held.get(rid, frozenset()) for rid in self._ids]
+            where = dict(zip((rid for rid, _ in membership.replicas), membership.nodes, strict=False))
+            self._nodes = [where.get(rid) for rid in self._ids]
+            self._find_local()
             self._actor_ids = [ray_compat.actor_id_hex(actor) for actor in self.replicas]
             self._in_flight = [old.get(rid, []) for rid in self._ids]
             self.max_ongoing = membership.max_ongoing
@@ -176,9 +195,16 @@ class Router:
             if actor_id not in self._actor_ids:
                 return False
             i = self._actor_ids.index(actor_id)
-            for column in (self.replicas, self._ids, self._actor_ids, self._in_flight, self._models):
+            for column in (self.replicas, self._ids, self._actor_ids, self._in_flight, self._models, self._nodes):
                 del column[i]
+            self._find_local()
             return True
+
+    def _find_local(self) -> None:
+        if self._local_node is None:
+            return
+        local = [i for i, node in enumerate(self._nodes) if node == self._local_node]
+        self._local = local if 0 < len(local) < len(self._nodes) else None
 
     # Counting -------------------------------------------------------------------
     def _prune(self, i: int) -> int:
@@ -200,6 +226,11 @@ class Router:
         """
         if type(method) is ModelCall:
             return self._pick_for_model(method.model_id)
+        local = self._local
+        if local is not None:  # this node's replicas first, the least loaded with room
+            best = min(local, key=self._prune)
+            if self._prune(best) < self.max_ongoing:
+                return best
         n = len(self.replicas)
         if n == 1:
             if len(self._in_flight[0]) < self.max_ongoing or self._prune(0) < self.max_ongoing:
@@ -245,6 +276,9 @@ class Router:
             # Keyword values go as top-level arguments too, so Ray resolves their refs (and only theirs).
             ref = self.replicas[i].handle_request.remote(method, tuple(kwargs), *args, *kwargs.values())
         self._in_flight[i].append(ref)
+        children = CHILD_CALLS.get()
+        if children is not None:
+            children.append(ref)
         return ref
 
     # Waiting ----------------------------------------------------------------------

@@ -1,0 +1,87 @@
+"""Cancellation reaches the calls a request made, as in Ray Serve: ``DeploymentResponse.cancel()`` and an HTTP
+client that leaves both stop the work downstream. Proven by outcome: the downstream call sees its cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+import ray
+
+import servegraph as serve
+
+
+@ray.remote(num_cpus=0)
+class Tally:
+    def __init__(self):
+        self.started = 0
+        self.cancelled = 0
+
+    def start(self):
+        self.started += 1
+
+    def cancel(self):
+        self.cancelled += 1
+
+    def counts(self) -> tuple[int, int]:
+        return self.started, self.cancelled
+
+
+@serve.deployment
+class Inner:
+    def __init__(self, tally):
+        self.tally = tally
+
+    async def __call__(self) -> str:
+        await self.tally.start.remote()
+        try:
+            await asyncio.Event().wait()  # never set: only cancellation ends it
+        except asyncio.CancelledError:
+            await self.tally.cancel.remote()
+            raise
+        return "unreachable"
+
+
+@serve.deployment
+class Outer:
+    def __init__(self, inner):
+        self.inner = inner
+
+    async def __call__(self, request=None) -> str:
+        return await self.inner.remote()
+
+
+def wait_for(tally, started: int, cancelled: int) -> tuple[int, int]:
+    counts = ray.get(tally.counts.remote())
+    for _ in range(3000):  # bounded; each look is one round trip
+        if counts[0] >= started and counts[1] >= cancelled:
+            break
+        counts = ray.get(tally.counts.remote())
+    return counts
+
+
+@pytest.fixture(scope="module")
+def chain(deploy):
+    tally = Tally.remote()
+    handle = deploy(Outer.bind(Inner.bind(tally)), name="cancel-chain", route_prefix="/cancel")
+    return handle, tally
+
+
+def test_cancelling_a_response_cancels_the_call_it_made(chain):
+    handle, tally = chain
+    before = ray.get(tally.counts.remote())
+    response = handle.remote()
+    assert wait_for(tally, before[0] + 1, 0)[0] == before[0] + 1
+    response.cancel()
+    assert wait_for(tally, before[0] + 1, before[1] + 1)[1] == before[1] + 1  # the inner call was cancelled
+    with pytest.raises((ray.exceptions.TaskCancelledError, ray.exceptions.RayTaskError)):
+        response.result(timeout_s=60)
+
+
+def test_a_client_that_leaves_cancels_its_request_downstream(chain, http_port):
+    _, tally = chain
+    before = ray.get(tally.counts.remote())
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.get(f"http://127.0.0.1:{http_port}/cancel", timeout=httpx.Timeout(60, read=2))
+    assert wait_for(tally, before[0] + 1, before[1] + 1) == (before[0] + 1, before[1] + 1)
