@@ -53,7 +53,7 @@ def test_serve_run_serves_where_serve_start_put_the_proxy(tmp_path):
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"grpc_options": {"port": 9000}}, r"serve.start\(\) got grpc_options"),
+        ({"grpc_options": {"port": 9000, "grpc_servicer_functions": "m.add_f"}}, r"must be a list of import paths"),
         ({"logging_config": {"encoding": "JSON"}}, r"serve.start\(\) got logging_config"),
         ({"unknown_thing": 1}, r"serve.start\(\) got unknown_thing"),
         ({"http_options": {"root_path": "/x"}}, r"got root_path, which servegraph's proxy cannot apply"),

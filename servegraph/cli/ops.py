@@ -59,8 +59,6 @@ def _refuse_unapplied_http_options(config: Any, source: str) -> None:
     from ..errors import ConfigError
 
     unapplied = [f"http_options.{k}" for k, v in _HTTP_OPTIONS_HONOURED_ONLY_AS.items() if getattr(config.http_options, k) != v]
-    if config.grpc_options.grpc_servicer_functions:
-        unapplied.append("grpc_options.grpc_servicer_functions")  # servegraph serves HTTP only
     if config.logging_config is not None:
         unapplied.append("logging_config")
     unapplied += [f"applications[{i}].logging_config" for i, a in enumerate(config.applications) if a.logging_config]
@@ -135,6 +133,7 @@ def deploy_cmd(config_path: str, no_resource_check: bool, address: str | None, c
                     http=config.proxy_location != "Disabled",
                     proxy_location=config.proxy_location,
                     http_options=_applied_http_options(config),
+                    grpc_options=config.grpc_options.model_dump(),
                     on_progress=progress,
                     compiled_path=app.compiled,
                 )

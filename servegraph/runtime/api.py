@@ -19,6 +19,7 @@ from ..dsl.nodes import DAGNode
 from ..errors import DeploymentError, GraphError
 from .cluster import CONTROLLER_NAME, NAMESPACE, cluster_resources, ensure_connected
 from .driver_http import adapter_problem
+from .grpc_options import grpc_options_dict
 from .handle import DeploymentHandle, DeploymentInfo, RayServeSyncHandle, deployment_handle, plan_handle, routes_handle
 from .http_codec import HTTP_OPTION_DEFAULTS
 from .lanes import close_lanes, forget_all_lanes
@@ -147,17 +148,20 @@ def deploy_compiled(
     compiled_path: bool = True,
     proxy_location: Any = None,
     wait: bool = True,
+    grpc_options: Any = None,
 ) -> tuple[RayServeSyncHandle, dict[str, str]]:
     """Deploy an already compiled graph; returns its handle and what changed per deployment.
 
     ``on_progress`` is called about twice a second while the deploy runs, with each deployment's
     replica counts by state (``{"Model": {"STARTING": 1, "RUNNING": 1}}``). ``proxy_location``
     (``HeadOnly``, ``EveryNode``; None keeps the cluster's, EveryNode at first) says where HTTP proxies run.
+    ``grpc_options`` (Ray Serve's; None keeps the running proxy's) also serve gRPC from every proxy.
     """
     # Every deploy passes here (serve.run, servegraph run and deploy), so no route the config
     # validator would refuse ever reaches the cluster.
     _require_route_prefix(route_prefix)
     _refuse_unsupported_options(compiled)
+    grpc = None if grpc_options is None else grpc_options_dict(grpc_options)
     location = proxy_location_name(proxy_location)
     if location == "Disabled":
         http = False
@@ -180,6 +184,7 @@ def deploy_compiled(
         bool(compiled_path),
         location,
         wait,
+        grpc,
     )
     while on_progress is not None and not ray.wait([pending], timeout=0.5)[0]:
         try:
@@ -294,20 +299,25 @@ def start(
 
     ``http_options``: ``host`` (default 127.0.0.1), ``port`` (default 8000), ``request_timeout_s``,
     ``keep_alive_timeout_s``, as Ray Serve names them (a dict, or an object with those attributes). Later
-    ``serve.run`` calls that name no host or port serve there. ``proxy_location``: ``EveryNode`` (default:
-    a proxy on every node that runs replicas), ``HeadOnly``, or ``Disabled`` (no proxy). ``detached`` is
-    accepted for old callers: servegraph's controller always outlives the driver, as Ray Serve's does.
+    ``serve.run`` calls that name no host or port serve there. ``grpc_options``: ``port`` (default 9000),
+    ``grpc_servicer_functions`` (import paths of generated ``add_XServicer_to_server`` functions; gRPC is
+    served when there is one), ``request_timeout_s``, ``enable_reflection`` (a dict or Ray's ``gRPCOptions``);
+    later ``serve.run`` calls keep them. ``proxy_location``: ``EveryNode`` (default: a proxy on every node
+    that runs replicas), ``HeadOnly``, or ``Disabled`` (no proxy). ``detached`` is accepted for old callers:
+    servegraph's controller always outlives the driver, as Ray Serve's does.
 
     Raises:
-        DeploymentError: the proxy cannot listen on host:port.
-        TypeError: an option servegraph cannot honour (gRPC, logging_config, unknown keywords).
+        DeploymentError: the proxy cannot listen on host:port (or on the gRPC port, or import a servicer function).
+        TypeError: an option servegraph cannot honour (logging_config, unknown keywords).
+        ValueError: an option's value is out of range.
     """
-    refused = sorted(k for k, v in {"grpc_options": grpc_options, "logging_config": logging_config, **kwargs}.items() if v is not None)
+    refused = sorted(k for k, v in {"logging_config": logging_config, **kwargs}.items() if v is not None)
     if refused:
         raise TypeError(
             f"serve.start() got {', '.join(refused)}, which servegraph does not support yet; it takes "
-            "http_options and proxy_location"
+            "http_options, grpc_options and proxy_location"
         )
+    grpc = grpc_options_dict(grpc_options)
     options = _http_options_dict(http_options)
     host, port = options.pop("host", None), options.pop("port", None)
     unknown = sorted(set(options) - set(HTTP_OPTION_DEFAULTS))
@@ -321,7 +331,9 @@ def start(
     if location == "Disabled":
         return
     refusal = ray.get(
-        controller.start_http.remote(host, None if port is None else int(port), location, options)
+        controller.start_http.remote(
+            host, None if port is None else int(port), location, options, None if grpc_options is None else grpc, code_paths()
+        )
     )
     if refusal is not None:
         raise DeploymentError(refusal.message)

@@ -294,7 +294,7 @@ class Controller:
         self._code_paths: list[str] = []
         self._apps: dict[str, App] = {}
         #: The HTTP proxies: where they run and what they serve (see proxy_state.py).
-        self._proxies = ProxyManager(HTTPProxy, _kill, self._changed)
+        self._proxies = ProxyManager(HTTPProxy, _kill, self._changed, lambda: self._code_paths)
         self._lock = asyncio.Lock()
         self._incarnation = time.time_ns()
         self._counter = 0
@@ -860,6 +860,7 @@ class Controller:
         compiled: bool = True,
         proxy_location: str | None = None,
         wait: bool = True,
+        grpc_options: dict[str, Any] | None = None,
     ) -> DeployReply:
         """Set an application's desired state and wait until it runs (or cannot); with ``wait=False``,
         answer once the state is set (``serve.run(_blocking=False)``: status shows how it goes).
@@ -869,6 +870,7 @@ class Controller:
         ``code_paths`` are the deploying driver's import directories: replicas
         belong to the controller's job, so they get the ones it lacks.
         ``proxy_location`` (HeadOnly, EveryNode; None keeps the current one) says where HTTP proxies run.
+        ``grpc_options`` (checked by grpc_options_dict; None keeps the running proxy's) turn gRPC on or off.
         """
         await self._recovered.wait()
         try:
@@ -893,7 +895,7 @@ class Controller:
                     )
             if http is not None and route_prefix is not None:
                 host, port, options = http
-                error = await self._ensure_proxy(host, port, options, name, proxy_location)
+                error = await self._ensure_proxy(host, port, options, name, proxy_location, grpc_options)
                 if error:
                     return DeployReply({}, Refusal("proxy", error))
             changes = self._set_target(name, app, app_bytes, tuple(code_paths), route_prefix, compiled)
@@ -999,12 +1001,22 @@ class Controller:
         )
 
     async def start_http(
-        self, host: str | None, port: int | None, proxy_location: str | None = None, options: dict[str, Any] | None = None
+        self,
+        host: str | None,
+        port: int | None,
+        proxy_location: str | None = None,
+        options: dict[str, Any] | None = None,
+        grpc_options: dict[str, Any] | None = None,
+        code_paths: tuple[str, ...] = (),
     ) -> Refusal | None:
-        """``serve.start``: the HTTP proxy on host:port before any deploy; why not, if it cannot be."""
+        """``serve.start``: the HTTP proxy on host:port (and gRPC, if asked) before any deploy; why not, if it cannot be.
+
+        ``code_paths`` are the caller's import directories, where the proxy finds gRPC servicer functions.
+        """
         await self._recovered.wait()
+        self._code_paths.extend(p for p in code_paths if p not in self._code_paths)
         async with self._lock:
-            error = await self._ensure_proxy(host, port, options, "", proxy_location)
+            error = await self._ensure_proxy(host, port, options, "", proxy_location, grpc_options)
             if error is None:
                 await self._push_routes()
                 return None
@@ -1073,7 +1085,11 @@ class Controller:
                 state.status, state.message, state.route_prefix, state.app.ingress, deployments, self._path_status(state)
             )
         http = self._proxies.http
-        proxy = {"host": http[0], "port": http[1]} if http is not None and self._proxies.serving() else None
+        proxy: dict[str, Any] | None = None
+        if http is not None and self._proxies.serving():
+            proxy = {"host": http[0], "port": http[1]}
+            if self._proxies.grpc:
+                proxy["grpc_port"] = self._proxies.grpc["port"]
         return StatusReply(apps, proxy, self._proxies.states() if http is not None else {})
 
     @staticmethod
@@ -1107,7 +1123,13 @@ class Controller:
 
     # HTTP ------------------------------------------------------------------------------
     async def _ensure_proxy(
-        self, host: str | None, port: int | None, options: dict[str, Any] | None, app: str, location: str | None
+        self,
+        host: str | None,
+        port: int | None,
+        options: dict[str, Any] | None,
+        app: str,
+        location: str | None,
+        grpc: dict[str, Any] | None = None,
     ) -> str | None:
         """Start the head node's HTTP proxy on host:port, or check the running one is there (see proxy_state.py).
 
@@ -1121,8 +1143,10 @@ class Controller:
             options = self._proxies.options if self._proxies.http is not None else {}
         # Normalised, so "defaults left out" and "defaults written out" are the same proxy.
         options = {**HTTP_OPTION_DEFAULTS, **options}
+        if grpc is None:
+            grpc = self._proxies.grpc if self._proxies.http is not None else {}
         others = sorted(n for n, s in self._apps.items() if n != app and s.route_prefix is not None)
-        error = await self._proxies.ensure_head(host, port, options, location, others)
+        error = await self._proxies.ensure_head(host, port, options, location, others, grpc)
         self._dirty = True
         return error
 
@@ -1169,6 +1193,7 @@ class Controller:
             "apps": apps,
             "http": self._proxies.http,
             "http_options": self._proxies.options,
+            "grpc_options": self._proxies.grpc,
             "proxy_location": self._proxies.location,
             "code_paths": self._code_paths,
         }
@@ -1226,7 +1251,9 @@ class Controller:
                         state.lanes.releasing[replica_id] = (0.0, actor)
                 self._publish(dep)
         self._stop_orphans()
-        self._proxies.recover(data.get("http"), data.get("http_options") or {}, data.get("proxy_location", EVERY_NODE))
+        self._proxies.recover(
+            data.get("http"), data.get("http_options") or {}, data.get("proxy_location", EVERY_NODE), data.get("grpc_options")
+        )
         await self._push_routes()
         print(f"servegraph: controller recovered {len(self._apps)} application(s) from its checkpoint", file=sys.stderr)
 

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import socket
+import sys
 import uuid
 from typing import Any
 
@@ -22,6 +23,7 @@ from ..errors import BackPressureError, NoRouteError
 from .codec import loads_with_paths
 from .context import model_id_of
 from .driver_http import MATCH_ALL, driver_app
+from .grpc_options import GRPC_OPTION_DEFAULTS
 from .handle import RETRY_DELAY_S, _DeploymentTarget, _PlanTarget, note_actor_death
 from .http_codec import (
     HTTP_OPTION_DEFAULTS,
@@ -62,8 +64,14 @@ DEFAULT_MAX_BODY_BYTES = 100 * 1024 * 1024
 
 
 class HTTPProxy:
-    def __init__(self, host: str, port: int, http_options: dict[str, Any] | None = None):
-        """``http_options``: Ray Serve's names (:data:`HTTP_OPTION_DEFAULTS`), applied through uvicorn."""
+    def __init__(
+        self, host: str, port: int, http_options: dict[str, Any] | None = None, grpc_options: dict[str, Any] | None = None
+    ):
+        """``http_options``: Ray Serve's names (:data:`HTTP_OPTION_DEFAULTS`), applied through uvicorn.
+
+        ``grpc_options`` (checked by :func:`grpc_options_dict`; empty: no gRPC) also serve gRPC on the
+        same host, see grpc_proxy.py.
+        """
         self._host = host
         self._port = port
         self._routes: dict[str, tuple] = {}
@@ -71,12 +79,34 @@ class HTTPProxy:
         unknown = set(http_options or {}) - set(HTTP_OPTION_DEFAULTS)
         if unknown:
             raise ValueError(f"the HTTP proxy cannot apply http_options {sorted(unknown)}")
+        unknown = set(grpc_options or {}) - set(GRPC_OPTION_DEFAULTS)
+        if unknown:
+            raise ValueError(f"the proxy cannot apply grpc_options {sorted(unknown)}")
+        self._grpc_options = dict(grpc_options or {})
+        self._grpc: Any = None
         self._options = {**HTTP_OPTION_DEFAULTS, **(http_options or {})}
         self.max_body_bytes = int(os.environ.get("SERVEGRAPH_MAX_REQUEST_BODY_BYTES", DEFAULT_MAX_BODY_BYTES))
         self.request_timeout_s: float | None = self._options["request_timeout_s"]
 
-    async def start(self) -> str | None:
-        """Start serving; returns an error message instead if the port cannot be bound."""
+    async def start(self, code_paths: list[str] | tuple[str, ...] = ()) -> str | None:
+        """Start serving; returns an error message instead if the port cannot be bound.
+
+        ``code_paths``: the deploying drivers' import directories, where gRPC servicer functions are found.
+        """
+        error = await self._start_http()
+        if error is None and self._grpc_options.get("grpc_servicer_functions"):
+            for path in code_paths:
+                if path not in sys.path:
+                    sys.path.append(path)
+            try:
+                from .grpc_proxy import GRPCIngress  # grpcio only when gRPC is asked for
+            except ImportError as exc:
+                return str(exc)
+            self._grpc = GRPCIngress(lambda: self._routes, self._host, self._grpc_options)
+            error = await self._grpc.start()
+        return error
+
+    async def _start_http(self) -> str | None:
         import uvicorn
 
         async def asgi(scope: dict, receive: Any, send: Any) -> None:

@@ -59,12 +59,22 @@ class ProxyEntry:
 class ProxyManager:
     """The controller's proxies. ``actor_class`` is the Ray actor class of proxy.HTTPProxy."""
 
-    def __init__(self, actor_class: Any, kill: Callable[[list[Any]], None], on_change: Callable[[], None]):
+    def __init__(
+        self,
+        actor_class: Any,
+        kill: Callable[[list[Any]], None],
+        on_change: Callable[[], None],
+        code_paths: Callable[[], list[str]] = list,
+    ):
+        """``code_paths`` gives the deploying drivers' import directories (where gRPC servicer functions are)."""
         self._actor_class = actor_class
         self._kill = kill
         self._on_change = on_change
+        self._code_paths = code_paths
         self.http: tuple[str, int] | None = None
         self.options: dict[str, Any] = {}
+        #: grpc_options (see grpc_options.py); empty: the proxies serve no gRPC.
+        self.grpc: dict[str, Any] = {}
         self.location = EVERY_NODE
         #: By node id; the head's entry is the one clients of a single-node cluster reach.
         self.proxies: dict[str, ProxyEntry] = {}
@@ -77,7 +87,15 @@ class ProxyManager:
         return self.proxies.get(self.head_node)
 
     # Starting -------------------------------------------------------------------------------
-    async def ensure_head(self, host: str, port: int, options: dict[str, Any], location: str | None, others: list[str]) -> str | None:
+    async def ensure_head(
+        self,
+        host: str,
+        port: int,
+        options: dict[str, Any],
+        location: str | None,
+        others: list[str],
+        grpc: dict[str, Any] | None = None,
+    ) -> str | None:
         """Start the head proxy on host:port, or check the running one is there; why not, if it cannot be.
 
         Proxies already serving other applications elsewhere are not moved: that would cut them off.
@@ -88,21 +106,23 @@ class ProxyManager:
             head = self.head
         if head is not None and head.actor is not None and head.starting is None:
             alive = await answered(head.actor.ready.remote(), timeout=5)
-            if alive and self.http == (host, port) and self.options == options:
+            grpc = {} if grpc is None else grpc
+            if alive and self.http == (host, port) and self.options == options and self.grpc == grpc:
                 if location is not None:
                     self.location = location
                 return None
             if alive and others:
                 assert self.http is not None
                 h, p = self.http
+                grpc_said = f" and grpc_options {self.grpc}" if self.grpc or grpc else ""
                 return (
                     f"the HTTP proxy already serves {', '.join(map(repr, others))} on {h}:{p} with http_options "
-                    f"{self.options or '{}'}; deploy with that host, port and http_options, or delete those "
+                    f"{self.options or '{}'}{grpc_said}; deploy with that host, port and those options, or delete those "
                     "applications first (servegraph shutdown)"
                 )
             self.stop_all()
             await asyncio.sleep(0.2)  # let the old servers release the port
-        self.http, self.options = (host, port), dict(options)
+        self.http, self.options, self.grpc = (host, port), dict(options), dict(grpc or {})
         if location is not None:
             self.location = location
         entry = self._begin(self.head_node)
@@ -133,8 +153,8 @@ class ProxyManager:
                 num_cpus=0,
                 max_concurrency=10_000,
                 **placement,
-            ).remote(*self.http, self.options)
-            error = await asyncio.wait_for(entry.actor.start.remote(), START_TIMEOUT_S)
+            ).remote(*self.http, self.options, self.grpc)
+            error = await asyncio.wait_for(entry.actor.start.remote(list(self._code_paths())), START_TIMEOUT_S)
             if not error:
                 await entry.actor.set_routes.remote(*self._routes)
         except Exception as exc:  # its node went, a proxy of that name is still being killed, or it was too slow
@@ -155,10 +175,12 @@ class ProxyManager:
             print(f"servegraph: {error}; retrying", file=sys.stderr)
             entry.retry_at = time.monotonic() + RETRY_S
 
-    def recover(self, http: tuple[str, int] | None, options: dict[str, Any], location: str) -> None:
+    def recover(
+        self, http: tuple[str, int] | None, options: dict[str, Any], location: str, grpc: dict[str, Any] | None = None
+    ) -> None:
         """A restarted controller re-attaches to the proxies that still run (the loop starts missing ones)."""
         self.http = (http[0], http[1]) if http else None
-        self.options, self.location = dict(options), location
+        self.options, self.location, self.grpc = dict(options), location, dict(grpc or {})
         if self.http is None:
             return
         for actor in ray.util.list_named_actors(all_namespaces=True):

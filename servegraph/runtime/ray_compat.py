@@ -115,7 +115,7 @@ def ask_gcs(address: str, timeout: float, *, with_token: bool = False) -> str:
     ``ray.init`` retries for 20 seconds printing a line a second. ``with_token`` sends this
     process's token, to learn whether it is the right one.
     """
-    import grpc  # type: ignore[import-untyped]  # Ray's dependency; no stubs
+    import grpc  # Ray's dependency; no stubs (mypy ignores its imports, see pyproject.toml)
     from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc
 
     metadata = token_metadata() if with_token else ()
