@@ -146,9 +146,12 @@ class _Router:
 
     def __init__(self, obj: Any):
         self.obj = obj
+        self.sent: list[str] = []
 
     async def submit_async(self, method: str, args: tuple, kwargs: dict) -> Any:
         from servegraph.runtime.router import StreamMethod
+
+        self.sent.append(method)
 
         fn = getattr(self.obj, str(method))
         if type(method) is StreamMethod:
@@ -320,3 +323,32 @@ def test_server_reflection_lists_the_user_services(grpc_server):
     _, _, channel = grpc_server
     services = ProtoReflectionDescriptorDatabase(channel).get_services()
     assert "ray.serve.UserDefinedService" in services
+
+
+def test_the_runtime_imports_grpcio_only_when_grpc_is_asked_for():
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    probe = (
+        "import json, sys; import servegraph, servegraph.runtime.proxy, servegraph.runtime.controller, "
+        "servegraph.runtime.api, servegraph.cli.ops; print(json.dumps('grpc' in sys.modules))"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, env=env, check=True)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) is False
+
+
+def test_multiplexed_model_id_and_request_id_metadata_as_over_http(grpc_server):
+    from servegraph.runtime.router import ModelCall
+
+    stub, routes, _ = grpc_server
+    metadata = (("application", "greeter"), ("multiplexed_model_id", "m1"), ("request_id", "abc"))
+    response, call = stub.Method1.with_call(serve_pb2.UserDefinedMessage(name="x"), metadata=metadata)
+    assert response.greeting == "Method1 x"
+    sent = routes["/"][2].router().sent[-1]
+    assert type(sent) is ModelCall and (str(sent), sent.model_id) == ("Method1", "m1")
+    assert ("request_id", "abc") in tuple(call.trailing_metadata())

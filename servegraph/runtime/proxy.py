@@ -4,6 +4,7 @@ A deployment ingress gets the request rebuilt as a ``starlette.requests.Request`
 on its replica; an InputNode graph gets the JSON body as its input, and the
 proxy runs the graph's plan like any caller. A DAGDriver's route is a FastAPI
 app (driver_http.py) whose http_adapter makes the graph's input, as in Ray Serve.
+With grpc_options, the same actor also serves gRPC (grpc_proxy.py) from the same routes.
 """
 
 from __future__ import annotations

@@ -9,6 +9,9 @@
   own node, so HTTP traffic keeps the compiled path on multi-node clusters while lanes
   never cross a node (lane_table.py says why).
 
+Every proxy serves the same options: ``http_options``, and ``grpc_options`` when they name servicer
+functions (then each also serves gRPC, see grpc_proxy.py).
+
 A proxy that dies is replaced while its node is alive and still wanted; a proxy on a
 node that no longer runs replicas is stopped once it has been idle for
 :data:`IDLE_STOP_S`. The head proxy is never stopped while HTTP is on.
