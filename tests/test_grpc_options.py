@@ -352,3 +352,58 @@ def test_multiplexed_model_id_and_request_id_metadata_as_over_http(grpc_server):
     sent = routes["/"][2].router().sent[-1]
     assert type(sent) is ModelCall and (str(sent), sent.model_id) == ("Method1", "m1")
     assert ("request_id", "abc") in tuple(call.trailing_metadata())
+
+
+def _proxy_start(grpc_options: dict) -> str | None:
+    """Start an HTTP proxy in this process with ``grpc_options``; its start's error (None: it served both)."""
+    from servegraph.runtime.proxy import HTTPProxy
+
+    async def go():
+        proxy = HTTPProxy("127.0.0.1", free_port(), {}, grpc_options)
+        error = await proxy.start(["/nonexistent"])
+        if proxy._grpc is not None:
+            await proxy._grpc.stop()
+        if proxy._server is not None:
+            proxy._server.should_exit = True
+            await asyncio.sleep(0.1)
+        return error
+
+    return asyncio.run(go())
+
+
+def test_the_http_proxy_serves_grpc_when_options_name_a_servicer_function():
+    options = grpc_options_dict({"port": free_port(), "grpc_servicer_functions": [ADD_USER_SERVICE]})
+    assert _proxy_start(options) is None
+
+
+def test_a_proxy_whose_servicer_function_does_not_import_says_why():
+    options = grpc_options_dict({"port": free_port(), "grpc_servicer_functions": ["nowhere_pb2_grpc.add_XServicer_to_server"]})
+    error = _proxy_start(options)
+    assert error is not None and "'nowhere_pb2_grpc.add_XServicer_to_server' cannot be imported" in error
+
+
+def test_the_proxy_refuses_grpc_options_it_does_not_know():
+    from servegraph.runtime.proxy import HTTPProxy
+
+    with pytest.raises(ValueError, match="cannot apply grpc_options"):
+        HTTPProxy("127.0.0.1", 1, {}, {"grpc_host": "x"})
+
+
+def test_without_grpcio_the_proxy_says_how_to_install_it():
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    probe = (
+        "import asyncio, sys; sys.modules['grpc'] = None  # as if grpcio were not installed\n"
+        "from servegraph.runtime.proxy import HTTPProxy\n"
+        "from conftest import free_port\n"
+        "options = {'port': free_port(), 'grpc_servicer_functions': ['m.add_f'], 'request_timeout_s': None, 'enable_reflection': True}\n"
+        "proxy = HTTPProxy('127.0.0.1', free_port(), {}, options)\n"
+        "print(asyncio.run(proxy.start()))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, env=env, check=True)
+    assert "pip install 'servegraph[grpc]'" in out.stdout
