@@ -407,3 +407,14 @@ def test_without_grpcio_the_proxy_says_how_to_install_it():
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, env=env, check=True)
     assert "pip install 'servegraph[grpc]'" in out.stdout
+
+
+def test_status_codes_for_what_is_not_the_users_code():
+    from servegraph.errors import DeploymentError
+    from servegraph.runtime.grpc_proxy import error_status
+
+    gone = error_status(DeploymentError("deployment 'A' of application 'x' does not exist"), None)
+    assert (gone.code, gone.details) == (grpc.StatusCode.UNAVAILABLE, "deployment 'A' of application 'x' does not exist")
+    assert error_status(asyncio.TimeoutError(), None).details == "Request timed out."
+    long = error_status(ValueError("x" * 10_000), None)
+    assert long.code == grpc.StatusCode.INTERNAL and len(long.details) == 4096 and long.details.endswith("[truncated]")

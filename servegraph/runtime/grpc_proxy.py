@@ -30,7 +30,7 @@ except ImportError as exc:  # an optional dependency: say how to get it
 
 import ray
 
-from ..errors import BackPressureError
+from ..errors import BackPressureError, DeploymentError
 from .handle import RETRY_DELAY_S, note_actor_death
 from .router import ModelCall, StreamMethod
 
@@ -144,6 +144,10 @@ def error_status(exc: BaseException, request_timeout_s: float | None) -> _Status
         return _Status(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
     if isinstance(exc, ray.exceptions.RayActorError):
         return _Status(grpc.StatusCode.UNAVAILABLE, "a replica died while handling the request; retry")
+    if isinstance(exc, DeploymentError) and not isinstance(exc, ray.exceptions.RayTaskError):
+        # The router's own (the deployment was deleted, the controller cannot be reached), not the user's:
+        # Ray Serve's DeploymentUnavailableError.
+        return _Status(grpc.StatusCode.UNAVAILABLE, str(exc))
     cause = _cause(exc)
     return _Status(grpc.StatusCode.INTERNAL, f"{type(cause).__name__}: {cause}")
 
