@@ -199,8 +199,13 @@ def test_run_reload_redeploys_what_changed_when_the_source_changes(tmp_path):
         assert first["text"] == "one"
         (tmp_path / "reloaded.py").write_text(RELOAD_MODELS.replace("VERSION", "two"))
         deadline = time.monotonic() + RUN_START_TIMEOUT_S
-        while "Deployed" not in log.read_text().split("redeploying", 1)[-1] and time.monotonic() < deadline:
+        def redeployed() -> bool:
+            text = log.read_text()
+            return "redeploying" in text and "Deployed" in text.split("redeploying", 1)[1]
+
+        while not redeployed() and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.5)
+        assert redeployed(), log.read_text()
         second = httpx.get(f"http://127.0.0.1:{port}/", timeout=30).json()
         assert second["text"] == "two", log.read_text()
         assert second["front_pid"] == first["front_pid"]  # only the deployment whose code changed restarted
