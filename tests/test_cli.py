@@ -151,3 +151,67 @@ def test_a_sg_graphs_route_reaches_build_and_render(tmp_path):
     drawn = servegraph("render", "scored.sg", "-o", "scored.dot", cwd=tmp_path)
     assert drawn.returncode == 0, drawn.stderr
     assert "HTTP /scored" in (tmp_path / "scored.dot").read_text()
+
+
+RELOAD_MODELS = textwrap.dedent(
+    """\
+    import os
+
+    import servegraph as serve
+
+
+    @serve.deployment
+    class Model:
+        def __call__(self) -> str:
+            return "VERSION"
+
+
+    @serve.deployment
+    class Front:
+        def __init__(self, model):
+            self.model = model
+
+        async def __call__(self, request) -> dict:
+            return {"text": await self.model.remote(), "front_pid": os.getpid()}
+
+
+    app = Front.bind(Model.bind())
+    """
+)
+
+
+@pytest.mark.ray  # starts a cluster of its own
+def test_run_reload_redeploys_what_changed_when_the_source_changes(tmp_path):
+    (tmp_path / "reloaded.py").write_text(RELOAD_MODELS.replace("VERSION", "one"))
+    port = free_port()
+    log = tmp_path / "run.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [*SERVEGRAPH, "run", "reloaded:app", "--port", str(port), "--reload"],
+            cwd=tmp_path, env=user_env(tmp_path / "home"), stdout=out, stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + RUN_START_TIMEOUT_S
+        while "Watching" not in log.read_text() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert "Watching 1 source file(s)" in log.read_text(), log.read_text()
+        first = httpx.get(f"http://127.0.0.1:{port}/", timeout=30).json()
+        assert first["text"] == "one"
+        (tmp_path / "reloaded.py").write_text(RELOAD_MODELS.replace("VERSION", "two"))
+        deadline = time.monotonic() + RUN_START_TIMEOUT_S
+        def redeployed() -> bool:
+            text = log.read_text()
+            return "redeploying" in text and "Deployed" in text.split("redeploying", 1)[1]
+
+        while not redeployed() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert redeployed(), log.read_text()
+        second = httpx.get(f"http://127.0.0.1:{port}/", timeout=30).json()
+        assert second["text"] == "two", log.read_text()
+        assert second["front_pid"] == first["front_pid"]  # only the deployment whose code changed restarted
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=120) == 0, log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)

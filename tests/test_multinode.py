@@ -157,3 +157,51 @@ def test_handles_in_replicas_prefer_replicas_on_their_own_node(tmp_path):
         pytest.skip(f"the replicas did not land one per node ({out['where_nodes']}): nothing to prefer")
     assert out["seen"] == [out["worker"]] * 20  # the caller runs on the worker: every call stayed there
     assert len(set(out["driver_seen"])) == 2  # a driver's handle spreads over both nodes
+
+
+PER_NODE_SCRIPT = textwrap.dedent(
+    """
+    import json, os
+    import ray
+    from ray.cluster_utils import Cluster
+    import servegraph as serve
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
+    cluster.add_node(num_cpus=2)
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, namespace="servegraph", log_to_driver=False, logging_level="ERROR",
+             runtime_env={"env_vars": {"PYTHONPATH": os.environ["PYTHONPATH"]}})
+    out = {}
+    try:
+        @serve.deployment(num_replicas=2, max_replicas_per_node=1, ray_actor_options={"num_cpus": 0.1})
+        class One:
+            def __call__(self):
+                return ray.get_runtime_context().get_node_id()
+
+        serve.run(One.bind(), name="per-node", route_prefix=None, http=False)
+        out["nodes"] = [r.node_id for r in ray.get(serve.runtime.api._controller().status.remote())
+                        .applications["per-node"].deployments["One"].replicas]
+        serve.run(One.options(num_replicas=3).bind(), name="per-node", route_prefix=None, http=False, _blocking=False)
+        for _ in range(300):  # bounded: the controller's next passes set the message
+            app = serve.status().applications["per-node"]
+            if "max_replicas_per_node" in app.deployments["One"].message:
+                break
+        out["three"] = {"replicas": app.deployments["One"].replica_states, "message": app.deployments["One"].message}
+        serve.shutdown()
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    print(json.dumps(out))
+    """
+)
+
+
+@pytest.mark.ray
+def test_max_replicas_per_node_puts_each_replica_on_its_own_node():
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), str(ROOT / "tests"), env.get("PYTHONPATH")]))
+    result = subprocess.run([sys.executable, "-c", PER_NODE_SCRIPT], capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-4000:]
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert len(out["nodes"]) == 2 and len(set(out["nodes"])) == 2  # one per node
+    assert "max_replicas_per_node=1" in out["three"]["message"], out  # a third has no node to go to

@@ -57,8 +57,10 @@ def test_a_generator_called_without_stream_says_how_to_call_it(deploy):
 
 def test_handle_options_it_cannot_honour_are_refused(deploy):
     handle = deploy(Counter.bind(), name="stream-options")
-    with pytest.raises(TypeError, match="multiplexed_model_id, which servegraph does not support"):
-        handle.options(multiplexed_model_id="m1")
+    with pytest.raises(TypeError, match="_by_reference, which servegraph does not support"):
+        handle.options(_by_reference=False)
+    with pytest.raises(TypeError, match="cannot yet stream a multiplexed request"):
+        handle.options(stream=True, multiplexed_model_id="m1")
 
 
 @serve.deployment

@@ -84,6 +84,12 @@ def _check_port(host: str, port: int) -> None:
     is_flag=True,
     help="When this command ends, leave the Ray cluster it started running (`servegraph shutdown` stops it later).",
 )
+@click.option(
+    "--reload",
+    is_flag=True,
+    help="Redeploy when a source file of the graph changes (the target's module and the modules it imports "
+    "from this directory); only deployments whose code changed restart.",
+)
 @cluster_options
 def run_cmd(
     target: str,
@@ -96,6 +102,7 @@ def run_cmd(
     compiled: bool,
     non_blocking: bool,
     keep_cluster: bool,
+    reload: bool,
     address: str | None,
     connect_timeout: float,
 ) -> None:
@@ -107,8 +114,11 @@ def run_cmd(
     elsewhere) ends the command and stops the cluster it started, unless
     --keep-cluster or --non-blocking.
     """
+    if reload and non_blocking:
+        raise click.UsageError("--reload watches the source while the command serves; it cannot be --non-blocking")
     with user_errors():
         loaded = load_target(target, name=graph_name)
+        watch = _SourceWatch(target) if reload else None
         app = loaded.node
         route_prefix = route_prefix or loaded.route_prefix or "/"
         owner = None if (non_blocking or keep_cluster) else os.getpid()
@@ -134,8 +144,16 @@ def run_cmd(
             click.echo(f"The Ray cluster at {cluster.address} keeps running; `servegraph shutdown` stops it.", err=True)
         return
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    redeploy = None
+    if watch is not None:
+        argv = [target, "--non-blocking", "--address", cluster.address, "--name", name, "--route-prefix", route_prefix,
+                "--host", host, "--port", str(port)]
+        argv += (["--graph", graph_name] if graph_name else []) + ([] if compiled else ["--no-compiled"])
+        argv += ["--no-resource-check"] if no_resource_check else []
+        redeploy = (watch, argv)
+        click.echo(f"Watching {len(watch.files)} source file(s) for changes.", err=True)
     try:
-        ended, code = _serve_until_gone(name), None
+        ended, code = _serve_until_gone(name, redeploy), None
     except KeyboardInterrupt:
         ended, code = None, 0
     if ended is not None:
@@ -184,13 +202,67 @@ def _deploy(
     click.echo(f"Deployed {name!r} in {time.monotonic() - began:.1f}s; serving at {url}{stop}", err=True)
 
 
-def _serve_until_gone(name: str) -> tuple[str, int]:
-    """Wait while application ``name`` runs; returns why it ended (said to the user) and the exit code."""
+class _SourceWatch:
+    """The files a graph was loaded from (its target and the modules it imported from this directory) and
+    when each last changed: ``changed()`` lists those edited since the last look."""
+
+    def __init__(self, target: str):
+        root = os.path.abspath(os.getcwd())
+        files = {os.path.abspath(target.split(":")[0])} if target.split(":")[0].endswith(".sg") else set()
+        for module in list(sys.modules.values()):
+            path = getattr(module, "__file__", None)
+            if path and os.path.abspath(path).startswith(root + os.sep) and "site-packages" not in path:
+                files.add(os.path.abspath(path))
+        self.files = sorted(f for f in files if os.path.exists(f))
+        self._seen = {f: self._stamp(f) for f in self.files}
+
+    @staticmethod
+    def _stamp(path: str) -> tuple[float, int] | None:
+        try:
+            info = os.stat(path)
+        except OSError:
+            return None
+        return info.st_mtime, info.st_size
+
+    def changed(self) -> list[str]:
+        out = []
+        for path in self.files:
+            stamp = self._stamp(path)
+            if stamp != self._seen[path]:
+                self._seen[path] = stamp
+                out.append(path)
+        return out
+
+
+def _redeploy(argv: list[str], changed: list[str]) -> None:
+    """Deploy the graph again from its changed source, in a fresh process (fresh imports); the running
+    application keeps serving if the new code fails to load or deploy."""
+    import subprocess
+
+    shown = ", ".join(os.path.relpath(p) for p in changed)
+    click.echo(f"Changed: {shown}; redeploying...", err=True)
+    result = subprocess.run([sys.executable, "-m", "servegraph", "run", *argv], capture_output=True, text=True)
+    lines = [line for line in result.stderr.splitlines() if line.startswith(("Deployed", "Error", "  "))]
+    for line in lines or result.stderr.splitlines()[-5:]:
+        click.echo(line, err=True)
+    if result.returncode != 0:
+        click.echo("The redeploy failed; the previous version keeps serving.", err=True)
+
+
+def _serve_until_gone(name: str, redeploy: tuple[_SourceWatch, list[str]] | None = None) -> tuple[str, int]:
+    """Wait while application ``name`` runs; returns why it ended (said to the user) and the exit code.
+
+    With ``redeploy`` (``--reload``): deploy again whenever a watched source file changes.
+    """
     from ..runtime.api import _ask, _controller
 
     unanswered_since: float | None = None
     while True:
         time.sleep(_WATCH_EVERY_S)
+        if redeploy is not None:
+            changed = redeploy[0].changed()
+            if changed:
+                _redeploy(redeploy[1], changed)
         try:
             controller = _controller(create=False)
             running = _ask(controller.status.remote(), "status", timeout_s=10).applications if controller else {}

@@ -95,7 +95,7 @@ def _handle_for(name: str, app: Any, infos: dict) -> RayServeSyncHandle:
 
 #: Deployment options servegraph's runtime does not apply yet. Ray Serve does, so a config built with
 #: them runs there (`servegraph build` then `serve deploy`); here they are refused, never ignored.
-UNSUPPORTED_OPTIONS = ("placement_group_bundles", "placement_group_strategy", "max_replicas_per_node", "logging_config")
+UNSUPPORTED_OPTIONS = ("placement_group_bundles", "placement_group_strategy", "logging_config")
 
 
 def _refuse_unsupported_options(compiled: CompiledGraph) -> None:

@@ -25,6 +25,7 @@ the replicas that are still alive instead of starting over.
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import math
 import os
@@ -38,6 +39,7 @@ from typing import Any
 import ray
 import ray.cloudpickle
 from ray.actor import ActorHandle
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from ..compiler import ir
 from ..compiler.fast_path import compiled_path_problem, lane_deployments
@@ -130,6 +132,10 @@ class ReplicaStartError(Exception):
 
 class ReplicaStopping(Exception):
     """A replica found by a restarted controller was already draining: it is stopped, not recovered."""
+
+
+#: _node_for's answer when every node already runs max_replicas_per_node replicas of a deployment.
+_NO_NODE = object()
 
 
 @dataclasses.dataclass(eq=False)
@@ -484,7 +490,14 @@ class Controller:
                         victim = min(old, key=lambda r: r.state in SERVING)
                         self._stop(dep, victim, graceful=victim.state in SERVING)
                 for _ in range(count):
-                    self._start(dep)
+                    node = self._node_for(dep)
+                    if node is _NO_NODE:
+                        dep.message = (
+                            f"max_replicas_per_node={dep.spec.options.max_replicas_per_node}: every alive node already "
+                            "runs that many replicas of this deployment; add nodes or raise the limit"
+                        )
+                        break
+                    self._start(dep, node)
         # Old replicas go once enough new ones serve: never fewer serving than the target.
         serving_new = sum(1 for r in new if r.state in SERVING)
         serving_old = [r for r in old if r.state in SERVING]
@@ -546,13 +559,29 @@ class Controller:
         need = dep.spec.options.replica_resources()
         return all(free.get(k, 0.0) + 1e-9 >= count * v for k, v in need.items() if v)
 
-    def _start(self, dep: Deployment) -> Replica:
+    def _node_for(self, dep: Deployment) -> Any:
+        """The node a new replica must run on to keep ``max_replicas_per_node`` (the one with fewest of this
+        deployment's replicas); None without the option (Ray spreads replicas); _NO_NODE if every node is full."""
+        limit = dep.spec.options.max_replicas_per_node
+        if limit is None:
+            return None
+        try:
+            alive = [n["NodeID"] for n in ray.nodes() if n.get("Alive")]
+        except Exception:  # the GCS is busy: start nothing this pass
+            return _NO_NODE
+        counts = collections.Counter(r.node_id for r in dep.replicas.values() if r.state != STOPPING and not r.dead)
+        room = [n for n in alive if counts[n] < limit]
+        return min(room, key=lambda n: (counts[n], n)) if room else _NO_NODE
+
+    def _start(self, dep: Deployment, node: str | None = None) -> Replica:
         spec = dep.spec
         app = self._apps[dep.app]
         replica_id = uuid.uuid4().hex[:8]
         name = replica_actor_name(dep.app, dep.name, replica_id)
         missing = [p for p in app.code_paths if p not in self._own_path]
         options = _with_code_paths(spec.options.actor_options(), missing)
+        # max_replicas_per_node: pinned to the node chosen for it; else spread by Ray.
+        placement: Any = "SPREAD" if node is None else NodeAffinitySchedulingStrategy(node, soft=False)
         actor = (
             replica_actor_class(spec.target)
             .options(
@@ -560,13 +589,13 @@ class Controller:
                 namespace=NAMESPACE,
                 lifetime="detached",
                 max_concurrency=replica_concurrency(spec.target, spec.options.max_ongoing_requests),
-                scheduling_strategy="SPREAD",
+                scheduling_strategy=placement,
                 **options,
             )
             .remote(dep.app, dep.name, replica_id, spec.target, spec.is_function, spec.init_args, spec.init_kwargs)
         )
         user_config = spec.options.user_config
-        r = Replica(replica_id, actor, name, dep.version, STARTING, user_config, time.monotonic())
+        r = Replica(replica_id, actor, name, dep.version, STARTING, user_config, time.monotonic(), node_id=node)
         dep.replicas[replica_id] = r
         self._dirty = True
         if self._crash_at == "replica-created":
