@@ -15,13 +15,20 @@ from support import user_env
 pytest.importorskip("grpc")
 
 SCRIPT = textwrap.dedent("""
-    import json, sys
+    import json, subprocess, sys
     import grpc, ray
     from ray.serve.generated import serve_pb2, serve_pb2_grpc
     import servegraph as serve
-    from servegraph.compiler import compile
-    from servegraph.runtime.api import deploy_compiled
     from grpc_ingress import SERVICER, app
+
+    CONFIG = '''
+    http_options: {{host: 127.0.0.1, port: {http_port}}}
+    grpc_options: {{port: {grpc_port}, grpc_servicer_functions: [{servicer}], enable_reflection: false}}
+    applications:
+    - name: greeter
+      import_path: grpc_ingress:app
+      route_prefix: /
+    '''
 
     @serve.deployment
     class Broken:
@@ -57,11 +64,15 @@ SCRIPT = textwrap.dedent("""
         out["healthz"] = api.Healthz(serve_pb2.HealthzRequest()).message
     out["proxy"] = serve.status().proxy
 
-    # What `servegraph deploy` does with a config's grpc_options: the proxy (serving nothing else) moves to them.
+    # `servegraph deploy` with a config's grpc_options: the proxy (serving nothing else now) moves to them.
     serve.delete("greeter")
     serve.delete("broken")
-    options = {"port": second_port, "grpc_servicer_functions": [SERVICER], "request_timeout_s": None, "enable_reflection": False}
-    deploy_compiled(compile(app), name="greeter", route_prefix="/", port=http_port, http_options={}, grpc_options=options)
+    with open("grpc_app.yaml", "w") as f:
+        f.write(CONFIG.format(http_port=http_port, grpc_port=second_port, servicer=SERVICER))
+    address = ray.get_runtime_context().gcs_address
+    deployed = subprocess.run([sys.executable, "-m", "servegraph", "deploy", "grpc_app.yaml", "--address", address],
+                              capture_output=True, text=True, timeout=200)
+    assert deployed.returncode == 0, deployed.stderr
     with grpc.insecure_channel(f"127.0.0.1:{second_port}") as channel:
         stub = serve_pb2_grpc.UserDefinedServiceStub(channel)
         out["config"] = stub.Method1(message(name="Cy")).greeting   # one application: no metadata needed
@@ -74,9 +85,13 @@ SCRIPT = textwrap.dedent("""
 @pytest.mark.ray  # a cluster of its own, in a child process
 def test_grpc_clients_reach_deployments_through_the_proxy(tmp_path):
     ports = [str(free_port()) for _ in range(3)]
+    work = tmp_path / "work"
+    work.mkdir()
+    # The example module and the config the script writes live in a folder of the test's own.
+    (work / "grpc_ingress.py").write_text((EXAMPLES / "grpc_ingress.py").read_text())
     result = subprocess.run(
         [sys.executable, "-c", SCRIPT, *ports], capture_output=True, text=True, timeout=280,
-        env=user_env(tmp_path), cwd=EXAMPLES,
+        env=user_env(tmp_path), cwd=work,
     )
     assert result.returncode == 0, result.stderr[-4000:]
     out = json.loads(result.stdout.strip().splitlines()[-1])
