@@ -78,25 +78,35 @@ def make_request(scope: dict, body: bytes) -> Any:
     return PortableRequest(scope, receive)
 
 
-async def call_asgi(app: Any, scope: dict, body: bytes) -> HTTPResult:
-    """Run an ASGI app (a FastAPI ingress, a DAGDriver's adapter) on one buffered request."""
+def _one_request(scope: dict, body: bytes) -> tuple[dict, Any, Any]:
+    """An ASGI app's view of one buffered request: its scope (``/prefix`` reaching the app's "/" route, as
+    ``/prefix/`` does), a ``receive`` giving the body once and then a disconnect when the returned event is
+    set, and that event."""
     import asyncio
 
     scope = dict(scope)
     root = scope.get("root_path", "")
-    if root and scope["path"] == root:  # /prefix reaches the app's "/" route, as /prefix/ does
+    if root and scope["path"] == root:
         scope["path"] = root + "/"
-    done = asyncio.Event()
+    ended = asyncio.Event()
     sent = False
-    status, headers, chunks = 500, [], []
 
     async def receive() -> dict:
         nonlocal sent
         if not sent:
             sent = True
             return {"type": "http.request", "body": body, "more_body": False}
-        await done.wait()
+        await ended.wait()
         return {"type": "http.disconnect"}
+
+    return scope, receive, ended
+
+
+async def call_asgi(app: Any, scope: dict, body: bytes) -> HTTPResult:
+    """Run an ASGI app (a FastAPI ingress, a DAGDriver's adapter) on one buffered request."""
+
+    scope, receive, done = _one_request(scope, body)
+    status, headers, chunks = 500, [], []
 
     async def send(message: dict) -> None:
         nonlocal status, headers
@@ -127,22 +137,9 @@ async def asgi_response(app: Any, scope: dict, body: bytes) -> Any:
 
     from starlette.responses import Response, StreamingResponse
 
-    scope = dict(scope)
-    root = scope.get("root_path", "")
-    if root and scope["path"] == root:  # /prefix reaches the app's "/" route, as /prefix/ does
-        scope["path"] = root + "/"
-    finished = asyncio.Event()
-    sent = False
+    scope, receive, finished = _one_request(scope, body)
     start: asyncio.Future = asyncio.get_running_loop().create_future()
     chunks: asyncio.Queue = asyncio.Queue()
-
-    async def receive() -> dict:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        await finished.wait()
-        return {"type": "http.disconnect"}
 
     async def send(message: dict) -> None:
         if message["type"] == "http.response.start":
