@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextvars
 import dataclasses
+import uuid
 from typing import Any
 
 from ..errors import GraphError
@@ -104,3 +105,50 @@ def model_id_of(scope: dict) -> str:
         if key.lower() == wanted:
             return value.decode("latin-1")
     return ""
+
+
+# The request being handled -------------------------------------------------------------------
+# One request (an HTTP or gRPC call at the proxy, or a handle call from a driver) keeps one id through
+# every call it causes: the router sends the caller's context with each call (see router.py), and the
+# replica sets it around the user's code. Logs, metrics and traces read it here.
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RequestContext:
+    """What travels with every call a request causes.
+
+    ``request_id``: the client's ``X-Request-ID`` (or gRPC ``request_id``), else a new one.
+    ``route``: the HTTP route prefix the request came in on ("" for handle calls), as Ray Serve tags metrics.
+    ``app``: the application the request entered. ``trace``: the W3C ``traceparent`` of the span that
+    made this call ("" with tracing off, see tracing.py).
+    """
+
+    request_id: str
+    route: str = ""
+    app: str = ""
+    trace: str = ""
+
+
+_REQUEST: contextvars.ContextVar[RequestContext | None] = contextvars.ContextVar("servegraph_request", default=None)
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+def current_request() -> RequestContext | None:
+    """The request this code is handling (None outside one: a driver between calls, a constructor)."""
+    return _REQUEST.get()
+
+
+def current_request_id() -> str | None:
+    request = _REQUEST.get()
+    return request.request_id if request is not None else None
+
+
+def set_request(request: RequestContext | None) -> contextvars.Token:
+    return _REQUEST.set(request)
+
+
+def reset_request(token: contextvars.Token) -> None:
+    _REQUEST.reset(token)

@@ -14,6 +14,8 @@ import sys
 import traceback
 from typing import Any
 
+from .context import RequestContext, current_request_id, set_request
+
 #: Ray Serve's http_options that the proxy applies through uvicorn, with Ray Serve's defaults.
 HTTP_OPTION_DEFAULTS: dict[str, Any] = {
     "keep_alive_timeout_s": 90,
@@ -32,12 +34,9 @@ REQUEST_ID_HEADER = "x-request-id"
 #: message in its 500 body; by default the body is generic, as Ray Serve's, and names only the request id.
 ERROR_DETAILS_ENV = "SERVEGRAPH_HTTP_ERROR_DETAILS"
 
-_request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("servegraph_request_id", default=None)
-
-
-def set_request_id(request_id: str | None) -> contextvars.Token:
-    """The id :func:`encode_error` names for the request this task or thread is handling."""
-    return _request_id.set(request_id)
+def set_request_id(request_id: str | None, route: str = "", app: str = "") -> contextvars.Token:
+    """The request this task or thread is handling, by id (what :func:`encode_error` and logs name)."""
+    return set_request(RequestContext(request_id, route, app) if request_id else None)
 
 
 def request_id_of(scope: dict) -> str | None:
@@ -235,7 +234,7 @@ def encode_error(exc: BaseException) -> HTTPResult:
     exc = user_error(exc)
     if isinstance(exc, json.JSONDecodeError):
         return text(400, f"request body is not valid JSON: {exc}")
-    request_id = _request_id.get() or "unknown"
+    request_id = current_request_id() or "unknown"
     print(f"servegraph: request {request_id} failed:", file=sys.stderr)
     traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
     sys.stderr.flush()
