@@ -151,6 +151,14 @@ class _Places:
                 self.sides.setdefault(node.deployment, set()).add(node.key)
             elif node.kind in (ir.INPUT, ir.INPUT_ATTR, ir.DRIVER):
                 self.sides[INPUT].add(node.key)
+        #: Boxes a value passes through on its way to a call (switches, splits, output lists), by where it comes from.
+        kinds = {node.key: node.kind for node in app.nodes}
+        self.passes: dict[str, list[str]] = {}
+        for arrow in diagram.arrows:
+            if arrow.style == dg.DATA and (
+                kinds.get(arrow.target) in ir.ROUTING or kinds.get(arrow.target) == ir.OUTPUT
+            ):
+                self.passes.setdefault(arrow.source, []).append(arrow.target)
 
     def callee(self, deployment: str, method: str) -> tuple[str | None, set[str]]:
         """The box a call lands on (its method's node, else its deployment's) and every box of the deployment."""
@@ -158,11 +166,19 @@ class _Places:
         return box, self.sides.get(deployment, set())
 
     def caller(self, source: str) -> tuple[str | None, set[str]]:
-        """The box a call leaves from, and every box of the caller (the input's: HTTP, the InputNode and its reads)."""
+        """The box a call leaves from, and the boxes its arrow may leave from: the caller's own (the input's:
+        HTTP, the InputNode and its reads), and the switches, splits and output lists its values pass through."""
+        side = set(self.sides.get(source, ()))
+        todo = list(side)
+        while todo:
+            for key in self.passes.get(todo.pop(), ()):
+                if key not in side:
+                    side.add(key)
+                    todo.append(key)
         if source == INPUT:
             inputs = sorted(self.sides[INPUT] - {dg.HTTP}, key=ir.key_order)
-            return (inputs[0] if inputs else dg.HTTP), self.sides[INPUT]
-        return self.deployment.get(source), self.sides.get(source, set())
+            return (inputs[-1] if inputs else dg.HTTP), side  # the InputNode itself: captured last
+        return self.deployment.get(source), side
 
 
 def _edges(stats: Stats) -> list[Mapping[str, Any]]:
