@@ -25,6 +25,7 @@ from typing import Any
 import ray
 
 from ..compiler import ir
+from ..errors import RenderError
 from .http_codec import HTTPResult, not_found, text
 from .long_poll import ControllerUnavailable, runtime_client
 
@@ -104,6 +105,7 @@ async def _ask(call: Any) -> Any:
 
 
 async def _live(controller: Any, name: str) -> LiveGraph | None:
+    """The application's live graph, or None if it does not run (or was deleted meanwhile)."""
     record = await _ask(controller.graph_outline.remote(name))
     if record is None:
         return None
@@ -112,27 +114,33 @@ async def _live(controller: Any, name: str) -> LiveGraph | None:
         stats = await _ask(controller.graph_stats.remote(name))
     except AttributeError:  # a controller without graph statistics
         stats = None
+    except KeyError:  # deleted since its outline was read
+        return None
     return LiveGraph(name, record.app, record.route_prefix, stats or no_stats(name))
+
+
+async def _names(controller: Any) -> list[str]:
+    return sorted((await _ask(controller.status.remote())).applications)
 
 
 async def graph_page(path: str) -> HTTPResult:
     """Answer ``/-/graph``, ``/-/graph/<app>`` (HTML) or ``/-/graph/<app>.svg``; 404 for an unknown application."""
+    rest = urllib.parse.unquote(path[len(GRAPH_PAGES) :].strip("/"))
     try:
         controller = await _controller()
-        names = sorted((await _ask(controller.status.remote())).applications)
-        rest = urllib.parse.unquote(path[len(GRAPH_PAGES) :].strip("/"))
         if not rest:
-            return _html(index_html(names))
-        name, svg = (rest[: -len(".svg")], True) if rest not in names and rest.endswith(".svg") else (rest, False)
-        live = await _live(controller, name) if name in names else None
+            return _html(index_html(await _names(controller)))
+        name, svg = rest, False
+        live = await _live(controller, name)
+        if live is None and rest.endswith(".svg"):  # an application's name may end in .svg too: it goes first
+            name, svg = rest[: -len(".svg")], True
+            live = await _live(controller, name)
+        if live is None:
+            return not_found(path, "-/graph", "applications", await _names(controller))
     except (asyncio.TimeoutError, ControllerUnavailable, ray.exceptions.RayError) as exc:
         return text(
             503, f"the servegraph controller did not answer ({type(exc).__name__}); it may be restarting, retry"
         )
-    if live is None:
-        return not_found(path, "-/graph", "applications", names)
-    from ..errors import RenderError
-
     try:
         drawing = await asyncio.to_thread(live.svg)  # `dot` runs outside the proxy's event loop
     except RenderError as exc:
