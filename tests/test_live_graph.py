@@ -159,7 +159,7 @@ def test_a_deployment_with_no_traffic_reads_zero_and_dashes() -> None:
 
 def test_no_statistics_at_all_still_draws_every_deployment() -> None:
     app = outline(_ir("pipeline", "app"))
-    text = live.to_live_dot(app, live_graph.no_stats("pipe"), name="pipe")
+    text = live.to_live_dot(app, {}, name="pipe")
     for name in ("preprocess", "LengthModel", "VowelModel", "combine"):
         assert f'label="{name}\\n' in text
     assert text.count("requests: 0 (0/s)") == 4

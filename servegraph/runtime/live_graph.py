@@ -71,15 +71,10 @@ class LiveGraph:
         return live_tree(self.app, self.stats, name=self.name, route_prefix=self.route_prefix)
 
 
-def no_stats(name: str) -> dict[str, Any]:
-    """What a view shows when the controller reports no statistics: every figure 0 or ``–``."""
-    return {"app": name, "window_s": None, "deployments": {}, "edges": []}
-
-
 # -- the CLI's side (a driver) ----------------------------------------------------
 def fetch(name: str) -> LiveGraph | None:
     """The live graph of the application ``name`` on the connected cluster; None if it does not run."""
-    from .api import _ask, _controller
+    from .api import _ask, _controller, graph_stats  # the driver's side loads the compiler: not in the proxy
 
     controller = _controller(create=False)
     if controller is None:
@@ -87,12 +82,7 @@ def fetch(name: str) -> LiveGraph | None:
     record = _ask(controller.graph_outline.remote(name), "graph_outline")
     if record is None:
         return None
-    # INTEGRATION POINT (graph_stats): the controller's statistics, through the client API once it has them.
-    try:
-        stats = _ask(controller.graph_stats.remote(name), "graph_stats")
-    except AttributeError:  # a controller without graph statistics: the graph, every figure unknown
-        stats = no_stats(name)
-    return LiveGraph(name, record.app, record.route_prefix, stats or no_stats(name))
+    return LiveGraph(name, record.app, record.route_prefix, graph_stats(name))
 
 
 # -- the proxy's side -----------------------------------------------------------------
@@ -109,14 +99,11 @@ async def _live(controller: Any, name: str) -> LiveGraph | None:
     record = await _ask(controller.graph_outline.remote(name))
     if record is None:
         return None
-    # INTEGRATION POINT (graph_stats): the controller's statistics for this application.
     try:
         stats = await _ask(controller.graph_stats.remote(name))
-    except AttributeError:  # a controller without graph statistics
-        stats = None
     except KeyError:  # deleted since its outline was read
         return None
-    return LiveGraph(name, record.app, record.route_prefix, stats or no_stats(name))
+    return LiveGraph(name, record.app, record.route_prefix, stats)
 
 
 async def _names(controller: Any) -> list[str]:
@@ -233,6 +220,5 @@ __all__ = [
     "graph_page",
     "index_html",
     "inline_svg",
-    "no_stats",
     "page_html",
 ]
