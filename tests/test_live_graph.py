@@ -291,3 +291,89 @@ def test_examples_in_docstrings(module: str) -> None:
 
     result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
     assert result.failed == 0 and result.attempted > 0
+
+
+# -- the proxy's pages, with a controller made up here ----------------------------------
+class _Call:
+    """What ``actor.method.remote(...)`` gives: something whose ``future()`` holds the answer (or raises)."""
+
+    def __init__(self, answer):
+        self.answer = answer
+
+    def future(self):
+        import concurrent.futures
+
+        done = concurrent.futures.Future()
+        if isinstance(self.answer, BaseException):
+            done.set_exception(self.answer)
+        else:
+            done.set_result(self.answer)
+        return done
+
+
+class _Method:
+    def __init__(self, fn):
+        self.remote = lambda *args: _Call(fn(*args))
+
+
+class FakeController:
+    """Runs ``pipe`` (the pipeline example); ``gone`` is deleted between its outline and its figures."""
+
+    def __init__(self, stats: dict):
+        from servegraph.runtime.controller import AppRecord
+
+        running = {
+            "pipe": AppRecord(outline(_ir("pipeline", "app")), {}, "/pipe"),
+            "gone": AppRecord(outline(_ir("pipeline", "app")), {}, "/gone"),
+        }
+        self.graph_outline = _Method(running.get)
+        self.graph_stats = _Method(lambda name: stats if name == "pipe" else KeyError(name))
+        self.status = _Method(lambda: type("Status", (), {"applications": dict.fromkeys(running)})())
+
+
+@pytest.fixture
+def pages(monkeypatch):
+    """``page(path)``: the proxy's answer to ``path`` (status, content type, body)."""
+    import asyncio
+
+    async def controller():
+        return FakeController(pipeline_stats())
+
+    monkeypatch.setattr(live_graph, "_controller", controller)
+
+    def page(path: str) -> tuple[int, str, str]:
+        status, headers, body = asyncio.run(live_graph.graph_page(path))
+        return status, dict(headers)["content-type"], body.decode()
+
+    return page
+
+
+def test_the_proxy_answers_the_index_a_page_and_its_svg(pages) -> None:
+    status, kind, body = pages("/-/graph")
+    assert (status, kind) == (200, "text/html; charset=utf-8") and '<a href="/-/graph/pipe">pipe</a>' in body
+    status, kind, body = pages("/-/graph/pipe")
+    assert (status, kind) == (200, "text/html; charset=utf-8")
+    assert "<h1>pipe</h1>" in body and body.count("requests: 5 (0.5/s)") == 4 and "HTTP /pipe" in body
+    status, kind, body = pages("/-/graph/pipe.svg")
+    assert (status, kind) == (200, "image/svg+xml") and body.lstrip().startswith("<?xml")
+
+
+def test_the_proxy_answers_404_for_an_application_that_does_not_run_or_was_just_deleted(pages) -> None:
+    status, _, body = pages("/-/graph/nope")
+    assert status == 404 and body.startswith("Path '/-/graph/nope' not found. Ping http://.../-/graph")
+    assert body.endswith("(servegraph: applications are gone, pipe)")
+    assert pages("/-/graph/nope.svg")[0] == 404
+    assert pages("/-/graph/gone")[0] == 404
+
+
+def test_the_proxy_answers_503_while_the_controller_does_not(monkeypatch) -> None:
+    import asyncio
+
+    from servegraph.runtime.long_poll import ControllerUnavailable
+
+    async def controller():
+        raise ControllerUnavailable("no servegraph controller answered within 10 s")
+
+    monkeypatch.setattr(live_graph, "_controller", controller)
+    status, _, body = asyncio.run(live_graph.graph_page("/-/graph/pipe"))
+    assert status == 503 and body.decode().startswith("the servegraph controller did not answer")

@@ -7,6 +7,7 @@ never how fast anything was.
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -147,6 +148,10 @@ def test_status_graph_prints_every_deployment_with_its_figures(base: str) -> Non
     }
     assert counts["FrenchResponder"] >= 3 and counts["combine"] >= 3, counts
     assert "say_hello(): " in out
+    as_json = CliRunner().invoke(main, ["status", "--json", "--graph"])
+    assert as_json.exit_code == 0, as_json.output
+    graph = json.loads(as_json.output)["applications"]["live-hello"]["graph"]
+    assert set(graph["deployments"]) == set(HELLO) and graph["deployments"]["FrenchResponder"]["requests_total"] >= 3
 
 
 def test_render_live_writes_a_snapshot_of_the_running_application(base: str, tmp_path: Path) -> None:

@@ -112,7 +112,7 @@ async def _names(controller: Any) -> list[str]:
 
 async def graph_page(path: str) -> HTTPResult:
     """Answer ``/-/graph``, ``/-/graph/<app>`` (HTML) or ``/-/graph/<app>.svg``; 404 for an unknown application."""
-    rest = urllib.parse.unquote(path[len(GRAPH_PAGES) :].strip("/"))
+    rest = path[len(GRAPH_PAGES) :].strip("/")  # an ASGI path arrives decoded: a%2Fb is a/b already
     try:
         controller = await _controller()
         if not rest:
