@@ -150,7 +150,7 @@ def test_status_graph_prints_every_deployment_with_its_figures(base: str) -> Non
     assert "say_hello(): " in out
     as_json = CliRunner().invoke(main, ["status", "--json", "--graph"])
     assert as_json.exit_code == 0, as_json.output
-    graph = json.loads(as_json.output)["applications"]["live-hello"]["graph"]
+    graph = json.loads(as_json.stdout)["applications"]["live-hello"]["graph"]
     assert set(graph["deployments"]) == set(HELLO) and graph["deployments"]["FrenchResponder"]["requests_total"] >= 3
 
 
