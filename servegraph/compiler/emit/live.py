@@ -191,9 +191,10 @@ def annotate(app: ir.AppIR, diagram: dg.Diagram, stats: Stats) -> dg.Diagram:
     """``diagram`` (the application's, from :func:`.diagram.build`) with the statistics written on it."""
     deployments = {d.name: d for d in app.deployments}
     places = _Places(app, diagram)
+    named = {key: name for name, key in places.deployment.items()}
     boxes = []
     for box in diagram.boxes:
-        name = next((n for n, key in places.deployment.items() if key == box.id), None)
+        name = named.get(box.id)
         if name is None or name not in deployments:
             boxes.append(box)
             continue
@@ -206,6 +207,14 @@ def annotate(app: ir.AppIR, diagram: dg.Diagram, stats: Stats) -> dg.Diagram:
         boxes.append(dataclasses.replace(box, lines=tuple(lines), alert=figures.failing))
 
     arrows = list(diagram.arrows)
+    # A call travels a data arrow from its caller's side into the callee, or a handle arrow out of the callee.
+    inbound: dict[str, list[int]] = {}
+    outbound: dict[str, list[int]] = {}
+    for i, a in enumerate(arrows):
+        if a.style in (dg.DATA, dg.ENTRY):
+            inbound.setdefault(a.target, []).append(i)
+        elif a.style == dg.HANDLE:
+            outbound.setdefault(a.source, []).append(i)
     extra: list[dg.Arrow] = []
     notes: dict[int, list[str]] = {}
     for edge in _edges(stats):
@@ -219,14 +228,10 @@ def annotate(app: ir.AppIR, diagram: dg.Diagram, stats: Stats) -> dg.Diagram:
         ends = ({to_box}, to_side)
         found = None
         for candidates in ends:
-            found = next(
-                (
-                    i
-                    for i, a in enumerate(arrows)
-                    if (a.style in (dg.DATA, dg.ENTRY) and a.source in from_side and a.target in candidates)
-                    or (a.style == dg.HANDLE and a.source in candidates and a.target in from_side)
-                ),
-                None,
+            found = min(
+                [i for c in candidates for i in inbound.get(c, ()) if arrows[i].source in from_side]
+                + [i for c in candidates for i in outbound.get(c, ()) if arrows[i].target in from_side],
+                default=None,
             )
             if found is not None:
                 break
