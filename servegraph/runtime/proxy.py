@@ -412,20 +412,20 @@ async def _answer_http(proxy: HTTPProxy, scope: dict, receive: Any, send: Any, s
 
 
 @telemetry.expander("http")
-def _http_metrics(key: tuple, values: list, deployments: dict, edges: dict) -> None:
-    _, route, method, app, status, deployment = key
+@telemetry.expander("grpc")
+def _ingress_metrics(key: tuple, values: list, deployments: dict, edges: dict) -> None:
+    """Ray Serve's request metrics of a proxy, for HTTP (status a number) or gRPC (status a code's name)."""
+    protocol, route, method, app, status, deployment = key
     code = str(status)
+    failed = status >= 400 if protocol == "http" else status != "OK"
     tags = {"route": route, "method": method, "application": app, "status_code": code}
-    telemetry.inc("serve_num_http_requests", tags, len(values))
+    telemetry.inc(f"serve_num_{protocol}_requests", tags, len(values))
     for ms in values:
-        telemetry.observe("serve_http_request_latency_ms", tags, ms)
-    if status >= 400:
-        telemetry.inc("serve_num_http_error_requests", {"route": route, "error_code": code, "method": method, "application": app}, len(values))
-        telemetry.inc(
-            "serve_num_deployment_http_error_requests",
-            {"deployment": deployment, "error_code": code, "method": method, "route": route, "application": app},
-            len(values),
-        )
+        telemetry.observe(f"serve_{protocol}_request_latency_ms", tags, ms)
+    if failed:
+        error_tags = {"route": route, "error_code": code, "method": method, "application": app}
+        telemetry.inc(f"serve_num_{protocol}_error_requests", error_tags, len(values))
+        telemetry.inc(f"serve_num_deployment_{protocol}_error_requests", {**error_tags, "deployment": deployment}, len(values))
 
 
 async def _read_body(scope: dict, receive: Any, limit: int) -> bytes | None:
