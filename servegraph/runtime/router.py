@@ -31,7 +31,7 @@ from ray import ObjectRef
 from ray.actor import ActorHandle
 
 from ..errors import BackPressureError, DeploymentError
-from . import ray_compat, telemetry
+from . import ray_compat, telemetry, tracing
 from .context import current_replica, current_request, new_request_id
 
 #: The pseudo-method that sends (scope, body) to the ingress's HTTP entry point.
@@ -318,8 +318,8 @@ class Router:
     def _sent(self, method: str) -> Sent:
         """``method`` with the caller's request (a new id for a call outside any) and the edge it takes."""
         request = current_request()
-        if request is None:
-            carried: tuple[str, str, str, str] = (new_request_id(), "", self.app, "")
+        if request is None:  # a driver's call: a new request (in the driver's own trace, if it traces)
+            carried: tuple[str, str, str, str] = (new_request_id(), "", self.app, tracing.current_traceparent() if tracing.ENABLED else "")
         else:
             carried = (request.request_id, request.route, request.app, request.trace)
         callers = getattr(method, "callers", None)
