@@ -45,8 +45,7 @@ from ..compiler import ir
 from ..compiler.fast_path import compiled_path_problem, lane_deployments
 from ..compiler.outline import outline
 from ..dsl.options import add_resources
-from . import ray_compat, telemetry
-from . import graph_autoscaling
+from . import graph_autoscaling, ray_compat, telemetry
 from .autoscaling import Autoscaler
 from .cluster import NAMESPACE
 from .codec import loads_with_paths

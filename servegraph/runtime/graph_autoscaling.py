@@ -68,12 +68,12 @@ def static_fanout(app: ir.AppIR) -> dict[tuple[str, str], float]:
     for plan in plans:
         steps_of: dict[str, int] = {}
         fed: dict[tuple[str, str], int] = {}
+        deployment_of = {s.key: s.deployment for s in plan.steps if s.deployment is not None}
         for step in plan.steps:
             if step.deployment is not None:
                 steps_of[step.deployment] = steps_of.get(step.deployment, 0) + 1
         for key, callers in step_callers(plan).items():
-            callee = next(s.deployment for s in plan.steps if s.key == key)
-            assert callee is not None
+            callee = deployment_of[key]
             for caller in callers:
                 if caller != INPUT:
                     fed[(caller, callee)] = fed.get((caller, callee), 0) + 1
