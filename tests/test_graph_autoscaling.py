@@ -41,17 +41,27 @@ def _stage(ongoing=None, latency_s=None, rate=0.0, target=None, current=1) -> St
 
 
 def test_each_stage_gets_its_callers_load_times_the_fan_out():
-    # A: 24 requests queued or running, 0.15 s each -> 160 req/s; B gets 160/s, C twice that.
+    # A: 24 requests queued or running, 0.15 s each -> 160 req/s, and room for them at its target of 6;
+    # B gets 160/s, C twice that.
     stages = {
-        "A": _stage(ongoing=24, latency_s=0.15, target=4),
-        "B": _stage(ongoing=4, latency_s=0.10, target=4),
-        "C": _stage(ongoing=2, latency_s=0.05, target=4),
+        "A": _stage(ongoing=24, latency_s=0.15, target=4, current=6),
+        "B": _stage(ongoing=4, latency_s=0.10, target=4, current=4),
+        "C": _stage(ongoing=2, latency_s=0.05, target=4, current=1),
     }
     out = wishes(["A", "B", "C"], stages, {("A", "B"): 1.0, ("B", "C"): 2.0})
     assert "A" not in out  # the first stage: its own queue decides
     assert out["B"].replicas == 4 and out["B"].arrival_per_s == pytest.approx(160)
     assert out["C"].replicas == 4 and out["C"].arrival_per_s == pytest.approx(320)
     assert out["C"].reason.startswith("upstream load 320.0 req/s (B 320.0/s)")
+
+
+def test_a_callee_grows_when_its_callers_target_does_not_before():
+    # A has 24 waiting but is still at 1 replica (its upscale delay runs): B is sized for what A serves now.
+    stages = {"A": _stage(ongoing=24, latency_s=0.2, target=2, current=1), "B": _stage(ongoing=2, latency_s=0.1, target=2, current=1)}
+    assert wishes(["A", "B"], stages, {("A", "B"): 1.0})["B"].replicas == 1
+    # A's target became 8: in that same step B is sized for what A will pass on, 80 req/s.
+    stages["A"] = _stage(ongoing=24, latency_s=0.2, target=2, current=8)
+    assert wishes(["A", "B"], stages, {("A", "B"): 1.0})["B"].replicas == 4
 
 
 def test_a_stage_at_zero_starts_with_its_callers():

@@ -565,8 +565,10 @@ class Controller:
             wish = floors.get(dep.name)
             dep.target = dep.autoscaler.decide(dep.target, now, wish.replicas if wish else None, wish.reason if wish else "")
 
-    #: The window over which graph-aware autoscaling reads processing times, rates and fan-outs.
+    #: The window over which graph-aware autoscaling reads rates and fan-outs.
     GRAPH_WINDOW_S = 5.0
+    #: The window in which it looks for each deployment's time per request without queueing.
+    SERVICE_WINDOW_S = 60.0
 
     def _graph_floors(self, app: App, now: float) -> dict[str, graph_autoscaling.Wish]:
         names = [d for d, dep in app.deployments.items() if not dep.deleting]
@@ -582,7 +584,9 @@ class Controller:
         stages = {}
         for n in names:
             dep = app.deployments[n]
-            p50 = summaries[n]["p50_ms"]
+            # Its time per request without queueing: load inflates the window's p50 (a caller waits for its
+            # under-sized callees), which would shrink the arrival rates Little's law derives from it.
+            p50 = self._deployment_stats.service_time_ms((app.name, n), now, self.SERVICE_WINDOW_S) or summaries[n]["p50_ms"]
             config = dep.autoscaler.config if dep.autoscaler is not None else None
             stages[n] = graph_autoscaling.Stage(
                 ongoing=dep.autoscaler.total_ongoing(now) if dep.autoscaler is not None else None,

@@ -5,10 +5,13 @@ cascade: A scales, then its new replicas fill B's queue, then B scales, then C. 
 calls whom (the compiled graph) and how often (per-edge stats, see telemetry.py), so in one control
 step it derives, in graph order, the request rate each deployment is about to receive:
 
-    arrival(D) = max(D's own demand, sum over callers C of arrival(C) x calls per request of C -> D)
+    arrival(D) = max(D's own demand, sum over callers C of passed(C) x calls per request of C -> D)
+    passed(C)  = min(arrival(C), what C serves at its current target: target x target_ongoing / time)
 
 where a deployment's own demand is its queued-plus-running requests (what its handles report to the
-autoscaler) over its per-request processing time (Little's law), or its measured request rate. A
+autoscaler) over its per-request processing time (Little's law), or its measured request rate. Capping
+what a caller passes on at its current target makes a callee grow in the very step its caller's target
+grows: on a small machine the callers' replicas then start with the callees', not after them. A
 deployment then needs ``arrival x processing time / target_ongoing_requests`` replicas; that is a floor
 under its own policy's wish, applied without the upscale delay (its callers' own scaling already waited
 for theirs). Bounds (``min_replicas``/``max_replicas``) and scaling down stay the deployment's own.
@@ -122,15 +125,23 @@ def measured_fanout(
 def wishes(order: list[str], stages: dict[str, Stage], fanout: dict[tuple[str, str], float]) -> dict[str, Wish]:
     """The floor under each autoscaled deployment's target that its callers' load implies."""
     arrival: dict[str, float] = {}
+    passed: dict[str, float] = {}
     active: set[str] = set()
     out: dict[str, Wish] = {}
     for name in order:
         stage = stages[name]
         own = stage.ongoing / stage.latency_s if stage.ongoing is not None and stage.latency_s else stage.rate
         callers = sorted(c for (c, d) in fanout if d == name and c in arrival)
-        from_callers = [(c, arrival[c] * fanout[(c, name)]) for c in callers]
+        from_callers = [(c, passed[c] * fanout[(c, name)]) for c in callers]
         upstream = sum(rate for _, rate in from_callers)
         arrival[name] = max(own, upstream)
+        # What it passes on: its arrivals, up to what it can serve at its current target. So a callee
+        # grows in the step its caller's target grows (after the caller's own upscale delay), not before:
+        # the callers' replicas start first, or together with the callees', never after them.
+        if stage.target_ongoing is not None and stage.latency_s:
+            passed[name] = min(arrival[name], stage.current * stage.target_ongoing / stage.latency_s)
+        else:
+            passed[name] = arrival[name]
         if stage.target_ongoing is not None and (upstream > 0 or active.intersection(callers)):
             if stage.latency_s and upstream > 0:
                 replicas = math.ceil(upstream * stage.latency_s / stage.target_ongoing - 1e-9)
