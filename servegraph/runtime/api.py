@@ -16,6 +16,7 @@ from .._validation import route_prefix_problem
 from ..compiler import CompiledGraph, compile
 from ..compiler.config.app import DEFAULT_APP_NAME
 from ..dsl.nodes import DAGNode
+from ..dsl.options import as_logging_config
 from ..errors import DeploymentError, GraphError
 from .cluster import CONTROLLER_NAME, NAMESPACE, cluster_resources, ensure_connected
 from .driver_http import adapter_problem
@@ -95,7 +96,7 @@ def _handle_for(name: str, app: Any, infos: dict) -> RayServeSyncHandle:
 
 #: Deployment options servegraph's runtime does not apply yet. Ray Serve does, so a config built with
 #: them runs there (`servegraph build` then `serve deploy`); here they are refused, never ignored.
-UNSUPPORTED_OPTIONS = ("placement_group_bundles", "placement_group_strategy", "logging_config")
+UNSUPPORTED_OPTIONS = ("placement_group_bundles", "placement_group_strategy")
 
 
 def _refuse_unsupported_options(compiled: CompiledGraph) -> None:
@@ -234,16 +235,13 @@ def run(
         _blocking: False returns once the application's new state is set, before its replicas are up
             (``serve.status()`` then shows it DEPLOYING, RUNNING or DEPLOY_FAILED with the error), as in
             Ray Serve.
-        logging_config: not supported yet: anything but None is refused.
+        logging_config: the application's logging_config (a dict or ``LoggingConfig``: encoding, log_level,
+            logs_dir, enable_access_log, additional_log_standard_attrs), for every deployment that sets none.
 
     Raises:
         GraphError: the graph fails a check; DeploymentError: a replica failed to start.
     """
-    if logging_config is not None:
-        raise TypeError(
-            "serve.run(logging_config=...) is not supported yet: replicas log as Ray's workers do "
-            "(`servegraph logs APP` shows what they printed); leave it out"
-        )
+    app_logging = None if logging_config is None else as_logging_config(logging_config)
     if _local_testing_mode:
         from .local import run_local
 
@@ -253,7 +251,7 @@ def run(
     _require_route_prefix(route_prefix)  # before connecting: a bad route fails at once
     ensure_connected()
     resources = _free_resources(_controller(), name) if resource_check else None
-    graph = compile(target, cluster_resources=resources)
+    graph = compile(target, cluster_resources=resources, logging_config=app_logging)
     handle, _ = deploy_compiled(
         graph,
         name=name,

@@ -158,6 +158,8 @@ class Replica:
     unhealthy: str | None = None
     #: The multiplexed models the replica holds or is loading, as it last reported them.
     models: frozenset[str] = frozenset()
+    #: The logging_config the replica was last given (None: the defaults); a new one is pushed, never restarts it.
+    logging: Any = None
 
     def info(self) -> ReplicaReport:
         return ReplicaReport(self.replica_id, self.state, self.node_id, self.pid, self.actor_name)
@@ -433,6 +435,7 @@ class Controller:
                     info = task.result()
                     r.node_id, r.pid, r.state, r.last_health = info["node_id"], info["pid"], RUNNING, now
                     r.user_config = info["user_config"]  # what its code accepted: the loop reconfigures it if behind
+                    r.logging = info.get("logging_config")  # likewise the logging_config it applies
                     if r.watch is None:
                         r.watch = asyncio.ensure_future(self._watch(dep, r))
                     dep.failures = 0
@@ -467,6 +470,10 @@ class Controller:
                 r.state = UPDATING
                 r.user_config = opts.user_config
                 r.task = asyncio.ensure_future(self._reconfigure(r, opts.user_config))
+            elif r.state == RUNNING and r.logging != opts.logging_config and r.task is None:
+                r.state = UPDATING  # still routed; the deploy waits for it, as for a user_config
+                r.logging = opts.logging_config
+                r.task = asyncio.ensure_future(self._configure_logging(r, opts.logging_config))
         # Too many of the current version: stop the ones not yet serving first.
         if len(new) > target:
             surplus = sorted(new, key=lambda r: (r.state in SERVING, r.started_at), reverse=False)
@@ -596,6 +603,7 @@ class Controller:
         )
         user_config = spec.options.user_config
         r = Replica(replica_id, actor, name, dep.version, STARTING, user_config, time.monotonic(), node_id=node)
+        r.logging = spec.options.logging_config
         dep.replicas[replica_id] = r
         self._dirty = True
         if self._crash_at == "replica-created":
@@ -605,7 +613,7 @@ class Controller:
 
     async def _initialize(self, r: Replica, user_config: Any, max_ongoing: int) -> dict:
         """Run the user's constructor on a new replica; its phase report (see replica.py) once it is READY."""
-        pending = r.actor.initialize.remote(user_config, max_ongoing)
+        pending = r.actor.initialize.remote(user_config, max_ongoing, r.logging)
         await self._crash_point("replica-initializing", r, INITIALIZING)
         error = await pending
         if error is not None:
@@ -623,7 +631,7 @@ class Controller:
         """
         report = await asyncio.wait_for(r.actor.phase.remote(), RECOVER_TIMEOUT_S)
         if report["phase"] in (CONSTRUCTED, INITIALIZING):
-            error = await r.actor.initialize.remote(r.user_config, dep.spec.options.max_ongoing_requests)
+            error = await r.actor.initialize.remote(r.user_config, dep.spec.options.max_ongoing_requests, r.logging)
             if error is not None:
                 raise ReplicaStartError(error)
             report = await asyncio.wait_for(r.actor.phase.remote(), RECOVER_TIMEOUT_S)
@@ -637,6 +645,11 @@ class Controller:
         pending = r.actor.reconfigure.remote(user_config)
         await self._crash_point("replica-reconfiguring", r, RECONFIGURING)
         error = await pending
+        if error is not None:
+            raise ReplicaStartError(error)
+
+    async def _configure_logging(self, r: Replica, logging_config: Any) -> None:
+        error = await r.actor.configure_logging.remote(logging_config)
         if error is not None:
             raise ReplicaStartError(error)
 
@@ -962,7 +975,7 @@ class Controller:
                 before = dep.spec.options
                 if version != dep.version:
                     changes[spec.name] = "updated"
-                elif spec.options.user_config != before.user_config:
+                elif spec.options.user_config != before.user_config or spec.options.logging_config != before.logging_config:
                     changes[spec.name] = "reconfigured"
                 elif spec.options != before:
                     changes[spec.name] = "scaled" if count != dep.target or autoscaling != before.autoscaling_config else "options"
@@ -1057,6 +1070,17 @@ class Controller:
         if state is None or state.deleting:
             return None
         return AppRecord(state.app, {d: DeploymentInfo(name, d) for d in state.deployments}, state.route_prefix)
+
+    async def logs_dirs(self) -> list[str]:
+        """Every ``logging_config.logs_dir`` a running deployment writes to (``servegraph logs --request-id`` reads them)."""
+        await self._recovered.wait()
+        dirs = {
+            dep.spec.options.logging_config.logs_dir
+            for state in self._apps.values()
+            for dep in state.deployments.values()
+            if dep.spec.options.logging_config is not None and dep.spec.options.logging_config.logs_dir
+        }
+        return sorted(dirs)
 
     async def delete_app(self, name: str) -> bool:
         """Stop every replica of an application (draining them) and wait until they are gone."""

@@ -1,0 +1,190 @@
+"""Replica logs on the session's cluster: one HTTP request found by its id in every deployment's log, and each
+logging_config field (encoding, log_level, logs_dir, enable_access_log) honoured from code, serve.run and configs."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import uuid
+
+import httpx
+import pytest
+import yaml
+from click.testing import CliRunner
+
+import servegraph as serve
+from servegraph.cli import main
+from servegraph.runtime import ray_compat
+
+GRAPH = "logging_models:language_classifier"
+DEPLOYMENTS = ("LanguageClassifier", "SpanishResponder", "FrenchResponder")
+
+
+def hello_graph():
+    import logging_models
+
+    return logging_models.language_classifier
+
+
+def post(http_port: int, prefix: str, request_id: str | None = None) -> httpx.Response:
+    headers = {"X-Request-ID": request_id} if request_id else {}
+    response = httpx.post(f"http://127.0.0.1:{http_port}{prefix}", json={"name": "Dora"}, headers=headers, timeout=60)
+    assert response.status_code == 200, response.text
+    assert response.text == "Hola Dora / Bonjour Dora"
+    return response
+
+
+def request_logs(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(main, ["logs", *args])
+    return result.exit_code, result.output
+
+
+def log_files(directory: str, app: str, deployment: str) -> list[str]:
+    return glob.glob(os.path.join(directory, f"replica_{app}_{deployment}_*.log"))
+
+
+def read_lines(directory: str, app: str, deployment: str) -> list[str]:
+    [path] = log_files(directory, app, deployment)
+    with open(path, encoding="utf-8") as f:
+        return f.read().splitlines()
+
+
+def replica_ids(app: str) -> dict[str, set[str]]:
+    import ray
+
+    raw = ray.get(serve.runtime.api._controller().status.remote())
+    return {d: {r.replica_id for r in info.replicas} for d, info in raw.applications[app].deployments.items()}
+
+
+@pytest.fixture(scope="module")
+def hello(deploy, http_port) -> str:
+    """The logging hello graph with default logging, at /hello-logs."""
+    deploy(hello_graph(), name="hello-logs", route_prefix="/hello-logs")
+    return "/hello-logs"
+
+
+def test_a_request_is_found_by_its_client_id_in_all_three_deployments(hello, http_port):
+    request_id = f"client-{uuid.uuid4().hex[:8]}"
+    response = post(http_port, hello, request_id)
+    assert response.headers["x-request-id"] == request_id
+    code, out = request_logs("--request-id", request_id)
+    assert code == 0, out
+    ids = replica_ids("hello-logs")
+    lines = out.splitlines()
+    for deployment in DEPLOYMENTS:
+        [replica] = ids[deployment]
+        assert any(line.startswith(f"[{deployment}#{replica}] ") and f" {request_id} -- " in line for line in lines), out
+    assert any("classifier got Dora" in line for line in lines)
+    assert any("spanish greets Dora" in line for line in lines) and any("french greets Dora" in line for line in lines)
+    # The access lines, as Ray Serve writes them: the HTTP one at the ingress, a CALL at each handle call.
+    assert any(f" {request_id} -- POST /hello-logs 200 " in line for line in lines), out
+    assert any(f" {request_id} -- CALL say_hello OK " in line for line in lines), out
+    # In time order: the classifier's line before the responders', their access lines before the ingress's.
+    text = "\n".join(lines)
+    assert text.index("classifier got Dora") < text.index("spanish greets Dora") < text.index("french greets Dora")
+    assert text.index("french greets Dora") < text.index("POST /hello-logs 200")
+
+
+def test_a_generated_request_id_from_the_response_finds_the_request(hello, http_port):
+    request_id = post(http_port, hello).headers["x-request-id"]
+    code, out = request_logs("--request-id", request_id)
+    assert code == 0, out
+    assert "classifier got Dora" in out and f"{request_id} -- POST /hello-logs 200" in out
+    assert all(request_id in line for line in out.splitlines() if line.startswith("[LanguageClassifier#"))
+    code, narrowed = request_logs("hello-logs", "LanguageClassifier", "--request-id", request_id)
+    assert code == 0 and "classifier got Dora" in narrowed and "greets" not in narrowed
+
+
+def test_a_request_id_that_matches_nothing_says_so_and_exits_1(hello):
+    code, out = request_logs("--request-id", "no-such-request")
+    assert code == 1
+    assert out.strip() == "no replica log has a line of request 'no-such-request'"
+
+
+def test_default_logs_go_to_the_sessions_serve_directory_in_text(hello, http_port):
+    request_id = f"text-{uuid.uuid4().hex[:8]}"
+    post(http_port, hello, request_id)
+    serve_dir = os.path.join(ray_compat.logs_dir(), "serve")
+    [replica] = replica_ids("hello-logs")["SpanishResponder"]
+    assert log_files(serve_dir, "hello-logs", "SpanishResponder") == [
+        os.path.join(serve_dir, f"replica_hello-logs_SpanishResponder_{replica}.log")
+    ]
+    [line] = [ln for ln in read_lines(serve_dir, "hello-logs", "SpanishResponder") if "spanish greets" in ln and request_id in ln]
+    level, _date, _time, component, replica_field, request_field, dashes, *message = line.split(" ")
+    assert (level, component, replica_field, request_field, dashes) == ("INFO", "hello-logs_SpanishResponder", replica, request_id, "--")
+    assert " ".join(message) == "spanish greets Dora"
+
+
+def test_json_encoding_log_level_logs_dir_and_access_log_from_code_and_serve_run(serve_app, http_port, tmp_path):
+    import logging_models
+
+    quiet = str(tmp_path / "quiet")
+    graph = logging_models.LanguageClassifier.bind(
+        logging_models.SpanishResponder.options(
+            logging_config={"log_level": "WARNING", "logs_dir": quiet, "enable_access_log": False}
+        ).bind(),
+        logging_models.FrenchResponder.bind(),
+    )
+    app_dir = str(tmp_path / "app")
+    serve.run(graph, name="json-logs", route_prefix="/json-logs", port=http_port,
+              logging_config={"encoding": "JSON", "logs_dir": app_dir})
+    request_id = f"json-{uuid.uuid4().hex[:8]}"
+    post(http_port, "/json-logs", request_id)
+
+    # The application's logging_config: JSON lines in its logs_dir, with Ray Serve's fields.
+    records = [json.loads(line) for line in read_lines(app_dir, "json-logs", "FrenchResponder")]
+    [greeting] = [r for r in records if r["message"] == "french greets Dora"]
+    [replica] = replica_ids("json-logs")["FrenchResponder"]
+    assert {k: greeting[k] for k in ("request_id", "application", "deployment", "replica", "levelname")} == {
+        "request_id": request_id, "application": "json-logs", "deployment": "FrenchResponder", "replica": replica,
+        "levelname": "WARNING",
+    }
+    assert {"asctime", "route", "timestamp_ns", "filename", "lineno"} <= set(greeting)
+    assert any(r["message"].startswith("CALL say_hello OK ") and r["request_id"] == request_id for r in records)
+    ingress = [json.loads(line) for line in read_lines(app_dir, "json-logs", "LanguageClassifier")]
+    [access] = [r for r in ingress if r["message"].startswith("POST ") and r["request_id"] == request_id]
+    assert access["message"].startswith("POST /json-logs 200 ") and access["route"] == "/json-logs"
+
+    # The deployment's own wins whole: TEXT, WARNING (its INFO line and access line are not written), its logs_dir.
+    assert not log_files(app_dir, "json-logs", "SpanishResponder")
+    assert read_lines(quiet, "json-logs", "SpanishResponder") == []
+
+    code, out = request_logs("--request-id", request_id)  # logs_dir directories are searched too
+    assert code == 0 and "french greets Dora" in out and "classifier got Dora" in out, out
+
+
+def test_a_config_files_logging_config_is_applied_and_a_change_restarts_nothing(serve_app, http_port, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "config.yaml"
+    built = CliRunner().invoke(
+        main, ["build", GRAPH, "--name", "config-logs", "--route-prefix", "/config-logs", "--port", str(http_port), "-o", str(path)]
+    )
+    assert built.exit_code == 0, built.output
+    data = yaml.safe_load(path.read_text())
+    logs_dir = str(tmp_path / "logs")
+    data["logging_config"] = {"encoding": "JSON", "logs_dir": logs_dir}  # top level: for applications without one
+    app = data["applications"][0]
+    for dep in app["deployments"]:
+        if dep["name"] == "FrenchResponder":
+            dep["logging_config"] = {"logs_dir": logs_dir, "enable_access_log": False}
+    path.write_text(yaml.safe_dump(data))
+    result = CliRunner().invoke(main, ["deploy", str(path)])
+    assert result.exit_code == 0, result.output
+    first = post(http_port, "/config-logs").headers["x-request-id"]
+    spanish = [json.loads(line) for line in read_lines(logs_dir, "config-logs", "SpanishResponder")]
+    assert any(r["message"] == "spanish greets Dora" and r["request_id"] == first for r in spanish)
+    french = read_lines(logs_dir, "config-logs", "FrenchResponder")  # its own: TEXT, no access lines
+    assert any(line.endswith(f"{first} -- french greets Dora") for line in french)
+    assert not any(" -- CALL " in line for line in french)
+
+    # The application's own logging_config wins over the top level; a change reconfigures, nothing restarts.
+    before = replica_ids("config-logs")
+    app["logging_config"] = {"encoding": "TEXT", "logs_dir": logs_dir}
+    path.write_text(yaml.safe_dump(data))
+    result = CliRunner().invoke(main, ["deploy", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "SpanishResponder: reconfigured: the running replicas took the new logging_config; none restarted" in result.output
+    assert replica_ids("config-logs") == before
+    second = post(http_port, "/config-logs").headers["x-request-id"]
+    assert any(line.endswith(f"{second} -- spanish greets Dora") for line in read_lines(logs_dir, "config-logs", "SpanishResponder"))
