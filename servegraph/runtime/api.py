@@ -309,7 +309,15 @@ def start(
         TypeError: an option servegraph cannot honour (logging_config, unknown keywords).
         ValueError: an option's value is out of range.
     """
-    refused = sorted(k for k, v in {"logging_config": logging_config, **kwargs}.items() if v is not None)
+    if logging_config is not None:
+        # Ray Serve's serve.start(logging_config=) sets the logs of its controller and proxies only, never a
+        # replica's; servegraph's controller and proxies keep no log files of their own to configure.
+        raise TypeError(
+            "serve.start() got logging_config, which in Ray Serve configures the controller's and proxies' own logs; "
+            "servegraph's write none. Replicas' logs are set per application or deployment: "
+            "serve.run(app, logging_config=...) or @serve.deployment(logging_config=...)"
+        )
+    refused = sorted(k for k, v in kwargs.items() if v is not None)
     if refused:
         raise TypeError(
             f"serve.start() got {', '.join(refused)}, which servegraph does not support yet; it takes "
