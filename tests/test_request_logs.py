@@ -6,12 +6,16 @@ from __future__ import annotations
 import glob
 import json
 import os
+import subprocess
+import sys
+import textwrap
 import uuid
 
 import httpx
 import pytest
 import yaml
 from click.testing import CliRunner
+from conftest import ROOT
 
 import servegraph as serve
 from servegraph.cli import main
@@ -188,3 +192,59 @@ def test_a_config_files_logging_config_is_applied_and_a_change_restarts_nothing(
     assert replica_ids("config-logs") == before
     second = post(http_port, "/config-logs").headers["x-request-id"]
     assert any(line.endswith(f"{second} -- spanish greets Dora") for line in read_lines(logs_dir, "config-logs", "SpanishResponder"))
+
+
+MULTINODE_SCRIPT = textwrap.dedent(
+    """
+    import json, os, socket
+    import httpx, ray
+    from click.testing import CliRunner
+    from ray.cluster_utils import Cluster
+    import servegraph as serve
+    from servegraph.cli import main
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
+    worker = cluster.add_node(num_cpus=2, resources={"worker": 10})
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, namespace="servegraph", log_to_driver=False, logging_level="ERROR",
+             runtime_env={"env_vars": {"PYTHONPATH": os.environ["PYTHONPATH"]}})
+    out = {"worker": worker.node_id}
+    try:
+        import logging_models as m
+
+        on_worker = {"num_cpus": 0.1, "resources": {"worker": 0.01}}
+        graph = m.LanguageClassifier.options(ray_actor_options=on_worker).bind(
+            m.SpanishResponder.bind(), m.FrenchResponder.bind()
+        )
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        serve.run(graph, name="spread", route_prefix="/spread", port=port)
+        replicas = ray.get(serve.runtime.api._controller().status.remote()).applications["spread"].deployments
+        out["nodes"] = {d: [r.node_id for r in info.replicas] for d, info in replicas.items()}
+        reply = httpx.post(f"http://127.0.0.1:{port}/spread", json={"name": "Dora"}, headers={"X-Request-ID": "spread-1"}, timeout=60)
+        out["status"] = reply.status_code
+        result = CliRunner().invoke(main, ["logs", "--request-id", "spread-1"])
+        out["code"], out["logs"] = result.exit_code, result.output
+        serve.shutdown()
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    print(json.dumps(out))
+    """
+)
+
+
+@pytest.mark.ray  # a two-node cluster of its own, in a child process
+def test_a_request_is_found_on_every_node_each_line_once():
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), str(ROOT / "tests"), env.get("PYTHONPATH")]))
+    result = subprocess.run([sys.executable, "-c", MULTINODE_SCRIPT], capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-4000:]
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["nodes"]["LanguageClassifier"] == [out["worker"]] and out["status"] == 200
+    assert out["code"] == 0, out["logs"]
+    lines = out["logs"].splitlines()
+    assert any(line.startswith("[LanguageClassifier#") and "spread-1 -- classifier got Dora" in line for line in lines), out["logs"]
+    assert any(line.startswith("[LanguageClassifier#") and "spread-1 -- POST /spread 200 " in line for line in lines)
+    assert len(lines) == len(set(lines))  # nodes of one machine share a log directory: each line still once
