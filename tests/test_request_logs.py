@@ -100,6 +100,17 @@ def test_a_generated_request_id_from_the_response_finds_the_request(hello, http_
     assert code == 0 and "classifier got Dora" in narrowed and "greets" not in narrowed
 
 
+def test_a_failed_request_shows_its_error_with_the_traceback(hello, http_port):
+    request_id = f"fail-{uuid.uuid4().hex[:8]}"
+    response = httpx.post(f"http://127.0.0.1:{http_port}{hello}", json={"nom": "Dora"}, headers={"X-Request-ID": request_id}, timeout=60)
+    assert response.status_code == 500 and request_id in response.text
+    code, out = request_logs("--request-id", request_id)
+    assert code == 0, out
+    assert f"{request_id} -- Request failed." in out and f"{request_id} -- POST /hello-logs 500 " in out
+    # The traceback's lines follow the record they belong to, each prefixed by its replica too.
+    assert any(line.startswith("[LanguageClassifier#") and line.endswith("KeyError: 'name'") for line in out.splitlines()), out
+
+
 def test_a_request_id_that_matches_nothing_says_so_and_exits_1(hello):
     code, out = request_logs("--request-id", "no-such-request")
     assert code == 1

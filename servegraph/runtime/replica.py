@@ -435,6 +435,7 @@ class SyncReplica(_ReplicaCore):
             note_actor_death(exc)  # a replica this one called died: stop using it here at once
             raise  # and the proxy sends the request again
         except Exception as exc:  # a user error becomes an HTTP 500, never a dead proxy
+            replica_logging.request_failed(exc)
             return encode_error(exc)
         finally:
             next(self._finished)
@@ -683,6 +684,7 @@ class AsyncReplica(_ReplicaCore):
             note_actor_death(exc)  # a replica this one called died: stop using it here at once
             raise  # and the proxy sends the request again
         except Exception as exc:  # a user error becomes an HTTP 500, never a dead proxy
+            replica_logging.request_failed(exc)
             return encode_error(exc)
         finally:
             next(self._finished)

@@ -254,6 +254,12 @@ def access_message(method: str, route: str, status: str, latency_ms: float) -> s
     return f"{method} {route} {status} {latency_ms:.1f}ms"
 
 
+def request_failed(error: BaseException) -> None:
+    """Ray Serve's ``Request failed.`` line, with the traceback, in the replica's log (stderr has it already)."""
+    if _INSTALLED is not None:
+        _access.error("Request failed.", exc_info=error, extra={"log_to_stderr": False})
+
+
 def access_log(method: str, ok: bool, elapsed_ms: float, error: BaseException | None) -> None:
     """One access line for a request this replica handled (a request observer, see telemetry.py).
 
@@ -270,7 +276,7 @@ def access_log(method: str, ok: bool, elapsed_ms: float, error: BaseException | 
     else:
         status = "ERROR"
         if error is not None:
-            _access.error("Request failed.", exc_info=error, extra={"log_to_stderr": False})
+            request_failed(error)
     extra = {"serve_access_log": True, "log_to_stderr": False}
     _access.info(access_message("CALL", method, status, elapsed_ms), extra=extra)
 
