@@ -259,3 +259,13 @@ def test_a_request_is_found_on_every_node_each_line_once():
     assert any(line.startswith("[LanguageClassifier#") and "spread-1 -- classifier got Dora" in line for line in lines), out["logs"]
     assert any(line.startswith("[LanguageClassifier#") and "spread-1 -- POST /spread 200 " in line for line in lines)
     assert len(lines) == len(set(lines))  # nodes of one machine share a log directory: each line still once
+
+
+def test_a_logs_dir_replicas_cannot_write_fails_the_deploy_with_the_reason(serve_app, tmp_path):
+    import logging_models
+
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a directory")
+    app = logging_models.SpanishResponder.options(logging_config={"logs_dir": str(blocked / "logs")}).bind()
+    with pytest.raises(serve.DeploymentError, match=r"logging_config: cannot write the replica's log: .*a-file/logs"):
+        serve.run(app, name="blocked-logs", route_prefix=None, http=False)
