@@ -211,6 +211,18 @@ def test_reconfiguring_moves_the_file_to_the_new_logs_dir(replica_log, tmp_path)
     assert os.path.dirname(logs.path) == str(moved)
 
 
+def test_the_log_file_rotates_as_rays_logs_do(tmp_path):
+    path = str(tmp_path / "replica.log")
+    handler = replica_logging.LogFile(path, max_bytes=100, backups=2)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    for i in range(12):
+        handler.handle(logging.makeLogRecord({"msg": f"line {i:02d} " + "x" * 20}))
+    handler.close()
+    assert sorted(os.listdir(tmp_path)) == ["replica.log", "replica.log.1", "replica.log.2"]
+    assert all(os.path.getsize(tmp_path / name) < 100 for name in os.listdir(tmp_path))
+    assert lines(path)[-1].startswith("line 11 ")
+
+
 # -- finding a request -----------------------------------------------------------------------------
 def test_a_requests_lines_are_found_in_text_and_json_logs(replica_log, tmp_path):
     path = replica_log()
