@@ -121,14 +121,18 @@ def test_default_logs_go_to_the_sessions_serve_directory_in_text(hello, http_por
     request_id = f"text-{uuid.uuid4().hex[:8]}"
     post(http_port, hello, request_id)
     serve_dir = os.path.join(ray_compat.logs_dir(), "serve")
-    [replica] = replica_ids("hello-logs")["SpanishResponder"]
-    assert log_files(serve_dir, "hello-logs", "SpanishResponder") == [
-        os.path.join(serve_dir, f"replica_hello-logs_SpanishResponder_{replica}.log")
-    ]
-    [line] = [ln for ln in read_lines(serve_dir, "hello-logs", "SpanishResponder") if "spanish greets" in ln and request_id in ln]
+    ids = replica_ids("hello-logs")
+    for deployment in DEPLOYMENTS:
+        [replica] = ids[deployment]
+        assert log_files(serve_dir, "hello-logs", deployment) == [
+            os.path.join(serve_dir, f"replica_hello-logs_{deployment}_{replica}.log")
+        ]
+    [replica] = ids["LanguageClassifier"]
+    [line] = [ln for ln in read_lines(serve_dir, "hello-logs", "LanguageClassifier") if "classifier got" in ln and request_id in ln]
     level, _date, _time, component, replica_field, request_field, dashes, *message = line.split(" ")
-    assert (level, component, replica_field, request_field, dashes) == ("INFO", "hello-logs_SpanishResponder", replica, request_id, "--")
-    assert " ".join(message) == "spanish greets Dora"
+    assert (level, component, replica_field, request_field, dashes) == ("INFO", "hello-logs_LanguageClassifier", replica, request_id, "--")
+    assert " ".join(message) == "classifier got Dora"
+    assert any(ln.endswith(" -- spanish greets Dora") for ln in read_lines(serve_dir, "hello-logs", "SpanishResponder"))
 
 
 def test_json_encoding_log_level_logs_dir_and_access_log_from_code_and_serve_run(serve_app, http_port, tmp_path):
@@ -148,25 +152,28 @@ def test_json_encoding_log_level_logs_dir_and_access_log_from_code_and_serve_run
     post(http_port, "/json-logs", request_id)
 
     # The application's logging_config: JSON lines in its logs_dir, with Ray Serve's fields.
-    records = [json.loads(line) for line in read_lines(app_dir, "json-logs", "FrenchResponder")]
-    [greeting] = [r for r in records if r["message"] == "french greets Dora"]
-    [replica] = replica_ids("json-logs")["FrenchResponder"]
-    assert {k: greeting[k] for k in ("request_id", "application", "deployment", "replica", "levelname")} == {
-        "request_id": request_id, "application": "json-logs", "deployment": "FrenchResponder", "replica": replica,
-        "levelname": "WARNING",
-    }
-    assert {"asctime", "route", "timestamp_ns", "filename", "lineno"} <= set(greeting)
-    assert any(r["message"].startswith("CALL say_hello OK ") and r["request_id"] == request_id for r in records)
+    ids = replica_ids("json-logs")
     ingress = [json.loads(line) for line in read_lines(app_dir, "json-logs", "LanguageClassifier")]
+    [got] = [r for r in ingress if r["message"] == "classifier got Dora"]
+    assert {k: got[k] for k in ("request_id", "route", "application", "deployment", "replica", "levelname")} == {
+        "request_id": request_id, "route": "/json-logs", "application": "json-logs", "deployment": "LanguageClassifier",
+        "replica": next(iter(ids["LanguageClassifier"])), "levelname": "INFO",
+    }
+    assert {"asctime", "timestamp_ns", "filename", "lineno", "process"} <= set(got)
     [access] = [r for r in ingress if r["message"].startswith("POST ") and r["request_id"] == request_id]
     assert access["message"].startswith("POST /json-logs 200 ") and access["route"] == "/json-logs"
+    records = [json.loads(line) for line in read_lines(app_dir, "json-logs", "FrenchResponder")]
+    [greeting] = [r for r in records if r["message"] == "french greets Dora"]
+    assert (greeting["deployment"], greeting["replica"], greeting["levelname"]) == (
+        "FrenchResponder", next(iter(ids["FrenchResponder"])), "WARNING"
+    )
 
     # The deployment's own wins whole: TEXT, WARNING (its INFO line and access line are not written), its logs_dir.
     assert not log_files(app_dir, "json-logs", "SpanishResponder")
     assert read_lines(quiet, "json-logs", "SpanishResponder") == []
 
     code, out = request_logs("--request-id", request_id)  # logs_dir directories are searched too
-    assert code == 0 and "french greets Dora" in out and "classifier got Dora" in out, out
+    assert code == 0 and "classifier got Dora" in out, out
 
 
 def test_a_config_files_logging_config_is_applied_and_a_change_restarts_nothing(serve_app, http_port, tmp_path, monkeypatch):
@@ -187,10 +194,12 @@ def test_a_config_files_logging_config_is_applied_and_a_change_restarts_nothing(
     result = CliRunner().invoke(main, ["deploy", str(path)])
     assert result.exit_code == 0, result.output
     first = post(http_port, "/config-logs").headers["x-request-id"]
+    ingress = [json.loads(line) for line in read_lines(logs_dir, "config-logs", "LanguageClassifier")]
+    assert any(r["message"] == "classifier got Dora" and r["request_id"] == first for r in ingress)
     spanish = [json.loads(line) for line in read_lines(logs_dir, "config-logs", "SpanishResponder")]
-    assert any(r["message"] == "spanish greets Dora" and r["request_id"] == first for r in spanish)
+    assert any(r["message"] == "spanish greets Dora" for r in spanish)
     french = read_lines(logs_dir, "config-logs", "FrenchResponder")  # its own: TEXT, no access lines
-    assert any(line.endswith(f"{first} -- french greets Dora") for line in french)
+    assert any(line.endswith(" -- french greets Dora") for line in french)
     assert not any(" -- CALL " in line for line in french)
 
     # The application's own logging_config wins over the top level; a change reconfigures, nothing restarts.
@@ -202,7 +211,8 @@ def test_a_config_files_logging_config_is_applied_and_a_change_restarts_nothing(
     assert "SpanishResponder: reconfigured: the running replicas took the new logging_config; none restarted" in result.output
     assert replica_ids("config-logs") == before
     second = post(http_port, "/config-logs").headers["x-request-id"]
-    assert any(line.endswith(f"{second} -- spanish greets Dora") for line in read_lines(logs_dir, "config-logs", "SpanishResponder"))
+    assert read_lines(logs_dir, "config-logs", "LanguageClassifier")[-2].endswith(f"{second} -- classifier got Dora")
+    assert read_lines(logs_dir, "config-logs", "SpanishResponder")[-1].endswith(" -- spanish greets Dora")  # TEXT now
 
 
 MULTINODE_SCRIPT = textwrap.dedent(

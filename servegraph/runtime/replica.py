@@ -36,7 +36,7 @@ from . import ray_compat, replica_logging
 from .codec import unflatten
 from .context import model_id_of, reset_multiplexed_model_id, set_multiplexed_model_id, set_replica_context
 from .handle import DeploymentInfo, async_handle, new_api_handle, note_actor_death
-from .http_codec import HTTPResult, encode_error, encode_result, make_request, request_id_of, set_request_id
+from .http_codec import HTTPResult, encode_error, encode_result, make_request, set_request_of
 from .router import CHILD_CALLS
 from .user_frames import describe_user_error
 
@@ -128,7 +128,7 @@ def takes_nothing(fn: Callable[..., Any]) -> bool:
 
 def call_http(fn: Callable[..., Any], scope: dict, body: bytes) -> Any:
     """Call an HTTP entry point as Ray Serve does: with the Request, or with nothing if it takes no parameters."""
-    set_request_id(request_id_of(scope))  # errors while handling it are logged under the request's id
+    set_request_of(scope)  # errors and logs while handling it name the request's id and route
     set_multiplexed_model_id(model_id_of(scope))  # every request sets it (to "" if it names no model)
     return fn() if takes_nothing(fn) else fn(make_request(scope, body))
 
