@@ -194,6 +194,28 @@ def test_access_lines_follow_ray_serves_format_and_can_be_turned_off(replica_log
     assert lines(path)[len(text):] == [lines(path)[-1]] and lines(path)[-1].endswith("-- still logging")
 
 
+def test_an_http_request_gets_its_http_line_not_a_call_line(replica_log):
+    path = replica_log()
+    observers = replica_logging.telemetry.observers()
+    assert replica_logging.access_log in observers  # configure registers it, once
+
+    class Replica:
+        @replica_logging.logs_http_access
+        def handle_http(self, scope, body):
+            token = in_request("req-4", "/")
+            try:  # as the replica does: the request's observers are told while its context is set
+                for observer in observers:
+                    observer("__call__", False, 1.0, KeyError("name"))
+            finally:
+                reset_request(token)
+            return (500, [], b"Internal Server Error")
+
+    Replica().handle_http({"method": "POST", "root_path": "", "headers": [(b"x-request-id", b"req-4")]}, b"{}")
+    text = lines(path)
+    assert text[0].endswith("req-4 -- Request failed.") and "KeyError: 'name'" in text
+    assert text[-1].endswith("req-4 -- POST / 500 " + text[-1].rsplit(" ", 1)[1]) and "CALL" not in "\n".join(text)
+
+
 def test_access_lines_stay_out_of_stderr_and_user_lines_go_there_too(replica_log, capsys):
     replica_log()
     serve_logger.info("user line")

@@ -39,12 +39,6 @@ def set_request_id(request_id: str | None, route: str = "", app: str = "") -> co
     return set_request(RequestContext(request_id, route, app) if request_id else None)
 
 
-def set_request_of(scope: dict) -> contextvars.Token:
-    """The HTTP request ``scope`` is, as the one being handled: its ``X-Request-ID`` and the route prefix it came
-    in on (the proxy sends it as ``root_path``), which errors and logs name."""
-    return set_request_id(request_id_of(scope), route=scope.get("root_path") or "/")
-
-
 def request_id_of(scope: dict) -> str | None:
     for key, value in scope.get("headers", ()):
         if key.lower() == REQUEST_ID_HEADER.encode():
@@ -65,7 +59,9 @@ def make_request(scope: dict, body: bytes) -> Any:
     """A real ``starlette.requests.Request`` that can be sent on to a replica (pickled as scope and body)."""
     from starlette.requests import Request
 
-    set_request_of(scope)  # errors while handling it are logged under its id
+    request_id = request_id_of(scope)
+    if request_id != current_request_id():  # a request rebuilt outside its replica's handling (a DAGDriver's adapter)
+        set_request_id(request_id)  # errors while handling it are logged under its id
 
     class PortableRequest(Request):
         def __reduce__(self) -> tuple:

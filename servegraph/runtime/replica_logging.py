@@ -5,7 +5,9 @@ directory (or the deployment's ``logging_config.logs_dir``), in Ray Serve's TEXT
 line. What goes there: the ``ray.serve`` logger (the user's, as in Ray Serve: ``logging.getLogger("ray.serve")``)
 and servegraph's own ``servegraph`` loggers, each record tagged with the request it was written under
 (:func:`~servegraph.runtime.context.current_request`), the application, deployment and replica; and, with
-``enable_access_log``, one access line per request (:func:`access_log`). Those loggers also write to the
+``enable_access_log``, one access line per request (:func:`access_log`, which every replica call reports to
+as a request observer of telemetry.py; an HTTP request's own line is :func:`logs_http_access`'s, with the HTTP
+method and status). Those loggers also write to the
 replica's stderr (what ``servegraph logs APP`` shows), access lines apart, as Ray Serve's do by default.
 ``print`` output stays in the worker's own files, as in Ray Serve.
 
@@ -21,6 +23,7 @@ changes (the controller pushes it; the replica is not restarted).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import inspect
 import json
@@ -33,6 +36,7 @@ import time
 from typing import Any
 
 from ..dsl.options import LOGRECORD_STANDARD_ATTRS, LoggingConfig
+from . import telemetry
 from .context import current_request
 
 #: The logger Ray Serve gives users and writes its own replica lines to.
@@ -248,12 +252,14 @@ def configure(app: str, deployment: str, replica_id: str, config: LoggingConfig 
         for handler in handlers:
             logger.addHandler(handler)
     _INSTALLED = ReplicaLogs(config, path, handlers)
+    telemetry.add_request_observer(access_log)  # once: the same function each time
     return _INSTALLED
 
 
 def unconfigure() -> None:
     """Undo :func:`configure`: the loggers go back to Python's defaults (for tests and tools run in one process)."""
     global _INSTALLED
+    telemetry.remove_request_observer(access_log)
     if _INSTALLED is not None:
         _INSTALLED.close()
         _INSTALLED = None
@@ -298,8 +304,8 @@ def access_log(method: str, ok: bool, elapsed_ms: float, error: BaseException | 
     cancelled = isinstance(error, asyncio.CancelledError)
     if error is not None and not cancelled:
         request_failed(error)  # whether access lines are on or not
-    if not _INSTALLED.config.enable_access_log or not _access.isEnabledFor(logging.INFO):
-        return
+    if not _INSTALLED.config.enable_access_log or not _access.isEnabledFor(logging.INFO) or _IN_HTTP.get():
+        return  # (an HTTP request's own line, with its method and status, is logs_http_access's)
     status = "CANCELLED" if cancelled else "OK" if ok and error is None else "ERROR"
     _access.info(access_message("CALL", method, status, elapsed_ms), extra=_ACCESS)
 
@@ -325,6 +331,10 @@ def http_access_log(scope: dict, status: Any, elapsed_ms: float) -> None:
     _access.info(access_message(method, route, str(status), elapsed_ms), extra=extra)
 
 
+#: True while a replica's handle_http runs in this context: its access line is the HTTP one, not a CALL.
+_IN_HTTP: contextvars.ContextVar[bool] = contextvars.ContextVar("servegraph_in_http", default=False)
+
+
 def _http_status(result: Any) -> Any:
     # handle_http returns (status, headers, body), or (STREAM, replica, stream id, status, headers).
     if isinstance(result, tuple) and result:
@@ -338,24 +348,26 @@ def logs_http_access(method: Any) -> Any:
 
         @functools.wraps(method)
         async def handle_http_async(self: Any, scope: dict, body: bytes) -> Any:
-            started, status = time.perf_counter(), "ERROR"
+            started, status, token = time.perf_counter(), "ERROR", _IN_HTTP.set(True)
             try:
                 result = await method(self, scope, body)
                 status = _http_status(result)
                 return result
             finally:
+                _IN_HTTP.reset(token)
                 http_access_log(scope, status, (time.perf_counter() - started) * 1000.0)
 
         return handle_http_async
 
     @functools.wraps(method)
     def handle_http(self: Any, scope: dict, body: bytes) -> Any:
-        started, status = time.perf_counter(), "ERROR"
+        started, status, token = time.perf_counter(), "ERROR", _IN_HTTP.set(True)
         try:
             result = method(self, scope, body)
             status = _http_status(result)
             return result
         finally:
+            _IN_HTTP.reset(token)
             http_access_log(scope, status, (time.perf_counter() - started) * 1000.0)
 
     return handle_http
