@@ -164,16 +164,17 @@ def test_json_encoding_log_level_logs_dir_and_access_log_from_code_and_serve_run
     assert access["message"].startswith("POST /json-logs 200 ") and access["route"] == "/json-logs"
     records = [json.loads(line) for line in read_lines(app_dir, "json-logs", "FrenchResponder")]
     [greeting] = [r for r in records if r["message"] == "french greets Dora"]
-    assert (greeting["deployment"], greeting["replica"], greeting["levelname"]) == (
-        "FrenchResponder", next(iter(ids["FrenchResponder"])), "WARNING"
+    assert (greeting["request_id"], greeting["route"], greeting["deployment"], greeting["replica"], greeting["levelname"]) == (
+        request_id, "/json-logs", "FrenchResponder", next(iter(ids["FrenchResponder"])), "WARNING"
     )
+    assert any(r["message"].startswith("CALL say_hello OK ") and r["request_id"] == request_id for r in records)
 
     # The deployment's own wins whole: TEXT, WARNING (its INFO line and access line are not written), its logs_dir.
     assert not log_files(app_dir, "json-logs", "SpanishResponder")
     assert read_lines(quiet, "json-logs", "SpanishResponder") == []
 
     code, out = request_logs("--request-id", request_id)  # logs_dir directories are searched too
-    assert code == 0 and "classifier got Dora" in out, out
+    assert code == 0 and "classifier got Dora" in out and "french greets Dora" in out, out
 
 
 def test_a_config_files_logging_config_is_applied_and_a_change_restarts_nothing(serve_app, http_port, tmp_path, monkeypatch):
@@ -197,9 +198,10 @@ def test_a_config_files_logging_config_is_applied_and_a_change_restarts_nothing(
     ingress = [json.loads(line) for line in read_lines(logs_dir, "config-logs", "LanguageClassifier")]
     assert any(r["message"] == "classifier got Dora" and r["request_id"] == first for r in ingress)
     spanish = [json.loads(line) for line in read_lines(logs_dir, "config-logs", "SpanishResponder")]
-    assert any(r["message"] == "spanish greets Dora" for r in spanish)
+    assert any(r["message"] == "spanish greets Dora" and r["request_id"] == first for r in spanish)
+    assert any(r["message"].startswith("CALL say_hello OK ") and r["request_id"] == first for r in spanish)
     french = read_lines(logs_dir, "config-logs", "FrenchResponder")  # its own: TEXT, no access lines
-    assert any(line.endswith(" -- french greets Dora") for line in french)
+    assert any(line.endswith(f"{first} -- french greets Dora") for line in french)
     assert not any(" -- CALL " in line for line in french)
 
     # The application's own logging_config wins over the top level; a change reconfigures, nothing restarts.
@@ -212,7 +214,7 @@ def test_a_config_files_logging_config_is_applied_and_a_change_restarts_nothing(
     assert replica_ids("config-logs") == before
     second = post(http_port, "/config-logs").headers["x-request-id"]
     assert read_lines(logs_dir, "config-logs", "LanguageClassifier")[-2].endswith(f"{second} -- classifier got Dora")
-    assert read_lines(logs_dir, "config-logs", "SpanishResponder")[-1].endswith(" -- spanish greets Dora")  # TEXT now
+    assert any(line.endswith(f"{second} -- spanish greets Dora") for line in read_lines(logs_dir, "config-logs", "SpanishResponder"))
 
 
 MULTINODE_SCRIPT = textwrap.dedent(
@@ -235,7 +237,7 @@ MULTINODE_SCRIPT = textwrap.dedent(
 
         on_worker = {"num_cpus": 0.1, "resources": {"worker": 0.01}}
         graph = m.LanguageClassifier.options(ray_actor_options=on_worker).bind(
-            m.SpanishResponder.bind(), m.FrenchResponder.bind()
+            m.SpanishResponder.options(ray_actor_options=on_worker).bind(), m.FrenchResponder.bind()
         )
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
@@ -263,11 +265,14 @@ def test_a_request_is_found_on_every_node_each_line_once():
     result = subprocess.run([sys.executable, "-c", MULTINODE_SCRIPT], capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr[-4000:]
     out = json.loads(result.stdout.strip().splitlines()[-1])
-    assert out["nodes"]["LanguageClassifier"] == [out["worker"]] and out["status"] == 200
+    assert out["nodes"]["LanguageClassifier"] == out["nodes"]["SpanishResponder"] == [out["worker"]]
+    assert out["status"] == 200
     assert out["code"] == 0, out["logs"]
     lines = out["logs"].splitlines()
     assert any(line.startswith("[LanguageClassifier#") and "spread-1 -- classifier got Dora" in line for line in lines), out["logs"]
     assert any(line.startswith("[LanguageClassifier#") and "spread-1 -- POST /spread 200 " in line for line in lines)
+    assert any(line.startswith("[SpanishResponder#") and "spread-1 -- spanish greets Dora" in line for line in lines)
+    assert any(line.startswith("[FrenchResponder#") and "spread-1 -- french greets Dora" in line for line in lines)
     assert len(lines) == len(set(lines))  # nodes of one machine share a log directory: each line still once
 
 
