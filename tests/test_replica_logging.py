@@ -27,7 +27,9 @@ def replica_log(tmp_path):
         logs = replica_logging.configure("default", "Model", "ab12cd34", LoggingConfig(logs_dir=str(tmp_path), **config))
         return logs.path
 
+    outside = set_request(None)  # whatever request an earlier test left set, these start outside one
     yield configure
+    reset_request(outside)
     replica_logging.unconfigure()
 
 
