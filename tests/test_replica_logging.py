@@ -235,6 +235,37 @@ def test_reconfiguring_moves_the_file_to_the_new_logs_dir(replica_log, tmp_path)
     assert os.path.dirname(logs.path) == str(moved)
 
 
+def test_a_proxys_log_is_ray_serves_proxy_log(tmp_path):
+    try:
+        logs = replica_logging.configure_proxy("10.0.0.7", LoggingConfig(logs_dir=str(tmp_path)))
+        token = in_request("req-5")
+        try:
+            replica_logging.proxy_access_log({"method": "GET", "path": "/hello/x"}, "/hello", 200, 4.56)
+            logging.getLogger("servegraph.proxy").warning("a replica died; retrying")
+        finally:
+            reset_request(token)
+        replica_logging.proxy_access_log({"method": "GET", "path": "/-/healthz"}, "", 200, 0.1)  # no one's request
+        assert logs.path == os.path.join(str(tmp_path), "proxy_10.0.0.7.log")
+        first, second = lines(logs.path)
+        assert first.startswith("INFO ") and first.endswith(" proxy 10.0.0.7 req-5 -- GET /hello 200 4.6ms")
+        assert second.endswith(" proxy 10.0.0.7 req-5 -- a replica died; retrying")
+
+        logs = replica_logging.configure_proxy("10.0.0.7", LoggingConfig(logs_dir=str(tmp_path), encoding="JSON"))
+        token = in_request("req-6")
+        try:
+            replica_logging.proxy_access_log({"method": "POST", "path": "/"}, "/", 500, 1.0)
+        finally:
+            reset_request(token)
+        record = json.loads(lines(logs.path)[-1])
+        assert {k: record[k] for k in ("request_id", "route", "component_name", "component_id", "message")} == {
+            "request_id": "req-6", "route": "/", "component_name": "proxy", "component_id": "10.0.0.7", "message": "POST / 500 1.0ms",
+        }
+        found = scan_dirs([str(tmp_path)], "req-6")
+        assert [(line.deployment, line.replica) for line in found] == [("proxy", "10.0.0.7")]
+    finally:
+        replica_logging.unconfigure()
+
+
 def test_the_log_file_rotates_as_rays_logs_do(tmp_path):
     path = str(tmp_path / "replica.log")
     handler = replica_logging.LogFile(path, max_bytes=100, backups=2)

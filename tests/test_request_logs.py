@@ -84,6 +84,8 @@ def test_a_request_is_found_by_its_client_id_in_all_three_deployments(hello, htt
     # The access lines, as Ray Serve writes them: the HTTP one at the ingress, a CALL at each handle call.
     assert any(f" {request_id} -- POST /hello-logs 200 " in line for line in lines), out
     assert any(f" {request_id} -- CALL say_hello OK " in line for line in lines), out
+    # The proxy's access line too, as Ray Serve's proxy_<node ip>.log has it.
+    assert any(line.startswith("[proxy#") and f" {request_id} -- POST /hello-logs 200 " in line for line in lines), out
     # In time order: the classifier's line before the responders', their access lines before the ingress's.
     text = "\n".join(lines)
     assert text.index("classifier got Dora") < text.index("spanish greets Dora") < text.index("french greets Dora")
@@ -274,6 +276,22 @@ def test_a_request_is_found_on_every_node_each_line_once():
     assert any(line.startswith("[SpanishResponder#") and "spread-1 -- spanish greets Dora" in line for line in lines)
     assert any(line.startswith("[FrenchResponder#") and "spread-1 -- french greets Dora" in line for line in lines)
     assert len(lines) == len(set(lines))  # nodes of one machine share a log directory: each line still once
+
+
+def test_serve_start_logging_config_sets_the_proxies_logs(hello, http_port, tmp_path):
+    proxy_dir = str(tmp_path / "proxy")
+    serve.start(logging_config={"encoding": "JSON", "logs_dir": proxy_dir})
+    try:
+        request_id = f"proxy-{uuid.uuid4().hex[:8]}"
+        post(http_port, hello, request_id)
+        [path] = glob.glob(os.path.join(proxy_dir, "proxy_*.log"))
+        records = [json.loads(line) for line in open(path, encoding="utf-8").read().splitlines()]
+        [access] = [r for r in records if r.get("request_id") == request_id]
+        assert access["message"].startswith("POST /hello-logs 200 ") and access["component_name"] == "proxy"
+        code, out = request_logs("--request-id", request_id)  # the proxies' logs_dir is read too
+        assert code == 0 and any(line.startswith("[proxy#") and '"POST /hello-logs 200' in line for line in out.splitlines()), out
+    finally:
+        serve.start(logging_config={})  # back to the defaults for the session's other tests
 
 
 def test_a_logs_dir_replicas_cannot_write_fails_the_deploy_with_the_reason(serve_app, tmp_path):

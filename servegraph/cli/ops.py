@@ -103,7 +103,8 @@ def deploy_cmd(config_path: str, no_resource_check: bool, address: str | None, c
     """
     from ..compiler import compile
     from ..compiler.config.overrides import with_app_runtime_env
-    from ..runtime.api import _controller, _free_resources, deploy_compiled
+    from ..errors import DeploymentError
+    from ..runtime.api import _ask, _controller, _free_resources, deploy_compiled
     from ..runtime.ray_compat import upload_local_code
 
     with user_errors():
@@ -120,6 +121,10 @@ def deploy_cmd(config_path: str, no_resource_check: bool, address: str | None, c
             logging_config = app.logging_config or config.logging_config
             compiled = compile(node, overrides=overrides, cluster_resources=resources, weights=weights, logging_config=logging_config)
             compiled_apps.append((app, compiled))
+        if config.logging_config is not None:  # as in Ray Serve, the proxies' logs too (see serve.start)
+            refusal = _ask(_controller().set_logging_config.remote(config.logging_config), "set_logging_config")
+            if refusal is not None:
+                raise DeploymentError(refusal.message)
         for app, compiled in compiled_apps:
             before = _running_options(app.name)
             specs = {spec.name: spec.options for spec in compiled.ir.deployments}

@@ -301,27 +301,23 @@ def start(
     ``grpc_servicer_functions`` (import paths of generated ``add_XServicer_to_server`` functions; gRPC is
     served when there is one), ``request_timeout_s``, ``enable_reflection`` (a dict or Ray's ``gRPCOptions``);
     later ``serve.run`` calls keep them. ``proxy_location``: ``EveryNode`` (default: a proxy on every node
-    that runs replicas), ``HeadOnly``, or ``Disabled`` (no proxy). ``detached`` is accepted for old callers:
+    that runs replicas), ``HeadOnly``, or ``Disabled`` (no proxy). ``logging_config``: as in Ray Serve, the
+    proxies' own logs (``proxy_<node ip>.log``, an access line per HTTP request); replicas take theirs from
+    ``serve.run(logging_config=...)`` and their deployments. ``detached`` is accepted for old callers:
     servegraph's controller always outlives the driver, as Ray Serve's does.
 
     Raises:
         DeploymentError: the proxy cannot listen on host:port (or on the gRPC port, or import a servicer function).
-        TypeError: an option servegraph cannot honour (logging_config, unknown keywords).
+        TypeError: an option servegraph cannot honour (unknown keywords).
+        OptionValueError: a logging_config Ray Serve would refuse.
         ValueError: an option's value is out of range.
     """
-    if logging_config is not None:
-        # Ray Serve's serve.start(logging_config=) sets the logs of its controller and proxies only, never a
-        # replica's; servegraph's controller and proxies keep no log files of their own to configure.
-        raise TypeError(
-            "serve.start() got logging_config, which in Ray Serve configures the controller's and proxies' own logs; "
-            "servegraph's write none. Replicas' logs are set per application or deployment: "
-            "serve.run(app, logging_config=...) or @serve.deployment(logging_config=...)"
-        )
+    proxy_logging = None if logging_config is None else as_logging_config(logging_config)
     refused = sorted(k for k, v in kwargs.items() if v is not None)
     if refused:
         raise TypeError(
             f"serve.start() got {', '.join(refused)}, which servegraph does not support yet; it takes "
-            "http_options, grpc_options and proxy_location"
+            "http_options, grpc_options, proxy_location and logging_config"
         )
     grpc = grpc_options_dict(grpc_options)
     options = _http_options_dict(http_options)
@@ -334,6 +330,10 @@ def start(
         )
     location = proxy_location_name(proxy_location)
     controller = _controller()
+    if proxy_logging is not None:  # as Ray Serve's: the proxies' own logs (replicas take theirs from serve.run)
+        refusal = _ask(controller.set_logging_config.remote(proxy_logging), "set_logging_config")
+        if refusal is not None:
+            raise DeploymentError(refusal.message)
     if location == "Disabled":
         return
     refusal = ray.get(

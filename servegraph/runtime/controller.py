@@ -268,7 +268,8 @@ class Refusal:
     """Why the controller could not do what a driver asked, as data; the driver raises it as a DeploymentError."""
 
     #: code-import (the graph's code does not import here), route-taken, proxy (the HTTP proxy cannot
-    #: serve there), deleted (while it deployed), replica-failed, timeout (replicas did not start in time).
+    #: serve there), deleted (while it deployed), replica-failed, timeout (replicas did not start in time),
+    #: logging (a proxy cannot write its log where logging_config says).
     code: str
     message: str
 
@@ -1155,6 +1156,13 @@ class Controller:
                 return None
             return Refusal("proxy", error)
 
+    async def set_logging_config(self, logging_config: Any) -> Refusal | None:
+        """``serve.start(logging_config=)`` (and a config's top-level one): the proxies' logs, as in Ray Serve."""
+        await self._recovered.wait()
+        error = await self._proxies.set_logging_config(logging_config)
+        self._dirty = True
+        return Refusal("logging", error) if error else None
+
     async def get_app(self, name: str) -> AppRecord | None:
         await self._recovered.wait()
         state = self._apps.get(name)
@@ -1163,15 +1171,12 @@ class Controller:
         return AppRecord(state.app, {d: DeploymentInfo(name, d) for d in state.deployments}, state.route_prefix)
 
     async def logs_dirs(self) -> list[str]:
-        """Every ``logging_config.logs_dir`` a running deployment writes to (``servegraph logs --request-id`` reads them)."""
+        """Every ``logging_config.logs_dir`` a running deployment or the proxies write to (``servegraph logs
+        --request-id`` reads them)."""
         await self._recovered.wait()
-        dirs = {
-            dep.spec.options.logging_config.logs_dir
-            for state in self._apps.values()
-            for dep in state.deployments.values()
-            if dep.spec.options.logging_config is not None and dep.spec.options.logging_config.logs_dir
-        }
-        return sorted(dirs)
+        configs = [dep.spec.options.logging_config for state in self._apps.values() for dep in state.deployments.values()]
+        configs.append(self._proxies.logging_config)
+        return sorted({config.logs_dir for config in configs if config is not None and config.logs_dir})
 
     async def delete_app(self, name: str) -> bool:
         """Stop every replica of an application (draining them) and wait until they are gone."""
@@ -1338,6 +1343,7 @@ class Controller:
             "http": self._proxies.http,
             "http_options": self._proxies.options,
             "grpc_options": self._proxies.grpc,
+            "logging_config": self._proxies.logging_config,
             "proxy_location": self._proxies.location,
             "code_paths": self._code_paths,
         }
@@ -1398,6 +1404,7 @@ class Controller:
         self._proxies.recover(
             data.get("http"), data.get("http_options") or {}, data.get("proxy_location", EVERY_NODE), data.get("grpc_options")
         )
+        self._proxies.logging_config = data.get("logging_config")
         await self._push_routes()
         print(f"servegraph: controller recovered {len(self._apps)} application(s) from its checkpoint", file=sys.stderr)
 

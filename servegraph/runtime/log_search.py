@@ -1,4 +1,4 @@
-"""Every line one request left in the replicas' logs, on every node: ``servegraph logs --request-id``.
+"""Every line one request left in the replicas' (and proxies') logs, on every node: ``servegraph logs --request-id``.
 
 Replica logs (see :mod:`.replica_logging`) are files on the node each replica runs on, so the search
 runs there: one Ray task pinned to each alive node reads that node's serve log directories and returns
@@ -67,7 +67,9 @@ def request_lines(lines: Iterable[str], request_id: str, file: str = "") -> Iter
                 stamp = record.get("timestamp_ns")
                 if not isinstance(stamp, int):
                     stamp = _asctime_ns(str(record.get("asctime", "1970-01-02 00:00:00,000")))
-                yield LogLine(stamp, file, index, str(record.get("replica", "")), str(record.get("deployment", "")), line)
+                who = record.get("replica") or record.get("component_id") or ""  # a replica's, or a proxy's
+                what = record.get("deployment") or record.get("component_name") or ""
+                yield LogLine(stamp, file, index, str(who), str(what), line)
             continue
         match = _TEXT_RECORD.match(line)
         if match is None:  # a traceback or a message's further lines: they belong to the record above
@@ -81,11 +83,13 @@ def request_lines(lines: Iterable[str], request_id: str, file: str = "") -> Iter
 
 
 def scan_dirs(dirs: Iterable[str], request_id: str) -> list[LogLine]:
-    """The request's lines in every replica log (``replica_*.log`` and its rotated ``.log.N``) in ``dirs``."""
+    """The request's lines in every replica and proxy log (``replica_*.log``, ``proxy_*.log`` and their rotated
+    ``.log.N``) in ``dirs``."""
     found: list[LogLine] = []
     seen: set[str] = set()
     for directory in dirs:
-        for path in sorted(glob.glob(os.path.join(directory, "replica_*.log*"))):
+        paths = glob.glob(os.path.join(directory, "replica_*.log*")) + glob.glob(os.path.join(directory, "proxy_*.log*"))
+        for path in sorted(paths):
             real = os.path.realpath(path)
             if real in seen:
                 continue

@@ -9,7 +9,9 @@ and servegraph's own ``servegraph`` loggers, each record tagged with the request
 as a request observer of telemetry.py; an HTTP request's own line is :func:`logs_http_access`'s, with the HTTP
 method and status). Those loggers also write to the
 replica's stderr (what ``servegraph logs APP`` shows), access lines apart, as Ray Serve's do by default.
-``print`` output stays in the worker's own files, as in Ray Serve.
+``print`` output stays in the worker's own files, as in Ray Serve. HTTP proxies write Ray Serve's
+``proxy_<node ip>.log`` the same way (:func:`configure_proxy`), with an access line per HTTP request; their
+logging_config is ``serve.start``'s.
 
 Matches Ray Serve 2.60 (``ray/serve/_private/logging_utils.py``): file name, TEXT layout
 ``LEVEL asctime <app>_<deployment> <replica> <request id> -- message``, JSON field names. One difference:
@@ -96,6 +98,22 @@ class ReplicaContextFilter(logging.Filter):
         return True
 
 
+class ProxyContextFilter(logging.Filter):
+    """Tags each record of a proxy (Ray Serve's ``proxy_<node ip>.log``) with the proxy and the request."""
+
+    def __init__(self, component_id: str):
+        super().__init__()
+        self.component_id = component_id
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        request = current_request()
+        if request is not None and "request_id" not in record.__dict__:
+            record.request_id = request.request_id
+        record.component_name = "proxy"
+        record.component_id = self.component_id
+        return True
+
+
 def _not_access(record: logging.LogRecord) -> bool:
     return not getattr(record, "serve_access_log", False)
 
@@ -111,8 +129,8 @@ class TextFormatter(logging.Formatter):
     come before the ``--``; a traceback follows on its own lines, as ``logging`` writes it.
     """
 
-    def __init__(self, app: str, deployment: str, replica_id: str, extra_attrs: tuple[str, ...] = ()):
-        component = f"{app}_{deployment} {replica_id}".replace("%", "%%")  # names are text, not format fields
+    def __init__(self, component: str, component_id: str, extra_attrs: tuple[str, ...] = ()):
+        component = f"{component} {component_id}".replace("%", "%%")  # names are text, not format fields
         head = f"%(levelname)s %(asctime)s {component} "
         tail = "".join(f"%({attr})s " for attr in extra_attrs) + "-- %(message)s"
         self._plain = logging.Formatter(head + tail)
@@ -221,14 +239,25 @@ _INSTALLED: ReplicaLogs | None = None
 def configure(app: str, deployment: str, replica_id: str, config: LoggingConfig | None = None) -> ReplicaLogs:
     """Send this process's ``ray.serve`` and ``servegraph`` loggers to the replica's log file (and stderr),
     as ``config`` says (None: Ray Serve's defaults); replaces what an earlier call installed."""
+    context = ReplicaContextFilter(app, deployment, replica_id)
+    logs = _install(f"{app}_{deployment}", replica_id, log_file_name(app, deployment, replica_id), config, context)
+    telemetry.add_request_observer(access_log)  # once: the same function each time
+    return logs
+
+
+def configure_proxy(component_id: str, config: LoggingConfig | None = None) -> ReplicaLogs:
+    """The same for an HTTP proxy: Ray Serve's ``proxy_<node ip>.log``, with an access line per HTTP request."""
+    return _install("proxy", component_id, f"proxy_{_UNSAFE.sub('_', component_id)}.log", config, ProxyContextFilter(component_id))
+
+
+def _install(component: str, component_id: str, file_name: str, config: LoggingConfig | None, context: logging.Filter) -> ReplicaLogs:
     global _INSTALLED
     config = config if config is not None else LoggingConfig()
     logs_dir = config.logs_dir or default_logs_dir()
     os.makedirs(logs_dir, exist_ok=True)
-    path = os.path.join(logs_dir, log_file_name(app, deployment, replica_id))
-    context = ReplicaContextFilter(app, deployment, replica_id)
+    path = os.path.join(logs_dir, file_name)
     extra = tuple(config.additional_log_standard_attrs)
-    text = TextFormatter(app, deployment, replica_id, extra)
+    text = TextFormatter(component, component_id, extra)
 
     to_file = LogFile(path, ROTATION_BYTES, ROTATION_BACKUPS)
     to_file.addFilter(context)
@@ -252,7 +281,6 @@ def configure(app: str, deployment: str, replica_id: str, config: LoggingConfig 
         for handler in handlers:
             logger.addHandler(handler)
     _INSTALLED = ReplicaLogs(config, path, handlers)
-    telemetry.add_request_observer(access_log)  # once: the same function each time
     return _INSTALLED
 
 
@@ -333,6 +361,16 @@ def http_access_log(scope: dict, status: Any, elapsed_ms: float) -> None:
 
 #: True while a replica's handle_http runs in this context: its access line is the HTTP one, not a CALL.
 _IN_HTTP: contextvars.ContextVar[bool] = contextvars.ContextVar("servegraph_in_http", default=False)
+
+
+def proxy_access_log(scope: dict, route: str, status: Any, elapsed_ms: float) -> None:
+    """A proxy's access line for one HTTP request, as Ray Serve's proxy writes it: ``GET /route 200 5.1ms``."""
+    if _INSTALLED is None or not _INSTALLED.config.enable_access_log or not _access.isEnabledFor(logging.INFO):
+        return
+    if not route and str(scope.get("path", "")).startswith("/-/"):  # health and route probes: no one's request
+        return
+    method = str(scope.get("method") or "GET").upper()
+    _access.info(access_message(method, route or scope.get("path", "/"), str(status), elapsed_ms), extra={**_ACCESS, "route": route})
 
 
 def _http_status(result: Any) -> Any:
