@@ -179,7 +179,16 @@ def test_json_encoding_log_level_logs_dir_and_access_log_from_code_and_serve_run
     assert code == 0 and "classifier got Dora" in out and "french greets Dora" in out, out
 
 
-def test_a_config_files_logging_config_is_applied_and_a_change_restarts_nothing(serve_app, http_port, tmp_path, monkeypatch):
+@pytest.fixture
+def default_proxy_logs():
+    """Puts the session's proxies back on the default logging_config after a test that changed it."""
+    yield
+    serve.start(logging_config={})
+
+
+def test_a_config_files_logging_config_is_applied_and_a_change_restarts_nothing(
+    serve_app, http_port, tmp_path, monkeypatch, default_proxy_logs
+):
     monkeypatch.chdir(tmp_path)
     path = tmp_path / "config.yaml"
     built = CliRunner().invoke(
@@ -278,20 +287,18 @@ def test_a_request_is_found_on_every_node_each_line_once():
     assert len(lines) == len(set(lines))  # nodes of one machine share a log directory: each line still once
 
 
-def test_serve_start_logging_config_sets_the_proxies_logs(hello, http_port, tmp_path):
+def test_serve_start_logging_config_sets_the_proxies_logs(hello, http_port, tmp_path, default_proxy_logs):
     proxy_dir = str(tmp_path / "proxy")
     serve.start(logging_config={"encoding": "JSON", "logs_dir": proxy_dir})
-    try:
-        request_id = f"proxy-{uuid.uuid4().hex[:8]}"
-        post(http_port, hello, request_id)
-        [path] = glob.glob(os.path.join(proxy_dir, "proxy_*.log"))
-        records = [json.loads(line) for line in open(path, encoding="utf-8").read().splitlines()]
-        [access] = [r for r in records if r.get("request_id") == request_id]
-        assert access["message"].startswith("POST /hello-logs 200 ") and access["component_name"] == "proxy"
-        code, out = request_logs("--request-id", request_id)  # the proxies' logs_dir is read too
-        assert code == 0 and any(line.startswith("[proxy#") and '"POST /hello-logs 200' in line for line in out.splitlines()), out
-    finally:
-        serve.start(logging_config={})  # back to the defaults for the session's other tests
+    request_id = f"proxy-{uuid.uuid4().hex[:8]}"
+    post(http_port, hello, request_id)
+    [path] = glob.glob(os.path.join(proxy_dir, "proxy_*.log"))
+    with open(path, encoding="utf-8") as f:
+        records = [json.loads(line) for line in f.read().splitlines()]
+    [access] = [r for r in records if r.get("request_id") == request_id]
+    assert access["message"].startswith("POST /hello-logs 200 ") and access["component_name"] == "proxy"
+    code, out = request_logs("--request-id", request_id)  # the proxies' logs_dir is read too
+    assert code == 0 and any(line.startswith("[proxy#") and '"POST /hello-logs 200' in line for line in out.splitlines()), out
 
 
 def test_a_logs_dir_replicas_cannot_write_fails_the_deploy_with_the_reason(serve_app, tmp_path):
