@@ -192,8 +192,15 @@ def describe_change(what: str, before: Any, after: Any) -> str:
 
 @click.command("status")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.option(
+    "--graph",
+    "live_graph",
+    is_flag=True,
+    help="Also print each application's live graph: deployments in the order requests reach them, each with "
+    "replicas, requests, latency and errors, and each call with its rate and latency (--json: the figures, as `graph`).",
+)
 @cluster_options
-def status_cmd(as_json: bool, address: str | None, connect_timeout: float) -> None:
+def status_cmd(as_json: bool, live_graph: bool, address: str | None, connect_timeout: float) -> None:
     """Applications, deployments and replica counts by state on the running cluster."""
     with user_errors():
         if connect(address, connect_timeout) is None:
@@ -205,6 +212,7 @@ def status_cmd(as_json: bool, address: str | None, connect_timeout: float) -> No
 
         current = status()
         replicas = _replica_lists()
+        graphs = _live_graphs(sorted(current.applications)) if live_graph else {}
     data: dict[str, Any] = {
         "proxy": current.proxy,
         "applications": {
@@ -221,6 +229,7 @@ def status_cmd(as_json: bool, address: str | None, connect_timeout: float) -> No
                     }
                     for d, dep in app.deployments.items()
                 },
+                **({"graph": dict(graphs[name].stats)} if name in graphs else {}),
             }
             for name, app in current.applications.items()
         },
@@ -257,6 +266,17 @@ def status_cmd(as_json: bool, address: str | None, connect_timeout: float) -> No
     for name, app in data["applications"].items():
         if app["path"].get("reason"):
             click.echo(f"{name}: {describe_path(app['path'])}")
+    for graph in graphs.values():
+        click.echo()
+        Console(width=160).print(graph.tree())
+
+
+def _live_graphs(names: list[str]) -> dict[str, Any]:
+    """Each running application's live graph (runtime/live_graph.py), by name; one deleted meanwhile is left out."""
+    from ..runtime.live_graph import fetch
+
+    graphs = {name: fetch(name) for name in names}
+    return {name: graph for name, graph in graphs.items() if graph is not None}
 
 
 def describe_path(path: dict[str, Any], short: bool = False) -> str:

@@ -36,11 +36,13 @@ from .http_codec import (
     decode_json_body,
     encode_error,
     encode_result,
+    not_found,
     portable_scope,
     request_id_of,
     set_request_id,
     text,
 )
+from .live_graph import GRAPH_PAGES, graph_page
 from .plan import PlanInputError
 from .replica import STREAM
 from .router import HTTP, ModelCall
@@ -205,10 +207,11 @@ class HTTPProxy:
         if scope["path"] == "/-/routes":
             apps = {prefix: route[1] for prefix, route in sorted(self._routes.items())}
             return 200, [("content-type", "application/json")], json.dumps(apps).encode()
+        if scope["path"] == GRAPH_PAGES or scope["path"].startswith(GRAPH_PAGES + "/"):
+            return await graph_page(scope["path"])  # the live graph of the applications
         prefix, route = _match(self._routes, scope["path"])
         if route is None:
-            routes = ", ".join(sorted(self._routes)) or "none"
-            return text(404, f"Path '{scope['path']}' not found. Ping http://.../-/routes for available routes. (servegraph: routes are {routes})")
+            return not_found(scope["path"], "-/routes", "routes", sorted(self._routes))
         kind, app, target, adapter = route
         assert prefix is not None
         request = current_request()

@@ -47,7 +47,7 @@ from .context import (
 )
 from .handle import DeploymentInfo, async_handle, new_api_handle, note_actor_death
 from .http_codec import HTTPResult, encode_error, encode_result, make_request, request_id_of
-from .router import CHILD_CALLS, Sent
+from .router import CHILD_CALLS, EdgeMethod, Sent
 from .user_frames import describe_user_error
 
 #: Threads a threaded replica keeps for control calls (watch, health check, reconfigure, drain, status).
@@ -142,8 +142,8 @@ def call_http(fn: Callable[..., Any], scope: dict, body: bytes) -> Any:
     return fn() if takes_nothing(fn) else fn(make_request(scope, body))
 
 
-#: The method name requests over HTTP have in metrics and access logs.
-HTTP_METHOD = "__call__"
+#: The method requests over HTTP call, as metrics and access logs name it: an edge from the request's input.
+HTTP_METHOD = EdgeMethod("__call__", (telemetry.INPUT,))
 
 
 def http_request_context(app: str, scope: dict) -> RequestContext:
