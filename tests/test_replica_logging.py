@@ -226,6 +226,29 @@ def test_access_lines_stay_out_of_stderr_and_user_lines_go_there_too(replica_log
     assert "default_Model ab12cd34 -- user line" in err and "CALL m OK" not in err
 
 
+def test_with_ray_serves_log_to_stderr_off_what_the_replica_prints_goes_to_its_log(replica_log, monkeypatch, capsys):
+    import sys
+
+    monkeypatch.setenv("RAY_SERVE_LOG_TO_STDERR", "0")
+    before = sys.stdout, sys.stderr
+    path = replica_log()
+    token = in_request("req-7")
+    try:
+        print("printed in a request")
+        print("half a line", end="")
+        print(" and the rest")
+        sys.stderr.write("to stderr\n")
+        serve_logger.info("a logger line")
+    finally:
+        reset_request(token)
+    replica_logging.unconfigure()
+    assert (sys.stdout, sys.stderr) == before
+    assert [line.split(" req-7 -- ", 1)[1] for line in lines(path)] == [
+        "printed in a request", "half a line and the rest", "to stderr", "a logger line",
+    ]
+    assert capsys.readouterr().err == ""  # the loggers no longer write to stderr either
+
+
 def test_reconfiguring_moves_the_file_to_the_new_logs_dir(replica_log, tmp_path):
     replica_log()
     moved = tmp_path / "elsewhere"

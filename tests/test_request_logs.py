@@ -301,6 +301,22 @@ def test_serve_start_logging_config_sets_the_proxies_logs(hello, http_port, tmp_
     assert code == 0 and any(line.startswith("[proxy#") and '"POST /hello-logs 200' in line for line in out.splitlines()), out
 
 
+@serve.deployment(ray_actor_options={"num_cpus": 0.1, "runtime_env": {"env_vars": {"RAY_SERVE_LOG_TO_STDERR": "0"}}})
+class Printer:
+    def __call__(self) -> str:
+        print("printed by the replica")
+        return "printed"
+
+
+def test_with_ray_serves_log_to_stderr_off_prints_carry_the_request(serve_app, http_port):
+    serve.run(Printer.bind(), name="printer", route_prefix="/printer", port=http_port)
+    request_id = f"print-{uuid.uuid4().hex[:8]}"
+    response = httpx.get(f"http://127.0.0.1:{http_port}/printer", headers={"X-Request-ID": request_id}, timeout=60)
+    assert response.text == "printed"
+    code, out = request_logs("printer", "--request-id", request_id)
+    assert code == 0 and f"{request_id} -- printed by the replica" in out, out
+
+
 def test_a_logs_dir_replicas_cannot_write_fails_the_deploy_with_the_reason(serve_app, tmp_path):
     import logging_models
 

@@ -47,6 +47,11 @@ SERVE_LOGGER = "ray.serve"
 OWN_LOGGER = "servegraph"
 LOGGERS = (SERVE_LOGGER, OWN_LOGGER)
 
+#: Ray Serve's switch (on by default): the loggers also write to stderr. "0" instead sends everything a
+#: replica prints (``print``, ``sys.stdout``, ``sys.stderr``) into its log file, each line tagged like a
+#: logger's, as Ray Serve does then.
+LOG_TO_STDERR_ENV = "RAY_SERVE_LOG_TO_STDERR"
+
 #: Ray's log rotation settings (the same environment variables Ray's own logs follow), with Ray's defaults.
 ROTATION_BYTES = int(os.environ.get("RAY_ROTATION_MAX_BYTES", 512 * 1024 * 1024))
 ROTATION_BACKUPS = int(os.environ.get("RAY_ROTATION_BACKUP_COUNT", 5))
@@ -236,11 +241,20 @@ class ReplicaLogs:
 _INSTALLED: ReplicaLogs | None = None
 
 
+def log_to_stderr() -> bool:
+    """Ray Serve's ``RAY_SERVE_LOG_TO_STDERR`` (default on), read as Ray Serve reads it."""
+    return os.environ.get(LOG_TO_STDERR_ENV, "1").strip().lower() in ("1", "true")
+
+
 def configure(app: str, deployment: str, replica_id: str, config: LoggingConfig | None = None) -> ReplicaLogs:
     """Send this process's ``ray.serve`` and ``servegraph`` loggers to the replica's log file (and stderr),
-    as ``config`` says (None: Ray Serve's defaults); replaces what an earlier call installed."""
+    as ``config`` says (None: Ray Serve's defaults); replaces what an earlier call installed. With
+    ``RAY_SERVE_LOG_TO_STDERR=0``, what the replica prints goes to the log file instead (see _Printed)."""
     context = ReplicaContextFilter(app, deployment, replica_id)
-    logs = _install(f"{app}_{deployment}", replica_id, log_file_name(app, deployment, replica_id), config, context)
+    to_stderr = log_to_stderr()
+    logs = _install(f"{app}_{deployment}", replica_id, log_file_name(app, deployment, replica_id), config, context, to_stderr)
+    if not to_stderr:
+        _capture_output()
     telemetry.add_request_observer(access_log)  # once: the same function each time
     return logs
 
@@ -250,7 +264,9 @@ def configure_proxy(component_id: str, config: LoggingConfig | None = None) -> R
     return _install("proxy", component_id, f"proxy_{_UNSAFE.sub('_', component_id)}.log", config, ProxyContextFilter(component_id))
 
 
-def _install(component: str, component_id: str, file_name: str, config: LoggingConfig | None, context: logging.Filter) -> ReplicaLogs:
+def _install(
+    component: str, component_id: str, file_name: str, config: LoggingConfig | None, context: logging.Filter, to_stderr: bool = True
+) -> ReplicaLogs:
     global _INSTALLED
     config = config if config is not None else LoggingConfig()
     logs_dir = config.logs_dir or default_logs_dir()
@@ -265,14 +281,14 @@ def _install(component: str, component_id: str, file_name: str, config: LoggingC
         to_file.addFilter(_not_access)
     to_file.setFormatter(JSONFormatter(extra) if config.encoding == "JSON" else text)
 
-    to_stderr = logging.StreamHandler(sys.stderr)
-    to_stderr.addFilter(context)
-    to_stderr.addFilter(_to_stderr)
-    to_stderr.setFormatter(text)
+    stderr = logging.StreamHandler(_ORIGINAL_STREAMS[1] if _ORIGINAL_STREAMS else sys.stderr)
+    stderr.addFilter(context)
+    stderr.addFilter(_to_stderr)
+    stderr.setFormatter(text)
 
     if _INSTALLED is not None:
         _INSTALLED.close()
-    handlers: list[logging.Handler] = [to_file, to_stderr]
+    handlers: list[logging.Handler] = [to_file, stderr] if to_stderr else [to_file]
     for name in LOGGERS:
         logger = logging.getLogger(name)
         logger.handlers.clear()  # as Ray Serve's own setup: these loggers write where the replica says, only
@@ -284,10 +300,57 @@ def _install(component: str, component_id: str, file_name: str, config: LoggingC
     return _INSTALLED
 
 
+class _Printed:
+    """A replica's ``sys.stdout`` or ``sys.stderr`` with ``RAY_SERVE_LOG_TO_STDERR=0``: each line written becomes
+    an INFO record of the ``ray.serve`` logger (Ray Serve's ``StreamToLogger``); anything else is the stream's."""
+
+    def __init__(self, original: Any):
+        self._original = original
+        self._partial = ""
+        self._writing = False
+
+    def write(self, text: str) -> int:
+        if self._writing:  # the logging machinery itself printing (an error in a handler): not again through it
+            return int(self._original.write(text))
+        self._writing = True
+        try:
+            *lines, self._partial = (self._partial + text).split("\n")
+            for line in lines:
+                _access.info(line, stacklevel=2)
+        finally:
+            self._writing = False
+        return len(text)
+
+    def flush(self) -> None:
+        if self._partial and not self._writing:
+            partial, self._partial = self._partial, ""
+            self.write(partial + "\n")
+
+    def isatty(self) -> bool:
+        return False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._original, name)
+
+
+#: The process's own stdout and stderr while a replica's output is captured (see _capture_output).
+_ORIGINAL_STREAMS: tuple[Any, Any] | None = None
+
+
+def _capture_output() -> None:
+    global _ORIGINAL_STREAMS
+    if _ORIGINAL_STREAMS is None:
+        _ORIGINAL_STREAMS = (sys.stdout, sys.stderr)
+        sys.stdout, sys.stderr = _Printed(sys.stdout), _Printed(sys.stderr)
+
+
 def unconfigure() -> None:
     """Undo :func:`configure`: the loggers go back to Python's defaults (for tests and tools run in one process)."""
-    global _INSTALLED
+    global _INSTALLED, _ORIGINAL_STREAMS
     telemetry.remove_request_observer(access_log)
+    if _ORIGINAL_STREAMS is not None:
+        sys.stdout, sys.stderr = _ORIGINAL_STREAMS
+        _ORIGINAL_STREAMS = None
     if _INSTALLED is not None:
         _INSTALLED.close()
         _INSTALLED = None
