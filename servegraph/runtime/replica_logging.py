@@ -7,11 +7,11 @@ and servegraph's own ``servegraph`` loggers, each record tagged with the request
 (:func:`~servegraph.runtime.context.current_request`), the application, deployment and replica; and, with
 ``enable_access_log``, one access line per request (:func:`access_log`, which every replica call reports to
 as a request observer of telemetry.py; an HTTP request's own line is :func:`logs_http_access`'s, with the HTTP
-method and status). Those loggers also write to the
-replica's stderr (what ``servegraph logs APP`` shows), access lines apart, as Ray Serve's do by default.
-``print`` output stays in the worker's own files, as in Ray Serve. HTTP proxies write Ray Serve's
-``proxy_<node ip>.log`` the same way (:func:`configure_proxy`), with an access line per HTTP request; their
-logging_config is ``serve.start``'s.
+method and status). Those loggers also write to the replica's stderr (what ``servegraph logs APP`` shows),
+access lines apart, as Ray Serve's do by default; ``print`` output stays in the worker's own files, unless
+``RAY_SERVE_LOG_TO_STDERR=0`` sends it to the log file too (:class:`_Printed`), as in Ray Serve. HTTP
+proxies write Ray Serve's ``proxy_<node ip>.log`` the same way (:func:`configure_proxy`), with an access
+line per HTTP request; their logging_config is ``serve.start``'s.
 
 Matches Ray Serve 2.60 (``ray/serve/_private/logging_utils.py``): file name, TEXT layout
 ``LEVEL asctime <app>_<deployment> <replica> <request id> -- message``, JSON field names. One difference:
@@ -61,10 +61,15 @@ _UNSAFE = re.compile(r"[^\x20-\x7E]|[<>:\"/\\|?*]")
 
 #: Record attributes that steer handlers and must not reach a JSON line (Ray Serve drops the same).
 _STEERING = frozenset({"serve_access_log", "log_to_stderr", "skip_context_filter"})
-#: What the context filter adds; written as Ray Serve's fields, not as extras.
-_CONTEXT = ("request_id", "route", "application", "deployment", "replica", "component_name")
 #: Ray Serve's key whose dict value is spread into a JSON line's own fields.
 _FLATTEN = "ray_serve_extra_fields"
+#: What marks an access line: written to the log file only (never stderr), and dropped with enable_access_log off.
+_ACCESS = {"serve_access_log": True, "log_to_stderr": False}
+#: True while a replica's handle_http runs in this context: its access line is the HTTP one, not a CALL.
+_IN_HTTP: contextvars.ContextVar[bool] = contextvars.ContextVar("servegraph_in_http", default=False)
+
+#: Where access lines, "Request failed." and (with RAY_SERVE_LOG_TO_STDERR=0) printed lines are logged.
+_serve = logging.getLogger(SERVE_LOGGER)
 
 
 def log_file_name(app: str, deployment: str, replica_id: str) -> str:
@@ -223,8 +228,9 @@ class LogFile(logging.handlers.RotatingFileHandler):
             self.handleError(record)
 
 
-class ReplicaLogs:
-    """The handlers one replica installed on :data:`LOGGERS`, so a new logging_config replaces them."""
+class InstalledLogs:
+    """The handlers this process (a replica, or a proxy) installed on :data:`LOGGERS`, so a new logging_config
+    replaces them."""
 
     def __init__(self, config: LoggingConfig, path: str, handlers: list[logging.Handler]):
         self.config, self.path, self.handlers = config, path, handlers
@@ -238,7 +244,7 @@ class ReplicaLogs:
             handler.close()
 
 
-_INSTALLED: ReplicaLogs | None = None
+_INSTALLED: InstalledLogs | None = None
 
 
 def log_to_stderr() -> bool:
@@ -246,7 +252,7 @@ def log_to_stderr() -> bool:
     return os.environ.get(LOG_TO_STDERR_ENV, "1").strip().lower() in ("1", "true")
 
 
-def configure(app: str, deployment: str, replica_id: str, config: LoggingConfig | None = None) -> ReplicaLogs:
+def configure(app: str, deployment: str, replica_id: str, config: LoggingConfig | None = None) -> InstalledLogs:
     """Send this process's ``ray.serve`` and ``servegraph`` loggers to the replica's log file (and stderr),
     as ``config`` says (None: Ray Serve's defaults); replaces what an earlier call installed. With
     ``RAY_SERVE_LOG_TO_STDERR=0``, what the replica prints goes to the log file instead (see _Printed)."""
@@ -259,14 +265,14 @@ def configure(app: str, deployment: str, replica_id: str, config: LoggingConfig 
     return logs
 
 
-def configure_proxy(component_id: str, config: LoggingConfig | None = None) -> ReplicaLogs:
+def configure_proxy(component_id: str, config: LoggingConfig | None = None) -> InstalledLogs:
     """The same for an HTTP proxy: Ray Serve's ``proxy_<node ip>.log``, with an access line per HTTP request."""
     return _install("proxy", component_id, f"proxy_{_UNSAFE.sub('_', component_id)}.log", config, ProxyContextFilter(component_id))
 
 
 def _install(
     component: str, component_id: str, file_name: str, config: LoggingConfig | None, context: logging.Filter, to_stderr: bool = True
-) -> ReplicaLogs:
+) -> InstalledLogs:
     global _INSTALLED
     config = config if config is not None else LoggingConfig()
     logs_dir = config.logs_dir or default_logs_dir()
@@ -296,7 +302,7 @@ def _install(
         logger.setLevel(config.level_number)
         for handler in handlers:
             logger.addHandler(handler)
-    _INSTALLED = ReplicaLogs(config, path, handlers)
+    _INSTALLED = InstalledLogs(config, path, handlers)
     return _INSTALLED
 
 
@@ -316,7 +322,7 @@ class _Printed:
         try:
             *lines, self._partial = (self._partial + text).split("\n")
             for line in lines:
-                _access.info(line, stacklevel=2)
+                _serve.info(line, stacklevel=2)
         finally:
             self._writing = False
         return len(text)
@@ -365,8 +371,6 @@ def current_config() -> LoggingConfig | None:
     return _INSTALLED.config if _INSTALLED is not None else None
 
 
-_access = logging.getLogger(SERVE_LOGGER)
-
 
 def access_message(method: str, route: str, status: str, latency_ms: float) -> str:
     """Ray Serve's access line (``ray.serve._private.logging_utils.access_log_msg``).
@@ -378,9 +382,10 @@ def access_message(method: str, route: str, status: str, latency_ms: float) -> s
 
 
 def request_failed(error: BaseException) -> None:
-    """Ray Serve's ``Request failed.`` line, with the traceback, in the replica's log (stderr has it already)."""
+    """Ray Serve's ``Request failed.`` line, with the traceback, in the replica's log (and on stderr, unless
+    the request came over HTTP: the 500's own traceback is there already, see http_codec.encode_error)."""
     if _INSTALLED is not None:
-        _access.error("Request failed.", exc_info=error, extra={"log_to_stderr": False})
+        _serve.error("Request failed.", exc_info=error, extra={"log_to_stderr": not _IN_HTTP.get()})
 
 
 def access_log(method: str, ok: bool, elapsed_ms: float, error: BaseException | None) -> None:
@@ -395,21 +400,18 @@ def access_log(method: str, ok: bool, elapsed_ms: float, error: BaseException | 
     cancelled = isinstance(error, asyncio.CancelledError)
     if error is not None and not cancelled:
         request_failed(error)  # whether access lines are on or not
-    if not _INSTALLED.config.enable_access_log or not _access.isEnabledFor(logging.INFO) or _IN_HTTP.get():
+    if not _INSTALLED.config.enable_access_log or not _serve.isEnabledFor(logging.INFO) or _IN_HTTP.get():
         return  # (an HTTP request's own line, with its method and status, is logs_http_access's)
     status = "CANCELLED" if cancelled else "OK" if ok and error is None else "ERROR"
-    _access.info(access_message("CALL", method, status, elapsed_ms), extra=_ACCESS)
+    _serve.info(access_message("CALL", method, status, elapsed_ms), extra=_ACCESS)
 
-
-#: What marks an access line: written to the log file only (never stderr), and dropped with enable_access_log off.
-_ACCESS = {"serve_access_log": True, "log_to_stderr": False}
 
 
 def http_access_log(scope: dict, status: Any, elapsed_ms: float) -> None:
     """The access line of an HTTP request into an ingress replica, as Ray Serve's: ``POST / 200 3.1ms``
     (the route is the application's route prefix). Tagged with the request's id from its ``X-Request-ID``,
     which the proxy always sets, so the line names the request whatever the replica's context says by now."""
-    if _INSTALLED is None or not _INSTALLED.config.enable_access_log or not _access.isEnabledFor(logging.INFO):
+    if _INSTALLED is None or not _INSTALLED.config.enable_access_log or not _serve.isEnabledFor(logging.INFO):
         return
     from .http_codec import request_id_of
 
@@ -419,21 +421,18 @@ def http_access_log(scope: dict, status: Any, elapsed_ms: float) -> None:
     if request_id:
         extra["request_id"] = request_id
     method = str(scope.get("method") or "GET").upper()
-    _access.info(access_message(method, route, str(status), elapsed_ms), extra=extra)
+    _serve.info(access_message(method, route, str(status), elapsed_ms), extra=extra)
 
-
-#: True while a replica's handle_http runs in this context: its access line is the HTTP one, not a CALL.
-_IN_HTTP: contextvars.ContextVar[bool] = contextvars.ContextVar("servegraph_in_http", default=False)
 
 
 def proxy_access_log(scope: dict, route: str, status: Any, elapsed_ms: float) -> None:
     """A proxy's access line for one HTTP request, as Ray Serve's proxy writes it: ``GET /route 200 5.1ms``."""
-    if _INSTALLED is None or not _INSTALLED.config.enable_access_log or not _access.isEnabledFor(logging.INFO):
+    if _INSTALLED is None or not _INSTALLED.config.enable_access_log or not _serve.isEnabledFor(logging.INFO):
         return
     if not route and str(scope.get("path", "")).startswith("/-/"):  # health and route probes: no one's request
         return
     method = str(scope.get("method") or "GET").upper()
-    _access.info(access_message(method, route or scope.get("path", "/"), str(status), elapsed_ms), extra={**_ACCESS, "route": route})
+    _serve.info(access_message(method, route or scope.get("path", "/"), str(status), elapsed_ms), extra={**_ACCESS, "route": route})
 
 
 def _http_status(result: Any) -> Any:
