@@ -142,6 +142,7 @@ def deploy_cmd(config_path: str, no_resource_check: bool, address: str | None, c
                     grpc_options=config.grpc_options.model_dump(),
                     on_progress=progress,
                     compiled_path=app.compiled,
+                    graph_autoscaling=app.graph_autoscaling,
                 )
             finally:
                 done()
@@ -225,6 +226,7 @@ def status_cmd(as_json: bool, live_graph: bool, address: str | None, connect_tim
                     d: {
                         "status": dep.status,
                         "replica_states": dep.replica_states,
+                        **({"autoscaling": dep.autoscaling} if dep.autoscaling is not None else {}),
                         **({"replicas": replicas[(name, d)]} if (name, d) in replicas else {}),
                     }
                     for d, dep in app.deployments.items()
@@ -251,6 +253,9 @@ def status_cmd(as_json: bool, live_graph: bool, address: str | None, connect_tim
             for r in dep.get("replicas", []):
                 node = str(r.get("node_id") or "?")[:12]
                 states += f"\n  {r.get('replica_id', '?')}: {r.get('state', '?')} on node {node}, pid {r.get('pid', '?')}"
+            scaling = dep.get("autoscaling")
+            if scaling:  # target, and what decided it
+                states += f"\n  autoscaling: target {scaling['target']}: {scaling['reason']}"
             table.add_row(
                 name if first else "",
                 str(app["route_prefix"]) if first else "",

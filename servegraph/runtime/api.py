@@ -150,6 +150,7 @@ def deploy_compiled(
     proxy_location: Any = None,
     wait: bool = True,
     grpc_options: Any = None,
+    graph_autoscaling: bool = True,
 ) -> tuple[RayServeSyncHandle, dict[str, str]]:
     """Deploy an already compiled graph; returns its handle and what changed per deployment.
 
@@ -186,6 +187,7 @@ def deploy_compiled(
         location,
         wait,
         grpc,
+        bool(graph_autoscaling),
     )
     while on_progress is not None and not ray.wait([pending], timeout=0.5)[0]:
         try:
@@ -216,6 +218,7 @@ def run(
     _on_progress: Callable[[dict[str, dict[str, int]]], None] | None = None,
     logging_config: Any = None,
     compiled: bool = True,
+    graph_autoscaling: bool = True,
 ) -> RayServeSyncHandle:
     """Compile, check and deploy a graph; return a handle to its output.
 
@@ -232,6 +235,9 @@ def run(
         http: start the HTTP proxy.
         compiled: run an eligible InputNode graph on Ray compiled graphs (see the README's "compiled
             path"); False keeps every request on the plan of actor calls.
+        graph_autoscaling: size autoscaled deployments from their callers' load too, every stage in
+            the same step (see the README's "Autoscaling the graph"); False: each on its own queue only,
+            as Ray Serve does.
         _blocking: False returns once the application's new state is set, before its replicas are up
             (``serve.status()`` then shows it DEPLOYING, RUNNING or DEPLOY_FAILED with the error), as in
             Ray Serve.
@@ -262,6 +268,7 @@ def run(
         on_progress=_on_progress,
         compiled_path=compiled,
         wait=_blocking,
+        graph_autoscaling=graph_autoscaling,
     )
     if blocking:
         _block()
@@ -433,6 +440,9 @@ class DeploymentStatus:
     status: str
     replica_states: dict[str, int]
     message: str = ""
+    #: servegraph's own, for an autoscaled deployment: ``{"target", "desired", "reason", "graph_aware"}``,
+    #: the reason naming what decided (its own queue, its callers' load times the fan-out, or a bound).
+    autoscaling: dict[str, Any] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -479,7 +489,7 @@ def status() -> ServeStatus:
     apps = {}
     for name, app in raw.applications.items():
         deployments = {
-            d: DeploymentStatus(d, info.status, dict(info.replica_states), info.message)
+            d: DeploymentStatus(d, info.status, dict(info.replica_states), info.message, info.autoscaling)
             for d, info in app.deployments.items()
         }
         apps[name] = ApplicationStatus(name, app.status, app.route_prefix, deployments, app.message, dict(app.path))

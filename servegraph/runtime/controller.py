@@ -45,7 +45,7 @@ from ..compiler import ir
 from ..compiler.fast_path import compiled_path_problem, lane_deployments
 from ..compiler.outline import outline
 from ..dsl.options import add_resources
-from . import ray_compat, telemetry
+from . import graph_autoscaling, ray_compat, telemetry
 from .autoscaling import Autoscaler
 from .cluster import NAMESPACE
 from .codec import loads_with_paths
@@ -215,6 +215,10 @@ class App:
     lanes: LaneTable | None = None
     lane_reason: str = ""
     compiled: bool = True
+    #: Autoscaled deployments sized from their callers' load too (see graph_autoscaling.py).
+    graph_autoscaling: bool = True
+    #: Calls per request along each edge, as the graph's code says (graph_autoscaling.static_fanout).
+    fanout: dict[tuple[str, str], float] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -239,6 +243,8 @@ class DeploymentReport:
     class_name: str
     version: str
     replicas: tuple[ReplicaReport, ...]
+    #: An autoscaled deployment's decision: {"target", "desired", "reason", "graph_aware"}; None otherwise.
+    autoscaling: dict[str, Any] | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -395,6 +401,7 @@ class Controller:
     async def _reconcile_all(self) -> None:
         now = time.monotonic()
         for app in list(self._apps.values()):
+            self._autoscale(app)
             for dep in list(app.deployments.values()):
                 self._reconcile(dep, now)
                 if dep.deleting and not dep.replicas:
@@ -475,8 +482,6 @@ class Controller:
         # The target: the autoscaler's decision, or the configured count.
         new = [r for r in dep.replicas.values() if r.version == dep.version and r.state != STOPPING]
         old = [r for r in dep.replicas.values() if r.version != dep.version and r.state != STOPPING]
-        if dep.autoscaler is not None and not dep.deleting:
-            dep.target = dep.autoscaler.decide(dep.target, time.time())
         target = 0 if dep.deleting else dep.target
         # Reconfigure live replicas whose user_config is behind.
         for r in new:
@@ -553,6 +558,48 @@ class Controller:
                 f"{len(pending)} replica(s) have been starting for over 30 s; the cluster may lack the resources "
                 f"they ask for ({dep.spec.options.actor_options()}). See `ray status`."
             )
+
+    # Autoscaling ----------------------------------------------------------------------------
+    def _autoscale(self, app: App) -> None:
+        """Move every autoscaled deployment's target, all in this one step: each by its own policy, and
+        (graph-aware, unless the application turned it off) no lower than its callers' load needs."""
+        scaled = [d for d in app.deployments.values() if d.autoscaler is not None and not d.deleting]
+        if not scaled:
+            return
+        now = time.time()
+        floors = self._graph_floors(app, now) if app.graph_autoscaling else {}
+        for dep in scaled:
+            assert dep.autoscaler is not None
+            wish = floors.get(dep.name)
+            dep.target = dep.autoscaler.decide(dep.target, now, wish.replicas if wish else None, wish.reason if wish else "")
+
+    #: The window over which graph-aware autoscaling reads processing times, rates and fan-outs.
+    GRAPH_WINDOW_S = 5.0
+
+    def _graph_floors(self, app: App, now: float) -> dict[str, graph_autoscaling.Wish]:
+        names = [d for d, dep in app.deployments.items() if not dep.deleting]
+        window = self.GRAPH_WINDOW_S
+        summaries = {n: self._deployment_stats.summary((app.name, n), now, window) for n in names}
+        rates = {n: summary["per_s"] for n, summary in summaries.items()}
+        edge_rates: dict[tuple[str, str], float] = {}
+        for key in self._edge_stats.keys():
+            if key[0] == app.name:
+                _, caller, callee, _method = key
+                edge_rates[(caller, callee)] = edge_rates.get((caller, callee), 0.0) + self._edge_stats.summary(key, now, window)["per_s"]
+        fanout = graph_autoscaling.measured_fanout(app.fanout, rates, edge_rates)
+        stages = {}
+        for n in names:
+            dep = app.deployments[n]
+            p50 = summaries[n]["p50_ms"]
+            config = dep.autoscaler.config if dep.autoscaler is not None else None
+            stages[n] = graph_autoscaling.Stage(
+                ongoing=dep.autoscaler.total_ongoing(now) if dep.autoscaler is not None else None,
+                latency_s=p50 / 1000.0 if p50 else None,
+                rate=rates[n],
+                target_ongoing=config.target_ongoing_requests if config is not None else None,
+                current=dep.target,
+            )
+        return graph_autoscaling.wishes(graph_autoscaling.graph_order(names, fanout), stages, fanout)
 
     def _update_app_status(self, app: App) -> None:
         deployments = list(app.deployments.values())
@@ -996,6 +1043,7 @@ class Controller:
         proxy_location: str | None = None,
         wait: bool = True,
         grpc_options: dict[str, Any] | None = None,
+        graph_autoscaling: bool = True,
     ) -> DeployReply:
         """Set an application's desired state and wait until it runs (or cannot); with ``wait=False``,
         answer once the state is set (``serve.run(_blocking=False)``: status shows how it goes).
@@ -1033,7 +1081,7 @@ class Controller:
                 error = await self._ensure_proxy(host, port, options, name, proxy_location, grpc_options)
                 if error:
                     return DeployReply({}, Refusal("proxy", error))
-            changes = self._set_target(name, app, app_bytes, tuple(code_paths), route_prefix, compiled)
+            changes = self._set_target(name, app, app_bytes, tuple(code_paths), route_prefix, compiled, graph_autoscaling)
             self._dirty = True
             await self._push_routes()
         self._wake()
@@ -1049,6 +1097,7 @@ class Controller:
         code_paths: tuple[str, ...],
         route_prefix: str | None,
         compiled: bool = True,
+        graph_autoscaling: bool = True,
     ) -> dict[str, str]:
         old = self._apps.get(name)
         deployments: dict[str, Deployment] = {}
@@ -1090,7 +1139,10 @@ class Controller:
                     dep.deleting = True
                     deployments[dname] = dep
                     changes[dname] = "deleted"
-        state = App(name, app, app_bytes, code_paths, route_prefix, deployments, compiled=compiled)
+        state = App(
+            name, app, app_bytes, code_paths, route_prefix, deployments, compiled=compiled,
+            graph_autoscaling=graph_autoscaling, fanout=graph_autoscaling_fanout(app),
+        )  # fmt: skip
         state.lane_reason = lane_reason(app, compiled)
         old_lanes = old.lanes if old is not None else None
         if not state.lane_reason:
@@ -1236,6 +1288,14 @@ class Controller:
                     class_name=dep.spec.class_name,
                     version=dep.version,
                     replicas=tuple(r.info() for r in dep.replicas.values()),
+                    autoscaling=None
+                    if dep.autoscaler is None
+                    else {
+                        "target": dep.target,
+                        "desired": dep.autoscaler.last_desired,
+                        "reason": dep.autoscaler.reason,
+                        "graph_aware": state.graph_autoscaling,
+                    },
                 )
             apps[name] = AppReport(
                 state.status, state.message, state.route_prefix, state.app.ingress, deployments, self._path_status(state)
@@ -1332,6 +1392,7 @@ class Controller:
                 "route_prefix": app.route_prefix,
                 "deleting": app.deleting,
                 "compiled": app.compiled,
+                "graph_autoscaling": app.graph_autoscaling,
                 "deployments": {
                     dname: {
                         "target": dep.target,
@@ -1383,8 +1444,9 @@ class Controller:
         for name, saved in data["apps"].items():
             app: ir.AppIR = loads_with_paths(saved["app_bytes"], saved["code_paths"])
             self._set_target(
-                name, app, saved["app_bytes"], tuple(saved["code_paths"]), saved["route_prefix"], saved.get("compiled", True)
-            )
+                name, app, saved["app_bytes"], tuple(saved["code_paths"]), saved["route_prefix"], saved.get("compiled", True),
+                saved.get("graph_autoscaling", True),
+            )  # fmt: skip
             state = self._apps[name]
             state.deleting = saved["deleting"]
             for dname, dsaved in saved["deployments"].items():
@@ -1414,6 +1476,14 @@ class Controller:
         self._proxies.logging_config = data.get("logging_config")
         await self._push_routes()
         print(f"servegraph: controller recovered {len(self._apps)} application(s) from its checkpoint", file=sys.stderr)
+
+
+def graph_autoscaling_fanout(app: ir.AppIR) -> dict[tuple[str, str], float]:
+    try:
+        return graph_autoscaling.static_fanout(app)
+    except Exception:  # a graph shape the count does not know: measured fan-outs only
+        traceback.print_exc()
+        return {}
 
 
 def lane_reason(app: ir.AppIR, compiled: bool) -> str:

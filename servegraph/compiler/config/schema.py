@@ -181,6 +181,9 @@ class ApplicationConfig(_Schema):
     #: servegraph's own: false keeps an eligible InputNode graph off the compiled path (Ray Serve has no
     #: such field and refuses unknown ones, so ``servegraph build`` never writes it).
     compiled: bool = True
+    #: servegraph's own: false sizes each autoscaled deployment on its own queue only, as Ray Serve does
+    #: (true: from its callers' load too, see runtime/graph_autoscaling.py).
+    graph_autoscaling: bool = True
 
     # Where the application is in its file, for messages: set by validate_config.
     _source: str = PrivateAttr(default="<config>")
