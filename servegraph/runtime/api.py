@@ -16,6 +16,7 @@ from .._validation import route_prefix_problem
 from ..compiler import CompiledGraph, compile
 from ..compiler.config.app import DEFAULT_APP_NAME
 from ..dsl.nodes import DAGNode
+from ..dsl.options import as_logging_config
 from ..errors import DeploymentError, GraphError
 from .cluster import CONTROLLER_NAME, NAMESPACE, cluster_resources, ensure_connected
 from .driver_http import adapter_problem
@@ -95,7 +96,7 @@ def _handle_for(name: str, app: Any, infos: dict) -> RayServeSyncHandle:
 
 #: Deployment options servegraph's runtime does not apply yet. Ray Serve does, so a config built with
 #: them runs there (`servegraph build` then `serve deploy`); here they are refused, never ignored.
-UNSUPPORTED_OPTIONS = ("placement_group_bundles", "placement_group_strategy", "logging_config")
+UNSUPPORTED_OPTIONS = ("placement_group_bundles", "placement_group_strategy")
 
 
 def _refuse_unsupported_options(compiled: CompiledGraph) -> None:
@@ -240,16 +241,13 @@ def run(
         _blocking: False returns once the application's new state is set, before its replicas are up
             (``serve.status()`` then shows it DEPLOYING, RUNNING or DEPLOY_FAILED with the error), as in
             Ray Serve.
-        logging_config: not supported yet: anything but None is refused.
+        logging_config: the application's logging_config (a dict or ``LoggingConfig``: encoding, log_level,
+            logs_dir, enable_access_log, additional_log_standard_attrs), for every deployment that sets none.
 
     Raises:
         GraphError: the graph fails a check; DeploymentError: a replica failed to start.
     """
-    if logging_config is not None:
-        raise TypeError(
-            "serve.run(logging_config=...) is not supported yet: replicas log as Ray's workers do "
-            "(`servegraph logs APP` shows what they printed); leave it out"
-        )
+    app_logging = None if logging_config is None else as_logging_config(logging_config)
     if _local_testing_mode:
         from .local import run_local
 
@@ -259,7 +257,7 @@ def run(
     _require_route_prefix(route_prefix)  # before connecting: a bad route fails at once
     ensure_connected()
     resources = _free_resources(_controller(), name) if resource_check else None
-    graph = compile(target, cluster_resources=resources)
+    graph = compile(target, cluster_resources=resources, logging_config=app_logging)
     handle, _ = deploy_compiled(
         graph,
         name=name,
@@ -310,19 +308,23 @@ def start(
     ``grpc_servicer_functions`` (import paths of generated ``add_XServicer_to_server`` functions; gRPC is
     served when there is one), ``request_timeout_s``, ``enable_reflection`` (a dict or Ray's ``gRPCOptions``);
     later ``serve.run`` calls keep them. ``proxy_location``: ``EveryNode`` (default: a proxy on every node
-    that runs replicas), ``HeadOnly``, or ``Disabled`` (no proxy). ``detached`` is accepted for old callers:
+    that runs replicas), ``HeadOnly``, or ``Disabled`` (no proxy). ``logging_config``: as in Ray Serve, the
+    proxies' own logs (``proxy_<node ip>.log``, an access line per HTTP request); replicas take theirs from
+    ``serve.run(logging_config=...)`` and their deployments. ``detached`` is accepted for old callers:
     servegraph's controller always outlives the driver, as Ray Serve's does.
 
     Raises:
         DeploymentError: the proxy cannot listen on host:port (or on the gRPC port, or import a servicer function).
-        TypeError: an option servegraph cannot honour (logging_config, unknown keywords).
+        TypeError: an option servegraph cannot honour (unknown keywords).
+        OptionValueError: a logging_config Ray Serve would refuse.
         ValueError: an option's value is out of range.
     """
-    refused = sorted(k for k, v in {"logging_config": logging_config, **kwargs}.items() if v is not None)
+    proxy_logging = None if logging_config is None else as_logging_config(logging_config)
+    refused = sorted(k for k, v in kwargs.items() if v is not None)
     if refused:
         raise TypeError(
             f"serve.start() got {', '.join(refused)}, which servegraph does not support yet; it takes "
-            "http_options, grpc_options and proxy_location"
+            "http_options, grpc_options, proxy_location and logging_config"
         )
     grpc = grpc_options_dict(grpc_options)
     options = _http_options_dict(http_options)
@@ -335,6 +337,10 @@ def start(
         )
     location = proxy_location_name(proxy_location)
     controller = _controller()
+    if proxy_logging is not None:  # as Ray Serve's: the proxies' own logs (replicas take theirs from serve.run)
+        refusal = _ask(controller.set_logging_config.remote(proxy_logging), "set_logging_config")
+        if refusal is not None:
+            raise DeploymentError(refusal.message)
     if location == "Disabled":
         return
     refusal = ray.get(

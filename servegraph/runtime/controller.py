@@ -159,6 +159,8 @@ class Replica:
     unhealthy: str | None = None
     #: The multiplexed models the replica holds or is loading, as it last reported them.
     models: frozenset[str] = frozenset()
+    #: The logging_config the replica was last given (None: the defaults); a new one is pushed, never restarts it.
+    logging: Any = None
 
     def info(self) -> ReplicaReport:
         return ReplicaReport(self.replica_id, self.state, self.node_id, self.pid, self.actor_name)
@@ -273,7 +275,8 @@ class Refusal:
     """Why the controller could not do what a driver asked, as data; the driver raises it as a DeploymentError."""
 
     #: code-import (the graph's code does not import here), route-taken, proxy (the HTTP proxy cannot
-    #: serve there), deleted (while it deployed), replica-failed, timeout (replicas did not start in time).
+    #: serve there), deleted (while it deployed), replica-failed, timeout (replicas did not start in time),
+    #: logging (a proxy cannot write its log where logging_config says).
     code: str
     message: str
 
@@ -453,6 +456,7 @@ class Controller:
                         telemetry.observe("serve_replica_startup_latency_ms", tags, (now - r.started_at) * 1000.0)
                     r.node_id, r.pid, r.state, r.last_health = info["node_id"], info["pid"], RUNNING, now
                     r.user_config = info["user_config"]  # what its code accepted: the loop reconfigures it if behind
+                    r.logging = info.get("logging_config")  # likewise the logging_config it applies
                     if r.watch is None:
                         r.watch = asyncio.ensure_future(self._watch(dep, r))
                     dep.failures = 0
@@ -485,6 +489,10 @@ class Controller:
                 r.state = UPDATING
                 r.user_config = opts.user_config
                 r.task = asyncio.ensure_future(self._reconfigure(r, opts.user_config))
+            elif r.state == RUNNING and r.logging != opts.logging_config and r.task is None:
+                r.state = UPDATING  # still routed; the deploy waits for it, as for a user_config
+                r.logging = opts.logging_config
+                r.task = asyncio.ensure_future(self._configure_logging(r, opts.logging_config))
         # Too many of the current version: stop the ones not yet serving first.
         if len(new) > target:
             surplus = sorted(new, key=lambda r: (r.state in SERVING, r.started_at), reverse=False)
@@ -660,6 +668,7 @@ class Controller:
         )
         user_config = spec.options.user_config
         r = Replica(replica_id, actor, name, dep.version, STARTING, user_config, time.monotonic(), node_id=node)
+        r.logging = spec.options.logging_config
         dep.replicas[replica_id] = r
         self._dirty = True
         if self._crash_at == "replica-created":
@@ -669,7 +678,7 @@ class Controller:
 
     async def _initialize(self, r: Replica, user_config: Any, max_ongoing: int) -> dict:
         """Run the user's constructor on a new replica; its phase report (see replica.py) once it is READY."""
-        pending = r.actor.initialize.remote(user_config, max_ongoing)
+        pending = r.actor.initialize.remote(user_config, max_ongoing, r.logging)
         await self._crash_point("replica-initializing", r, INITIALIZING)
         error = await pending
         if error is not None:
@@ -687,7 +696,7 @@ class Controller:
         """
         report = await asyncio.wait_for(r.actor.phase.remote(), RECOVER_TIMEOUT_S)
         if report["phase"] in (CONSTRUCTED, INITIALIZING):
-            error = await r.actor.initialize.remote(r.user_config, dep.spec.options.max_ongoing_requests)
+            error = await r.actor.initialize.remote(r.user_config, dep.spec.options.max_ongoing_requests, r.logging)
             if error is not None:
                 raise ReplicaStartError(error)
             report = await asyncio.wait_for(r.actor.phase.remote(), RECOVER_TIMEOUT_S)
@@ -701,6 +710,11 @@ class Controller:
         pending = r.actor.reconfigure.remote(user_config)
         await self._crash_point("replica-reconfiguring", r, RECONFIGURING)
         error = await pending
+        if error is not None:
+            raise ReplicaStartError(error)
+
+    async def _configure_logging(self, r: Replica, logging_config: Any) -> None:
+        error = await r.actor.configure_logging.remote(logging_config)
         if error is not None:
             raise ReplicaStartError(error)
 
@@ -1107,7 +1121,7 @@ class Controller:
                 before = dep.spec.options
                 if version != dep.version:
                     changes[spec.name] = "updated"
-                elif spec.options.user_config != before.user_config:
+                elif spec.options.user_config != before.user_config or spec.options.logging_config != before.logging_config:
                     changes[spec.name] = "reconfigured"
                 elif spec.options != before:
                     changes[spec.name] = "scaled" if count != dep.target or autoscaling != before.autoscaling_config else "options"
@@ -1199,12 +1213,27 @@ class Controller:
                 return None
             return Refusal("proxy", error)
 
+    async def set_logging_config(self, logging_config: Any) -> Refusal | None:
+        """``serve.start(logging_config=)`` (and a config's top-level one): the proxies' logs, as in Ray Serve."""
+        await self._recovered.wait()
+        error = await self._proxies.set_logging_config(logging_config)
+        self._dirty = True
+        return Refusal("logging", error) if error else None
+
     async def get_app(self, name: str) -> AppRecord | None:
         await self._recovered.wait()
         state = self._apps.get(name)
         if state is None or state.deleting:
             return None
         return AppRecord(state.app, {d: DeploymentInfo(name, d) for d in state.deployments}, state.route_prefix)
+
+    async def logs_dirs(self) -> list[str]:
+        """Every ``logging_config.logs_dir`` a running deployment or the proxies write to (``servegraph logs
+        --request-id`` reads them)."""
+        await self._recovered.wait()
+        configs = [dep.spec.options.logging_config for state in self._apps.values() for dep in state.deployments.values()]
+        configs.append(self._proxies.logging_config)
+        return sorted({config.logs_dir for config in configs if config is not None and config.logs_dir})
 
     async def graph_outline(self, name: str) -> AppRecord | None:
         """``get_app`` without the user's code or values (see compiler/outline.py): what the live graph view
@@ -1386,6 +1415,7 @@ class Controller:
             "http": self._proxies.http,
             "http_options": self._proxies.options,
             "grpc_options": self._proxies.grpc,
+            "logging_config": self._proxies.logging_config,
             "proxy_location": self._proxies.location,
             "code_paths": self._code_paths,
         }
@@ -1447,6 +1477,7 @@ class Controller:
         self._proxies.recover(
             data.get("http"), data.get("http_options") or {}, data.get("proxy_location", EVERY_NODE), data.get("grpc_options")
         )
+        self._proxies.logging_config = data.get("logging_config")
         await self._push_routes()
         print(f"servegraph: controller recovered {len(self._apps)} application(s) from its checkpoint", file=sys.stderr)
 
