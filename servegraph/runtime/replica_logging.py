@@ -32,6 +32,7 @@ import json
 import logging
 import logging.handlers
 import os
+import tempfile
 import re
 import sys
 import time
@@ -82,11 +83,15 @@ def log_file_name(app: str, deployment: str, replica_id: str) -> str:
 
 
 def default_logs_dir() -> str:
-    """Where replicas write their logs when ``logs_dir`` is not set: the Ray session's ``logs/serve``."""
+    """Where replicas write their logs when ``logs_dir`` is not set: the Ray session's ``logs/serve``.
+
+    A process on no Ray node (a proxy built in a test, Ray Client) writes under the system's temporary
+    directory, never into the directory it was started from.
+    """
     from . import ray_compat
 
     ray_logs = ray_compat.logs_dir()
-    return os.path.join(ray_logs if ray_logs is not None else os.getcwd(), "serve")
+    return os.path.join(ray_logs if ray_logs is not None else os.path.join(tempfile.gettempdir(), "servegraph-logs"), "serve")
 
 
 class ReplicaContextFilter(logging.Filter):
