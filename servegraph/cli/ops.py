@@ -173,7 +173,7 @@ def describe_change(what: str, before: Any, after: Any) -> str:
         return f"{', '.join(settings)} changed; applied without restarting a replica"
     return {
         "created": f"created with {replicas}",
-        "updated": "restarted: new replicas (new code, constructor arguments or actor options) replace the old ones",
+        "updated": "restarted: new replicas (new code, constructor arguments, actor options or placement group) replace the old ones",
         "reconfigured": "reconfigured: the running replicas took the new user_config; none restarted",
         "scaled": f"scaled to {replicas}; none restarted",
         "unchanged": "unchanged",

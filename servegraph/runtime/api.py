@@ -52,6 +52,9 @@ def _controller(create: bool = True) -> Any:
         max_restarts=-1,
         max_task_retries=-1,
         resources={"node:__internal_head__": 0.001},
+        # Explicit, so a controller revived from inside a replica is never captured into that replica's
+        # placement group (replicas with placement_group_bundles capture what they create).
+        scheduling_strategy="DEFAULT",
     ).remote()
 
 
@@ -95,7 +98,7 @@ def _handle_for(name: str, app: Any, infos: dict) -> RayServeSyncHandle:
 
 #: Deployment options servegraph's runtime does not apply yet. Ray Serve does, so a config built with
 #: them runs there (`servegraph build` then `serve deploy`); here they are refused, never ignored.
-UNSUPPORTED_OPTIONS = ("placement_group_bundles", "placement_group_strategy", "logging_config")
+UNSUPPORTED_OPTIONS = ("logging_config",)
 
 
 def _refuse_unsupported_options(compiled: CompiledGraph) -> None:

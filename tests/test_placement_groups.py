@@ -1,0 +1,188 @@
+"""Each replica of a deployment with placement_group_bundles runs in a placement group of its own, on the
+session's Ray cluster: what it creates lands in the group, and the group goes when the replica does."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import ray
+import yaml
+from click.testing import CliRunner
+
+import servegraph as serve
+from servegraph.cli import main
+from servegraph.runtime.api import _controller
+from servegraph.runtime.cluster import CONTROLLER_NAME, NAMESPACE
+
+
+def wait_for(predicate, timeout_s: float = 60.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def groups(app: str, deployment: str) -> dict[str, dict]:
+    """The live placement groups of one deployment's replicas, by name (they are named as the replicas are)."""
+    prefix = f"SERVEGRAPH_REPLICA::{app}#{deployment}#"
+    return {
+        entry["name"]: entry
+        for entry in ray.util.placement_group_table().values()
+        if entry["name"].startswith(prefix) and entry["state"] != "REMOVED"
+    }
+
+
+def replica_names(app: str, deployment: str) -> set[str]:
+    raw = ray.get(_controller().status.remote()).applications[app].deployments[deployment]
+    return {r.actor_name for r in raw.replicas}
+
+
+def replica_states(app: str, deployment: str) -> dict[str, int]:
+    return serve.status().applications[app].deployments[deployment].replica_states
+
+
+@ray.remote(num_cpus=0.1)
+def group_of_a_task() -> str | None:
+    group = ray.util.get_current_placement_group()
+    return group.id.hex() if group is not None else None
+
+
+@serve.deployment(
+    num_replicas=2,
+    ray_actor_options={"num_cpus": 0.1},
+    placement_group_bundles=[{"CPU": 0.1}, {"CPU": 0.1}],
+    placement_group_strategy="STRICT_PACK",
+)
+class InGroup:
+    def __call__(self) -> dict:
+        group = ray.util.get_current_placement_group()
+        return {
+            "group": group.id.hex() if group is not None else None,
+            # Created with no scheduling options: captured into the replica's group (bundle 1 has room).
+            "task": ray.get(group_of_a_task.remote()),
+        }
+
+
+def test_each_replica_runs_in_its_own_group_and_what_it_creates_lands_there(serve_app, http_port):
+    handle = serve_app.run(InGroup.bind(), name="pg-inside", route_prefix=None, port=http_port)
+    found = groups("pg-inside", "InGroup")
+    assert set(found) == replica_names("pg-inside", "InGroup")  # one group per replica, named as the replica
+    for entry in found.values():
+        assert entry["strategy"] == "STRICT_PACK" and entry["state"] == "CREATED"
+        assert list(entry["bundles"].values()) == [{"CPU": 0.1}, {"CPU": 0.1}]
+    seen: dict[str, dict] = {}
+
+    def both_replicas_answered() -> bool:
+        for reply in ray.get([handle.remote() for _ in range(8)], timeout=60):
+            seen[reply["group"]] = reply
+        return len(seen) == 2
+
+    assert wait_for(both_replicas_answered)
+    assert set(seen) == {entry["placement_group_id"] for entry in found.values()}
+    for group, reply in seen.items():
+        assert reply["task"] == group
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.1}, placement_group_bundles=[{"CPU": 0.1}])
+class Grouped:
+    def __call__(self) -> str:
+        return ray.get_runtime_context().get_actor_name()
+
+
+def test_groups_follow_their_replicas_through_scaling_death_update_and_delete(serve_app, http_port):
+    app = "pg-lifecycle"
+    serve_app.run(Grouped.options(num_replicas=3).bind(), name=app, route_prefix=None, port=http_port)
+    assert set(groups(app, "Grouped")) == replica_names(app, "Grouped") and len(groups(app, "Grouped")) == 3
+
+    serve_app.run(Grouped.options(num_replicas=1).bind(), name=app, route_prefix=None, port=http_port)  # scale down
+    assert wait_for(lambda: len(groups(app, "Grouped")) == 1)
+    assert set(groups(app, "Grouped")) == replica_names(app, "Grouped")
+
+    (dead,) = replica_names(app, "Grouped")  # a replica dies: its group goes, its successor gets one of its own
+    ray.kill(ray.get_actor(dead, namespace=NAMESPACE), no_restart=True)
+    assert wait_for(lambda: replica_states(app, "Grouped") == {"RUNNING": 1} and dead not in replica_names(app, "Grouped"))
+    assert wait_for(lambda: set(groups(app, "Grouped")) == replica_names(app, "Grouped"))
+
+    before = set(groups(app, "Grouped"))  # a new strategy is a new version: rolled out with new groups
+    serve_app.run(
+        Grouped.options(num_replicas=1, placement_group_strategy="SPREAD").bind(), name=app, route_prefix=None, port=http_port
+    )
+    assert wait_for(lambda: set(groups(app, "Grouped")) == replica_names(app, "Grouped"))
+    assert not before & set(groups(app, "Grouped"))
+    assert {e["strategy"] for e in groups(app, "Grouped").values()} == {"SPREAD"}
+
+    serve.delete(app)
+    assert groups(app, "Grouped") == {}
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.1}, placement_group_bundles=[{"CPU": 0.1}, {"CPU": 1000}])
+class TooBig:
+    def __call__(self) -> str:
+        return "never"
+
+
+def test_a_group_that_cannot_be_placed_leaves_the_replica_pending_and_says_why(serve_app, http_port):
+    app = "pg-pending"
+    serve_app.run(TooBig.bind(), name=app, route_prefix=None, port=http_port, _blocking=False, resource_check=False)
+
+    def message() -> str:
+        return serve.status().applications[app].deployments["TooBig"].message
+
+    assert wait_for(lambda: "cannot be placed" in message())
+    assert "1 replica(s) pending" in message() and "'CPU': 1000.0" in message() and "strategy PACK" in message()
+    assert replica_states(app, "TooBig") == {"STARTING": 1}
+    assert len(groups(app, "TooBig")) == 1
+    serve.delete(app)
+    assert groups(app, "TooBig") == {}
+
+
+def test_a_restarted_controller_keeps_its_replicas_groups_and_removes_groups_nobody_holds(serve_app, http_port):
+    app = "pg-recover"
+    serve_app.run(Grouped.options(num_replicas=2).bind(), name=app, route_prefix=None, port=http_port)
+    before = set(groups(app, "Grouped"))
+    # A group named as a replica that does not exist, as a controller that died between making a replica's
+    # group and its actor leaves behind.
+    leaked = ray.util.placement_group(
+        [{"CPU": 0.1}], name=f"SERVEGRAPH_REPLICA::{app}#Grouped#0000dead", lifetime="detached"
+    )
+    ray.get(leaked.ready(), timeout=60)
+    assert len(groups(app, "Grouped")) == 3
+    controller = ray.get_actor(CONTROLLER_NAME, namespace=NAMESPACE)
+    old_pid = ray.get(controller._test_pid.remote())
+    ray.kill(controller, no_restart=False)
+    assert wait_for(lambda: ray.get(ray.get_actor(CONTROLLER_NAME, namespace=NAMESPACE)._test_pid.remote()) != old_pid)
+    assert wait_for(lambda: replica_states(app, "Grouped") == {"RUNNING": 2})
+    assert set(groups(app, "Grouped")) == before  # the replicas' own groups kept; the stray one removed
+    serve.delete(app)  # and the recovered replicas' groups still go with them
+    assert groups(app, "Grouped") == {}
+
+
+@pytest.fixture
+def config(tmp_path, http_port, monkeypatch, ray_cluster):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "config.yaml"
+    built = CliRunner().invoke(
+        main, ["build", "deploy_models:app", "--name", "pg-deploy", "--route-prefix", "/pg-deploy", "--port", str(http_port), "-o", str(path)]
+    )
+    assert built.exit_code == 0, built.output
+    yield path
+    serve.delete("pg-deploy")
+
+
+def test_servegraph_deploy_applies_a_configs_placement_group(config):
+    data = yaml.safe_load(config.read_text())
+    for dep in data["applications"][0]["deployments"]:
+        if dep["name"] == "Greeter":
+            dep.update(num_replicas=2, placement_group_bundles=[{"CPU": 0.1}, {"CPU": 0.2}], placement_group_strategy="SPREAD")
+    config.write_text(yaml.safe_dump(data))
+    result = CliRunner().invoke(main, ["deploy", str(config)])
+    assert result.exit_code == 0, result.output
+    found = groups("pg-deploy", "Greeter")
+    assert set(found) == replica_names("pg-deploy", "Greeter") and len(found) == 2
+    assert {e["strategy"] for e in found.values()} == {"SPREAD"}
+    assert groups("pg-deploy", "Front") == {}  # only the deployment the config gave a group has one
+    reply = serve.get_app_handle("pg-deploy").remote("Ada").result(timeout_s=60)
+    assert reply["text"] == "Hola Ada"
