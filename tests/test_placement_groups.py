@@ -3,12 +3,18 @@ session's Ray cluster: what it creates lands in the group, and the group goes wh
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+import textwrap
 import time
 
 import pytest
 import ray
 import yaml
 from click.testing import CliRunner
+from conftest import ROOT
 
 import servegraph as serve
 from servegraph.cli import main
@@ -98,19 +104,22 @@ def test_groups_follow_their_replicas_through_scaling_death_update_and_delete(se
     assert set(groups(app, "Grouped")) == replica_names(app, "Grouped") and len(groups(app, "Grouped")) == 3
 
     serve_app.run(Grouped.options(num_replicas=1).bind(), name=app, route_prefix=None, port=http_port)  # scale down
-    assert wait_for(lambda: len(groups(app, "Grouped")) == 1)
+    assert wait_for(lambda: replica_states(app, "Grouped") == {"RUNNING": 1} and len(groups(app, "Grouped")) == 1)
     assert set(groups(app, "Grouped")) == replica_names(app, "Grouped")
 
     (dead,) = replica_names(app, "Grouped")  # a replica dies: its group goes, its successor gets one of its own
     ray.kill(ray.get_actor(dead, namespace=NAMESPACE), no_restart=True)
     assert wait_for(lambda: replica_states(app, "Grouped") == {"RUNNING": 1} and dead not in replica_names(app, "Grouped"))
     assert wait_for(lambda: set(groups(app, "Grouped")) == replica_names(app, "Grouped"))
+    assert dead not in groups(app, "Grouped")
 
     before = set(groups(app, "Grouped"))  # a new strategy is a new version: rolled out with new groups
     serve_app.run(
         Grouped.options(num_replicas=1, placement_group_strategy="SPREAD").bind(), name=app, route_prefix=None, port=http_port
     )
-    assert wait_for(lambda: set(groups(app, "Grouped")) == replica_names(app, "Grouped"))
+    # The old replica drains (STOPPING) before it ends, its group with it.
+    assert wait_for(lambda: replica_states(app, "Grouped") == {"RUNNING": 1} and len(groups(app, "Grouped")) == 1)
+    assert set(groups(app, "Grouped")) == replica_names(app, "Grouped")
     assert not before & set(groups(app, "Grouped"))
     assert {e["strategy"] for e in groups(app, "Grouped").values()} == {"SPREAD"}
 
@@ -186,3 +195,70 @@ def test_servegraph_deploy_applies_a_configs_placement_group(config):
     assert groups("pg-deploy", "Front") == {}  # only the deployment the config gave a group has one
     reply = serve.get_app_handle("pg-deploy").remote("Ada").result(timeout_s=60)
     assert reply["text"] == "Hola Ada"
+
+
+SPREAD_SCRIPT = textwrap.dedent(
+    """
+    import json, os, time
+    import ray
+    from ray.cluster_utils import Cluster
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+    import servegraph as serve
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
+    cluster.add_node(num_cpus=2)
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, namespace="servegraph", log_to_driver=False, logging_level="ERROR",
+             runtime_env={"env_vars": {"PYTHONPATH": os.environ["PYTHONPATH"]}})
+    out = {}
+
+    @ray.remote(num_cpus=0.1)
+    def node_of_a_task():
+        return ray.get_runtime_context().get_node_id()
+
+    try:
+        @serve.deployment(ray_actor_options={"num_cpus": 0.1}, placement_group_bundles=[{"CPU": 0.1}, {"CPU": 0.1}],
+                          placement_group_strategy="STRICT_SPREAD")
+        class Spread:
+            def __call__(self):
+                group = ray.util.get_current_placement_group()
+                in_bundle_1 = PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=1)
+                return {"replica": ray.get_runtime_context().get_node_id(),
+                        "bundle_1": ray.get(node_of_a_task.options(scheduling_strategy=in_bundle_1).remote())}
+
+        handle = serve.run(Spread.bind(), name="spread", route_prefix=None, http=False)
+        out["answer"] = ray.get(handle.remote(), timeout=60)
+        (entry,) = [e for e in ray.util.placement_group_table().values()
+                    if e["name"].startswith("SERVEGRAPH_REPLICA::spread#Spread#") and e["state"] != "REMOVED"]
+        out["bundle_nodes"] = entry["bundles_to_node_id"]
+        # Three bundles on their own nodes, on two nodes: never placed, and the status says so.
+        serve.run(Spread.options(name="Wide", placement_group_bundles=[{"CPU": 0.1}] * 3).bind(), name="wide",
+                  route_prefix=None, http=False, _blocking=False)
+        for _ in range(600):  # bounded: the controller reports within a few of its passes
+            message = serve.status().applications["wide"].deployments["Wide"].message
+            if "cannot be placed" in message:
+                break
+            time.sleep(0.1)
+        out["wide"] = message
+        serve.shutdown()
+        out["left"] = [e["name"] for e in ray.util.placement_group_table().values() if e["state"] != "REMOVED"]
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    print(json.dumps(out))
+    """
+)
+
+
+@pytest.mark.ray
+def test_strict_spread_puts_a_replicas_bundles_on_two_nodes_and_a_third_bundle_waits():
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), str(ROOT / "tests"), env.get("PYTHONPATH")]))
+    result = subprocess.run([sys.executable, "-c", SPREAD_SCRIPT], capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-4000:]
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    nodes = out["bundle_nodes"]
+    assert len(set(nodes.values())) == 2  # each bundle on its own node
+    assert out["answer"] == {"replica": nodes["0"], "bundle_1": nodes["1"]}  # the replica in bundle 0
+    assert "cannot be placed" in out["wide"] and "strategy STRICT_SPREAD" in out["wide"], out["wide"]
+    assert out["left"] == []  # shutdown removed every group, the one never placed too

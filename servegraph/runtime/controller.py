@@ -1105,7 +1105,7 @@ class Controller:
     async def shutdown(self) -> None:
         names = list(self._apps)
         await asyncio.gather(*[self.delete_app(n) for n in names])
-        for group in placement_groups.live_groups(REPLICA_PREFIX, NAMESPACE).values():
+        for group in placement_groups.live_groups(REPLICA_PREFIX).values():
             placement_groups.remove(group)  # every replica is gone, so any group left is a leak
         self._proxies.forget()
         _kv_del(CHECKPOINT_KEY)
@@ -1285,7 +1285,7 @@ class Controller:
 
     async def _recover(self) -> None:
         raw = _kv_get(CHECKPOINT_KEY)
-        groups = placement_groups.live_groups(REPLICA_PREFIX, NAMESPACE)
+        groups = placement_groups.live_groups(REPLICA_PREFIX)
         if not raw:
             self._stop_orphans(groups)
             return

@@ -61,27 +61,28 @@ def remove(group: PlacementGroup | None) -> None:
         pass
 
 
-def live_groups(prefix: str, namespace: str) -> dict[str, PlacementGroup]:
-    """Groups in ``namespace`` whose name starts with ``prefix`` and that are not removed, by name.
+def live_groups(prefix: str) -> dict[str, PlacementGroup]:
+    """Groups of this process's namespace whose name starts with ``prefix`` and that are not removed, by name.
 
-    An empty answer when Ray cannot list them (the caller then removes nothing and attaches nothing).
+    (Ray's table lists every namespace's groups; a name is looked up in this one, so others' are skipped.)
+    An empty answer when Ray cannot list them: the caller then removes nothing and attaches nothing.
     """
     try:
         table = ray.util.placement_group_table()
     except Exception:
         return {}
-    names = [
-        entry.get("name") or ""
-        for entry in table.values()
-        if (entry.get("name") or "").startswith(prefix)
-        and entry.get("state") != "REMOVED"
-        and entry.get("ray_namespace", namespace) in (namespace, None, "")
-    ]
+    names = sorted(
+        {
+            entry.get("name") or ""
+            for entry in table.values()
+            if (entry.get("name") or "").startswith(prefix) and entry.get("state") != "REMOVED"
+        }
+    )
     out = {}
     for name in names:
         try:
             out[name] = ray.util.get_placement_group(name)
-        except ValueError:  # removed meanwhile
+        except ValueError:  # removed meanwhile, or another namespace's
             pass
     return out
 
