@@ -144,6 +144,8 @@ def test_a_group_that_cannot_be_placed_leaves_the_replica_pending_and_says_why(s
     assert "1 replica(s) pending" in message() and "'CPU': 1000.0" in message() and "strategy PACK" in message()
     assert replica_states(app, "TooBig") == {"STARTING": 1}
     assert len(groups(app, "TooBig")) == 1
+    shown = CliRunner().invoke(main, ["status"])  # and `servegraph status` says it too
+    assert shown.exit_code == 0 and f"{app} TooBig: 1 replica(s) pending" in shown.output, shown.output
     serve.delete(app)
     assert groups(app, "TooBig") == {}
 

@@ -208,6 +208,7 @@ def status_cmd(as_json: bool, address: str | None, connect_timeout: float) -> No
                     d: {
                         "status": dep.status,
                         "replica_states": dep.replica_states,
+                        "message": dep.message,
                         **({"replicas": replicas[(name, d)]} if (name, d) in replicas else {}),
                     }
                     for d, dep in app.deployments.items()
@@ -248,6 +249,9 @@ def status_cmd(as_json: bool, address: str | None, connect_timeout: float) -> No
     for name, app in data["applications"].items():
         if app["path"].get("reason"):
             click.echo(f"{name}: {describe_path(app['path'])}")
+        for dname, dep in app["deployments"].items():
+            if dep["message"]:  # why it is not at its target (a replica pending, failing, being replaced)
+                click.echo(f"{name} {dname}: {dep['message']}")
 
 
 def describe_path(path: dict[str, Any], short: bool = False) -> str:

@@ -591,13 +591,11 @@ class Controller:
         missing = [p for p in app.code_paths if p not in self._own_path]
         options = _with_code_paths(spec.options.actor_options(), missing)
         group_spec, group = spec.options.placement_group(), None
-        placement: Any
-        if group_spec is not None:  # a group of its own, named as the replica; the replica in bundle 0
-            group = placement_groups.create(name, *group_spec)
-            placement = placement_groups.scheduling_strategy(group)
-        else:  # max_replicas_per_node: pinned to the node chosen for it; else spread by Ray.
-            placement = "SPREAD" if node is None else NodeAffinitySchedulingStrategy(node, soft=False)
+        placement: Any = "SPREAD" if node is None else NodeAffinitySchedulingStrategy(node, soft=False)
         try:
+            if group_spec is not None:  # a group of its own, named as the replica; the replica in bundle 0
+                group = placement_groups.create(name, *group_spec)
+                placement = placement_groups.scheduling_strategy(group)
             actor = (
                 replica_actor_class(spec.target)
                 .options(
@@ -610,7 +608,7 @@ class Controller:
                 )
                 .remote(dep.app, dep.name, replica_id, spec.target, spec.is_function, spec.init_args, spec.init_kwargs)
             )
-        except Exception as exc:  # Ray refused the options (a shape no bundle holds): a failed start, group freed
+        except Exception as exc:  # Ray refused the group or the actor's options: a failed start, its group freed
             placement_groups.remove(group)
             dep.failures += 1
             dep.message = f"a replica could not be created: {type(exc).__name__}: {exc}"
