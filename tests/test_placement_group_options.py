@@ -185,3 +185,25 @@ def test_kuberay_sizing_places_each_bundle_or_a_strict_pack_group_whole():
 
     assert sized("PACK") == [("cpu-workers", 4, 2)]  # a bundle of 3 a pod
     assert sized("STRICT_PACK") == [("cpu-workers", 6, 1)]  # the group whole, on one pod
+    assert sized("STRICT_SPREAD") == [("cpu-workers", 4, 2)]  # a pod per bundle
+
+
+def test_kuberay_sizing_gives_a_strict_spread_group_a_pod_per_bundle_however_small():
+    config = validate_config(
+        {
+            "applications": [
+                {
+                    "import_path": "m:g",
+                    "deployments": [
+                        {
+                            "name": "Model",
+                            "placement_group_bundles": [{"CPU": 0.1}] * 3,
+                            "placement_group_strategy": "STRICT_SPREAD",
+                        }
+                    ],
+                }
+            ]
+        }
+    )
+    (group,) = worker_groups(config)
+    assert (group.min_pods, group.max_pods) == (3, 3)  # three small bundles would fit one pod, but each needs its own

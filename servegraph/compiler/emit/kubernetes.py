@@ -41,6 +41,8 @@ class Replica:
     gpus: float
     memory: float
     resources: tuple[tuple[str, float], ...]
+    #: Pods its placement group needs at least: one per bundle under STRICT_SPREAD (each bundle on its own node).
+    spread: int = 1
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -89,12 +91,14 @@ def _units(
         return [_unit(per, float(actor_options.get("memory") or 0))]
     if strategy == "STRICT_PACK":
         bundles = [bundles_resources(bundles)]
-    return [_unit(bundles_resources([bundle]), float(bundle.get("memory") or 0)) for bundle in bundles]
+    spread = len(bundles) if strategy == "STRICT_SPREAD" else 1
+    return [_unit(bundles_resources([bundle]), float(bundle.get("memory") or 0), spread) for bundle in bundles]
 
 
-def _unit(per: dict[str, float], memory: float) -> Replica:
+def _unit(per: dict[str, float], memory: float, spread: int = 1) -> Replica:
     per = {k: v for k, v in per.items() if k != "memory"}
-    return Replica(cpus=per.pop("CPU"), gpus=per.pop("GPU"), memory=memory, resources=tuple(sorted(per.items())))
+    cpus, gpus = per.pop("CPU"), per.pop("GPU")
+    return Replica(cpus=cpus, gpus=gpus, memory=memory, resources=tuple(sorted(per.items())), spread=spread)
 
 
 def _pack(items: list[Replica], cpus: int, gpus: int) -> int:
@@ -118,8 +122,8 @@ def _group(name: str, start: list[Replica], most: list[Replica], worker_cpus: in
     biggest = max(math.ceil(r.cpus) for r in most)
     total = math.ceil(sum(r.cpus for r in most) - 1e-9)
     cpus = max(1, biggest, min(worker_cpus, total))
-    max_pods = _pack(most, cpus, gpus)
-    min_pods = _pack(start, cpus, gpus) if start else 0
+    max_pods = max(_pack(most, cpus, gpus), max(r.spread for r in most))
+    min_pods = max(_pack(start, cpus, gpus), max(r.spread for r in start)) if start else 0
     memory = max(MEMORY_PER_CPU_GIB * cpus, max(math.ceil(r.memory / GIB) + 1 for r in most))
     # Custom resources are spread evenly over the pods, each pod holding at least one replica's worth.
     total_custom: dict[str, float] = {}
