@@ -25,6 +25,16 @@ if str(EXAMPLES) not in sys.path:
 TEST_CLUSTER_CPUS = 16
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+#: Where the test cluster's metrics agent serves Prometheus text (Ray's metrics export port).
+METRICS_PORT = free_port()
+
+
 @pytest.fixture(scope="session")
 def ray_cluster():
     """A local Ray cluster shared by every test that needs one; shut down at the end."""
@@ -40,6 +50,9 @@ def ray_cluster():
         include_dashboard=False,
         namespace="servegraph",
         log_to_driver=False,
+        # Metrics reach Prometheus's endpoint within a second (Ray's default is every 10 s).
+        _metrics_export_port=METRICS_PORT,
+        _system_config={"metrics_report_interval_ms": 1000},
         # The controller and proxy unpickle the compiled graph, so they too must import the
         # modules deployments are defined in: the examples and the test modules themselves.
         runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join([str(EXAMPLES), str(ROOT), str(TESTS)])}},
@@ -84,12 +97,6 @@ def deploy(ray_cluster, http_port):
     yield run
     for name in names:
         serve.delete(name)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

@@ -68,7 +68,7 @@ def test_the_proxy_serves_https_with_ssl_keyfile_and_certfile(certificate):
 
 
 class _SlowProxy(HTTPProxy):
-    async def _handle(self, scope, body):
+    async def _handle(self, scope, body, seen=None):
         await asyncio.sleep(30)
         return http_codec.text(200, "too late")
 
@@ -84,7 +84,7 @@ def test_request_timeout_s_answers_408():
 
 
 class _EchoProxy(HTTPProxy):
-    async def _handle(self, scope, body):
+    async def _handle(self, scope, body, seen=None):
         return 200, [("content-type", "application/octet-stream")], body
 
 

@@ -451,6 +451,22 @@ class ServeStatus:
     proxies: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
+def graph_stats(app_name: str = DEFAULT_APP_NAME, window_s: float = 10.0) -> dict[str, Any]:
+    """What an application's graph is doing: per deployment requests/s, errors, p50/p99 over the last
+    ``window_s`` seconds and replicas running/target; per edge (caller -> deployment.method) calls/s and p50.
+
+    Raises:
+        DeploymentError: no application of that name runs (or no servegraph runs on this cluster).
+    """
+    controller = _controller(create=False)
+    if controller is None:
+        raise DeploymentError(f"Application '{app_name}' does not exist. (servegraph: nothing is deployed on this cluster)")
+    try:
+        return _ask(controller.graph_stats.remote(app_name, window_s), f"the stats of {app_name!r}")
+    except KeyError:
+        raise DeploymentError(f"Application '{app_name}' does not exist. (servegraph: `servegraph status` lists what runs)") from None
+
+
 def status() -> ServeStatus:
     """Applications, their deployments, and replica counts by state."""
     controller = _controller(create=False)

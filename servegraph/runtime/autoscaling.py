@@ -23,6 +23,8 @@ class Autoscaler:
         self.config = config
         #: Router id -> recent (time, ongoing requests) reports.
         self._reports: dict[str, deque[tuple[float, float]]] = {}
+        #: The policy's last wish (within min/max), exported as serve_autoscaling_desired_replicas.
+        self.last_desired = 0
         #: Positive while the policy has wanted more replicas since ``_since``; negative for fewer.
         self._direction = 0
         self._since = 0.0
@@ -68,7 +70,7 @@ class Autoscaler:
 
     def decide(self, current: int, now: float) -> int:
         """The new target: ``current`` until a change has been wanted for its delay."""
-        want = self.desired(current, now)
+        want = self.last_desired = self.desired(current, now)
         if want == current:
             self._direction = 0
             return current

@@ -63,6 +63,11 @@ def set_replica_context(app: str, deployment: str, replica_id: str) -> ReplicaCo
     return _CONTEXT
 
 
+def current_replica() -> ReplicaContext | None:
+    """The replica this process runs, or None (a driver, a proxy, the controller)."""
+    return _CONTEXT
+
+
 def get_replica_context() -> ReplicaContext:
     """The replica this code runs in.
 
@@ -128,6 +133,9 @@ class RequestContext:
     app: str = ""
     trace: str = ""
 
+
+#: Where a compiled lane's input bundle carries the request's context (id, route, app, traceparent).
+REQUEST_KEY = "<request>"
 
 _REQUEST: contextvars.ContextVar[RequestContext | None] = contextvars.ContextVar("servegraph_request", default=None)
 

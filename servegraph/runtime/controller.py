@@ -44,7 +44,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from ..compiler import ir
 from ..compiler.fast_path import compiled_path_problem, lane_deployments
 from ..dsl.options import add_resources
-from . import placement_groups, ray_compat
+from . import placement_groups, ray_compat, telemetry
 from .autoscaling import Autoscaler
 from .cluster import NAMESPACE
 from .codec import loads_with_paths
@@ -319,6 +319,13 @@ class Controller:
         self._owners_checked = 0.0
         #: A test's request to end this process at one point of the lifecycle (see _test_crash_at).
         self._crash_at: str | None = None
+        #: Replicas' request stats (see telemetry.py): per (app, deployment) and per (app, caller, deployment, method).
+        self._deployment_stats = telemetry.StatsWindow()
+        self._edge_stats = telemetry.StatsWindow()
+        self._loops = 0
+        self._own_actor_id = ray.get_runtime_context().get_actor_id() or ""
+        #: The gauges last exported (Ray keeps the last value; only changes are set again).
+        self._exported: dict[tuple, float] = {}
         self._loop_task = loop.create_task(self._run())
 
     # Test hook: stop the controller at a chosen point, deterministically ----------------------
@@ -364,9 +371,11 @@ class Controller:
         finally:
             self._recovered.set()
         while True:
+            started = time.monotonic()
             try:
                 async with self._lock:
                     await self._reconcile_all()
+                self._export_metrics(time.monotonic() - started)
             except Exception:  # the loop must never stop; the next pass retries
                 traceback.print_exc()
             self._kick.clear()
@@ -435,6 +444,9 @@ class Controller:
             if r.state in (STARTING, RECOVERING):
                 if exc is None:
                     info = task.result()
+                    if r.state == STARTING:
+                        tags = {"deployment": dep.name, "application": dep.app}
+                        telemetry.observe("serve_replica_startup_latency_ms", tags, (now - r.started_at) * 1000.0)
                     r.node_id, r.pid, r.state, r.last_health = info["node_id"], info["pid"], RUNNING, now
                     r.user_config = info["user_config"]  # what its code accepted: the loop reconfigures it if behind
                     if r.watch is None:
@@ -682,6 +694,7 @@ class Controller:
             r.dead = True
         except Exception as exc:
             r.unhealthy = _describe_failure(exc)
+            telemetry.inc("serve_health_check_failures_total", {"deployment": dep.name, "application": dep.app})
         finally:
             r.health = None
             r.last_health = time.monotonic()
@@ -781,6 +794,84 @@ class Controller:
         if dep is not None and replica is not None and replica.models != frozenset(model_ids):
             replica.models = frozenset(model_ids)
             self._publish(dep)
+
+    async def record_stats(self, deployments: dict, edges: dict) -> None:
+        """A replica's request counts, errors and latency buckets since its last report (see telemetry.py)."""
+        now = time.time()
+        self._deployment_stats.add(now, deployments)
+        self._edge_stats.add(now, edges)
+
+    async def graph_stats(self, app: str, window_s: float = 10.0) -> dict[str, Any]:
+        """What the live graph shows: per deployment requests/s, errors, p50/p99 over the last ``window_s``
+        seconds and replicas running/target; per edge (caller -> deployment.method) calls/s, errors, p50.
+
+        Raises:
+            KeyError: no application ``app``.
+        """
+        state = self._apps.get(app)
+        if state is None:
+            raise KeyError(app)
+        now = time.time()
+        deployments = {}
+        for name, dep in sorted(state.deployments.items()):
+            summary = self._deployment_stats.summary((app, name), now, window_s)
+            deployments[name] = {
+                "requests_per_s": summary["per_s"],
+                "errors_per_s": summary["errors_per_s"],
+                "error_rate": summary["error_rate"],
+                "p50_ms": summary["p50_ms"],
+                "p99_ms": summary["p99_ms"],
+                "requests_total": summary["total"],
+                "errors_total": summary["errors_total"],
+                "replicas_running": sum(1 for r in dep.replicas.values() if r.state in SERVING and not r.dead),
+                "replicas_target": 0 if dep.deleting else dep.target,
+            }
+        edges = []
+        for key in sorted(k for k in self._edge_stats.keys() if k[0] == app):
+            _, caller, target, method = key
+            summary = self._edge_stats.summary(key, now, window_s)
+            edges.append(
+                {
+                    "source": caller,
+                    "target": target,
+                    "method": method,
+                    "calls_per_s": summary["per_s"],
+                    "errors_per_s": summary["errors_per_s"],
+                    "p50_ms": summary["p50_ms"],
+                    "calls_total": summary["total"],
+                    "errors_total": summary["errors_total"],
+                }
+            )
+        return {"app": app, "window_s": window_s, "deployments": deployments, "edges": edges}
+
+    def _export_metrics(self, loop_s: float) -> None:
+        """The control plane's gauges under Ray Serve's names (set when they change)."""
+        if not telemetry.ENABLED:
+            return
+        self._loops += 1
+        telemetry.set_gauge("serve_controller_num_control_loops", {"actor_id": self._own_actor_id}, self._loops)
+        telemetry.set_gauge("serve_controller_control_loop_duration_s", {}, loop_s)
+        values: dict[tuple, float] = {}
+        for app in self._apps.values():
+            values[("serve_application_status", app.name)] = telemetry.APPLICATION_STATUS_NUMBERS.get(app.status, 0)
+            for dep in app.deployments.values():
+                key = (dep.name, app.name)
+                healthy = sum(1 for r in dep.replicas.values() if r.state in SERVING and not r.dead and r.unhealthy is None)
+                values[("serve_deployment_replica_healthy",) + key] = healthy
+                values[("serve_deployment_status",) + key] = telemetry.DEPLOYMENT_STATUS_NUMBERS.get(dep.status, 0)
+                if dep.autoscaler is not None:
+                    values[("serve_autoscaling_target_replicas",) + key] = dep.target
+                    values[("serve_autoscaling_desired_replicas",) + key] = dep.autoscaler.last_desired
+                    values[("serve_autoscaling_total_requests",) + key] = dep.autoscaler.total_ongoing(time.time())
+        for key, value in values.items():
+            if self._exported.get(key) != value:
+                name, *tag_values = key
+                tag_keys = telemetry.METRICS[name][1]
+                telemetry.set_gauge(name, dict(zip(tag_keys, tag_values, strict=True)), value)
+        for key in set(self._exported) - set(values):  # deleted: Ray keeps a gauge's last value, so zero it
+            name, *tag_values = key
+            telemetry.set_gauge(name, dict(zip(telemetry.METRICS[name][1], tag_values, strict=True)), 0)
+        self._exported = values
 
     async def record_metrics(self, client_id: str, loads: dict[tuple[str, str], int]) -> None:
         """A router's queued plus in-flight requests per deployment (for the autoscaler)."""

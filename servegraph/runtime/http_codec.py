@@ -59,7 +59,9 @@ def make_request(scope: dict, body: bytes) -> Any:
     """A real ``starlette.requests.Request`` that can be sent on to a replica (pickled as scope and body)."""
     from starlette.requests import Request
 
-    set_request_id(request_id_of(scope))  # errors while handling it are logged under its id
+    request_id = request_id_of(scope)
+    if request_id != current_request_id():  # a request rebuilt outside its replica's handling (a DAGDriver's adapter)
+        set_request_id(request_id)  # errors while handling it are logged under its id
 
     class PortableRequest(Request):
         def __reduce__(self) -> tuple:

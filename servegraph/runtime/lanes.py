@@ -30,9 +30,10 @@ import ray
 from ..compiler import ir
 from ..compiler.fast_path import call_keys, output_template
 from . import ray_compat
+from .context import REQUEST_KEY, current_request, new_request_id
 from .lane_table import LANES_KEY, LaneInfo
 from .long_poll import ControllerUnavailable, runtime_client
-from .plan import read_inputs
+from .plan import read_inputs, step_callers
 
 #: Seconds after a lane breaks during which requests that find no lane are waited for and re-sent on a death.
 UNSETTLED_S = 10.0
@@ -222,21 +223,17 @@ def _build(plan: ir.Plan, info: LaneInfo, capacity: int) -> Any:
 
     actors = info.actors()
     calls = {s.key for s in plan.steps if s.kind not in (ir.INPUT_ATTR, ir.OUTPUT)}
+    callers = step_callers(plan)
     nodes: dict[str, Any] = {}
     with InputNode() as bundle:
         for step in plan.steps:
             if step.key not in calls:
                 continue
             upstream = [k for k in call_keys((step.args, step.kwargs), calls) if k in nodes]
-            reads_input = any(
-                isinstance(m, ir.Ref) and m.key not in calls for m in ir.iter_markers((step.args, step.kwargs))
-            )
-            sources: tuple[str | None, ...] = tuple(upstream)
-            inputs = [nodes[k] for k in upstream]
-            if reads_input or not upstream:  # every stage needs an input; a stage with none gets the bundle
-                sources += (None,)
-                inputs.append(bundle)
-            spec = (step.method, step.args, step.kwargs, sources)
+            # Every stage takes the bundle: it carries the request's context (id, route, traceparent).
+            sources: tuple[str | None, ...] = (*upstream, None)
+            inputs = [*(nodes[k] for k in upstream), bundle]
+            spec = (step.method, step.args, step.kwargs, sources, callers[step.key])
             assert step.deployment is not None  # a call step (see fast_path)
             nodes[step.key] = actors[step.deployment].lane_call.bind(spec, *inputs)
         template = output_template(plan)
@@ -420,9 +417,17 @@ class LaneSet:
         return None
 
     def bundle(self, args: tuple, kwargs: dict) -> dict[str, Any]:
-        """The request's input and every input read the graph makes, by key (PlanInputError as on the plan path)."""
+        """The request's input, every input read the graph makes, by key (PlanInputError as on the plan path),
+        and the request's context (see replica.REQUEST_KEY)."""
         assert self.plan is not None
-        return read_inputs(self.plan, args, kwargs)
+        bundle = read_inputs(self.plan, args, kwargs)
+        request = current_request()
+        bundle[REQUEST_KEY] = (
+            (new_request_id(), "", self.app, "")
+            if request is None
+            else (request.request_id, request.route, request.app, request.trace)
+        )
+        return bundle
 
     def pick(self) -> Lane | None:
         """The lane with the fewest requests in flight and room for one more (counted as taken), or None."""

@@ -24,6 +24,7 @@ from typing import Any
 
 import ray
 
+from . import telemetry
 from .cluster import CONTROLLER_NAME, NAMESPACE
 from .router import Membership, Router
 
@@ -229,6 +230,7 @@ def close_runtime_client() -> None:
         client, _CLIENT = _CLIENT, None
     if client is not None:
         client.close()
+    telemetry.stop()  # what this process recorded is exported first
 
 
 def runtime_client() -> RuntimeClient:

@@ -18,6 +18,8 @@ from ray import ObjectRef
 
 from ..compiler import ir
 from ..errors import NoRouteError
+from .router import EdgeMethod
+from .telemetry import INPUT
 
 Call = tuple[str, str, tuple, dict]
 
@@ -120,6 +122,44 @@ def choose(route: ir.RouteIR, value: Any = None) -> int:
     raise NoRouteError(f"Switch (made at {route.site})", value, known)
 
 
+_CALLERS: dict[int, tuple[ir.Plan, dict[str, tuple[str, ...]]]] = {}
+
+
+def step_callers(plan: ir.Plan) -> dict[str, tuple[str, ...]]:
+    """For each call step, its callers in edge metrics: the deployments whose results it takes (through
+    routing and output steps), and ``<input>`` where it reads the request's input or takes no node's result.
+    """
+    cached = _CALLERS.get(id(plan))
+    if cached is not None and cached[0] is plan:
+        return cached[1]
+    steps = {step.key: step for step in plan.steps}
+
+    def sources(markers: Any, seen: set[str]) -> set[str]:
+        found: set[str] = set()
+        for marker in ir.iter_markers(markers):
+            if not isinstance(marker, ir.Ref):
+                continue
+            step = steps.get(marker.key)
+            if step is None or step.kind == ir.INPUT_ATTR:
+                found.add(INPUT)
+            elif step.kind != ir.OUTPUT and step.kind not in ir.ROUTING and step.deployment is not None:
+                found.add(step.deployment)
+            elif marker.key not in seen:
+                seen.add(marker.key)
+                found |= sources((step.args, step.kwargs), seen)
+        return found
+
+    callers = {
+        step.key: tuple(sorted(sources((step.args, step.kwargs), set()))) or (INPUT,)
+        for step in plan.steps
+        if step.kind not in (ir.INPUT_ATTR, ir.OUTPUT) and step.kind not in ir.ROUTING and step.deployment is not None
+    }
+    if len(_CALLERS) > 64:
+        _CALLERS.clear()
+    _CALLERS[id(plan)] = (plan, callers)
+    return callers
+
+
 def _waits_for(step: ir.PlanStep) -> list[str]:
     """The keys a step needs before it runs; a routing node's branches wait for its choice."""
     if step.kind == ir.INPUT_ATTR:
@@ -138,6 +178,7 @@ def _run_routed(plan: ir.Plan, args: tuple, kwargs: dict, handle: Callable[[str]
     """
     steps = {step.key: step for step in plan.steps}
     order = {step.key: i for i, step in enumerate(plan.steps)}
+    callers = step_callers(plan)
     values: dict[str, Any] = {}
     if plan.input is not None:
         values[plan.input] = plan_input(args, kwargs)
@@ -182,7 +223,8 @@ def _run_routed(plan: ir.Plan, args: tuple, kwargs: dict, handle: Callable[[str]
                 values[key] = values[branch.key]
             else:
                 assert step.deployment is not None and step.method is not None
-                values[key] = yield (step.deployment, step.method, substitute(step.args), dict(substitute(step.kwargs)))
+                method = EdgeMethod(step.method, callers[key])
+                values[key] = yield (step.deployment, method, substitute(step.args), dict(substitute(step.kwargs)))
 
     yield from run(needed(plan.output.key))
     return values[plan.output.key]
@@ -197,6 +239,7 @@ def run_plan(plan: ir.Plan, args: tuple, kwargs: dict, handle: Callable[[str], A
     if plan.routed:
         return (yield from _run_routed(plan, args, kwargs, handle))
     values = read_inputs(plan, args, kwargs)
+    callers = step_callers(plan)
 
     def substitute(value: Any) -> Any:
         def fn(marker: ir.Ref | ir.HandleRef) -> Any:
@@ -213,7 +256,7 @@ def run_plan(plan: ir.Plan, args: tuple, kwargs: dict, handle: Callable[[str], A
             values[step.key] = substitute(step.args[0])
         else:
             assert step.deployment is not None and step.method is not None
-            call = (step.deployment, step.method, substitute(step.args), dict(substitute(step.kwargs)))
+            call = (step.deployment, EdgeMethod(step.method, callers[step.key]), substitute(step.args), dict(substitute(step.kwargs)))
             values[step.key] = yield call
     return values[plan.output.key]
 

@@ -15,14 +15,16 @@ import logging
 import os
 import socket
 import sys
+import time
 import uuid
 from typing import Any
 
 import ray
 
 from ..errors import BackPressureError, NoRouteError
+from . import telemetry
 from .codec import loads_with_paths
-from .context import model_id_of
+from .context import RequestContext, current_request, model_id_of, set_request
 from .driver_http import MATCH_ALL, driver_app
 from .grpc_options import GRPC_OPTION_DEFAULTS
 from .handle import RETRY_DELAY_S, _DeploymentTarget, _PlanTarget, note_actor_death
@@ -88,6 +90,12 @@ class HTTPProxy:
         self._options = {**HTTP_OPTION_DEFAULTS, **(http_options or {})}
         self.max_body_bytes = int(os.environ.get("SERVEGRAPH_MAX_REQUEST_BODY_BYTES", DEFAULT_MAX_BODY_BYTES))
         self.request_timeout_s: float | None = self._options["request_timeout_s"]
+        #: HTTP requests being handled now (Ray Serve's serve_num_ongoing_http_requests).
+        self.ongoing = 0
+        if telemetry.ENABLED:
+            context = ray.get_runtime_context()
+            node = {"node_id": context.get_node_id(), "node_ip_address": ray.util.get_node_ip_address()}
+            telemetry.add_gauge_source(lambda: [("serve_num_ongoing_http_requests", node, self.ongoing)])
 
     async def start(self, code_paths: list[str] | tuple[str, ...] = ()) -> str | None:
         """Start serving; returns an error message instead if the port cannot be bound.
@@ -177,7 +185,8 @@ class HTTPProxy:
     async def node_id(self) -> str:
         return ray.get_runtime_context().get_node_id()
 
-    async def _handle(self, scope: dict, body: bytes) -> HTTPResult | HTTPStream:
+    async def _handle(self, scope: dict, body: bytes, seen: _Seen | None = None) -> HTTPResult | HTTPStream:
+        """Answer one request; ``seen`` learns its route, application and ingress deployment (for metrics)."""
         if scope["path"] == "/-/healthz":  # Ray Serve's proxy endpoints, with its words
             return text(200, "success") if self._routes else text(503, "Route table is not populated yet.")
         if scope["path"] == "/-/routes":
@@ -189,6 +198,13 @@ class HTTPProxy:
             return text(404, f"Path '{scope['path']}' not found. Ping http://.../-/routes for available routes. (servegraph: routes are {routes})")
         kind, app, target, adapter = route
         assert prefix is not None
+        request = current_request()
+        if request is not None:  # the calls this request makes carry its route and application
+            set_request(RequestContext(request.request_id, prefix, app, request.trace))
+        if seen is not None:
+            seen.route, seen.app = prefix, app
+            info = getattr(target, "info", target)  # a deployment ingress's DeploymentInfo; a graph has none
+            seen.deployment = getattr(info, "name", "") if isinstance(getattr(info, "name", None), str) else ""
         if kind == "broken":
             return text(500, adapter)
         try:
@@ -325,9 +341,33 @@ async def _disconnected(receive: Any) -> None:
         pass
 
 
+class _Seen:
+    """What the proxy learnt of a request while answering it: its route prefix, application and ingress."""
+
+    __slots__ = ("route", "app", "deployment")
+
+    def __init__(self) -> None:
+        self.route = self.app = self.deployment = ""
+
+
 async def _serve_http(proxy: HTTPProxy, scope: dict, receive: Any, send: Any) -> None:
     if scope["type"] != "http":
         return
+    started = time.perf_counter()
+    seen = _Seen()
+    status = 499  # the client left before an answer (nginx's code; Ray Serve counts these too)
+    proxy.ongoing += 1
+    try:
+        status = await _answer_http(proxy, scope, receive, send, seen)
+    finally:
+        proxy.ongoing -= 1
+        if telemetry.ENABLED:
+            ms = (time.perf_counter() - started) * 1000.0
+            telemetry.record(("http", seen.route, scope.get("method", ""), seen.app, status, seen.deployment), ms)
+
+
+async def _answer_http(proxy: HTTPProxy, scope: dict, receive: Any, send: Any, seen: _Seen) -> int:
+    """Answer one HTTP request; returns the status sent."""
     # The client's id if it sent one, else a new one; the replica sees it in the request's headers.
     request_id = request_id_of(scope)
     if request_id is None:
@@ -340,7 +380,7 @@ async def _serve_http(proxy: HTTPProxy, scope: dict, receive: Any, send: Any) ->
     else:
         try:
             # The client may leave before the answer: then the request is cancelled, down to the replicas.
-            work = asyncio.ensure_future(asyncio.wait_for(proxy._handle(scope, body), proxy.request_timeout_s))
+            work = asyncio.ensure_future(asyncio.wait_for(proxy._handle(scope, body, seen), proxy.request_timeout_s))
             gone = asyncio.ensure_future(_disconnected(receive))
             try:
                 await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
@@ -348,11 +388,11 @@ async def _serve_http(proxy: HTTPProxy, scope: dict, receive: Any, send: Any) ->
                 gone.cancel()
             if not work.done():
                 work.cancel()
-                return
+                return 499
             result = work.result()
             if isinstance(result, HTTPStream):
                 await result.send(send, receive, [(REQUEST_ID_HEADER, request_id)])
-                return
+                return result.status
             status, headers, payload = result
         except asyncio.TimeoutError:
             status, headers, payload = text(408, f"request timed out after {proxy.request_timeout_s} s (http_options.request_timeout_s)")
@@ -365,6 +405,24 @@ async def _serve_http(proxy: HTTPProxy, scope: dict, receive: Any, send: Any) ->
         }
     )
     await send({"type": "http.response.body", "body": payload})
+    return status
+
+
+@telemetry.expander("http")
+def _http_metrics(key: tuple, values: list, deployments: dict, edges: dict) -> None:
+    _, route, method, app, status, deployment = key
+    code = str(status)
+    tags = {"route": route, "method": method, "application": app, "status_code": code}
+    telemetry.inc("serve_num_http_requests", tags, len(values))
+    for ms in values:
+        telemetry.observe("serve_http_request_latency_ms", tags, ms)
+    if status >= 400:
+        telemetry.inc("serve_num_http_error_requests", {"route": route, "error_code": code, "method": method, "application": app}, len(values))
+        telemetry.inc(
+            "serve_num_deployment_http_error_requests",
+            {"deployment": deployment, "error_code": code, "method": method, "route": route, "application": app},
+            len(values),
+        )
 
 
 async def _read_body(scope: dict, receive: Any, limit: int) -> bytes | None:

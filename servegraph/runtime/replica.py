@@ -32,12 +32,22 @@ from .._handle_era import NEW, handle_era
 from .._validation import did_you_mean
 from ..compiler import ir
 from ..dsl.signature import function_method_problem, public_methods
-from . import ray_compat
+from . import ray_compat, telemetry
 from .codec import unflatten
-from .context import model_id_of, reset_multiplexed_model_id, set_multiplexed_model_id, set_replica_context
+from .context import (
+    REQUEST_KEY,
+    RequestContext,
+    model_id_of,
+    new_request_id,
+    reset_multiplexed_model_id,
+    reset_request,
+    set_multiplexed_model_id,
+    set_replica_context,
+    set_request,
+)
 from .handle import DeploymentInfo, async_handle, new_api_handle, note_actor_death
-from .http_codec import HTTPResult, encode_error, encode_result, make_request, request_id_of, set_request_id
-from .router import CHILD_CALLS
+from .http_codec import HTTPResult, encode_error, encode_result, make_request, request_id_of
+from .router import CHILD_CALLS, Sent
 from .user_frames import describe_user_error
 
 #: Threads a threaded replica keeps for control calls (watch, health check, reconfigure, drain, status).
@@ -128,9 +138,70 @@ def takes_nothing(fn: Callable[..., Any]) -> bool:
 
 def call_http(fn: Callable[..., Any], scope: dict, body: bytes) -> Any:
     """Call an HTTP entry point as Ray Serve does: with the Request, or with nothing if it takes no parameters."""
-    set_request_id(request_id_of(scope))  # errors while handling it are logged under the request's id
     set_multiplexed_model_id(model_id_of(scope))  # every request sets it (to "" if it names no model)
     return fn() if takes_nothing(fn) else fn(make_request(scope, body))
+
+
+#: The method name requests over HTTP have in metrics and access logs.
+HTTP_METHOD = "__call__"
+
+
+def http_request_context(app: str, scope: dict) -> RequestContext:
+    """An HTTP request's context in the replica: its id from the proxy (the ``X-Request-ID`` header), its
+    route prefix (the scope's ``root_path``) and its ``traceparent`` header."""
+    trace = ""
+    for key, value in scope.get("headers", ()):
+        if key.lower() == b"traceparent":
+            trace = value.decode("latin-1")
+    return RequestContext(request_id_of(scope) or new_request_id(), scope.get("root_path") or "/", app, trace)
+
+
+class _Handling:
+    """One request in the user's code: its context set for the code (and the calls it makes), its time
+    and outcome recorded when it ends (see telemetry.py), its observers (the access log) told."""
+
+    __slots__ = ("replica", "method", "request", "error", "_token", "_t0")
+
+    def __init__(self, replica: _ReplicaCore, method: str, request: RequestContext | None):
+        self.replica = replica
+        self.method = method
+        self.request = request
+        #: An error the request ended with that did not raise out of it (an HTTP 500).
+        self.error: BaseException | None = None
+
+    def __enter__(self) -> _Handling:
+        self._token = set_request(self.request)
+        self._t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> None:
+        ms = (time.perf_counter() - self._t0) * 1000.0
+        error = exc if exc is not None else self.error
+        try:
+            if telemetry.ENABLED:
+                method = self.method
+                sent_at = getattr(method, "sent_at", 0.0)
+                edge_ms = max(ms, (time.time() - sent_at) * 1000.0) if sent_at else ms
+                replica = self.replica
+                route = self.request.route if self.request is not None else ""
+                failed = type(getattr(error, "cause", None) or error).__name__ if error is not None else ""
+                telemetry.record(
+                    ("replica", replica._app, replica._deployment, replica._replica_id, route, str(method),
+                     getattr(method, "callers", ()), failed),
+                    (ms, edge_ms),
+                )  # fmt: skip
+            for observer in telemetry.observers():
+                observer(str(self.method), error is None, ms, error)
+        finally:
+            try:
+                reset_request(self._token)
+            except ValueError:  # a sync stream's generator resumed on another thread: its context is not ours
+                pass
+
+
+def _handling(replica: _ReplicaCore, method: str) -> _Handling:
+    request = getattr(method, "request", None)
+    return _Handling(replica, method, RequestContext(*request) if request is not None else None)
 
 
 class _ReplicaCore:
@@ -171,6 +242,11 @@ class _ReplicaCore:
         self._applied_config: Any = None
         #: Counts watch calls: a newer one (a restarted controller's) ends the older ones (see watch).
         self._watch_gen = 0
+        if telemetry.ENABLED:
+            tags = {"deployment": deployment, "replica": replica_id, "application": app}
+            telemetry.count("serve_deployment_replica_starts", (deployment, replica_id, app))
+            telemetry.add_gauge_source(lambda: [("serve_replica_processing_queries", tags, self.ongoing())])
+            telemetry.set_stats_sink(telemetry.send_to_controller)
 
     # Construction -------------------------------------------------------------------
     def _constructor_args(self) -> tuple[tuple, dict]:
@@ -256,12 +332,13 @@ class _ReplicaCore:
     # execution loop runs on the replica's "_ray_system" thread and calls ``lane_call`` once per
     # request; ordinary calls keep arriving beside it.
     def _lane_arguments(self, spec: tuple, values: tuple) -> tuple[str, tuple, dict]:
-        """The user method's arguments: ``spec`` is (method, args, kwargs, sources), ``values`` one per source.
+        """The method (as a :class:`Sent`, with the request) and its arguments: ``spec`` is (method, args,
+        kwargs, sources, callers), ``values`` one per source.
 
         A source is the key of an upstream call (its result), or None for the request's input bundle
-        (the input and every input read, by key).
+        (the input, every input read by key, and the request's context under :data:`REQUEST_KEY`).
         """
-        method, args, kwargs, sources = spec
+        method, args, kwargs, sources, callers = spec
         known: dict[str, Any] = {}
         bundle: dict[str, Any] = {}
         for source, value in zip(sources, values, strict=True):
@@ -274,7 +351,8 @@ class _ReplicaCore:
             assert isinstance(marker, ir.Ref)  # fast_path refuses graphs that pass handles per request
             return known[marker.key] if marker.key in known else bundle[marker.key]
 
-        return method, ir.map_markers(args, fill), dict(ir.map_markers(kwargs, fill))
+        request = bundle.get(REQUEST_KEY) or (new_request_id(), "", self._app, "")
+        return Sent(method, request, callers, 0.0), ir.map_markers(args, fill), dict(ir.map_markers(kwargs, fill))
 
 
 class SyncReplica(_ReplicaCore):
@@ -325,10 +403,11 @@ class SyncReplica(_ReplicaCore):
         if slots is not None:
             slots.acquire()
         try:
-            fn = self._method(method)
-            if len(args) == 1 and type(args[0]).__name__ == "PortableRequest" and takes_nothing(fn):
-                args = ()  # a DAGDriver route's Request, to a method that takes none (as Ray Serve drops it)
-            return not_a_generator(method, fn(*args))
+            with _handling(self, method):
+                fn = self._method(method)
+                if len(args) == 1 and type(args[0]).__name__ == "PortableRequest" and takes_nothing(fn):
+                    args = ()  # a DAGDriver route's Request, to a method that takes none (as Ray Serve drops it)
+                return not_a_generator(method, fn(*args))
         except ray.exceptions.RayActorError as exc:
             note_actor_death(exc)  # a replica this one called died: stop using it here at once
             raise
@@ -351,8 +430,9 @@ class SyncReplica(_ReplicaCore):
         if slots is not None:
             slots.acquire()
         try:
-            args, kwargs = split_keywords(names, values)
-            return not_a_generator(method, self._method(method)(*args, **kwargs))
+            with _handling(self, method):
+                args, kwargs = split_keywords(names, values)
+                return not_a_generator(method, self._method(method)(*args, **kwargs))
         except ray.exceptions.RayActorError as exc:
             note_actor_death(exc)
             raise
@@ -370,10 +450,11 @@ class SyncReplica(_ReplicaCore):
         """A generator method's results, one Ray object each, as they come (``num_returns="streaming"``)."""
         next(self._started)
         try:
-            args, kwargs = split_keywords(names, values)
-            # Not ``yield from``: Ray send()s into this generator, which must not reach the user's.
-            for item in stream_of(method, self._method(method)(*args, **kwargs)):  # noqa: UP028
-                yield item
+            with _handling(self, method):
+                args, kwargs = split_keywords(names, values)
+                # Not ``yield from``: Ray send()s into this generator, which must not reach the user's.
+                for item in stream_of(method, self._method(method)(*args, **kwargs)):  # noqa: UP028
+                    yield item
         finally:
             next(self._finished)
 
@@ -403,17 +484,20 @@ class SyncReplica(_ReplicaCore):
     def handle_http(self, scope: dict, body: bytes) -> HTTPResult:
         next(self._started)
         try:
-            result = call_http(self._method("__call__"), scope, body)
-            if inspect.isawaitable(result):  # an async __call__ assigned at runtime
-                result = asyncio.run(_awaited(result))
-            if streaming_response(result):
-                return self._open_stream(result)
-            return encode_result(result)
-        except ray.exceptions.RayActorError as exc:
-            note_actor_death(exc)  # a replica this one called died: stop using it here at once
-            raise  # and the proxy sends the request again
-        except Exception as exc:  # a user error becomes an HTTP 500, never a dead proxy
-            return encode_error(exc)
+            with _Handling(self, HTTP_METHOD, http_request_context(self._app, scope)) as handling:
+                try:
+                    result = call_http(self._method("__call__"), scope, body)
+                    if inspect.isawaitable(result):  # an async __call__ assigned at runtime
+                        result = asyncio.run(_awaited(result))
+                    if streaming_response(result):
+                        return self._open_stream(result)
+                    return encode_result(result)
+                except ray.exceptions.RayActorError as exc:
+                    note_actor_death(exc)  # a replica this one called died: stop using it here at once
+                    raise  # and the proxy sends the request again
+                except Exception as exc:  # a user error becomes an HTTP 500, never a dead proxy
+                    handling.error = exc
+                    return encode_error(exc)
         finally:
             next(self._finished)
 
@@ -554,15 +638,16 @@ class AsyncReplica(_ReplicaCore):
     async def _call(self, method: str, *args: Any) -> Any:
         next(self._started)
         try:
-            fn = self._method(method)
-            if len(args) == 1 and type(args[0]).__name__ == "PortableRequest" and takes_nothing(fn):
-                args = ()  # a DAGDriver route's Request, to a method that takes none (as Ray Serve drops it)
-            result = fn(*args)
-            if inspect.isawaitable(result):
-                result = await result
-                if inspect.isawaitable(result):  # a ref returned by an async method: its value, as over HTTP
+            with _handling(self, method):
+                fn = self._method(method)
+                if len(args) == 1 and type(args[0]).__name__ == "PortableRequest" and takes_nothing(fn):
+                    args = ()  # a DAGDriver route's Request, to a method that takes none (as Ray Serve drops it)
+                result = fn(*args)
+                if inspect.isawaitable(result):
                     result = await result
-            return not_a_generator(method, result)
+                    if inspect.isawaitable(result):  # a ref returned by an async method: its value, as over HTTP
+                        result = await result
+                return not_a_generator(method, result)
         except ray.exceptions.RayActorError as exc:
             note_actor_death(exc)  # a replica this one called died: stop using it here at once
             raise
@@ -592,13 +677,14 @@ class AsyncReplica(_ReplicaCore):
     async def _handle_request(self, method: str, names: tuple[str, ...], *values: Any) -> Any:
         next(self._started)
         try:
-            args, kwargs = split_keywords(names, values)
-            result = self._method(method)(*args, **kwargs)
-            if inspect.isawaitable(result):
-                result = await result
-                if inspect.isawaitable(result):  # a ref returned by an async method: its value, as over HTTP
+            with _handling(self, method):
+                args, kwargs = split_keywords(names, values)
+                result = self._method(method)(*args, **kwargs)
+                if inspect.isawaitable(result):
                     result = await result
-            return not_a_generator(method, result)
+                    if inspect.isawaitable(result):  # a ref returned by an async method: its value, as over HTTP
+                        result = await result
+                return not_a_generator(method, result)
         except ray.exceptions.RayActorError as exc:
             note_actor_death(exc)  # a replica this one called died: stop using it here at once
             raise
@@ -616,14 +702,15 @@ class AsyncReplica(_ReplicaCore):
         """A generator method's results, one Ray object each, as they come (``num_returns="streaming"``)."""
         next(self._started)
         try:
-            args, kwargs = split_keywords(names, values)
-            results = stream_of(method, self._method(method)(*args, **kwargs))
-            if inspect.isasyncgen(results):
-                async for item in results:
-                    yield item
-            else:
-                for item in results:
-                    yield item
+            with _handling(self, method):
+                args, kwargs = split_keywords(names, values)
+                results = stream_of(method, self._method(method)(*args, **kwargs))
+                if inspect.isasyncgen(results):
+                    async for item in results:
+                        yield item
+                else:
+                    for item in results:
+                        yield item
         finally:
             next(self._finished)
 
@@ -638,19 +725,22 @@ class AsyncReplica(_ReplicaCore):
     async def handle_http(self, scope: dict, body: bytes) -> HTTPResult:
         next(self._started)
         try:
-            result = call_http(self._method("__call__"), scope, body)
-            if inspect.isawaitable(result):
-                result = await result
-                if inspect.isawaitable(result):  # a ref returned by an async method: its value, as over HTTP
-                    result = await result
-            if streaming_response(result):
-                return self._open_stream(result)
-            return encode_result(result)
-        except ray.exceptions.RayActorError as exc:
-            note_actor_death(exc)  # a replica this one called died: stop using it here at once
-            raise  # and the proxy sends the request again
-        except Exception as exc:  # a user error becomes an HTTP 500, never a dead proxy
-            return encode_error(exc)
+            with _Handling(self, HTTP_METHOD, http_request_context(self._app, scope)) as handling:
+                try:
+                    result = call_http(self._method("__call__"), scope, body)
+                    if inspect.isawaitable(result):
+                        result = await result
+                        if inspect.isawaitable(result):  # a ref returned by an async method: its value, as over HTTP
+                            result = await result
+                    if streaming_response(result):
+                        return self._open_stream(result)
+                    return encode_result(result)
+                except ray.exceptions.RayActorError as exc:
+                    note_actor_death(exc)  # a replica this one called died: stop using it here at once
+                    raise  # and the proxy sends the request again
+                except Exception as exc:  # a user error becomes an HTTP 500, never a dead proxy
+                    handling.error = exc
+                    return encode_error(exc)
         finally:
             next(self._finished)
 
@@ -821,3 +911,33 @@ def replica_concurrency(target: Any, max_ongoing_requests: int) -> int:
 
 _SYNC = ray.remote(concurrency_groups={"control": CONTROL_THREADS})(SyncReplica)  # type: ignore[call-overload]  # Ray's stubs omit concurrency_groups
 _ASYNC = ray.remote(AsyncReplica)
+
+
+@telemetry.expander("replica")
+def _replica_metrics(key: tuple, values: list, deployments: dict, edges: dict) -> None:
+    _, app, deployment, replica_id, route, method, callers, failed = key
+    n = len(values)
+    tags = {"deployment": deployment, "replica": replica_id, "application": app, "route": route}
+    if failed:
+        telemetry.inc("serve_deployment_error_counter", {**tags, "exception_type": failed}, n)
+    else:
+        telemetry.inc("serve_deployment_request_counter", tags, n)
+    processing = [ms for ms, _ in values]
+    for ms in processing:
+        telemetry.observe("serve_deployment_processing_latency_ms", tags, ms)
+    stats = deployments.get((app, deployment))
+    if stats is None:
+        stats = deployments[(app, deployment)] = telemetry.Stats()
+    stats.add(processing, bool(failed))
+    for caller in callers:
+        edge_tags = {"application": app, "edge": f"{caller} -> {deployment}.{method}", "source": caller, "target": deployment, "method": method}
+        telemetry.inc("servegraph_edge_calls", edge_tags, n)
+        if failed:
+            telemetry.inc("servegraph_edge_errors", edge_tags, n)
+        latencies = [edge_ms for _, edge_ms in values]
+        for ms in latencies:
+            telemetry.observe("servegraph_edge_latency_ms", edge_tags, ms)
+        edge = edges.get((app, caller, deployment, method))
+        if edge is None:
+            edge = edges[(app, caller, deployment, method)] = telemetry.Stats()
+        edge.add(latencies, bool(failed))

@@ -31,7 +31,8 @@ from ray import ObjectRef
 from ray.actor import ActorHandle
 
 from ..errors import BackPressureError, DeploymentError
-from . import ray_compat
+from . import ray_compat, telemetry
+from .context import current_replica, current_request, new_request_id
 
 #: The pseudo-method that sends (scope, body) to the ingress's HTTP entry point.
 HTTP = "<http>"
@@ -66,6 +67,53 @@ class ModelCall(str):
 
     def __reduce__(self) -> tuple:
         return (ModelCall, (str(self), self.model_id))
+
+
+class EdgeMethod(str):
+    """A method name sent by a graph's plan, naming the graph nodes whose results it takes (its callers in
+    edge metrics: deployment names, or ``<input>`` for the request's input)."""
+
+    callers: tuple[str, ...]
+
+    def __new__(cls, method: str, callers: tuple[str, ...]) -> EdgeMethod:
+        call = super().__new__(cls, method)
+        call.callers = callers
+        return call
+
+    def __reduce__(self) -> tuple:
+        return (EdgeMethod, (str(self), self.callers))
+
+
+class Sent(str):
+    """A method name as a replica receives it: with the request it belongs to and who called.
+
+    ``request``: (request id, route, application, traceparent) of the caller's request (see
+    context.RequestContext); ``callers``: the edge sources of this call (see EdgeMethod; a replica's
+    own deployment for calls its code makes; () for a driver's); ``sent_at``: ``time.time()`` when sent.
+    """
+
+    request: tuple[str, str, str, str]
+    callers: tuple[str, ...]
+    sent_at: float
+
+    def __new__(cls, method: str, request: tuple[str, str, str, str], callers: tuple[str, ...], sent_at: float) -> Sent:
+        call = super().__new__(cls, method)
+        call.request = request
+        call.callers = callers
+        call.sent_at = sent_at
+        return call
+
+    def __reduce__(self) -> tuple:
+        return (Sent, (str(self), self.request, self.callers, self.sent_at))
+
+
+def _caller(app: str) -> tuple[str, ...]:
+    """The edge source of a call made by this process's code: its replica's deployment (qualified by its
+    application when that is another one), or none for a driver or proxy."""
+    replica = current_replica()
+    if replica is None:
+        return ()
+    return (replica.deployment,) if replica.app_name == app else (f"{replica.app_name}/{replica.deployment}",)
 
 
 #: How long a waiting caller sleeps at most before it looks again (membership changes also wake it).
@@ -157,6 +205,10 @@ class Router:
         self._created = time.monotonic()
         #: Set once the controller's first answer arrived (or the router was closed).
         self._known = threading.Event()
+        #: Ray Serve's ``handle`` tag (app#deployment#id) and the calling actor's id, for router metrics.
+        self._handle_tag = f"{app}#{deployment}#{new_request_id()[:6]}"
+        self._actor_tag = ray.get_runtime_context().get_actor_id() or ""
+        self._gauges = telemetry.add_gauge_source(self._gauge_values) if telemetry.ENABLED else None
 
     # Membership ---------------------------------------------------------------------
     def update(self, membership: Membership) -> None:
@@ -182,6 +234,8 @@ class Router:
 
     def close(self) -> None:
         """This process left the runtime (``serve.shutdown()``): queued callers fail now instead of waiting."""
+        if self._gauges is not None:
+            telemetry.remove_gauge_source(self._gauges)
         with self._lock:
             self._exists = False
             self._known.set()
@@ -257,24 +311,47 @@ class Router:
             self._sent_model_to[model_id] = self._ids[best]
         return best
 
+    def _sent(self, method: str) -> Sent:
+        """``method`` with the caller's request (a new id for a call outside any) and the edge it takes."""
+        request = current_request()
+        if request is None:
+            carried: tuple[str, str, str, str] = (new_request_id(), "", self.app, "")
+        else:
+            carried = (request.request_id, request.route, request.app, request.trace)
+        callers = getattr(method, "callers", None)
+        if telemetry.ENABLED:
+            telemetry.record(("router", self.app, self.deployment, carried[1], self._handle_tag, self._actor_tag), None)
+        return Sent(str(method), carried, _caller(self.app) if callers is None else callers, time.time())
+
+    def _gauge_values(self) -> list[tuple[str, dict[str, str], float]]:
+        tags = {"deployment": self.deployment, "application": self.app, "handle": self._handle_tag, "actor_id": self._actor_tag}
+        with self._lock:
+            queued = len(self._waiters)
+            ongoing = sum(self._prune(k) for k in range(len(self.replicas)))
+        return [("serve_deployment_queued_queries", tags, queued), ("serve_num_ongoing_requests_at_replicas", tags, ongoing)]
+
     def _send(self, i: int, method: str, args: tuple, kwargs: dict) -> ObjectRef:
         ref: ObjectRef
-        if type(method) is ModelCall and method != HTTP:
-            ref = self.replicas[i].call_model.remote(method.model_id, str(method), tuple(kwargs), *args, *kwargs.values())
-        elif method == HTTP:
+        if method == HTTP:
+            if telemetry.ENABLED:
+                request = current_request()
+                route = request.route if request is not None else ""
+                telemetry.record(("router", self.app, self.deployment, route, self._handle_tag, self._actor_tag), None)
             ref = self.replicas[i].handle_http.remote(*args)
+        elif type(method) is ModelCall:
+            ref = self.replicas[i].call_model.remote(method.model_id, self._sent(method), tuple(kwargs), *args, *kwargs.values())
         elif type(method) is StreamMethod:
             stream: Any = self.replicas[i].call_stream.options(num_returns="streaming").remote(
-                str(method), tuple(kwargs), *args, *kwargs.values()
+                self._sent(method), tuple(kwargs), *args, *kwargs.values()
             )
             self._in_flight[i].append(stream.completed())  # in flight until the generator ends
             return stream
         elif not kwargs:
             # Ray resolves top-level refs itself; refs nested in containers arrive as refs, as in Ray.
-            ref = self.replicas[i].call.remote(method, *args)
+            ref = self.replicas[i].call.remote(self._sent(method), *args)
         else:
             # Keyword values go as top-level arguments too, so Ray resolves their refs (and only theirs).
-            ref = self.replicas[i].handle_request.remote(method, tuple(kwargs), *args, *kwargs.values())
+            ref = self.replicas[i].handle_request.remote(self._sent(method), tuple(kwargs), *args, *kwargs.values())
         self._in_flight[i].append(ref)
         children = CHILD_CALLS.get()
         if children is not None:
@@ -423,3 +500,15 @@ class Router:
             if not self.replicas:
                 raise DeploymentError(f"deployment {self.deployment!r} has no running replica")
             return self.replicas[self._rng.randrange(len(self.replicas))]
+
+
+@telemetry.expander("router")
+def _router_metrics(key: tuple, values: list, deployments: dict, edges: dict) -> None:
+    _, app, deployment, route, handle, actor_id = key
+    n = len(values)
+    telemetry.inc("serve_handle_request_counter", {"handle": handle, "deployment": deployment, "route": route, "application": app}, n)
+    telemetry.inc(
+        "serve_num_router_requests",
+        {"deployment": deployment, "route": route, "application": app, "handle": handle, "actor_id": actor_id},
+        n,
+    )
