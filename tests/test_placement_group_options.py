@@ -4,6 +4,8 @@ check and the KubeRay sizing."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import yaml
 from support import assert_located, here
@@ -207,3 +209,18 @@ def test_kuberay_sizing_gives_a_strict_spread_group_a_pod_per_bundle_however_sma
     )
     (group,) = worker_groups(config)
     assert (group.min_pods, group.max_pods) == (3, 3)  # three small bundles would fit one pod, but each needs its own
+
+
+#: Refused by both, for the same reason (a GPU-only bundle is refused by both too, but Ray Serve's replica reserves 1 CPU).
+SAME_REASON = [case for case in REFUSED if case[0] != {"placement_group_bundles": [{"GPU": 1}]}]
+
+
+@pytest.mark.parametrize(("options", "message"), SAME_REASON, ids=[m[:40] for _, m in SAME_REASON])
+def test_ray_serve_refuses_the_same_options_with_the_same_words(options, message):
+    ray_serve = pytest.importorskip("ray.serve")  # the `ray[serve]` extra; no cluster is started
+    with pytest.raises(ValueError) as theirs:
+        ray_serve.deployment(**options)(Model)
+    with pytest.raises(OptionValueError) as ours:
+        serve.deployment(**options)(Model)
+    # Compared up to what Ray prints as the user wrote it (a set of strategies, in no fixed order; bundles).
+    assert re.split(r" Supported strategies| Bundles: \[", str(theirs.value))[0] in str(ours.value)

@@ -12,7 +12,9 @@ loop, as Ray Serve's ``_private/deployment_state.py`` does:
 - roll updates a few replicas at a time (new before old where resources allow,
   old first where they do not), reconfigure live replicas when only
   ``user_config`` changed, scale to the autoscaler's decision;
-- drain replicas it stops (``graceful_shutdown_*``) and run their ``__del__``.
+- drain replicas it stops (``graceful_shutdown_*``) and run their ``__del__``;
+- give each replica of a deployment with ``placement_group_bundles`` a placement group of its own,
+  removed when the replica ends (``placement_groups.py``).
 
 It is never on a request's path. Routers in every process learn the replica
 sets by long-poll (:meth:`Controller.listen`) and report load for the
