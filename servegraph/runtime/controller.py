@@ -1196,7 +1196,7 @@ class Controller:
     async def shutdown(self) -> None:
         names = list(self._apps)
         await asyncio.gather(*[self.delete_app(n) for n in names])
-        for group in placement_groups.live_groups(REPLICA_PREFIX).values():
+        for group in (placement_groups.live_groups(REPLICA_PREFIX) or {}).values():
             placement_groups.remove(group)  # every replica is gone, so any group left is a leak
         self._proxies.forget()
         _kv_del(CHECKPOINT_KEY)
@@ -1351,14 +1351,14 @@ class Controller:
         except Exception:
             traceback.print_exc()
 
-    def _stop_orphans(self, groups: dict[str, Any]) -> None:
+    def _stop_orphans(self, groups: dict[str, Any] | None) -> None:
         """End replicas no application holds: started by a controller that died before its checkpoint had them.
 
         Their placement groups go too, with every other replica group (of ``groups``, found by name) no replica
         holds: made just before the old controller died, or left by a replica that died while none watched.
         """
         known = {r.actor_name for app in self._apps.values() for dep in app.deployments.values() for r in dep.replicas.values()}
-        leaked = [group for name, group in groups.items() if name not in known]
+        leaked = [group for name, group in (groups or {}).items() if name not in known]
         if leaked:
             print(f"servegraph: removing {len(leaked)} placement group(s) no replica holds", file=sys.stderr)
             for group in leaked:
@@ -1400,7 +1400,8 @@ class Controller:
                     except ValueError:
                         continue  # it died with the old controller: the loop starts a new one
                     r = Replica(replica_id, actor, actor_name, version, RECOVERING, pickle.loads(config), time.monotonic())
-                    r.group = groups.get(actor_name)  # its placement group, named as it is
+                    # Its placement group, named as it is (looked up alone when Ray could not list them all).
+                    r.group = groups.get(actor_name) if groups is not None else placement_groups.find(actor_name)
                     dep.replicas[replica_id] = r
                     if stopping and stopping[0]:
                         self._stop(dep, r, graceful=True)  # finish the drain the old controller began

@@ -28,15 +28,19 @@ import ray
 from ray.util.placement_group import PlacementGroup
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-#: Seconds between looks at a group Ray has not placed yet, to say why in the deployment's status.
+#: Seconds before the first look at a group Ray has not placed yet (to say why in the deployment's status);
+#: the looks then come less often, up to MAX_PENDING_CHECK_S apart.
 PENDING_CHECK_S = 1.0
+MAX_PENDING_CHECK_S = 10.0
 
 #: Ray's scheduling states of a group that waits (``PlacementGroupStats.SchedulingState``), in the user's words.
 _WHY_PENDING = {
-    "INFEASIBLE": "no node of the cluster could ever hold its bundles",
-    "NO_RESOURCES": "the cluster has no room for its bundles now",
-    "FAILED_TO_COMMIT_RESOURCES": "Ray could not reserve its bundles on the nodes it chose",
+    "INFEASIBLE": "cannot be placed: no node of the cluster could ever hold its bundles",
+    "NO_RESOURCES": "cannot be placed: the cluster has no room for its bundles now",
+    "FAILED_TO_COMMIT_RESOURCES": "cannot be placed: Ray could not reserve its bundles on the nodes it chose",
 }
+#: What :func:`why_pending` says when Ray cannot be asked.
+_UNKNOWN = "is not placed yet"
 
 
 def create(name: str, bundles: list[dict[str, float]], strategy: str) -> PlacementGroup:
@@ -61,16 +65,16 @@ def remove(group: PlacementGroup | None) -> None:
         pass
 
 
-def live_groups(prefix: str) -> dict[str, PlacementGroup]:
+def live_groups(prefix: str) -> dict[str, PlacementGroup] | None:
     """Groups of this process's namespace whose name starts with ``prefix`` and that are not removed, by name.
 
     (Ray's table lists every namespace's groups; a name is looked up in this one, so others' are skipped.)
-    An empty answer when Ray cannot list them: the caller then removes nothing and attaches nothing.
+    None when Ray cannot list them: the caller then removes none and looks each one it needs up (:func:`find`).
     """
     try:
         table = ray.util.placement_group_table()
     except Exception:
-        return {}
+        return None
     names = sorted(
         {
             entry.get("name") or ""
@@ -87,32 +91,47 @@ def live_groups(prefix: str) -> dict[str, PlacementGroup]:
     return out
 
 
+def find(name: str) -> PlacementGroup | None:
+    """The live group named ``name`` in this process's namespace, or None."""
+    try:
+        return ray.util.get_placement_group(name)
+    except Exception:  # no such group (ValueError), or Ray could not say
+        return None
+
+
 def why_pending(group: PlacementGroup) -> str:
-    """Why Ray has not placed ``group`` yet, in a few words ("" once it is placed)."""
+    """Why Ray has not placed ``group`` yet, as the end of a sentence about it ("" once it is placed).
+
+    >>> _WHY_PENDING["INFEASIBLE"]
+    'cannot be placed: no node of the cluster could ever hold its bundles'
+    """
     try:
         entry: dict[str, Any] = ray.util.placement_group_table(group)
     except Exception:
-        return "Ray has not placed it yet"
+        return _UNKNOWN
     state = entry.get("state")
     if state == "CREATED":
         return ""
     if state == "RESCHEDULING":
-        return "a node it was placed on was lost, and it is being placed again"
+        return "is being placed again: a node it was placed on was lost"
     scheduling = (entry.get("stats") or {}).get("scheduling_state", "")
-    return _WHY_PENDING.get(scheduling, f"Ray has not placed it yet ({(scheduling or state or 'pending').lower()})")
+    return _WHY_PENDING.get(scheduling, f"{_UNKNOWN} (Ray says {(scheduling or state or 'PENDING')})")
 
 
 async def wait_placed(group: PlacementGroup, report: Callable[[str], None]) -> None:
-    """Return once Ray has placed ``group``; until then call ``report`` every PENDING_CHECK_S with why it waits.
+    """Return once Ray has placed ``group``; until then call ``report`` now and then with why it waits.
 
     ``report("")`` is called once it is placed. Cancelled when its replica stops.
     """
     placed = asyncio.wrap_future(group.ready().future())
+    wait = PENDING_CHECK_S
     while True:
         try:
-            await asyncio.wait_for(asyncio.shield(placed), PENDING_CHECK_S)
+            await asyncio.wait_for(asyncio.shield(placed), wait)
         except asyncio.TimeoutError:
-            report(why_pending(group) or "Ray has not placed it yet")
+            # Off the controller's loop (a GCS call), and less often the longer it waits.
+            report(await asyncio.to_thread(why_pending, group) or _UNKNOWN)
+            wait = min(wait * 2, MAX_PENDING_CHECK_S)
             continue
         except Exception:  # removed before it was placed: its replica is being stopped
             return
@@ -121,9 +140,14 @@ async def wait_placed(group: PlacementGroup, report: Callable[[str], None]) -> N
 
 
 def pending_message(count: int, bundles: list[dict[str, float]], strategy: str, why: str) -> str:
-    """The deployment's status message while ``count`` replicas wait for their groups."""
+    """The deployment's status message while ``count`` replicas wait for their groups (``why`` from :func:`why_pending`).
+
+    >>> pending_message(1, [{"CPU": 64.0}], "PACK", _WHY_PENDING["NO_RESOURCES"])  # doctest: +ELLIPSIS
+    "1 replica(s) pending: its placement group (bundles [{'CPU': 64.0}], strategy PACK) cannot be placed: ..."
+    """
+    whose = "its" if count == 1 else "each one's"
     return (
-        f"{count} replica(s) pending: each replica's placement group (bundles {bundles}, strategy {strategy}) "
-        f"cannot be placed: {why}. A replica starts once its group is placed; add nodes or resources, or lower "
-        "placement_group_bundles. See `ray status`."
+        f"{count} replica(s) pending: {whose} placement group (bundles {bundles}, strategy {strategy}) {why}. "
+        "A replica starts once its group is placed; add nodes or resources, or lower placement_group_bundles. "
+        "See `ray status`."
     )
