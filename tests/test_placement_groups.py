@@ -14,7 +14,7 @@ import pytest
 import ray
 import yaml
 from click.testing import CliRunner
-from conftest import ROOT
+from conftest import ROOT, free_port
 
 import servegraph as serve
 from servegraph.cli import main
@@ -264,3 +264,29 @@ def test_strict_spread_puts_a_replicas_bundles_on_two_nodes_and_a_third_bundle_w
     assert out["answer"] == {"replica": nodes["0"], "bundle_1": nodes["1"]}  # the replica in bundle 0
     assert "cannot be placed" in out["wide"] and "strategy STRICT_SPREAD" in out["wide"], out["wide"]
     assert out["left"] == []  # shutdown removed every group, the one never placed too
+
+
+@pytest.mark.filterwarnings("ignore:Using extra keyword arguments on `Field`")  # Ray Serve's own pydantic idiom
+def test_the_same_config_gives_ray_serves_replicas_their_groups_too(config, ray_cluster):
+    from ray import serve as ray_serve
+    from ray.serve._private.api import serve_start
+    from ray.serve.schema import ServeDeploySchema
+
+    data = yaml.safe_load(config.read_text())
+    data["http_options"]["port"] = free_port()
+    for dep in data["applications"][0]["deployments"]:
+        if dep["name"] == "Greeter":
+            dep.update(placement_group_bundles=[{"CPU": 0.1}, {"CPU": 0.2}], placement_group_strategy="SPREAD")
+    try:
+        serve_start(http_options={"host": "127.0.0.1", "port": data["http_options"]["port"]}).deploy_apps(
+            ServeDeploySchema.model_validate(data), _blocking=False
+        )
+        assert wait_for(lambda: getattr(ray_serve.status().applications.get("pg-deploy"), "status", None) == "RUNNING", 120)
+        theirs = [
+            e for e in ray.util.placement_group_table().values()
+            if e["name"].startswith("SERVE_REPLICA::pg-deploy#Greeter#") and e["state"] != "REMOVED"
+        ]
+        assert [(e["strategy"], list(e["bundles"].values())) for e in theirs] == [("SPREAD", [{"CPU": 0.1}, {"CPU": 0.2}])]
+        assert ray_serve.get_app_handle("pg-deploy").remote("Ada").result(timeout_s=60)["text"] == "Hola Ada"
+    finally:
+        ray_serve.shutdown()
