@@ -15,9 +15,11 @@ import asyncio
 import collections
 import functools
 import inspect
+import time
 from collections.abc import Callable
 from typing import Any
 
+from .runtime import telemetry
 from .runtime.context import get_multiplexed_model_id
 
 __all__ = ["get_multiplexed_model_id", "multiplexed"]
@@ -82,6 +84,9 @@ class _ModelCache:
     async def get(self, model_id: str, owner: Any) -> Any:
         if not isinstance(model_id, str):
             raise TypeError(f"a multiplexed model id is a str, got {type(model_id).__name__}")
+        tags = telemetry.replica_tags()
+        if tags:
+            telemetry.count("serve_multiplexed_get_model_requests_counter", tuple(tags.values()))
         if model_id in self.models:
             self.models.move_to_end(model_id)
             return self.models[model_id]
@@ -92,8 +97,13 @@ class _ModelCache:
         try:
             while self._capacity != -1 and len(self.models) >= self._capacity:
                 await self._unload_oldest()
+            started = time.perf_counter()
             model = await (self._loader(owner, model_id) if owner is not None else self._loader(model_id))
             self.models[model_id] = model
+            if tags:
+                telemetry.observe("serve_multiplexed_model_load_latency_ms", tags, (time.perf_counter() - started) * 1000.0)
+                telemetry.inc("serve_multiplexed_models_load_counter", tags)
+                telemetry.set_gauge("serve_registered_multiplexed_model_id", {**tags, "model_id": model_id}, 1)
             pending.set_result(model)
             return model
         except BaseException as exc:
@@ -102,10 +112,13 @@ class _ModelCache:
             raise
         finally:
             del self._loading[model_id]
+            if tags:
+                telemetry.set_gauge("serve_num_multiplexed_models", tags, len(self.models))
             _report(tuple(self.models) + tuple(self._loading))
 
     async def _unload_oldest(self) -> None:
-        _, model = self.models.popitem(last=False)
+        model_id, model = self.models.popitem(last=False)
+        started = time.perf_counter()
         destructor = getattr(type(model), "__del__", None)
         if destructor is not None:
             if inspect.iscoroutinefunction(destructor):
@@ -113,6 +126,11 @@ class _ModelCache:
             else:
                 await asyncio.get_running_loop().run_in_executor(None, destructor, model)
             _disarm(model)
+        tags = telemetry.replica_tags()
+        if tags:
+            telemetry.observe("serve_multiplexed_model_unload_latency_ms", tags, (time.perf_counter() - started) * 1000.0)
+            telemetry.inc("serve_multiplexed_models_unload_counter", tags)
+            telemetry.set_gauge("serve_registered_multiplexed_model_id", {**tags, "model_id": model_id}, 0)
 
 
 #: Per model class, a subclass whose ``__del__`` does nothing (see _disarm).

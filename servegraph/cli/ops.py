@@ -183,8 +183,15 @@ def describe_change(what: str, before: Any, after: Any) -> str:
 
 @click.command("status")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.option(
+    "--graph",
+    "live_graph",
+    is_flag=True,
+    help="Also print each application's live graph: deployments in the order requests reach them, each with "
+    "replicas, requests, latency and errors, and each call with its rate and latency (--json: the figures, as `graph`).",
+)
 @cluster_options
-def status_cmd(as_json: bool, address: str | None, connect_timeout: float) -> None:
+def status_cmd(as_json: bool, live_graph: bool, address: str | None, connect_timeout: float) -> None:
     """Applications, deployments and replica counts by state on the running cluster."""
     with user_errors():
         if connect(address, connect_timeout) is None:
@@ -196,6 +203,7 @@ def status_cmd(as_json: bool, address: str | None, connect_timeout: float) -> No
 
         current = status()
         replicas = _replica_lists()
+        graphs = _live_graphs(sorted(current.applications)) if live_graph else {}
     data: dict[str, Any] = {
         "proxy": current.proxy,
         "applications": {
@@ -213,6 +221,7 @@ def status_cmd(as_json: bool, address: str | None, connect_timeout: float) -> No
                     }
                     for d, dep in app.deployments.items()
                 },
+                **({"graph": dict(graphs[name].stats)} if name in graphs else {}),
             }
             for name, app in current.applications.items()
         },
@@ -252,6 +261,17 @@ def status_cmd(as_json: bool, address: str | None, connect_timeout: float) -> No
         for dname, dep in app["deployments"].items():
             if dep["message"]:  # why it is not at its target (a replica pending, failing, being replaced)
                 click.echo(f"{name} {dname}: {dep['message']}")
+    for graph in graphs.values():
+        click.echo()
+        Console(width=160).print(graph.tree())
+
+
+def _live_graphs(names: list[str]) -> dict[str, Any]:
+    """Each running application's live graph (runtime/live_graph.py), by name; one deleted meanwhile is left out."""
+    from ..runtime.live_graph import fetch
+
+    graphs = {name: fetch(name) for name in names}
+    return {name: graph for name, graph in graphs.items() if graph is not None}
 
 
 def describe_path(path: dict[str, Any], short: bool = False) -> str:

@@ -45,6 +45,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from ..compiler import ir
 from ..compiler.fast_path import compiled_path_problem, lane_deployments
+from ..compiler.outline import outline
 from ..dsl.options import add_resources
 from . import placement_groups, ray_compat, telemetry
 from .autoscaling import Autoscaler
@@ -1175,6 +1176,12 @@ class Controller:
         if state is None or state.deleting:
             return None
         return AppRecord(state.app, {d: DeploymentInfo(name, d) for d in state.deployments}, state.route_prefix)
+
+    async def graph_outline(self, name: str) -> AppRecord | None:
+        """``get_app`` without the user's code or values (see compiler/outline.py): what the live graph view
+        draws, readable in a process that cannot import the graph's modules (the HTTP proxy, the CLI)."""
+        record = await self.get_app(name)
+        return None if record is None else AppRecord(outline(record.app), {}, record.route_prefix)
 
     async def delete_app(self, name: str) -> bool:
         """Stop every replica of an application (draining them) and wait until they are gone."""

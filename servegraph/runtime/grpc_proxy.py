@@ -16,6 +16,7 @@ import asyncio
 import dataclasses
 import importlib
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -31,6 +32,8 @@ except ImportError as exc:  # an optional dependency: say how to get it
 import ray
 
 from ..errors import BackPressureError, DeploymentError
+from . import telemetry
+from .context import RequestContext, set_request
 from .handle import RETRY_DELAY_S, note_actor_death
 from .router import ModelCall, StreamMethod
 
@@ -179,6 +182,11 @@ class GRPCIngress:
         self._options = options
         self.request_timeout_s: float | None = options["request_timeout_s"]
         self._server: Any = None
+        #: gRPC requests being answered now (Ray Serve's serve_num_ongoing_grpc_requests).
+        self.ongoing = 0
+        if telemetry.ENABLED:
+            node = {"node_id": ray.get_runtime_context().get_node_id(), "node_ip_address": ray.util.get_node_ip_address()}
+            telemetry.add_gauge_source(lambda: [("serve_num_ongoing_grpc_requests", node, self.ongoing)])
 
     async def start(self) -> str | None:
         """Import the servicer functions and serve on host:port; an error message instead if it cannot."""
@@ -270,15 +278,18 @@ class GRPCIngress:
 
     async def _unary(self, method: RpcMethod, request: Any, context: Any) -> bytes:
         metadata = _metadata(context)
-        _send_request_id(context, metadata)
+        seen = _Seen(self, _send_request_id(context, metadata), metadata)
         try:
             app, target = self._route(metadata)
+            seen.found(app, target)
             model_id = metadata.get("multiplexed_model_id", "")
             call = ModelCall(method.name, model_id) if model_id else method.name
             value = await asyncio.wait_for(self._call_retrying(app, target, call, request), self.request_timeout_s)
+            seen.done(method.path, "OK")
             return serialized(value, method)
         except Exception as exc:
             status = error_status(exc, self.request_timeout_s)
+        seen.done(method.path, status.code.name)
         await context.abort(status.code, status.details)
         raise AssertionError("unreachable: abort raises")
 
@@ -299,13 +310,14 @@ class GRPCIngress:
 
     async def _stream(self, method: RpcMethod, request: Any, context: Any) -> AsyncIterator[bytes]:
         metadata = _metadata(context)
-        _send_request_id(context, metadata)
+        seen = _Seen(self, _send_request_id(context, metadata), metadata)
         loop = asyncio.get_running_loop()
         deadline = None if self.request_timeout_s is None else loop.time() + self.request_timeout_s
         generator: Any = None
         status: _Status | None = None
         try:
-            _, target = self._route(metadata)
+            app, target = self._route(metadata)
+            seen.found(app, target)
             if metadata.get("multiplexed_model_id"):
                 raise _Status(
                     grpc.StatusCode.UNIMPLEMENTED,
@@ -328,6 +340,9 @@ class GRPCIngress:
         finally:
             if generator is not None:  # timed out, failed, or the client left: stop the generator on the replica
                 _cancel(generator)
+                if status is None:
+                    status = _Status(grpc.StatusCode.CANCELLED, "the client went away")
+            seen.done(method.path, status.code.name if status is not None else "OK")
         if status is not None:
             await context.abort(status.code, status.details)
 
@@ -374,7 +389,36 @@ async def _values(generator: Any) -> AsyncIterator[Any]:
         yield await ref
 
 
-def _send_request_id(context: Any, metadata: dict[str, str]) -> None:
+def _send_request_id(context: Any, metadata: dict[str, str]) -> str:
     """The client's ``request_id`` (else a new one) back in the trailing metadata, as Ray Serve sends it."""
-    context.set_trailing_metadata((("request_id", metadata.get("request_id") or uuid.uuid4().hex),))
+    request_id = metadata.get("request_id") or uuid.uuid4().hex
+    context.set_trailing_metadata((("request_id", request_id),))
+    return request_id
+
+
+class _Seen:
+    """One gRPC request: its context for the calls it makes, and its metrics when it ends (see telemetry.py)."""
+
+    __slots__ = ("ingress", "request_id", "trace", "app", "deployment", "started")
+
+    def __init__(self, ingress: GRPCIngress, request_id: str, metadata: dict[str, str]):
+        self.ingress = ingress
+        ingress.ongoing += 1
+        self.request_id = request_id
+        self.trace = metadata.get("traceparent", "")
+        self.app = self.deployment = ""
+        self.started = time.perf_counter()
+        set_request(RequestContext(request_id, "", "", self.trace))
+
+    def found(self, app: str, target: Any) -> None:
+        """The request's application: its calls carry it (as route too, as Ray Serve tags gRPC requests)."""
+        self.app = app
+        self.deployment = getattr(target, "name", "") or ""
+        set_request(RequestContext(self.request_id, app, app, self.trace))
+
+    def done(self, method: str, code: str) -> None:
+        self.ingress.ongoing -= 1
+        if telemetry.ENABLED:
+            ms = (time.perf_counter() - self.started) * 1000.0
+            telemetry.record(("grpc", self.app, method, self.app, code, self.deployment), ms)
 

@@ -199,6 +199,15 @@ def text(status: int, message: str) -> HTTPResult:
     return status, [("content-type", "text/plain; charset=utf-8")], message.encode()
 
 
+def not_found(path: str, listing: str, what: str, known: list[str]) -> HTTPResult:
+    """404 in the words of Ray Serve's proxy (``Path '/x' not found. Ping http://.../-/routes ...``), then what there is.
+
+    >>> not_found("/x", "-/routes", "routes", ["/a"])[2].decode()
+    "Path '/x' not found. Ping http://.../-/routes for available routes. (servegraph: routes are /a)"
+    """
+    return text(404, f"Path '{path}' not found. Ping http://.../{listing} for available {what}. (servegraph: {what} are {', '.join(known) or 'none'})")
+
+
 def encode_result(value: Any) -> HTTPResult:
     """str as text, bytes as they are, a starlette Response as it is, anything else as JSON."""
     if isinstance(value, str):

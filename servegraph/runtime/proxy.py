@@ -22,7 +22,7 @@ from typing import Any
 import ray
 
 from ..errors import BackPressureError, NoRouteError
-from . import telemetry
+from . import telemetry, tracing
 from .codec import loads_with_paths
 from .context import RequestContext, current_request, model_id_of, set_request
 from .driver_http import MATCH_ALL, driver_app
@@ -36,11 +36,13 @@ from .http_codec import (
     decode_json_body,
     encode_error,
     encode_result,
+    not_found,
     portable_scope,
     request_id_of,
     set_request_id,
     text,
 )
+from .live_graph import GRAPH_PAGES, graph_page
 from .plan import PlanInputError
 from .replica import STREAM
 from .router import HTTP, ModelCall
@@ -92,6 +94,8 @@ class HTTPProxy:
         self.request_timeout_s: float | None = self._options["request_timeout_s"]
         #: HTTP requests being handled now (Ray Serve's serve_num_ongoing_http_requests).
         self.ongoing = 0
+        if tracing.ENABLED:
+            tracing.setup(f"proxy_{os.getpid()}")
         if telemetry.ENABLED:
             context = ray.get_runtime_context()
             node = {"node_id": context.get_node_id(), "node_ip_address": ray.util.get_node_ip_address()}
@@ -192,10 +196,11 @@ class HTTPProxy:
         if scope["path"] == "/-/routes":
             apps = {prefix: route[1] for prefix, route in sorted(self._routes.items())}
             return 200, [("content-type", "application/json")], json.dumps(apps).encode()
+        if scope["path"] == GRAPH_PAGES or scope["path"].startswith(GRAPH_PAGES + "/"):
+            return await graph_page(scope["path"])  # the live graph of the applications
         prefix, route = _match(self._routes, scope["path"])
         if route is None:
-            routes = ", ".join(sorted(self._routes)) or "none"
-            return text(404, f"Path '{scope['path']}' not found. Ping http://.../-/routes for available routes. (servegraph: routes are {routes})")
+            return not_found(scope["path"], "-/routes", "routes", sorted(self._routes))
         kind, app, target, adapter = route
         assert prefix is not None
         request = current_request()
@@ -373,7 +378,35 @@ async def _answer_http(proxy: HTTPProxy, scope: dict, receive: Any, send: Any, s
     if request_id is None:
         request_id = uuid.uuid4().hex
         scope = {**scope, "headers": [*scope.get("headers", []), (REQUEST_ID_HEADER.encode(), request_id.encode())]}
-    set_request_id(request_id)
+    span = None
+    if tracing._tracer is not None:  # the request's first span: the client's traceparent (if any) is its parent
+        span, trace = tracing.start(
+            f"proxy {scope.get('method', '')} {scope.get('path', '')}",
+            _header(scope, b"traceparent"),
+            {"http.method": scope.get("method", ""), "http.target": scope.get("path", ""), "servegraph.request_id": request_id},
+        )
+        headers = [(k, v) for k, v in scope.get("headers", []) if k.lower() != b"traceparent"]
+        scope = {**scope, "headers": [*headers, (b"traceparent", trace.encode())]}  # the ingress's parent
+        set_request(RequestContext(request_id, "", "", trace))
+    else:
+        set_request_id(request_id)
+    try:
+        status = await _answer_after_id(proxy, scope, receive, send, seen, request_id)
+    except BaseException as exc:
+        tracing.end(span, exc)
+        raise
+    tracing.end(span, None, {"http.status_code": status, "http.route": seen.route})
+    return status
+
+
+def _header(scope: dict, name: bytes) -> str:
+    for key, value in scope.get("headers", ()):
+        if key.lower() == name:
+            return value.decode("latin-1")
+    return ""
+
+
+async def _answer_after_id(proxy: HTTPProxy, scope: dict, receive: Any, send: Any, seen: _Seen, request_id: str) -> int:
     body = await _read_body(scope, receive, proxy.max_body_bytes)
     if body is None:
         status, headers, payload = text(413, f"request body larger than {proxy.max_body_bytes} bytes")
@@ -409,20 +442,20 @@ async def _answer_http(proxy: HTTPProxy, scope: dict, receive: Any, send: Any, s
 
 
 @telemetry.expander("http")
-def _http_metrics(key: tuple, values: list, deployments: dict, edges: dict) -> None:
-    _, route, method, app, status, deployment = key
+@telemetry.expander("grpc")
+def _ingress_metrics(key: tuple, values: list, deployments: dict, edges: dict) -> None:
+    """Ray Serve's request metrics of a proxy, for HTTP (status a number) or gRPC (status a code's name)."""
+    protocol, route, method, app, status, deployment = key
     code = str(status)
+    failed = status >= 400 if protocol == "http" else status != "OK"
     tags = {"route": route, "method": method, "application": app, "status_code": code}
-    telemetry.inc("serve_num_http_requests", tags, len(values))
+    telemetry.inc(f"serve_num_{protocol}_requests", tags, len(values))
     for ms in values:
-        telemetry.observe("serve_http_request_latency_ms", tags, ms)
-    if status >= 400:
-        telemetry.inc("serve_num_http_error_requests", {"route": route, "error_code": code, "method": method, "application": app}, len(values))
-        telemetry.inc(
-            "serve_num_deployment_http_error_requests",
-            {"deployment": deployment, "error_code": code, "method": method, "route": route, "application": app},
-            len(values),
-        )
+        telemetry.observe(f"serve_{protocol}_request_latency_ms", tags, ms)
+    if failed:
+        error_tags = {"route": route, "error_code": code, "method": method, "application": app}
+        telemetry.inc(f"serve_num_{protocol}_error_requests", error_tags, len(values))
+        telemetry.inc(f"serve_num_deployment_{protocol}_error_requests", {**error_tags, "deployment": deployment}, len(values))
 
 
 async def _read_body(scope: dict, receive: Any, limit: int) -> bytes | None:

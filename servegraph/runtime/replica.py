@@ -32,7 +32,7 @@ from .._handle_era import NEW, handle_era
 from .._validation import did_you_mean
 from ..compiler import ir
 from ..dsl.signature import function_method_problem, public_methods
-from . import ray_compat, telemetry
+from . import ray_compat, telemetry, tracing
 from .codec import unflatten
 from .context import (
     REQUEST_KEY,
@@ -160,7 +160,7 @@ class _Handling:
     """One request in the user's code: its context set for the code (and the calls it makes), its time
     and outcome recorded when it ends (see telemetry.py), its observers (the access log) told."""
 
-    __slots__ = ("replica", "method", "request", "error", "_token", "_t0")
+    __slots__ = ("replica", "method", "request", "error", "_token", "_t0", "_span")
 
     def __init__(self, replica: _ReplicaCore, method: str, request: RequestContext | None):
         self.replica = replica
@@ -170,7 +170,19 @@ class _Handling:
         self.error: BaseException | None = None
 
     def __enter__(self) -> _Handling:
-        self._token = set_request(self.request)
+        request = self.request
+        self._span = None
+        if tracing._tracer is not None:  # this hop is a span; the calls it makes are its children
+            replica = self.replica
+            self._span, trace = tracing.start(
+                f"{replica._deployment}.{self.method}",
+                request.trace if request is not None else "",
+                {"servegraph.application": replica._app, "servegraph.deployment": replica._deployment,
+                 "servegraph.replica": replica._replica_id, "servegraph.request_id": request.request_id if request else ""},
+            )  # fmt: skip
+            if request is not None:
+                request = RequestContext(request.request_id, request.route, request.app, trace)
+        self._token = set_request(request)
         self._t0 = time.perf_counter()
         return self
 
@@ -192,6 +204,8 @@ class _Handling:
                 )  # fmt: skip
             for observer in telemetry.observers():
                 observer(str(self.method), error is None, ms, error)
+            if self._span is not None:
+                tracing.end(self._span, error)
         finally:
             try:
                 reset_request(self._token)
@@ -242,6 +256,8 @@ class _ReplicaCore:
         self._applied_config: Any = None
         #: Counts watch calls: a newer one (a restarted controller's) ends the older ones (see watch).
         self._watch_gen = 0
+        if tracing.ENABLED:
+            tracing.setup(f"replica_{app}_{deployment}_{replica_id}")
         if telemetry.ENABLED:
             tags = {"deployment": deployment, "replica": replica_id, "application": app}
             telemetry.count("serve_deployment_replica_starts", (deployment, replica_id, app))

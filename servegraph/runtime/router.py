@@ -31,7 +31,7 @@ from ray import ObjectRef
 from ray.actor import ActorHandle
 
 from ..errors import BackPressureError, DeploymentError
-from . import ray_compat, telemetry
+from . import ray_compat, telemetry, tracing
 from .context import current_replica, current_request, new_request_id
 
 #: The pseudo-method that sends (scope, body) to the ingress's HTTP entry point.
@@ -208,6 +208,10 @@ class Router:
         #: Ray Serve's ``handle`` tag (app#deployment#id) and the calling actor's id, for router metrics.
         self._handle_tag = f"{app}#{deployment}#{new_request_id()[:6]}"
         self._actor_tag = ray.get_runtime_context().get_actor_id() or ""
+        #: Ray Serve's handle_source tag: who calls through this router.
+        self._handle_source = "PROXY" if local_node is not None and current_replica() is None else (
+            "REPLICA" if current_replica() is not None else "UNKNOWN"
+        )
         self._gauges = telemetry.add_gauge_source(self._gauge_values) if telemetry.ENABLED else None
 
     # Membership ---------------------------------------------------------------------
@@ -314,8 +318,8 @@ class Router:
     def _sent(self, method: str) -> Sent:
         """``method`` with the caller's request (a new id for a call outside any) and the edge it takes."""
         request = current_request()
-        if request is None:
-            carried: tuple[str, str, str, str] = (new_request_id(), "", self.app, "")
+        if request is None:  # a driver's call: a new request (in the driver's own trace, if it traces)
+            carried: tuple[str, str, str, str] = (new_request_id(), "", self.app, tracing.current_traceparent() if tracing.ENABLED else "")
         else:
             carried = (request.request_id, request.route, request.app, request.trace)
         callers = getattr(method, "callers", None)
@@ -328,7 +332,19 @@ class Router:
         with self._lock:
             queued = len(self._waiters)
             ongoing = sum(self._prune(k) for k in range(len(self.replicas)))
-        return [("serve_deployment_queued_queries", tags, queued), ("serve_num_ongoing_requests_at_replicas", tags, ongoing)]
+            no_replica = not self.replicas
+        # Ray Serve's scheduling tasks are requests looking for a replica: here, the callers waiting for room
+        # (in backoff: waiting while no replica exists at all, e.g. scaled to zero).
+        source = {
+            "app": self.app, "deployment": self.deployment, "actor_id": self._actor_tag, "application": self.app,
+            "handle_source": self._handle_source,
+        }  # fmt: skip
+        return [
+            ("serve_deployment_queued_queries", tags, queued),
+            ("serve_num_ongoing_requests_at_replicas", tags, ongoing),
+            ("serve_num_scheduling_tasks", source, queued),
+            ("serve_num_scheduling_tasks_in_backoff", source, queued if no_replica else 0),
+        ]
 
     def _send(self, i: int, method: str, args: tuple, kwargs: dict) -> ObjectRef:
         ref: ObjectRef

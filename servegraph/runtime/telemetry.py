@@ -92,6 +92,13 @@ METRICS: dict[str, tuple[str, tuple[str, ...], str, list[float] | None]] = {
         "gauge", ("deployment", "application", "handle", "actor_id"),
         "The current number of requests to this deployment that have been submitted to a replica.", None,
     ),
+    "serve_num_scheduling_tasks": (
+        "gauge", ("app", "deployment", "actor_id", "application", "handle_source"), "The number of request routing tasks in the router.", None,
+    ),
+    "serve_num_scheduling_tasks_in_backoff": (
+        "gauge", ("app", "deployment", "actor_id", "application", "handle_source"),
+        "The number of request routing tasks in the router that are undergoing backoff.", None,
+    ),
     # Replicas (Ray Serve: _private/replica.py; deployment, replica, application added as it adds them)
     "serve_deployment_replica_starts": ("counter", _REPLICA, "The number of times this replica has been restarted due to failure.", None),
     "serve_deployment_request_counter": ("counter", (*_REPLICA, "route"), "The number of queries that have been processed in this replica.", None),
@@ -102,6 +109,14 @@ METRICS: dict[str, tuple[str, tuple[str, ...], str, list[float] | None]] = {
         "histogram", (*_REPLICA, "route"), "The latency for queries to be processed.", LATENCY_BUCKETS_MS,
     ),
     "serve_replica_processing_queries": ("gauge", _REPLICA, "The current number of queries being processed.", None),
+    # Multiplexed models (Ray Serve: multiplex.py)
+    "serve_multiplexed_model_load_latency_ms": ("histogram", _REPLICA, "The time it takes to load a model.", LATENCY_BUCKETS_MS),
+    "serve_multiplexed_model_unload_latency_ms": ("histogram", _REPLICA, "The time it takes to unload a model.", LATENCY_BUCKETS_MS),
+    "serve_num_multiplexed_models": ("gauge", _REPLICA, "The number of models loaded on the current replica.", None),
+    "serve_registered_multiplexed_model_id": ("gauge", (*_REPLICA, "model_id"), "The model id registered on the current replica.", None),
+    "serve_multiplexed_get_model_requests_counter": ("counter", _REPLICA, "The counter for get model requests on the current replica.", None),
+    "serve_multiplexed_models_unload_counter": ("counter", _REPLICA, "The counter for unloaded models on the current replica.", None),
+    "serve_multiplexed_models_load_counter": ("counter", _REPLICA, "The counter for loaded models on the current replica.", None),
     # The controller (Ray Serve: _private/deployment_state.py, application_state.py, autoscaling_state.py)
     "serve_deployment_replica_healthy": ("gauge", ("deployment", "application"), "Tracks whether this deployment replica is healthy. 1 means healthy, 0 means unhealthy.", None),
     "serve_health_check_failures_total": ("counter", ("deployment", "application"), "The number of health check failures.", None),
@@ -278,6 +293,16 @@ def inc(name: str, tags: dict[str, str], n: float = 1) -> None:
     """Add to a Ray counter now (the control plane's rare events; the request path uses :func:`count`)."""
     if ENABLED and n:
         _metric(name).inc(n, tags=tags)
+
+
+def replica_tags() -> dict[str, str]:
+    """Ray Serve's tags of metrics recorded in a replica (deployment, replica, application); {} elsewhere."""
+    from .context import current_replica
+
+    replica = current_replica()
+    if replica is None:
+        return {}
+    return {"deployment": replica.deployment, "replica": replica.replica_tag, "application": replica.app_name}
 
 
 def set_gauge(name: str, tags: dict[str, str], value: float) -> None:

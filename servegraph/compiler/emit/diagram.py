@@ -38,6 +38,8 @@ DATA = "data"
 HANDLE = "handle"
 TARGET = "target"
 ENTRY = "entry"
+#: The live view's arrow for a call the graph does not show (a handle got at run time).
+CALL = "call"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -47,6 +49,8 @@ class Box:
     lines: tuple[str, ...]
     ingress: bool = False
     cluster: str | None = None
+    #: Drawn in an alarming colour: the live view's deployments that failed requests lately.
+    alert: bool = False
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

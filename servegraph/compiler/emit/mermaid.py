@@ -26,7 +26,7 @@ _SHAPES = {
     dg.RESPONSE: ("([", "])"),
 }
 
-_ARROWS = {dg.DATA: "-->", dg.HANDLE: "-.->", dg.TARGET: "-.-", dg.ENTRY: "==>"}
+_ARROWS = {dg.DATA: "-->", dg.HANDLE: "-.->", dg.TARGET: "-.-", dg.ENTRY: "==>", dg.CALL: "-.->"}
 
 _CLASSES = (
     ("deployment", "fill:#dbe9f6,stroke:#4a7bb7"),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ...errors import RenderError
@@ -72,19 +73,31 @@ def render(compiled: CompiledGraph, path: str | os.PathLike[str], rankdir: str =
     Raises:
         RenderError: an unknown extension, or Graphviz missing for a drawn format.
     """
+    return write(path, lambda: to_dot(compiled, rankdir), lambda: to_mermaid(compiled, rankdir))
+
+
+def write(path: str | os.PathLike[str], dot: Callable[[], str], mermaid: Callable[[], str] | None = None) -> str:
+    """Write a diagram to ``path`` in the format its extension names, made by ``dot`` (DOT text) or ``mermaid``.
+
+    ``mermaid`` None: the diagram has no Mermaid form (the live view's), and ``.mmd`` is refused.
+
+    Raises:
+        RenderError: an unknown extension, or Graphviz missing for a drawn format.
+    """
     target = os.fspath(path)
     ext = os.path.splitext(target)[1].lower()
-    if ext not in FORMATS:
+    formats = FORMATS if mermaid is not None else tuple(f for f in FORMATS if f != ".mmd")
+    if ext not in formats:
         raise RenderError(
             f"{target}: cannot tell the diagram format from {ext or 'a missing extension'!r}; "
-            f"use one of {', '.join(FORMATS)}"
+            f"use one of {', '.join(formats)}"
         )
     if ext == ".dot":
-        data = to_dot(compiled, rankdir).encode("utf-8")
-    elif ext == ".mmd":
-        data = to_mermaid(compiled, rankdir).encode("utf-8")
+        data = dot().encode("utf-8")
+    elif ext == ".mmd" and mermaid is not None:
+        data = mermaid().encode("utf-8")
     else:
-        data = pipe(to_dot(compiled, rankdir), ext[1:])
+        data = pipe(dot(), ext[1:])
     with open(target, "wb") as f:
         f.write(data)
     return target
