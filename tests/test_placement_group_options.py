@@ -95,7 +95,9 @@ def test_a_replica_reserves_its_whole_group_in_the_resource_check():
     app = serve.deployment(num_replicas=2, **GROUP)(Model).bind()
     with pytest.raises(ResourceError, match=r"more CPU than the cluster has") as err:
         serve.compile(app, cluster_resources={"CPU": 5.0})  # two groups of 3 CPUs
-    assert "CPU/replica" in str(err.value) and "  3  " in str(err.value)
+    (row,) = [line.split() for line in str(err.value).splitlines() if line.startswith("Model ")]
+    assert row[-3:] == ["2", "3", "6"]  # replicas, CPU per replica (both bundles), CPU in all
+    assert "Lower num_replicas, ray_actor_options or placement_group_bundles" in str(err.value)
     serve.compile(app, cluster_resources={"CPU": 6.0})  # fits
 
 

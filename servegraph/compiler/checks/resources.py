@@ -74,13 +74,16 @@ def check_resources(app: ir.AppIR, ctx: PassContext) -> list[Diagnostic]:
     table = format_resource_table(rows, have, names)
     # The error points at the deployment that asks for the most of what is short: its own .bind() line.
     biggest = max(rows, key=lambda row: sum(row.per_replica.get(n, 0) * row.replicas for n in short))
+    # A replica with placement_group_bundles reserves its whole group (see DeploymentOptions.replica_resources).
+    grouped = any(getattr(app.node(row.key).options, "placement_group_bundles", None) for row in rows)
+    lower = "num_replicas, ray_actor_options or placement_group_bundles" if grouped else "num_replicas or ray_actor_options"
     return [
         _diag(
             "resources",
             app.node(biggest.key),
             f"the graph asks for more {', '.join(short)} than the cluster has, so some replicas could "
             f"never be placed:\n{table}\n",
-            "Lower num_replicas or ray_actor_options, start Ray with more resources, or pass "
+            f"Lower {lower}, start Ray with more resources, or pass "
             "resource_check=False (--no-resource-check) on a cluster that grows.",
         )
     ]
