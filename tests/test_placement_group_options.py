@@ -101,6 +101,40 @@ def test_a_replica_reserves_its_whole_group_in_the_resource_check():
     serve.compile(app, cluster_resources={"CPU": 6.0})  # fits
 
 
+TWO_NODES = ({"CPU": 2.0, "memory": 4e9}, {"CPU": 2.0, "GPU": 1.0})
+
+
+@pytest.mark.parametrize(
+    ("bundles", "strategy", "message"),
+    [
+        ([{"CPU": 1.5}, {"CPU": 1.5}], "STRICT_PACK", r"STRICT_PACK keeps its bundles on one node, and no node has CPU 3"),
+        ([{"CPU": 0.5}] * 3, "STRICT_SPREAD", r"puts each of its 3 bundles on a node of its own, and at most 2"),
+        ([{"CPU": 1}, {"CPU": 1, "GPU": 1}, {"GPU": 1}], "STRICT_SPREAD", r"at most 2 of them find one"),
+        ([{"CPU": 1}, {"CPU": 3}], "PACK", r"bundle 1 \(CPU 3\) is bigger than any node"),
+    ],
+)
+def test_a_group_no_arrangement_of_the_nodes_could_hold_is_refused_at_the_users_line(bundles, strategy, message):
+    grouped = serve.deployment(Model)
+    app, line = grouped.options(placement_group_bundles=bundles, placement_group_strategy=strategy).bind(), here()
+    with pytest.raises(ResourceError, match=r"could never be placed on this cluster's 2 node\(s\): .*" + message) as err:
+        serve.compile(app, cluster_resources={"CPU": 100.0, "GPU": 100.0}, cluster_nodes=TWO_NODES)
+    assert_located(err.value, line)
+
+
+@pytest.mark.parametrize(
+    ("bundles", "strategy"),
+    [
+        ([{"CPU": 1}, {"CPU": 1}], "STRICT_PACK"),
+        ([{"CPU": 1}, {"CPU": 1, "GPU": 1}], "STRICT_SPREAD"),  # only the second node has a GPU: the first takes the CPU
+        ([{"CPU": 2}, {"CPU": 2}], "PACK"),  # a node each
+        ([{"CPU": 2}, {"CPU": 2}], "SPREAD"),
+    ],
+)
+def test_a_group_some_arrangement_holds_passes(bundles, strategy):
+    app = serve.deployment(placement_group_bundles=bundles, placement_group_strategy=strategy)(Model).bind()
+    serve.compile(app, cluster_resources={"CPU": 4.0, "GPU": 1.0}, cluster_nodes=TWO_NODES)
+
+
 def test_changing_the_group_restarts_replicas_and_no_group_keeps_old_versions():
     plain = serve.deployment(Model)
     grouped = plain.options(placement_group_bundles=[{"CPU": 1}])

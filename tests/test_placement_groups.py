@@ -233,9 +233,14 @@ SPREAD_SCRIPT = textwrap.dedent(
         (entry,) = [e for e in ray.util.placement_group_table().values()
                     if e["name"].startswith("SERVEGRAPH_REPLICA::spread#Spread#") and e["state"] != "REMOVED"]
         out["bundle_nodes"] = entry["bundles_to_node_id"]
-        # Three bundles on their own nodes, on two nodes: never placed, and the status says so.
-        serve.run(Spread.options(name="Wide", placement_group_bundles=[{"CPU": 0.1}] * 3).bind(), name="wide",
-                  route_prefix=None, http=False, _blocking=False)
+        # Three bundles on their own nodes, on two nodes: refused before deploy by the resource check...
+        wide = Spread.options(name="Wide", placement_group_bundles=[{"CPU": 0.1}] * 3).bind()
+        try:
+            serve.run(wide, name="wide", route_prefix=None, http=False)
+        except serve.ResourceError as exc:
+            out["refused"] = str(exc)
+        # ...and without it (a cluster that may grow), deployed, never placed, and the status says so.
+        serve.run(wide, name="wide", route_prefix=None, http=False, _blocking=False, resource_check=False)
         for _ in range(600):  # bounded: the controller reports within a few of its passes
             message = serve.status().applications["wide"].deployments["Wide"].message
             if "cannot be placed" in message:
@@ -262,6 +267,7 @@ def test_strict_spread_puts_a_replicas_bundles_on_two_nodes_and_a_third_bundle_w
     nodes = out["bundle_nodes"]
     assert len(set(nodes.values())) == 2  # each bundle on its own node
     assert out["answer"] == {"replica": nodes["0"], "bundle_1": nodes["1"]}  # the replica in bundle 0
+    assert "could never be placed on this cluster's 2 node(s): STRICT_SPREAD puts each of its 3 bundles" in out["refused"]
     assert "cannot be placed" in out["wide"] and "strategy STRICT_SPREAD" in out["wide"], out["wide"]
     assert out["left"] == []  # shutdown removed every group, the one never placed too
 

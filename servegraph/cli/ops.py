@@ -107,6 +107,7 @@ def deploy_cmd(config_path: str, no_resource_check: bool, address: str | None, c
     from ..compiler import compile
     from ..compiler.config.overrides import with_app_runtime_env
     from ..runtime.api import _controller, _free_resources, deploy_compiled
+    from ..runtime.cluster import cluster_nodes
     from ..runtime.ray_compat import upload_local_code
 
     with user_errors():
@@ -116,9 +117,12 @@ def deploy_cmd(config_path: str, no_resource_check: bool, address: str | None, c
         compiled_apps = []
         for app, node, overrides, weights in prepared:
             resources = None if no_resource_check else _free_resources(_controller(), app.name)
+            nodes = None if no_resource_check else cluster_nodes()
             if app.runtime_env:  # every replica starts in it; local code is uploaded to the cluster first
                 overrides = with_app_runtime_env(compile(node), overrides, upload_local_code(app.runtime_env))
-            compiled_apps.append((app, compile(node, overrides=overrides, cluster_resources=resources, weights=weights)))
+            compiled_apps.append(
+                (app, compile(node, overrides=overrides, cluster_resources=resources, weights=weights, cluster_nodes=nodes))
+            )
         for app, compiled in compiled_apps:
             before = _running_options(app.name)
             specs = {spec.name: spec.options for spec in compiled.ir.deployments}

@@ -36,6 +36,7 @@ def compile(
     strict: bool = True,
     overrides: Mapping[str, Mapping[str, Any]] | None = None,
     weights: Mapping[str, Mapping[str, int]] | None = None,
+    cluster_nodes: tuple[Mapping[str, float], ...] | None = None,
 ) -> CompiledGraph:
     """Compile a bound graph into a checked CompiledGraph.
 
@@ -46,11 +47,19 @@ def compile(
         strict: raise on errors (default); False returns them in ``.diagnostics``.
         overrides: option overrides by deployment name (from a deploy config).
         weights: split weights by split name, then branch (from a deploy config's ``DAGDriver`` entry).
+        cluster_nodes: each alive node's total resources; None skips the check that every replica's
+            placement group could be placed on them.
 
     Raises:
         GraphError: a subclass for the first error found; ``.diagnostics`` has them all.
     """
-    ctx = PassContext(cluster_resources=cluster_resources, serializer=serializer, overrides=overrides, weights=weights)
+    ctx = PassContext(
+        cluster_resources=cluster_resources,
+        serializer=serializer,
+        overrides=overrides,
+        weights=weights,
+        cluster_nodes=cluster_nodes,
+    )
     program = capture(app)
     for run_pass in PASSES:
         program = run_pass(program, ctx)

@@ -17,7 +17,7 @@ from ..compiler import CompiledGraph, compile
 from ..compiler.config.app import DEFAULT_APP_NAME
 from ..dsl.nodes import DAGNode
 from ..errors import DeploymentError, GraphError
-from .cluster import CONTROLLER_NAME, NAMESPACE, cluster_resources, ensure_connected
+from .cluster import CONTROLLER_NAME, NAMESPACE, cluster_nodes, cluster_resources, ensure_connected
 from .driver_http import adapter_problem
 from .grpc_options import grpc_options_dict
 from .handle import DeploymentHandle, DeploymentInfo, RayServeSyncHandle, deployment_handle, plan_handle, routes_handle
@@ -256,7 +256,7 @@ def run(
     _require_route_prefix(route_prefix)  # before connecting: a bad route fails at once
     ensure_connected()
     resources = _free_resources(_controller(), name) if resource_check else None
-    graph = compile(target, cluster_resources=resources)
+    graph = compile(target, cluster_resources=resources, cluster_nodes=cluster_nodes() if resource_check else None)
     handle, _ = deploy_compiled(
         graph,
         name=name,
