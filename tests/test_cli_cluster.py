@@ -147,3 +147,31 @@ def test_delete_removes_one_application_and_keeps_the_others(ray_cluster):
         assert "no application named 'no-such-app'" in missing.output
     finally:
         serve.delete("keep-me")
+
+
+def test_run_serves_grpc_when_given_a_port_and_servicer_functions(ray_cluster, http_port):
+    grpc = pytest.importorskip("grpc")
+    from grpc_ingress import SERVICER
+    from ray.serve.generated import serve_pb2, serve_pb2_grpc
+
+    address = ray_cluster.get_runtime_context().gcs_address
+    grpc_port = free_port()
+    argv = ["run", "grpc_ingress:app", "--name", "cli-grpc", "--route-prefix", "/cli-grpc", "--port", str(http_port),
+            "--grpc-port", str(grpc_port), "--grpc-servicer-functions", SERVICER, "--grpc-disable-reflection",
+            "--no-graph-autoscaling", "--non-blocking", "--address", address]  # fmt: skip
+    result = CliRunner().invoke(main, argv)
+    try:
+        assert result.exit_code == 0, result.output
+        assert f"gRPC on 127.0.0.1:{grpc_port}" in result.output
+        with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+            stub = serve_pb2_grpc.UserDefinedServiceStub(channel)
+            reply = stub.Method1(serve_pb2.UserDefinedMessage(name="Cy"), metadata=(("application", "cli-grpc"),), timeout=60)
+        assert reply.greeting == "Method1 greets Cy"
+    finally:
+        serve.delete("cli-grpc")
+
+
+def test_run_refuses_half_of_the_grpc_options():
+    result = CliRunner().invoke(main, ["run", "grpc_ingress:app", "--grpc-port", "9999"])
+    assert result.exit_code == 2
+    assert "gRPC needs both --grpc-port and --grpc-servicer-functions" in result.output

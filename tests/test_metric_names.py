@@ -66,7 +66,7 @@ def test_every_serve_panel_reads_a_metric_servegraph_exports(dashboard, expr):
 
 
 def test_metric_kinds_match_the_suffixes_prometheus_gives_them():
-    for dashboard, expr in _queries():
+    for _, expr in _queries():
         for series in _SERIES.findall(expr):
             name = _metric(series)
             if name not in METRICS:

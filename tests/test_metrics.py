@@ -82,7 +82,7 @@ def test_http_requests_into_the_hello_graph_show_up_under_ray_serve_names(serve_
             total(s, "ray_serve_num_http_requests_total", application=app) >= 9
             and total(s, "ray_serve_deployment_request_counter_total", application=app, deployment="FrenchResponder") >= 3
             and total(s, "ray_serve_deployment_error_counter_total", application=app) >= 2
-            and total(s, "ray_servegraph_edge_calls_total", application=app) >= 7
+            and total(s, "ray_servegraph_edge_calls_total", application=app) >= 16
             and total(s, "ray_serve_handle_request_counter_total", application=app, deployment="FrenchResponder") >= 3
         )
 
@@ -108,7 +108,10 @@ def test_http_requests_into_the_hello_graph_show_up_under_ray_serve_names(serve_
     # The graph's edges, counted per call.
     assert total(s, "ray_servegraph_edge_calls_total", application=app, source="LanguageClassifier", target="SpanishResponder", method="say_hello") == 4
     assert total(s, "ray_servegraph_edge_calls_total", application=app, source="LanguageClassifier", target="FrenchResponder") == 3
-    assert total(s, "ray_servegraph_edge_errors_total", application=app) == 0
+    assert total(s, "ray_servegraph_edge_errors_total", application=app, source="LanguageClassifier") == 0
+    # HTTP requests enter the ingress along the edge from the request's input.
+    assert total(s, "ray_servegraph_edge_calls_total", application=app, source="<input>", target="LanguageClassifier") == 9
+    assert total(s, "ray_servegraph_edge_errors_total", application=app, source="<input>", target="LanguageClassifier") == 2
     # Replica and deployment state from the controller.
     s = wait_for(lambda s: total(s, "ray_serve_deployment_replica_healthy", application=app) >= 3)
     for deployment in ("LanguageClassifier", "SpanishResponder", "FrenchResponder"):

@@ -54,7 +54,6 @@ def test_serve_run_serves_where_serve_start_put_the_proxy(tmp_path):
     ("kwargs", "message"),
     [
         ({"grpc_options": {"port": 9000, "grpc_servicer_functions": "m.add_f"}}, r"must be a list of import paths"),
-        ({"logging_config": {"encoding": "JSON"}}, r"serve.start\(\) got logging_config"),
         ({"unknown_thing": 1}, r"serve.start\(\) got unknown_thing"),
         ({"http_options": {"root_path": "/x"}}, r"got root_path, which servegraph's proxy cannot apply"),
     ],
@@ -62,3 +61,8 @@ def test_serve_run_serves_where_serve_start_put_the_proxy(tmp_path):
 def test_serve_start_refuses_what_it_cannot_honour(kwargs, message):
     with pytest.raises(TypeError, match=message):
         serve.start(**kwargs)
+
+
+def test_serve_start_checks_its_logging_config_before_anything_starts():
+    with pytest.raises(serve.OptionValueError, match=r"logging_config.encoding: input should be 'TEXT' or 'JSON', got 'XML'"):
+        serve.start(logging_config={"encoding": "XML"})

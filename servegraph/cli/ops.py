@@ -59,9 +59,6 @@ def _refuse_unapplied_http_options(config: Any, source: str) -> None:
     from ..errors import ConfigError
 
     unapplied = [f"http_options.{k}" for k, v in _HTTP_OPTIONS_HONOURED_ONLY_AS.items() if getattr(config.http_options, k) != v]
-    if config.logging_config is not None:
-        unapplied.append("logging_config")
-    unapplied += [f"applications[{i}].logging_config" for i, a in enumerate(config.applications) if a.logging_config]
     if unapplied:
         fields = ", ".join(unapplied)
         raise ConfigError(
@@ -106,7 +103,8 @@ def deploy_cmd(config_path: str, no_resource_check: bool, address: str | None, c
     """
     from ..compiler import compile
     from ..compiler.config.overrides import with_app_runtime_env
-    from ..runtime.api import _controller, _free_resources, deploy_compiled
+    from ..errors import DeploymentError
+    from ..runtime.api import _ask, _controller, _free_resources, deploy_compiled
     from ..runtime.cluster import cluster_nodes
     from ..runtime.ray_compat import upload_local_code
 
@@ -120,9 +118,22 @@ def deploy_cmd(config_path: str, no_resource_check: bool, address: str | None, c
             nodes = None if no_resource_check else cluster_nodes()
             if app.runtime_env:  # every replica starts in it; local code is uploaded to the cluster first
                 overrides = with_app_runtime_env(compile(node), overrides, upload_local_code(app.runtime_env))
-            compiled_apps.append(
-                (app, compile(node, overrides=overrides, cluster_resources=resources, weights=weights, cluster_nodes=nodes))
+            # As in Ray Serve: the application's logging_config, else the config's top-level one, for every
+            # deployment that sets none (in the code or in the config's deployments).
+            logging_config = app.logging_config or config.logging_config
+            compiled = compile(
+                node,
+                overrides=overrides,
+                cluster_resources=resources,
+                weights=weights,
+                logging_config=logging_config,
+                cluster_nodes=nodes,
             )
+            compiled_apps.append((app, compiled))
+        if config.logging_config is not None:  # as in Ray Serve, the proxies' logs too (see serve.start)
+            refusal = _ask(_controller().set_logging_config.remote(config.logging_config), "set_logging_config")
+            if refusal is not None:
+                raise DeploymentError(refusal.message)
         for app, compiled in compiled_apps:
             before = _running_options(app.name)
             specs = {spec.name: spec.options for spec in compiled.ir.deployments}
@@ -140,6 +151,7 @@ def deploy_cmd(config_path: str, no_resource_check: bool, address: str | None, c
                     grpc_options=config.grpc_options.model_dump(),
                     on_progress=progress,
                     compiled_path=app.compiled,
+                    graph_autoscaling=app.graph_autoscaling,
                 )
             finally:
                 done()
@@ -175,6 +187,9 @@ def describe_change(what: str, before: Any, after: Any) -> str:
         if not settings:
             return "unchanged"
         return f"{', '.join(settings)} changed; applied without restarting a replica"
+    if what == "reconfigured" and before is not None and after is not None:
+        taken = [k for k in ("user_config", "logging_config") if getattr(before, k) != getattr(after, k)] or ["user_config"]
+        return f"reconfigured: the running replicas took the new {' and '.join(taken)}; none restarted"
     return {
         "created": f"created with {replicas}",
         "updated": "restarted: new replicas (new code, constructor arguments, actor options or placement group) replace the old ones",
@@ -221,6 +236,7 @@ def status_cmd(as_json: bool, live_graph: bool, address: str | None, connect_tim
                         "status": dep.status,
                         "replica_states": dep.replica_states,
                         "message": dep.message,
+                        **({"autoscaling": dep.autoscaling} if dep.autoscaling is not None else {}),
                         **({"replicas": replicas[(name, d)]} if (name, d) in replicas else {}),
                     }
                     for d, dep in app.deployments.items()
@@ -247,6 +263,9 @@ def status_cmd(as_json: bool, live_graph: bool, address: str | None, connect_tim
             for r in dep.get("replicas", []):
                 node = str(r.get("node_id") or "?")[:12]
                 states += f"\n  {r.get('replica_id', '?')}: {r.get('state', '?')} on node {node}, pid {r.get('pid', '?')}"
+            scaling = dep.get("autoscaling")
+            if scaling:  # target, and what decided it
+                states += f"\n  autoscaling: target {scaling['target']}: {scaling['reason']}"
             table.add_row(
                 name if first else "",
                 str(app["route_prefix"]) if first else "",

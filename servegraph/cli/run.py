@@ -75,6 +75,25 @@ def _check_port(host: str, port: int) -> None:
     help="Run an eligible InputNode graph on Ray compiled graphs (see the README's compiled path).",
 )
 @click.option(
+    "--graph-autoscaling/--no-graph-autoscaling",
+    default=True,
+    show_default=True,
+    help="Size autoscaled deployments from their callers' load too (see the README's autoscaling); "
+    "--no-graph-autoscaling: each on its own queue, as Ray Serve does.",
+)
+@click.option("--grpc-port", type=click.IntRange(1, 65535), default=None, help="Also serve gRPC on this port (needs --grpc-servicer-functions).")
+@click.option(
+    "--grpc-servicer-functions",
+    multiple=True,
+    help="Import path of a generated add_XServicer_to_server function the gRPC proxy serves (repeat for several), as Ray Serve's `serve run` takes it.",
+)
+@click.option(
+    "--grpc-enable-reflection/--grpc-disable-reflection",
+    default=True,
+    show_default=True,
+    help="gRPC server reflection (needs grpcio-reflection), as in Ray Serve.",
+)
+@click.option(
     "--non-blocking",
     is_flag=True,
     help="Return after deploying; a Ray cluster started for it keeps running until `servegraph shutdown`.",
@@ -100,6 +119,10 @@ def run_cmd(
     graph_name: str | None,
     no_resource_check: bool,
     compiled: bool,
+    graph_autoscaling: bool,
+    grpc_port: int | None,
+    grpc_servicer_functions: tuple[str, ...],
+    grpc_enable_reflection: bool,
     non_blocking: bool,
     keep_cluster: bool,
     reload: bool,
@@ -116,6 +139,15 @@ def run_cmd(
     """
     if reload and non_blocking:
         raise click.UsageError("--reload watches the source while the command serves; it cannot be --non-blocking")
+    if bool(grpc_port) != bool(grpc_servicer_functions):
+        raise click.UsageError(
+            "gRPC needs both --grpc-port and --grpc-servicer-functions (the generated add_XServicer_to_server functions to serve)"
+        )
+    grpc = (
+        {"port": grpc_port, "grpc_servicer_functions": list(grpc_servicer_functions), "enable_reflection": grpc_enable_reflection}
+        if grpc_port
+        else None
+    )
     with user_errors():
         loaded = load_target(target, name=graph_name)
         watch = _SourceWatch(target) if reload else None
@@ -127,7 +159,7 @@ def run_cmd(
         # A failed deploy (or Ctrl-C) leaves no cluster behind that this command started for it.
         ours = cluster.record if cluster.started_here and not (non_blocking or keep_cluster) else None
         try:
-            _deploy(app, target, name, route_prefix, host, port, no_resource_check, compiled, non_blocking)
+            _deploy(app, target, name, route_prefix, host, port, no_resource_check, compiled, non_blocking, graph_autoscaling, grpc)
         except (GraphError, click.ClickException) as exc:
             if ours is None:
                 raise
@@ -150,6 +182,7 @@ def run_cmd(
                 "--host", host, "--port", str(port)]
         argv += (["--graph", graph_name] if graph_name else []) + ([] if compiled else ["--no-compiled"])
         argv += ["--no-resource-check"] if no_resource_check else []
+        argv += [] if graph_autoscaling else ["--no-graph-autoscaling"]
         redeploy = (watch, argv)
         click.echo(f"Watching {len(watch.files)} source file(s) for changes.", err=True)
     try:
@@ -176,14 +209,18 @@ def _deploy(
     no_resource_check: bool,
     compiled: bool,
     non_blocking: bool,
+    graph_autoscaling: bool = True,
+    grpc: dict[str, Any] | None = None,
 ) -> None:
     _check_port(host, port)
-    from ..runtime.api import run
+    from ..runtime.api import run, start
     from .ops import _progress_display
 
     click.echo(f"Deploying {target} as application {name!r}...", err=True)
     began = time.monotonic()
     progress, done = _progress_display(name)
+    if grpc is not None:  # the proxy serves gRPC beside HTTP; the deploy below keeps its options
+        start(http_options={"host": host, "port": port}, grpc_options=grpc)
     try:
         run(
             app,
@@ -194,10 +231,11 @@ def _deploy(
             resource_check=not no_resource_check,
             _on_progress=progress,
             compiled=compiled,
+            graph_autoscaling=graph_autoscaling,
         )
     finally:
         done()
-    url = f"http://{host}:{port}{route_prefix}"
+    url = f"http://{host}:{port}{route_prefix}" + (f" and gRPC on {host}:{grpc['port']}" if grpc is not None else "")
     stop = "" if non_blocking else " (Ctrl-C to stop)"
     click.echo(f"Deployed {name!r} in {time.monotonic() - began:.1f}s; serving at {url}{stop}", err=True)
 

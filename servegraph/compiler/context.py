@@ -40,6 +40,9 @@ class PassContext:
     overrides: Mapping[str, Mapping[str, Any]] | None = None
     #: Split weights by split name, then branch (from a deploy config's plan driver entry).
     weights: Mapping[str, Mapping[str, int]] | None = None
+    #: The application's logging_config (``serve.run(logging_config=)``, a config's application or top level):
+    #: every deployment that sets none gets it.
+    logging_config: Any = None
     #: The last graph derived, with the nodes and edges it was derived from (held, so ids stay unique).
     _graph: list[tuple[Any, Any, nx.DiGraph]] = dataclasses.field(default_factory=list, compare=False, repr=False)
 

@@ -36,6 +36,7 @@ def compile(
     strict: bool = True,
     overrides: Mapping[str, Mapping[str, Any]] | None = None,
     weights: Mapping[str, Mapping[str, int]] | None = None,
+    logging_config: Any = None,
     cluster_nodes: tuple[Mapping[str, float], ...] | None = None,
 ) -> CompiledGraph:
     """Compile a bound graph into a checked CompiledGraph.
@@ -47,6 +48,8 @@ def compile(
         strict: raise on errors (default); False returns them in ``.diagnostics``.
         overrides: option overrides by deployment name (from a deploy config).
         weights: split weights by split name, then branch (from a deploy config's ``DAGDriver`` entry).
+        logging_config: the application's logging_config (a dict or ``LoggingConfig``), for every deployment
+            that sets none of its own.
         cluster_nodes: each alive node's total resources; None skips the check that every replica's
             placement group could be placed on them.
 
@@ -58,6 +61,7 @@ def compile(
         serializer=serializer,
         overrides=overrides,
         weights=weights,
+        logging_config=logging_config,
         cluster_nodes=cluster_nodes,
     )
     program = capture(app)

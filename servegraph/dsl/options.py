@@ -7,7 +7,7 @@ configs written for Ray Serve read the same here.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -93,6 +93,90 @@ class AutoscalingConfig(BaseModel):
         return max(self.min_replicas, 1)
 
 
+#: Python's own LogRecord attributes (``logging.LogRecord``), the ones ``additional_log_standard_attrs`` may name.
+LOGRECORD_STANDARD_ATTRS = frozenset(
+    {
+        "args", "asctime", "created", "exc_info", "exc_text", "filename", "funcName", "levelname", "levelno",
+        "lineno", "message", "module", "msecs", "msg", "name", "pathname", "process", "processName",
+        "relativeCreated", "stack_info", "thread", "threadName", "taskName",
+    }
+)  # fmt: skip
+
+#: Log levels by name, as the ``logging`` module knows them.
+LOG_LEVELS = {"CRITICAL": 50, "FATAL": 50, "ERROR": 40, "WARN": 30, "WARNING": 30, "INFO": 20, "DEBUG": 10, "NOTSET": 0}
+
+
+class LoggingConfig(BaseModel):
+    """Ray Serve's ``LoggingConfig``: how a deployment's replicas write their logs.
+
+    ``encoding`` TEXT or JSON (one object per line); ``log_level`` of the ``ray.serve`` logger (a name, or
+    a number, which becomes its name); ``logs_dir`` instead of the Ray session's ``logs/serve``;
+    ``enable_access_log`` one line per request; ``additional_log_standard_attrs`` LogRecord attributes
+    (``funcName``, ``thread``...) added to every line.
+
+    >>> LoggingConfig(log_level=10).log_level
+    'DEBUG'
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    encoding: Literal["TEXT", "JSON"] = "TEXT"
+    log_level: int | str = "INFO"
+    logs_dir: str | None = None
+    enable_access_log: bool = True
+    additional_log_standard_attrs: tuple[str, ...] = ()
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, value: int | str) -> str:
+        if isinstance(value, int):
+            names = {number: name for name, number in LOG_LEVELS.items() if name not in ("FATAL", "WARN")}
+            if value not in names:
+                raise ValueError(f"log_level {value} is not a level; use one of {sorted(names)} or a name")
+            return names[value]
+        if value not in LOG_LEVELS:
+            raise ValueError(f"log_level {value!r} is not a level name; use one of {', '.join(LOG_LEVELS)}")
+        return value
+
+    @field_validator("additional_log_standard_attrs")
+    @classmethod
+    def _attrs(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for attr in value:
+            if attr not in LOGRECORD_STANDARD_ATTRS:
+                raise ValueError(
+                    f"unknown LogRecord attribute {attr!r}" + did_you_mean(attr, sorted(LOGRECORD_STANDARD_ATTRS))
+                )
+        return tuple(dict.fromkeys(value))  # each once, in the order given
+
+    @property
+    def level_number(self) -> int:
+        return LOG_LEVELS[str(self.log_level)]
+
+
+def logging_config_of(value: Any) -> Any:
+    """Ray Serve's ways of giving a logging config (a dict, our ``LoggingConfig``, Ray Serve's own, which is
+    a pydantic model too) as something ``LoggingConfig`` validates; anything else is left for it to refuse."""
+    dump = getattr(value, "model_dump", None)
+    if dump is not None and not isinstance(value, LoggingConfig):
+        value = {k: v for k, v in dump().items() if k in LoggingConfig.model_fields}
+    if isinstance(value, dict) and "encoding" in value:  # Ray Serve's EncodingType is a str Enum
+        value = {**value, "encoding": getattr(value["encoding"], "value", value["encoding"])}
+    return value
+
+
+def as_logging_config(value: Any, where: str = "logging_config") -> LoggingConfig:
+    """``value`` (a dict, a ``LoggingConfig``, Ray Serve's ``LoggingConfig``) checked, as a ``LoggingConfig``.
+
+    Raises:
+        OptionValueError: a field Ray Serve does not have, or a value it would refuse.
+    """
+    try:
+        return LoggingConfig.model_validate(logging_config_of(value))
+    except ValidationError as exc:
+        lines = format_errors(exc, where, LoggingConfig)
+        raise OptionValueError(diagnostic("option-value", "invalid logging_config: " + "; ".join(lines), None)) from None
+
+
 class DeploymentOptions(BaseModel):
     """Every option ``@serve.deployment`` accepts, with Ray Serve's names and defaults."""
 
@@ -114,7 +198,12 @@ class DeploymentOptions(BaseModel):
     graceful_shutdown_timeout_s: float = Field(default=20.0, ge=0)
     health_check_period_s: float = Field(default=10.0, gt=0)
     health_check_timeout_s: float = Field(default=30.0, gt=0)
-    logging_config: dict[str, Any] | None = None
+    logging_config: LoggingConfig | None = None
+
+    @field_validator("logging_config", mode="before")
+    @classmethod
+    def _logging(cls, value: Any) -> Any:
+        return logging_config_of(value)
 
     @field_validator("route_prefix")
     @classmethod

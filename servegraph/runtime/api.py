@@ -16,6 +16,7 @@ from .._validation import route_prefix_problem
 from ..compiler import CompiledGraph, compile
 from ..compiler.config.app import DEFAULT_APP_NAME
 from ..dsl.nodes import DAGNode
+from ..dsl.options import as_logging_config
 from ..errors import DeploymentError, GraphError
 from .cluster import CONTROLLER_NAME, NAMESPACE, cluster_nodes, cluster_resources, ensure_connected
 from .driver_http import adapter_problem
@@ -98,7 +99,7 @@ def _handle_for(name: str, app: Any, infos: dict) -> RayServeSyncHandle:
 
 #: Deployment options servegraph's runtime does not apply yet. Ray Serve does, so a config built with
 #: them runs there (`servegraph build` then `serve deploy`); here they are refused, never ignored.
-UNSUPPORTED_OPTIONS = ("logging_config",)
+UNSUPPORTED_OPTIONS: tuple[str, ...] = ()
 
 
 def _refuse_unsupported_options(compiled: CompiledGraph) -> None:
@@ -152,6 +153,7 @@ def deploy_compiled(
     proxy_location: Any = None,
     wait: bool = True,
     grpc_options: Any = None,
+    graph_autoscaling: bool = True,
 ) -> tuple[RayServeSyncHandle, dict[str, str]]:
     """Deploy an already compiled graph; returns its handle and what changed per deployment.
 
@@ -188,6 +190,7 @@ def deploy_compiled(
         location,
         wait,
         grpc,
+        bool(graph_autoscaling),
     )
     while on_progress is not None and not ray.wait([pending], timeout=0.5)[0]:
         try:
@@ -218,6 +221,7 @@ def run(
     _on_progress: Callable[[dict[str, dict[str, int]]], None] | None = None,
     logging_config: Any = None,
     compiled: bool = True,
+    graph_autoscaling: bool = True,
 ) -> RayServeSyncHandle:
     """Compile, check and deploy a graph; return a handle to its output.
 
@@ -234,19 +238,19 @@ def run(
         http: start the HTTP proxy.
         compiled: run an eligible InputNode graph on Ray compiled graphs (see the README's "compiled
             path"); False keeps every request on the plan of actor calls.
+        graph_autoscaling: size autoscaled deployments from their callers' load too, every stage in
+            the same step (see the README's "Autoscaling the graph"); False: each on its own queue only,
+            as Ray Serve does.
         _blocking: False returns once the application's new state is set, before its replicas are up
             (``serve.status()`` then shows it DEPLOYING, RUNNING or DEPLOY_FAILED with the error), as in
             Ray Serve.
-        logging_config: not supported yet: anything but None is refused.
+        logging_config: the application's logging_config (a dict or ``LoggingConfig``: encoding, log_level,
+            logs_dir, enable_access_log, additional_log_standard_attrs), for every deployment that sets none.
 
     Raises:
         GraphError: the graph fails a check; DeploymentError: a replica failed to start.
     """
-    if logging_config is not None:
-        raise TypeError(
-            "serve.run(logging_config=...) is not supported yet: replicas log as Ray's workers do "
-            "(`servegraph logs APP` shows what they printed); leave it out"
-        )
+    app_logging = None if logging_config is None else as_logging_config(logging_config)
     if _local_testing_mode:
         from .local import run_local
 
@@ -256,7 +260,12 @@ def run(
     _require_route_prefix(route_prefix)  # before connecting: a bad route fails at once
     ensure_connected()
     resources = _free_resources(_controller(), name) if resource_check else None
-    graph = compile(target, cluster_resources=resources, cluster_nodes=cluster_nodes() if resource_check else None)
+    graph = compile(
+        target,
+        cluster_resources=resources,
+        logging_config=app_logging,
+        cluster_nodes=cluster_nodes() if resource_check else None,
+    )
     handle, _ = deploy_compiled(
         graph,
         name=name,
@@ -267,6 +276,7 @@ def run(
         on_progress=_on_progress,
         compiled_path=compiled,
         wait=_blocking,
+        graph_autoscaling=graph_autoscaling,
     )
     if blocking:
         _block()
@@ -306,19 +316,23 @@ def start(
     ``grpc_servicer_functions`` (import paths of generated ``add_XServicer_to_server`` functions; gRPC is
     served when there is one), ``request_timeout_s``, ``enable_reflection`` (a dict or Ray's ``gRPCOptions``);
     later ``serve.run`` calls keep them. ``proxy_location``: ``EveryNode`` (default: a proxy on every node
-    that runs replicas), ``HeadOnly``, or ``Disabled`` (no proxy). ``detached`` is accepted for old callers:
+    that runs replicas), ``HeadOnly``, or ``Disabled`` (no proxy). ``logging_config``: as in Ray Serve, the
+    proxies' own logs (``proxy_<node ip>.log``, an access line per HTTP request); replicas take theirs from
+    ``serve.run(logging_config=...)`` and their deployments. ``detached`` is accepted for old callers:
     servegraph's controller always outlives the driver, as Ray Serve's does.
 
     Raises:
         DeploymentError: the proxy cannot listen on host:port (or on the gRPC port, or import a servicer function).
-        TypeError: an option servegraph cannot honour (logging_config, unknown keywords).
+        TypeError: an option servegraph cannot honour (unknown keywords).
+        OptionValueError: a logging_config Ray Serve would refuse.
         ValueError: an option's value is out of range.
     """
-    refused = sorted(k for k, v in {"logging_config": logging_config, **kwargs}.items() if v is not None)
+    proxy_logging = None if logging_config is None else as_logging_config(logging_config)
+    refused = sorted(k for k, v in kwargs.items() if v is not None)
     if refused:
         raise TypeError(
             f"serve.start() got {', '.join(refused)}, which servegraph does not support yet; it takes "
-            "http_options, grpc_options and proxy_location"
+            "http_options, grpc_options, proxy_location and logging_config"
         )
     grpc = grpc_options_dict(grpc_options)
     options = _http_options_dict(http_options)
@@ -331,6 +345,10 @@ def start(
         )
     location = proxy_location_name(proxy_location)
     controller = _controller()
+    if proxy_logging is not None:  # as Ray Serve's: the proxies' own logs (replicas take theirs from serve.run)
+        refusal = _ask(controller.set_logging_config.remote(proxy_logging), "set_logging_config")
+        if refusal is not None:
+            raise DeploymentError(refusal.message)
     if location == "Disabled":
         return
     refusal = ray.get(
@@ -430,6 +448,9 @@ class DeploymentStatus:
     status: str
     replica_states: dict[str, int]
     message: str = ""
+    #: servegraph's own, for an autoscaled deployment: ``{"target", "desired", "reason", "graph_aware"}``,
+    #: the reason naming what decided (its own queue, its callers' load times the fan-out, or a bound).
+    autoscaling: dict[str, Any] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -476,7 +497,7 @@ def status() -> ServeStatus:
     apps = {}
     for name, app in raw.applications.items():
         deployments = {
-            d: DeploymentStatus(d, info.status, dict(info.replica_states), info.message)
+            d: DeploymentStatus(d, info.status, dict(info.replica_states), info.message, info.autoscaling)
             for d, info in app.deployments.items()
         }
         apps[name] = ApplicationStatus(name, app.status, app.route_prefix, deployments, app.message, dict(app.path))

@@ -25,6 +25,9 @@ class Autoscaler:
         self._reports: dict[str, deque[tuple[float, float]]] = {}
         #: The policy's last wish (within min/max), exported as serve_autoscaling_desired_replicas.
         self.last_desired = 0
+        #: Why the target is what it is (``servegraph status`` shows it).
+        self.reason = "no decision yet"
+        self._total, self._raw = 0.0, 0
         #: Positive while the policy has wanted more replicas since ``_since``; negative for fewer.
         self._direction = 0
         self._since = 0.0
@@ -66,22 +69,50 @@ class Autoscaler:
             want = math.ceil(current * (1 + (ratio - 1) * factor))
             if total > 0:
                 want = max(want, 1)  # never to zero while requests are ongoing
+        self._total, self._raw = total, want
         return max(cfg.min_replicas, min(cfg.max_replicas, want))
 
-    def decide(self, current: int, now: float) -> int:
-        """The new target: ``current`` until a change has been wanted for its delay."""
-        want = self.last_desired = self.desired(current, now)
+    def decide(self, current: int, now: float, floor: int | None = None, floor_reason: str = "") -> int:
+        """The new target: ``current`` until a change has been wanted for its delay.
+
+        ``floor`` (graph-aware autoscaling, see graph_autoscaling.py) is what the callers' load needs: a
+        target below it rises to it at once (within ``max_replicas``), since the callers' own scaling
+        already waited its delay. ``reason`` then says which won.
+        """
+        cfg = self.config
+        own = self.last_desired = self.desired(current, now)
+        want = own
+        if floor is not None and floor > own:
+            want = min(cfg.max_replicas, floor)
         if want == current:
             self._direction = 0
+            self._explain(current, own, want, floor, floor_reason)
             return current
+        if want > current and want > own:  # the graph's floor: now, with the callers
+            self._direction = 0
+            self._explain(current, own, want, floor, floor_reason)
+            return want
+        self._explain(current, own, want, floor, floor_reason)
         if current == 0 and want > 0:  # scale from zero at once: a request is waiting
             self._direction = 0
             return want
         direction = 1 if want > current else -1
         if direction != self._direction:
             self._direction, self._since = direction, now
-        delay = self.config.upscale_delay_s if direction > 0 else self.config.downscale_delay_s
+        delay = cfg.upscale_delay_s if direction > 0 else cfg.downscale_delay_s
         if now - self._since >= delay:
             self._direction = 0
             return want
         return current
+
+    def _explain(self, current: int, own: int, want: int, floor: int | None, floor_reason: str) -> None:
+        cfg = self.config
+        if floor is not None and floor > own and want == min(cfg.max_replicas, floor):
+            self.reason = floor_reason + (f" (capped at max_replicas {cfg.max_replicas})" if floor > cfg.max_replicas else "")
+        elif own in (cfg.min_replicas, cfg.max_replicas) and self._raw != own:
+            bound = "min_replicas" if own == cfg.min_replicas else "max_replicas"
+            self.reason = f"own queue {self._total:.1f} ongoing wants {self._raw}, held at {bound} {own}"
+        else:
+            self.reason = f"own queue: {self._total:.1f} ongoing / target_ongoing_requests {cfg.target_ongoing_requests:g}"
+        if want != current:
+            self.reason += f"; moving {current} -> {want}"

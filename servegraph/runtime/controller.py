@@ -47,7 +47,7 @@ from ..compiler import ir
 from ..compiler.fast_path import compiled_path_problem, lane_deployments
 from ..compiler.outline import outline
 from ..dsl.options import add_resources
-from . import placement_groups, ray_compat, telemetry
+from . import graph_autoscaling, placement_groups, ray_compat, telemetry
 from .autoscaling import Autoscaler
 from .cluster import NAMESPACE
 from .codec import loads_with_paths
@@ -165,6 +165,8 @@ class Replica:
     group: Any = None
     placing: asyncio.Task | None = None
     unplaced: str = ""
+    #: The logging_config the replica was last given (None: the defaults); a new one is pushed, never restarts it.
+    logging: Any = None
 
     def info(self) -> ReplicaReport:
         return ReplicaReport(self.replica_id, self.state, self.node_id, self.pid, self.actor_name)
@@ -219,6 +221,10 @@ class App:
     lanes: LaneTable | None = None
     lane_reason: str = ""
     compiled: bool = True
+    #: Autoscaled deployments sized from their callers' load too (see graph_autoscaling.py).
+    graph_autoscaling: bool = True
+    #: Calls per request along each edge, as the graph's code says (graph_autoscaling.static_fanout).
+    fanout: dict[tuple[str, str], float] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -243,6 +249,8 @@ class DeploymentReport:
     class_name: str
     version: str
     replicas: tuple[ReplicaReport, ...]
+    #: An autoscaled deployment's decision: {"target", "desired", "reason", "graph_aware"}; None otherwise.
+    autoscaling: dict[str, Any] | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -273,7 +281,8 @@ class Refusal:
     """Why the controller could not do what a driver asked, as data; the driver raises it as a DeploymentError."""
 
     #: code-import (the graph's code does not import here), route-taken, proxy (the HTTP proxy cannot
-    #: serve there), deleted (while it deployed), replica-failed, timeout (replicas did not start in time).
+    #: serve there), deleted (while it deployed), replica-failed, timeout (replicas did not start in time),
+    #: logging (a proxy cannot write its log where logging_config says).
     code: str
     message: str
 
@@ -398,6 +407,7 @@ class Controller:
     async def _reconcile_all(self) -> None:
         now = time.monotonic()
         for app in list(self._apps.values()):
+            self._autoscale(app)
             for dep in list(app.deployments.values()):
                 self._reconcile(dep, now)
                 if dep.deleting and not dep.replicas:
@@ -452,6 +462,7 @@ class Controller:
                         telemetry.observe("serve_replica_startup_latency_ms", tags, (now - r.started_at) * 1000.0)
                     r.node_id, r.pid, r.state, r.last_health = info["node_id"], info["pid"], RUNNING, now
                     r.user_config = info["user_config"]  # what its code accepted: the loop reconfigures it if behind
+                    r.logging = info.get("logging_config")  # likewise the logging_config it applies
                     if r.watch is None:
                         r.watch = asyncio.ensure_future(self._watch(dep, r))
                     dep.failures = 0
@@ -477,8 +488,6 @@ class Controller:
         # The target: the autoscaler's decision, or the configured count.
         new = [r for r in dep.replicas.values() if r.version == dep.version and r.state != STOPPING]
         old = [r for r in dep.replicas.values() if r.version != dep.version and r.state != STOPPING]
-        if dep.autoscaler is not None and not dep.deleting:
-            dep.target = dep.autoscaler.decide(dep.target, time.time())
         target = 0 if dep.deleting else dep.target
         # Reconfigure live replicas whose user_config is behind.
         for r in new:
@@ -486,6 +495,10 @@ class Controller:
                 r.state = UPDATING
                 r.user_config = opts.user_config
                 r.task = asyncio.ensure_future(self._reconfigure(r, opts.user_config))
+            elif r.state == RUNNING and r.logging != opts.logging_config and r.task is None:
+                r.state = UPDATING  # still routed; the deploy waits for it, as for a user_config
+                r.logging = opts.logging_config
+                r.task = asyncio.ensure_future(self._configure_logging(r, opts.logging_config))
         # Too many of the current version: stop the ones not yet serving first.
         if len(new) > target:
             surplus = sorted(new, key=lambda r: (r.state in SERVING, r.started_at), reverse=False)
@@ -556,6 +569,52 @@ class Controller:
                 f"{len(pending)} replica(s) have been starting for over 30 s; the cluster may lack the resources "
                 f"they ask for ({dep.spec.options.actor_options()}). See `ray status`."
             )
+
+    # Autoscaling ----------------------------------------------------------------------------
+    def _autoscale(self, app: App) -> None:
+        """Move every autoscaled deployment's target, all in this one step: each by its own policy, and
+        (graph-aware, unless the application turned it off) no lower than its callers' load needs."""
+        scaled = [d for d in app.deployments.values() if d.autoscaler is not None and not d.deleting]
+        if not scaled:
+            return
+        now = time.time()
+        floors = self._graph_floors(app, now) if app.graph_autoscaling else {}
+        for dep in scaled:
+            assert dep.autoscaler is not None
+            wish = floors.get(dep.name)
+            dep.target = dep.autoscaler.decide(dep.target, now, wish.replicas if wish else None, wish.reason if wish else "")
+
+    #: The window over which graph-aware autoscaling reads rates and fan-outs.
+    GRAPH_WINDOW_S = 5.0
+    #: The window in which it looks for each deployment's time per request without queueing.
+    SERVICE_WINDOW_S = 60.0
+
+    def _graph_floors(self, app: App, now: float) -> dict[str, graph_autoscaling.Wish]:
+        names = [d for d, dep in app.deployments.items() if not dep.deleting]
+        window = self.GRAPH_WINDOW_S
+        summaries = {n: self._deployment_stats.summary((app.name, n), now, window) for n in names}
+        rates = {n: summary["per_s"] for n, summary in summaries.items()}
+        edge_rates: dict[tuple[str, str], float] = {}
+        for key in self._edge_stats.keys():
+            if key[0] == app.name:
+                _, caller, callee, _method = key
+                edge_rates[(caller, callee)] = edge_rates.get((caller, callee), 0.0) + self._edge_stats.summary(key, now, window)["per_s"]
+        fanout = graph_autoscaling.measured_fanout(app.fanout, rates, edge_rates)
+        stages = {}
+        for n in names:
+            dep = app.deployments[n]
+            # Its time per request without queueing: load inflates the window's p50 (a caller waits for its
+            # under-sized callees), which would shrink the arrival rates Little's law derives from it.
+            p50 = self._deployment_stats.service_time_ms((app.name, n), now, self.SERVICE_WINDOW_S) or summaries[n]["p50_ms"]
+            config = dep.autoscaler.config if dep.autoscaler is not None else None
+            stages[n] = graph_autoscaling.Stage(
+                ongoing=dep.autoscaler.total_ongoing(now) if dep.autoscaler is not None else None,
+                latency_s=p50 / 1000.0 if p50 else None,
+                rate=rates[n],
+                target_ongoing=config.target_ongoing_requests if config is not None else None,
+                current=dep.target,
+            )
+        return graph_autoscaling.wishes(graph_autoscaling.graph_order(names, fanout), stages, fanout)
 
     def _update_app_status(self, app: App) -> None:
         deployments = list(app.deployments.values())
@@ -631,6 +690,7 @@ class Controller:
             return None
         user_config = spec.options.user_config
         r = Replica(replica_id, actor, name, dep.version, STARTING, user_config, time.monotonic(), node_id=node)
+        r.logging = spec.options.logging_config
         if group is not None:
             r.group = group
             r.placing = asyncio.ensure_future(placement_groups.wait_placed(group, lambda why: _unplaced(r, why)))
@@ -643,7 +703,7 @@ class Controller:
 
     async def _initialize(self, r: Replica, user_config: Any, max_ongoing: int) -> dict:
         """Run the user's constructor on a new replica; its phase report (see replica.py) once it is READY."""
-        pending = r.actor.initialize.remote(user_config, max_ongoing)
+        pending = r.actor.initialize.remote(user_config, max_ongoing, r.logging)
         await self._crash_point("replica-initializing", r, INITIALIZING)
         error = await pending
         if error is not None:
@@ -661,7 +721,7 @@ class Controller:
         """
         report = await asyncio.wait_for(r.actor.phase.remote(), RECOVER_TIMEOUT_S)
         if report["phase"] in (CONSTRUCTED, INITIALIZING):
-            error = await r.actor.initialize.remote(r.user_config, dep.spec.options.max_ongoing_requests)
+            error = await r.actor.initialize.remote(r.user_config, dep.spec.options.max_ongoing_requests, r.logging)
             if error is not None:
                 raise ReplicaStartError(error)
             report = await asyncio.wait_for(r.actor.phase.remote(), RECOVER_TIMEOUT_S)
@@ -675,6 +735,11 @@ class Controller:
         pending = r.actor.reconfigure.remote(user_config)
         await self._crash_point("replica-reconfiguring", r, RECONFIGURING)
         error = await pending
+        if error is not None:
+            raise ReplicaStartError(error)
+
+    async def _configure_logging(self, r: Replica, logging_config: Any) -> None:
+        error = await r.actor.configure_logging.remote(logging_config)
         if error is not None:
             raise ReplicaStartError(error)
 
@@ -1009,6 +1074,7 @@ class Controller:
         proxy_location: str | None = None,
         wait: bool = True,
         grpc_options: dict[str, Any] | None = None,
+        graph_autoscaling: bool = True,
     ) -> DeployReply:
         """Set an application's desired state and wait until it runs (or cannot); with ``wait=False``,
         answer once the state is set (``serve.run(_blocking=False)``: status shows how it goes).
@@ -1046,7 +1112,7 @@ class Controller:
                 error = await self._ensure_proxy(host, port, options, name, proxy_location, grpc_options)
                 if error:
                     return DeployReply({}, Refusal("proxy", error))
-            changes = self._set_target(name, app, app_bytes, tuple(code_paths), route_prefix, compiled)
+            changes = self._set_target(name, app, app_bytes, tuple(code_paths), route_prefix, compiled, graph_autoscaling)
             self._dirty = True
             await self._push_routes()
         self._wake()
@@ -1062,6 +1128,7 @@ class Controller:
         code_paths: tuple[str, ...],
         route_prefix: str | None,
         compiled: bool = True,
+        graph_autoscaling: bool = True,
     ) -> dict[str, str]:
         old = self._apps.get(name)
         deployments: dict[str, Deployment] = {}
@@ -1081,7 +1148,7 @@ class Controller:
                 before = dep.spec.options
                 if version != dep.version:
                     changes[spec.name] = "updated"
-                elif spec.options.user_config != before.user_config:
+                elif spec.options.user_config != before.user_config or spec.options.logging_config != before.logging_config:
                     changes[spec.name] = "reconfigured"
                 elif spec.options != before:
                     changes[spec.name] = "scaled" if count != dep.target or autoscaling != before.autoscaling_config else "options"
@@ -1103,7 +1170,10 @@ class Controller:
                     dep.deleting = True
                     deployments[dname] = dep
                     changes[dname] = "deleted"
-        state = App(name, app, app_bytes, code_paths, route_prefix, deployments, compiled=compiled)
+        state = App(
+            name, app, app_bytes, code_paths, route_prefix, deployments, compiled=compiled,
+            graph_autoscaling=graph_autoscaling, fanout=graph_autoscaling_fanout(app),
+        )  # fmt: skip
         state.lane_reason = lane_reason(app, compiled)
         old_lanes = old.lanes if old is not None else None
         if not state.lane_reason:
@@ -1170,12 +1240,27 @@ class Controller:
                 return None
             return Refusal("proxy", error)
 
+    async def set_logging_config(self, logging_config: Any) -> Refusal | None:
+        """``serve.start(logging_config=)`` (and a config's top-level one): the proxies' logs, as in Ray Serve."""
+        await self._recovered.wait()
+        error = await self._proxies.set_logging_config(logging_config)
+        self._dirty = True
+        return Refusal("logging", error) if error else None
+
     async def get_app(self, name: str) -> AppRecord | None:
         await self._recovered.wait()
         state = self._apps.get(name)
         if state is None or state.deleting:
             return None
         return AppRecord(state.app, {d: DeploymentInfo(name, d) for d in state.deployments}, state.route_prefix)
+
+    async def logs_dirs(self) -> list[str]:
+        """Every ``logging_config.logs_dir`` a running deployment or the proxies write to (``servegraph logs
+        --request-id`` reads them)."""
+        await self._recovered.wait()
+        configs = [dep.spec.options.logging_config for state in self._apps.values() for dep in state.deployments.values()]
+        configs.append(self._proxies.logging_config)
+        return sorted({config.logs_dir for config in configs if config is not None and config.logs_dir})
 
     async def graph_outline(self, name: str) -> AppRecord | None:
         """``get_app`` without the user's code or values (see compiler/outline.py): what the live graph view
@@ -1236,6 +1321,14 @@ class Controller:
                     class_name=dep.spec.class_name,
                     version=dep.version,
                     replicas=tuple(r.info() for r in dep.replicas.values()),
+                    autoscaling=None
+                    if dep.autoscaler is None
+                    else {
+                        "target": dep.target,
+                        "desired": dep.autoscaler.last_desired,
+                        "reason": dep.autoscaler.reason,
+                        "graph_aware": state.graph_autoscaling,
+                    },
                 )
             apps[name] = AppReport(
                 state.status, state.message, state.route_prefix, state.app.ingress, deployments, self._path_status(state)
@@ -1332,6 +1425,7 @@ class Controller:
                 "route_prefix": app.route_prefix,
                 "deleting": app.deleting,
                 "compiled": app.compiled,
+                "graph_autoscaling": app.graph_autoscaling,
                 "deployments": {
                     dname: {
                         "target": dep.target,
@@ -1350,6 +1444,7 @@ class Controller:
             "http": self._proxies.http,
             "http_options": self._proxies.options,
             "grpc_options": self._proxies.grpc,
+            "logging_config": self._proxies.logging_config,
             "proxy_location": self._proxies.location,
             "code_paths": self._code_paths,
         }
@@ -1392,8 +1487,9 @@ class Controller:
         for name, saved in data["apps"].items():
             app: ir.AppIR = loads_with_paths(saved["app_bytes"], saved["code_paths"])
             self._set_target(
-                name, app, saved["app_bytes"], tuple(saved["code_paths"]), saved["route_prefix"], saved.get("compiled", True)
-            )
+                name, app, saved["app_bytes"], tuple(saved["code_paths"]), saved["route_prefix"], saved.get("compiled", True),
+                saved.get("graph_autoscaling", True),
+            )  # fmt: skip
             state = self._apps[name]
             state.deleting = saved["deleting"]
             for dname, dsaved in saved["deployments"].items():
@@ -1422,8 +1518,17 @@ class Controller:
         self._proxies.recover(
             data.get("http"), data.get("http_options") or {}, data.get("proxy_location", EVERY_NODE), data.get("grpc_options")
         )
+        self._proxies.logging_config = data.get("logging_config")
         await self._push_routes()
         print(f"servegraph: controller recovered {len(self._apps)} application(s) from its checkpoint", file=sys.stderr)
+
+
+def graph_autoscaling_fanout(app: ir.AppIR) -> dict[tuple[str, str], float]:
+    try:
+        return graph_autoscaling.static_fanout(app)
+    except Exception:  # a graph shape the count does not know: measured fan-outs only
+        traceback.print_exc()
+        return {}
 
 
 def lane_reason(app: ir.AppIR, compiled: bool) -> str:

@@ -22,7 +22,7 @@ from typing import Any
 import ray
 
 from ..errors import BackPressureError, NoRouteError
-from . import telemetry, tracing
+from . import replica_logging, telemetry, tracing
 from .codec import loads_with_paths
 from .context import RequestContext, current_request, model_id_of, set_request
 from .driver_http import MATCH_ALL, driver_app
@@ -96,10 +96,21 @@ class HTTPProxy:
         self.ongoing = 0
         if tracing.ENABLED:
             tracing.setup(f"proxy_{os.getpid()}")
+        error = self.configure_logging(None)  # Ray Serve's proxy_<node ip>.log, until serve.start says otherwise
+        if error is not None:
+            print(f"servegraph: {error}", file=sys.stderr)
         if telemetry.ENABLED:
             context = ray.get_runtime_context()
             node = {"node_id": context.get_node_id(), "node_ip_address": ray.util.get_node_ip_address()}
             telemetry.add_gauge_source(lambda: [("serve_num_ongoing_http_requests", node, self.ongoing)])
+
+    def configure_logging(self, logging_config: Any) -> str | None:
+        """``serve.start(logging_config=...)``: this proxy's log (see replica_logging.py); the error as text."""
+        try:
+            replica_logging.configure_proxy(ray.util.get_node_ip_address(), logging_config)
+        except OSError as exc:
+            return f"logging_config: the proxy cannot write its log: {exc}"
+        return None
 
     async def start(self, code_paths: list[str] | tuple[str, ...] = ()) -> str | None:
         """Start serving; returns an error message instead if the port cannot be bound.
@@ -366,8 +377,9 @@ async def _serve_http(proxy: HTTPProxy, scope: dict, receive: Any, send: Any) ->
         status = await _answer_http(proxy, scope, receive, send, seen)
     finally:
         proxy.ongoing -= 1
+        ms = (time.perf_counter() - started) * 1000.0
+        replica_logging.proxy_access_log(scope, seen.route, status, ms)
         if telemetry.ENABLED:
-            ms = (time.perf_counter() - started) * 1000.0
             telemetry.record(("http", seen.route, scope.get("method", ""), seen.app, status, seen.deployment), ms)
 
 

@@ -84,6 +84,8 @@ class ProxyManager:
         self.head_node: str = ray.get_runtime_context().get_node_id()
         #: What set_routes sends every proxy (the latest routes and import paths).
         self._routes: tuple[dict[str, tuple], list[str]] = ({}, [])
+        #: The proxies' logging_config (``serve.start(logging_config=)``, a config's top level); None: defaults.
+        self.logging_config: Any = None
 
     @property
     def head(self) -> ProxyEntry | None:
@@ -160,6 +162,8 @@ class ProxyManager:
             error = await asyncio.wait_for(entry.actor.start.remote(list(self._code_paths())), START_TIMEOUT_S)
             if not error:
                 await entry.actor.set_routes.remote(*self._routes)
+            if not error and self.logging_config is not None:
+                error = await entry.actor.configure_logging.remote(self.logging_config)
         except Exception as exc:  # its node went, a proxy of that name is still being killed, or it was too slow
             error = f"the HTTP proxy on node {entry.node_id[:8]} did not start: {type(exc).__name__}: {exc}"[:300]
         if error:
@@ -170,6 +174,13 @@ class ProxyManager:
         entry.watch = asyncio.ensure_future(answered(entry.actor.watch.remote()))
         self._on_change()
         return None
+
+    async def set_logging_config(self, logging_config: Any) -> str | None:
+        """Every proxy's logging_config, now and for proxies started later; the first error, if any."""
+        self.logging_config = logging_config
+        calls = [e.actor.configure_logging.remote(logging_config) for e in self.proxies.values() if e.actor is not None]
+        errors = [error for error in await asyncio.gather(*calls, return_exceptions=True) if isinstance(error, str)]
+        return errors[0] if errors else None
 
     async def _start_in_background(self, entry: ProxyEntry) -> None:
         error = await self._start(entry)

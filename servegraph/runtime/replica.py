@@ -32,7 +32,7 @@ from .._handle_era import NEW, handle_era
 from .._validation import did_you_mean
 from ..compiler import ir
 from ..dsl.signature import function_method_problem, public_methods
-from . import ray_compat, telemetry, tracing
+from . import ray_compat, replica_logging, telemetry, tracing
 from .codec import unflatten
 from .context import (
     REQUEST_KEY,
@@ -47,7 +47,7 @@ from .context import (
 )
 from .handle import DeploymentInfo, async_handle, new_api_handle, note_actor_death
 from .http_codec import HTTPResult, encode_error, encode_result, make_request, request_id_of
-from .router import CHILD_CALLS, Sent
+from .router import CHILD_CALLS, EdgeMethod, Sent
 from .user_frames import describe_user_error
 
 #: Threads a threaded replica keeps for control calls (watch, health check, reconfigure, drain, status).
@@ -142,8 +142,8 @@ def call_http(fn: Callable[..., Any], scope: dict, body: bytes) -> Any:
     return fn() if takes_nothing(fn) else fn(make_request(scope, body))
 
 
-#: The method name requests over HTTP have in metrics and access logs.
-HTTP_METHOD = "__call__"
+#: The method requests over HTTP call, as metrics and access logs name it: an edge from the request's input.
+HTTP_METHOD = EdgeMethod("__call__", (telemetry.INPUT,))
 
 
 def http_request_context(app: str, scope: dict) -> RequestContext:
@@ -256,6 +256,8 @@ class _ReplicaCore:
         self._applied_config: Any = None
         #: Counts watch calls: a newer one (a restarted controller's) ends the older ones (see watch).
         self._watch_gen = 0
+        #: The deployment's logging_config as last applied (None: the defaults).
+        self._logging_config: Any = None
         if tracing.ENABLED:
             tracing.setup(f"replica_{app}_{deployment}_{replica_id}")
         if telemetry.ENABLED:
@@ -291,8 +293,23 @@ class _ReplicaCore:
         return {"pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id()}
 
     def _report(self) -> dict:
-        """Where it runs, which phase it is in, and the user_config its code accepted."""
-        return {**self.ready(), "phase": self._phase, "error": self._init_error, "user_config": self._applied_config}
+        """Where it runs, which phase it is in, and the user_config its code accepted (and logging_config applied)."""
+        return {
+            **self.ready(),
+            "phase": self._phase,
+            "error": self._init_error,
+            "user_config": self._applied_config,
+            "logging_config": self._logging_config,
+        }
+
+    def _configure_logging(self, logging_config: Any) -> str | None:
+        """Apply a deployment's logging_config to this replica's logs (see replica_logging.py); the error as text."""
+        try:
+            replica_logging.configure(self._app, self._deployment, self._replica_id, logging_config)
+        except OSError as exc:
+            return f"logging_config: cannot write the replica's log: {exc}"
+        self._logging_config = logging_config
+        return None
 
     def _not_ready(self) -> str | None:
         """Why this replica cannot take requests or pass a health check yet, or None."""
@@ -388,12 +405,16 @@ class SyncReplica(_ReplicaCore):
         self._streaming_lock = threading.Lock()
         self._drain_lock = threading.Lock()
 
-    def initialize(self, user_config: Any = None, max_ongoing: int | None = None) -> str | None:
+    def initialize(self, user_config: Any = None, max_ongoing: int | None = None, logging_config: Any = None) -> str | None:
         """Run the user's constructor (and reconfigure) once; returns the error as text, or None."""
         with self._init_lock:
             if self._phase != CONSTRUCTED:  # started already (a restarted controller asks again): its outcome
                 return self._init_error
             self._phase = INITIALIZING
+            self._init_error = self._configure_logging(logging_config)
+            if self._init_error is not None:
+                self._phase = FAILED
+                return self._init_error
             if max_ongoing:
                 self._slots = threading.BoundedSemaphore(max_ongoing)
             try:
@@ -497,6 +518,7 @@ class SyncReplica(_ReplicaCore):
                 loop = self._streaming
         return loop
 
+    @replica_logging.logs_http_access
     def handle_http(self, scope: dict, body: bytes) -> HTTPResult:
         next(self._started)
         try:
@@ -529,6 +551,11 @@ class SyncReplica(_ReplicaCore):
                 self._phase = phase if self._phase == RECONFIGURING else self._phase
             self._applied_config = user_config
             return None
+
+    @ray.method(concurrency_group="control")
+    def configure_logging(self, logging_config: Any) -> str | None:
+        """A new logging_config for the deployment: applied at once, nothing restarts (as in Ray Serve)."""
+        return self._configure_logging(logging_config)
 
     @ray.method(concurrency_group="control")
     def check_health(self) -> None:
@@ -606,12 +633,17 @@ class AsyncReplica(_ReplicaCore):
             self._stopped = asyncio.Event()
         return self._stopped
 
-    async def initialize(self, user_config: Any = None, max_ongoing: int | None = None) -> str | None:
+    async def initialize(self, user_config: Any = None, max_ongoing: int | None = None, logging_config: Any = None) -> str | None:
         """Run the user's constructor (and reconfigure) once; returns the error as text, or None."""
         if self._initialized is not None:  # started already (a restarted controller asks again): its outcome
             return await asyncio.shield(self._initialized)
         self._initialized = asyncio.get_running_loop().create_future()
         self._phase = INITIALIZING
+        self._init_error = self._configure_logging(logging_config)
+        if self._init_error is not None:
+            self._phase = FAILED
+            self._initialized.set_result(self._init_error)
+            return self._init_error
         if max_ongoing:
             self._gate = asyncio.Semaphore(max_ongoing)
         #: Where lane_call (on the compiled graph's thread) runs the user's coroutines.
@@ -738,6 +770,7 @@ class AsyncReplica(_ReplicaCore):
         """The client of an HTTP stream went away: close its body (the user's generator ends)."""
         await _close_stream(self._streams, stream_id)
 
+    @replica_logging.logs_http_access
     async def handle_http(self, scope: dict, body: bytes) -> HTTPResult:
         next(self._started)
         try:
@@ -775,6 +808,10 @@ class AsyncReplica(_ReplicaCore):
                 self._phase = phase if self._phase == RECONFIGURING else self._phase
             self._applied_config = user_config
             return None
+
+    async def configure_logging(self, logging_config: Any) -> str | None:
+        """A new logging_config for the deployment: applied at once, nothing restarts (as in Ray Serve)."""
+        return self._configure_logging(logging_config)
 
     async def check_health(self) -> None:
         problem = self._not_ready()

@@ -418,6 +418,17 @@ class StatsWindow:
     def keys(self) -> list[tuple]:
         return list(self._series)
 
+    def service_time_ms(self, key: tuple, now: float, window_s: float, min_count: int = 3) -> float | None:
+        """The lowest p50 of any one report (one process, about a second) in the window: the time a
+        request takes when it waits for nothing downstream, which queueing only ever adds to."""
+        best = None
+        for t, n, _, buckets in self._series.get(key, ()):
+            if t >= now - window_s and n >= min_count:
+                p50 = percentile(buckets, 0.5)
+                if p50 is not None and (best is None or p50 < best):
+                    best = p50
+        return best
+
     def summary(self, key: tuple, now: float, window_s: float) -> dict[str, Any]:
         """Rates over the last ``window_s`` seconds, percentiles over it, and totals over what is kept."""
         n = errors = total = total_errors = 0

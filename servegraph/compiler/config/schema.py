@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from ..._validation import route_prefix_problem
-from ...dsl.options import AutoscalingConfig, RayActorOptions
+from ...dsl.options import AutoscalingConfig, LoggingConfig, RayActorOptions
 from ...errors import ConfigError
 from .app import DEFAULT_APP_NAME, RAY_SERVE_BUILDER
 
@@ -37,16 +37,6 @@ AUTO_AUTOSCALING_CONFIG = {"min_replicas": 1, "max_replicas": 100, "target_ongoi
 
 class _Schema(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class LoggingConfig(_Schema):
-    """Ray Serve's ``LoggingConfig``."""
-
-    encoding: Literal["TEXT", "JSON"] = "TEXT"
-    log_level: int | str = "INFO"
-    logs_dir: str | None = None
-    enable_access_log: bool = True
-    additional_log_standard_attrs: list[str] = Field(default_factory=list)
 
 
 class HTTPOptions(_Schema):
@@ -191,6 +181,9 @@ class ApplicationConfig(_Schema):
     #: servegraph's own: false keeps an eligible InputNode graph off the compiled path (Ray Serve has no
     #: such field and refuses unknown ones, so ``servegraph build`` never writes it).
     compiled: bool = True
+    #: servegraph's own: false sizes each autoscaled deployment on its own queue only, as Ray Serve does
+    #: (true: from its callers' load too, see runtime/graph_autoscaling.py).
+    graph_autoscaling: bool = True
 
     # Where the application is in its file, for messages: set by validate_config.
     _source: str = PrivateAttr(default="<config>")

@@ -93,7 +93,7 @@ def deployment_config(dep: ir.DeploymentIR) -> dict[str, Any]:
     for key in _WHEN_SET:
         value = getattr(options, key)
         if value is not None:
-            out[key] = value
+            out[key] = value.model_dump(mode="json") if key == "logging_config" else value
     return out
 
 
