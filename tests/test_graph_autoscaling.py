@@ -192,3 +192,13 @@ def test_a_graph_at_zero_serves_its_first_request_and_starts_every_stage_at_once
     # Idle again: every stage back at zero; the next request is served too.
     assert wait_for(lambda: all(deployment_status("graph-zero", n).replica_states == {} for n in names), 60), seen
     assert handle.remote(8).result(timeout_s=120) == 8
+
+
+def test_a_config_can_turn_it_off_per_application_and_says_so_for_a_wrong_value():
+    from servegraph.compiler.config.loading import validate_config
+    from servegraph.errors import GraphError
+
+    config = validate_config({"applications": [{"name": "a", "import_path": "hello:app", "graph_autoscaling": False}, {"name": "b", "import_path": "hello:app", "route_prefix": "/b"}]})
+    assert [app.graph_autoscaling for app in config.applications] == [False, True]
+    with pytest.raises((GraphError, ValueError), match="graph_autoscaling"):
+        validate_config({"applications": [{"name": "a", "import_path": "hello:app", "graph_autoscaling": "sometimes"}]})

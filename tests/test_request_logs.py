@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 import uuid
 
 import httpx
@@ -292,10 +293,18 @@ def test_serve_start_logging_config_sets_the_proxies_logs(hello, http_port, tmp_
     serve.start(logging_config={"encoding": "JSON", "logs_dir": proxy_dir})
     request_id = f"proxy-{uuid.uuid4().hex[:8]}"
     post(http_port, hello, request_id)
-    [path] = glob.glob(os.path.join(proxy_dir, "proxy_*.log"))
-    with open(path, encoding="utf-8") as f:
-        records = [json.loads(line) for line in f.read().splitlines()]
-    [access] = [r for r in records if r.get("request_id") == request_id]
+
+    def written() -> list[dict]:  # the proxy writes its access line once the answer is sent: just after
+        records = []
+        for path in glob.glob(os.path.join(proxy_dir, "proxy_*.log")):
+            with open(path, encoding="utf-8") as f:
+                records += [json.loads(line) for line in f.read().splitlines()]
+        return [r for r in records if r.get("request_id") == request_id]
+
+    deadline = time.monotonic() + 30
+    while not written() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    [access] = written()
     assert access["message"].startswith("POST /hello-logs 200 ") and access["component_name"] == "proxy"
     code, out = request_logs("--request-id", request_id)  # the proxies' logs_dir is read too
     assert code == 0 and any(line.startswith("[proxy#") and '"POST /hello-logs 200' in line for line in out.splitlines()), out
