@@ -76,7 +76,7 @@ def test_a_changed_deployment_restarts_but_its_callers_keep_their_replicas(confi
     before = call("Ana")
     edit(config, Greeter={"ray_actor_options": {"num_cpus": 0.2}})
     out = deploy(config)
-    assert "  Greeter: restarted: new replicas (new code, constructor arguments or actor options) replace the old ones" in out
+    assert "  Greeter: restarted: new replicas (new code, constructor arguments, actor options or placement group) replace the old ones" in out
     assert "  Front: unchanged" in out
     after = call("Ana")
     assert after["text"] == "Hola Ana"

@@ -117,6 +117,8 @@ CASES = [
      r"ray_actor_options: unknown key 'num_cpu'; did you mean 'num_cpus'\?", "3:24"),
     ("options-conflict", HEAD + "deployment Model {\n    num_replicas: 2\n    autoscaling_config: {max_replicas: 3}\n}\n",
      OptionValueError, r"set num_replicas or autoscaling_config, not both", "2:12"),
+    ("placement-group-conflict", HEAD + "deployment Model {\n    placement_group_bundles: [{CPU: 1}]\n    max_replicas_per_node: 2\n}\n",
+     OptionValueError, r"Setting max_replicas_per_node is not allowed when placement_group_bundles is provided\.", "2:12"),
     ("option-set-twice", HEAD + "deployment Model {\n    num_replicas: 2\n    num_replicas: 3\n}\n", OptionValueError,
      r"option 'num_replicas' is set twice \(first at line 3, col 5\); keep one", "4:5"),
     # -- imports ---------------------------------------------------------------------------------

@@ -40,7 +40,7 @@ def check_cmd(
     connect_timeout: float,
 ) -> None:
     """Check the graph TARGET (MODULE:ATTR or a .sg file) without deploying it."""
-    cluster = None
+    cluster, nodes = None, None
     if resources:
         try:
             cluster = {k.strip(): float(v) for k, v in (item.split("=") for item in resources.split(","))}
@@ -54,9 +54,9 @@ def check_cmd(
     try:
         app = load_app(target, name=name)
         if cluster is None:
-            cluster, note = measured_resources(address, connect_timeout)
+            cluster, note, nodes = measured_resources(address, connect_timeout)
             click.echo(note, err=True)
-        compiled = compile(app, cluster_resources=cluster, strict=False)
+        compiled = compile(app, cluster_resources=cluster, cluster_nodes=nodes, strict=False)
         diagnostics = list(compiled.diagnostics)
         if not any(d.severity == "error" or strict for d in diagnostics):
             eras = [(d.name, handle_era(d.target)) for d in compiled.ir.deployments if d.handles]
@@ -91,8 +91,11 @@ def check_cmd(
 _NOT_CHECKED = ("memory", "object_store_memory")
 
 
-def measured_resources(address: str | None, timeout: float) -> tuple[dict[str, float] | None, str]:
-    """The resources of the cluster a command would use, and a line saying which (or why none).
+def measured_resources(
+    address: str | None, timeout: float
+) -> tuple[dict[str, float] | None, str, tuple[dict[str, float], ...] | None]:
+    """The resources of the cluster a command would use, a line saying which (or why none), and each of its
+    nodes' resources (what placement groups are placed on).
 
     Never starts a cluster: with none named, or none answering, the resource check is skipped.
     """
@@ -103,25 +106,28 @@ def measured_resources(address: str | None, timeout: float) -> tuple[dict[str, f
     if started_here:
         chosen = choose(address)
         if chosen is None:
-            return None, skipped + "no Ray cluster is named (--address, RAY_ADDRESS, or one `servegraph run` started)" + hint
+            return None, skipped + "no Ray cluster is named (--address, RAY_ADDRESS, or one `servegraph run` started)" + hint, None
         target = _host_port(chosen.address)
         if target is not None:
             try:
                 with socket.create_connection(target, timeout=min(timeout, 2.0)):
                     pass
             except OSError as exc:
-                return None, skipped + f"the Ray cluster at {chosen.address} ({chosen.source}) does not answer ({exc})" + hint
+                return None, skipped + f"the Ray cluster at {chosen.address} ({chosen.source}) does not answer ({exc})" + hint, None
     try:
         cluster = connect(address, timeout, quiet=True)
     except SystemExit:  # connect() said why on stderr
-        return None, skipped + "could not connect to the Ray cluster" + hint
+        return None, skipped + "could not connect to the Ray cluster" + hint, None
     import ray
+
+    from ..runtime.cluster import cluster_nodes
 
     try:
         have = {k: float(v) for k, v in ray.cluster_resources().items() if not k.startswith("node:") and k not in _NOT_CHECKED}
+        nodes = cluster_nodes()
     finally:
         if started_here:
             ray.shutdown()
     shown = ", ".join(f"{k}={v:g}" for k, v in sorted(have.items()))
     where = f"{cluster.address} ({cluster.source})" if cluster is not None else "this process's"
-    return have, f"resources: checking against the Ray cluster at {where}: {shown} in all (other applications' use not subtracted)"
+    return have, f"resources: checking against the Ray cluster at {where}: {shown} in all (other applications' use not subtracted)", nodes

@@ -105,6 +105,7 @@ def deploy_cmd(config_path: str, no_resource_check: bool, address: str | None, c
     from ..compiler.config.overrides import with_app_runtime_env
     from ..errors import DeploymentError
     from ..runtime.api import _ask, _controller, _free_resources, deploy_compiled
+    from ..runtime.cluster import cluster_nodes
     from ..runtime.ray_compat import upload_local_code
 
     with user_errors():
@@ -114,12 +115,20 @@ def deploy_cmd(config_path: str, no_resource_check: bool, address: str | None, c
         compiled_apps = []
         for app, node, overrides, weights in prepared:
             resources = None if no_resource_check else _free_resources(_controller(), app.name)
+            nodes = None if no_resource_check else cluster_nodes()
             if app.runtime_env:  # every replica starts in it; local code is uploaded to the cluster first
                 overrides = with_app_runtime_env(compile(node), overrides, upload_local_code(app.runtime_env))
             # As in Ray Serve: the application's logging_config, else the config's top-level one, for every
             # deployment that sets none (in the code or in the config's deployments).
             logging_config = app.logging_config or config.logging_config
-            compiled = compile(node, overrides=overrides, cluster_resources=resources, weights=weights, logging_config=logging_config)
+            compiled = compile(
+                node,
+                overrides=overrides,
+                cluster_resources=resources,
+                weights=weights,
+                logging_config=logging_config,
+                cluster_nodes=nodes,
+            )
             compiled_apps.append((app, compiled))
         if config.logging_config is not None:  # as in Ray Serve, the proxies' logs too (see serve.start)
             refusal = _ask(_controller().set_logging_config.remote(config.logging_config), "set_logging_config")
@@ -183,7 +192,7 @@ def describe_change(what: str, before: Any, after: Any) -> str:
         return f"reconfigured: the running replicas took the new {' and '.join(taken)}; none restarted"
     return {
         "created": f"created with {replicas}",
-        "updated": "restarted: new replicas (new code, constructor arguments or actor options) replace the old ones",
+        "updated": "restarted: new replicas (new code, constructor arguments, actor options or placement group) replace the old ones",
         "reconfigured": "reconfigured: the running replicas took the new user_config; none restarted",
         "scaled": f"scaled to {replicas}; none restarted",
         "unchanged": "unchanged",
@@ -226,6 +235,7 @@ def status_cmd(as_json: bool, live_graph: bool, address: str | None, connect_tim
                     d: {
                         "status": dep.status,
                         "replica_states": dep.replica_states,
+                        "message": dep.message,
                         **({"autoscaling": dep.autoscaling} if dep.autoscaling is not None else {}),
                         **({"replicas": replicas[(name, d)]} if (name, d) in replicas else {}),
                     }
@@ -271,6 +281,9 @@ def status_cmd(as_json: bool, live_graph: bool, address: str | None, connect_tim
     for name, app in data["applications"].items():
         if app["path"].get("reason"):
             click.echo(f"{name}: {describe_path(app['path'])}")
+        for dname, dep in app["deployments"].items():
+            if dep["message"]:  # why it is not at its target (a replica pending, failing, being replaced)
+                click.echo(f"{name} {dname}: {dep['message']}")
     for graph in graphs.values():
         click.echo()
         Console(width=160).print(graph.tree())

@@ -32,6 +32,8 @@ class PassContext:
 
     #: Resources free for this application (e.g. ``{"CPU": 2.0}``); None skips the resource check.
     cluster_resources: Mapping[str, float] | None = None
+    #: Each alive node's total resources; None skips the check that every placement group fits some nodes.
+    cluster_nodes: tuple[Mapping[str, float], ...] | None = None
     #: How bound arguments are sent to replicas (default: cloudpickle).
     serializer: Callable[[Any], bytes] | None = None
     #: Option overrides by final deployment name (from a deploy config).

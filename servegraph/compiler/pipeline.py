@@ -37,6 +37,7 @@ def compile(
     overrides: Mapping[str, Mapping[str, Any]] | None = None,
     weights: Mapping[str, Mapping[str, int]] | None = None,
     logging_config: Any = None,
+    cluster_nodes: tuple[Mapping[str, float], ...] | None = None,
 ) -> CompiledGraph:
     """Compile a bound graph into a checked CompiledGraph.
 
@@ -49,6 +50,8 @@ def compile(
         weights: split weights by split name, then branch (from a deploy config's ``DAGDriver`` entry).
         logging_config: the application's logging_config (a dict or ``LoggingConfig``), for every deployment
             that sets none of its own.
+        cluster_nodes: each alive node's total resources; None skips the check that every replica's
+            placement group could be placed on them.
 
     Raises:
         GraphError: a subclass for the first error found; ``.diagnostics`` has them all.
@@ -59,6 +62,7 @@ def compile(
         overrides=overrides,
         weights=weights,
         logging_config=logging_config,
+        cluster_nodes=cluster_nodes,
     )
     program = capture(app)
     for run_pass in PASSES:

@@ -6,7 +6,7 @@ configs written for Ray Serve read the same here.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -28,6 +28,11 @@ RAY_ACTOR_OPTION_KEYS = (
     "resources",
     "runtime_env",
 )
+
+
+#: Ray's placement group strategies (``ray.util.placement_group``); a replica's group is PACK unless told.
+PLACEMENT_GROUP_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
+DEFAULT_PLACEMENT_GROUP_STRATEGY = "PACK"
 
 
 class RayActorOptions(BaseModel):
@@ -228,8 +233,17 @@ class DeploymentOptions(BaseModel):
         return opts
 
     def replica_resources(self) -> dict[str, float]:
-        """What one replica reserves (see :func:`replica_resources`)."""
+        """What one replica reserves: its placement group's bundles when it has one (the replica actor runs
+        inside bundle 0), else its actor options (see :func:`replica_resources`)."""
+        if self.placement_group_bundles is not None:
+            return bundles_resources(self.placement_group_bundles)
         return replica_resources(self.actor_options())
+
+    def placement_group(self) -> tuple[list[dict[str, float]], str] | None:
+        """The bundles and strategy of each replica's own placement group (PACK unless set); None without one."""
+        if self.placement_group_bundles is None:
+            return None
+        return self.placement_group_bundles, self.placement_group_strategy or DEFAULT_PLACEMENT_GROUP_STRATEGY
 
 
 def replica_resources(actor_options: Mapping[str, Any]) -> dict[str, float]:
@@ -245,6 +259,95 @@ def replica_resources(actor_options: Mapping[str, Any]) -> dict[str, float]:
     for name, amount in (actor_options.get("resources") or {}).items():
         out[name] = float(amount)
     return out
+
+
+def bundles_resources(bundles: Sequence[Mapping[str, float]]) -> dict[str, float]:
+    """What a placement group of ``bundles`` reserves: every bundle, summed (CPU and GPU always present).
+
+    >>> bundles_resources([{"CPU": 1, "GPU": 1}, {"CPU": 2}])
+    {'CPU': 3.0, 'GPU': 1.0}
+    """
+    out = {"CPU": 0.0, "GPU": 0.0}
+    for bundle in bundles:
+        for name, amount in bundle.items():
+            out[name] = out.get(name, 0.0) + float(amount)
+    return out
+
+
+#: Ray Serve's words before each way a replica's resources can fail to fit in bundle 0 (ReplicaConfig).
+_FIRST_BUNDLE = (
+    "When using `placement_group_bundles`, the replica actor will be placed in the first bundle, so the "
+    "resource requirements for the actor must be a subset of the first bundle."
+)
+
+
+def placement_group_problem(options: DeploymentOptions) -> tuple[str, str] | None:
+    """Why Ray Serve refuses these options' placement group, in its words, and how to fix it; None if it takes it.
+
+    The checks of Ray Serve's ``ReplicaConfig`` (and Ray's ``validate_placement_group``), in their order: a
+    strategy needs bundles and must be one of Ray's; bundles are non-empty and ask for something; the replica
+    actor is scheduled in bundle 0, so what its ``ray_actor_options`` reserve (with servegraph's default
+    CPU) must fit there; and a replica in a group cannot also be limited per node. The one copy of the rule:
+    ``@serve.deployment``, ``.options()`` and a deploy config's overrides all pass through
+    :func:`make_options`, which asks it.
+
+    >>> summary, hint = placement_group_problem(DeploymentOptions(placement_group_bundles=[{"CPU": 1}],
+    ...     ray_actor_options={"num_cpus": 2}))
+    >>> summary  # doctest: +ELLIPSIS
+    'When using `placement_group_bundles`, ... `num_cpus` for the actor is 2, but the bundle only has 1 `CPU` specified.'
+    """
+    bundles, strategy = options.placement_group_bundles, options.placement_group_strategy
+    if strategy is not None and strategy not in PLACEMENT_GROUP_STRATEGIES:
+        return (
+            f"Invalid placement group strategy {strategy}. Supported strategies are: {list(PLACEMENT_GROUP_STRATEGIES)}.",
+            f"Use one of {', '.join(PLACEMENT_GROUP_STRATEGIES)} ({DEFAULT_PLACEMENT_GROUP_STRATEGY} when left out).",
+        )
+    if bundles is None:
+        if strategy is not None:
+            return (
+                "If `placement_group_strategy` is provided, `placement_group_bundles` must also be provided.",
+                "Give each replica's group its bundles (placement_group_bundles=[{'CPU': 1}, ...]), or drop the strategy.",
+            )
+        return None
+    shape = "Give a list of resource dictionaries, e.g. placement_group_bundles=[{'CPU': 1}, {'GPU': 1}]."
+    if not bundles:
+        return (
+            "Bundles must be a non-empty list of resource dictionaries. For example: "
+            '`[{"CPU": 1.0}, {"GPU": 1.0}]`. Got empty list instead.',
+            shape,
+        )
+    for bundle in bundles:
+        if not bundle or all(amount == 0 for amount in bundle.values()):
+            return f"Bundles cannot be an empty dictionary or resources with only 0 values. Bundles: {bundles}.", shape
+        negative = sorted(name for name, amount in bundle.items() if amount < 0)
+        if negative:
+            return f"Bundles cannot ask for a negative amount of a resource ({negative[0]}). Bundles: {bundles}.", shape
+    actor = options.actor_options()
+    first = bundles[0]
+    asked = [
+        ("`num_cpus` for the actor", "CPU", "num_cpus", actor.get("num_cpus")),
+        ("`num_gpus` for the actor", "GPU", "num_gpus", actor.get("num_gpus")),
+        ("`memory` for the actor", "memory", "memory", actor.get("memory")),
+    ]
+    asked += [
+        (f"`{name}` requirement for the actor", name, f"resources[{name!r}]", amount)
+        for name, amount in sorted((actor.get("resources") or {}).items())
+    ]
+    for what, resource, option, amount in asked:
+        need, have = float(amount or 0), float(first.get(resource, 0))
+        if need > have + 1e-9:
+            return (
+                f"{_FIRST_BUNDLE} {what} is {need:g}, but the bundle only has {have:g} `{resource}` specified.",
+                f"Add {resource} to the first bundle, or lower ray_actor_options {option} to fit in it"
+                + (" (replicas reserve 0.1 CPU unless told: num_cpus=0 asks for none)." if resource == "CPU" else "."),
+            )
+    if options.max_replicas_per_node is not None:
+        return (
+            "Setting max_replicas_per_node is not allowed when placement_group_bundles is provided.",
+            "Drop max_replicas_per_node, or spread each replica's bundles with placement_group_strategy "
+            "(STRICT_SPREAD puts each bundle on its own node).",
+        )
+    return None
 
 
 def add_resources(total: dict[str, float], per_replica: Mapping[str, float], replicas: int) -> dict[str, float]:
@@ -306,9 +409,16 @@ def make_options(
     data = base.model_dump(exclude_unset=True) if base is not None else {}
     data.update(overrides)
     try:
-        return DeploymentOptions(**data)
+        options = DeploymentOptions(**data)
     except ValidationError as exc:
         lines = format_errors(exc, "", OPTION_NAMES)
         raise OptionValueError(
             diagnostic("option-value", "invalid deployment option: " + "; ".join(lines), _call_site)
         ) from None
+    problem = placement_group_problem(options)
+    if problem is not None:
+        summary, hint = problem
+        raise OptionValueError(
+            diagnostic("option-value", summary, _call_site, subject="placement_group_bundles", hint=hint)
+        )
+    return options

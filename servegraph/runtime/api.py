@@ -18,7 +18,7 @@ from ..compiler.config.app import DEFAULT_APP_NAME
 from ..dsl.nodes import DAGNode
 from ..dsl.options import as_logging_config
 from ..errors import DeploymentError, GraphError
-from .cluster import CONTROLLER_NAME, NAMESPACE, cluster_resources, ensure_connected
+from .cluster import CONTROLLER_NAME, NAMESPACE, cluster_nodes, cluster_resources, ensure_connected
 from .driver_http import adapter_problem
 from .grpc_options import grpc_options_dict
 from .handle import DeploymentHandle, DeploymentInfo, RayServeSyncHandle, deployment_handle, plan_handle, routes_handle
@@ -53,6 +53,9 @@ def _controller(create: bool = True) -> Any:
         max_restarts=-1,
         max_task_retries=-1,
         resources={"node:__internal_head__": 0.001},
+        # Explicit, so a controller revived from inside a replica is never captured into that replica's
+        # placement group (replicas with placement_group_bundles capture what they create).
+        scheduling_strategy="DEFAULT",
     ).remote()
 
 
@@ -96,7 +99,7 @@ def _handle_for(name: str, app: Any, infos: dict) -> RayServeSyncHandle:
 
 #: Deployment options servegraph's runtime does not apply yet. Ray Serve does, so a config built with
 #: them runs there (`servegraph build` then `serve deploy`); here they are refused, never ignored.
-UNSUPPORTED_OPTIONS = ("placement_group_bundles", "placement_group_strategy")
+UNSUPPORTED_OPTIONS: tuple[str, ...] = ()
 
 
 def _refuse_unsupported_options(compiled: CompiledGraph) -> None:
@@ -257,7 +260,12 @@ def run(
     _require_route_prefix(route_prefix)  # before connecting: a bad route fails at once
     ensure_connected()
     resources = _free_resources(_controller(), name) if resource_check else None
-    graph = compile(target, cluster_resources=resources, logging_config=app_logging)
+    graph = compile(
+        target,
+        cluster_resources=resources,
+        logging_config=app_logging,
+        cluster_nodes=cluster_nodes() if resource_check else None,
+    )
     handle, _ = deploy_compiled(
         graph,
         name=name,

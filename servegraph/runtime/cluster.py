@@ -42,3 +42,8 @@ def ensure_connected() -> None:
 
 def cluster_resources() -> dict[str, float]:
     return {k: float(v) for k, v in ray.cluster_resources().items()}
+
+
+def cluster_nodes() -> tuple[dict[str, float], ...]:
+    """Each alive node's total resources (what a placement group's bundles are placed on)."""
+    return tuple({k: float(v) for k, v in node["Resources"].items()} for node in ray.nodes() if node.get("Alive"))

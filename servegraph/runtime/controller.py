@@ -12,7 +12,9 @@ loop, as Ray Serve's ``_private/deployment_state.py`` does:
 - roll updates a few replicas at a time (new before old where resources allow,
   old first where they do not), reconfigure live replicas when only
   ``user_config`` changed, scale to the autoscaler's decision;
-- drain replicas it stops (``graceful_shutdown_*``) and run their ``__del__``.
+- drain replicas it stops (``graceful_shutdown_*``) and run their ``__del__``;
+- give each replica of a deployment with ``placement_group_bundles`` a placement group of its own,
+  removed when the replica ends (``placement_groups.py``).
 
 It is never on a request's path. Routers in every process learn the replica
 sets by long-poll (:meth:`Controller.listen`) and report load for the
@@ -45,7 +47,7 @@ from ..compiler import ir
 from ..compiler.fast_path import compiled_path_problem, lane_deployments
 from ..compiler.outline import outline
 from ..dsl.options import add_resources
-from . import graph_autoscaling, ray_compat, telemetry
+from . import graph_autoscaling, placement_groups, ray_compat, telemetry
 from .autoscaling import Autoscaler
 from .cluster import NAMESPACE
 from .codec import loads_with_paths
@@ -159,6 +161,10 @@ class Replica:
     unhealthy: str | None = None
     #: The multiplexed models the replica holds or is loading, as it last reported them.
     models: frozenset[str] = frozenset()
+    #: Its own placement group (placement_group_bundles), removed when it ends; why Ray has not placed it yet.
+    group: Any = None
+    placing: asyncio.Task | None = None
+    unplaced: str = ""
     #: The logging_config the replica was last given (None: the defaults); a new one is pushed, never restarts it.
     logging: Any = None
 
@@ -523,7 +529,8 @@ class Controller:
                             "runs that many replicas of this deployment; add nodes or raise the limit"
                         )
                         break
-                    self._start(dep, node)
+                    if self._start(dep, node) is None:
+                        break
         # Old replicas go once enough new ones serve: never fewer serving than the target.
         serving_new = sum(1 for r in new if r.state in SERVING)
         serving_old = [r for r in old if r.state in SERVING]
@@ -552,6 +559,10 @@ class Controller:
             dep.status = UNHEALTHY
         else:  # only the autoscaler moves the target of a deployment that was healthy
             dep.status = UPSCALING if serving < target else DOWNSCALING
+        unplaced = [r for r in new if r.state == STARTING and r.unplaced]
+        group = dep.spec.options.placement_group()
+        if unplaced and group is not None and not dep.failed:
+            dep.message = placement_groups.pending_message(len(unplaced), *group, unplaced[0].unplaced)
         pending = [r for r in new if r.state == STARTING and time.monotonic() - r.started_at > 30]
         if pending and not dep.message:
             dep.message = (
@@ -645,30 +656,44 @@ class Controller:
         room = [n for n in alive if counts[n] < limit]
         return min(room, key=lambda n: (counts[n], n)) if room else _NO_NODE
 
-    def _start(self, dep: Deployment, node: str | None = None) -> Replica:
+    def _start(self, dep: Deployment, node: str | None = None) -> Replica | None:
+        """Create a replica actor (and its placement group, if the deployment has bundles); None if Ray refused."""
         spec = dep.spec
         app = self._apps[dep.app]
         replica_id = uuid.uuid4().hex[:8]
         name = replica_actor_name(dep.app, dep.name, replica_id)
         missing = [p for p in app.code_paths if p not in self._own_path]
         options = _with_code_paths(spec.options.actor_options(), missing)
-        # max_replicas_per_node: pinned to the node chosen for it; else spread by Ray.
+        group_spec, group = spec.options.placement_group(), None
         placement: Any = "SPREAD" if node is None else NodeAffinitySchedulingStrategy(node, soft=False)
-        actor = (
-            replica_actor_class(spec.target)
-            .options(
-                name=name,
-                namespace=NAMESPACE,
-                lifetime="detached",
-                max_concurrency=replica_concurrency(spec.target, spec.options.max_ongoing_requests),
-                scheduling_strategy=placement,
-                **options,
+        try:
+            if group_spec is not None:  # a group of its own, named as the replica; the replica in bundle 0
+                group = placement_groups.create(name, *group_spec)
+                placement = placement_groups.scheduling_strategy(group)
+            actor = (
+                replica_actor_class(spec.target)
+                .options(
+                    name=name,
+                    namespace=NAMESPACE,
+                    lifetime="detached",
+                    max_concurrency=replica_concurrency(spec.target, spec.options.max_ongoing_requests),
+                    scheduling_strategy=placement,
+                    **options,
+                )
+                .remote(dep.app, dep.name, replica_id, spec.target, spec.is_function, spec.init_args, spec.init_kwargs)
             )
-            .remote(dep.app, dep.name, replica_id, spec.target, spec.is_function, spec.init_args, spec.init_kwargs)
-        )
+        except Exception as exc:  # Ray refused the group or the actor's options: a failed start, its group freed
+            placement_groups.remove(group)
+            dep.failures += 1
+            dep.message = f"a replica could not be created: {type(exc).__name__}: {exc}"
+            dep.next_start_at = time.monotonic() + min(0.2 * 2 ** (dep.failures - 1), 5.0)
+            return None
         user_config = spec.options.user_config
         r = Replica(replica_id, actor, name, dep.version, STARTING, user_config, time.monotonic(), node_id=node)
         r.logging = spec.options.logging_config
+        if group is not None:
+            r.group = group
+            r.placing = asyncio.ensure_future(placement_groups.wait_placed(group, lambda why: _unplaced(r, why)))
         dep.replicas[replica_id] = r
         self._dirty = True
         if self._crash_at == "replica-created":
@@ -766,6 +791,7 @@ class Controller:
             except Exception:  # dead already, or it overran its timeout: it is ended below either way
                 pass
         _kill([r.actor])
+        _drop_group(r)
         dep.replicas.pop(r.replica_id, None)
         self._dirty = True
         self._wake()
@@ -776,6 +802,7 @@ class Controller:
             if task is not None and not task.done():
                 task.cancel()
         _kill([r.actor])
+        _drop_group(r)
         dep.replicas.pop(r.replica_id, None)
         self._dirty = True
 
@@ -1261,6 +1288,8 @@ class Controller:
     async def shutdown(self) -> None:
         names = list(self._apps)
         await asyncio.gather(*[self.delete_app(n) for n in names])
+        for group in (placement_groups.live_groups(REPLICA_PREFIX) or {}).values():
+            placement_groups.remove(group)  # every replica is gone, so any group left is a leak
         self._proxies.forget()
         _kv_del(CHECKPOINT_KEY)
 
@@ -1424,9 +1453,18 @@ class Controller:
         except Exception:
             traceback.print_exc()
 
-    def _stop_orphans(self) -> None:
-        """End replicas no application holds: started by a controller that died before its checkpoint had them."""
+    def _stop_orphans(self, groups: dict[str, Any] | None) -> None:
+        """End replicas no application holds: started by a controller that died before its checkpoint had them.
+
+        Their placement groups go too, with every other replica group (of ``groups``, found by name) no replica
+        holds: made just before the old controller died, or left by a replica that died while none watched.
+        """
         known = {r.actor_name for app in self._apps.values() for dep in app.deployments.values() for r in dep.replicas.values()}
+        leaked = [group for name, group in (groups or {}).items() if name not in known]
+        if leaked:
+            print(f"servegraph: removing {len(leaked)} placement group(s) no replica holds", file=sys.stderr)
+            for group in leaked:
+                placement_groups.remove(group)
         orphans = []
         for name in _replica_actors():
             if name not in known:
@@ -1440,8 +1478,9 @@ class Controller:
 
     async def _recover(self) -> None:
         raw = _kv_get(CHECKPOINT_KEY)
+        groups = placement_groups.live_groups(REPLICA_PREFIX)
         if not raw:
-            self._stop_orphans()
+            self._stop_orphans(groups)
             return
         data = pickle.loads(raw)
         self._code_paths = list(data.get("code_paths", []))
@@ -1464,6 +1503,8 @@ class Controller:
                     except ValueError:
                         continue  # it died with the old controller: the loop starts a new one
                     r = Replica(replica_id, actor, actor_name, version, RECOVERING, pickle.loads(config), time.monotonic())
+                    # Its placement group, named as it is (looked up alone when Ray could not list them all).
+                    r.group = groups.get(actor_name) if groups is not None else placement_groups.find(actor_name)
                     dep.replicas[replica_id] = r
                     if stopping and stopping[0]:
                         self._stop(dep, r, graceful=True)  # finish the drain the old controller began
@@ -1473,7 +1514,7 @@ class Controller:
                         # Lanes were not checkpointed: stop any loop a replica still runs before it joins a new lane.
                         state.lanes.releasing[replica_id] = (0.0, actor)
                 self._publish(dep)
-        self._stop_orphans()
+        self._stop_orphans(groups)
         self._proxies.recover(
             data.get("http"), data.get("http_options") or {}, data.get("proxy_location", EVERY_NODE), data.get("grpc_options")
         )
@@ -1501,14 +1542,29 @@ def lane_reason(app: ir.AppIR, compiled: bool) -> str:
     return ray_compat.compiled_graphs_problem() or compiled_path_problem(app) or ""
 
 
+#: What every replica's actor name (and placement group name) starts with.
+REPLICA_PREFIX = replica_actor_name("", "", "").split("::", 1)[0] + "::"
+
+
 def _replica_actors() -> list[str]:
     """Names of every live replica actor of servegraph's on the cluster."""
-    prefix = replica_actor_name("", "", "").split("::", 1)[0] + "::"
     return [
         a["name"]
         for a in ray.util.list_named_actors(all_namespaces=True)
-        if a["namespace"] == NAMESPACE and a["name"].startswith(prefix)
+        if a["namespace"] == NAMESPACE and a["name"].startswith(REPLICA_PREFIX)
     ]
+
+
+def _unplaced(r: Replica, why: str) -> None:
+    r.unplaced = why
+
+
+def _drop_group(r: Replica) -> None:
+    """Remove an ended replica's placement group (if it has one), and stop waiting for it to be placed."""
+    if r.placing is not None and not r.placing.done():
+        r.placing.cancel()
+    placement_groups.remove(r.group)
+    r.group = None
 
 
 @dataclasses.dataclass(frozen=True)

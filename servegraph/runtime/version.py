@@ -1,7 +1,7 @@
 """What a change to a deployment forces: new replicas, a reconfigure, or only a new count.
 
 Ray Serve splits a deployment's version the same way (``_private/version.py``):
-code, constructor arguments and actor options need new replicas; ``user_config``
+code, constructor arguments, actor options and placement group options need new replicas; ``user_config``
 is applied to live replicas by ``reconfigure()``; ``num_replicas`` and
 ``autoscaling_config`` only move the target; the remaining options (queue
 bound, health checks, shutdown timings) are read by the controller and routers
@@ -35,6 +35,9 @@ def replica_version(spec: ir.DeploymentIR) -> str:
         spec.options.max_ongoing_requests,  # the replica actor's max_concurrency
     ):
         h.update(_stable_bytes(part))
+    group = spec.options.placement_group()
+    if group is not None:  # each replica's own group is made with it (Ray Serve restarts replicas too)
+        h.update(_stable_bytes(group))
     return h.hexdigest()[:16]
 
 

@@ -140,7 +140,7 @@ class DeploymentConfig(_Schema):
                 "(num_replicas: auto with an autoscaling_config tunes Ray Serve's default autoscaling)"
             )
         if self.max_replicas_per_node is not None and self.placement_group_bundles is not None:
-            raise ValueError("set max_replicas_per_node or placement_group_bundles, not both")
+            raise ValueError("Setting max_replicas_per_node is not allowed when placement_group_bundles is provided.")
         return self
 
 

@@ -5,7 +5,8 @@ when the config came from ``servegraph build``):
 
 * the head runs Serve's controller and proxy only (``num-cpus: "0"``, as
   KubeRay recommends for RayServices), so replicas never land on it;
-* replicas that need no GPU are packed (first fit, largest first) onto
+* replicas (each bundle of a replica's placement group, or the whole group under STRICT_PACK) that
+  need no GPU are packed (first fit, largest first) onto
   ``cpu-workers`` pods of up to ``worker_cpus`` CPUs (more if one replica needs
   more); replicas that need GPUs onto ``gpu-workers`` pods;
 * pods get 2 GiB of memory per CPU, or more when a replica reserves more;
@@ -22,7 +23,7 @@ import re
 from importlib import metadata
 from typing import Any
 
-from ...dsl.options import DEFAULT_REPLICA_CPUS, AutoscalingConfig, replica_resources
+from ...dsl.options import DEFAULT_REPLICA_CPUS, AutoscalingConfig, bundles_resources, replica_resources
 from ..config.schema import AUTO_AUTOSCALING_CONFIG, ServeConfig
 from .deploy_config import dump_yaml, header
 
@@ -40,6 +41,8 @@ class Replica:
     gpus: float
     memory: float
     resources: tuple[tuple[str, float], ...]
+    #: Pods its placement group needs at least: one per bundle under STRICT_SPREAD (each bundle on its own node).
+    spread: int = 1
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -64,13 +67,7 @@ def replicas(config: ServeConfig) -> tuple[list[Replica], list[Replica]]:
             actor = dep.ray_actor_options
             options = actor.model_dump(exclude_none=True) if actor is not None else {}
             options.setdefault("num_cpus", DEFAULT_REPLICA_CPUS)
-            per = replica_resources(options)  # the one accounting rule, as the resource check and controller use
-            one = Replica(
-                cpus=per.pop("CPU"),
-                gpus=per.pop("GPU"),
-                memory=float(options.get("memory") or 0),
-                resources=tuple(sorted(per.items())),
-            )
+            one = _units(options, dep.placement_group_bundles, dep.placement_group_strategy)
             auto = dep.autoscaling_config
             if dep.num_replicas == "auto":  # Ray Serve's default autoscaling, tuned by the config's
                 given = auto.model_dump(exclude_unset=True) if auto is not None else {}
@@ -79,9 +76,29 @@ def replicas(config: ServeConfig) -> tuple[list[Replica], list[Replica]]:
                 low, high = auto.start_replicas(), auto.max_replicas
             else:
                 low = high = dep.num_replicas if isinstance(dep.num_replicas, int) else 1
-            start += [one] * low
-            most += [one] * high
+            start += one * low
+            most += one * high
     return start, most
+
+
+def _units(
+    actor_options: dict[str, Any], bundles: list[dict[str, float]] | None, strategy: str | None
+) -> list[Replica]:
+    """What one replica needs placed on pods: its actor, or each bundle of its placement group (the actor runs
+    inside bundle 0), or the whole group at once under STRICT_PACK, which keeps it on one node."""
+    if bundles is None:
+        per = replica_resources(actor_options)  # the one accounting rule, as the resource check and controller use
+        return [_unit(per, float(actor_options.get("memory") or 0))]
+    if strategy == "STRICT_PACK":
+        bundles = [bundles_resources(bundles)]
+    spread = len(bundles) if strategy == "STRICT_SPREAD" else 1
+    return [_unit(bundles_resources([bundle]), float(bundle.get("memory") or 0), spread) for bundle in bundles]
+
+
+def _unit(per: dict[str, float], memory: float, spread: int = 1) -> Replica:
+    per = {k: v for k, v in per.items() if k != "memory"}
+    cpus, gpus = per.pop("CPU"), per.pop("GPU")
+    return Replica(cpus=cpus, gpus=gpus, memory=memory, resources=tuple(sorted(per.items())), spread=spread)
 
 
 def _pack(items: list[Replica], cpus: int, gpus: int) -> int:
@@ -105,8 +122,8 @@ def _group(name: str, start: list[Replica], most: list[Replica], worker_cpus: in
     biggest = max(math.ceil(r.cpus) for r in most)
     total = math.ceil(sum(r.cpus for r in most) - 1e-9)
     cpus = max(1, biggest, min(worker_cpus, total))
-    max_pods = _pack(most, cpus, gpus)
-    min_pods = _pack(start, cpus, gpus) if start else 0
+    max_pods = max(_pack(most, cpus, gpus), max(r.spread for r in most))
+    min_pods = max(_pack(start, cpus, gpus), max(r.spread for r in start)) if start else 0
     memory = max(MEMORY_PER_CPU_GIB * cpus, max(math.ceil(r.memory / GIB) + 1 for r in most))
     # Custom resources are spread evenly over the pods, each pod holding at least one replica's worth.
     total_custom: dict[str, float] = {}
