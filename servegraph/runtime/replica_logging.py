@@ -32,9 +32,9 @@ import json
 import logging
 import logging.handlers
 import os
-import tempfile
 import re
 import sys
+import tempfile
 import time
 from typing import Any
 
