@@ -230,9 +230,16 @@ def _build(plan: ir.Plan, info: LaneInfo, capacity: int) -> Any:
             if step.key not in calls:
                 continue
             upstream = [k for k in call_keys((step.args, step.kwargs), calls) if k in nodes]
-            # Every stage takes the bundle: it carries the request's context (id, route, traceparent).
-            sources: tuple[str | None, ...] = (*upstream, None)
-            inputs = [*(nodes[k] for k in upstream), bundle]
+            reads_input = any(
+                isinstance(m, ir.Ref) and m.key not in calls for m in ir.iter_markers((step.args, step.kwargs))
+            )
+            sources: tuple[str | None, ...] = tuple(upstream)
+            inputs = [nodes[k] for k in upstream]
+            if reads_input or not upstream:  # every stage needs an input; a stage with none gets the bundle
+                sources += (None,)
+                inputs.append(bundle)
+            # The request's context reaches a stage in the bundle or with an upstream result: each stage
+            # answers (request, result), so no stage reads the input channel only for it.
             spec = (step.method, step.args, step.kwargs, sources, callers[step.key])
             assert step.deployment is not None  # a call step (see fast_path)
             nodes[step.key] = actors[step.deployment].lane_call.bind(spec, *inputs)
@@ -476,8 +483,8 @@ class LaneSet:
             return False, None
         self.served += 1
         if isinstance(self._template, ir.Ref):
-            return True, out
-        results = dict(zip(self._outputs, out, strict=True))
+            return True, out[1]  # each stage answers (request, result)
+        results = {key: answer[1] for key, answer in zip(self._outputs, out, strict=True)}
 
         def fill(marker: ir.Ref | ir.HandleRef) -> Any:
             assert isinstance(marker, ir.Ref)

@@ -364,27 +364,30 @@ class _ReplicaCore:
     # A lane (see runtime/lanes.py) is a Ray compiled graph over one replica per deployment. Its
     # execution loop runs on the replica's "_ray_system" thread and calls ``lane_call`` once per
     # request; ordinary calls keep arriving beside it.
-    def _lane_arguments(self, spec: tuple, values: tuple) -> tuple[str, tuple, dict]:
+    def _lane_arguments(self, spec: tuple, values: tuple) -> tuple[Sent, tuple, dict]:
         """The method (as a :class:`Sent`, with the request) and its arguments: ``spec`` is (method, args,
         kwargs, sources, callers), ``values`` one per source.
 
-        A source is the key of an upstream call (its result), or None for the request's input bundle
-        (the input, every input read by key, and the request's context under :data:`REQUEST_KEY`).
+        A source is the key of an upstream call (its answer: (request, result), see :meth:`lane_call`),
+        or None for the request's input bundle (the input, every input read by key, and the request's
+        context under :data:`REQUEST_KEY`).
         """
         method, args, kwargs, sources, callers = spec
         known: dict[str, Any] = {}
         bundle: dict[str, Any] = {}
+        request = None
         for source, value in zip(sources, values, strict=True):
             if source is None:
                 bundle = value
+                request = bundle.get(REQUEST_KEY)
             else:
-                known[source] = value
+                request, known[source] = value
 
         def fill(marker: ir.Ref | ir.HandleRef) -> Any:
             assert isinstance(marker, ir.Ref)  # fast_path refuses graphs that pass handles per request
             return known[marker.key] if marker.key in known else bundle[marker.key]
 
-        request = bundle.get(REQUEST_KEY) or (new_request_id(), "", self._app, "")
+        request = request or (new_request_id(), "", self._app, "")
         return Sent(method, request, callers, 0.0), ir.map_markers(args, fill), dict(ir.map_markers(kwargs, fill))
 
 
@@ -478,10 +481,11 @@ class SyncReplica(_ReplicaCore):
                 slots.release()
             next(self._finished)
 
-    def lane_call(self, spec: tuple, *values: Any) -> Any:
-        """One stage of a compiled lane (see :meth:`_lane_arguments`)."""
+    def lane_call(self, spec: tuple, *values: Any) -> tuple[tuple, Any]:
+        """One stage of a compiled lane (see :meth:`_lane_arguments`): (the request, the result), so the
+        request's context travels with the result to the next stages."""
         method, args, kwargs = self._lane_arguments(spec, values)
-        return self.handle_request(method, tuple(kwargs), *args, *kwargs.values())
+        return method.request, self.handle_request(method, tuple(kwargs), *args, *kwargs.values())
 
     def call_stream(self, method: str, names: tuple[str, ...], *values: Any) -> Any:
         """A generator method's results, one Ray object each, as they come (``num_returns="streaming"``)."""
@@ -739,12 +743,12 @@ class AsyncReplica(_ReplicaCore):
         finally:
             next(self._finished)
 
-    def lane_call(self, spec: tuple, *values: Any) -> Any:
-        """One stage of a compiled lane, run on this replica's event loop like any request."""
+    def lane_call(self, spec: tuple, *values: Any) -> tuple[tuple, Any]:
+        """One stage of a compiled lane, run on this replica's event loop like any request: (request, result)."""
         method, args, kwargs = self._lane_arguments(spec, values)
         names = tuple(kwargs)
         call = self.handle_request(method, names, *args, *kwargs.values())
-        return asyncio.run_coroutine_threadsafe(call, self._loop).result()
+        return method.request, asyncio.run_coroutine_threadsafe(call, self._loop).result()
 
     async def call_stream(self, method: str, names: tuple[str, ...], *values: Any) -> Any:
         """A generator method's results, one Ray object each, as they come (``num_returns="streaming"``)."""
