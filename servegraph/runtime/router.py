@@ -209,9 +209,8 @@ class Router:
         self._handle_tag = f"{app}#{deployment}#{new_request_id()[:6]}"
         self._actor_tag = ray.get_runtime_context().get_actor_id() or ""
         #: Ray Serve's handle_source tag: who calls through this router.
-        self._handle_source = "PROXY" if local_node is not None and current_replica() is None else (
-            "REPLICA" if current_replica() is not None else "UNKNOWN"
-        )
+        #: (Routers in actors get ``local_node``: a replica's, else the proxy's; a driver's is UNKNOWN, as in Ray Serve.)
+        self._handle_source = "REPLICA" if current_replica() is not None else "PROXY" if local_node is not None else "UNKNOWN"
         self._gauges = telemetry.add_gauge_source(self._gauge_values) if telemetry.ENABLED else None
 
     # Membership ---------------------------------------------------------------------
