@@ -52,22 +52,28 @@ def user_error(exc: ray.exceptions.RayTaskError) -> BaseException:
     return cause if isinstance(cause, BaseException) else exc
 
 
+#: How many times ``.result()`` sends a request again when the replicas it reached died under it. A node
+#: that goes down takes several replicas at once, and a router learns of each death only when a call hits it.
+RESENDS = 3
+
+
 def read(ref: Any, timeout_s: float | None, resend: Resend | None) -> Any:
-    """``ray.get`` a request's ref as ``.result()`` does: the user's error unwrapped, one resend on death."""
+    """``ray.get`` a request's ref as ``.result()`` does: the user's error unwrapped; sent again (at most
+    :data:`RESENDS` times, within the timeout) while the replicas it reached die under it."""
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
-    try:
-        return ray.get(ref, timeout=timeout_s)
-    except ray.exceptions.RayActorError as exc:  # before RayTaskError: a death may come wrapped in one
-        if resend is None or not note_actor_death(exc):
-            raise
-    except ray.exceptions.RayTaskError as exc:
-        raise user_error(exc) from None
-    time.sleep(RETRY_DELAY_S)
-    remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-    try:
-        return ray.get(resend(), timeout=remaining)
-    except ray.exceptions.RayTaskError as exc:
-        raise user_error(exc) from None
+    attempt = 0
+    while True:
+        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        try:
+            return ray.get(ref, timeout=remaining)
+        except ray.exceptions.RayActorError as exc:  # before RayTaskError: a death may come wrapped in one
+            if resend is None or attempt >= RESENDS or not note_actor_death(exc):
+                raise
+        except ray.exceptions.RayTaskError as exc:
+            raise user_error(exc) from None
+        attempt += 1
+        time.sleep(RETRY_DELAY_S)
+        ref = resend()
 
 
 def _plain(ref: ObjectRef) -> ObjectRef:
