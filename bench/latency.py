@@ -815,7 +815,7 @@ class RawActors:
 
 def wait_for_lanes(app: str, timeout_s: float = 60.0) -> None:
     """Wait until the controller has given this driver a compiled lane for ``app`` (see the README's compiled path)."""
-    from servegraph.runtime.lanes import lanes_for
+    from servegraph.runtime.data.lanes import lanes_for
 
     lanes = lanes_for(app)
     deadline = time.monotonic() + timeout_s

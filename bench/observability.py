@@ -122,7 +122,7 @@ def child(args: argparse.Namespace) -> None:
             node = Stage.options(name=f"Stage{i}").bind().__call__.bind(node)
     compiled = serve.run(node, name="chain", route_prefix=None, http=False).options(use_new_handle_api=True)
     plan = serve.run(node, name="chain-plan", route_prefix=None, http=False, compiled=False)
-    from servegraph.runtime.lanes import lanes_for
+    from servegraph.runtime.data.lanes import lanes_for
 
     lanes = lanes_for("chain")
     deadline = time.monotonic() + 60
@@ -177,7 +177,9 @@ def per_hop_costs() -> dict[str, float]:
     import timeit
 
     sys.path.insert(0, str(ROOT))
-    from servegraph.runtime import replica, router, telemetry
+    from servegraph.runtime.actors import replica
+    from servegraph.runtime.common import telemetry
+    from servegraph.runtime.data import router
 
     class Replica:
         _app, _deployment, _replica_id = "app", "B", "r1"

@@ -55,21 +55,21 @@ if TYPE_CHECKING:
 _LAZY_NAMES = {
     "CompiledGraph": "compiler",
     "compile": "compiler",
-    "run": "runtime.api",
-    "delete": "runtime.api",
-    "shutdown": "runtime.api",
-    "status": "runtime.api",
-    "get_app_handle": "runtime.api",
-    "get_deployment_handle": "runtime.api",
-    "graph_stats": "runtime.api",
-    "start": "runtime.api",
-    "shutdown_async": "runtime.api",
-    "get_replica_context": "runtime.context",
+    "run": "runtime.client.api",
+    "delete": "runtime.client.api",
+    "shutdown": "runtime.client.api",
+    "status": "runtime.client.api",
+    "get_app_handle": "runtime.client.api",
+    "get_deployment_handle": "runtime.client.api",
+    "graph_stats": "runtime.client.api",
+    "start": "runtime.client.api",
+    "shutdown_async": "runtime.client.api",
+    "get_replica_context": "runtime.common.context",
 }
 
 
 def _execute(node: Any, args: tuple, kwargs: dict) -> Any:
-    from .runtime.api import execute_graph
+    from .runtime.client.api import execute_graph
 
     return execute_graph(node, args, kwargs)
 

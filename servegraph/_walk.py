@@ -19,6 +19,7 @@ handles resolving responses, local testing mode), so they all agree on what is a
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 __all__ = [
@@ -57,7 +58,7 @@ def iter_leaves(value: Any) -> Iterator[Any]:
         yield value
 
 
-def contains_type(value: Any, kinds: frozenset[type]) -> bool:
+def contains_type(value: Any, kinds: AbstractSet[type]) -> bool:
     """Whether a leaf whose exact type is in ``kinds`` is nested in ``value``.
 
     The request path's question (is there a ref to carry?), so it avoids generators and callbacks:

@@ -158,7 +158,7 @@ def ingress(app: Any) -> Any:
                 await _start_lifespan(app)
 
             async def __call__(self, request: Any) -> Any:
-                from .runtime.http_codec import asgi_response
+                from .runtime.common.http_codec import asgi_response
 
                 # A StreamingResponse from a route streams to the client chunk by chunk, as in Ray Serve.
                 return await asgi_response(app, dict(request.scope), await request.body())

@@ -1,6 +1,6 @@
 """Handle classes, importable as in Ray Serve: ``from servegraph.handle import RayServeSyncHandle``."""
 
-from .runtime.handle import (
+from .runtime.data.handle import (
     DeploymentHandle,
     DeploymentResponse,
     DeploymentResponseGenerator,

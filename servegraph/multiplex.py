@@ -19,8 +19,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .runtime import telemetry
-from .runtime.context import get_multiplexed_model_id
+from .runtime.common import telemetry
+from .runtime.common.context import get_multiplexed_model_id
 
 __all__ = ["get_multiplexed_model_id", "multiplexed"]
 
@@ -152,6 +152,6 @@ def _disarm(model: Any) -> None:
 
 def _report(model_ids: tuple[str, ...]) -> None:
     """Tell the controller which models this replica holds (it pushes them to routers); best effort."""
-    from .runtime.replica import report_models
+    from .runtime.actors.replica import report_models
 
     report_models(model_ids)

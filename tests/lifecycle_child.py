@@ -23,7 +23,7 @@ import ray
 
 import servegraph as serve
 from servegraph import InputNode
-from servegraph.runtime.lanes import lanes_for
+from servegraph.runtime.data.lanes import lanes_for
 
 APP = "life"
 

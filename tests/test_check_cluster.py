@@ -10,7 +10,7 @@ import textwrap
 import pytest
 from conftest import EXAMPLES, ROOT, TESTS, free_port
 
-from servegraph.runtime.cluster_record import write_record
+from servegraph.runtime.client.cluster_record import write_record
 
 GREEDY = textwrap.dedent(
     """\

@@ -20,7 +20,7 @@ from conftest import EXAMPLES, ROOT, TESTS, free_port
 
 import servegraph as serve
 from servegraph.cli import main
-from servegraph.runtime.cluster_record import read_record, write_record
+from servegraph.runtime.client.cluster_record import read_record, write_record
 
 
 @pytest.fixture(autouse=True)

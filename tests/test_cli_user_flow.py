@@ -22,7 +22,7 @@ import pytest
 from conftest import EXAMPLES, free_port
 from support import running, user_env
 
-from servegraph.runtime.cluster_record import ClusterRecord
+from servegraph.runtime.client.cluster_record import ClusterRecord
 
 pytestmark = pytest.mark.ray
 

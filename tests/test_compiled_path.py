@@ -20,9 +20,9 @@ import servegraph as serve
 from servegraph import InputNode
 from servegraph.compiler import compile
 from servegraph.compiler.fast_path import compiled_path_problem
-from servegraph.runtime.graph_ref import GraphRef
-from servegraph.runtime.lane_table import LaneTable, Owner
-from servegraph.runtime.lanes import lanes_for
+from servegraph.runtime.control.lane_table import LaneTable, Owner
+from servegraph.runtime.data.graph_ref import GraphRef
+from servegraph.runtime.data.lanes import lanes_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -325,7 +325,7 @@ def test_a_driver_that_exits_leaves_no_replica_stuck_in_its_lane(deploy, ray_clu
     script = textwrap.dedent(
         f"""
         import os, time, ray, servegraph as serve
-        from servegraph.runtime.lanes import lanes_for
+        from servegraph.runtime.data.lanes import lanes_for
         ray.init(address={address!r}, namespace="servegraph", log_to_driver=False)
         handle = serve.get_app_handle("cg-owner").options(use_new_handle_api=False)
         lanes = lanes_for("cg-owner")
@@ -383,7 +383,7 @@ def test_a_process_that_shuts_servegraph_down_and_goes_on_exits():
         """
         import time, ray, servegraph as serve
         from servegraph import InputNode
-        from servegraph.runtime.lanes import lanes_for
+        from servegraph.runtime.data.lanes import lanes_for
         from test_compiled_path import Add
         ray.init(address="local", num_cpus=4, include_dashboard=False, namespace="servegraph", log_to_driver=False)
         with InputNode() as inp:
@@ -459,7 +459,7 @@ def test_max_ongoing_requests_holds_across_the_lane_and_the_plan(deploy):
 
 
 def test_the_controller_killed_under_load_loses_no_request_and_lanes_come_back(deploy):
-    from servegraph.runtime.cluster import CONTROLLER_NAME, NAMESPACE
+    from servegraph.runtime.common.records import CONTROLLER_NAME, NAMESPACE
 
     handle = deploy(chain(2, num_replicas=2), name="cg-controller").options(use_new_handle_api=True)
     wait_for_lanes("cg-controller", 2)

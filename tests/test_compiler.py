@@ -267,7 +267,7 @@ def test_a_different_graph_gives_different_ir():
 def test_a_route_the_config_validator_refuses_is_refused_by_every_deploy(prefix):
     # One rule (_validation.route_prefix_problem): serve.run and deploy_compiled refuse what a config
     # built from them would fail on, before anything reaches a cluster.
-    from servegraph.runtime.api import deploy_compiled
+    from servegraph.runtime.client.api import deploy_compiled
 
     app = Model.bind()
     with pytest.raises(ValueError, match=rf"Invalid route_prefix '{re.escape(prefix)}', m"):  # Ray Serve's words

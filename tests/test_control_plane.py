@@ -21,7 +21,7 @@ from starlette.requests import Request
 
 import servegraph as serve
 from servegraph.errors import BackPressureError
-from servegraph.runtime.cluster import CONTROLLER_NAME, NAMESPACE
+from servegraph.runtime.common.records import CONTROLLER_NAME, NAMESPACE
 
 
 def wait_for(predicate, timeout_s: float = 60.0, every_s: float = 0.2) -> bool:
@@ -313,7 +313,7 @@ def test_a_constructor_error_is_deploy_failed_with_one_line_and_bounded_retries(
 
 def test_replicas_are_named_and_status_shows_id_state_node_and_pid(serve_app, http_port):
     serve_app.run(Echo.bind(), name="named", route_prefix=None, port=http_port)
-    from servegraph.runtime.api import _controller
+    from servegraph.runtime.client.api import _controller
 
     raw = ray.get(_controller().status.remote()).applications["named"].deployments["Echo"]
     assert len(raw.replicas) == 2
@@ -345,7 +345,7 @@ class SlowStart:
 
 def test_deploy_reports_progress_per_deployment_while_it_runs(serve_app, http_port):
     from servegraph.compiler import compile
-    from servegraph.runtime.api import deploy_compiled
+    from servegraph.runtime.client.api import deploy_compiled
 
     seen: list[dict] = []
     handle, changes = deploy_compiled(

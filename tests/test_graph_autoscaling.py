@@ -15,7 +15,7 @@ from test_control_plane import Load, deployment_status, wait_for
 
 import servegraph as serve
 from servegraph import InputNode, compile
-from servegraph.runtime.graph_autoscaling import Stage, graph_order, measured_fanout, static_fanout, wishes
+from servegraph.runtime.control.graph_autoscaling import Stage, graph_order, measured_fanout, static_fanout, wishes
 
 # The rule, without Ray --------------------------------------------------------------------------
 

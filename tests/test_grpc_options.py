@@ -12,7 +12,7 @@ from conftest import free_port
 
 import servegraph as serve
 from servegraph.errors import BackPressureError, ConfigError
-from servegraph.runtime.grpc_options import GRPC_OPTION_DEFAULTS, grpc_options_dict
+from servegraph.runtime.common.grpc_options import GRPC_OPTION_DEFAULTS, grpc_options_dict
 
 grpc = pytest.importorskip("grpc")
 serve_pb2 = pytest.importorskip("ray.serve.generated.serve_pb2")
@@ -82,7 +82,7 @@ def test_a_deploy_config_still_refuses_root_path(tmp_path):
 
 
 def test_the_methods_and_their_streaming_kind_come_from_the_generated_add_function():
-    from servegraph.runtime.grpc_proxy import import_servicer_function, servicer_methods
+    from servegraph.runtime.actors.grpc_proxy import import_servicer_function, servicer_methods
 
     methods = servicer_methods(import_servicer_function(ADD_USER_SERVICE))
     kinds = {m.name: (m.request_streaming, m.response_streaming) for m in methods.values()}
@@ -104,7 +104,7 @@ def test_the_methods_and_their_streaming_kind_come_from_the_generated_add_functi
     ],
 )
 def test_a_servicer_function_that_does_not_import_says_so(path, message):
-    from servegraph.runtime.grpc_proxy import import_servicer_function
+    from servegraph.runtime.actors.grpc_proxy import import_servicer_function
 
     with pytest.raises((ImportError, TypeError), match=message):
         import_servicer_function(path)
@@ -149,7 +149,7 @@ class _Router:
         self.sent: list[str] = []
 
     async def submit_async(self, method: str, args: tuple, kwargs: dict) -> Any:
-        from servegraph.runtime.router import StreamMethod
+        from servegraph.runtime.common.records import StreamMethod
 
         self.sent.append(method)
 
@@ -184,7 +184,7 @@ class _Info:
 @pytest.fixture
 def grpc_server():
     """The proxy's gRPC server for two applications, on its own event loop in a thread."""
-    from servegraph.runtime.grpc_proxy import GRPCIngress
+    from servegraph.runtime.actors.grpc_proxy import GRPCIngress
 
     routes = {"/": ("deployment", "greeter", _Info(Greeter()), None), "/f": ("deployment", "failing", _Info(Failing()), None)}
     port = free_port()
@@ -306,7 +306,7 @@ def test_healthz_and_list_applications_as_ray_serve(grpc_server):
 def test_a_port_in_use_is_an_error_message():
     import socket
 
-    from servegraph.runtime.grpc_proxy import GRPCIngress
+    from servegraph.runtime.actors.grpc_proxy import GRPCIngress
 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -334,8 +334,8 @@ def test_the_runtime_imports_grpcio_only_when_grpc_is_asked_for():
     from conftest import ROOT
 
     probe = (
-        "import json, sys; import servegraph, servegraph.runtime.proxy, servegraph.runtime.controller, "
-        "servegraph.runtime.api, servegraph.cli.ops; print(json.dumps('grpc' in sys.modules))"
+        "import json, sys; import servegraph, servegraph.runtime.actors.proxy, servegraph.runtime.control.controller, "
+        "servegraph.runtime.client.api, servegraph.cli.ops; print(json.dumps('grpc' in sys.modules))"
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, env=env, check=True)
@@ -343,7 +343,7 @@ def test_the_runtime_imports_grpcio_only_when_grpc_is_asked_for():
 
 
 def test_multiplexed_model_id_and_request_id_metadata_as_over_http(grpc_server):
-    from servegraph.runtime.router import ModelCall
+    from servegraph.runtime.common.records import ModelCall
 
     stub, routes, _ = grpc_server
     metadata = (("application", "greeter"), ("multiplexed_model_id", "m1"), ("request_id", "abc"))
@@ -356,7 +356,7 @@ def test_multiplexed_model_id_and_request_id_metadata_as_over_http(grpc_server):
 
 def _proxy_start(grpc_options: dict) -> str | None:
     """Start an HTTP proxy in this process with ``grpc_options``; its start's error (None: it served both)."""
-    from servegraph.runtime.proxy import HTTPProxy
+    from servegraph.runtime.actors.proxy import HTTPProxy
 
     async def go():
         proxy = HTTPProxy("127.0.0.1", free_port(), {}, grpc_options)
@@ -383,7 +383,7 @@ def test_a_proxy_whose_servicer_function_does_not_import_says_why():
 
 
 def test_the_proxy_refuses_grpc_options_it_does_not_know():
-    from servegraph.runtime.proxy import HTTPProxy
+    from servegraph.runtime.actors.proxy import HTTPProxy
 
     with pytest.raises(ValueError, match="cannot apply grpc_options"):
         HTTPProxy("127.0.0.1", 1, {}, {"grpc_host": "x"})
@@ -398,7 +398,7 @@ def test_without_grpcio_the_proxy_says_how_to_install_it():
 
     probe = (
         "import asyncio, sys; sys.modules['grpc'] = None  # as if grpcio were not installed\n"
-        "from servegraph.runtime.proxy import HTTPProxy\n"
+        "from servegraph.runtime.actors.proxy import HTTPProxy\n"
         "from conftest import free_port\n"
         "options = {'port': free_port(), 'grpc_servicer_functions': ['m.add_f'], 'request_timeout_s': None, 'enable_reflection': True}\n"
         "proxy = HTTPProxy('127.0.0.1', free_port(), {}, options)\n"
@@ -411,7 +411,7 @@ def test_without_grpcio_the_proxy_says_how_to_install_it():
 
 def test_status_codes_for_what_is_not_the_users_code():
     from servegraph.errors import DeploymentError
-    from servegraph.runtime.grpc_proxy import error_status
+    from servegraph.runtime.actors.grpc_proxy import error_status
 
     gone = error_status(DeploymentError("deployment 'A' of application 'x' does not exist"), None)
     assert (gone.code, gone.details) == (grpc.StatusCode.UNAVAILABLE, "deployment 'A' of application 'x' does not exist")

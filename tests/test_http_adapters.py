@@ -17,7 +17,7 @@ from servegraph.http_adapters import (
     pandas_read_json,
     starlette_request,
 )
-from servegraph.runtime.http_codec import make_request
+from servegraph.runtime.common.http_codec import make_request
 
 
 def request(body: bytes, query: bytes = b"") -> object:

@@ -19,8 +19,8 @@ from conftest import free_port
 
 import servegraph as serve
 from servegraph.cli import main
-from servegraph.runtime import http_codec
-from servegraph.runtime.proxy import HTTPProxy
+from servegraph.runtime.actors.proxy import HTTPProxy
+from servegraph.runtime.common import http_codec
 
 
 def serve_proxy(proxy: HTTPProxy, client_call):

@@ -21,7 +21,8 @@ import servegraph as serve
 from servegraph.compiler.emit import diagram, dot, live
 from servegraph.compiler.outline import outline
 from servegraph.errors import RenderError
-from servegraph.runtime import http_codec, live_graph
+from servegraph.runtime.actors import live_graph
+from servegraph.runtime.common import http_codec
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -285,8 +286,8 @@ def test_a_live_graph_has_no_mermaid_form(tmp_path: Path) -> None:
     [
         "servegraph.compiler.emit.live",
         "servegraph.compiler.outline",
-        "servegraph.runtime.live_graph",
-        "servegraph.runtime.http_codec",
+        "servegraph.runtime.actors.live_graph",
+        "servegraph.runtime.common.http_codec",
     ],
 )
 def test_examples_in_docstrings(module: str) -> None:
@@ -323,7 +324,7 @@ class FakeController:
     """Runs ``pipe`` (the pipeline example); ``gone`` is deleted between its outline and its figures."""
 
     def __init__(self, stats: dict):
-        from servegraph.runtime.controller import AppRecord
+        from servegraph.runtime.control.controller import AppRecord
 
         running = {
             "pipe": AppRecord(outline(_ir("pipeline", "app")), {}, "/pipe"),
@@ -372,7 +373,7 @@ def test_the_proxy_answers_404_for_an_application_that_does_not_run_or_was_just_
 def test_the_proxy_answers_503_while_the_controller_does_not(monkeypatch) -> None:
     import asyncio
 
-    from servegraph.runtime.long_poll import ControllerUnavailable
+    from servegraph.runtime.data.long_poll import ControllerUnavailable
 
     async def controller():
         raise ControllerUnavailable("no servegraph controller answered within 10 s")

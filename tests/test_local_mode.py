@@ -13,7 +13,7 @@ from support import EXAMPLE_CASES
 import servegraph as serve
 from servegraph import InputNode, MultiOutputNode
 from servegraph.handle import DeploymentResponse, RayServeDeploymentHandle, RayServeSyncHandle
-from servegraph.runtime.local import LocalRef, PlanInputError
+from servegraph.runtime.client.local import LocalRef, PlanInputError
 
 
 def run_local(app):

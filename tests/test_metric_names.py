@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from servegraph.runtime.telemetry import METRICS
+from servegraph.runtime.common.telemetry import METRICS
 
 _RAY = Path(importlib.util.find_spec("ray").origin).parent  # type: ignore[union-attr, arg-type]
 DASHBOARDS = [

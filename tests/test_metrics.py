@@ -150,7 +150,7 @@ def test_edge_counts_follow_the_graphs_fan_out_on_both_paths(serve_app, path):
     app = f"metrics-edges-{path}"
     handle = serve_app.run(FANOUT_GRAPH, name=app, route_prefix=None, compiled=path == "compiled")
     if path == "compiled":
-        from servegraph.runtime.lanes import lanes_for
+        from servegraph.runtime.data.lanes import lanes_for
 
         lanes = lanes_for(app)
         deadline = time.monotonic() + WAIT_S

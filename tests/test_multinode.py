@@ -17,7 +17,7 @@ import textwrap
 import pytest
 from conftest import ROOT
 
-from servegraph.runtime.api import proxy_location_name
+from servegraph.runtime.client.api import proxy_location_name
 
 SCRIPT = textwrap.dedent(
     """
@@ -26,7 +26,7 @@ SCRIPT = textwrap.dedent(
     from ray.cluster_utils import Cluster
     import servegraph as serve
     from servegraph import InputNode
-    from servegraph.runtime.lanes import lanes_for
+    from servegraph.runtime.data.lanes import lanes_for
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
     worker = cluster.add_node(num_cpus=2, resources={"worker": 10})

@@ -15,7 +15,7 @@ from servegraph.compiler.config.loading import load_config, validate_config
 from servegraph.compiler.config.overrides import check_overrides, deployment_overrides
 from servegraph.compiler.emit.kubernetes import worker_groups
 from servegraph.errors import ConfigError, OptionValueError, ResourceError
-from servegraph.runtime.version import replica_version
+from servegraph.runtime.control.version import replica_version
 
 
 class Model:

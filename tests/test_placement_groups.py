@@ -18,8 +18,8 @@ from conftest import ROOT, free_port
 
 import servegraph as serve
 from servegraph.cli import main
-from servegraph.runtime.api import _controller
-from servegraph.runtime.cluster import CONTROLLER_NAME, NAMESPACE
+from servegraph.runtime.client.api import _controller
+from servegraph.runtime.common.records import CONTROLLER_NAME, NAMESPACE
 
 
 def wait_for(predicate, timeout_s: float = 60.0) -> bool:

@@ -12,9 +12,9 @@ import servegraph as serve
 from servegraph.compiler import compile
 from servegraph.dsl.options import LoggingConfig, as_logging_config
 from servegraph.errors import OptionValueError
-from servegraph.runtime import replica_logging
-from servegraph.runtime.context import RequestContext, reset_request, set_request
-from servegraph.runtime.log_search import request_lines, scan_dirs
+from servegraph.runtime.actors import replica_logging
+from servegraph.runtime.client.log_search import request_lines, scan_dirs
+from servegraph.runtime.common.context import RequestContext, reset_request, set_request
 
 serve_logger = logging.getLogger("ray.serve")
 

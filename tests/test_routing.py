@@ -20,7 +20,7 @@ import servegraph as serve
 from servegraph import InputNode, MultiOutputNode, NoRouteError, RoutingError, Split, Switch
 from servegraph.compiler.emit.json_ir import load_compiled
 from servegraph.compiler.fast_path import compiled_path_problem
-from servegraph.runtime.local import run_local
+from servegraph.runtime.client.local import run_local
 
 CALLS: list[str] = []
 

@@ -81,7 +81,7 @@ def _replicas() -> dict[str, set[str]]:
     """Replica ids by deployment, as the controller reports them."""
     import ray
 
-    from servegraph.runtime.api import _controller
+    from servegraph.runtime.client.api import _controller
 
     deployments = ray.get(_controller().status.remote()).applications[APP].deployments
     return {name: {r.replica_id for r in dep.replicas} for name, dep in deployments.items()}

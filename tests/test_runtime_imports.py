@@ -31,11 +31,11 @@ print(json.dumps({
 @pytest.mark.parametrize(
     "module",
     [
-        "servegraph.runtime.replica",
-        "servegraph.runtime.proxy",
-        "servegraph.runtime.handle",
+        "servegraph.runtime.actors.replica",
+        "servegraph.runtime.actors.proxy",
+        "servegraph.runtime.data.handle",
         "servegraph.handle",
-        "servegraph.runtime.lanes",
+        "servegraph.runtime.data.lanes",
         "servegraph",
     ],
 )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from servegraph.runtime import proxy, replica, router, telemetry  # noqa: F401  (their expanders register)
+from servegraph.runtime.common import telemetry  # noqa: F401  (their expanders register)
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import pytest
 from conftest import TESTS
 from support import user_env
 
-from servegraph.runtime import tracing
+from servegraph.runtime.common import tracing
 
 
 @pytest.mark.ray

@@ -17,7 +17,7 @@ import ray.cloudpickle
 
 import servegraph
 import servegraph as serve
-from servegraph.runtime.user_frames import is_user_file
+from servegraph.runtime.common.user_frames import is_user_file
 
 MODEL = textwrap.dedent(
     """\
@@ -40,7 +40,7 @@ RAISES_AT = "(model.py:10 in load)"
 def test_servegraphs_and_rays_own_files_are_not_the_users():
     assert not is_user_file(servegraph.__file__)
     assert not is_user_file(os.path.join(os.path.dirname(ray.__file__), "actor.py"))
-    assert not is_user_file(sys.modules["servegraph.runtime.user_frames"].__file__)
+    assert not is_user_file(sys.modules["servegraph.runtime.common.user_frames"].__file__)
 
 
 @pytest.mark.parametrize("folder", ["servegraph", "ray", "site/servegraph/runtime", "ray/_private"])
@@ -107,8 +107,8 @@ def test_a_start_failure_names_the_users_line_however_it_arrives():
     """The constructor's reply, a call that raised, and the replica's death carrying its error as the cause
     all give the same one line (the last is what once lost the frame: the message depended on which came first).
     """
-    from servegraph.runtime.controller import ReplicaStartError, _describe_failure
-    from servegraph.runtime.user_frames import describe_user_error
+    from servegraph.runtime.common.user_frames import describe_user_error
+    from servegraph.runtime.control.controller import ReplicaStartError, _describe_failure
 
     exc = _raised(BrokenInit)
     expected = f"ValueError: bad model file {BROKEN_AT}"
@@ -123,7 +123,7 @@ def test_a_start_failure_names_the_users_line_however_it_arrives():
 
 
 def test_a_ray_error_with_no_user_frame_gives_the_error_alone():
-    from servegraph.runtime.controller import _describe_failure
+    from servegraph.runtime.control.controller import _describe_failure
 
     rays_file = os.path.join(os.path.dirname(ray.__file__), "worker.py")
     error = ray.exceptions.RayTaskError("f", f'Traceback:\n  File "{rays_file}", line 1, in f\nOSError: gone\n', None)

@@ -19,7 +19,7 @@ handle wiring. User code keeps the seed's semantics:
   resolving to an ObjectRef (two awaits);
 - a result passed unawaited into another ``.remote()`` travels as a ref: the
   consuming replica gets the value from the producer, never through the caller;
-- an InputNode graph runs as the same plan (:func:`servegraph.runtime.plan.run_plan`),
+- an InputNode graph runs as the same plan (:func:`servegraph.runtime.common.plan.run_plan`),
   in an ingress deployment named ``DAGDriver`` as Ray Serve's own used to be.
 
 Ray Serve's options for each deployment are the ones ``servegraph build`` writes
@@ -50,9 +50,9 @@ from ..dsl.routing import weights_problem
 from ..dsl.signature import FUNCTION_METHODS
 from ..errors import ConfigError, NoRouteError
 from ..runtime import ray_compat
-from ..runtime.codec import to_slots, unflatten
-from ..runtime.http_codec import decode_json_body, encode_result, text
-from ..runtime.plan import PlanInputError, drive_async, run_plan
+from ..runtime.common.codec import to_slots, unflatten
+from ..runtime.common.http_codec import decode_json_body, encode_result, text
+from ..runtime.common.plan import PlanInputError, drive_async, run_plan
 
 #: The ingress deployment that runs an InputNode graph's plan (Ray Serve's name for it).
 DRIVER_NAME = PLAN_DRIVER

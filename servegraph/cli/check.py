@@ -120,7 +120,7 @@ def measured_resources(
         return None, skipped + "could not connect to the Ray cluster" + hint, None
     import ray
 
-    from ..runtime.cluster import cluster_nodes
+    from ..runtime.client.cluster import cluster_nodes
 
     try:
         have = {k: float(v) for k, v in ray.cluster_resources().items() if not k.startswith("node:") and k not in _NOT_CHECKED}

@@ -1,9 +1,9 @@
 """Which Ray cluster a command talks to, said out loud, and connecting to it in bounded time.
 
 The cluster is, in order: ``--address``; ``RAY_ADDRESS``; the one ``servegraph run``,
-``servegraph deploy`` or ``serve.run`` started (recorded by :mod:`servegraph.runtime.cluster_record`);
+``servegraph deploy`` or ``serve.run`` started (recorded by :mod:`servegraph.runtime.client.cluster_record`);
 else none, and the command says so (``deploy`` and ``run`` start one instead, through a
-cluster host that ``servegraph shutdown`` can stop, see :mod:`servegraph.runtime.cluster_host`).
+cluster host that ``servegraph shutdown`` can stop, see :mod:`servegraph.runtime.client.cluster_host`).
 
 Connecting ends within ``--connect-timeout`` seconds with one line, and Ctrl-C always
 works: ``ray.init`` runs in a daemon thread the command waits on, with Ray's C++ retry
@@ -29,8 +29,8 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
-from ..runtime.cluster import NAMESPACE
-from ..runtime.cluster_record import ClusterRecord, forget_record, read_record
+from ..runtime.client.cluster_record import ClusterRecord, forget_record, read_record
+from ..runtime.common.records import NAMESPACE
 
 DEFAULT_CONNECT_TIMEOUT_S = 30.0
 
@@ -222,7 +222,7 @@ def _init(address: str, deadline: float, what: str) -> None:
 def start_local(by: str, owner_pid: int | None = None) -> ClusterRecord:
     """Start a local cluster through a cluster host, which records it; it lives until ``servegraph shutdown``
     (or, with ``owner_pid``, until that process ends)."""
-    from ..runtime.cluster_host import ClusterStartError, start_cluster
+    from ..runtime.client.cluster_host import ClusterStartError, start_cluster
 
     click.echo("No Ray cluster named; starting a local one...", err=True)
     try:

@@ -78,7 +78,7 @@ def logs_cmd(
             sys.exit(1)
         import ray
 
-        from ..runtime.api import _ask, _controller
+        from ..runtime.client.api import _ask, _controller
 
         controller = _controller(create=False)
         raw = _ask(controller.status.remote(), "status") if controller is not None else None
@@ -139,8 +139,8 @@ def logs_cmd(
 
 def _request_logs(request_id: str, applications: dict, app_name: str | None, deployment: str | None, controller: Any) -> None:
     """Print the request's lines from every node, each prefixed by its deployment and replica; exit 1 if none."""
-    from ..runtime.api import _ask
-    from ..runtime.log_search import label, search_cluster
+    from ..runtime.client.api import _ask
+    from ..runtime.client.log_search import label, search_cluster
 
     if app_name is not None and app_name not in applications:
         running = ", ".join(sorted(applications)) or "none"

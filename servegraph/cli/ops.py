@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from ..runtime.cluster_record import BY_DEPLOY
+from ..runtime.client.cluster_record import BY_DEPLOY
 from .common import user_errors
 from .connect import cluster_options, connect, no_cluster_message
 from .load import load_app
@@ -104,8 +104,8 @@ def deploy_cmd(config_path: str, no_resource_check: bool, address: str | None, c
     from ..compiler import compile
     from ..compiler.config.overrides import with_app_runtime_env
     from ..errors import DeploymentError
-    from ..runtime.api import _ask, _controller, _free_resources, deploy_compiled
-    from ..runtime.cluster import cluster_nodes
+    from ..runtime.client.api import _ask, _controller, _free_resources, deploy_compiled
+    from ..runtime.client.cluster import cluster_nodes
     from ..runtime.ray_compat import upload_local_code
 
     with user_errors():
@@ -164,7 +164,7 @@ def deploy_cmd(config_path: str, no_resource_check: bool, address: str | None, c
 
 def _running_options(app_name: str) -> dict[str, Any]:
     """Each deployment's options as the cluster runs them now (empty for a new application)."""
-    from ..runtime.api import _ask, _controller
+    from ..runtime.client.api import _ask, _controller
 
     controller = _controller(create=False)
     running = _ask(controller.get_app.remote(app_name), "get_app") if controller is not None else None
@@ -176,7 +176,7 @@ def describe_change(what: str, before: Any, after: Any) -> str:
 
     ``before``/``after`` are its options as they ran and as deployed (None when absent).
     """
-    from ..runtime.version import changed_settings
+    from ..runtime.control.version import changed_settings
 
     replicas = f"{after.replicas()} replica(s)" if after is not None else "its replicas"
     if after is not None and after.autoscaling_config is not None:
@@ -218,7 +218,7 @@ def status_cmd(as_json: bool, live_graph: bool, address: str | None, connect_tim
                 click.echo(json.dumps({"cluster": None, "error": no_cluster_message()}, indent=2))
             click.echo(no_cluster_message(), err=True)
             sys.exit(1)
-        from ..runtime.api import status
+        from ..runtime.client.api import status
 
         current = status()
         replicas = _replica_lists()
@@ -291,9 +291,9 @@ def status_cmd(as_json: bool, live_graph: bool, address: str | None, connect_tim
 
 def _live_graphs(names: list[str]) -> dict[str, Any]:
     """Each running application's live graph (runtime/live_graph.py), by name; one deleted meanwhile is left out."""
-    from ..runtime.live_graph import fetch
+    from ..runtime.client.api import live_graph
 
-    graphs = {name: fetch(name) for name in names}
+    graphs = {name: live_graph(name) for name in names}
     return {name: graph for name, graph in graphs.items() if graph is not None}
 
 
@@ -313,7 +313,7 @@ def _replica_lists() -> dict[tuple[str, str], list[dict[str, Any]]]:
     """Each deployment's replicas (replica_id, state, node_id, pid, actor_name), where the controller reports them."""
     import ray
 
-    from ..runtime.api import _controller
+    from ..runtime.client.api import _controller
 
     controller = _controller(create=False)
     if controller is None:
@@ -344,7 +344,7 @@ def shutdown_cmd(yes: bool, keep_cluster: bool, address: str | None, connect_tim
         if cluster is None:
             click.echo(no_cluster_message() + " Nothing to shut down.")
             return
-        from ..runtime.api import _controller, shutdown, status
+        from ..runtime.client.api import _controller, shutdown, status
 
         current = status()
         names = sorted(current.applications)
@@ -385,7 +385,7 @@ def delete_cmd(app_names: tuple[str, ...], address: str | None, connect_timeout:
         if connect(address, connect_timeout) is None:
             click.echo(no_cluster_message(), err=True)
             sys.exit(1)
-        from ..runtime.api import delete, status
+        from ..runtime.client.api import delete, status
 
         running = status().applications
         missing = [n for n in app_names if n not in running]

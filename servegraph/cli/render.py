@@ -19,7 +19,7 @@ from .connect import cluster_options, connect, no_cluster_message
 from .load import load_target
 
 if TYPE_CHECKING:
-    from ..runtime.live_graph import LiveGraph
+    from ..runtime.actors.live_graph import LiveGraph
 
 
 @click.command("render")
@@ -80,11 +80,10 @@ def _live_graph(app_name: str, address: str | None, connect_timeout: float) -> L
     if connect(address, connect_timeout) is None:
         click.echo(no_cluster_message(), err=True)
         sys.exit(1)
-    from ..runtime.api import status
-    from ..runtime.live_graph import fetch
+    from ..runtime.client.api import live_graph, status
 
     running = status().applications
-    drawing = fetch(app_name) if app_name in running else None
+    drawing = live_graph(app_name) if app_name in running else None
     if drawing is None:
         raise click.ClickException(
             f"no application named {app_name!r}; running: {', '.join(sorted(running)) or 'none'}"

@@ -13,7 +13,7 @@ import click
 
 from ..compiler.config.app import DEFAULT_APP_NAME
 from ..errors import GraphError
-from ..runtime.cluster_record import BY_RUN, read_record
+from ..runtime.client.cluster_record import BY_RUN, read_record
 from .common import user_errors
 from .connect import Cluster, cluster_options, connect
 from .load import load_target
@@ -44,7 +44,7 @@ def _check_port(host: str, port: int) -> None:
     """
     import ray
 
-    from ..runtime.api import status
+    from ..runtime.client.api import status
 
     proxy = status().proxy
     if proxy and (proxy.get("host"), proxy.get("port")) == (host, port):
@@ -213,7 +213,7 @@ def _deploy(
     grpc: dict[str, Any] | None = None,
 ) -> None:
     _check_port(host, port)
-    from ..runtime.api import run, start
+    from ..runtime.client.api import run, start
     from .ops import _progress_display
 
     click.echo(f"Deploying {target} as application {name!r}...", err=True)
@@ -292,7 +292,7 @@ def _serve_until_gone(name: str, redeploy: tuple[_SourceWatch, list[str]] | None
 
     With ``redeploy`` (``--reload``): deploy again whenever a watched source file changes.
     """
-    from ..runtime.api import _ask, _controller
+    from ..runtime.client.api import _ask, _controller
 
     unanswered_since: float | None = None
     while True:
@@ -316,7 +316,7 @@ def _serve_until_gone(name: str, redeploy: tuple[_SourceWatch, list[str]] | None
 
 def _take_down(name: str, cluster: Cluster) -> None:
     """Ctrl-C: everything on a cluster this command started; only its own application on anyone else's."""
-    from ..runtime.api import delete, shutdown
+    from ..runtime.client.api import delete, shutdown
 
     try:
         if cluster.started_here:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import time
 
-from ..runtime.cluster_record import BY_SERVE_RUN, ClusterRecord, forget_record, pid_alive, save_record
+from ..runtime.client.cluster_record import BY_SERVE_RUN, ClusterRecord, forget_record, pid_alive, save_record
 
 #: How long ``shutdown`` waits for a foreground ``servegraph run`` to notice its applications are gone and end.
 OWNER_GRACE_S = 30.0
@@ -31,7 +31,7 @@ def stop_started_cluster(record: ClusterRecord, *, wait_for_owner: bool = True) 
         wait_for_owner: first give the foreground ``servegraph run`` the cluster ends with time to
             end on its own (it does once its applications are gone), so it leaves quietly.
     """
-    from ..runtime.cluster_host import cluster_processes, stop_cluster
+    from ..runtime.client.cluster_host import cluster_processes, stop_cluster
 
     disconnect()
     owner = record.owner_pid

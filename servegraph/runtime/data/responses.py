@@ -1,0 +1,125 @@
+"""What a handle call returns outside an event loop: one object for both handle eras.
+
+The seed's ``RayServeSyncHandle.remote()`` returns a ``ray.ObjectRef`` (``ray.get``, ``ray.wait``,
+``await``, passed on unresolved); Ray Serve 2.x's ``DeploymentHandle.remote()`` returns a
+``DeploymentResponse`` (``.result(timeout_s=)``, ``._to_object_ref_sync()``, ``.cancel()``). Code of
+either era calls ``serve.run(app).remote(x)`` and uses the result its own way, so the result is both:
+:class:`DriverResponse`, a ``ray.ObjectRef`` subclass with the DeploymentResponse methods (no extra
+hop, no copy). ``.remote()`` never waits for a free replica (see ``Router.submit_nowait``).
+
+If the replica dies before answering, ``.result()`` sends the request once more to another replica
+(the caller holds its arguments), as ``DeploymentResponse`` does.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import ray
+from ray import ObjectRef
+
+from ..common.codec import treat_as_ref
+from .long_poll import runtime_client
+
+#: Before a request is sent again after a replica's death: time for the membership update to reach
+#: every router on its path (tens of milliseconds), so the retry does not meet the same dead replica.
+RETRY_DELAY_S = 0.1
+
+#: (send again: () -> ObjectRef) for a request that may be re-sent once on a replica's death.
+Resend = Callable[[], Any]
+
+
+def note_actor_death(exc: BaseException) -> bool:
+    """If ``exc`` says a replica died (this request's, or one it called), stop routing to it here; True if so.
+
+    A user exception (RayTaskError) counts only when what it carries is a
+    replica's death: a deployment whose call to a dead replica failed.
+    """
+    if not isinstance(exc, ray.exceptions.RayActorError):
+        return False
+    actor_id = getattr(exc, "actor_id", None) or getattr(getattr(exc, "cause", None), "actor_id", None)
+    if actor_id:
+        runtime_client().drop_actor(actor_id)
+    return True
+
+
+def user_error(exc: ray.exceptions.RayTaskError) -> BaseException:
+    """The user's own exception inside Ray's wrapper, so its message shows no replica internals."""
+    cause = exc.cause
+    while isinstance(cause, ray.exceptions.RayTaskError) and cause.cause is not None:
+        cause = cause.cause
+    return cause if isinstance(cause, BaseException) else exc
+
+
+#: How many times ``.result()`` sends a request again when the replicas it reached died under it. A node
+#: that goes down takes several replicas at once, and a router learns of each death only when a call hits it.
+RESENDS = 3
+
+
+def read(ref: Any, timeout_s: float | None, resend: Resend | None) -> Any:
+    """``ray.get`` a request's ref as ``.result()`` does: the user's error unwrapped; sent again (at most
+    :data:`RESENDS` times, within the timeout) while the replicas it reached die under it."""
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    attempt = 0
+    while True:
+        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        try:
+            return ray.get(ref, timeout=remaining)
+        except ray.exceptions.RayActorError as exc:  # before RayTaskError: a death may come wrapped in one
+            if resend is None or attempt >= RESENDS or not note_actor_death(exc):
+                raise
+        except ray.exceptions.RayTaskError as exc:
+            raise user_error(exc) from None
+        attempt += 1
+        time.sleep(RETRY_DELAY_S)
+        ref = resend()
+
+
+def _plain(ref: ObjectRef) -> ObjectRef:
+    return ref
+
+
+class DriverResponse(ObjectRef):
+    """A sent request's result: a ``ray.ObjectRef`` that is also a ``DeploymentResponse``.
+
+    Pickled (nested in another call's arguments, or ``ray.put``) it becomes the plain ObjectRef, so
+    Ray's reference counting sees it as any other ref.
+    """
+
+    __slots__ = ("_resend",)
+
+    _resend: Resend | None
+
+    @classmethod
+    def of(cls, ref: ObjectRef, resend: Resend | None = None) -> DriverResponse:
+        out = cls(ref.binary(), ref.owner_address(), ref.call_site())
+        out._resend = resend
+        return out
+
+    def __reduce__(self) -> tuple:
+        return (_plain, (ObjectRef(self.binary(), self.owner_address(), self.call_site()),))
+
+    def result(self, *, timeout_s: float | None = None) -> Any:
+        """Block until the result is ready; the user's exception if the call raised.
+
+        Raises:
+            GetTimeoutError: no answer within ``timeout_s`` seconds.
+        """
+        resend, self._resend = getattr(self, "_resend", None), None
+        return read(self, timeout_s, resend)
+
+    def _to_object_ref_sync(self, _record_telemetry: bool = True) -> ObjectRef:
+        """Ray Serve's name: the ObjectRef of the result (this object is one)."""
+        return self
+
+    async def _to_object_ref(self, _record_telemetry: bool = True) -> ObjectRef:
+        return self
+
+    def cancel(self) -> None:
+        """Cancel the request (Ray cancels the replica's task; a finished request is left alone)."""
+        ray.cancel(self)
+
+
+treat_as_ref(DriverResponse)
