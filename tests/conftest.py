@@ -112,3 +112,15 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "ray_cluster" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.ray)
+
+
+def pytest_configure(config):
+    """In a run that leaves out ``ray`` tests, a test that starts Ray anyway fails and says so."""
+    markexpr = config.getoption("markexpr", "") or ""
+    if "not ray" in markexpr.replace("  ", " "):
+        import ray
+
+        def refuse(*args, **kwargs):
+            raise RuntimeError("this test starts Ray: mark it `ray` (pytestmark = pytest.mark.ray)")
+
+        ray.init = refuse

@@ -185,7 +185,7 @@ class GRPCIngress:
         #: gRPC requests being answered now (Ray Serve's serve_num_ongoing_grpc_requests).
         self.ongoing = 0
         if telemetry.ENABLED:
-            node = {"node_id": ray.get_runtime_context().get_node_id(), "node_ip_address": ray.util.get_node_ip_address()}
+            node = telemetry.node_tags()
             telemetry.add_gauge_source(lambda: [("serve_num_ongoing_grpc_requests", node, self.ongoing)])
 
     async def start(self) -> str | None:

@@ -110,8 +110,7 @@ class HTTPProxy:
         if error is not None:
             print(f"servegraph: {error}", file=sys.stderr)
         if telemetry.ENABLED:
-            context = ray.get_runtime_context()
-            node = {"node_id": context.get_node_id(), "node_ip_address": ray.util.get_node_ip_address()}
+            node = telemetry.node_tags()
             telemetry.add_gauge_source(lambda: [("serve_num_ongoing_http_requests", node, self.ongoing)])
 
     def configure_logging(self, logging_config: Any) -> str | None:

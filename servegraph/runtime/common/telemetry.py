@@ -296,6 +296,19 @@ def inc(name: str, tags: dict[str, str], n: float = 1) -> None:
         _metric(name).inc(n, tags=tags)
 
 
+def node_tags() -> dict[str, str]:
+    """Ray Serve's node tags for a proxy's metrics (node_id, node_ip_address); empty outside Ray.
+
+    Asking Ray's runtime context outside a Ray process would start a local cluster: a proxy built in a
+    test, or one whose cluster went away, must not.
+    """
+    import ray
+
+    if not ray.is_initialized():
+        return {"node_id": "", "node_ip_address": ""}
+    return {"node_id": ray.get_runtime_context().get_node_id(), "node_ip_address": ray.util.get_node_ip_address()}
+
+
 def replica_tags() -> dict[str, str]:
     """Ray Serve's tags of metrics recorded in a replica (deployment, replica, application); {} elsewhere."""
     replica = current_replica()
