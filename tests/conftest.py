@@ -105,6 +105,21 @@ def http_port(ray_cluster) -> int:
     return free_port()
 
 
+#: Test files that start Ray clusters of their own (several nodes, or child processes): run one at a time.
+OWN_CLUSTERS = frozenset(
+    {
+        "test_chaos.py",
+        "test_multinode.py",
+        "test_node_loss.py",
+        "test_placement_groups.py",
+        "test_request_logs.py",
+        "test_lifecycle.py",
+        "test_grpc.py",
+        "test_tracing.py",
+    }
+)
+
+
 def pytest_collection_modifyitems(config, items):
     """Every test that uses the session's Ray cluster (directly or through another fixture) is marked ``ray``,
     so ``pytest -m "not ray"`` runs the rest without starting Ray. Tests that start Ray themselves (in a child
@@ -112,6 +127,10 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "ray_cluster" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.ray)
+        # With pytest-xdist (``-n 2 --dist loadgroup``): a file's tests stay together (its module-scoped
+        # deployments are made once), and the files that start clusters of their own run one after another.
+        file = item.path.name
+        item.add_marker(pytest.mark.xdist_group("own-clusters" if file in OWN_CLUSTERS else file))
 
 
 def pytest_configure(config):

@@ -31,7 +31,7 @@ def test_logs_show_each_replicas_output_prefixed_by_its_replica(deploy):
 
     handle = deploy(Chatty.bind(), name="chatty")
     assert ray.get(handle.remote("papaya"), timeout=60) == "papaya"
-    replicas = {r.replica_id for r in ray.get(serve.runtime.api._controller().status.remote()).applications["chatty"].deployments["Chatty"].replicas}
+    replicas = {r.replica_id for r in ray.get(serve.runtime.client.api._controller().status.remote()).applications["chatty"].deployments["Chatty"].replicas}
     deadline = time.monotonic() + 30  # Ray flushes worker output to its files asynchronously
     out = logs("chatty")
     while "chatty heard papaya" not in out and time.monotonic() < deadline:

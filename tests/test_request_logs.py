@@ -58,7 +58,7 @@ def read_lines(directory: str, app: str, deployment: str) -> list[str]:
 def replica_ids(app: str) -> dict[str, set[str]]:
     import ray
 
-    raw = ray.get(serve.runtime.api._controller().status.remote())
+    raw = ray.get(serve.runtime.client.api._controller().status.remote())
     return {d: {r.replica_id for r in info.replicas} for d, info in raw.applications[app].deployments.items()}
 
 
@@ -255,7 +255,7 @@ MULTINODE_SCRIPT = textwrap.dedent(
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         serve.run(graph, name="spread", route_prefix="/spread", port=port)
-        replicas = ray.get(serve.runtime.api._controller().status.remote()).applications["spread"].deployments
+        replicas = ray.get(serve.runtime.client.api._controller().status.remote()).applications["spread"].deployments
         out["nodes"] = {d: [r.node_id for r in info.replicas] for d, info in replicas.items()}
         reply = httpx.post(f"http://127.0.0.1:{port}/spread", json={"name": "Dora"}, headers={"X-Request-ID": "spread-1"}, timeout=60)
         out["status"] = reply.status_code

@@ -43,7 +43,7 @@ def _prepare(config_path: str) -> tuple[Any, list[tuple[Any, Any, Any, Any]]]:
 #: runtime/proxy.py HTTP_OPTION_DEFAULTS, once the controller hands them over), with the value that is honoured.
 #: http_options the proxy cannot apply, with the only value it accepts for each.
 _HTTP_OPTIONS_HONOURED_ONLY_AS = {"root_path": ""}
-#: http_options the proxy applies through uvicorn (see runtime.proxy.HTTP_OPTION_DEFAULTS).
+#: http_options the proxy applies through uvicorn (see runtime.common.http_codec.HTTP_OPTION_DEFAULTS).
 _HTTP_OPTIONS_APPLIED = (
     "request_timeout_s",
     "keep_alive_timeout_s",
