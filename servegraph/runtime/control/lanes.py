@@ -50,7 +50,7 @@ class PublishedLanes:
     signature: tuple
 
 
-def _owners_gone(job_id: str, actor_id: str | None, dead_jobs: set[str]) -> bool:
+def _owner_gone(job_id: str, actor_id: str | None, dead_jobs: set[str]) -> bool:
     gone = job_id in dead_jobs
     if actor_id is not None and not gone:
         gone = ray_compat.actor_is_dead(actor_id)
@@ -64,7 +64,7 @@ class LaneManager:
         actors: ReplicaActors,
         signals: Signals,
         dead_jobs: Callable[[], set[str] | None] = ray_compat.dead_job_ids,
-        owner_gone: Callable[[str, str | None, set[str]], bool] = _owners_gone,
+        owner_gone: Callable[[str, str | None, set[str]], bool] = _owner_gone,
     ) -> None:
         """``dead_jobs`` and ``owner_gone`` say which owners' processes ended (from the GCS; tests hand in their own)."""
         self._host = host

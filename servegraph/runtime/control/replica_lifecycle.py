@@ -33,7 +33,7 @@ RECOVER_TIMEOUT_S = 10.0
 MEMBERSHIP_PROPAGATION_S = 0.2
 
 
-class Owner(Protocol):
+class DeploymentView(Protocol):
     """What a replica's lifecycle needs of its deployment (deployments.Deployment)."""
 
     app: str
@@ -101,7 +101,7 @@ class ReplicaLifecycle:
         need = spec.options.replica_resources()
         return all(free.get(k, 0.0) + 1e-9 >= count * v for k, v in need.items() if v)
 
-    def node_for(self, dep: Owner) -> Any:
+    def node_for(self, dep: DeploymentView) -> Any:
         """The node a new replica must run on to keep ``max_replicas_per_node`` (the one with fewest of this
         deployment's replicas); None without the option (Ray spreads replicas); NO_NODE if every node is full."""
         limit = dep.spec.options.max_replicas_per_node
@@ -116,7 +116,7 @@ class ReplicaLifecycle:
         return min(room, key=lambda n: (counts[n], n)) if room else self.NO_NODE
 
     # Starting ------------------------------------------------------------------------------
-    def start(self, dep: Owner, node: str | None, code_paths: tuple[str, ...]) -> Replica:
+    def start(self, dep: DeploymentView, node: str | None, code_paths: tuple[str, ...]) -> Replica:
         """Create a replica (and its placement group, if the deployment has bundles) and run its constructor.
 
         Raises:
@@ -149,7 +149,7 @@ class ReplicaLifecycle:
 
     # Recovering ----------------------------------------------------------------------------
     def adopt(
-        self, dep: Owner, replica_id: str, actor_name: str, version: str, user_config: Any, stopping: bool, groups: Any
+        self, dep: DeploymentView, replica_id: str, actor_name: str, version: str, user_config: Any, stopping: bool, groups: Any
     ) -> Replica | None:
         """A replica a restarted controller found in its checkpoint: recovered (or its drain finished); None if gone.
 
@@ -167,7 +167,7 @@ class ReplicaLifecycle:
             r.task = asyncio.ensure_future(self._recover(dep, r))
         return r
 
-    async def _recover(self, dep: Owner, r: Replica) -> dict:
+    async def _recover(self, dep: DeploymentView, r: Replica) -> dict:
         """Bring a replica found by a restarted controller to the state it claims; its phase report once READY.
 
         A replica whose constructor never ran, or still runs, is initialized (a second ``initialize``
@@ -224,10 +224,10 @@ class ReplicaLifecycle:
             r.dead = True
             self._signals.wake()
 
-    def check_health_soon(self, dep: Owner, r: Replica) -> None:
+    def check_health_soon(self, dep: DeploymentView, r: Replica) -> None:
         r.health = asyncio.ensure_future(self._check_health(dep, r))
 
-    async def _check_health(self, dep: Owner, r: Replica) -> None:
+    async def _check_health(self, dep: DeploymentView, r: Replica) -> None:
         try:
             await r.actor.check_health(dep.spec.options.health_check_timeout_s)
         except Exception as exc:
@@ -243,7 +243,7 @@ class ReplicaLifecycle:
             self._signals.wake()
 
     # Stopping ------------------------------------------------------------------------------
-    def stop(self, dep: Owner, r: Replica, graceful: bool) -> None:
+    def stop(self, dep: DeploymentView, r: Replica, graceful: bool) -> None:
         """Take the replica out of routing now; drain it, run its ``__del__``, then end it."""
         if r.state == STOPPING:
             return
@@ -253,7 +253,7 @@ class ReplicaLifecycle:
         r.task = asyncio.ensure_future(self._shutdown(dep, r, graceful))
         self._signals.dirty = True
 
-    async def _shutdown(self, dep: Owner, r: Replica, graceful: bool) -> None:
+    async def _shutdown(self, dep: DeploymentView, r: Replica, graceful: bool) -> None:
         opts = dep.spec.options
         if graceful and not r.dead:
             # Routers hear it is gone within milliseconds; a request sent just before arrives meanwhile.
@@ -267,7 +267,7 @@ class ReplicaLifecycle:
         self._end(dep, r)
         self._signals.changed()
 
-    def forget(self, dep: Owner, r: Replica) -> None:
+    def forget(self, dep: DeploymentView, r: Replica) -> None:
         """Drop a replica that is dead or never started (ending its actor in case it still runs)."""
         for task in (r.task, r.watch, r.health):
             if task is not None and not task.done():
@@ -275,7 +275,7 @@ class ReplicaLifecycle:
         self._end(dep, r)
         self._signals.dirty = True
 
-    def _end(self, dep: Owner, r: Replica) -> None:
+    def _end(self, dep: DeploymentView, r: Replica) -> None:
         r.actor.kill()
         if r.placing is not None and not r.placing.done():
             r.placing.cancel()
