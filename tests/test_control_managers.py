@@ -9,9 +9,12 @@ tests are not marked ``ray``, and each runs in milliseconds.
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import pickle
+import sys
 import types
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -38,6 +41,7 @@ from servegraph.runtime.control.signals import Signals
 from servegraph.runtime.control.version import replica_version
 
 NODE = "node-1"
+CONTROL = Path(checkpoint.__file__).parent
 
 
 # The graph the tests deploy -------------------------------------------------------------------------
@@ -252,11 +256,20 @@ def running(dep: Deployment) -> list[str]:
     return sorted(r.replica_id for r in dep.replicas.values() if r.state == RUNNING)
 
 
+def _ray_started() -> bool:
+    ray = sys.modules.get("ray")  # the managers' modules import Ray's package; none of them may start it
+    return ray is not None and ray.is_initialized()
+
+
 @pytest.fixture(autouse=True)
 def no_ray_metrics_nor_drain_wait(monkeypatch):
-    """Ray's metrics need a Ray worker; a stop's wait for routers to hear is real time, irrelevant here."""
+    """Ray's metrics need a Ray worker; a stop's wait for routers to hear is real time, irrelevant here.
+    And no test here starts Ray."""
     monkeypatch.setattr(telemetry, "ENABLED", False)
     monkeypatch.setattr(replica_lifecycle, "MEMBERSHIP_PROPAGATION_S", 0.0)
+    before = _ray_started()
+    yield
+    assert before or not _ray_started(), "a test of the managers started Ray"
 
 
 # Starting ------------------------------------------------------------------------------------
@@ -470,6 +483,21 @@ def test_lanes_form_over_running_replicas_and_dissolve_when_one_stops():
     (new_lane,) = reformed
     assert new_lane.lane_id != lane.lane_id and pre_id not in {rid for _, rid, _ in new_lane.members}
     assert model_id in {rid for _, rid, _ in new_lane.members}
+
+
+def test_every_actor_call_on_a_replica_goes_through_the_seam():
+    """In control/, actor methods are called (``x.method.remote(...)``) only by replicas.py and by proxy_state.py
+    (on proxies), and ``ray.kill`` only by replicas.py and the controller (its proxies' kill)."""
+    calls: dict[str, set[str]] = {}
+    for path in sorted(CONTROL.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+                func = node.func
+                if func.attr == "remote" and isinstance(func.value, ast.Attribute):
+                    calls.setdefault("actor method", set()).add(path.name)
+                if func.attr == "kill" and isinstance(func.value, ast.Name) and func.value.id == "ray":
+                    calls.setdefault("ray.kill", set()).add(path.name)
+    assert calls == {"actor method": {"replicas.py", "proxy_state.py"}, "ray.kill": {"replicas.py", "controller.py"}}
 
 
 def test_the_fakes_match_the_seam():
