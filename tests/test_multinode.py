@@ -131,7 +131,7 @@ LOCALITY_SCRIPT = textwrap.dedent(
                 return [await self.where.remote() for _ in range(n)]
 
         serve.run(Caller.bind(Where.bind()), name="local", route_prefix=None, http=False)
-        replicas = ray.get(serve.runtime.api._controller().status.remote()).applications["local"].deployments["Where"].replicas
+        replicas = ray.get(serve.runtime.client.api._controller().status.remote()).applications["local"].deployments["Where"].replicas
         out["where_nodes"] = sorted(r.node_id for r in replicas)
         out["seen"] = serve.get_app_handle("local").remote(20).result(timeout_s=60)
         out["driver_seen"] = [serve.get_deployment_handle("Where", "local").remote().result(timeout_s=60) for _ in range(20)]
@@ -179,7 +179,7 @@ PER_NODE_SCRIPT = textwrap.dedent(
                 return ray.get_runtime_context().get_node_id()
 
         serve.run(One.bind(), name="per-node", route_prefix=None, http=False)
-        out["nodes"] = [r.node_id for r in ray.get(serve.runtime.api._controller().status.remote())
+        out["nodes"] = [r.node_id for r in ray.get(serve.runtime.client.api._controller().status.remote())
                         .applications["per-node"].deployments["One"].replicas]
         serve.run(One.options(num_replicas=3).bind(), name="per-node", route_prefix=None, http=False, _blocking=False)
         for _ in range(300):  # bounded: the controller's next passes set the message
