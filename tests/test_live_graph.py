@@ -324,7 +324,7 @@ class FakeController:
     """Runs ``pipe`` (the pipeline example); ``gone`` is deleted between its outline and its figures."""
 
     def __init__(self, stats: dict):
-        from servegraph.runtime.control.controller import AppRecord
+        from servegraph.runtime.control.replies import AppRecord
 
         running = {
             "pipe": AppRecord(outline(_ir("pipeline", "app")), {}, "/pipe"),

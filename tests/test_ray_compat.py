@@ -141,7 +141,7 @@ class _Double:
 
 def test_the_compiled_path_reports_why_it_fell_back(monkeypatch) -> None:
     """With the probe saying the private API is missing, the controller gives the graph no lanes and says why."""
-    from servegraph.runtime.control.controller import lane_reason
+    from servegraph.runtime.control.applications import lane_reason
 
     with InputNode() as inp:
         graph = _Double.bind().__call__.bind(inp)

@@ -108,7 +108,7 @@ def test_a_start_failure_names_the_users_line_however_it_arrives():
     all give the same one line (the last is what once lost the frame: the message depended on which came first).
     """
     from servegraph.runtime.common.user_frames import describe_user_error
-    from servegraph.runtime.control.controller import ReplicaStartError, _describe_failure
+    from servegraph.runtime.control.replicas import ReplicaStartError, describe_failure
 
     exc = _raised(BrokenInit)
     expected = f"ValueError: bad model file {BROKEN_AT}"
@@ -119,15 +119,15 @@ def test_a_start_failure_names_the_users_line_however_it_arrives():
         "a Ray error without the user's type": remote,
         "the replica's death": ray.exceptions.ActorDiedError(cause=remote),
     }
-    assert {how: _describe_failure(error) for how, error in arrivals.items()} == dict.fromkeys(arrivals, expected)
+    assert {how: describe_failure(error) for how, error in arrivals.items()} == dict.fromkeys(arrivals, expected)
 
 
 def test_a_ray_error_with_no_user_frame_gives_the_error_alone():
-    from servegraph.runtime.control.controller import _describe_failure
+    from servegraph.runtime.control.replicas import describe_failure
 
     rays_file = os.path.join(os.path.dirname(ray.__file__), "worker.py")
     error = ray.exceptions.RayTaskError("f", f'Traceback:\n  File "{rays_file}", line 1, in f\nOSError: gone\n', None)
-    assert _describe_failure(error) == "OSError: gone"
+    assert describe_failure(error) == "OSError: gone"
 
 
 

@@ -485,7 +485,7 @@ def graph_stats(app_name: str = DEFAULT_APP_NAME, window_s: float = 10.0) -> dic
 def status() -> ServeStatus:
     """Applications, their deployments, and replica counts by state."""
     controller = _controller(create=False)
-    from ..control.controller import StatusReply
+    from ..control.replies import StatusReply
 
     raw = _ask(controller.status.remote(), "status") if controller is not None else StatusReply({})
     apps = {}
