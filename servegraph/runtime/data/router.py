@@ -34,7 +34,7 @@ from ...errors import BackPressureError, DeploymentError
 from .. import ray_compat
 from ..common import telemetry, tracing
 from ..common.context import current_replica, current_request, new_request_id
-from ..common.records import HTTP, ModelCall, Sent, StreamMethod
+from ..common.records import HTTP, CallHeader, ModelCall, StreamMethod, call_header
 
 #: The calls the request being handled made (set by a replica around each request): cancelling the
 #: request cancels them, as Ray Serve propagates cancellation to child requests.
@@ -248,8 +248,9 @@ class Router:
             self._sent_model_to[model_id] = self._ids[best]
         return best
 
-    def _sent(self, method: str) -> Sent:
-        """``method`` with the caller's request (a new id for a call outside any) and the edge it takes."""
+    def _header(self, method: str) -> CallHeader:
+        """What the call is sent with: ``method``, the caller's request (a new id for a call outside any) and
+        the edge it takes (see records.CallHeader)."""
         request = current_request()
         if request is None:  # a driver's call: a new request (in the driver's own trace, if it traces)
             carried: tuple[str, str, str, str] = (new_request_id(), "", self.app, tracing.current_traceparent() if tracing.ENABLED else "")
@@ -258,7 +259,7 @@ class Router:
         callers = getattr(method, "callers", None)
         if telemetry.ENABLED:
             telemetry.record(("router", self.app, self.deployment, carried[1], self._handle_tag, self._actor_tag), None)
-        return Sent(str(method), carried, _caller(self.app) if callers is None else callers, time.time())
+        return call_header(method, carried, _caller(self.app) if callers is None else callers, time.time())
 
     def _gauge_values(self) -> list[tuple[str, dict[str, str], float]]:
         tags = {"deployment": self.deployment, "application": self.app, "handle": self._handle_tag, "actor_id": self._actor_tag}
@@ -288,19 +289,20 @@ class Router:
                 telemetry.record(("router", self.app, self.deployment, route, self._handle_tag, self._actor_tag), None)
             ref = self.replicas[i].handle_http.remote(*args)
         elif type(method) is ModelCall:
-            ref = self.replicas[i].call_model.remote(method.model_id, self._sent(method), tuple(kwargs), *args, *kwargs.values())
+            ref = self.replicas[i].call_model.remote(method.model_id, self._header(method), list(kwargs), *args, *kwargs.values())
         elif type(method) is StreamMethod:
             stream: Any = self.replicas[i].call_stream.options(num_returns="streaming").remote(
-                self._sent(method), tuple(kwargs), *args, *kwargs.values()
+                self._header(method), list(kwargs), *args, *kwargs.values()
             )
             self._in_flight[i].append(stream.completed())  # in flight until the generator ends
             return stream
         elif not kwargs:
             # Ray resolves top-level refs itself; refs nested in containers arrive as refs, as in Ray.
-            ref = self.replicas[i].call.remote(self._sent(method), *args)
+            ref = self.replicas[i].call.remote(self._header(method), *args)
         else:
-            # Keyword values go as top-level arguments too, so Ray resolves their refs (and only theirs).
-            ref = self.replicas[i].handle_request.remote(self._sent(method), tuple(kwargs), *args, *kwargs.values())
+            # Keyword values go as top-level arguments too, so Ray resolves their refs (and only theirs); their
+            # names as a list, which Ray packs with msgpack (a tuple would be pickled).
+            ref = self.replicas[i].handle_request.remote(self._header(method), list(kwargs), *args, *kwargs.values())
         self._in_flight[i].append(ref)
         children = CHILD_CALLS.get()
         if children is not None:
