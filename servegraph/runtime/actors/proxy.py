@@ -261,8 +261,17 @@ class HTTPProxy:
                 portable["root_path"] = "" if prefix == "/" else prefix.rstrip("/")
                 model_id = model_id_of(scope)  # a multiplexed model's requests go where it is loaded
                 method = ModelCall(HTTP, model_id) if model_id else HTTP
-                ref = await target.router().submit_async(method, (portable, body), {})
-                result = await _cancelling(ref)
+                router = target.router()
+                ref = await router.submit_async(method, (portable, body), {}, releases=True)
+                try:
+                    result = await _cancelling(ref)
+                except asyncio.CancelledError:
+                    router.release(ref, answered=False)
+                    raise
+                except BaseException:
+                    router.release(ref)
+                    raise
+                router.release(ref)
                 if result[0] == STREAM:  # a StreamingResponse: its chunks are pulled from the replica
                     _, replica, stream_id, status, headers = result
                     return HTTPStream(replica, stream_id, status, headers)

@@ -132,9 +132,15 @@ def stream_of(method: str, result: Any) -> Any:
 
 
 def streaming_response(result: Any) -> bool:
-    from starlette.responses import StreamingResponse
+    global _StreamingResponse
+    if _StreamingResponse is None:  # starlette on first use (asked on every HTTP request)
+        from starlette.responses import StreamingResponse
 
-    return isinstance(result, StreamingResponse)
+        _StreamingResponse = StreamingResponse
+    return isinstance(result, _StreamingResponse)
+
+
+_StreamingResponse: Any = None
 
 
 def takes_nothing(fn: Callable[..., Any]) -> bool:

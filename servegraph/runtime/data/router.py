@@ -86,19 +86,34 @@ def _dropped(deployment: str, queued: int, max_queued: int) -> str:
 class _Waiter:
     """A caller waiting for a free replica: a thread (event) or a coroutine (future on its loop)."""
 
-    __slots__ = ("event", "loop", "future")
+    __slots__ = ("event", "loop", "future", "thread")
 
     def __init__(self, loop: asyncio.AbstractEventLoop | None = None):
         self.loop = loop
         self.event = threading.Event() if loop is None else None
         self.future = loop.create_future() if loop is not None else None
+        #: The thread of the waiter's loop: woken from there, it needs no wake-up through the loop's pipe.
+        self.thread = threading.get_ident()
 
     def wake(self) -> None:
         if self.event is not None:
             self.event.set()
         else:
             assert self.loop is not None
-            self.loop.call_soon_threadsafe(_resolve, self.future)
+            if threading.get_ident() == self.thread:
+                self.loop.call_soon(_resolve, self.future)
+            else:
+                self.loop.call_soon_threadsafe(_resolve, self.future)
+
+    async def sleep(self, timeout_s: float) -> None:
+        """Until woken, or ``timeout_s`` (a coroutine's waiter)."""
+        assert self.loop is not None and self.future is not None
+        timer = self.loop.call_later(timeout_s, _resolve, self.future)
+        try:
+            await self.future
+        finally:
+            timer.cancel()
+        self.future = self.loop.create_future()
 
 
 def _resolve(future: asyncio.Future | None) -> None:
@@ -126,6 +141,9 @@ class Router:
         self._models: list[frozenset[str]] = []
         self._sent_model_to: dict[str, str] = {}
         self._in_flight: list[list[ObjectRef]] = []
+        #: In-flight requests whose caller tells :meth:`release` when their answer came (the HTTP proxy): while
+        #: every request in flight is one of them, a waiting caller needs no ray.wait to learn of a free slot.
+        self._released: set[ObjectRef] = set()
         self.max_ongoing = 1
         self.max_queued = -1
         self.metrics_interval_s: float | None = None
@@ -420,13 +438,17 @@ class Router:
             self._leave(waiter)
             raise
 
-    async def submit_async(self, method: str, args: tuple, kwargs: dict) -> ObjectRef:
-        """Send a request from an event loop; waits (without blocking the loop) while every replica is full."""
+    async def submit_async(self, method: str, args: tuple, kwargs: dict, releases: bool = False) -> ObjectRef:
+        """Send a request from an event loop; waits (without blocking the loop) while every replica is full.
+
+        ``releases``: the caller awaits the answer and then calls :meth:`release` with the ref, so the next
+        waiting caller learns of the free slot at once, on this loop.
+        """
         with self._lock:
             if not self._waiters and self._exists:
                 i = self._try_pick(method)
                 if i is not None:
-                    return self._send(i, method, args, kwargs)
+                    return self._sent(self._send(i, method, args, kwargs), releases)
             waiter = _Waiter(asyncio.get_running_loop())
             self._enqueue(waiter)
         try:
@@ -434,17 +456,34 @@ class Router:
                 with self._lock:
                     i, refs = self._turn(waiter, method)
                     if i is not None:
-                        return self._send(i, method, args, kwargs)
-                if refs:
+                        return self._sent(self._send(i, method, args, kwargs), releases)
+                    # Only requests whose callers release them are in flight: a release wakes the head.
+                    told = refs is not None and len(self._released) >= len(refs) and all(r in self._released for r in refs)
+                if refs and not told:
                     await asyncio.to_thread(ray.wait, refs, num_returns=1, timeout=_RECHECK_S, fetch_local=False)
                 else:
-                    assert waiter.future is not None and waiter.loop is not None
-                    await asyncio.wait({waiter.future}, timeout=_RECHECK_S)
-                    if waiter.future.done():
-                        waiter.future = waiter.loop.create_future()
+                    await waiter.sleep(_RECHECK_S)
         except BaseException:
             self._leave(waiter)
             raise
+
+    def _sent(self, ref: ObjectRef, releases: bool) -> ObjectRef:
+        if releases:
+            self._released.add(ref)
+        return ref
+
+    def release(self, ref: ObjectRef, answered: bool = True) -> None:
+        """A request sent with ``releases=True`` is over: ``answered``, its slot is free now (the head of the
+        queue is woken); not answered (cancelled), it counts until Ray reports it done, as other requests do."""
+        with self._lock:
+            self._released.discard(ref)
+            if not answered:
+                return
+            for refs in self._in_flight:
+                if ref in refs:
+                    refs.remove(ref)
+                    self._wake_head()
+                    return
 
     def any_replica(self) -> ActorHandle:
         with self._lock:
