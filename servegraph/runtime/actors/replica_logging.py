@@ -291,8 +291,8 @@ class InstalledLogs:
         HTTP request's route prefix (a JSON line's ``route`` field)."""
         if self.access_file is None:
             return
-        if self.access_head is None or _serve.handlers != self.handlers or _serve.filters:
-            # JSON, extra attributes, or the user's own handlers on the logger: the line goes through logging
+        if self.access_head is None or _serve.handlers != self.handlers or _serve.filters or _serve.propagate:
+            # JSON, extra attributes, or the user's own handlers or filters: the line goes through logging
             _serve.info(message, extra=_ACCESS if route is None else {**_ACCESS, "route": route})
             return
         now = time.time()

@@ -1,4 +1,4 @@
-"""What crosses actor boundaries: the names of servegraph's actors, call names, lanes, replica phases.
+"""What crosses actor boundaries: the names of servegraph's actors, call names and the header each call carries, lanes, replica phases.
 
 Every plane reads these and none owns them, so they live below all of them: the data plane sends call
 names, replicas receive them, the controller publishes lanes and reads replica phases.
