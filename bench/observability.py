@@ -178,16 +178,15 @@ def per_hop_costs() -> dict[str, float]:
 
     sys.path.insert(0, str(ROOT))
     from servegraph.runtime.actors import replica
-    from servegraph.runtime.common import telemetry
-    from servegraph.runtime.data import router
+    from servegraph.runtime.common import records, telemetry
 
     class Replica:
         _app, _deployment, _replica_id = "app", "B", "r1"
 
-    sent = router.Sent("predict", ("id", "/", "app", ""), ("A",), time.time())
+    header = records.call_header("predict", ("id", "/", "app", ""), ("A",), time.time())
 
     def handled() -> None:
-        with replica._handling(Replica, sent):  # type: ignore[arg-type]
+        with replica._handling(Replica, header):  # type: ignore[arg-type]
             pass
 
     n = 100_000

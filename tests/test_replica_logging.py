@@ -34,6 +34,7 @@ def replica_log(tmp_path):
 
 
 def lines(path: str) -> list[str]:
+    replica_logging.flush()  # access lines reach the file a moment later: now, for this reader
     with open(path, encoding="utf-8") as f:
         return f.read().splitlines()
 
@@ -181,7 +182,11 @@ def test_access_lines_follow_ray_serves_format_and_can_be_turned_off(replica_log
     try:
         replica_logging.access_log("say_hello", True, 1.26, None)
         replica_logging.access_log("say_hello", False, 2.0, ValueError("bad"))
-        replica_logging.http_access_log({"method": "post", "root_path": "/hi", "headers": [(b"x-request-id", b"req-3")]}, 200, 3.04)
+    finally:
+        reset_request(token)
+    token = in_request("req-3", "/hi")
+    try:
+        replica_logging.access_log("__call__", True, 3.04, None, ("POST", 200))
     finally:
         reset_request(token)
     text = lines(path)
@@ -200,22 +205,42 @@ def test_an_http_request_gets_its_http_line_not_a_call_line(replica_log):
     path = replica_log()
     observers = replica_logging.telemetry.observers()
     assert replica_logging.access_log in observers  # configure registers it, once
-
-    class Replica:
-        @replica_logging.logs_http_access
-        def handle_http(self, scope, body):
-            token = in_request("req-4", "/")
-            try:  # as the replica does: the request's observers are told while its context is set
-                for observer in observers:
-                    observer("__call__", False, 1.0, KeyError("name"))
-            finally:
-                reset_request(token)
-            return (500, [], b"Internal Server Error")
-
-    Replica().handle_http({"method": "POST", "root_path": "", "headers": [(b"x-request-id", b"req-4")]}, b"{}")
+    token = in_request("req-4", "/")
+    try:  # as the replica does: the request's observers are told, with its HTTP method and status, in its context
+        for observer in observers:
+            observer("__call__", False, 1.0, KeyError("name"), ("POST", 500))
+    finally:
+        reset_request(token)
     text = lines(path)
     assert text[0].endswith("req-4 -- Request failed.") and "KeyError: 'name'" in text
-    assert text[-1].endswith("req-4 -- POST / 500 " + text[-1].rsplit(" ", 1)[1]) and "CALL" not in "\n".join(text)
+    assert text[-1].endswith("req-4 -- POST / 500 1.0ms") and "CALL" not in "\n".join(text)
+
+
+def test_an_access_line_written_directly_reads_as_loggings_own(replica_log):
+    path = replica_log()
+    token = in_request("req-5")
+    try:
+        replica_logging.access_log("say_hello", True, 1.26, None)  # written directly (TEXT, only our handlers)
+        replica_logging._serve.info("CALL say_hello OK 1.3ms", extra=replica_logging._ACCESS)  # through logging
+    finally:
+        reset_request(token)
+    direct, logged = lines(path)
+    assert direct.split(" ", 3)[3] == logged.split(" ", 3)[3] == "default_Model ab12cd34 req-5 -- CALL say_hello OK 1.3ms"
+    assert direct.split(" ")[:1] == logged.split(" ")[:1] == ["INFO"]
+    assert len(direct.split(" ")[2]) == len(logged.split(" ")[2]) == len("10:00:00,123")
+
+
+def test_access_lines_go_through_logging_when_the_user_added_a_handler(replica_log):
+    replica_log()
+    seen: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = seen.append  # type: ignore[method-assign]
+    serve_logger.addHandler(handler)
+    try:
+        replica_logging.access_log("say_hello", True, 1.0, None)
+    finally:
+        serve_logger.removeHandler(handler)
+    assert [r.getMessage() for r in seen] == ["CALL say_hello OK 1.0ms"] and seen[0].serve_access_log
 
 
 def test_access_lines_stay_out_of_stderr_and_user_lines_go_there_too(replica_log, capsys):

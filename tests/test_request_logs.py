@@ -55,6 +55,17 @@ def read_lines(directory: str, app: str, deployment: str) -> list[str]:
         return f.read().splitlines()
 
 
+def read_lines_ending(directory: str, app: str, deployment: str, last: str, timeout_s: float = 5.0) -> list[str]:
+    """A replica's log lines once its last line has ``last`` in it: access lines reach the file a moment after
+    the request's answer (the replica flushes them shortly after, not once per line)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        lines = read_lines(directory, app, deployment)
+        if (lines and last in lines[-1]) or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.02)
+
+
 def replica_ids(app: str) -> dict[str, set[str]]:
     import ray
 
@@ -225,7 +236,8 @@ def test_a_config_files_logging_config_is_applied_and_a_change_restarts_nothing(
     assert "SpanishResponder: reconfigured: the running replicas took the new logging_config; none restarted" in result.output
     assert replica_ids("config-logs") == before
     second = post(http_port, "/config-logs").headers["x-request-id"]
-    assert read_lines(logs_dir, "config-logs", "LanguageClassifier")[-2].endswith(f"{second} -- classifier got Dora")
+    last = read_lines_ending(logs_dir, "config-logs", "LanguageClassifier", f"{second} -- POST /config-logs 200 ")
+    assert last[-2].endswith(f"{second} -- classifier got Dora")
     assert any(line.endswith(f"{second} -- spanish greets Dora") for line in read_lines(logs_dir, "config-logs", "SpanishResponder"))
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from servegraph.runtime.common import telemetry  # noqa: F401  (their expanders register)
+from servegraph.runtime.actors import proxy, replica  # noqa: F401  (their expanders register)
+from servegraph.runtime.common import telemetry
+from servegraph.runtime.data import router  # noqa: F401  (its expander registers)
 
 
 @pytest.fixture

@@ -260,8 +260,17 @@ class HTTPProxy:
                 portable["root_path"] = "" if prefix == "/" else prefix.rstrip("/")
                 model_id = model_id_of(scope)  # a multiplexed model's requests go where it is loaded
                 method = ModelCall(HTTP, model_id) if model_id else HTTP
-                ref = await target.router().submit_async(method, (portable, body), {})
-                result = await _cancelling(ref)
+                router = target.router()
+                ref = await router.submit_async(method, (portable, body), {}, releases=True)
+                try:
+                    result = await _cancelling(ref)
+                except asyncio.CancelledError:
+                    router.release(ref, answered=False)
+                    raise
+                except BaseException:
+                    router.release(ref)
+                    raise
+                router.release(ref)
                 if result[0] == STREAM:  # a StreamingResponse: its chunks are pulled from the replica
                     _, replica, stream_id, status, headers = result
                     return HTTPStream(replica, stream_id, status, headers)
@@ -388,6 +397,8 @@ async def _serve_http(proxy: HTTPProxy, scope: dict, receive: Any, send: Any) ->
         proxy.ongoing -= 1
         ms = (time.perf_counter() - started) * 1000.0
         replica_logging.proxy_access_log(scope, seen.route, status, ms)
+        if not proxy.ongoing:  # nothing left to answer: the access lines go to the file now
+            replica_logging.flush_pending()
         if telemetry.ENABLED:
             telemetry.record(("http", seen.route, scope.get("method", ""), seen.app, status, seen.deployment), ms)
 
@@ -432,34 +443,68 @@ async def _answer_after_id(proxy: HTTPProxy, scope: dict, receive: Any, send: An
     if body is None:
         status, headers, payload = text(413, f"request body larger than {proxy.max_body_bytes} bytes")
     else:
+        # The client may leave before the answer: then the request is cancelled, down to the replicas. The
+        # request runs in this task; a watcher of the connection cancels it if the client goes first.
+        watch = _ClientWatch(receive)
         try:
-            # The client may leave before the answer: then the request is cancelled, down to the replicas.
-            work = asyncio.ensure_future(asyncio.wait_for(proxy._handle(scope, body, seen), proxy.request_timeout_s))
-            gone = asyncio.ensure_future(_disconnected(receive))
-            try:
-                await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                gone.cancel()
-            if not work.done():
-                work.cancel()
-                return 499
-            result = work.result()
-            if isinstance(result, HTTPStream):
-                await result.send(send, receive, [(REQUEST_ID_HEADER, request_id)])
-                return result.status
-            status, headers, payload = result
+            if proxy.request_timeout_s is None:
+                result = await proxy._handle(scope, body, seen)
+            else:
+                result = await asyncio.wait_for(proxy._handle(scope, body, seen), proxy.request_timeout_s)
         except asyncio.TimeoutError:
-            status, headers, payload = text(408, f"request timed out after {proxy.request_timeout_s} s (http_options.request_timeout_s)")
-    headers = [*headers, (REQUEST_ID_HEADER, request_id)]
+            result = text(408, f"request timed out after {proxy.request_timeout_s} s (http_options.request_timeout_s)")
+        except asyncio.CancelledError:
+            if not watch.left:
+                raise
+            watch.uncancel()
+            return 499
+        finally:
+            watch.stop()
+        if isinstance(result, HTTPStream):
+            await result.send(send, receive, [(REQUEST_ID_HEADER, request_id)])
+            return result.status
+        status, headers, payload = result
     await send(
         {
             "type": "http.response.start",
             "status": status,
-            "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers],
+            "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]
+            + [(_REQUEST_ID_HEADER_BYTES, request_id.encode("latin-1"))],
         }
     )
     await send({"type": "http.response.body", "body": payload})
     return status
+
+
+_REQUEST_ID_HEADER_BYTES = REQUEST_ID_HEADER.encode("latin-1")
+
+
+class _ClientWatch:
+    """Cancels the task that made it when the client disconnects, until :meth:`stop`; ``left`` says whether it did."""
+
+    __slots__ = ("task", "watcher", "left")
+
+    def __init__(self, receive: Any):
+        self.task = asyncio.current_task()
+        self.left = False
+        self.watcher = asyncio.get_running_loop().create_task(_disconnected(receive))
+        self.watcher.add_done_callback(self._gone)
+
+    def _gone(self, watcher: asyncio.Task) -> None:
+        if not watcher.cancelled() and watcher.exception() is None and self.task is not None:
+            self.left = True
+            self.task.cancel()
+
+    def stop(self) -> None:
+        self.task = None  # a disconnect noticed from now on cancels nothing
+        self.watcher.remove_done_callback(self._gone)
+        self.watcher.cancel()
+
+    def uncancel(self) -> None:
+        """The cancellation was the watcher's, and is handled: the task goes on (to record the request)."""
+        uncancel = getattr(self.task, "uncancel", None)  # Python 3.11+; before, a task keeps no count to undo
+        if uncancel is not None:
+            uncancel()
 
 
 @telemetry.expander("http")

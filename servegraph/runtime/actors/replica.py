@@ -23,7 +23,8 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Generator
 from typing import Any
 
 import ray
@@ -47,21 +48,25 @@ from ..common.context import (
     set_replica_context,
     set_request,
 )
-from ..common.http_codec import HTTPResult, encode_error, encode_result, make_request, request_id_of
+from ..common.http_codec import HTTPResult, encode_error, encode_result, make_request, request_id_of, to_wire
 from ..common.records import (
+    CALLERS,
     CONSTRUCTED,
     CONTROLLER_NAME,
     DRAINING,
     FAILED,
     INITIALIZING,
     INPUT,
+    METHOD,
     NAMESPACE,
     READY,
     RECONFIGURING,
+    REQUEST,
+    SENT_AT,
     STOPPED,
     STREAM,
-    EdgeMethod,
-    Sent,
+    CallHeader,
+    call_header,
 )
 from ..common.user_frames import describe_user_error
 from ..data.handle import DeploymentInfo, async_handle, new_api_handle
@@ -85,7 +90,7 @@ def is_async_target(target: Any) -> bool:
     return False
 
 
-def split_keywords(names: tuple[str, ...], values: tuple) -> tuple[tuple, dict]:
+def split_keywords(names: list[str] | tuple[str, ...], values: tuple) -> tuple[tuple, dict]:
     """A call sent as ``(names, *args, *keyword values)``: every value top-level, so Ray resolves its refs.
 
     >>> split_keywords(("k",), (1, 2, 3))
@@ -127,17 +132,40 @@ def stream_of(method: str, result: Any) -> Any:
 
 
 def streaming_response(result: Any) -> bool:
-    from starlette.responses import StreamingResponse
+    global _StreamingResponse
+    if _StreamingResponse is None:  # starlette on first use (asked on every HTTP request)
+        from starlette.responses import StreamingResponse
 
-    return isinstance(result, StreamingResponse)
+        _StreamingResponse = StreamingResponse
+    return isinstance(result, _StreamingResponse)
+
+
+_StreamingResponse: Any = None
 
 
 def takes_nothing(fn: Callable[..., Any]) -> bool:
-    """Whether ``fn`` takes no parameters (then Ray Serve calls an HTTP entry point without the Request)."""
+    """Whether ``fn`` takes no parameters (then Ray Serve calls an HTTP entry point without the Request).
+
+    Asked on every HTTP request, so the answer is kept per function (a bound method's by its function).
+    """
+    key = getattr(fn, "__func__", fn)
     try:
-        return not inspect.signature(fn).parameters
+        return _TAKES_NOTHING[key]
+    except KeyError:
+        pass
+    except TypeError:  # not hashable: read it each time
+        key = None
+    try:
+        answer = not inspect.signature(fn).parameters
     except (TypeError, ValueError):  # no signature to read: pass the request
-        return False
+        answer = False
+    if key is not None:
+        _TAKES_NOTHING[key] = answer
+    return answer
+
+
+#: takes_nothing's answers, by function (weakly: a redeployed class's functions are not kept alive).
+_TAKES_NOTHING: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
 
 
 def call_http(fn: Callable[..., Any], scope: dict, body: bytes) -> Any:
@@ -146,8 +174,8 @@ def call_http(fn: Callable[..., Any], scope: dict, body: bytes) -> Any:
     return fn() if takes_nothing(fn) else fn(make_request(scope, body))
 
 
-#: The method requests over HTTP call, as metrics and access logs name it: an edge from the request's input.
-HTTP_METHOD = EdgeMethod("__call__", (INPUT,))
+#: The method requests over HTTP call, and its callers in edge metrics: the request's input.
+HTTP_METHOD, HTTP_CALLERS = "__call__", (INPUT,)
 
 
 def http_request_context(app: str, scope: dict) -> RequestContext:
@@ -162,14 +190,30 @@ def http_request_context(app: str, scope: dict) -> RequestContext:
 
 class _Handling:
     """One request in the user's code: its context set for the code (and the calls it makes), its time
-    and outcome recorded when it ends (see telemetry.py), its observers (the access log) told."""
+    and outcome recorded when it ends (see telemetry.py), its observers (the access log) told, with the
+    HTTP method and status for a request that came over HTTP."""
 
-    __slots__ = ("replica", "method", "request", "error", "_token", "_t0", "_span")
+    __slots__ = ("replica", "method", "request", "callers", "sent_at", "http", "status", "error", "_token", "_t0", "_span")
 
-    def __init__(self, replica: _ReplicaCore, method: str, request: RequestContext | None):
+    def __init__(
+        self,
+        replica: _ReplicaCore,
+        method: str,
+        request: RequestContext | None,
+        callers: tuple[str, ...] | list[str] = (),
+        sent_at: float = 0.0,
+        http: str | None = None,
+    ):
         self.replica = replica
         self.method = method
         self.request = request
+        self.callers = callers
+        #: ``time.time()`` when the caller sent it (0: unknown), for the edge's latency.
+        self.sent_at = sent_at
+        #: The HTTP method of a request that came over HTTP, else None.
+        self.http = http
+        #: The HTTP status answered (one that raised instead: ERROR, as Ray Serve's access line says).
+        self.status: int | str = "ERROR"
         #: An error the request ended with that did not raise out of it (an HTTP 500).
         self.error: BaseException | None = None
 
@@ -195,19 +239,21 @@ class _Handling:
         error = exc if exc is not None else self.error
         try:
             if telemetry.ENABLED:
-                method = self.method
-                sent_at = getattr(method, "sent_at", 0.0)
+                sent_at = self.sent_at
                 edge_ms = max(ms, (time.time() - sent_at) * 1000.0) if sent_at else ms
                 replica = self.replica
                 route = self.request.route if self.request is not None else ""
                 failed = type(getattr(error, "cause", None) or error).__name__ if error is not None else ""
                 telemetry.record(
-                    ("replica", replica._app, replica._deployment, replica._replica_id, route, str(method),
-                     getattr(method, "callers", ()), failed),
+                    ("replica", replica._app, replica._deployment, replica._replica_id, route, self.method,
+                     tuple(self.callers), failed),
                     (ms, edge_ms),
                 )  # fmt: skip
-            for observer in telemetry.observers():
-                observer(str(self.method), error is None, ms, error)
+            observers = telemetry.observers()
+            if observers:
+                http = (self.http, self.status) if self.http is not None else None
+                for observer in observers:
+                    observer(self.method, error is None, ms, error, http)
             if self._span is not None:
                 tracing.end(self._span, error)
         finally:
@@ -217,9 +263,43 @@ class _Handling:
                 pass
 
 
-def _handling(replica: _ReplicaCore, method: str) -> _Handling:
-    request = getattr(method, "request", None)
-    return _Handling(replica, method, RequestContext(*request) if request is not None else None)
+def _handling(replica: _ReplicaCore, header: CallHeader) -> _Handling:
+    return _Handling(replica, header[METHOD], RequestContext(*header[REQUEST]), header[CALLERS], header[SENT_AT])
+
+
+#: A request's work in the user's code as steps (see _ReplicaCore._call_steps): it yields each awaitable it
+#: needs the value of and is sent that value back; its return value is the request's result.
+Steps = Generator[Any, Any, Any]
+
+
+def _run(steps: Steps) -> Any:
+    """Run a request's steps in this thread (a threaded replica): what they await runs on an event loop of its own."""
+    try:
+        pending = next(steps)
+        while True:
+            try:
+                value = asyncio.run(_awaited(pending))
+            except BaseException as exc:  # the steps see it where they awaited (their handling records it)
+                pending = steps.throw(exc)
+            else:
+                pending = steps.send(value)
+    except StopIteration as done:
+        return done.value
+
+
+async def _run_async(steps: Steps) -> Any:
+    """Run a request's steps on the replica's event loop (an async replica): what they await, awaited here."""
+    try:
+        pending = next(steps)
+        while True:
+            try:
+                value = await pending
+            except BaseException as exc:  # a cancelled request too: its handling records it, then it propagates
+                pending = steps.throw(exc)
+            else:
+                pending = steps.send(value)
+    except StopIteration as done:
+        return done.value
 
 
 class _ReplicaCore:
@@ -330,6 +410,12 @@ class _ReplicaCore:
         # Reading a count advances it; compensate by reading both the same way.
         return next(self._started) - next(self._finished)
 
+    def _done(self) -> None:
+        """A request ended: with none left, the access lines it wrote go to the file now (see replica_logging)."""
+        next(self._finished)
+        if self.ongoing() == 0:
+            replica_logging.flush_pending()
+
     def _method(self, name: str) -> Callable[..., Any]:
         if self._is_function:
             problem = function_method_problem(self._deployment, name)
@@ -368,12 +454,77 @@ class _ReplicaCore:
     def _destructor(self) -> Callable[[], Any] | None:
         return getattr(self._instance, "__del__", None) if self._instance is not None else None
 
+    # Dispatch: one core for both actor kinds -------------------------------------------------------
+    #: Whether a call's awaitable result is awaited: an async replica awaits an async method's coroutine
+    #: (and a ref it returned); a threaded replica returns what the method returned.
+    _awaits_results = False
+    #: A threaded replica's slots (see SyncReplica): ordinary calls and a compiled lane's calls share them.
+    _slots: threading.BoundedSemaphore | None = None
+
+    def _call_steps(self, header: CallHeader, args: tuple, kwargs: dict) -> Steps:
+        """One call of a method of the user's, as steps (see :data:`Steps`): _run or _run_async drives them."""
+        next(self._started)
+        slots = self._slots
+        if slots is not None:
+            slots.acquire()
+        try:
+            with _handling(self, header):
+                method = header[METHOD]
+                fn = self._method(method)
+                if not kwargs and len(args) == 1 and type(args[0]).__name__ == "PortableRequest" and takes_nothing(fn):
+                    args = ()  # a DAGDriver route's Request, to a method that takes none (as Ray Serve drops it)
+                result = fn(*args, **kwargs)
+                if self._awaits_results and inspect.isawaitable(result):
+                    result = yield result
+                    if inspect.isawaitable(result):  # a ref returned by an async method: its value, as over HTTP
+                        result = yield result
+                return not_a_generator(method, result)
+        except ray.exceptions.RayActorError as exc:
+            note_actor_death(exc)  # a replica this one called died: stop using it here at once
+            raise
+        finally:
+            if slots is not None:
+                slots.release()
+            self._done()
+
+    def _http_steps(self, scope: dict, body: bytes) -> Steps:
+        """One HTTP request to the ingress's ``__call__``, as steps: (status, headers, body), or a stream's
+        (STREAM, replica, stream id, status, headers); a user error becomes a 500, never a dead proxy."""
+        next(self._started)
+        try:
+            request = http_request_context(self._app, scope)
+            verb = str(scope.get("method") or "GET").upper()
+            with _Handling(self, HTTP_METHOD, request, HTTP_CALLERS, 0.0, verb) as handling:
+                try:
+                    result = call_http(self._method(HTTP_METHOD), scope, body)
+                    if inspect.isawaitable(result):  # an async __call__ (or one assigned at runtime)
+                        result = yield result
+                        if inspect.isawaitable(result):  # a ref returned by an async method: its value
+                            result = yield result
+                    answer: Any
+                    if streaming_response(result):
+                        answer = self._open_stream(result)
+                        handling.status = answer[3]
+                    else:
+                        answer = to_wire(encode_result(result))
+                        handling.status = answer[0]
+                except ray.exceptions.RayActorError as exc:
+                    note_actor_death(exc)  # a replica this one called died: stop using it here at once
+                    raise  # and the proxy sends the request again
+                except Exception as exc:
+                    handling.error = exc
+                    answer = to_wire(encode_error(exc))
+                    handling.status = answer[0]
+                return answer
+        finally:
+            self._done()
+
     # The compiled path ---------------------------------------------------------------------
     # A lane (see runtime/lanes.py) is a Ray compiled graph over one replica per deployment. Its
     # execution loop runs on the replica's "_ray_system" thread and calls ``lane_call`` once per
     # request; ordinary calls keep arriving beside it.
-    def _lane_arguments(self, spec: tuple, values: tuple) -> tuple[Sent, tuple, dict]:
-        """The method (as a :class:`Sent`, with the request) and its arguments: ``spec`` is (method, args,
+    def _lane_arguments(self, spec: tuple, values: tuple) -> tuple[CallHeader, tuple, dict]:
+        """The call's header (the method, with the request) and its arguments: ``spec`` is (method, args,
         kwargs, sources, callers), ``values`` one per source.
 
         A source is the key of an upstream call (its answer: (request, result), see :meth:`lane_call`),
@@ -396,7 +547,7 @@ class _ReplicaCore:
             return known[marker.key] if marker.key in known else bundle[marker.key]
 
         request = request or (new_request_id(), "", self._app, "")
-        return Sent(method, request, callers, 0.0), ir.map_markers(args, fill), dict(ir.map_markers(kwargs, fill))
+        return call_header(method, request, callers, 0.0), ir.map_markers(args, fill), dict(ir.map_markers(kwargs, fill))
 
 
 class SyncReplica(_ReplicaCore):
@@ -445,67 +596,38 @@ class SyncReplica(_ReplicaCore):
         """Where the replica is in its lifecycle (see CONSTRUCTED ... STOPPED), for a restarted controller."""
         return self._report()
 
-    def call(self, method: str, *args: Any) -> Any:
-        next(self._started)
-        slots = self._slots
-        if slots is not None:
-            slots.acquire()
-        try:
-            with _handling(self, method):
-                fn = self._method(method)
-                if len(args) == 1 and type(args[0]).__name__ == "PortableRequest" and takes_nothing(fn):
-                    args = ()  # a DAGDriver route's Request, to a method that takes none (as Ray Serve drops it)
-                return not_a_generator(method, fn(*args))
-        except ray.exceptions.RayActorError as exc:
-            note_actor_death(exc)  # a replica this one called died: stop using it here at once
-            raise
-        finally:
-            if slots is not None:
-                slots.release()
-            next(self._finished)
+    def call(self, header: CallHeader, *args: Any) -> Any:
+        return _run(self._call_steps(header, args, {}))
 
-    def call_model(self, model_id: str, method: str, names: tuple[str, ...], *values: Any) -> Any:
+    def call_model(self, model_id: str, header: CallHeader, names: list[str], *values: Any) -> Any:
         """A request naming a multiplexed model: ``serve.get_multiplexed_model_id()`` gives it in the user's code."""
         token = set_multiplexed_model_id(model_id)
         try:
-            return self.handle_request(method, names, *values)
+            return self.handle_request(header, names, *values)
         finally:
             reset_multiplexed_model_id(token)
 
-    def handle_request(self, method: str, names: tuple[str, ...], *values: Any) -> Any:
-        next(self._started)
-        slots = self._slots
-        if slots is not None:
-            slots.acquire()
-        try:
-            with _handling(self, method):
-                args, kwargs = split_keywords(names, values)
-                return not_a_generator(method, self._method(method)(*args, **kwargs))
-        except ray.exceptions.RayActorError as exc:
-            note_actor_death(exc)
-            raise
-        finally:
-            if slots is not None:
-                slots.release()
-            next(self._finished)
+    def handle_request(self, header: CallHeader, names: list[str], *values: Any) -> Any:
+        return _run(self._call_steps(header, *split_keywords(names, values)))
 
     def lane_call(self, spec: tuple, *values: Any) -> tuple[tuple, Any]:
         """One stage of a compiled lane (see :meth:`_lane_arguments`): (the request, the result), so the
         request's context travels with the result to the next stages."""
-        method, args, kwargs = self._lane_arguments(spec, values)
-        return method.request, self.handle_request(method, tuple(kwargs), *args, *kwargs.values())
+        header, args, kwargs = self._lane_arguments(spec, values)
+        return tuple(header[REQUEST]), _run(self._call_steps(header, args, kwargs))
 
-    def call_stream(self, method: str, names: tuple[str, ...], *values: Any) -> Any:
+    def call_stream(self, header: CallHeader, names: list[str], *values: Any) -> Any:
         """A generator method's results, one Ray object each, as they come (``num_returns="streaming"``)."""
         next(self._started)
         try:
-            with _handling(self, method):
+            with _handling(self, header):
+                method = header[METHOD]
                 args, kwargs = split_keywords(names, values)
                 # Not ``yield from``: Ray send()s into this generator, which must not reach the user's.
                 for item in stream_of(method, self._method(method)(*args, **kwargs)):  # noqa: UP028
                     yield item
         finally:
-            next(self._finished)
+            self._done()
 
     def stream_next(self, stream_id: int) -> bytes | None:
         """The next chunk of a StreamingResponse this replica returned over HTTP; None at its end.
@@ -530,26 +652,8 @@ class SyncReplica(_ReplicaCore):
                 loop = self._streaming
         return loop
 
-    @replica_logging.logs_http_access
     def handle_http(self, scope: dict, body: bytes) -> HTTPResult:
-        next(self._started)
-        try:
-            with _Handling(self, HTTP_METHOD, http_request_context(self._app, scope)) as handling:
-                try:
-                    result = call_http(self._method("__call__"), scope, body)
-                    if inspect.isawaitable(result):  # an async __call__ assigned at runtime
-                        result = asyncio.run(_awaited(result))
-                    if streaming_response(result):
-                        return self._open_stream(result)
-                    return encode_result(result)
-                except ray.exceptions.RayActorError as exc:
-                    note_actor_death(exc)  # a replica this one called died: stop using it here at once
-                    raise  # and the proxy sends the request again
-                except Exception as exc:  # a user error becomes an HTTP 500, never a dead proxy
-                    handling.error = exc
-                    return encode_error(exc)
-        finally:
-            next(self._finished)
+        return _run(self._http_steps(scope, body))
 
     @ray.method(concurrency_group="control")
     def reconfigure(self, user_config: Any) -> str | None:
@@ -629,6 +733,8 @@ class SyncReplica(_ReplicaCore):
 
 
 class AsyncReplica(_ReplicaCore):
+    _awaits_results = True
+
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self._stopped: asyncio.Event | None = None
@@ -682,87 +788,45 @@ class AsyncReplica(_ReplicaCore):
         """Where the replica is in its lifecycle (see CONSTRUCTED ... STOPPED), for a restarted controller."""
         return self._report()
 
-    async def call(self, method: str, *args: Any) -> Any:
-        children: list = []
-        CHILD_CALLS.set(children)  # this call's own task context
-        try:
-            gate = self._gate
-            if gate is None:
-                return await self._call(method, *args)
-            async with gate:
-                return await self._call(method, *args)
-        except asyncio.CancelledError:
-            _cancel_all(children)  # the request was cancelled: so are the calls it made
-            raise
+    async def call(self, header: CallHeader, *args: Any) -> Any:
+        return await self._gated(self._call_steps(header, args, {}))
 
-    async def _call(self, method: str, *args: Any) -> Any:
-        next(self._started)
-        try:
-            with _handling(self, method):
-                fn = self._method(method)
-                if len(args) == 1 and type(args[0]).__name__ == "PortableRequest" and takes_nothing(fn):
-                    args = ()  # a DAGDriver route's Request, to a method that takes none (as Ray Serve drops it)
-                result = fn(*args)
-                if inspect.isawaitable(result):
-                    result = await result
-                    if inspect.isawaitable(result):  # a ref returned by an async method: its value, as over HTTP
-                        result = await result
-                return not_a_generator(method, result)
-        except ray.exceptions.RayActorError as exc:
-            note_actor_death(exc)  # a replica this one called died: stop using it here at once
-            raise
-        finally:
-            next(self._finished)
-
-    async def call_model(self, model_id: str, method: str, names: tuple[str, ...], *values: Any) -> Any:
+    async def call_model(self, model_id: str, header: CallHeader, names: list[str], *values: Any) -> Any:
         """A request naming a multiplexed model: ``serve.get_multiplexed_model_id()`` gives it in the user's code."""
         set_multiplexed_model_id(model_id)  # this call's own task context: nothing to reset
-        return await self.handle_request(method, names, *values)
+        return await self.handle_request(header, names, *values)
 
-    async def handle_request(self, method: str, names: tuple[str, ...], *values: Any) -> Any:
+    async def handle_request(self, header: CallHeader, names: list[str], *values: Any) -> Any:
+        return await self._gated(self._call_steps(header, *split_keywords(names, values)))
+
+    async def _gated(self, steps: Steps) -> Any:
+        """Run a call's steps once the gate lets it in (see _gate); cancelling it cancels the calls it made."""
         children: list = []
         token = CHILD_CALLS.set(children)
         try:
             gate = self._gate
             if gate is None:
-                return await self._handle_request(method, names, *values)
+                return await _run_async(steps)
             async with gate:
-                return await self._handle_request(method, names, *values)
+                return await _run_async(steps)
         except asyncio.CancelledError:
-            _cancel_all(children)
+            _cancel_all(children)  # the request was cancelled: so are the calls it made
             raise
         finally:
             CHILD_CALLS.reset(token)  # lane_call runs this on a loop's shared context
 
-    async def _handle_request(self, method: str, names: tuple[str, ...], *values: Any) -> Any:
-        next(self._started)
-        try:
-            with _handling(self, method):
-                args, kwargs = split_keywords(names, values)
-                result = self._method(method)(*args, **kwargs)
-                if inspect.isawaitable(result):
-                    result = await result
-                    if inspect.isawaitable(result):  # a ref returned by an async method: its value, as over HTTP
-                        result = await result
-                return not_a_generator(method, result)
-        except ray.exceptions.RayActorError as exc:
-            note_actor_death(exc)  # a replica this one called died: stop using it here at once
-            raise
-        finally:
-            next(self._finished)
-
     def lane_call(self, spec: tuple, *values: Any) -> tuple[tuple, Any]:
         """One stage of a compiled lane, run on this replica's event loop like any request: (request, result)."""
-        method, args, kwargs = self._lane_arguments(spec, values)
-        names = tuple(kwargs)
-        call = self.handle_request(method, names, *args, *kwargs.values())
-        return method.request, asyncio.run_coroutine_threadsafe(call, self._loop).result()
+        header, args, kwargs = self._lane_arguments(spec, values)
+        call = self._gated(self._call_steps(header, args, kwargs))
+        return tuple(header[REQUEST]), asyncio.run_coroutine_threadsafe(call, self._loop).result()
 
-    async def call_stream(self, method: str, names: tuple[str, ...], *values: Any) -> Any:
+    async def call_stream(self, header: CallHeader, names: list[str], *values: Any) -> Any:
         """A generator method's results, one Ray object each, as they come (``num_returns="streaming"``)."""
         next(self._started)
         try:
-            with _handling(self, method):
+            with _handling(self, header):
+                method = header[METHOD]
                 args, kwargs = split_keywords(names, values)
                 results = stream_of(method, self._method(method)(*args, **kwargs))
                 if inspect.isasyncgen(results):
@@ -772,7 +836,7 @@ class AsyncReplica(_ReplicaCore):
                     for item in results:
                         yield item
         finally:
-            next(self._finished)
+            self._done()
 
     async def stream_next(self, stream_id: int) -> bytes | None:
         """The next chunk of a StreamingResponse this replica returned over HTTP; None at its end."""
@@ -782,28 +846,8 @@ class AsyncReplica(_ReplicaCore):
         """The client of an HTTP stream went away: close its body (the user's generator ends)."""
         await _close_stream(self._streams, stream_id)
 
-    @replica_logging.logs_http_access
     async def handle_http(self, scope: dict, body: bytes) -> HTTPResult:
-        next(self._started)
-        try:
-            with _Handling(self, HTTP_METHOD, http_request_context(self._app, scope)) as handling:
-                try:
-                    result = call_http(self._method("__call__"), scope, body)
-                    if inspect.isawaitable(result):
-                        result = await result
-                        if inspect.isawaitable(result):  # a ref returned by an async method: its value, as over HTTP
-                            result = await result
-                    if streaming_response(result):
-                        return self._open_stream(result)
-                    return encode_result(result)
-                except ray.exceptions.RayActorError as exc:
-                    note_actor_death(exc)  # a replica this one called died: stop using it here at once
-                    raise  # and the proxy sends the request again
-                except Exception as exc:  # a user error becomes an HTTP 500, never a dead proxy
-                    handling.error = exc
-                    return encode_error(exc)
-        finally:
-            next(self._finished)
+        return await _run_async(self._http_steps(scope, body))
 
     async def reconfigure(self, user_config: Any) -> str | None:
         if self._config_lock is None:

@@ -5,9 +5,9 @@ directory (or the deployment's ``logging_config.logs_dir``), in Ray Serve's TEXT
 line. What goes there: the ``ray.serve`` logger (the user's, as in Ray Serve: ``logging.getLogger("ray.serve")``)
 and servegraph's own ``servegraph`` loggers, each record tagged with the request it was written under
 (:func:`~servegraph.runtime.common.context.current_request`), the application, deployment and replica; and, with
-``enable_access_log``, one access line per request (:func:`access_log`, which every replica call reports to
-as a request observer of telemetry.py; an HTTP request's own line is :func:`logs_http_access`'s, with the HTTP
-method and status). Those loggers also write to the replica's stderr (what ``servegraph logs APP`` shows),
+``enable_access_log``, one access line per request (:func:`access_log`, which every replica request reports to
+as a request observer of telemetry.py: ``CALL <method> OK 1.2ms`` for a call, ``POST /route 200 1.2ms`` for an
+HTTP request). Those loggers also write to the replica's stderr (what ``servegraph logs APP`` shows),
 access lines apart, as Ray Serve's do by default; ``print`` output stays in the worker's own files, unless
 ``RAY_SERVE_LOG_TO_STDERR=0`` sends it to the log file too (:class:`_Printed`), as in Ray Serve. HTTP
 proxies write Ray Serve's ``proxy_<node ip>.log`` the same way (:func:`configure_proxy`), with an access
@@ -20,14 +20,16 @@ the JSON ``deployment`` field is the deployment's name (Ray Serve writes ``<app>
 
 :func:`configure` runs when the replica is initialized and again whenever the deployment's logging_config
 changes (the controller pushes it; the replica is not restarted).
+
+Access lines are on the request path of every call, so they cost little: in the TEXT format, with only these
+handlers on the logger, the line is written to the file directly (the same text ``logging`` would write), and
+the file is flushed when the process has no request left (:func:`flush_pending`), whenever any other line is
+written, at exit, and otherwise by a thread a moment later (:data:`FLUSH_AFTER_S`), instead of once per line.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextvars
-import functools
-import inspect
 import json
 import logging
 import logging.handlers
@@ -35,6 +37,7 @@ import os
 import re
 import sys
 import tempfile
+import threading
 import time
 from typing import Any
 
@@ -42,7 +45,6 @@ from ...dsl.options import LOGRECORD_STANDARD_ATTRS, LoggingConfig
 from .. import ray_compat
 from ..common import telemetry
 from ..common.context import current_request
-from ..common.http_codec import request_id_of
 
 #: The logger Ray Serve gives users and writes its own replica lines to.
 SERVE_LOGGER = "ray.serve"
@@ -68,8 +70,8 @@ _STEERING = frozenset({"serve_access_log", "log_to_stderr", "skip_context_filter
 _FLATTEN = "ray_serve_extra_fields"
 #: What marks an access line: written to the log file only (never stderr), and dropped with enable_access_log off.
 _ACCESS = {"serve_access_log": True, "log_to_stderr": False}
-#: True while a replica's handle_http runs in this context: its access line is the HTTP one, not a CALL.
-_IN_HTTP: contextvars.ContextVar[bool] = contextvars.ContextVar("servegraph_in_http", default=False)
+#: How long an access line may wait in the log file's buffer before it is flushed (other lines flush at once).
+FLUSH_AFTER_S = 0.05
 
 #: Where access lines, "Request failed." and (with RAY_SERVE_LOG_TO_STDERR=0) printed lines are logged.
 _serve = logging.getLogger(SERVE_LOGGER)
@@ -210,35 +212,97 @@ def _actor_fields() -> dict[str, str]:
 class LogFile(logging.handlers.RotatingFileHandler):
     """Ray's rotation (a new file past ``max_bytes``, ``backups`` old ones kept), formatting each record once
     and counting what it wrote: the standard handler formats every record twice and seeks the file to
-    measure it, which doubles the cost of a line on the request path."""
+    measure it, which doubles the cost of a line on the request path. Access lines (:meth:`write_line` with
+    ``flush=False``) are flushed by a thread a moment later (:data:`FLUSH_AFTER_S`), or with the next other
+    line, or when the handler is flushed or closed (``logging`` does that at exit)."""
 
     def __init__(self, path: str, max_bytes: int, backups: int):
         super().__init__(path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8")
         self._written = os.path.getsize(path)
+        #: Lines written but not flushed yet; the flusher waits for the first of them.
+        self.unflushed = False
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._flusher: threading.Thread | None = None
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            line = self.format(record) + self.terminator
+            self.write_line(self.format(record) + self.terminator, flush=True)
+        except RecursionError:
+            raise
+        except Exception:
+            self.handleError(record)
+
+    def write_line(self, line: str, flush: bool) -> None:
+        """Write one formatted line (with its newline); ``flush=False`` leaves it for the flusher thread."""
+        with self.lock:  # type: ignore[union-attr]  # created by Handler.__init__
             if self.maxBytes and self._written and self._written + len(line) >= self.maxBytes:
                 self.doRollover()
                 self._written = 0
             stream = self.stream if self.stream is not None else self._open()
             self.stream = stream
             stream.write(line)
-            stream.flush()
             self._written += len(line)  # characters, near enough to bytes for when to rotate
-        except RecursionError:
-            raise
-        except Exception:
-            self.handleError(record)
+            if flush:
+                stream.flush()
+                self.unflushed = False
+            elif not self.unflushed:
+                self.unflushed = True
+                if self._flusher is None:
+                    self._flusher = threading.Thread(target=self._flush_later, name="servegraph-log-flush", daemon=True)
+                    self._flusher.start()
+                self._wake.set()
+
+    def flush(self) -> None:
+        with self.lock:  # type: ignore[union-attr]
+            self.unflushed = False
+            super().flush()
+
+    def _flush_later(self) -> None:
+        # Ends when the handler is closed (a new logging_config, unconfigure, or logging's exit hook).
+        while not self._stop.is_set():
+            self._wake.wait()
+            self._stop.wait(FLUSH_AFTER_S)
+            self._wake.clear()
+            self.flush()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        super().close()  # flushes what is left
 
 
 class InstalledLogs:
     """The handlers this process (a replica, or a proxy) installed on :data:`LOGGERS`, so a new logging_config
     replaces them."""
 
-    def __init__(self, config: LoggingConfig, path: str, handlers: list[logging.Handler]):
+    def __init__(self, config: LoggingConfig, path: str, handlers: list[logging.Handler], access_head: str | None = None):
         self.config, self.path, self.handlers = config, path, handlers
+        #: Where access lines go; None when they are off.
+        self.access_file = handlers[0] if config.enable_access_log and isinstance(handlers[0], LogFile) else None
+        #: ``INFO {asctime} <component> <id> `` split at the time, when the file's lines are TEXT with no extra
+        #: attributes: then an access line is written directly, as the TextFormatter would write it.
+        self.access_head = access_head
+        self._second = -1
+        self._stamp = ""
+
+    def access(self, message: str, route: str | None = None) -> None:
+        """Write an access line, in the request's context (its id from ``current_request()``); ``route``: an
+        HTTP request's route prefix (a JSON line's ``route`` field)."""
+        if self.access_file is None:
+            return
+        if self.access_head is None or _serve.handlers != self.handlers or _serve.filters or _serve.propagate:
+            # JSON, extra attributes, or the user's own handlers or filters: the line goes through logging
+            _serve.info(message, extra=_ACCESS if route is None else {**_ACCESS, "route": route})
+            return
+        now = time.time()
+        second = int(now)
+        if second != self._second:  # logging's asctime: local time to the second, then milliseconds
+            self._stamp, self._second = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second)), second
+        request = current_request()
+        request_id = f"{request.request_id} " if request is not None else ""
+        millis = int((now - second) * 1000)
+        self.access_file.write_line(f"INFO {self._stamp},{millis:03d} {self.access_head}{request_id}-- {message}\n", flush=False)
 
     def close(self) -> None:
         for name in LOGGERS:
@@ -285,6 +349,7 @@ def _install(
     path = os.path.join(logs_dir, file_name)
     extra = tuple(config.additional_log_standard_attrs)
     text = TextFormatter(component, component_id, extra)
+    plain = config.encoding != "JSON" and not extra  # then access lines are written directly (InstalledLogs.access)
 
     to_file = LogFile(path, ROTATION_BYTES, ROTATION_BACKUPS)
     to_file.addFilter(context)
@@ -307,7 +372,7 @@ def _install(
         logger.setLevel(config.level_number)
         for handler in handlers:
             logger.addHandler(handler)
-    _INSTALLED = InstalledLogs(config, path, handlers)
+    _INSTALLED = InstalledLogs(config, path, handlers, f"{component} {component_id} " if plain else None)
     return _INSTALLED
 
 
@@ -371,6 +436,22 @@ def unconfigure() -> None:
         logger.setLevel(logging.NOTSET)
 
 
+def flush_pending() -> None:
+    """Flush access lines still in the buffer, if any: a replica or proxy left with no request calls it, so the
+    log of a process at rest is complete (and one about to be stopped loses nothing)."""
+    installed = _INSTALLED
+    if installed is not None and installed.access_file is not None and installed.access_file.unflushed:
+        installed.access_file.flush()
+
+
+def flush() -> None:
+    """Write out the access lines still in the log file's buffer now (the flusher writes them within
+    :data:`FLUSH_AFTER_S` anyway): for a reader in this process, such as a test."""
+    if _INSTALLED is not None:
+        for handler in _INSTALLED.handlers:
+            handler.flush()
+
+
 def current_config() -> LoggingConfig | None:
     """The logging_config this replica applies now (None before :func:`configure`)."""
     return _INSTALLED.config if _INSTALLED is not None else None
@@ -386,91 +467,45 @@ def access_message(method: str, route: str, status: str, latency_ms: float) -> s
     return f"{method} {route} {status} {latency_ms:.1f}ms"
 
 
-def request_failed(error: BaseException) -> None:
+def request_failed(error: BaseException, to_stderr: bool = True) -> None:
     """Ray Serve's ``Request failed.`` line, with the traceback, in the replica's log (and on stderr, unless
     the request came over HTTP: the 500's own traceback is there already, see http_codec.encode_error)."""
     if _INSTALLED is not None:
-        _serve.error("Request failed.", exc_info=error, extra={"log_to_stderr": not _IN_HTTP.get()})
+        _serve.error("Request failed.", exc_info=error, extra={"log_to_stderr": to_stderr})
 
 
-def access_log(method: str, ok: bool, elapsed_ms: float, error: BaseException | None) -> None:
+def access_log(method: str, ok: bool, elapsed_ms: float, error: BaseException | None, http: tuple[str, Any] | None = None) -> None:
     """One access line for a request this replica handled (a request observer, see telemetry.py).
 
-    As Ray Serve's replica writes it: ``CALL <method> OK|ERROR|CANCELLED <ms>ms``, at INFO on the ``ray.serve``
-    logger (so ``log_level`` above INFO hides it too), into the log file only; a failed request's error is
-    logged first, with its traceback, as Ray Serve's "Request failed.".
+    As Ray Serve's replica writes it: ``CALL <method> OK|ERROR|CANCELLED <ms>ms`` for a call, or, for a request
+    that came over HTTP (``http`` is its method and status), ``POST /route 200 <ms>ms`` with the application's
+    route prefix; at INFO on the ``ray.serve`` logger (so ``log_level`` above INFO hides it too), into the log
+    file only, tagged with the request's id. A failed request's error is logged first, with its traceback, as
+    Ray Serve's "Request failed.".
     """
-    if _INSTALLED is None:
+    installed = _INSTALLED
+    if installed is None:
         return
     cancelled = isinstance(error, asyncio.CancelledError)
     if error is not None and not cancelled:
-        request_failed(error)  # whether access lines are on or not
-    if not _INSTALLED.config.enable_access_log or not _serve.isEnabledFor(logging.INFO) or _IN_HTTP.get():
-        return  # (an HTTP request's own line, with its method and status, is logs_http_access's)
-    status = "CANCELLED" if cancelled else "OK" if ok and error is None else "ERROR"
-    _serve.info(access_message("CALL", method, status, elapsed_ms), extra=_ACCESS)
-
-
-
-def http_access_log(scope: dict, status: Any, elapsed_ms: float) -> None:
-    """The access line of an HTTP request into an ingress replica, as Ray Serve's: ``POST / 200 3.1ms``
-    (the route is the application's route prefix). Tagged with the request's id from its ``X-Request-ID``,
-    which the proxy always sets, so the line names the request whatever the replica's context says by now."""
-    if _INSTALLED is None or not _INSTALLED.config.enable_access_log or not _serve.isEnabledFor(logging.INFO):
+        request_failed(error, to_stderr=http is None)  # whether access lines are on or not
+    if installed.access_file is None or not _serve.isEnabledFor(logging.INFO):
         return
-    route = scope.get("root_path") or "/"
-    extra: dict[str, Any] = {**_ACCESS, "route": route}
-    request_id = request_id_of(scope)
-    if request_id:
-        extra["request_id"] = request_id
-    method = str(scope.get("method") or "GET").upper()
-    _serve.info(access_message(method, route, str(status), elapsed_ms), extra=extra)
-
+    if http is None:
+        status = "CANCELLED" if cancelled else "OK" if ok and error is None else "ERROR"
+        installed.access(access_message("CALL", method, status, elapsed_ms))
+    else:
+        request = current_request()
+        route = (request.route if request is not None else "") or "/"
+        installed.access(access_message(http[0], route, str(http[1]), elapsed_ms), route)
 
 
 def proxy_access_log(scope: dict, route: str, status: Any, elapsed_ms: float) -> None:
     """A proxy's access line for one HTTP request, as Ray Serve's proxy writes it: ``GET /route 200 5.1ms``."""
-    if _INSTALLED is None or not _INSTALLED.config.enable_access_log or not _serve.isEnabledFor(logging.INFO):
+    installed = _INSTALLED
+    if installed is None or installed.access_file is None or not _serve.isEnabledFor(logging.INFO):
         return
     if not route and str(scope.get("path", "")).startswith("/-/"):  # health and route probes: no one's request
         return
     method = str(scope.get("method") or "GET").upper()
-    _serve.info(access_message(method, route or scope.get("path", "/"), str(status), elapsed_ms), extra={**_ACCESS, "route": route})
-
-
-def _http_status(result: Any) -> Any:
-    # handle_http returns (status, headers, body), or (STREAM, replica, stream id, status, headers).
-    if isinstance(result, tuple) and result:
-        return result[3] if isinstance(result[0], str) and len(result) > 3 else result[0]
-    return "OK"
-
-
-def logs_http_access(method: Any) -> Any:
-    """Wraps a replica's ``handle_http(scope, body)`` (sync or async) to write its access line."""
-    if inspect.iscoroutinefunction(method):
-
-        @functools.wraps(method)
-        async def handle_http_async(self: Any, scope: dict, body: bytes) -> Any:
-            started, status, token = time.perf_counter(), "ERROR", _IN_HTTP.set(True)
-            try:
-                result = await method(self, scope, body)
-                status = _http_status(result)
-                return result
-            finally:
-                _IN_HTTP.reset(token)
-                http_access_log(scope, status, (time.perf_counter() - started) * 1000.0)
-
-        return handle_http_async
-
-    @functools.wraps(method)
-    def handle_http(self: Any, scope: dict, body: bytes) -> Any:
-        started, status, token = time.perf_counter(), "ERROR", _IN_HTTP.set(True)
-        try:
-            result = method(self, scope, body)
-            status = _http_status(result)
-            return result
-        finally:
-            _IN_HTTP.reset(token)
-            http_access_log(scope, status, (time.perf_counter() - started) * 1000.0)
-
-    return handle_http
+    installed.access(access_message(method, route or scope.get("path", "/"), str(status), elapsed_ms), route)

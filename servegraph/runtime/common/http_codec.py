@@ -50,9 +50,21 @@ _SCOPE_KEYS = ("type", "http_version", "method", "scheme", "path", "raw_path", "
 
 
 def portable_scope(scope: Any) -> dict:
+    """The scope's plain parts, as a replica receives them: pairs as lists (headers, client, server), because Ray
+    packs a dict of strings, bytes, numbers and lists with msgpack, five times cheaper than pickling tuples."""
     out = {k: scope[k] for k in _SCOPE_KEYS if k in scope}
-    out["headers"] = [tuple(h) for h in scope.get("headers", [])]
+    out["headers"] = [[k, v] for k, v in scope.get("headers", ())]
+    for key in ("client", "server"):
+        if out.get(key) is not None:
+            out[key] = list(out[key])
     return out
+
+
+def to_wire(result: HTTPResult) -> list:
+    """An answer as a replica sends it back: (status, headers, body) as lists, which Ray packs with msgpack
+    (see :func:`portable_scope`); the proxy reads it as it reads the tuple."""
+    status, headers, body = result
+    return [status, [[k, v] for k, v in headers], body]
 
 
 def make_request(scope: dict, body: bytes) -> Any:
@@ -62,21 +74,37 @@ def make_request(scope: dict, body: bytes) -> Any:
     request_id = request_id_of(scope)
     if request_id != current_request_id():  # a request rebuilt outside its replica's handling (a DAGDriver's adapter)
         set_request_id(request_id)  # errors while handling it are logged under its id
+    global _PortableRequest
+    if _PortableRequest is None:  # made once: starlette is imported on first use
 
-    class PortableRequest(Request):
-        def __reduce__(self) -> tuple:
-            return (make_request, (portable_scope(self.scope), body))
+        class PortableRequest(Request):
+            """A Request that pickles as its scope and body (and is rebuilt where it lands)."""
 
-    sent = False
+            def __reduce__(self) -> tuple:
+                return (make_request, (portable_scope(self.scope), self._receive.body))  # type: ignore[attr-defined]  # a _BodyOnce
 
-    async def receive() -> dict:
-        nonlocal sent
-        if sent:
+        _PortableRequest = PortableRequest
+    return _PortableRequest(scope, _BodyOnce(body))
+
+
+#: make_request's Request class, made on first use.
+_PortableRequest: Any = None
+
+
+class _BodyOnce:
+    """An ASGI ``receive`` for a buffered request: the body, then a disconnect."""
+
+    __slots__ = ("body", "sent")
+
+    def __init__(self, body: bytes):
+        self.body = body
+        self.sent = False
+
+    async def __call__(self) -> dict:
+        if self.sent:
             return {"type": "http.disconnect"}
-        sent = True
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    return PortableRequest(scope, receive)
+        self.sent = True
+        return {"type": "http.request", "body": self.body, "more_body": False}
 
 
 def _one_request(scope: dict, body: bytes) -> tuple[dict, Any, Any]:

@@ -1,4 +1,4 @@
-"""What crosses actor boundaries: the names of servegraph's actors, call names, lanes, replica phases.
+"""What crosses actor boundaries: the names of servegraph's actors, call names and the header each call carries, lanes, replica phases.
 
 Every plane reads these and none owns them, so they live below all of them: the data plane sends call
 names, replicas receive them, the controller publishes lanes and reads replica phases.
@@ -62,27 +62,25 @@ class EdgeMethod(str):
         return (EdgeMethod, (str(self), self.callers))
 
 
-class Sent(str):
-    """A method name as a replica receives it: with the request it belongs to and who called.
+#: What a replica receives ahead of a call's arguments: ``[method, request id, route, application,
+#: traceparent, callers, sent_at]``. ``request id`` ... ``traceparent`` are the caller's request (see
+#: context.RequestContext); ``callers`` the edge sources of this call (a list: see EdgeMethod; a replica's own
+#: deployment for calls its code makes; empty for a driver's); ``sent_at`` ``time.time()`` when sent (0: unknown).
+#: A list of plain strings and numbers, because Ray packs those with msgpack: a tuple or a str subclass goes
+#: through pickle instead, which costs several times as much on every hop.
+CallHeader = list
 
-    ``request``: (request id, route, application, traceparent) of the caller's request (see
-    context.RequestContext); ``callers``: the edge sources of this call (see EdgeMethod; a replica's
-    own deployment for calls its code makes; () for a driver's); ``sent_at``: ``time.time()`` when sent.
+#: Where each field sits in a :data:`CallHeader`.
+METHOD, REQUEST, CALLERS, SENT_AT = 0, slice(1, 5), 5, 6
+
+
+def call_header(method: str, request: tuple[str, str, str, str], callers: tuple[str, ...] | list[str], sent_at: float) -> CallHeader:
+    """The header a call is sent with (see :data:`CallHeader`).
+
+    >>> call_header("predict", ("id", "/", "app", ""), ("A",), 0.0)
+    ['predict', 'id', '/', 'app', '', ['A'], 0.0]
     """
-
-    request: tuple[str, str, str, str]
-    callers: tuple[str, ...]
-    sent_at: float
-
-    def __new__(cls, method: str, request: tuple[str, str, str, str], callers: tuple[str, ...], sent_at: float) -> Sent:
-        call = super().__new__(cls, method)
-        call.request = request
-        call.callers = callers
-        call.sent_at = sent_at
-        return call
-
-    def __reduce__(self) -> tuple:
-        return (Sent, (str(self), self.request, self.callers, self.sent_at))
+    return [str(method), *request, list(callers), sent_at]
 
 
 #: First element of what handle_http returns for a StreamingResponse: (STREAM, replica, stream id, status, headers).

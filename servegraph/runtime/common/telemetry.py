@@ -193,13 +193,15 @@ def remove_gauge_source(token: int) -> None:
 
 
 # Observers of finished requests in a replica (the access log; see replica_logging) --------------
-RequestObserver = Callable[[str, bool, float, "BaseException | None"], None]
+#: ``observer(method, ok, elapsed_ms, error, http)``: ``http`` is (HTTP method, status) for a request that came
+#: over HTTP, else None.
+RequestObserver = Callable[[str, bool, float, "BaseException | None", "tuple[str, Any] | None"], None]
 _observers: list[RequestObserver] = []
 
 
 def add_request_observer(observer: RequestObserver) -> None:
-    """Call ``observer(method, ok, elapsed_ms, error)`` after every request a replica in this process handles,
-    with the request's context (``context.current_request()``) still set."""
+    """Call ``observer(method, ok, elapsed_ms, error, http)`` after every request a replica in this process
+    handles, with the request's context (``context.current_request()``) still set: the request's one timing."""
     if observer not in _observers:
         _observers.append(observer)
 

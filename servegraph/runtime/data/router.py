@@ -34,7 +34,7 @@ from ...errors import BackPressureError, DeploymentError
 from .. import ray_compat
 from ..common import telemetry, tracing
 from ..common.context import current_replica, current_request, new_request_id
-from ..common.records import HTTP, ModelCall, Sent, StreamMethod
+from ..common.records import HTTP, CallHeader, ModelCall, StreamMethod, call_header
 
 #: The calls the request being handled made (set by a replica around each request): cancelling the
 #: request cancels them, as Ray Serve propagates cancellation to child requests.
@@ -86,19 +86,34 @@ def _dropped(deployment: str, queued: int, max_queued: int) -> str:
 class _Waiter:
     """A caller waiting for a free replica: a thread (event) or a coroutine (future on its loop)."""
 
-    __slots__ = ("event", "loop", "future")
+    __slots__ = ("event", "loop", "future", "thread")
 
     def __init__(self, loop: asyncio.AbstractEventLoop | None = None):
         self.loop = loop
         self.event = threading.Event() if loop is None else None
         self.future = loop.create_future() if loop is not None else None
+        #: The thread of the waiter's loop: woken from there, it needs no wake-up through the loop's pipe.
+        self.thread = threading.get_ident()
 
     def wake(self) -> None:
         if self.event is not None:
             self.event.set()
         else:
             assert self.loop is not None
-            self.loop.call_soon_threadsafe(_resolve, self.future)
+            if threading.get_ident() == self.thread:
+                self.loop.call_soon(_resolve, self.future)
+            else:
+                self.loop.call_soon_threadsafe(_resolve, self.future)
+
+    async def sleep(self, timeout_s: float) -> None:
+        """Until woken, or ``timeout_s`` (a coroutine's waiter)."""
+        assert self.loop is not None and self.future is not None
+        timer = self.loop.call_later(timeout_s, _resolve, self.future)
+        try:
+            await self.future
+        finally:
+            timer.cancel()
+        self.future = self.loop.create_future()
 
 
 def _resolve(future: asyncio.Future | None) -> None:
@@ -126,6 +141,9 @@ class Router:
         self._models: list[frozenset[str]] = []
         self._sent_model_to: dict[str, str] = {}
         self._in_flight: list[list[ObjectRef]] = []
+        #: In-flight requests whose caller tells :meth:`release` when their answer came (the HTTP proxy): while
+        #: every request in flight is one of them, a waiting caller needs no ray.wait to learn of a free slot.
+        self._released: set[ObjectRef] = set()
         self.max_ongoing = 1
         self.max_queued = -1
         self.metrics_interval_s: float | None = None
@@ -248,8 +266,9 @@ class Router:
             self._sent_model_to[model_id] = self._ids[best]
         return best
 
-    def _sent(self, method: str) -> Sent:
-        """``method`` with the caller's request (a new id for a call outside any) and the edge it takes."""
+    def _header(self, method: str) -> CallHeader:
+        """What the call is sent with: ``method``, the caller's request (a new id for a call outside any) and
+        the edge it takes (see records.CallHeader)."""
         request = current_request()
         if request is None:  # a driver's call: a new request (in the driver's own trace, if it traces)
             carried: tuple[str, str, str, str] = (new_request_id(), "", self.app, tracing.current_traceparent() if tracing.ENABLED else "")
@@ -258,7 +277,7 @@ class Router:
         callers = getattr(method, "callers", None)
         if telemetry.ENABLED:
             telemetry.record(("router", self.app, self.deployment, carried[1], self._handle_tag, self._actor_tag), None)
-        return Sent(str(method), carried, _caller(self.app) if callers is None else callers, time.time())
+        return call_header(method, carried, _caller(self.app) if callers is None else callers, time.time())
 
     def _gauge_values(self) -> list[tuple[str, dict[str, str], float]]:
         tags = {"deployment": self.deployment, "application": self.app, "handle": self._handle_tag, "actor_id": self._actor_tag}
@@ -288,19 +307,20 @@ class Router:
                 telemetry.record(("router", self.app, self.deployment, route, self._handle_tag, self._actor_tag), None)
             ref = self.replicas[i].handle_http.remote(*args)
         elif type(method) is ModelCall:
-            ref = self.replicas[i].call_model.remote(method.model_id, self._sent(method), tuple(kwargs), *args, *kwargs.values())
+            ref = self.replicas[i].call_model.remote(method.model_id, self._header(method), list(kwargs), *args, *kwargs.values())
         elif type(method) is StreamMethod:
             stream: Any = self.replicas[i].call_stream.options(num_returns="streaming").remote(
-                self._sent(method), tuple(kwargs), *args, *kwargs.values()
+                self._header(method), list(kwargs), *args, *kwargs.values()
             )
             self._in_flight[i].append(stream.completed())  # in flight until the generator ends
             return stream
         elif not kwargs:
             # Ray resolves top-level refs itself; refs nested in containers arrive as refs, as in Ray.
-            ref = self.replicas[i].call.remote(self._sent(method), *args)
+            ref = self.replicas[i].call.remote(self._header(method), *args)
         else:
-            # Keyword values go as top-level arguments too, so Ray resolves their refs (and only theirs).
-            ref = self.replicas[i].handle_request.remote(self._sent(method), tuple(kwargs), *args, *kwargs.values())
+            # Keyword values go as top-level arguments too, so Ray resolves their refs (and only theirs); their
+            # names as a list, which Ray packs with msgpack (a tuple would be pickled).
+            ref = self.replicas[i].handle_request.remote(self._header(method), list(kwargs), *args, *kwargs.values())
         self._in_flight[i].append(ref)
         children = CHILD_CALLS.get()
         if children is not None:
@@ -418,13 +438,17 @@ class Router:
             self._leave(waiter)
             raise
 
-    async def submit_async(self, method: str, args: tuple, kwargs: dict) -> ObjectRef:
-        """Send a request from an event loop; waits (without blocking the loop) while every replica is full."""
+    async def submit_async(self, method: str, args: tuple, kwargs: dict, releases: bool = False) -> ObjectRef:
+        """Send a request from an event loop; waits (without blocking the loop) while every replica is full.
+
+        ``releases``: the caller awaits the answer and then calls :meth:`release` with the ref, so the next
+        waiting caller learns of the free slot at once, on this loop.
+        """
         with self._lock:
             if not self._waiters and self._exists:
                 i = self._try_pick(method)
                 if i is not None:
-                    return self._send(i, method, args, kwargs)
+                    return self._sent(self._send(i, method, args, kwargs), releases)
             waiter = _Waiter(asyncio.get_running_loop())
             self._enqueue(waiter)
         try:
@@ -432,17 +456,34 @@ class Router:
                 with self._lock:
                     i, refs = self._turn(waiter, method)
                     if i is not None:
-                        return self._send(i, method, args, kwargs)
-                if refs:
+                        return self._sent(self._send(i, method, args, kwargs), releases)
+                    # Only requests whose callers release them are in flight: a release wakes the head.
+                    told = refs is not None and len(self._released) >= len(refs) and all(r in self._released for r in refs)
+                if refs and not told:
                     await asyncio.to_thread(ray.wait, refs, num_returns=1, timeout=_RECHECK_S, fetch_local=False)
                 else:
-                    assert waiter.future is not None and waiter.loop is not None
-                    await asyncio.wait({waiter.future}, timeout=_RECHECK_S)
-                    if waiter.future.done():
-                        waiter.future = waiter.loop.create_future()
+                    await waiter.sleep(_RECHECK_S)
         except BaseException:
             self._leave(waiter)
             raise
+
+    def _sent(self, ref: ObjectRef, releases: bool) -> ObjectRef:
+        if releases:
+            self._released.add(ref)
+        return ref
+
+    def release(self, ref: ObjectRef, answered: bool = True) -> None:
+        """A request sent with ``releases=True`` is over: ``answered``, its slot is free now (the head of the
+        queue is woken); not answered (cancelled), it counts until Ray reports it done, as other requests do."""
+        with self._lock:
+            self._released.discard(ref)
+            if not answered:
+                return
+            for refs in self._in_flight:
+                if ref in refs:
+                    refs.remove(ref)
+                    self._wake_head()
+                    return
 
     def any_replica(self) -> ActorHandle:
         with self._lock:
