@@ -25,8 +25,12 @@ import os, statistics, sys, tempfile, time
 import ray
 ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
 from servegraph.dsl.options import LoggingConfig
-from servegraph.runtime.actors import replica
-from servegraph.runtime.common import records
+try:
+    from servegraph.runtime.actors import replica
+    from servegraph.runtime.common import records
+except ImportError:  # a checkout from before the runtime's plane folders
+    from servegraph.runtime import replica
+    from servegraph.runtime import router as records
 
 serialization = ray._private.worker.global_worker.get_serialization_context()
 
@@ -66,7 +70,10 @@ ray.shutdown()
 
 def measure(checkout: Path) -> float:
     env = {**os.environ, "PYTHONPATH": str(checkout), "SERVEGRAPH_METRICS": "1"}
-    out = subprocess.run([sys.executable, "-c", CHILD], env=env, capture_output=True, text=True, timeout=300)
+    # Run from the checkout, so the interpreter's first path entry (the working directory) is it too.
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD], env=env, cwd=checkout, capture_output=True, text=True, timeout=300
+    )
     if out.returncode != 0:
         raise SystemExit(f"{checkout}: {out.stderr.strip().splitlines()[-1] if out.stderr.strip() else 'failed'}")
     return float(out.stdout.strip().splitlines()[-1])
