@@ -226,6 +226,32 @@ def test_results_pass_on_to_other_handles_and_await(chain5):
     assert asyncio.run(main()) == (17, 18)
 
 
+def _cpu_seconds(pid: int) -> float:
+    import os
+
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_an_idle_lane_stops_spinning_and_answers_the_next_request_on_the_lane(chain5):
+    import time
+
+    from servegraph.runtime.actors.replica import LANE_IDLE_S
+
+    compiled, _ = chain5
+    assert ray.get(compiled.remote(0)) == 15
+    pids = [ray.get(a.ready.remote())["pid"] for i in range(5) for a in replica_actors("cg-chain", f"S{i}")]
+    time.sleep(LANE_IDLE_S + 0.5)  # quiet: every stage now looks for its next value now and then
+    before = [_cpu_seconds(pid) for pid in pids]
+    time.sleep(2.0)
+    used = [_cpu_seconds(pid) - b for pid, b in zip(pids, before, strict=True)]
+    # A stage spinning in Ray's wait burns a third of a core or more; one polling gently, a few per cent.
+    assert max(used) < 0.4, used
+    with on_lanes("cg-chain")(5):
+        assert [ray.get(compiled.remote(i)) for i in range(5)] == [i + 15 for i in range(5)]
+
+
 def test_the_pipeline_example_and_a_multi_output_graph_match_the_plan_path(deploy):
     import pipeline
 

@@ -128,11 +128,12 @@ def test_a_body_that_fails_mid_stream_cuts_the_response_off(gate, http_port):
 def test_a_client_that_leaves_ends_the_generator(gate, http_port):
     with httpx.stream("GET", f"http://127.0.0.1:{http_port}/fa/endless", timeout=60) as response:
         assert next(response.iter_lines()) == "tick"
+    ray.get(gate.open.remote(), timeout=60)  # so gate.wait below is a round trip, whichever test ran first
     for _ in range(2000):  # bounded: the replica closes the body once the proxy sees the client gone
-        if ray.get(gate.was_closed.remote()):
+        if ray.get(gate.was_closed.remote(), timeout=60):
             break
-        ray.get(gate.wait.remote())  # the gate is open by now (see above): a round trip, no sleep to tune
-    assert ray.get(gate.was_closed.remote())
+        ray.get(gate.wait.remote(), timeout=60)  # a round trip, no sleep to tune
+    assert ray.get(gate.was_closed.remote(), timeout=60)
 
 
 def test_a_dagdriver_route_to_a_call_without_arguments(gate, http_port):

@@ -75,6 +75,12 @@ from ..data.responses import note_actor_death
 from ..data.router import CHILD_CALLS
 from . import replica_logging
 
+#: A compiled lane's stage reads as Ray does (spinning, for the lowest latency) while requests keep coming;
+#: after this many seconds without one it checks for the next every LANE_IDLE_POLL_S seconds instead, so an
+#: idle graph costs almost no CPU (see ray_compat.read_gently_when_idle).
+LANE_IDLE_S = float(os.environ.get("SERVEGRAPH_LANE_IDLE_S", "1.0"))
+LANE_IDLE_POLL_S = float(os.environ.get("SERVEGRAPH_LANE_IDLE_POLL_MS", "1.0")) / 1000
+
 #: Threads a threaded replica keeps for control calls (watch, health check, reconfigure, drain, status).
 CONTROL_THREADS = 4
 
@@ -943,6 +949,7 @@ def _record_lane_tasks(original: Callable[..., Any]) -> Callable[..., Any]:
     def exec_tasks_recorded(self: Any, tasks: Any, *args: Any, **kwargs: Any) -> Any:
         if isinstance(self, _ReplicaCore):
             self._lane_tasks = tasks
+            ray_compat.read_gently_when_idle(tasks, LANE_IDLE_S, LANE_IDLE_POLL_S)
         try:
             return original(self, tasks, *args, **kwargs)
         finally:
