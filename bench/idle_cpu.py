@@ -149,7 +149,7 @@ def main() -> None:
     parser.add_argument("--systems", default=",".join(SYSTEMS), help=f"comma-separated, of {', '.join(SYSTEMS)}")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--requests", type=int, default=20, help="requests sent before the quiet spell")
-    parser.add_argument("--settle", type=float, default=5.0, help="seconds from the last request to the window")
+    parser.add_argument("--settle", type=float, default=12.0, help="seconds from the last request to the window")
     parser.add_argument("--window", type=float, default=10.0, help="seconds of quiet measured")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -276,7 +276,7 @@ def wrap_compiled_loop(wrap: Callable[[Callable[..., Any]], Callable[..., Any]])
     cgraph.do_exec_tasks = wrap(original)
 
 
-def read_gently_when_idle(tasks: Any, idle_s: float, poll_s: float) -> None:
+def read_gently_when_idle(tasks: Any, idle_s: float, poll_s: float, slow_after_s: float = 10.0) -> None:
     """Make a compiled loop's reads stop spinning once its lane has been idle for ``idle_s`` seconds.
 
     Ray 2.60 waits for a channel's next value by spinning in C++ (``PlasmaObjectHeader::ReadAcquire``
@@ -284,8 +284,9 @@ def read_gently_when_idle(tasks: Any, idle_s: float, poll_s: float) -> None:
     a four-stage graph nobody calls fills a two-core laptop. Each input channel's ``read`` (the
     ``SynchronousReader`` of each ``ExecutableTask``, made when the tasks arrive) is wrapped: while values
     keep coming it reads as Ray does; after ``idle_s`` without one it checks once (``read(0)``) every
-    ``poll_s`` seconds instead, so the first request after a quiet spell waits at most ``poll_s`` per
-    stage. Checked on Ray 2.60.0; tasks without these attributes are left as they are (the loop spins).
+    ``poll_s`` seconds instead (every ``5 * poll_s`` once quiet for ``slow_after_s``), so the first request
+    after a quiet spell waits at most that long per stage. Checked on Ray 2.60.0; tasks without these
+    attributes are left as they are (the loop spins).
     """
     import time
 
@@ -306,9 +307,10 @@ def read_gently_when_idle(tasks: Any, idle_s: float, poll_s: float) -> None:
                         value = read(0)
                         break
                     except timeout_error:
-                        if deadline is not None and time.monotonic() >= deadline:
+                        now = time.monotonic()
+                        if deadline is not None and now >= deadline:
                             raise
-                        time.sleep(poll_s)
+                        time.sleep(poll_s if now - last[0] < slow_after_s else 5 * poll_s)
             last[0] = time.monotonic()
             return value
 

@@ -76,8 +76,8 @@ from ..data.router import CHILD_CALLS
 from . import replica_logging
 
 #: A compiled lane's stage reads as Ray does (spinning, for the lowest latency) while requests keep coming;
-#: after this many seconds without one it checks for the next every LANE_IDLE_POLL_S seconds instead, so an
-#: idle graph costs almost no CPU (see ray_compat.read_gently_when_idle).
+#: after this many seconds without one it checks for the next every LANE_IDLE_POLL_S seconds instead (five times
+#: that after ten quiet seconds), so an idle graph costs almost no CPU (see ray_compat.read_gently_when_idle).
 LANE_IDLE_S = float(os.environ.get("SERVEGRAPH_LANE_IDLE_S", "1.0"))
 LANE_IDLE_POLL_S = float(os.environ.get("SERVEGRAPH_LANE_IDLE_POLL_MS", "1.0")) / 1000
 
