@@ -44,26 +44,10 @@ TICK = os.sysconf("SC_CLK_TCK")
 
 
 def _tree_cpu_s(root: int) -> float:
-    """CPU seconds (user + system) of ``root`` and every process descended from it."""
-    children: dict[int, list[int]] = {}
-    times: dict[int, float] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        pid = int(entry)
-        children.setdefault(int(fields[1]), []).append(pid)
-        times[pid] = (int(fields[11]) + int(fields[12])) / TICK
-    total, todo = 0.0, [root]
-    while todo:
-        pid = todo.pop()
-        total += times.get(pid, 0.0)
-        todo.extend(children.get(pid, ()))
-    return total
+    """CPU seconds of ``root`` and every process descended from it."""
+    from latency import tree_cpu_ticks  # bench/ is on sys.path when run as a script
+
+    return tree_cpu_ticks(root) / TICK
 
 
 def _child(system: str, requests: int, settle: float, window: float) -> None:

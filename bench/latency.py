@@ -325,16 +325,8 @@ def wait_for_quiet() -> float | None:
     return busy
 
 
-def _ticks() -> tuple[int, int, int]:
-    """(machine busy ticks, machine total ticks, ticks used by this process and its descendants).
-
-    The local Ray cluster (GCS, raylet, every worker) descends from the driver, so
-    the difference between the first and the last is what other programs used.
-    """
-    with open("/proc/stat") as f:
-        fields = [int(x) for x in f.readline().split()[1:]]
-    total = sum(fields)
-    busy = total - fields[3] - fields[4]
+def tree_cpu_ticks(root: int) -> int:
+    """CPU ticks (user + system) used by process ``root`` and every process descended from it."""
     children: dict[int, list[int]] = {}
     used: dict[int, int] = {}
     for entry in os.listdir("/proc"):
@@ -349,12 +341,25 @@ def _ticks() -> tuple[int, int, int]:
         pid = int(entry)
         children.setdefault(int(rest[1]), []).append(pid)
         used[pid] = int(rest[11]) + int(rest[12])  # utime + stime
-    ours, todo = 0, [os.getpid()]
+    total, todo = 0, [root]
     while todo:
         pid = todo.pop()
-        ours += used.get(pid, 0)
+        total += used.get(pid, 0)
         todo += children.get(pid, [])
-    return busy, total, ours
+    return total
+
+
+def _ticks() -> tuple[int, int, int]:
+    """(machine busy ticks, machine total ticks, ticks used by this process and its descendants).
+
+    The local Ray cluster (GCS, raylet, every worker) descends from the driver, so
+    the difference between the first and the last is what other programs used.
+    """
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    total = sum(fields)
+    busy = total - fields[3] - fields[4]
+    return busy, total, tree_cpu_ticks(os.getpid())
 
 
 class OthersCPU:
