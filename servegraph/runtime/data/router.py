@@ -217,10 +217,20 @@ class Router:
 
     # Counting -------------------------------------------------------------------
     def _prune(self, i: int) -> int:
+        """Replica ``i``'s requests in flight, after dropping those Ray reports done.
+
+        Requests whose callers release them (see :meth:`release`) leave when released, so Ray is asked only
+        about the others: a proxy picking a replica for every HTTP request makes no ``ray.wait`` call at all.
+        """
         refs = self._in_flight[i]
         if refs:
-            _, pending = ray.wait(refs, num_returns=len(refs), timeout=0, fetch_local=False)
-            self._in_flight[i] = pending
+            released = self._released
+            asked = [r for r in refs if r not in released] if released else refs
+            if asked:
+                ready, _ = ray.wait(asked, num_returns=len(asked), timeout=0, fetch_local=False)
+                if ready:
+                    done = set(ready)
+                    self._in_flight[i] = [r for r in refs if r not in done]
         return len(self._in_flight[i])
 
     def load(self) -> int:
