@@ -248,7 +248,10 @@ class DeploymentManager:
             # proved ready (or was replaced), so none is handed a replica without its user object.
             return
         membership = dep.membership()
-        signature = (tuple(rid for rid, _ in membership.replicas), *dataclasses.astuple(membership)[1:])
+        # Replica ids stand for the replicas; the other fields are immutable values. (Not dataclasses.astuple:
+        # it deep-copies every actor handle, which was most of the controller's CPU on each pass.)
+        rest = (getattr(membership, f.name) for f in dataclasses.fields(membership) if f.name != "replicas")
+        signature = (tuple(rid for rid, _ in membership.replicas), *rest)
         if dep.published == signature and known:
             return
         dep.published = signature
