@@ -17,7 +17,7 @@ replicas) over ``--window`` seconds of no traffic, and reports it as a share of 
 
 Rows alternate over ``--rounds`` rounds; each figure is the median. Run from the repository root::
 
-    python bench/idle_cpu.py                # 3 rounds, about four minutes
+    python bench/idle_cpu.py                # 3 rounds of 5 rows, each row a cluster start + 22 s
     python bench/idle_cpu.py --rounds 1 --systems servegraph,spinning
 """
 

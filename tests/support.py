@@ -98,6 +98,13 @@ def user_env(home: os.PathLike[str] | str, **extra: str) -> dict[str, str]:
     return env
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) process ``pid`` has used so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def running(pid: int) -> bool:
     """Whether process ``pid`` runs (an ended process not yet reaped by its parent, a zombie, does not)."""
     try:

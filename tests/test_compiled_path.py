@@ -9,17 +9,20 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import httpx
 import pytest
 import ray
+from support import cpu_seconds
 from test_control_plane import Load, replica_actors, wait_for
 
 import servegraph as serve
 from servegraph import InputNode
 from servegraph.compiler import compile
 from servegraph.compiler.fast_path import compiled_path_problem
+from servegraph.runtime.actors.replica import LANE_IDLE_S
 from servegraph.runtime.control.lane_table import LaneTable, Owner
 from servegraph.runtime.data.graph_ref import GraphRef
 from servegraph.runtime.data.lanes import lanes_for
@@ -226,26 +229,14 @@ def test_results_pass_on_to_other_handles_and_await(chain5):
     assert asyncio.run(main()) == (17, 18)
 
 
-def _cpu_seconds(pid: int) -> float:
-    import os
-
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def test_an_idle_lane_stops_spinning_and_answers_the_next_request_on_the_lane(chain5):
-    import time
-
-    from servegraph.runtime.actors.replica import LANE_IDLE_S
-
     compiled, _ = chain5
     assert ray.get(compiled.remote(0)) == 15
     pids = [ray.get(a.ready.remote())["pid"] for i in range(5) for a in replica_actors("cg-chain", f"S{i}")]
     time.sleep(LANE_IDLE_S + 0.5)  # quiet: every stage now looks for its next value now and then
-    before = [_cpu_seconds(pid) for pid in pids]
+    before = [cpu_seconds(pid) for pid in pids]
     time.sleep(2.0)
-    used = [_cpu_seconds(pid) - b for pid, b in zip(pids, before, strict=True)]
+    used = [cpu_seconds(pid) - b for pid, b in zip(pids, before, strict=True)]
     # A stage spinning in Ray's wait burns a third of a core or more; one polling gently, a few per cent.
     assert max(used) < 0.4, used
     with on_lanes("cg-chain")(5):
