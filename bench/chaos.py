@@ -844,6 +844,9 @@ def run_system(name: str, seed: int, args: argparse.Namespace) -> dict[str, Any]
         "recovery_s": None,
         "error": None,
     }
+    # Every node's processes (and the workers they start) inherit this environment, so the deployments'
+    # modules are found without a job runtime_env (with one, Ray starts each worker as two processes).
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).parent), str(ROOT), os.environ.get("PYTHONPATH")]))
     address_file = RayAddressFile()
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": WORKER_CPUS, "include_dashboard": False})
     address_file.restore(cluster.address)
@@ -852,9 +855,7 @@ def run_system(name: str, seed: int, args: argparse.Namespace) -> dict[str, Any]
     logs_dir = cluster.head_node.get_logs_dir_path()
     row["logs_dir"] = logs_dir  # the replicas', controller's and proxy's logs, for whoever reads a bad row
     print(SESSION_MARK + json.dumps({"logs_dir": logs_dir, "head": cluster.head_node.node_id}), flush=True)
-    pythonpath = os.pathsep.join(filter(None, [str(Path(__file__).parent), str(ROOT), os.environ.get("PYTHONPATH")]))
-    ray.init(address=cluster.address, namespace="servegraph", log_to_driver=False, logging_level="ERROR",
-             runtime_env={"env_vars": {"PYTHONPATH": pythonpath}})
+    ray.init(address=cluster.address, namespace="servegraph", log_to_driver=False, logging_level="ERROR")
     system: System = (Servegraph if name == "servegraph" else RayServe)(args.hello_replicas, args.chain_replicas)
     chaos = Chaos(system, cluster, workers, log)
     try:

@@ -131,11 +131,14 @@ class System:
 
 
 def run_one(scenario: str, system_name: str) -> dict:
+    # Every node's processes (and the workers they start) inherit this environment, so the deployments'
+    # modules are found without a job runtime_env (with one, Ray starts each worker as two processes).
+    here = os.path.dirname(os.path.abspath(__file__))
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [here, os.path.dirname(here), os.environ.get("PYTHONPATH")]))
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 4, "include_dashboard": False})
     workers = [cluster.add_node(num_cpus=2) for _ in range(2)]
     cluster.wait_for_nodes()
-    ray.init(address=cluster.address, namespace="servegraph", log_to_driver=False, logging_level="ERROR",
-             runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [os.path.dirname(__file__), os.path.dirname(os.path.dirname(os.path.abspath(__file__))), os.environ.get("PYTHONPATH")]))}})
+    ray.init(address=cluster.address, namespace="servegraph", log_to_driver=False, logging_level="ERROR")
     try:
         system = System(system_name)
         served = failed = hung = 0

@@ -40,7 +40,10 @@ class Responder:
         return f"Hola {name}"
 
 
-r = replica.SyncReplica("app", "Responder", "abcd1234", Responder, False, (), ())
+if "code" in replica._ReplicaCore.__init__.__code__.co_varnames:  # the user's code arrives pickled
+    r = replica.SyncReplica("app", "Responder", "abcd1234", ray.cloudpickle.dumps((Responder, (), ())), (), False)
+else:  # a checkout from before replicas unpickled their own code
+    r = replica.SyncReplica("app", "Responder", "abcd1234", Responder, False, (), ())
 r.initialize(None, 5, LoggingConfig(logs_dir=tempfile.mkdtemp()))
 request = ("0123456789abcdef0123456789abcdef", "/", "app", "")
 if hasattr(records, "call_header"):

@@ -7,6 +7,9 @@ replica once to learn its process id, then read that process's memory with psuti
 - **start s**: ``serve.run`` of a new one-replica application, the controller already running
   (each system deploys and deletes one warm-up application first). servegraph's figure includes
   compiling and checking the graph in the caller, as a user sees it.
+- **CPU s**: CPU time (user + system) the replica's process used from its start to its first answer: Ray
+  starting the worker, importing the framework, constructing the replica. (A worker with a runtime_env
+  starts as two processes in one, each importing Ray: setup_worker.py, then the worker it execs.)
 - **RSS MiB**: resident memory of the replica's actor process; **USS MiB**: the part no other process
   shares (Ray's worker processes share their libraries' pages, so USS is what a replica adds).
 - **modules**: how many Python modules the replica has loaded, and whether networkx is among them.
@@ -130,11 +133,13 @@ def one_start(system: Any, app_name: str) -> dict[str, Any]:
     elapsed = time.perf_counter() - started
     try:
         probe = result_of(handle.remote())
-        memory = psutil.Process(probe["pid"]).memory_full_info()
+        process = psutil.Process(probe["pid"])
+        memory, cpu = process.memory_full_info(), process.cpu_times()
     finally:
         system.delete(app_name)
     return {
         "start_s": elapsed,
+        "cpu_s": cpu.user + cpu.system,
         "rss_mib": memory.rss / MIB,
         "uss_mib": memory.uss / MIB,
         "modules": probe["modules"],
@@ -147,7 +152,7 @@ def median(values: list[float]) -> float:
 
 
 def table(samples: dict[str, list[dict[str, Any]]]) -> str:
-    header = f"{'system':<12} {'runs':>4} {'start s (min-max)':>22} {'RSS MiB':>9} {'USS MiB':>9} {'modules':>8} {'networkx':>9}"
+    header = f"{'system':<12} {'runs':>4} {'start s (min-max)':>22} {'CPU s':>6} {'RSS MiB':>9} {'USS MiB':>9} {'modules':>8} {'networkx':>9}"
     lines = [header, "-" * len(header)]
     for name, runs in samples.items():
         if not runs:
@@ -155,7 +160,8 @@ def table(samples: dict[str, list[dict[str, Any]]]) -> str:
         starts = [r["start_s"] for r in runs]
         span = f"{median(starts):.2f} ({min(starts):.2f}-{max(starts):.2f})"
         lines.append(
-            f"{name:<12} {len(runs):>4} {span:>22} {median([r['rss_mib'] for r in runs]):>9.1f} "
+            f"{name:<12} {len(runs):>4} {span:>22} {median([r['cpu_s'] for r in runs]):>6.2f} "
+            f"{median([r['rss_mib'] for r in runs]):>9.1f} "
             f"{median([r['uss_mib'] for r in runs]):>9.1f} {int(median([r['modules'] for r in runs])):>8} "
             f"{'loaded' if any(r['networkx'] for r in runs) else 'no':>9}"
         )

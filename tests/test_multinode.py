@@ -31,8 +31,7 @@ SCRIPT = textwrap.dedent(
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
     worker = cluster.add_node(num_cpus=2, resources={"worker": 10})
     cluster.wait_for_nodes()
-    ray.init(address=cluster.address, namespace="servegraph", log_to_driver=False, logging_level="ERROR",
-             runtime_env={"env_vars": {"PYTHONPATH": os.environ["PYTHONPATH"]}})
+    ray.init(address=cluster.address, namespace="servegraph", log_to_driver=False, logging_level="ERROR")
     out = {"worker": worker.node_id, "head": ray.get_runtime_context().get_node_id()}
     try:
         @serve.deployment(ray_actor_options={"num_cpus": 0.1, "resources": {"worker": 0.01}})
@@ -114,8 +113,7 @@ LOCALITY_SCRIPT = textwrap.dedent(
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
     worker = cluster.add_node(num_cpus=2, resources={"worker": 10})
     cluster.wait_for_nodes()
-    ray.init(address=cluster.address, namespace="servegraph", log_to_driver=False, logging_level="ERROR",
-             runtime_env={"env_vars": {"PYTHONPATH": os.environ["PYTHONPATH"]}})
+    ray.init(address=cluster.address, namespace="servegraph", log_to_driver=False, logging_level="ERROR")
     out = {"worker": worker.node_id}
     try:
         @serve.deployment(num_replicas=2, ray_actor_options={"num_cpus": 0.1})
@@ -169,8 +167,7 @@ PER_NODE_SCRIPT = textwrap.dedent(
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
     cluster.add_node(num_cpus=2)
     cluster.wait_for_nodes()
-    ray.init(address=cluster.address, namespace="servegraph", log_to_driver=False, logging_level="ERROR",
-             runtime_env={"env_vars": {"PYTHONPATH": os.environ["PYTHONPATH"]}})
+    ray.init(address=cluster.address, namespace="servegraph", log_to_driver=False, logging_level="ERROR")
     out = {}
     try:
         @serve.deployment(num_replicas=2, max_replicas_per_node=1, ray_actor_options={"num_cpus": 0.1})

@@ -210,8 +210,7 @@ SPREAD_SCRIPT = textwrap.dedent(
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
     cluster.add_node(num_cpus=2)
     cluster.wait_for_nodes()
-    ray.init(address=cluster.address, namespace="servegraph", log_to_driver=False, logging_level="ERROR",
-             runtime_env={"env_vars": {"PYTHONPATH": os.environ["PYTHONPATH"]}})
+    ray.init(address=cluster.address, namespace="servegraph", log_to_driver=False, logging_level="ERROR")
     out = {}
 
     @ray.remote(num_cpus=0.1)

@@ -253,8 +253,7 @@ MULTINODE_SCRIPT = textwrap.dedent(
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
     worker = cluster.add_node(num_cpus=2, resources={"worker": 10})
     cluster.wait_for_nodes()
-    ray.init(address=cluster.address, namespace="servegraph", log_to_driver=False, logging_level="ERROR",
-             runtime_env={"env_vars": {"PYTHONPATH": os.environ["PYTHONPATH"]}})
+    ray.init(address=cluster.address, namespace="servegraph", log_to_driver=False, logging_level="ERROR")
     out = {"worker": worker.node_id}
     try:
         import logging_models as m

@@ -43,13 +43,9 @@ def post(port: int, path: str, body: dict, request_id: str, traceparent: str) ->
 
 
 def main() -> None:
-    ray.init(
-        address="local",
-        num_cpus=4,
-        include_dashboard=False,
-        log_to_driver=False,
-        runtime_env={"env_vars": {"PYTHONPATH": EXAMPLES + os.pathsep + os.environ.get("PYTHONPATH", "")}},
-    )
+    # The cluster's processes inherit this environment: the examples are found without a job runtime_env.
+    os.environ["PYTHONPATH"] = EXAMPLES + os.pathsep + os.environ.get("PYTHONPATH", "")
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
     port = free_port()
     serve.run(LanguageClassifier.bind(SpanishResponder.bind(), FrenchResponder.bind()), port=port)
     serve.run(pipeline, name="pipeline", route_prefix="/pipeline", port=port)

@@ -35,7 +35,7 @@ from ...compiler import ir
 from ...dsl.signature import function_method_problem, public_methods
 from .. import ray_compat
 from ..common import telemetry, tracing
-from ..common.codec import unflatten
+from ..common.codec import extend_import_path, loads_with_paths, unflatten
 from ..common.context import (
     REQUEST_KEY,
     RequestContext,
@@ -316,25 +316,28 @@ class _ReplicaCore:
         app: str,
         deployment: str,
         replica_id: str,
-        target: Any,
+        code: bytes,
+        code_paths: tuple[str, ...],
         is_function: bool,
-        init_args: tuple,
-        init_kwargs: tuple,
         locate: Callable[[], Any] | None = None,
     ):
-        """``locate`` finds the controller for this process's handles (the controller hands in one that
-        also starts it again, see control/locate.py)."""
+        """``code``: the user's class or function and its constructor arguments, pickled (see replica_code);
+        unpickled by :meth:`initialize` with ``code_paths`` (the deploying driver's import directories) on the
+        import path. ``locate`` finds the controller for this process's handles (the controller hands in one
+        that also starts it again, see control/locate.py)."""
         if locate is not None:
             set_controller_locator(locate)
         self._app = app
         self._deployment = deployment
         self._replica_id = replica_id
         self._context = set_replica_context(app, deployment, replica_id)
-        self._target = target
+        self._code: bytes | None = code
+        self._code_paths = code_paths
+        self._target: Any = None
         self._is_function = is_function
-        self._init = (init_args, init_kwargs)
+        self._init: tuple[tuple, Any] = ((), ())
         self._instance: Any = None
-        self._function: Any = target if is_function else None
+        self._function: Any = None
         # Requests started and finished: next() on a count is atomic, so threads need no lock.
         self._started = itertools.count()
         self._finished = itertools.count()
@@ -361,6 +364,21 @@ class _ReplicaCore:
             telemetry.set_stats_sink(telemetry.send_to_controller)
 
     # Construction -------------------------------------------------------------------
+    def _load_code(self) -> None:
+        """Unpickle the user's code, its modules found on the driver's import directories.
+
+        Here rather than as the actor's arguments: a replica then needs no runtime_env to find them, and
+        Ray starts a worker with no runtime_env as one process instead of two (each importing Ray).
+        The directories go on PYTHONPATH too, for processes the user's code starts.
+        """
+        if self._code is None:
+            return
+        extend_import_path(self._code_paths)
+        self._target, init_args, init_kwargs = loads_with_paths(self._code, self._code_paths)
+        self._init, self._code = (init_args, init_kwargs), None
+        if self._is_function:
+            self._function = self._target
+
     def _constructor_args(self) -> tuple[tuple, dict]:
         # The handle API this deployment's code was written for (see _handle_era.py).
         make = new_api_handle if handle_era(self._target).api == NEW else async_handle
@@ -586,6 +604,7 @@ class SyncReplica(_ReplicaCore):
             if max_ongoing:
                 self._slots = threading.BoundedSemaphore(max_ongoing)
             try:
+                self._load_code()
                 if not self._is_function:
                     args, kwargs = self._constructor_args()
                     self._instance = self._context.servable_object = self._target(*args, **kwargs)
@@ -773,6 +792,7 @@ class AsyncReplica(_ReplicaCore):
         #: Where lane_call (on the compiled graph's thread) runs the user's coroutines.
         self._loop = asyncio.get_running_loop()
         try:
+            self._load_code()
             if not self._is_function:
                 args, kwargs = self._constructor_args()
                 self._instance, pending = construct(self._target, args, kwargs)

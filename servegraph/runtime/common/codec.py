@@ -10,6 +10,7 @@ as in Ray, refs nested in containers arrive as refs.
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
@@ -32,6 +33,15 @@ class Slot:
 
     def __repr__(self) -> str:
         return f"Slot({self.index})"
+
+
+def extend_import_path(paths: tuple[str, ...] | list[str]) -> None:
+    """Put ``paths`` on this process's import path as PYTHONPATH would (ahead of the installed packages), and
+    on its PYTHONPATH, for the processes it starts. Paths already there stay where they are."""
+    new = [path for path in dict.fromkeys(paths) if path not in sys.path]
+    sys.path[1:1] = new
+    inherited = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys([*paths, *inherited]))
 
 
 def loads_with_paths(data: bytes, paths: tuple[str, ...] | list[str]) -> Any:

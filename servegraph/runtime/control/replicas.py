@@ -14,7 +14,6 @@ controller sends ``initialize`` and then watches the replica's phase while it ru
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -151,13 +150,13 @@ class ReplicaActors:
         self, app: str, deployment: str, replica_id: str, spec: ir.DeploymentIR, node: str | None, code_paths: list[str]
     ) -> ActorReplica:
         """Start a replica actor, in its own placement group when the deployment has bundles; pinned to
-        ``node`` when given (max_replicas_per_node). ``code_paths`` go on its PYTHONPATH.
+        ``node`` when given (max_replicas_per_node). ``code_paths``: where the replica finds the user's modules.
 
         Raises:
             Exception: Ray refused the group or the actor's options (the group is removed again).
         """
         name = replica_actor_name(app, deployment, replica_id)
-        options = _with_code_paths(spec.options.actor_options(), code_paths)
+        options = spec.options.actor_options()
         group_spec, group = spec.options.placement_group(), None
         placement: Any = "SPREAD" if node is None else NodeAffinitySchedulingStrategy(node, soft=False)
         try:
@@ -174,10 +173,7 @@ class ReplicaActors:
                     scheduling_strategy=placement,
                     **options,
                 )
-                .remote(
-                    app, deployment, replica_id, spec.target, spec.is_function, spec.init_args, spec.init_kwargs,
-                    locate=self._locate,
-                )
+                .remote(app, deployment, replica_id, replica_code(spec), tuple(code_paths), spec.is_function, locate=self._locate)
             )  # fmt: skip
         except Exception:
             placement_groups.remove(group)
@@ -223,14 +219,10 @@ class ReplicaActors:
         return [n["NodeID"] for n in ray.nodes() if n.get("Alive")]
 
 
-def _with_code_paths(options: dict[str, Any], code_paths: list[str]) -> dict[str, Any]:
-    """Actor options whose runtime_env puts ``code_paths`` on the replica's PYTHONPATH."""
-    if not code_paths:
-        return options
-    runtime_env = dict(options.get("runtime_env") or {})
-    env_vars = dict(runtime_env.get("env_vars") or {})
-    # An actor's env_vars replace its job's, so keep the PYTHONPATH the job gave (ours) after the new paths.
-    inherited = [env_vars.get("PYTHONPATH"), os.environ.get("PYTHONPATH")]
-    env_vars["PYTHONPATH"] = os.pathsep.join([*code_paths, *filter(None, inherited)])
-    runtime_env["env_vars"] = env_vars
-    return {**options, "runtime_env": runtime_env}
+def replica_code(spec: ir.DeploymentIR) -> bytes:
+    """A deployment's class or function and its constructor arguments, pickled for a new replica to load.
+
+    The replica unpickles them itself, with the driver's import directories on its path (see
+    replica.py ``_load_code``), so its actor needs no runtime_env just to find the user's modules.
+    """
+    return ray.cloudpickle.dumps((spec.target, spec.init_args, spec.init_kwargs))
