@@ -144,12 +144,18 @@ def pytest_collection_modifyitems(config, items):
     so ``pytest -m "not ray"`` runs the rest without starting Ray. Tests that start Ray themselves (in a child
     process) carry the mark explicitly."""
     for item in items:
+        # With pytest-xdist (``-n 2 --dist loadgroup``) the Ray tests run in two lanes, one per worker: those on
+        # the session's cluster (one cluster, its module-scoped deployments made once), and those that start
+        # clusters or servegraph processes of their own, which spend most of their time waiting on them. A Ray-free
+        # file is a group of its own, balanced between the two.
         if "ray_cluster" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.ray)
-        # With pytest-xdist (``-n 2 --dist loadgroup``): a file's tests stay together (its module-scoped
-        # deployments are made once), and the files that start clusters of their own run one after another.
-        file = item.path.name
-        item.add_marker(pytest.mark.xdist_group("own-clusters" if file in OWN_CLUSTERS else file))
+            group = "session-cluster"
+        elif item.get_closest_marker("ray") is not None or item.path.name in OWN_CLUSTERS:
+            group = "own-clusters"
+        else:
+            group = item.path.name
+        item.add_marker(pytest.mark.xdist_group(group))
 
 
 def pytest_configure(config):

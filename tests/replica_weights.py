@@ -1,6 +1,6 @@
 """A deployment whose constructor argument fails to unpickle where its replicas run (not in the driver,
-nor in the controller): the replica's creation fails before its constructor is asked to run, so the
-error reaches the controller as the replica's death, not as the constructor's reply.
+nor in the controller): the replica loads the user's code before it runs the constructor, so the error
+is the replica's failed start, before any user code of the deployment ran.
 
 Only the replicas' processes have ``FAIL_LOAD`` set (the deployment's runtime_env).
 """

@@ -132,9 +132,9 @@ def test_a_ray_error_with_no_user_frame_gives_the_error_alone():
 
 
 @pytest.mark.ray
-def test_a_replica_that_dies_while_it_is_created_names_the_users_line(serve_app, http_port):
-    """Its argument fails to unpickle in the replica: the error arrives as the replica's death, and still
-    reads as the user's error at the user's line (not Ray's, nor the half-made replica's)."""
+def test_a_constructor_argument_that_fails_to_unpickle_in_the_replica_names_the_users_line(serve_app, http_port):
+    """Its argument fails to unpickle in the replica: the error still reads as the user's error at the user's
+    line (not Ray's, nor the half-made replica's)."""
     from pathlib import Path
 
     import replica_weights
