@@ -139,6 +139,11 @@ OWN_CLUSTERS = frozenset(
 )
 
 
+#: Test files on the session's cluster that run in the other lane, on a session cluster of that worker's own: Ray
+#: Serve's (its controller and proxies stay apart from servegraph's), which also evens out the two lanes' times.
+OWN_SESSION_CLUSTER = frozenset({"test_rayserve_backend.py"})
+
+
 def pytest_collection_modifyitems(config, items):
     """Every test that uses the session's Ray cluster (directly or through another fixture) is marked ``ray``,
     so ``pytest -m "not ray"`` runs the rest without starting Ray. Tests that start Ray themselves (in a child
@@ -150,7 +155,7 @@ def pytest_collection_modifyitems(config, items):
         # file is a group of its own, balanced between the two.
         if "ray_cluster" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.ray)
-            group = "session-cluster"
+            group = "own-clusters" if item.path.name in OWN_SESSION_CLUSTER else "session-cluster"
         elif item.get_closest_marker("ray") is not None or item.path.name in OWN_CLUSTERS:
             group = "own-clusters"
         else:

@@ -393,35 +393,6 @@ def test_result_timeout_bounds_the_whole_call_on_a_lane(deploy):
     assert [handle.remote(0.0).result(timeout_s=60) for _ in range(10)] == [0.0] * 10
 
 
-@pytest.mark.ray  # a cluster of its own, in a child process
-def test_a_process_that_shuts_servegraph_down_and_goes_on_exits():
-    """Lanes, the long-poll thread and exit hooks all stop with serve.shutdown(), whatever the process does next."""
-    script = textwrap.dedent(
-        """
-        import time, ray, servegraph as serve
-        from servegraph import InputNode
-        from servegraph.runtime.data.lanes import lanes_for
-        from test_compiled_path import Add
-        ray.init(address="local", num_cpus=4, include_dashboard=False, namespace="servegraph", log_to_driver=False)
-        with InputNode() as inp:
-            graph = Add.options(name="S").bind(1).__call__.bind(inp)
-        serve.run(graph, name="exit", route_prefix=None, http=False)
-        handle = serve.get_app_handle("exit")
-        deadline = time.monotonic() + 60
-        while lanes_for("exit").active() == 0 and time.monotonic() < deadline:
-            handle.remote(1).result()
-            time.sleep(0.05)
-        print("lanes", lanes_for("exit").active(), handle.remote(1).result(), flush=True)
-        serve.shutdown()
-        time.sleep(3)  # goes on working; then ends normally, running every exit hook
-        print("exiting", flush=True)
-        """
-    )
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=ROOT / "tests")
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "lanes 1 2" in result.stdout and "exiting" in result.stdout, result.stdout + result.stderr[-2000:]
-
-
 def test_a_config_turns_the_compiled_path_off_and_build_never_writes_the_field():
     from servegraph.compiler.config.loading import validate_config
 

@@ -30,6 +30,10 @@ class Child:
     def __init__(self, mode: str):
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), str(TESTS), os.environ.get("PYTHONPATH")]))}
         env.pop("RAY_ADDRESS", None)  # a cluster of its own, never one it finds
+        if mode == "cluster-gone":
+            # Ray's own shutdown waits this long for a GCS that is gone (60 s by default); what is tested is that
+            # nothing of servegraph's holds the exit beyond it.
+            env["RAY_gcs_rpc_server_reconnect_timeout_s"] = "3"
         self.proc = subprocess.Popen(
             [sys.executable, str(TESTS / "lifecycle_child.py"), mode],
             cwd=TESTS,
