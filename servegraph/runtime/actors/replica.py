@@ -35,7 +35,7 @@ from ...compiler import ir
 from ...dsl.signature import function_method_problem, public_methods
 from .. import ray_compat
 from ..common import telemetry, tracing
-from ..common.codec import extend_import_path, loads_with_paths, unflatten
+from ..common.codec import extend_import_path, unflatten
 from ..common.context import (
     REQUEST_KEY,
     RequestContext,
@@ -374,7 +374,7 @@ class _ReplicaCore:
         if self._code is None:
             return
         extend_import_path(self._code_paths)
-        self._target, init_args, init_kwargs = loads_with_paths(self._code, self._code_paths)
+        self._target, init_args, init_kwargs = ray.cloudpickle.loads(self._code)
         self._init, self._code = (init_args, init_kwargs), None
         if self._is_function:
             self._function = self._target
