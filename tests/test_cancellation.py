@@ -4,6 +4,7 @@ client that leaves both stop the work downstream. Proven by outcome: the downstr
 from __future__ import annotations
 
 import asyncio
+import time
 
 import httpx
 import pytest
@@ -52,11 +53,15 @@ class Outer:
         return await self.inner.remote()
 
 
-def wait_for(tally, started: int, cancelled: int) -> tuple[int, int]:
+def wait_for(tally, started: int, cancelled: int, timeout_s: float = 60.0) -> tuple[int, int]:
+    """The tally's counts once they reach (started, cancelled), or as they are after ``timeout_s``.
+
+    Bounded by time, not by a number of looks: on a loaded machine a few thousand round trips to the tally
+    can pass before the request even reaches the inner replica."""
+    deadline = time.monotonic() + timeout_s
     counts = ray.get(tally.counts.remote())
-    for _ in range(3000):  # bounded; each look is one round trip
-        if counts[0] >= started and counts[1] >= cancelled:
-            break
+    while (counts[0] < started or counts[1] < cancelled) and time.monotonic() < deadline:
+        time.sleep(0.01)
         counts = ray.get(tally.counts.remote())
     return counts
 
