@@ -38,8 +38,12 @@ OLD = "old"
 ATTRIBUTE = "__servegraph_handle_api__"
 
 #: Where the driver records its choice on a deployment's class or function before deploying it, so a replica
-#: that cannot read the code (a class defined in a script's ``__main__``) uses the same one.
+#: that cannot read the code (a class defined in a script's ``__main__``) uses the same one. The record holds the
+#: deciding process's mark: that process decides afresh each time (its environment or code may have changed since).
 DECIDED = "__servegraph_handle_era__"
+
+#: This process, in a record (a pid alone repeats across machines and containers).
+_THIS_PROCESS = f"{os.getpid()}-{os.urandom(6).hex()}"
 
 #: Ray Serve's switch between the two APIs (Ray 2.5-2.9); servegraph honours it the same way.
 RAY_ENV = "RAY_SERVE_ENABLE_NEW_HANDLE_API"
@@ -84,8 +88,8 @@ def handle_era(target: Any) -> HandleEra:
     if explicit in (NEW, OLD):
         return HandleEra(explicit, f"serve.handle_api({explicit!r}) on {_name(target)}")
     decided = getattr(target, DECIDED, None)
-    if isinstance(decided, tuple) and len(decided) == 2:
-        return HandleEra(*decided)
+    if isinstance(decided, tuple) and len(decided) == 3 and decided[2] != _THIS_PROCESS:
+        return HandleEra(*decided[:2])
     env = os.environ.get(RAY_ENV)
     if env in ("1", "0"):
         return HandleEra(NEW if env == "1" else OLD, f"{RAY_ENV}={env}")
@@ -97,11 +101,9 @@ def handle_era(target: Any) -> HandleEra:
 
 def record_handle_era(target: Any) -> HandleEra:
     """Decide for ``target`` here (the driver, which can read its code) and record it on ``target``."""
-    if DECIDED in getattr(target, "__dict__", {}):
-        delattr(target, DECIDED)  # decide again: the code or the environment may have changed
     era = handle_era(target)
     try:
-        setattr(target, DECIDED, (era.api, era.reason))
+        setattr(target, DECIDED, (era.api, era.reason, _THIS_PROCESS))
     except (AttributeError, TypeError):  # a builtin or slotted callable: the replica decides again
         pass
     return era

@@ -144,6 +144,7 @@ OWN_CLUSTERS = frozenset(
 OWN_SESSION_CLUSTER = frozenset({"test_rayserve_backend.py"})
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own, which reads the groups set here
 def pytest_collection_modifyitems(config, items):
     """Every test that uses the session's Ray cluster (directly or through another fixture) is marked ``ray``,
     so ``pytest -m "not ray"`` runs the rest without starting Ray. Tests that start Ray themselves (in a child

@@ -83,3 +83,13 @@ def test_check_says_which_api_each_deployment_gets():
     assert "NewAwaitsOnce: its constructor handles are DeploymentHandles: the code uses an awaited handle call as its value" in new.stdout
     old = servegraph("check", "era_models:old_app", "--resources", "CPU=8", cwd=tests)
     assert "OldAwaitsTwice: its constructor handles are RayServeDeploymentHandles: the code awaits 'ref'" in old.stdout
+
+
+def test_a_deploys_record_does_not_outlive_the_switch_in_the_deploying_process(monkeypatch):
+    from servegraph._handle_era import record_handle_era
+
+    target = m.OldAwaitsTwice.func_or_class
+    monkeypatch.delenv(RAY_ENV, raising=False)
+    assert record_handle_era(target).api == OLD  # what a deploy records for its replicas
+    monkeypatch.setenv(RAY_ENV, "1")
+    assert era(m.OldAwaitsTwice) == NEW
