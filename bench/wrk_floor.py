@@ -15,6 +15,11 @@ extra, ``pip install -e '.[bench]'``)::
 
     python bench/wrk_floor.py                         # about four minutes
     python bench/wrk_floor.py --duration 5 --systems floor,servegraph
+    python bench/wrk_floor.py --systems floor,servegraph --max-ongoing "" --rounds 5   # the default, five times
+
+With ``--rounds``, every row runs that many times in turn and the table shows the median req/s, the median
+of each run's ratio to the floor measured in the same round, and the latencies of the median run; the errors
+column sums all runs.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import platform
 import re
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -266,6 +272,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=int, default=15, help="seconds per wrk run")
     parser.add_argument("--threads", type=int, default=2, help="wrk threads")
     parser.add_argument("--num-cpus", type=int, default=8, help="CPUs the local Ray cluster advertises")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run every row this many times, in turn; the table shows medians, each ratio against its round's floor")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None:
@@ -281,36 +289,45 @@ def main(argv: list[str] | None = None) -> int:
     limits: list[int | None] = [None, *(int(v) for v in args.max_ongoing.split(",") if v.strip())]
 
     started = datetime.datetime.now().astimezone()
-    rows: list[tuple[str, str, dict[str, Any]]] = []
+    rows: list[tuple[str, str, list[dict[str, Any]]]] = []
     ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
     try:
-        for system in systems:
-            for limit in [None] if system == "floor" else limits:
-                label = "-" if system == "floor" else ("default (5)" if limit is None else str(limit))
-                if system == "floor":
-                    figures = measure_floor(args)
-                elif system == "servegraph":
-                    figures = measure_servegraph(limit, args)
-                else:
-                    figures = measure_rayserve(limit, args)
-                rows.append((system, label, figures))
-                print(f"{system:<10} max_ongoing {label:<12} {figures['rps']:8.1f} req/s", flush=True)
+        for round_ in range(args.rounds):
+            n = 0
+            for system in systems:
+                for limit in [None] if system == "floor" else limits:
+                    label = "-" if system == "floor" else ("default (5)" if limit is None else str(limit))
+                    if system == "floor":
+                        figures = measure_floor(args)
+                    elif system == "servegraph":
+                        figures = measure_servegraph(limit, args)
+                    else:
+                        figures = measure_rayserve(limit, args)
+                    if round_ == 0:
+                        rows.append((system, label, []))
+                    rows[n][2].append(figures)
+                    n += 1
+                    print(f"round {round_ + 1}: {system:<10} max_ongoing {label:<12} {figures['rps']:8.1f} req/s", flush=True)
     finally:
         ray.shutdown()
 
-    floor = next((f["rps"] for s, _, f in rows if s == "floor"), None)
+    floors = next((runs for s, _, runs in rows if s == "floor"), None)
     print()
     print(
         f"{started:%Y-%m-%d %H:%M %Z}, {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
         f"Ray {ray.__version__}; wrk -t{args.threads} -c{args.connections} -d{args.duration}s, POST / to the hello graph"
+        + (f"; medians of {args.rounds} rounds" if args.rounds > 1 else "")
     )
     header = f"{'system':<11} {'max_ongoing':<12} {'req/s':>8} {'vs floor':>9} {'p50':>9} {'p99':>9} {'errors':>7}"
     print(header)
     print("-" * len(header))
-    for system, label, f in rows:
-        ratio = f"{f['rps'] / floor:.2f}x" if floor else "-"
+    for system, label, runs in rows:
+        rps = statistics.median(f["rps"] for f in runs)
+        ratio = f"{statistics.median(f['rps'] / fl['rps'] for f, fl in zip(runs, floors, strict=True)):.2f}x" if floors else "-"
         name = {"floor": "floor", "servegraph": "servegraph", "rayserve": "Ray Serve"}[system]
-        print(f"{name:<11} {label:<12} {f['rps']:>8.1f} {ratio:>9} {f['p50']:>9} {f['p99']:>9} {f['errors']:>7}")
+        middle = sorted(runs, key=lambda f: f["rps"])[len(runs) // 2]  # latencies: the median run's (of an odd count)
+        errors = sum(f["errors"] for f in runs)
+        print(f"{name:<11} {label:<12} {rps:>8.1f} {ratio:>9} {middle['p50']:>9} {middle['p99']:>9} {errors:>7}")
     if args.json:
         Path(args.json).write_text(json.dumps({"started": started.isoformat(), "rows": rows}, indent=2))
     return 0

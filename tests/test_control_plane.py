@@ -272,6 +272,50 @@ def test_max_queued_requests_rejects_the_excess_with_back_pressure(serve_app, ht
     assert results == ["done"]
 
 
+@serve.deployment(max_ongoing_requests=2)
+class Counted:
+    """Counts the requests it runs and the most it ran at once."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.running = self.peak = self.calls = 0
+
+    async def __call__(self, request: Request) -> str:
+        import asyncio
+
+        seconds = float(request.query_params.get("s", "0.02"))
+        with self.lock:
+            self.calls += 1
+            self.running += 1
+            self.peak = max(self.peak, self.running)
+        await asyncio.sleep(seconds)
+        with self.lock:
+            self.running -= 1
+        return request.query_params.get("n", "")
+
+    def seen(self) -> tuple[int, int]:
+        return self.calls, self.peak
+
+
+def test_the_proxy_queues_what_replicas_cannot_take_and_drops_a_queued_request_whose_client_left(serve_app, http_port):
+    handle = serve_app.run(Counted.bind(), name="counted", route_prefix="/counted", port=http_port)
+    url = f"http://127.0.0.1:{http_port}/counted"
+    with concurrent.futures.ThreadPoolExecutor(12) as pool:
+        replies = list(pool.map(lambda n: httpx.get(url, params={"n": n}, timeout=60), range(24)))
+    assert [(r.status_code, r.text) for r in replies] == [(200, str(n)) for n in range(24)]
+    assert handle.seen.remote().result() == (24, 2)  # every request ran once, never more than two at a time
+
+    # Both slots busy; a client that gives up while queued leaves, and its request never runs.
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        busy = [pool.submit(httpx.get, url, params={"n": "busy", "s": 1.5}, timeout=60) for _ in range(2)]
+        assert wait_for(lambda: handle.seen.remote().result()[0] == 26, 30, 0.02)
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.get(url, params={"n": "gave up"}, timeout=0.3)
+        after = pool.submit(httpx.get, url, params={"n": "after"}, timeout=60)
+        assert [f.result().text for f in (*busy, after)] == ["busy", "busy", "after"]
+    assert handle.seen.remote().result() == (27, 2)
+
+
 @serve.deployment(graceful_shutdown_wait_loop_s=0.2, graceful_shutdown_timeout_s=20)
 class Tidy:
     def __init__(self, marker: str):
