@@ -498,13 +498,15 @@ class ChainClient:
         self.caller.close()
 
 
-def load(client: HelloClient | ChainClient, tally: Tally, stop: threading.Event, t0: float) -> None:
+def load(client: HelloClient | ChainClient, tally: Tally, stop: threading.Event, t0: float, pace_s: float = 0.0) -> None:
     while not stop.is_set():
         started = time.monotonic()
         outcome = client.request()
         tally.record(outcome, started - t0)
         if outcome is not None:
             stop.wait(FAILURE_PAUSE_S)
+        elif pace_s:
+            stop.wait(pace_s)
     client.close()
 
 
@@ -927,7 +929,9 @@ def exercise(system: System, chaos: Chaos, plan: list[Fault], row: dict[str, Any
     clients += [ChainClient(system, args.timeout, n * 10_000_000) for n in range(CHAIN_CALLERS)]
     t0 = time.monotonic()
     threads = [
-        threading.Thread(target=load, args=(c, tallies["hello" if isinstance(c, HelloClient) else "chain"], stop, t0), daemon=True)
+        threading.Thread(
+            target=load, args=(c, tallies["hello" if isinstance(c, HelloClient) else "chain"], stop, t0, args.pace), daemon=True
+        )
         for c in clients
     ]
     for t in threads:
@@ -935,7 +939,8 @@ def exercise(system: System, chaos: Chaos, plan: list[Fault], row: dict[str, Any
     timer = threading.Timer(args.duration, stop.set)  # the load ends on time even while a fault is being injected
     timer.daemon = True
     timer.start()
-    log(f"load on: {HTTP_CLIENTS} HTTP clients, {CHAIN_CALLERS} chain callers; {len(plan)} faults planned")
+    paced = f", each pausing {args.pace:g} s after an answer" if args.pace else ""
+    log(f"load on: {HTTP_CLIENTS} HTTP clients, {CHAIN_CALLERS} chain callers{paced}; {len(plan)} faults planned")
     if isinstance(system, Servegraph):
         lanes: list[tuple[float, int | None]] = row.setdefault("chain_lanes", [])
         threading.Thread(target=sample_lanes, args=(system, lanes, stop, t0), daemon=True).start()
@@ -967,7 +972,7 @@ def run_child(system: str, seed: int, args: argparse.Namespace) -> dict[str, Any
     """Run one system in a child process, so a wedged Ray in one cannot stop the next; a row comes back anyway."""
     argv = [sys.executable, __file__, "--child", system, "--seed", str(seed), "--duration", str(args.duration),
             "--interval", str(args.interval), "--faults", ",".join(args.faults), "--timeout", str(args.timeout),
-            "--hello-replicas", str(args.hello_replicas), "--chain-replicas", str(args.chain_replicas), "--proxy-location", args.proxy_location]
+            "--pace", str(args.pace), "--hello-replicas", str(args.hello_replicas), "--chain-replicas", str(args.chain_replicas), "--proxy-location", args.proxy_location]
     # Deploy, the load, recovery, the post-check and shutdown are each bounded in the child; this is the last resort.
     limit = DEPLOY_TIMEOUT_S + args.duration + INJECT_TIMEOUT_S + RECOVERY_LIMIT_S + 2 * (args.timeout + 30) + 4 * SHUTDOWN_TIMEOUT_S
     child = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, start_new_session=True)
@@ -1047,6 +1052,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--duration", type=float, default=120.0, help="seconds of load")
     parser.add_argument("--interval", type=float, default=10.0, help="seconds between faults")
     parser.add_argument("--faults", default=",".join(FAULT_KINDS), help="comma-separated mix: " + ", ".join(FAULT_KINDS))
+    parser.add_argument("--pace", type=float, default=0.0,
+                        help="seconds each client waits after a served request (default 0: as fast as answers come)")
     parser.add_argument("--timeout", type=float, default=30.0, help="a request not answered within this is hung")
     parser.add_argument("--hello-replicas", type=int, default=1, help="replicas of each hello deployment (examples/hello.py: 1)")
     parser.add_argument("--chain-replicas", type=int, default=2, help="replicas of each chain stage")

@@ -133,15 +133,14 @@ OWN_CLUSTERS = frozenset(
         "test_placement_groups.py",
         "test_request_logs.py",
         "test_lifecycle.py",
-        "test_grpc.py",
-        "test_tracing.py",
     }
 )
 
 
-#: Test files on the session's cluster that run in the other lane, on a session cluster of that worker's own: Ray
-#: Serve's (its controller and proxies stay apart from servegraph's), which also evens out the two lanes' times.
-OWN_SESSION_CLUSTER = frozenset({"test_rayserve_backend.py"})
+#: Ray test files that run in whichever lane is free, as Ray-free files do (a group each, handed out as lanes near
+#: their ends): they start at most one small cluster or process of their own, or use the session cluster of the
+#: worker that runs them (Ray Serve's parity file: Ray Serve runs there next to servegraph, and shuts down after).
+ANY_LANE = frozenset({"test_rayserve_backend.py", "test_grpc.py", "test_serve_start.py", "test_tracing.py"})
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own, which reads the groups set here
@@ -153,10 +152,15 @@ def pytest_collection_modifyitems(config, items):
         # With pytest-xdist (``-n 2 --dist loadgroup``) the Ray tests run in two lanes, one per worker: those on
         # the session's cluster (one cluster, its module-scoped deployments made once), and those that start
         # clusters or servegraph processes of their own, which spend most of their time waiting on them. A Ray-free
-        # file is a group of its own, balanced between the two.
-        if "ray_cluster" in getattr(item, "fixturenames", ()):
+        # file (and an ANY_LANE one) is a group of its own: xdist hands those out as either lane nears its end,
+        # which evens the two out.
+        uses_cluster = "ray_cluster" in getattr(item, "fixturenames", ())
+        if uses_cluster:
             item.add_marker(pytest.mark.ray)
-            group = "own-clusters" if item.path.name in OWN_SESSION_CLUSTER else "session-cluster"
+        if item.path.name in ANY_LANE:
+            group = item.path.name
+        elif uses_cluster:
+            group = "session-cluster"
         elif item.get_closest_marker("ray") is not None or item.path.name in OWN_CLUSTERS:
             group = "own-clusters"
         else:

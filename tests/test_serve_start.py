@@ -29,7 +29,7 @@ SCRIPT = textwrap.dedent("""
     serve.start(http_options={"port": port, "request_timeout_s": 2})
     serve.run(Slow.bind(), route_prefix="/slow")   # names no host or port: the running proxy's
     fast = httpx.get(f"http://127.0.0.1:{port}/slow", timeout=60)
-    slow = httpx.get(f"http://127.0.0.1:{port}/slow?s=6", timeout=60)
+    slow = httpx.get(f"http://127.0.0.1:{port}/slow?s=4", timeout=60)
     print(json.dumps({"fast": [fast.status_code, fast.text], "slow": slow.status_code,
                       "proxy": serve.status().proxy if hasattr(serve.status(), "proxy") else None}))
     serve.shutdown()
