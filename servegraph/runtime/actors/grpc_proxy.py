@@ -35,7 +35,7 @@ from ...errors import BackPressureError, DeploymentError
 from ..common import telemetry
 from ..common.context import RequestContext, set_request
 from ..common.records import ModelCall, StreamMethod
-from ..data.responses import RETRY_DELAY_S, note_actor_death
+from ..data.responses import resend_delay
 
 logger = logging.getLogger("servegraph.proxy")
 
@@ -294,19 +294,18 @@ class GRPCIngress:
         raise AssertionError("unreachable: abort raises")
 
     async def _call_retrying(self, app: str, target: Any, call: str, request: Any) -> Any:
-        try:
-            return await _call(target, call, request)
-        except ray.exceptions.RayActorError as exc:
-            # A replica died under this request; the router no longer uses it. Send it once more, as over HTTP.
-            if not note_actor_death(exc):
-                raise
-            logger.warning("application %r: a replica died while handling a gRPC request; retrying it once", app)
-        await asyncio.sleep(RETRY_DELAY_S)
-        try:
-            return await _call(target, call, request)
-        except ray.exceptions.RayActorError as exc:
-            note_actor_death(exc)
-            raise
+        resends = 0
+        while True:
+            try:
+                return await _call(target, call, request)
+            except ray.exceptions.RayActorError as exc:
+                # A replica died under this request; the routers here no longer use it. Send it again, as over HTTP.
+                delay = resend_delay(exc, resends)
+                if delay is None:
+                    raise
+                logger.warning("application %r: a replica died while handling a gRPC request; sending it again", app)
+            resends += 1
+            await asyncio.sleep(delay)
 
     async def _stream(self, method: RpcMethod, request: Any, context: Any) -> AsyncIterator[bytes]:
         metadata = _metadata(context)

@@ -46,7 +46,7 @@ from ..common.plan import PlanInputError
 from ..common.records import HTTP, STREAM, ModelCall
 from ..data.handle import DeploymentTarget, PlanTarget
 from ..data.long_poll import set_controller_locator
-from ..data.responses import RETRY_DELAY_S, note_actor_death
+from ..data.responses import resend_delay
 from . import replica_logging
 from .live_graph import GRAPH_PAGES, graph_page
 
@@ -232,20 +232,19 @@ class HTTPProxy:
             seen.deployment = getattr(info, "name", "") if isinstance(getattr(info, "name", None), str) else ""
         if kind == "broken":
             return text(500, adapter)
-        try:
-            return await self._forward(prefix, kind, target, adapter, scope, body)
-        except ray.exceptions.RayActorError as exc:
-            # A replica died under this request; the router no longer uses it. Send it once more.
-            if not note_actor_death(exc):
-                raise
-            logger.warning("application %r: a replica died while handling a request; retrying it once", app)
-        await asyncio.sleep(RETRY_DELAY_S)
-        try:
-            return await self._forward(prefix, kind, target, adapter, scope, body)
-        except ray.exceptions.RayActorError as exc:
-            note_actor_death(exc)
-            logger.error("application %r: a replica died: %s", app, exc)
-            return text(503, f"application {app!r}: a replica died while handling the request; retry")
+        resends = 0
+        while True:
+            try:
+                return await self._forward(prefix, kind, target, adapter, scope, body)
+            except ray.exceptions.RayActorError as exc:
+                # A replica died under this request; the routers here no longer use it. Send it again.
+                delay = resend_delay(exc, resends)
+                if delay is None:
+                    logger.error("application %r: a replica died: %s", app, exc)
+                    return text(503, f"application {app!r}: a replica died while handling the request; retry")
+                logger.warning("application %r: a replica died while handling a request; sending it again", app)
+            resends += 1
+            await asyncio.sleep(delay)
 
     async def _forward(
         self, prefix: str, kind: str, target: Any, adapter: Any, scope: dict, body: bytes

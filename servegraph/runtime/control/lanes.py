@@ -155,7 +155,8 @@ class LaneManager:
             self._signals.wake()
 
     def broken(self, app: LanedApp, lane_id: int, reason: str) -> None:
-        """An owner's lane failed with its replicas alive: re-form it, unless lanes keep breaking."""
+        """An owner's lane failed with its replicas alive (or one died while the lane compiled): re-form it, unless
+        lanes keep breaking."""
         table = app.lanes
         if table is None or lane_id not in table.lanes:
             return

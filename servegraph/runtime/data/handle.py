@@ -31,7 +31,7 @@ from ..common.records import ModelCall, StreamMethod
 from .graph_ref import GraphRef
 from .lanes import LaneBroken, lanes_for
 from .long_poll import runtime_client
-from .responses import RETRY_DELAY_S, DriverResponse, note_actor_death
+from .responses import DriverResponse, resend_delay
 from .responses import user_error as _user_error
 from .router import Router
 
@@ -226,17 +226,19 @@ class PlanTarget:
             GetTimeoutError: no answer within ``timeout`` seconds.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        for attempt in (1, 2):
+        resends = 0
+        while True:
             try:
                 remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
                 return GraphRef(ray.get(self._plan(args, kwargs), timeout=remaining))
             except ray.exceptions.RayActorError as exc:  # before RayTaskError: a death may come wrapped in one
-                if attempt == 2 or not note_actor_death(exc):
+                delay = resend_delay(exc, resends)
+                if delay is None:
                     return GraphRef(error=exc)
             except ray.exceptions.RayTaskError as exc:
                 return GraphRef(error=exc)
-            time.sleep(RETRY_DELAY_S)
-        raise AssertionError("unreachable")
+            resends += 1
+            time.sleep(delay)
 
     def _plan(self, args: tuple, kwargs: dict) -> ObjectRef:
         gen = run_plan(self.plan, args, kwargs, self._handle(RayServeSyncHandle))
@@ -264,16 +266,18 @@ class PlanTarget:
         return GraphRef(out) if ok else await self._plan_retrying_async(args, kwargs)
 
     async def _plan_retrying_async(self, args: tuple, kwargs: dict) -> GraphRef:
-        for attempt in (1, 2):
+        resends = 0
+        while True:
             try:
                 return GraphRef(await (await self._plan_async(args, kwargs)))
             except ray.exceptions.RayActorError as exc:
-                if attempt == 2 or not note_actor_death(exc):
+                delay = resend_delay(exc, resends)
+                if delay is None:
                     return GraphRef(error=exc)
             except ray.exceptions.RayTaskError as exc:
                 return GraphRef(error=exc)
-            await asyncio.sleep(RETRY_DELAY_S)
-        raise AssertionError("unreachable")
+            resends += 1
+            await asyncio.sleep(delay)
 
     async def _plan_async(self, args: tuple, kwargs: dict) -> ObjectRef:
         gen = run_plan(self.plan, args, kwargs, self._handle(RayServeDeploymentHandle))
@@ -536,8 +540,11 @@ class DeploymentHandle(_HandleBase):
             if not extra:
                 out = _respond(self._target, self._call, args, kwargs)
                 return out if type(out) is DriverResponse else DeploymentResponse(ref=out, call=call)
-            out = self._target.submit(self._call, args, kwargs, **extra)
-            return DriverResponse.of(out) if type(out) is ObjectRef else DeploymentResponse(ref=out, call=call)
+            target, method = self._target, self._call
+            out = target.submit(method, args, kwargs, **extra)
+            if type(out) is ObjectRef:  # the plan's answer: sent again on a replica's death, as _respond's are
+                return DriverResponse.of(out, lambda: target.submit(method, args, kwargs))
+            return DeploymentResponse(ref=out, call=call)
         task = loop.create_task(self._target.submit_async(self._call, args, kwargs, **extra))
         return DeploymentResponseGenerator(task=task) if self._stream else DeploymentResponse(task=task, call=call)
 
@@ -616,16 +623,18 @@ class DeploymentResponseGenerator:
 class DeploymentResponse(metaclass=abc.ABCMeta):  # noqa: B024  # ABCMeta only so driver results register as one
     """The future result of a DeploymentHandle call: ``await`` it, or ``.result()`` outside async code.
 
-    If the replica dies before answering, the request is sent once more to
-    another replica (the caller holds its arguments, so nothing is lost).
+    If the replica dies before answering, the request is sent again to
+    another replica (the caller holds its arguments, so nothing is lost;
+    see ``responses.resend_delay`` for how often and when).
     """
 
-    __slots__ = ("_ref", "_task", "_call")
+    __slots__ = ("_ref", "_task", "_call", "_resends")
 
     def __init__(self, *, ref: ObjectRef | None = None, task: asyncio.Task | None = None, call: tuple | None = None):
         self._ref = ref
         self._task = task
         self._call = call
+        self._resends = 0
 
     async def _object_ref(self) -> ObjectRef:
         if self._ref is None:
@@ -637,28 +646,30 @@ class DeploymentResponse(metaclass=abc.ABCMeta):  # noqa: B024  # ABCMeta only s
             raise RuntimeError("this DeploymentResponse was made in async code: await it instead")
         return self._ref
 
-    def _retry_call(self, exc: BaseException) -> tuple | None:
-        """The call to send again if ``exc`` is a replica's death and it was not retried yet."""
-        call, self._call = self._call, None
-        return call if call is not None and note_actor_death(exc) else None
+    def _resend_delay(self, exc: BaseException) -> float | None:
+        """How long to wait before sending the call again after ``exc`` (responses.resend_delay), or None."""
+        if self._call is None:
+            return None
+        delay = resend_delay(exc, self._resends)
+        if delay is not None:
+            self._resends += 1
+        return delay
 
     def __await__(self):
         async def get() -> Any:
-            try:
-                return await (await self._object_ref())
-            except ray.exceptions.RayActorError as exc:  # before RayTaskError: a death may come wrapped in one
-                call = self._retry_call(exc)
-                if call is None:
-                    raise
-            except ray.exceptions.RayTaskError as exc:
-                raise _user_error(exc) from None
-            await asyncio.sleep(RETRY_DELAY_S)
-            target, method, args, kwargs = call
-            self._ref = await target.submit_async(method, args, kwargs)
-            try:
-                return await self._ref
-            except ray.exceptions.RayTaskError as exc:
-                raise _user_error(exc) from None
+            ref = await self._object_ref()
+            while True:
+                try:
+                    return await ref
+                except ray.exceptions.RayActorError as exc:  # before RayTaskError: a death may come wrapped in one
+                    delay = self._resend_delay(exc)
+                    if delay is None:
+                        raise
+                except ray.exceptions.RayTaskError as exc:
+                    raise _user_error(exc) from None
+                await asyncio.sleep(delay)
+                target, method, args, kwargs = cast(tuple, self._call)  # set: _resend_delay gave a delay
+                ref = self._ref = await target.submit_async(method, args, kwargs)
 
         return get().__await__()
 
@@ -680,21 +691,19 @@ class DeploymentResponse(metaclass=abc.ABCMeta):  # noqa: B024  # ABCMeta only s
                 raise _user_error(exc) from None
         if type(ref) is not ObjectRef:  # a LocalRef, in local testing mode
             return cast(Any, ref).result(timeout_s)
-        try:
-            return ray.get(ref, timeout=timeout_s)
-        except ray.exceptions.RayActorError as exc:  # before RayTaskError: a death may come wrapped in one
-            call = self._retry_call(exc)
-            if call is None:
-                raise
-        except ray.exceptions.RayTaskError as exc:
-            raise _user_error(exc) from None
-        time.sleep(RETRY_DELAY_S)
-        target, method, args, kwargs = call
-        self._ref = target.submit(method, args, kwargs)
-        try:
-            return ray.get(self._ref, timeout=timeout_s)
-        except ray.exceptions.RayTaskError as exc:
-            raise _user_error(exc) from None
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            try:
+                return ray.get(ref, timeout=None if deadline is None else max(0.0, deadline - time.monotonic()))
+            except ray.exceptions.RayActorError as exc:  # before RayTaskError: a death may come wrapped in one
+                delay = self._resend_delay(exc)
+                if delay is None:
+                    raise
+            except ray.exceptions.RayTaskError as exc:
+                raise _user_error(exc) from None
+            time.sleep(delay)
+            target, method, args, kwargs = cast(tuple, self._call)  # set: _resend_delay gave a delay
+            ref = self._ref = target.submit(method, args, kwargs)
 
     def cancel(self) -> None:
         if self._task is not None:

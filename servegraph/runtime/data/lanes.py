@@ -347,7 +347,10 @@ class LaneSet:
             with self._lock:
                 self.lanes.pop(info.lane_id, None)
             reason = f"{type(exc).__name__}: {exc}"
-            self._tell_controller("lane_failed", info.lane_id, reason)
+            # A replica of the lane died while it was compiled (a rollout stopping it, a fault): the lane is re-formed
+            # over the running replicas, as a lane that breaks. Anything else keeps the application on the plan path.
+            died = isinstance(exc, ray.exceptions.RayActorError)
+            self._tell_controller("lane_broken" if died else "lane_failed", info.lane_id, reason)
             return
         lane = Lane(info, dag, capacity)
         with self._lock:

@@ -53,27 +53,41 @@ def user_error(exc: ray.exceptions.RayTaskError) -> BaseException:
     return cause if isinstance(cause, BaseException) else exc
 
 
-#: How many times ``.result()`` sends a request again when the replicas it reached died under it. A node
-#: that goes down takes several replicas at once, and a router learns of each death only when a call hits it.
+#: How many times a request is sent again when the replicas it reached died under it. A node that goes down
+#: takes several replicas at once, and a router learns of each death only when a call hits it (or when the
+#: controller's update arrives), so one resend may meet the next dead replica.
 RESENDS = 3
+
+
+def resend_delay(exc: BaseException, resends: int) -> float | None:
+    """The one retry-on-death rule, for every caller that holds a request's arguments (handles, plans, the
+    proxies): after a request failed with ``exc`` having been sent again ``resends`` times, how long to wait
+    before sending it once more, or None to give up (``exc`` is not a replica's death, or :data:`RESENDS`
+    resends were made). The dead replica is dropped from this process's routers either way; each wait is
+    longer than the last, so the controller's update has time to reach them."""
+    if resends >= RESENDS or not note_actor_death(exc):
+        return None
+    return RETRY_DELAY_S * (resends + 1)
 
 
 def read(ref: Any, timeout_s: float | None, resend: Resend | None) -> Any:
     """``ray.get`` a request's ref as ``.result()`` does: the user's error unwrapped; sent again (at most
     :data:`RESENDS` times, within the timeout) while the replicas it reached die under it."""
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
-    attempt = 0
+    resends = 0
     while True:
         remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
         try:
             return ray.get(ref, timeout=remaining)
         except ray.exceptions.RayActorError as exc:  # before RayTaskError: a death may come wrapped in one
-            if resend is None or attempt >= RESENDS or not note_actor_death(exc):
+            delay = None if resend is None else resend_delay(exc, resends)
+            if delay is None:
                 raise
         except ray.exceptions.RayTaskError as exc:
             raise user_error(exc) from None
-        attempt += 1
-        time.sleep(RETRY_DELAY_S)
+        resends += 1
+        time.sleep(delay)
+        assert resend is not None  # a delay is only given with something to resend
         ref = resend()
 
 
