@@ -139,6 +139,16 @@ def _node() -> Any:
     return ray._private.worker._global_node
 
 
+#: What Ray 2.60's ``ray._private.node.Node`` raises (a bare Exception) when the raylet it started has not
+#: registered with the GCS after a fixed 30 s, as happens on a machine whose cores are all busy.
+NODE_START_TIMEOUT = "timed out during startup"
+
+
+def node_start_timed_out(exc: BaseException) -> bool:
+    """Whether ``ray.init()`` failed only because its new node was slow to register (see NODE_START_TIMEOUT)."""
+    return NODE_START_TIMEOUT in str(exc)
+
+
 def started_cluster() -> bool:
     """Whether this process started the cluster it is connected to (``ray.init()`` made a new head node)."""
     node = _node()

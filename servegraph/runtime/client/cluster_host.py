@@ -18,6 +18,7 @@ Killed outright, it leaves the rest to Ray's reaper, which stops its process gro
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
@@ -29,6 +30,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from .. import ray_compat
 from ..common.records import NAMESPACE
@@ -57,7 +59,7 @@ def _serve(by: str, owner_pid: int | None) -> int:
     # Whatever Ray prints goes to the host's log; the starter reads one line, on a descriptor of its own.
     ready = os.dup(sys.stdout.fileno())
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
-    ray.init(address="local", namespace=NAMESPACE, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+    _start_ray(ray)
     # After ray.init, whose core worker installs its own SIGTERM handler (it dumps a stack and dies).
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -85,6 +87,51 @@ def _serve(by: str, owner_pid: int | None) -> int:
     forget_record(address)
     clear_ray_address_file(address)
     return 0
+
+
+def _start_ray(ray: Any) -> None:
+    """``ray.init()`` of a new local cluster, tried twice: on a machine whose cores are all busy Ray can give up
+    on the raylet it started before it registers (after a fixed 30 s; see ray_compat.NODE_START_TIMEOUT). What
+    the first try started (every process below this one: the host starts nothing else) is stopped first."""
+    options: dict[str, Any] = {
+        "address": "local", "namespace": NAMESPACE, "include_dashboard": False,
+        "logging_level": logging.WARNING, "log_to_driver": False,
+    }  # fmt: skip
+    try:
+        ray.init(**options)
+    except Exception as exc:
+        if not ray_compat.node_start_timed_out(exc):
+            raise
+        print(f"servegraph: {exc} Stopping what it started and starting once more.", file=sys.stderr, flush=True)
+        _stop_descendants()
+        ray.init(**options)
+
+
+def _stop_descendants(timeout: float = 10.0) -> None:
+    """SIGKILL every process below this one (read from /proc; elsewhere nothing is done) and wait for them to go."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+    mine, frontier = set(), {os.getpid()}
+    while frontier:
+        frontier = {pid for pid, ppid in parents.items() if ppid in frontier and pid not in mine}
+        mine |= frontier
+    for pid in mine:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(ChildProcessError):
+            while os.waitpid(-1, os.WNOHANG)[0] > 0:  # reap this process's own children
+                pass
+        if not any(pid_alive(pid) for pid in mine):
+            return
+        time.sleep(0.1)
 
 
 def _kept(address: str) -> bool:
