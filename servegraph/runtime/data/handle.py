@@ -31,7 +31,7 @@ from ..common.records import ModelCall, StreamMethod
 from .graph_ref import GraphRef
 from .lanes import LaneBroken, lanes_for
 from .long_poll import runtime_client
-from .responses import DriverResponse, resend_delay
+from .responses import DriverResponse, read, resend_delay
 from .responses import user_error as _user_error
 from .router import Router
 
@@ -691,19 +691,16 @@ class DeploymentResponse(metaclass=abc.ABCMeta):  # noqa: B024  # ABCMeta only s
                 raise _user_error(exc) from None
         if type(ref) is not ObjectRef:  # a LocalRef, in local testing mode
             return cast(Any, ref).result(timeout_s)
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        while True:
-            try:
-                return ray.get(ref, timeout=None if deadline is None else max(0.0, deadline - time.monotonic()))
-            except ray.exceptions.RayActorError as exc:  # before RayTaskError: a death may come wrapped in one
-                delay = self._resend_delay(exc)
-                if delay is None:
-                    raise
-            except ray.exceptions.RayTaskError as exc:
-                raise _user_error(exc) from None
-            time.sleep(delay)
-            target, method, args, kwargs = cast(tuple, self._call)  # set: _resend_delay gave a delay
-            ref = self._ref = target.submit(method, args, kwargs)
+        call = self._call
+        if call is None:
+            return read(ref, timeout_s, None)
+        target, method, args, kwargs = call
+
+        def resend() -> ObjectRef:
+            self._ref = target.submit(method, args, kwargs)
+            return self._ref
+
+        return read(ref, timeout_s, resend)
 
     def cancel(self) -> None:
         if self._task is not None:
