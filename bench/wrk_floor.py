@@ -20,6 +20,10 @@ extra, ``pip install -e '.[bench]'``)::
 With ``--rounds``, every row runs that many times in turn and the table shows the median req/s, the median
 of each run's ratio to the floor measured in the same round, and the latencies of the median run; the errors
 column sums all runs.
+
+The ``cpu/req`` column is the CPU every process on the machine used while wrk ran (read from ``/proc``),
+divided by the requests wrk counted: on a machine whose cores are all busy, that is what bounds req/s. With
+``--cpu``, a second table splits it by process (Ray actors by class, the floor's uvicorn as ``this process``).
 """
 
 from __future__ import annotations
@@ -169,14 +173,69 @@ def wait_serving(port: int, deadline_s: float = TIMEOUT_S) -> None:
         return
 
 
+class CpuMeter:
+    """CPU seconds each process on the machine uses between :meth:`start` and :meth:`stop`, by process name."""
+
+    def __init__(self) -> None:
+        self._before: dict[int, float] = {}
+
+    @staticmethod
+    def _read() -> dict[int, float]:
+        ticks = os.sysconf("SC_CLK_TCK")
+        out: dict[int, float] = {}
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    with open(f"/proc/{entry}/stat") as f:
+                        fields = f.read().rsplit(")", 1)[1].split()
+                except OSError:
+                    continue
+                out[int(entry)] = (int(fields[11]) + int(fields[12])) / ticks
+        return out
+
+    @staticmethod
+    def _name(pid: int) -> str:
+        if pid == os.getpid():
+            return "this process"
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                words = f.read().split(b"\0")
+        except OSError:
+            return "?"
+        first = words[0].decode(errors="replace")
+        if first.startswith("ray::"):
+            return first.split()[0].split(".")[0]  # the actor's class, whatever method it runs now
+        script = next((w.decode(errors="replace") for w in words[1:3] if w.endswith(b".py")), "")
+        return Path(script or first).name or "?"
+
+    def start(self) -> None:
+        self._before = self._read() if os.path.isdir("/proc") else {}
+
+    def stop(self) -> dict[str, float]:
+        """CPU seconds used since :meth:`start`, by process name (wrk itself left out), largest first."""
+        if not self._before:
+            return {}
+        used: dict[str, float] = {}
+        for pid, cpu in self._read().items():
+            spent = cpu - self._before.get(pid, 0.0)
+            if spent > 0:
+                name = self._name(pid)
+                if name != "wrk":
+                    used[name] = used.get(name, 0.0) + spent
+        return dict(sorted(used.items(), key=lambda kv: -kv[1]))
+
+
 def run_wrk(port: int, connections: int, duration: int, threads: int) -> dict[str, Any]:
-    """wrk's figures for POSTs to 127.0.0.1:port (after a 2 s warm-up run that is not counted)."""
+    """wrk's figures for POSTs to 127.0.0.1:port (after a 2 s warm-up run that is not counted), with the CPU
+    the machine's processes used meanwhile (``cpu``: seconds by process name)."""
     body = json.dumps(BODY).replace("\\", "\\\\").replace('"', '\\"')
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         script.write(f'wrk.method = "POST"\nwrk.body = "{body}"\nwrk.headers["Content-Type"] = "application/json"\n')
     try:
         base = ["wrk", f"-t{threads}", f"-c{connections}", "--latency", "-s", script.name, f"http://127.0.0.1:{port}/"]
         subprocess.run([*base[:3], "-d2s", *base[3:]], capture_output=True, text=True, timeout=60, check=False)
+        meter = CpuMeter()
+        meter.start()
         out = subprocess.run(
             [*base[:3], f"-d{duration}s", "--timeout", "10s", *base[3:]],
             capture_output=True,
@@ -184,13 +243,18 @@ def run_wrk(port: int, connections: int, duration: int, threads: int) -> dict[st
             timeout=duration + 60,
             check=True,
         ).stdout
+        cpu = meter.stop()
     finally:
         os.unlink(script.name)
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     errors = sum(int(n) for n in re.findall(r"(?:Non-2xx or 3xx responses|connect|read|write|timeout)\s*:?\s+(\d+)", out))
     p50 = re.search(r"50%\s+([\d.]+\w+)", out)
     p99 = re.search(r"99%\s+([\d.]+\w+)", out)
-    return {"rps": rps, "errors": errors, "p50": p50.group(1) if p50 else "?", "p99": p99.group(1) if p99 else "?"}
+    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    return {
+        "rps": rps, "errors": errors, "p50": p50.group(1) if p50 else "?", "p99": p99.group(1) if p99 else "?",
+        "requests": requests, "cpu": cpu,
+    }  # fmt: skip
 
 
 # The systems --------------------------------------------------------------------------------------
@@ -264,6 +328,11 @@ def measure_floor(args: argparse.Namespace) -> dict[str, Any]:
             ray.kill(actor)
 
 
+def cpu_ms_per_request(figures: dict[str, Any]) -> float:
+    """Milliseconds of CPU (every process but wrk) per request wrk counted."""
+    return 1000 * sum(figures["cpu"].values()) / max(figures["requests"], 1)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--systems", default="floor,servegraph,rayserve", help="comma-separated (default all three)")
@@ -275,6 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=1,
                         help="run every row this many times, in turn; the table shows medians, each ratio against its round's floor")
     parser.add_argument("--json", help="also write the figures to this file")
+    parser.add_argument("--cpu", action="store_true", help="also show each row's CPU per request split by process")
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None:
         print("wrk is not installed (apt-get install wrk)", file=sys.stderr)
@@ -318,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Ray {ray.__version__}; wrk -t{args.threads} -c{args.connections} -d{args.duration}s, POST / to the hello graph"
         + (f"; medians of {args.rounds} rounds" if args.rounds > 1 else "")
     )
-    header = f"{'system':<11} {'max_ongoing':<12} {'req/s':>8} {'vs floor':>9} {'p50':>9} {'p99':>9} {'errors':>7}"
+    header = f"{'system':<11} {'max_ongoing':<12} {'req/s':>8} {'vs floor':>9} {'p50':>9} {'p99':>9} {'errors':>7} {'cpu/req':>8}"
     print(header)
     print("-" * len(header))
     for system, label, runs in rows:
@@ -327,7 +397,16 @@ def main(argv: list[str] | None = None) -> int:
         name = {"floor": "floor", "servegraph": "servegraph", "rayserve": "Ray Serve"}[system]
         middle = sorted(runs, key=lambda f: f["rps"])[len(runs) // 2]  # latencies: the median run's (of an odd count)
         errors = sum(f["errors"] for f in runs)
-        print(f"{name:<11} {label:<12} {rps:>8.1f} {ratio:>9} {middle['p50']:>9} {middle['p99']:>9} {errors:>7}")
+        cpu = f"{cpu_ms_per_request(middle):.2f}ms" if middle["cpu"] else "-"
+        print(f"{name:<11} {label:<12} {rps:>8.1f} {ratio:>9} {middle['p50']:>9} {middle['p99']:>9} {errors:>7} {cpu:>8}")
+    if args.cpu:
+        print()
+        print("CPU per request by process (ms; the median run of each row):")
+        for system, label, runs in rows:
+            middle = sorted(runs, key=lambda f: f["rps"])[len(runs) // 2]
+            parts = [f"{name} {1000 * s / max(middle['requests'], 1):.2f}" for name, s in middle["cpu"].items()
+                     if 1000 * s / max(middle["requests"], 1) >= 0.01]  # fmt: skip
+            print(f"  {system} {label}: " + ", ".join(parts))
     if args.json:
         Path(args.json).write_text(json.dumps({"started": started.isoformat(), "rows": rows}, indent=2))
     return 0

@@ -38,17 +38,18 @@ METRICS_PORT = free_port()
 
 
 @contextlib.contextmanager
-def pythonpath(*paths: Path) -> Iterator[None]:
-    """PYTHONPATH with ``paths`` in front while the block runs (for the processes it starts), then as it was."""
-    before = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = os.pathsep.join([*map(str, paths), *filter(None, [before])])
+def environment(**values: str) -> Iterator[None]:
+    """These environment variables set while the block runs (for the processes it starts), then as they were."""
+    before = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
     try:
         yield
     finally:
-        if before is None:
-            del os.environ["PYTHONPATH"]
-        else:
-            os.environ["PYTHONPATH"] = before
+        for name, value in before.items():
+            if value is None:
+                del os.environ[name]
+            else:
+                os.environ[name] = value
 
 
 @pytest.fixture(scope="session")
@@ -64,7 +65,15 @@ def ray_cluster():
     # process's environment when ray.init starts them (and every worker the raylet's), so PYTHONPATH is set
     # for that moment only: a job runtime_env would do the same, but makes Ray start every worker as two
     # processes, each importing Ray (about 0.4 CPU-s more per replica).
-    with pythonpath(EXAMPLES, ROOT, TESTS):
+    # Ray's log monitor lists its log folder ten times a second while it holds fewer than 1,000 files, and
+    # every replica adds files: over a run (about 500 workers) that was some 40 CPU-s of globbing, for lines
+    # no driver reads (log_to_driver=False). With the threshold at 0 it lists the folder every 0.5 s instead,
+    # as Ray does on its own for folders of many files.
+    before = os.environ.get("PYTHONPATH")
+    with environment(
+        PYTHONPATH=os.pathsep.join([str(EXAMPLES), str(ROOT), str(TESTS), *filter(None, [before])]),
+        RAY_LOG_MONITOR_MANY_FILES_THRESHOLD="0",
+    ):
         ray.init(
             # A new cluster of the tests' own, whatever Ray's ray_current_cluster file points at.
             address="local",
@@ -140,7 +149,24 @@ OWN_CLUSTERS = frozenset(
 #: Ray test files that run in whichever lane is free, as Ray-free files do (a group each, handed out as lanes near
 #: their ends): they start at most one small cluster or process of their own, or use the session cluster of the
 #: worker that runs them (Ray Serve's parity file: Ray Serve runs there next to servegraph, and shuts down after).
-ANY_LANE = frozenset({"test_rayserve_backend.py", "test_grpc.py", "test_serve_start.py", "test_tracing.py"})
+#: Longest first (about 160, 20, 20 and 19 s in a full run): the order in which they are handed out.
+ANY_LANE = ("test_rayserve_backend.py", "test_grpc.py", "test_tracing.py", "test_serve_start.py")
+
+
+def _hand_out_order(group: str) -> tuple[int, int]:
+    """Where a group stands in xdist's queue: the two lanes, then the ANY_LANE files, then the Ray-free files.
+
+    A lane takes the next group when it has two tests left, so whatever group is next then waits behind the
+    lane's last tests; with the short Ray-free files last, the two lanes end within seconds of each other
+    (handed out by size, as xdist does by default, the last group out was a 20 s gRPC file, run alone).
+    """
+    if group == "session-cluster":
+        return 0, 0
+    if group == "own-clusters":
+        return 1, 0
+    if group in ANY_LANE:
+        return 2, ANY_LANE.index(group)
+    return 3, 0
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own, which reads the groups set here
@@ -148,6 +174,7 @@ def pytest_collection_modifyitems(config, items):
     """Every test that uses the session's Ray cluster (directly or through another fixture) is marked ``ray``,
     so ``pytest -m "not ray"`` runs the rest without starting Ray. Tests that start Ray themselves (in a child
     process) carry the mark explicitly."""
+    groups = {}
     for item in items:
         # With pytest-xdist (``-n 2 --dist loadgroup``) the Ray tests run in two lanes, one per worker: those on
         # the session's cluster (one cluster, its module-scoped deployments made once), and those that start
@@ -166,10 +193,15 @@ def pytest_collection_modifyitems(config, items):
         else:
             group = item.path.name
         item.add_marker(pytest.mark.xdist_group(group))
+        groups[item] = group
+    items.sort(key=lambda item: _hand_out_order(groups[item]))  # stable: each file keeps its own order
 
 
 def pytest_configure(config):
-    """In a run that leaves out ``ray`` tests, a test that starts Ray anyway fails and says so."""
+    """xdist hands groups out in the order of the collection (see _hand_out_order), not by their size; and in a
+    run that leaves out ``ray`` tests, a test that starts Ray anyway fails and says so."""
+    if hasattr(config.option, "loadscopereorder"):  # pytest-xdist's --no-loadscope-reorder
+        config.option.loadscopereorder = False
     markexpr = config.getoption("markexpr", "") or ""
     if "not ray" in markexpr.replace("  ", " "):
         import ray
