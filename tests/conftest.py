@@ -105,58 +105,26 @@ def serve_app(ray_cluster):
         serve.delete(name)
 
 
-class _Deployer:
-    """``deploy(graph, name="x", route_prefix="/x")``: ``serve.run`` on the session's proxy port; remembers the names."""
-
-    def __init__(self, http_port: int):
-        self.http_port = http_port
-        self.names: list[str] = []
-
-    def __call__(self, target, *, name: str, route_prefix: str | None = None, **kwargs):
-        import servegraph as serve
-
-        handle = serve.run(target, name=name, route_prefix=route_prefix, port=self.http_port, **kwargs)
-        if name not in self.names:
-            self.names.append(name)
-        return handle
-
-    def delete_from(self, start: int) -> None:
-        """Delete the applications deployed since ``names`` had ``start`` entries."""
-        import servegraph as serve
-
-        for name in self.names[start:]:
-            serve.delete(name)
-        del self.names[start:]
-
-
 @pytest.fixture(scope="module")
 def deploy(ray_cluster, http_port):
-    """Deploy applications for a module: those a module-scoped fixture deploys are shared by its tests and
-    deleted when the module ends; those a test deploys in its own body are deleted when that test ends (see
-    ``_apps_of_the_test``).
+    """Deploy applications once for a whole module; they are deleted when the module ends.
 
     ``deploy(graph, name="x", route_prefix="/x")`` returns the handle ``serve.run``
     returns. Every application uses the session's proxy port; with no
     ``route_prefix`` it gets no HTTP route, so modules never collide on ``/``.
     """
-    deployer = _Deployer(http_port)
-    yield deployer
-    deployer.delete_from(0)
+    import servegraph as serve
 
+    names: list[str] = []
 
-@pytest.fixture(autouse=True)
-def _apps_of_the_test(request):
-    """A test's own applications go when it ends. Left up until their module ended, they idled beside every
-    later test of the module (test_compiled_path.py kept 14 applications and their lanes up to its end), and
-    each idle replica costs the CPU-bound suite a little; module-scoped fixtures, set up before this one,
-    keep theirs."""
-    if "deploy" not in request.fixturenames:
-        yield
-        return
-    deployer = request.getfixturevalue("deploy")
-    start = len(deployer.names)
-    yield
-    deployer.delete_from(start)
+    def run(target, *, name: str, route_prefix: str | None = None, **kwargs):
+        handle = serve.run(target, name=name, route_prefix=route_prefix, port=http_port, **kwargs)
+        names.append(name)
+        return handle
+
+    yield run
+    for name in names:
+        serve.delete(name)
 
 
 @pytest.fixture(scope="session")
