@@ -325,10 +325,9 @@ def wait_for_quiet() -> float | None:
     return busy
 
 
-def tree_cpu_ticks(root: int) -> int:
-    """CPU ticks (user + system) used by process ``root`` and every process descended from it."""
-    children: dict[int, list[int]] = {}
-    used: dict[int, int] = {}
+def process_cpu_ticks() -> dict[int, tuple[int, int]]:
+    """Every process on the machine: pid -> (parent pid, CPU ticks used so far, user + system)."""
+    out: dict[int, tuple[int, int]] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -338,9 +337,17 @@ def tree_cpu_ticks(root: int) -> int:
         except OSError:  # exited meanwhile
             continue
         rest = stat[stat.rindex(")") + 2 :].split()
-        pid = int(entry)
-        children.setdefault(int(rest[1]), []).append(pid)
-        used[pid] = int(rest[11]) + int(rest[12])  # utime + stime
+        out[int(entry)] = (int(rest[1]), int(rest[11]) + int(rest[12]))  # ppid, utime + stime
+    return out
+
+
+def tree_cpu_ticks(root: int) -> int:
+    """CPU ticks (user + system) used by process ``root`` and every process descended from it."""
+    children: dict[int, list[int]] = {}
+    used: dict[int, int] = {}
+    for pid, (parent, ticks) in process_cpu_ticks().items():
+        children.setdefault(parent, []).append(pid)
+        used[pid] = ticks
     total, todo = 0, [root]
     while todo:
         pid = todo.pop()

@@ -181,17 +181,10 @@ class CpuMeter:
 
     @staticmethod
     def _read() -> dict[int, float]:
-        ticks = os.sysconf("SC_CLK_TCK")
-        out: dict[int, float] = {}
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                try:
-                    with open(f"/proc/{entry}/stat") as f:
-                        fields = f.read().rsplit(")", 1)[1].split()
-                except OSError:
-                    continue
-                out[int(entry)] = (int(fields[11]) + int(fields[12])) / ticks
-        return out
+        from latency import process_cpu_ticks  # bench/ is on sys.path when run as a script
+
+        tick = os.sysconf("SC_CLK_TCK")
+        return {pid: ticks / tick for pid, (_, ticks) in process_cpu_ticks().items()}
 
     @staticmethod
     def _name(pid: int) -> str:
@@ -391,21 +384,20 @@ def main(argv: list[str] | None = None) -> int:
     header = f"{'system':<11} {'max_ongoing':<12} {'req/s':>8} {'vs floor':>9} {'p50':>9} {'p99':>9} {'errors':>7} {'cpu/req':>8}"
     print(header)
     print("-" * len(header))
-    for system, label, runs in rows:
+    middles = [sorted(runs, key=lambda f: f["rps"])[len(runs) // 2] for _, _, runs in rows]  # of an odd count
+    for (system, label, runs), middle in zip(rows, middles, strict=True):
         rps = statistics.median(f["rps"] for f in runs)
         ratio = f"{statistics.median(f['rps'] / fl['rps'] for f, fl in zip(runs, floors, strict=True)):.2f}x" if floors else "-"
         name = {"floor": "floor", "servegraph": "servegraph", "rayserve": "Ray Serve"}[system]
-        middle = sorted(runs, key=lambda f: f["rps"])[len(runs) // 2]  # latencies: the median run's (of an odd count)
         errors = sum(f["errors"] for f in runs)
         cpu = f"{cpu_ms_per_request(middle):.2f}ms" if middle["cpu"] else "-"
         print(f"{name:<11} {label:<12} {rps:>8.1f} {ratio:>9} {middle['p50']:>9} {middle['p99']:>9} {errors:>7} {cpu:>8}")
     if args.cpu:
         print()
         print("CPU per request by process (ms; the median run of each row):")
-        for system, label, runs in rows:
-            middle = sorted(runs, key=lambda f: f["rps"])[len(runs) // 2]
-            parts = [f"{name} {1000 * s / max(middle['requests'], 1):.2f}" for name, s in middle["cpu"].items()
-                     if 1000 * s / max(middle["requests"], 1) >= 0.01]  # fmt: skip
+        for (system, label, _), middle in zip(rows, middles, strict=True):
+            per_request = {name: 1000 * s / max(middle["requests"], 1) for name, s in middle["cpu"].items()}
+            parts = [f"{name} {ms:.2f}" for name, ms in per_request.items() if ms >= 0.01]
             print(f"  {system} {label}: " + ", ".join(parts))
     if args.json:
         Path(args.json).write_text(json.dumps({"started": started.isoformat(), "rows": rows}, indent=2))
