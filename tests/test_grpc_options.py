@@ -192,7 +192,7 @@ def grpc_server():
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
-    ingress = GRPCIngress(lambda: routes, "127.0.0.1", options)
+    ingress = GRPCIngress(lambda: routes, "127.0.0.1", options, lambda: bool(routes))
     assert asyncio.run_coroutine_threadsafe(ingress.start(), loop).result(30) is None
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
     yield serve_pb2_grpc.UserDefinedServiceStub(channel), routes, channel
@@ -313,7 +313,7 @@ def test_a_port_in_use_is_an_error_message():
         taken.listen()
         port = taken.getsockname()[1]
         options = {**GRPC_OPTION_DEFAULTS, "port": port, "grpc_servicer_functions": [ADD_USER_SERVICE]}
-        error = asyncio.run(GRPCIngress(dict, "127.0.0.1", options).start())
+        error = asyncio.run(GRPCIngress(dict, "127.0.0.1", options, lambda: False).start())
     assert error is not None and f"cannot serve gRPC on 127.0.0.1:{port}" in error
 
 

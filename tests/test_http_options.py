@@ -67,6 +67,25 @@ def test_the_proxy_serves_https_with_ssl_keyfile_and_certfile(certificate):
     assert reply.status_code == 404  # TLS handshake done with our certificate; no routes installed
 
 
+def test_healthz_says_success_once_a_route_arrived_also_after_every_application_went():
+    """As Ray Serve's proxy: "Route table is not populated yet." (503) until a route table with a route in it
+    arrives; from then on "success", also once every application is deleted (the table is empty again)."""
+    port = free_port()
+    proxy = HTTPProxy("127.0.0.1", port)
+
+    async def call():
+        async with httpx.AsyncClient() as client:
+            health = f"http://127.0.0.1:{port}/-/healthz"
+            before = await client.get(health)
+            await proxy.set_routes({"/x": ("deployment", "app", object(), None)}, [])
+            routed = await client.get(health)
+            await proxy.set_routes({}, [])
+            emptied = await client.get(health)
+        return [(r.status_code, r.text) for r in (before, routed, emptied)]
+
+    assert serve_proxy(proxy, call) == [(503, "Route table is not populated yet."), (200, "success"), (200, "success")]
+
+
 class _SlowProxy(HTTPProxy):
     async def _handle(self, scope, body, seen=None):
         await asyncio.sleep(30)

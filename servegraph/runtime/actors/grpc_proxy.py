@@ -174,10 +174,14 @@ def _metadata(context: Any) -> dict[str, str]:
 
 
 class GRPCIngress:
-    """The gRPC server of one proxy. ``routes`` gives the proxy's routes (prefix -> (kind, app, target, adapter))."""
+    """The gRPC server of one proxy. ``routes`` gives the proxy's routes (prefix -> (kind, app, target, adapter));
+    ``populated``, whether a route ever arrived (see HTTPProxy.populated)."""
 
-    def __init__(self, routes: Callable[[], dict[str, tuple]], host: str, options: dict[str, Any]):
+    def __init__(
+        self, routes: Callable[[], dict[str, tuple]], host: str, options: dict[str, Any], populated: Callable[[], bool]
+    ):
         self._routes = routes
+        self._populated = populated
         self._host = host
         self._options = options
         self.request_timeout_s: float | None = options["request_timeout_s"]
@@ -351,7 +355,7 @@ class GRPCIngress:
         serve_pb2: Any = importlib.import_module("ray.serve.generated.serve_pb2")
 
         async def healthz(request: Any, context: Any) -> bytes:
-            if not self._routes():  # Ray Serve's words, as the HTTP proxy's /-/healthz
+            if not self._populated():  # Ray Serve's words, as the HTTP proxy's /-/healthz
                 await context.abort(grpc.StatusCode.UNAVAILABLE, "Route table is not populated yet.")
             return serve_pb2.HealthzResponse(message="success").SerializeToString()
 

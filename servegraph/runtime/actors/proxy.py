@@ -90,6 +90,9 @@ class HTTPProxy:
         self._host = host
         self._port = port
         self._routes: dict[str, tuple] = {}
+        #: Whether a route table with a route in it ever arrived. Ray Serve's proxies answer /-/healthz with
+        #: "success" from then on, also after every application is deleted (ProxyRouter._route_table_populated).
+        self.populated = False
         self._server: Any = None
         unknown = set(http_options or {}) - set(HTTP_OPTION_DEFAULTS)
         if unknown:
@@ -135,7 +138,7 @@ class HTTPProxy:
                 from .grpc_proxy import GRPCIngress  # grpcio only when gRPC is asked for
             except ImportError as exc:
                 return str(exc)
-            self._grpc = GRPCIngress(lambda: self._routes, self._host, self._grpc_options)
+            self._grpc = GRPCIngress(lambda: self._routes, self._host, self._grpc_options, lambda: self.populated)
             error = await self._grpc.start()
         return error
 
@@ -198,6 +201,7 @@ class HTTPProxy:
                     kind, adapter = "broken", f"application {app!r}: its http_adapter cannot be served: {exc}"
             installed[prefix] = (kind, app, target, adapter)
         self._routes = installed
+        self.populated = self.populated or bool(installed)
 
     async def ready(self) -> bool:
         return True
@@ -212,7 +216,7 @@ class HTTPProxy:
     async def _handle(self, scope: dict, body: bytes, seen: _Seen | None = None) -> HTTPResult | HTTPStream:
         """Answer one request; ``seen`` learns its route, application and ingress deployment (for metrics)."""
         if scope["path"] == "/-/healthz":  # Ray Serve's proxy endpoints, with its words
-            return text(200, "success") if self._routes else text(503, "Route table is not populated yet.")
+            return text(200, "success") if self.populated else text(503, "Route table is not populated yet.")
         if scope["path"] == "/-/routes":
             apps = {prefix: route[1] for prefix, route in sorted(self._routes.items())}
             return 200, [("content-type", "application/json")], json.dumps(apps).encode()
