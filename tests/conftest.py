@@ -169,6 +169,21 @@ def _hand_out_order(group: str) -> tuple[int, int]:
     return 3, 0
 
 
+def _compile_once() -> None:
+    """Write the bytecode of servegraph and of the test modules, as a first import would.
+
+    Every replica, proxy and controller imports servegraph, as do the CLI's children and the examples' modules,
+    so a full run starts about 600 Python processes that import it. With ``PYTHONDONTWRITEBYTECODE`` set (as on
+    CI) and a fresh clone, no process would write a ``__pycache__`` and each would compile the sources again
+    (a replica's import of servegraph: 0.22 s instead of 0.16). ``__pycache__`` is in .gitignore, so the tree
+    stays clean.
+    """
+    import compileall
+
+    for folder in (ROOT / "servegraph", TESTS, EXAMPLES):
+        compileall.compile_dir(folder, quiet=2, workers=1)
+
+
 @pytest.hookimpl(tryfirst=True)  # before xdist's own, which reads the groups set here
 def pytest_collection_modifyitems(config, items):
     """Every test that uses the session's Ray cluster (directly or through another fixture) is marked ``ray``,
@@ -198,10 +213,13 @@ def pytest_collection_modifyitems(config, items):
 
 
 def pytest_configure(config):
-    """xdist hands groups out in the order of the collection (see _hand_out_order), not by their size; and in a
-    run that leaves out ``ray`` tests, a test that starts Ray anyway fails and says so."""
+    """xdist hands groups out in the order of the collection (see _hand_out_order), not by their size; the
+    package and the tests are compiled to bytecode once (see _compile_once); and in a run that leaves out ``ray``
+    tests, a test that starts Ray anyway fails and says so."""
     if hasattr(config.option, "loadscopereorder"):  # pytest-xdist's --no-loadscope-reorder
         config.option.loadscopereorder = False
+    if not hasattr(config, "workerinput"):  # the main process: before xdist starts its workers
+        _compile_once()
     markexpr = config.getoption("markexpr", "") or ""
     if "not ray" in markexpr.replace("  ", " "):
         import ray

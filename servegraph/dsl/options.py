@@ -38,7 +38,7 @@ DEFAULT_PLACEMENT_GROUP_STRATEGY = "PACK"
 class RayActorOptions(BaseModel):
     """The subset of Ray actor options a replica may set (as in Ray Serve)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
     num_cpus: float | None = Field(default=None, ge=0)
     num_gpus: float | None = Field(default=None, ge=0)
@@ -60,7 +60,7 @@ class RayActorOptions(BaseModel):
 class AutoscalingConfig(BaseModel):
     """Ray Serve's autoscaling_config; replicas start at ``initial_replicas`` or ``min_replicas``."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
     min_replicas: int = Field(default=1, ge=0)
     initial_replicas: int | None = Field(default=None, ge=0)
@@ -118,7 +118,7 @@ class LoggingConfig(BaseModel):
     'DEBUG'
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
     encoding: Literal["TEXT", "JSON"] = "TEXT"
     log_level: int | str = "INFO"
@@ -180,7 +180,7 @@ def as_logging_config(value: Any, where: str = "logging_config") -> LoggingConfi
 class DeploymentOptions(BaseModel):
     """Every option ``@serve.deployment`` accepts, with Ray Serve's names and defaults."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True, defer_build=True)
 
     name: str | None = Field(default=None, min_length=1)
     version: str | None = None
