@@ -13,7 +13,6 @@ from io import BytesIO
 from typing import Any, Optional, Union
 
 import starlette.requests
-from fastapi import File
 from pydantic import BaseModel, Field
 
 _1DArray = list[float]
@@ -60,15 +59,32 @@ async def json_request(request: starlette.requests.Request) -> Any:
     return await request.json()
 
 
-def image_to_ndarray(img: bytes = File(...)) -> Any:  # noqa: B008 (FastAPI reads the default)
-    """A PIL-readable file from an HTTP form as a numpy array (needs Pillow: pip install pillow)."""
-    try:
-        from PIL import Image
-    except ImportError:
-        raise ImportError("image_to_ndarray needs Pillow: pip install pillow") from None
-    import numpy as np
+def _image_to_ndarray() -> Any:
+    """``image_to_ndarray``, made on first use: its ``File(...)`` default needs FastAPI, whose import (0.2-0.3 s,
+    most of it building OpenAPI's models) every process that imports this module would pay otherwise, replicas
+    and the proxy among them."""
+    from fastapi import File
 
-    return np.array(Image.open(BytesIO(img)))
+    def image_to_ndarray(img: bytes = File(...)) -> Any:  # noqa: B008 (FastAPI reads the default)
+        """A PIL-readable file from an HTTP form as a numpy array (needs Pillow: pip install pillow)."""
+        try:
+            from PIL import Image
+        except ImportError:
+            raise ImportError("image_to_ndarray needs Pillow: pip install pillow") from None
+        import numpy as np
+
+        return np.array(Image.open(BytesIO(img)))
+
+    image_to_ndarray.__module__ = __name__
+    image_to_ndarray.__qualname__ = "image_to_ndarray"
+    return image_to_ndarray
+
+
+def __getattr__(name: str) -> Any:
+    if name == "image_to_ndarray":
+        value = globals()[name] = _image_to_ndarray()  # kept: pickled by reference, it must be this one
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 async def pandas_read_json(raw_request: starlette.requests.Request) -> Any:
@@ -86,7 +102,7 @@ async def pandas_read_json(raw_request: starlette.requests.Request) -> Any:
 
 __all__ = [
     "NdArray",
-    "image_to_ndarray",
+    "image_to_ndarray",  # noqa: F822 (made on first use, see __getattr__)
     "json_request",
     "json_to_multi_ndarray",
     "json_to_ndarray",
