@@ -105,26 +105,61 @@ def serve_app(ray_cluster):
         serve.delete(name)
 
 
+class _Deployer:
+    """``deploy(graph, name="x", route_prefix="/x")``: ``serve.run`` on the session's proxy port; remembers the names."""
+
+    def __init__(self, http_port: int):
+        self.http_port = http_port
+        self.names: list[str] = []
+
+    def __call__(self, target, *, name: str, route_prefix: str | None = None, **kwargs):
+        import servegraph as serve
+
+        handle = serve.run(target, name=name, route_prefix=route_prefix, port=self.http_port, **kwargs)
+        if name not in self.names:
+            self.names.append(name)
+        return handle
+
+    def delete_from(self, start: int) -> None:
+        """Delete the applications deployed since ``names`` had ``start`` entries."""
+        import servegraph as serve
+
+        for name in self.names[start:]:
+            serve.delete(name)
+        del self.names[start:]
+
+
 @pytest.fixture(scope="module")
 def deploy(ray_cluster, http_port):
-    """Deploy applications once for a whole module; they are deleted when the module ends.
+    """Deploy applications for a module: those a module-scoped fixture deploys are shared by its tests and
+    deleted when the module ends; those a test deploys in its own body are deleted when that test ends (see
+    ``_apps_of_the_test``).
 
     ``deploy(graph, name="x", route_prefix="/x")`` returns the handle ``serve.run``
     returns. Every application uses the session's proxy port; with no
     ``route_prefix`` it gets no HTTP route, so modules never collide on ``/``.
     """
-    import servegraph as serve
+    deployer = _Deployer(http_port)
+    yield deployer
+    deployer.delete_from(0)
 
-    names: list[str] = []
 
-    def run(target, *, name: str, route_prefix: str | None = None, **kwargs):
-        handle = serve.run(target, name=name, route_prefix=route_prefix, port=http_port, **kwargs)
-        names.append(name)
-        return handle
+@pytest.fixture(autouse=True)
+def _apps_of_the_test(request):
+    """A test's own applications go when it ends; module-scoped fixtures, set up before this one, keep theirs.
 
-    yield run
-    for name in names:
-        serve.delete(name)
+    Left up until their module ended, they idled beside every later test of the module (test_compiled_path.py
+    had 77 Ray worker processes alive by its end), and an idle Ray worker process costs about 0.8 % of a core
+    (measured on raw Ray actors as on replicas). test_compiled_path, test_control_plane and
+    test_ray_driver_parity together: 217-220 busy core-s and 142-145 s before, 152-164 core-s and 115-122 s
+    after (two runs each)."""
+    if "deploy" not in request.fixturenames:
+        yield
+        return
+    deployer = request.getfixturevalue("deploy")
+    start = len(deployer.names)
+    yield
+    deployer.delete_from(start)
 
 
 @pytest.fixture(scope="session")
