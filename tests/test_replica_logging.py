@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 
 import pytest
 
@@ -214,6 +215,31 @@ def test_an_http_request_gets_its_http_line_not_a_call_line(replica_log):
     text = lines(path)
     assert text[0].endswith("req-4 -- Request failed.") and "KeyError: 'name'" in text
     assert text[-1].endswith("req-4 -- POST / 500 1.0ms") and "CALL" not in "\n".join(text)
+
+
+def test_an_idle_process_flushes_its_access_lines_at_once_but_not_on_every_request(replica_log):
+    path = replica_log()
+
+    def on_disk() -> list[str]:  # what a reader in another process sees (no flush first)
+        with open(path, encoding="utf-8") as f:
+            return f.read().splitlines()
+
+    file = replica_logging._INSTALLED.access_file
+    token = in_request("req-idle")
+    try:
+        replica_logging.access_log("say_hello", True, 1.0, None)
+        file.flushed_at = 0.0  # no flush for a long time: at rest, the line goes out now
+        replica_logging.flush_pending()
+        assert len(on_disk()) == 1 and not file.unflushed
+        replica_logging.access_log("say_hello", True, 2.0, None)
+        replica_logging.flush_pending()  # just flushed: left to the flusher thread, which writes it soon after
+        assert len(on_disk()) == 1 and file.unflushed
+    finally:
+        reset_request(token)
+    deadline = time.monotonic() + 10
+    while len(on_disk()) < 2 and time.monotonic() < deadline:
+        time.sleep(replica_logging.FLUSH_AFTER_S)
+    assert on_disk()[-1].endswith("req-idle -- CALL say_hello OK 2.0ms")
 
 
 def test_an_access_line_written_directly_reads_as_loggings_own(replica_log):

@@ -17,7 +17,6 @@ import dataclasses
 import importlib
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -33,7 +32,7 @@ import ray
 
 from ...errors import BackPressureError, DeploymentError
 from ..common import telemetry
-from ..common.context import RequestContext, set_request
+from ..common.context import RequestContext, new_request_id, set_request
 from ..common.records import ModelCall, StreamMethod
 from ..data.responses import resend_delay
 
@@ -394,7 +393,7 @@ async def _values(generator: Any) -> AsyncIterator[Any]:
 
 def _send_request_id(context: Any, metadata: dict[str, str]) -> str:
     """The client's ``request_id`` (else a new one) back in the trailing metadata, as Ray Serve sends it."""
-    request_id = metadata.get("request_id") or uuid.uuid4().hex
+    request_id = metadata.get("request_id") or new_request_id()
     context.set_trailing_metadata((("request_id", request_id),))
     return request_id
 

@@ -16,7 +16,6 @@ import os
 import socket
 import sys
 import time
-import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -25,7 +24,7 @@ import ray
 from ...errors import BackPressureError, NoRouteError
 from ..common import telemetry, tracing
 from ..common.codec import loads_with_paths
-from ..common.context import RequestContext, current_request, model_id_of, set_request
+from ..common.context import RequestContext, current_request, model_id_of, new_request_id, set_request
 from ..common.driver_http import MATCH_ALL, driver_app
 from ..common.grpc_options import GRPC_OPTION_DEFAULTS
 from ..common.http_codec import (
@@ -411,7 +410,7 @@ async def _answer_http(proxy: HTTPProxy, scope: dict, receive: Any, send: Any, s
     # The client's id if it sent one, else a new one; the replica sees it in the request's headers.
     request_id = request_id_of(scope)
     if request_id is None:
-        request_id = uuid.uuid4().hex
+        request_id = new_request_id()
         scope = {**scope, "headers": [*scope.get("headers", []), (REQUEST_ID_HEADER.encode(), request_id.encode())]}
     span = None
     if tracing._tracer is not None:  # the request's first span: the client's traceparent (if any) is its parent

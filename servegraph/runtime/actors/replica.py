@@ -742,6 +742,7 @@ class SyncReplica(_ReplicaCore):
                 destructor()
             except Exception as exc:
                 self._failed("__del__", exc)
+        replica_logging.flush()  # the last access lines, before the controller kills this actor
         self._phase = STOPPED
         with self._watch_changed:
             self._stopped.set()
@@ -935,6 +936,7 @@ class AsyncReplica(_ReplicaCore):
                     await result
             except Exception as exc:
                 self._failed("__del__", exc)
+        replica_logging.flush()  # the last access lines, before the controller kills this actor
         self._phase = STOPPED
         self._stop_event().set()
         if self._watch_wake is not None:
