@@ -93,7 +93,7 @@ class Prober:
             "is_deployment_handle": isinstance(self.echo, RayServeDeploymentHandle),
             "remote": type(task).__name__,
             "is_task": isinstance(task, asyncio.Task),
-            "awaited_once": type(ref).__name__,
+            "awaited_once_is_object_ref": isinstance(ref, ray.ObjectRef),
             "value": value,
             "new_api": type(response).__name__,
             "new_api_value": await response,
@@ -180,7 +180,7 @@ def test_constructor_handles_are_deployment_handles_awaited_twice(prober):
         "is_deployment_handle": True,
         "remote": "Task",
         "is_task": True,
-        "awaited_once": "ObjectRef",
+        "awaited_once_is_object_ref": True,  # one that sends the call again if its replica dies
         "value": "first",
         "new_api": "DeploymentResponse",
         "new_api_value": "second",

@@ -517,8 +517,18 @@ class RayServeDeploymentHandle(_HandleBase):
         if not _has_running_loop():
             out = self._target.submit(self._call, args, kwargs)
             return DeploymentResponseGenerator(stream=out) if self._stream else out
-        task = asyncio.get_running_loop().create_task(self._target.submit_async(self._call, args, kwargs))
-        return DeploymentResponseGenerator(task=task) if self._stream else task
+        if self._stream:
+            return DeploymentResponseGenerator(task=asyncio.get_running_loop().create_task(self._target.submit_async(self._call, args, kwargs)))
+        return asyncio.get_running_loop().create_task(_sent_resending(self._target, self._call, args, kwargs))
+
+
+async def _sent_resending(target: Any, method: str, args: tuple, kwargs: dict) -> Any:
+    """Send a call from an event loop: its ObjectRef as a DriverResponse whose ``await`` sends the call again
+    if the replica it reached dies (see responses.py); another target's answer (a lane's) as it is."""
+    out = await target.submit_async(method, args, kwargs)
+    if type(out) is not ObjectRef:
+        return out
+    return DriverResponse.of(out, resend_async=lambda: target.submit_async(method, args, kwargs))
 
 
 _NO_OBJECT_REF = {"object_ref": False}

@@ -8,13 +8,16 @@ either era calls ``serve.run(app).remote(x)`` and uses the result its own way, s
 hop, no copy). ``.remote()`` never waits for a free replica (see ``Router.submit_nowait``).
 
 If the replica dies before answering, ``.result()`` sends the request once more to another replica
-(the caller holds its arguments), as ``DeploymentResponse`` does.
+(the caller holds its arguments), as ``DeploymentResponse`` does. Inside a replica, the seed's
+``ref = await handle.remote(x)`` gives one too, and ``await ref`` sends the call again the same way: a
+downstream replica killed under a request no longer fails the request that called it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import ray
@@ -29,6 +32,8 @@ RETRY_DELAY_S = 0.1
 
 #: (send again: () -> ObjectRef) for a request that may be re-sent once on a replica's death.
 Resend = Callable[[], Any]
+#: The same from an event loop: () -> awaitable of the new ObjectRef.
+ResendAsync = Callable[[], Awaitable[Any]]
 
 
 def note_actor_death(exc: BaseException) -> bool:
@@ -95,6 +100,33 @@ def _plain(ref: ObjectRef) -> ObjectRef:
     return ref
 
 
+class _Value:
+    """Awaits a ref's value as a plain ObjectRef does (a DriverResponse's own ``__await__`` resends)."""
+
+    __slots__ = ("ref",)
+
+    def __init__(self, ref: ObjectRef):
+        self.ref = ref
+
+    def __await__(self) -> Any:
+        return ObjectRef.__await__(self.ref)
+
+
+async def _awaited(ref: ObjectRef, resend: ResendAsync) -> Any:
+    """``await ref``, sent again (at most :data:`RESENDS` times) while the replicas it reached die under it."""
+    resends = 0
+    while True:
+        try:
+            return await _Value(ref)
+        except ray.exceptions.RayActorError as exc:  # a death may come wrapped in a RayTaskError: counted too
+            delay = resend_delay(exc, resends)
+            if delay is None:
+                raise
+        resends += 1
+        await asyncio.sleep(delay)
+        ref = await resend()
+
+
 class DriverResponse(ObjectRef):
     """A sent request's result: a ``ray.ObjectRef`` that is also a ``DeploymentResponse``.
 
@@ -102,15 +134,25 @@ class DriverResponse(ObjectRef):
     Ray's reference counting sees it as any other ref.
     """
 
-    __slots__ = ("_resend",)
+    __slots__ = ("_resend", "_resend_async")
 
     _resend: Resend | None
+    _resend_async: ResendAsync | None
 
     @classmethod
-    def of(cls, ref: ObjectRef, resend: Resend | None = None) -> DriverResponse:
+    def of(cls, ref: ObjectRef, resend: Resend | None = None, resend_async: ResendAsync | None = None) -> DriverResponse:
         out = cls(ref.binary(), ref.owner_address(), ref.call_site())
         out._resend = resend
+        out._resend_async = resend_async
         return out
+
+    def __await__(self) -> Any:
+        """The value, as awaiting any ObjectRef gives it (the user's error as Ray's RayTaskError); made with
+        ``resend_async`` (a call from inside a replica), sent again while the replicas it reaches die."""
+        resend, self._resend_async = getattr(self, "_resend_async", None), None
+        if resend is None:
+            return ObjectRef.__await__(self)
+        return _awaited(self, resend).__await__()
 
     def __reduce__(self) -> tuple:
         return (_plain, (ObjectRef(self.binary(), self.owner_address(), self.call_site()),))
