@@ -1,7 +1,9 @@
 """A program that uses servegraph and then stops it one way or another: run by test_lifecycle.py as a child.
 
-``python lifecycle_child.py MODE`` starts a Ray cluster of its own (``ray.init`` here starts its head
-as this process's children), serves an InputNode graph that runs on compiled lanes, and then:
+``python lifecycle_child.py MODE`` connects to the cluster at ``$LIFECYCLE_CLUSTER`` if that is set (the
+test's, shared by the modes that leave their cluster up), else starts a Ray cluster of its own (``ray.init``
+here starts its head as this process's children); it serves an InputNode graph that runs on compiled lanes,
+and then:
 
 - ``shutdown``: ``serve.shutdown()``, goes on working a few seconds, prints servegraph's threads, ends.
 - ``delete``: ``serve.delete(app)``, goes on working a few seconds, prints servegraph's threads, ends.
@@ -55,7 +57,11 @@ def servegraph_threads() -> list[str]:
 
 
 def start_cluster() -> None:
-    ray.init(address="local", num_cpus=4, include_dashboard=False, namespace="servegraph", log_to_driver=False)
+    address = os.environ.get("LIFECYCLE_CLUSTER")
+    if address:
+        ray.init(address=address, namespace="servegraph", log_to_driver=False)
+    else:
+        ray.init(address="local", num_cpus=4, include_dashboard=False, namespace="servegraph", log_to_driver=False)
 
 
 def serve_on_lanes() -> None:

@@ -1,8 +1,10 @@
 """Lifecycles that end: a program that stops servegraph, is interrupted, or loses its cluster exits.
 
-Each test runs ``lifecycle_child.py`` as a real child process with a cluster of its own, and asserts
-that the child exited (and how) before a deadline of tens of seconds; a child still running then has
-hung, and is killed with everything it started.
+Each test runs ``lifecycle_child.py`` as a real child process, and asserts that the child exited (and how)
+before a deadline of tens of seconds; a child still running then has hung, and is killed with everything it
+started. A child that stops servegraph and goes on connects to a cluster the module starts (a cluster costs a
+busy two-core machine seconds of CPU to start; what is tested there is the child's own threads); the one
+interrupted during a deploy and the one whose cluster goes away start their own, whose exit is part of theirs.
 """
 
 from __future__ import annotations
@@ -27,9 +29,12 @@ pytestmark = pytest.mark.ray  # each child starts a Ray cluster of its own
 class Child:
     """``lifecycle_child.py MODE`` in a new session, so that it and whatever it started can be killed."""
 
-    def __init__(self, mode: str):
+    def __init__(self, mode: str, cluster: str | None = None):
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), str(TESTS), os.environ.get("PYTHONPATH")]))}
-        env.pop("RAY_ADDRESS", None)  # a cluster of its own, never one it finds
+        env.pop("RAY_ADDRESS", None)  # the cluster it is given, or one of its own; never one it finds
+        env.pop("LIFECYCLE_CLUSTER", None)
+        if cluster is not None:
+            env["LIFECYCLE_CLUSTER"] = cluster
         if mode == "cluster-gone":
             # Ray's own shutdown waits this long for a GCS that is gone (60 s by default); what is tested is that
             # nothing of servegraph's holds the exit beyond it.
@@ -98,14 +103,30 @@ class Child:
                 pass
 
 
+#: The modes whose child connects to the module's cluster.
+SHARING = ("shutdown", "delete")
+
+
+@pytest.fixture(scope="module")
+def shared_cluster():
+    """The address of a cluster the children that leave theirs up connect to (this process does not)."""
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 4, "include_dashboard": False})
+    try:
+        yield cluster.address
+    finally:
+        cluster.shutdown()
+
+
 @pytest.fixture
-def child():
+def child(shared_cluster):
     import ray  # noqa: F401  # puts Ray's bundled psutil on sys.path for Child.kill
 
     children: list[Child] = []
 
     def start(mode: str) -> Child:
-        children.append(Child(mode))
+        children.append(Child(mode, shared_cluster if mode in SHARING else None))
         return children[-1]
 
     yield start
