@@ -184,7 +184,7 @@ OWN_CLUSTERS = frozenset(
 #: Ray test files that run in whichever lane is free, as Ray-free files do (a group each, handed out as lanes near
 #: their ends): they start at most one small cluster or process of their own, or use the session cluster of the
 #: worker that runs them (Ray Serve's parity file: Ray Serve runs there next to servegraph, and shuts down after).
-#: Longest first (about 160, 20, 20 and 19 s in a full run): the order in which they are handed out.
+#: Longest first (Ray Serve's parity file by far, then about 25, 16 and 15 s in a full run): the order they are handed out in.
 ANY_LANE = ("test_rayserve_backend.py", "test_grpc.py", "test_tracing.py", "test_serve_start.py")
 
 

@@ -48,8 +48,12 @@ def served(rayserve):
     from ray import serve
 
     yield rayserve
-    for name in list(serve.status().applications):
-        serve.delete(name)
+    names = list(serve.status().applications)
+    for name in names:  # all at once: each waits out its replicas' graceful shutdown
+        serve.delete(name, _blocking=False)
+    deadline = time.monotonic() + 120
+    while set(names) & set(serve.status().applications) and time.monotonic() < deadline:
+        time.sleep(0.2)
 
 
 def build(tmp_path, target: str, *args: str, port: int) -> dict:
@@ -175,14 +179,26 @@ def test_config_values_override_the_code_on_ray_serve(tmp_path, served):
     assert {handle.remote("Dora").result(timeout_s=60)["pid"] for _ in range(20)} <= pids
 
 
-@pytest.mark.parametrize("case", EXAMPLE_CASES, ids=lambda c: c.module)
-def test_every_example_answers_the_same_on_ray_serve(case, served):
-    """The seed's handle semantics (two awaits, unawaited results passed on) hold on Ray Serve's runtime."""
+@pytest.fixture(scope="module")
+def examples_on_rayserve(rayserve):
+    """Every example, an application each, deployed on Ray Serve at once (their replicas start side by side) and
+    kept for the tests that call them; the next test's ``served`` teardown deletes them."""
     from ray import serve
+    from ray.serve.api import _run
 
     from servegraph.backends.rayserve import build_app
 
-    handle = serve.run(build_app({"graph": f"{case.module}:{case.attr}"}), name=case.module, route_prefix=None)
+    for case in EXAMPLE_CASES:
+        _run(build_app({"graph": f"{case.module}:{case.attr}"}), _blocking=False, name=case.module, route_prefix=None)
+    for case in EXAMPLE_CASES:
+        wait_running(case.module)
+    return {case.module: serve.get_app_handle(case.module) for case in EXAMPLE_CASES}
+
+
+@pytest.mark.parametrize("case", EXAMPLE_CASES, ids=lambda c: c.module)
+def test_every_example_answers_the_same_on_ray_serve(case, examples_on_rayserve):
+    """The seed's handle semantics (two awaits, unawaited results passed on) hold on Ray Serve's runtime."""
+    handle = examples_on_rayserve[case.module]
     assert [response.result(timeout_s=60) for response in case.send(handle)] == case.expected
 
 
