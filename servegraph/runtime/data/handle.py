@@ -31,7 +31,7 @@ from ..common.records import ModelCall, StreamMethod
 from .graph_ref import GraphRef
 from .lanes import LaneBroken, lanes_for
 from .long_poll import runtime_client
-from .responses import DriverResponse, read, resend_delay
+from .responses import DriverResponse, awaited_resending, read, resend_delay
 from .responses import user_error as _user_error
 from .router import Router
 
@@ -638,13 +638,12 @@ class DeploymentResponse(metaclass=abc.ABCMeta):  # noqa: B024  # ABCMeta only s
     see ``responses.resend_delay`` for how often and when).
     """
 
-    __slots__ = ("_ref", "_task", "_call", "_resends")
+    __slots__ = ("_ref", "_task", "_call")
 
     def __init__(self, *, ref: ObjectRef | None = None, task: asyncio.Task | None = None, call: tuple | None = None):
         self._ref = ref
         self._task = task
         self._call = call
-        self._resends = 0
 
     async def _object_ref(self) -> ObjectRef:
         if self._ref is None:
@@ -656,30 +655,21 @@ class DeploymentResponse(metaclass=abc.ABCMeta):  # noqa: B024  # ABCMeta only s
             raise RuntimeError("this DeploymentResponse was made in async code: await it instead")
         return self._ref
 
-    def _resend_delay(self, exc: BaseException) -> float | None:
-        """How long to wait before sending the call again after ``exc`` (responses.resend_delay), or None."""
-        if self._call is None:
-            return None
-        delay = resend_delay(exc, self._resends)
-        if delay is not None:
-            self._resends += 1
-        return delay
+    async def _resend(self) -> ObjectRef:
+        target, method, args, kwargs = cast(tuple, self._call)
+        self._ref = await target.submit_async(method, args, kwargs)
+        return self._ref
 
     def __await__(self):
         async def get() -> Any:
             ref = await self._object_ref()
-            while True:
-                try:
-                    return await ref
-                except ray.exceptions.RayActorError as exc:  # before RayTaskError: a death may come wrapped in one
-                    delay = self._resend_delay(exc)
-                    if delay is None:
-                        raise
-                except ray.exceptions.RayTaskError as exc:
-                    raise _user_error(exc) from None
-                await asyncio.sleep(delay)
-                target, method, args, kwargs = cast(tuple, self._call)  # set: _resend_delay gave a delay
-                ref = self._ref = await target.submit_async(method, args, kwargs)
+            try:
+                # Sent again while the replicas it reaches die (responses.resend_delay's rule), if it can be.
+                return await (awaited_resending(ref, self._resend) if self._call is not None else ref)
+            except ray.exceptions.RayActorError:  # before RayTaskError: a death may come wrapped in one
+                raise
+            except ray.exceptions.RayTaskError as exc:
+                raise _user_error(exc) from None
 
         return get().__await__()
 

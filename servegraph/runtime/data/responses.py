@@ -101,18 +101,20 @@ def _plain(ref: ObjectRef) -> ObjectRef:
 
 
 class _Value:
-    """Awaits a ref's value as a plain ObjectRef does (a DriverResponse's own ``__await__`` resends)."""
+    """Awaits a ref's value as a plain ObjectRef does (a DriverResponse's own ``__await__`` resends); any other
+    awaitable (a compiled lane's GraphRef, a LocalRef) as it is."""
 
     __slots__ = ("ref",)
 
-    def __init__(self, ref: ObjectRef):
+    def __init__(self, ref: Any):
         self.ref = ref
 
     def __await__(self) -> Any:
-        return ObjectRef.__await__(self.ref)
+        ref = self.ref
+        return ObjectRef.__await__(ref) if isinstance(ref, ObjectRef) else ref.__await__()
 
 
-async def _awaited(ref: ObjectRef, resend: ResendAsync) -> Any:
+async def awaited_resending(ref: Any, resend: ResendAsync) -> Any:
     """``await ref``, sent again (at most :data:`RESENDS` times) while the replicas it reached die under it."""
     resends = 0
     while True:
@@ -152,7 +154,7 @@ class DriverResponse(ObjectRef):
         resend, self._resend_async = getattr(self, "_resend_async", None), None
         if resend is None:
             return ObjectRef.__await__(self)
-        return _awaited(self, resend).__await__()
+        return awaited_resending(self, resend).__await__()
 
     def __reduce__(self) -> tuple:
         return (_plain, (ObjectRef(self.binary(), self.owner_address(), self.call_site()),))
