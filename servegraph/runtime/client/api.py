@@ -367,11 +367,15 @@ def _http_options_dict(http_options: Any) -> dict[str, Any]:
 
 
 def delete(name: str, _blocking: bool = True) -> None:
-    """Delete an application and its replicas; this process's compiled lanes for it stop too."""
+    """Delete an application and its replicas; this process's compiled lanes for it stop too.
+
+    The lanes first, while their replicas live: a compiled graph torn down after its actors were killed leaves
+    Ray's monitor thread failing in its own teardown (an AttributeError traceback on this process's stderr).
+    """
+    close_lanes(name)
     controller = _controller(create=False)
     if controller is not None:
         _ask(controller.delete_app.remote(name), f"delete {name!r}", timeout_s=600)
-    close_lanes(name)
 
 
 def shutdown() -> None:
