@@ -1020,7 +1020,13 @@ def print_table(seed: int, rows: list[dict[str, Any]], args: argparse.Namespace)
 
     def lanes(r: dict[str, Any]) -> str:
         samples = r.get("chain_lanes")
-        return "n/a" if samples is None else f"{sum(1 for _, n in samples if n)} of {len(samples)}"
+        if samples is None:
+            return "n/a"
+        held = sum(1 for _, n in samples if n)
+        why = (r.get("chain_path_start") or {}).get("reason", "") if held == 0 else ""
+        # No lane at all: say why, as the chain's status gave it before the load (lanes never cross nodes, so on a
+        # multi-node cluster they form only where one node holds a replica of every stage).
+        return f"{held} of {len(samples)}" + (f" (at the start: {why})".replace("|", "/") if why else "")
 
     line("requests (hello HTTP / chain handle)", lambda r: f"{_cell(r, 'requests')} ({app(r, 'hello', 'requests')} / {app(r, 'chain', 'requests')})")
     line("served %", lambda r: f"{_cell(r, 'served_pct')} ({app(r, 'hello', 'served_pct')} / {app(r, 'chain', 'served_pct')})")
