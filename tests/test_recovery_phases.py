@@ -170,6 +170,19 @@ class Add:
         return x + self.n
 
 
+def lanes_come_back(app: str, handle, timeout_s: float) -> bool:
+    """Whether the application's status shows a compiled lane within ``timeout_s``, sending requests meanwhile
+    (lanes go to processes that send them). Judged on the status read that saw it: a restarted controller may
+    number its lanes anew a moment later, and the lane is then compiled again (see lanes.LaneSet.update)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if serve.status().applications[app].path.get("lanes", 0) >= 1:
+            return True
+        handle.remote(0).result(timeout_s=60)
+        time.sleep(0.2)
+    return False
+
+
 def test_lanes_caught_forming_come_back_and_lose_no_request(serve_app):
     with InputNode() as inp:
         graph = Add.bind(100).__call__.bind(Add.options(name="First").bind(1).__call__.bind(inp))
@@ -180,11 +193,7 @@ def test_lanes_caught_forming_come_back_and_lose_no_request(serve_app):
     wait_restarted(pid)
     results += [handle.remote(i).result(timeout_s=60) for i in range(40)]
     assert results == [i + 101 for i in range(40)] * 2
-    deadline = time.monotonic() + 30
-    while serve.status().applications["phase-lanes"].path.get("lanes", 0) < 1 and time.monotonic() < deadline:
-        handle.remote(0).result(timeout_s=60)
-        time.sleep(0.2)
-    assert serve.status().applications["phase-lanes"].path["lanes"] >= 1
+    assert lanes_come_back("phase-lanes", handle, 30)
 
 
 def test_many_controller_restarts_leave_replicas_their_control_threads_and_lanes(serve_app):
@@ -200,8 +209,4 @@ def test_many_controller_restarts_leave_replicas_their_control_threads_and_lanes
     wait_running("phase-restarts", {"Add": 1, "First": 1})
     for name in replica_actors("phase-restarts"):  # a dead controller's watch holds no control thread
         ray.get(ray.get_actor(name, namespace="servegraph").check_health.remote(), timeout=10)
-    deadline = time.monotonic() + 60
-    while serve.status().applications["phase-restarts"].path.get("lanes", 0) < 1 and time.monotonic() < deadline:
-        handle.remote(0).result(timeout_s=60)
-        time.sleep(0.2)
-    assert serve.status().applications["phase-restarts"].path["lanes"] >= 1
+    assert lanes_come_back("phase-restarts", handle, 60)
