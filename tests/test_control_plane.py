@@ -169,7 +169,9 @@ class SeedFront:
 
     async def __call__(self, x, marker: str, hold_s: float):
         ref = await self.leaf.remote(x, marker, hold_s)
-        return await ref
+        first = await ref
+        assert await ref == first  # awaited again: the same answer (the resent call's, if it was sent again)
+        return first
 
 
 def test_a_call_awaited_inside_a_replica_is_sent_again_when_its_replica_dies(serve_app, http_port, tmp_path):

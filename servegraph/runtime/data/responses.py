@@ -136,25 +136,37 @@ class DriverResponse(ObjectRef):
     Ray's reference counting sees it as any other ref.
     """
 
-    __slots__ = ("_resend", "_resend_async")
+    __slots__ = ("_resend", "_resend_async", "_resent")
 
     _resend: Resend | None
     _resend_async: ResendAsync | None
+    #: The ref of the call sent again after the first one's replica died (see __await__), once there is one.
+    _resent: ObjectRef | None
 
     @classmethod
     def of(cls, ref: ObjectRef, resend: Resend | None = None, resend_async: ResendAsync | None = None) -> DriverResponse:
         out = cls(ref.binary(), ref.owner_address(), ref.call_site())
         out._resend = resend
         out._resend_async = resend_async
+        out._resent = None
         return out
 
     def __await__(self) -> Any:
         """The value, as awaiting any ObjectRef gives it (the user's error as Ray's RayTaskError); made with
-        ``resend_async`` (a call from inside a replica), sent again while the replicas it reaches die."""
-        resend, self._resend_async = getattr(self, "_resend_async", None), None
+        ``resend_async`` (a call from inside a replica), sent again while the replicas it reaches die. Awaited
+        again, the answer of the call that was sent last."""
+        resent = getattr(self, "_resent", None)
+        if resent is not None:
+            return ObjectRef.__await__(resent)
+        resend = getattr(self, "_resend_async", None)
         if resend is None:
             return ObjectRef.__await__(self)
-        return awaited_resending(self, resend).__await__()
+
+        async def resend_and_keep() -> ObjectRef:
+            self._resent = await resend()
+            return self._resent
+
+        return awaited_resending(self, resend_and_keep).__await__()
 
     def __reduce__(self) -> tuple:
         return (_plain, (ObjectRef(self.binary(), self.owner_address(), self.call_site()),))
