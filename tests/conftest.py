@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from ports import free_port  # noqa: F401  (tests import it from here)
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -25,12 +25,6 @@ if str(EXAMPLES) not in sys.path:
 
 #: Logical CPUs of the test cluster; tests that exercise the resource check size requests against it.
 TEST_CLUSTER_CPUS = 16
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 #: Where the test cluster's metrics agent serves Prometheus text (Ray's metrics export port).

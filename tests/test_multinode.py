@@ -26,8 +26,9 @@ from servegraph.runtime.client.api import proxy_location_name
 
 SCRIPT = textwrap.dedent(
     """
-    import json, os, socket, sys, time, traceback
+    import json, os, sys, time, traceback
     import httpx, ray
+    from ports import free_port
     from ray.cluster_utils import Cluster
     import servegraph as serve
     from servegraph import InputNode
@@ -44,9 +45,7 @@ SCRIPT = textwrap.dedent(
 
         with InputNode() as inp:
             graph = Add.options(name="B").bind(10).__call__.bind(Add.options(name="A").bind(1).__call__.bind(inp))
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+        port = free_port()
         serve.run(graph, name="pipe", route_prefix="/pipe", port=port)
 
         deadline = time.monotonic() + 60

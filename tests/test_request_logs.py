@@ -243,8 +243,9 @@ def test_a_config_files_logging_config_is_applied_and_a_change_restarts_nothing(
 
 MULTINODE_SCRIPT = textwrap.dedent(
     """
-    import json, os, socket
+    import json, os
     import httpx, ray
+    from ports import free_port
     from click.testing import CliRunner
     from ray.cluster_utils import Cluster
     import servegraph as serve
@@ -262,9 +263,7 @@ MULTINODE_SCRIPT = textwrap.dedent(
         graph = m.LanguageClassifier.options(ray_actor_options=on_worker).bind(
             m.SpanishResponder.options(ray_actor_options=on_worker).bind(), m.FrenchResponder.bind()
         )
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+        port = free_port()
         serve.run(graph, name="spread", route_prefix="/spread", port=port)
         replicas = ray.get(serve.runtime.client.api._controller().status.remote()).applications["spread"].deployments
         out["nodes"] = {d: [r.node_id for r in info.replicas] for d, info in replicas.items()}

@@ -6,7 +6,6 @@ from __future__ import annotations
 import glob
 import json
 import os
-import socket
 import sys
 import time
 import urllib.request
@@ -20,18 +19,13 @@ sys.path.insert(0, EXAMPLES)
 
 from hello import FrenchResponder, LanguageClassifier, SpanishResponder  # noqa: E402
 from pipeline import app as pipeline  # noqa: E402
+from ports import free_port  # noqa: E402
 
 from servegraph.runtime import ray_compat  # noqa: E402
 
 #: The client's own span, in W3C form: the proxy's span must be its child.
 CLIENT_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 CLIENT_SPAN = "00f067aa0ba902b7"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def post(port: int, path: str, body: dict, request_id: str, traceparent: str) -> str:
