@@ -8,7 +8,11 @@ one plain uvicorn + starlette process (this one) whose handler awaits the same t
 
 - servegraph and Ray Serve run at their default ``max_ongoing_requests`` (5) and at each value in
   ``--max-ongoing`` (default also 100), set on every deployment.
-- The floor's actors are async actors with Ray's default concurrency, reserving 0.1 CPU each.
+- The floor's actors are async actors with Ray's default concurrency, reserving 0.1 CPU each. The floor runs
+  as is (every connection's request in flight at once) and, for each limit below the connection count, with
+  that many requests in flight at most (the handler holds an ``asyncio.Semaphore`` around the classifier
+  call, as a replica with that ``max_ongoing_requests`` holds the rest back): the ``vs same`` column
+  compares each row with the floor that keeps the same number in flight, ``vs floor`` with the unlimited one.
 
 Run from the repository root (needs ``wrk``: ``apt-get install wrk``; Ray Serve rows need the ``bench``
 extra, ``pip install -e '.[bench]'``)::
@@ -59,6 +63,8 @@ import ray  # noqa: E402
 import servegraph as serve  # noqa: E402
 
 BODY = {"language": "spanish", "name": "Dora"}
+#: servegraph's and Ray Serve's default max_ongoing_requests.
+DEFAULT_MAX_ONGOING = 5
 EXPECTED = "Hola Dora"
 TIMEOUT_S = 120.0
 
@@ -289,8 +295,9 @@ def measure_rayserve(max_ongoing: int | None, args: argparse.Namespace) -> dict[
         rserve.shutdown()
 
 
-def measure_floor(args: argparse.Namespace) -> dict[str, Any]:
-    """uvicorn + starlette in this process; each request awaits the classifier actor, which awaits a responder."""
+def measure_floor(args: argparse.Namespace, in_flight: int | None = None) -> dict[str, Any]:
+    """uvicorn + starlette in this process; each request awaits the classifier actor, which awaits a responder
+    (with ``in_flight``, at most that many requests at once are in the classifier; the rest wait their turn)."""
     import uvicorn
     from starlette.applications import Starlette
     from starlette.requests import Request
@@ -302,8 +309,14 @@ def measure_floor(args: argparse.Namespace) -> dict[str, Any]:
     french = ray.remote(AsyncResponder).options(**actor_options).remote()
     classifier = ray.remote(RawClassifier).options(**actor_options).remote(spanish, french)
 
+    room = asyncio.Semaphore(in_flight) if in_flight else None
+
     async def hello(request: Request) -> PlainTextResponse:
-        return PlainTextResponse(await classifier.__call__.remote(await request.json()))
+        body = await request.json()
+        if room is None:
+            return PlainTextResponse(await classifier.__call__.remote(body))
+        async with room:
+            return PlainTextResponse(await classifier.__call__.remote(body))
 
     port = free_port()
     server = uvicorn.Server(
@@ -350,6 +363,9 @@ def main(argv: list[str] | None = None) -> int:
             print("Ray Serve is not installed (pip install -e '.[bench]'): skipping its rows.", file=sys.stderr)
             systems.remove("rayserve")
     limits: list[int | None] = [None, *(int(v) for v in args.max_ongoing.split(",") if v.strip())]
+    # The floor as is, and held to each limit that keeps fewer requests in flight than wrk sends at once.
+    in_flight = sorted({DEFAULT_MAX_ONGOING if v is None else v for v in limits} if systems != ["floor"] else set())
+    floor_limits: list[int | None] = [None, *(v for v in in_flight if v < args.connections)]
 
     started = datetime.datetime.now().astimezone()
     rows: list[tuple[str, str, list[dict[str, Any]]]] = []
@@ -358,10 +374,12 @@ def main(argv: list[str] | None = None) -> int:
         for round_ in range(args.rounds):
             n = 0
             for system in systems:
-                for limit in [None] if system == "floor" else limits:
-                    label = "-" if system == "floor" else ("default (5)" if limit is None else str(limit))
+                for limit in floor_limits if system == "floor" else limits:
+                    label = ("-" if limit is None else str(limit)) if system == "floor" else (
+                        f"default ({DEFAULT_MAX_ONGOING})" if limit is None else str(limit)
+                    )
                     if system == "floor":
-                        figures = measure_floor(args)
+                        figures = measure_floor(args, limit)
                     elif system == "servegraph":
                         figures = measure_servegraph(limit, args)
                     else:
@@ -374,24 +392,40 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         ray.shutdown()
 
-    floors = next((runs for s, _, runs in rows if s == "floor"), None)
+    floors = next((runs for s, label, runs in rows if s == "floor" and label == "-"), None)
+    held = {int(label): runs for s, label, runs in rows if s == "floor" and label != "-"}
+
+    def same_floor(system: str, label: str) -> list[dict[str, Any]] | None:
+        """The floor run that keeps as many requests in flight as this row: held to its limit, or unlimited."""
+        if system == "floor":
+            return held.get(int(label)) if label != "-" else floors
+        limit = DEFAULT_MAX_ONGOING if label.startswith("default") else int(label)
+        return held.get(limit, floors)
     print()
     print(
         f"{started:%Y-%m-%d %H:%M %Z}, {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
         f"Ray {ray.__version__}; wrk -t{args.threads} -c{args.connections} -d{args.duration}s, POST / to the hello graph"
         + (f"; medians of {args.rounds} rounds" if args.rounds > 1 else "")
     )
-    header = f"{'system':<11} {'max_ongoing':<12} {'req/s':>8} {'vs floor':>9} {'p50':>9} {'p99':>9} {'errors':>7} {'cpu/req':>8}"
+    header = (
+        f"{'system':<11} {'max_ongoing':<12} {'req/s':>8} {'vs floor':>9} {'vs same':>8} {'p50':>9} {'p99':>9} {'errors':>7}"
+        f" {'cpu/req':>8}"
+    )
     print(header)
     print("-" * len(header))
     middles = [sorted(runs, key=lambda f: f["rps"])[len(runs) // 2] for _, _, runs in rows]  # of an odd count
     for (system, label, runs), middle in zip(rows, middles, strict=True):
         rps = statistics.median(f["rps"] for f in runs)
         ratio = f"{statistics.median(f['rps'] / fl['rps'] for f, fl in zip(runs, floors, strict=True)):.2f}x" if floors else "-"
+        same = same_floor(system, label)
+        ratio_same = f"{statistics.median(f['rps'] / fl['rps'] for f, fl in zip(runs, same, strict=True)):.2f}x" if same else "-"
         name = {"floor": "floor", "servegraph": "servegraph", "rayserve": "Ray Serve"}[system]
         errors = sum(f["errors"] for f in runs)
         cpu = f"{cpu_ms_per_request(middle):.2f}ms" if middle["cpu"] else "-"
-        print(f"{name:<11} {label:<12} {rps:>8.1f} {ratio:>9} {middle['p50']:>9} {middle['p99']:>9} {errors:>7} {cpu:>8}")
+        print(
+            f"{name:<11} {label:<12} {rps:>8.1f} {ratio:>9} {ratio_same:>8} {middle['p50']:>9} {middle['p99']:>9} {errors:>7}"
+            f" {cpu:>8}"
+        )
     if args.cpu:
         print()
         print("CPU per request by process (ms; the median run of each row):")
