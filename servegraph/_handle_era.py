@@ -11,8 +11,9 @@ each deployment is read once, in this order (the first that decides wins):
 3. the constructor's annotations: ``DeploymentHandle`` (new) or ``RayServeDeploymentHandle`` /
    ``RayServeHandle`` (old);
 4. how the code uses its handles' calls: a call's result awaited twice, or its awaited result awaited
-   or ``ray.get`` again, is the old API; ``.result()`` on a call, or an awaited call used as a value,
-   is the new one (both seen: old, the seed's code keeps working exactly);
+   again or handed to ``ray.get``, ``ray.wait`` or ``asyncio.gather`` (which take refs), is the old API;
+   ``.result()`` on a call, or an awaited call used as a value, is the new one (both seen: old, the seed's
+   code keeps working exactly);
 5. what the module imports: ``DeploymentHandle``/``DeploymentResponse`` (new) or
    ``RayServeDeploymentHandle``/``RayServeHandle`` (old);
 6. nothing says: the old API, as the seed's code expects.
@@ -146,6 +147,23 @@ def _is_handle_call(node: ast.AST) -> bool:
     return isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "remote"
 
 
+def _ref_taking_call(node: ast.AST | None) -> str | None:
+    """What a call that takes ObjectRefs, not values, is called in a message (``ray.get``, ``ray.wait``,
+    ``asyncio.gather``), or None: an awaited handle call handed to one was written for the old API."""
+    if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and isinstance(node.func.value, ast.Name)):
+        return None
+    name = f"{node.func.value.id}.{node.func.attr}"
+    return name if name in ("ray.get", "ray.wait", "asyncio.gather") else None
+
+
+def _ref_arguments(node: ast.Call) -> list[ast.AST]:
+    """The arguments of a ref-taking call, with the items of a list or tuple literal among them."""
+    out: list[ast.AST] = []
+    for arg in node.args:
+        out.extend(arg.elts if isinstance(arg, (ast.List, ast.Tuple)) else [arg.value if isinstance(arg, ast.Starred) else arg])
+    return out
+
+
 class _Uses:
     """Evidence of each API in a deployment's code, from where each ``await <handle call>`` sits."""
 
@@ -165,8 +183,11 @@ class _Uses:
             if not (isinstance(node, ast.Await) and _is_handle_call(node.value)):
                 continue
             parent = parents.get(node)
+            holder = parents.get(parent) if isinstance(parent, (ast.List, ast.Tuple)) else parent
             if isinstance(parent, ast.Await):
                 self.old.append((node.lineno, "awaits a handle call's result twice"))
+            elif _ref_taking_call(holder) and node in _ref_arguments(holder):  # type: ignore[arg-type]
+                self.old.append((node.lineno, f"passes an awaited handle call to {_ref_taking_call(holder)}()"))
             elif isinstance(parent, ast.Assign) and all(isinstance(t, ast.Name) for t in parent.targets):
                 for target in parent.targets:
                     assert isinstance(target, ast.Name)
@@ -174,17 +195,15 @@ class _Uses:
             elif not isinstance(parent, ast.Expr):  # returned, computed with, put in a list, passed on
                 self.new.append((node.lineno, "uses an awaited handle call as its value"))
         for node in ast.walk(tree):
-            name = None
+            names: list[tuple[str, str]] = []
             if isinstance(node, ast.Await) and isinstance(node.value, ast.Name):
-                name, how = node.value.id, "awaits"
-            elif (
-                isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get"
-                and isinstance(node.func.value, ast.Name) and node.func.value.id == "ray" and node.args
-                and isinstance(node.args[0], ast.Name)
-            ):
-                name, how = node.args[0].id, "ray.get()s"
-            if name in awaited_names:
-                self.old.append((getattr(node, "lineno", 0), f"{how} {name!r}, an awaited handle call's result"))
+                names.append((node.value.id, "awaits"))
+            elif (taker := _ref_taking_call(node)) is not None:
+                assert isinstance(node, ast.Call)
+                names.extend((arg.id, f"passes to {taker}()") for arg in _ref_arguments(node) if isinstance(arg, ast.Name))
+            for name, how in names:
+                if name in awaited_names:
+                    self.old.append((getattr(node, "lineno", 0), f"{how} {name!r}, an awaited handle call's result"))
 
 
 def _from_code(target: Any) -> HandleEra | None:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import era_models as m
 import pytest
+import ray
 
 from servegraph._handle_era import NEW, OLD, RAY_ENV, handle_era
 
@@ -18,6 +21,52 @@ def test_the_code_decides():
     assert era(m.OldAwaitsTwice) == OLD
     reason = handle_era(m.OldAwaitsTwice.func_or_class).reason
     assert "awaits 'ref'" in reason and "era_models.py:" in reason
+
+
+class _OldRayGetsTheAwaitedCall:  # Ray Serve 2.0-2.4's tests write it so (test_deployment_graph.py)
+    def __init__(self, h):
+        self.h = h
+
+    async def __call__(self, x):
+        return ray.get(await self.h.remote(x))
+
+
+class _OldRayGetsAList:
+    def __init__(self, h):
+        self.h = h
+
+    async def __call__(self, x):
+        first = await self.h.remote(x)
+        second = await self.h.remote(x + 1)
+        return ray.get([first, second])
+
+
+class _OldGathersTheRefs:
+    def __init__(self, h):
+        self.h = h
+
+    async def __call__(self, x):
+        first = await self.h.remote(x)
+        return await asyncio.gather(first)
+
+
+class _NewGathersResponses:
+    def __init__(self, h):
+        self.h = h
+
+    async def __call__(self, x):
+        return [await self.h.remote(x), *await asyncio.gather(self.h.remote(x + 1))]
+
+
+def test_an_awaited_call_handed_to_what_takes_refs_is_the_old_api():
+    found = handle_era(_OldRayGetsTheAwaitedCall)
+    assert found.api == OLD and "passes an awaited handle call to ray.get()" in found.reason
+    found = handle_era(_OldRayGetsAList)
+    assert found.api == OLD and "passes to ray.get() 'first'" in found.reason
+    found = handle_era(_OldGathersTheRefs)
+    assert found.api == OLD and "passes to asyncio.gather() 'first'" in found.reason
+    found = handle_era(_NewGathersResponses)  # responses gathered unawaited are no evidence; the awaited value is
+    assert found.api == NEW and "as its value" in found.reason
 
 
 def test_annotations_decide_before_the_code():

@@ -206,3 +206,44 @@ def test_replica_context_streams_and_set_options(serve_app):
 
     Counter.set_options(num_replicas=2)  # Ray 2.x: in place
     assert Counter.num_replicas == 2
+
+
+@serve.deployment
+def yields_one():
+    yield 1
+
+
+@serve.deployment
+class BlocksInItsLoop:
+    """Ray Serve's own test of it (test_handle_api.py): blocking on a response inside a running loop is refused."""
+
+    def __init__(self, plain: DeploymentHandle, stream: DeploymentHandle):
+        self.plain = plain
+        self.stream = stream.options(stream=True)
+
+    async def __call__(self) -> list:
+        said = []
+        response = self.plain.remote(1)
+        for block in (response.result, response._to_object_ref_sync, lambda: list(self.stream.remote())):
+            try:
+                block()
+            except RuntimeError as exc:
+                said.append(str(exc))
+        return [*said, await response]
+
+
+def test_blocking_on_a_response_inside_an_event_loop_is_refused_in_ray_serves_words(serve_app):
+    said = serve.run(BlocksInItsLoop.bind(AddOne.bind(), yields_one.bind()), name="eras_block", route_prefix=None).remote()
+    *errors, answer = said.result(timeout_s=60)
+    assert answer == 2 and len(errors) == 3
+    assert all("should not be called from within an `asyncio` event loop" in e for e in errors), errors
+
+    response = serve.get_app_handle("eras_block").remote()  # made outside a loop, blocked on inside one
+
+    async def block_inside_a_loop() -> str:
+        with pytest.raises(RuntimeError, match="should not be called from within an `asyncio` event loop"):
+            response.result(timeout_s=60)
+        return "refused"
+
+    assert asyncio.run(block_inside_a_loop()) == "refused"
+    assert response.result(timeout_s=60)[-1] == 2

@@ -130,6 +130,24 @@ def test_unsupported_remote():
         _ = func.bind().remote()
 
 
+def test_unsupported_remote_in_ray_2x_words():
+    # Ray 2.60's test_model_composition.py::test_unsupported_remote, imports changed.
+    @serve.deployment
+    class Actor:
+        def ping(self):
+            return "hello"
+
+    with pytest.raises(AttributeError, match=r"\'Application\' object has no attribute \'remote\'"):
+        _ = Actor.bind().remote()
+
+    @serve.deployment
+    def func():
+        return 1
+
+    with pytest.raises(AttributeError, match=r"\'Application\' object has no attribute \'remote\'"):
+        _ = func.bind().remote()
+
+
 def test_a_class_with_its_own_bind_method_keeps_it():
     @serve.deployment
     class Binder:

@@ -200,8 +200,13 @@ def _used_again(node: DAGNode, name: str) -> AttributeError:
             "graph node. Pass it to another deployment's .bind(), or serve.run() it."
         )
     prefix = ""
-    if isinstance(node, DeploymentNode):
-        prefix = f"type object {node._label()!r} has no attribute 'remote': "
+    if isinstance(node, (DeploymentNode, FunctionNode)):
+        # In the words of both Ray eras: a bound deployment is a DAG node of its class (2.0-2.4), an
+        # Application (2.5+).
+        prefix = "'Application' object has no attribute 'remote'"
+        if isinstance(node, DeploymentNode):
+            prefix += f" (type object {node._label()!r} has no attribute 'remote')"
+        prefix += ": "
     return AttributeError(
         f"{prefix}.remote() cannot be used on {node._label()} (bound at {node._call_site}), a graph node: "
         "serve.run() the graph and call .remote() on the handle it returns."

@@ -31,7 +31,7 @@ from ..common.records import ModelCall, StreamMethod
 from .graph_ref import GraphRef
 from .lanes import LaneBroken, lanes_for
 from .long_poll import runtime_client
-from .responses import DriverResponse, awaited_resending, read, resend_delay
+from .responses import SYNC_IN_LOOP, DriverResponse, _has_running_loop, awaited_resending, read, resend_delay
 from .responses import user_error as _user_error
 from .router import Router
 
@@ -499,12 +499,6 @@ class RayServeSyncHandle(_HandleBase):
 
 
 
-def _has_running_loop() -> bool:
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    return True
 
 
 class RayServeDeploymentHandle(_HandleBase):
@@ -590,9 +584,9 @@ class DeploymentResponseGenerator:
 
     def __next__(self) -> Any:
         """The next result (``next(gen)``, ``for x in gen``), outside an event loop."""
+        if self._stream is None or _has_running_loop():  # it would block the loop (Ray Serve refuses alike)
+            raise RuntimeError(SYNC_IN_LOOP + " Use `async for` instead.")
         if self._values is None:
-            if self._stream is None:
-                raise RuntimeError("this stream was started in async code: iterate it with `async for`")
             self._values = self._read()
         return next(self._values)
 
@@ -605,8 +599,8 @@ class DeploymentResponseGenerator:
 
     def _to_object_ref_gen_sync(self, _record_telemetry: bool = True) -> Any:
         """Ray Serve's name: Ray's ObjectRefGenerator under this stream (outside an event loop)."""
-        if self._stream is None:
-            raise RuntimeError("this stream was started in async code: await gen._to_object_ref_gen()")
+        if self._stream is None or _has_running_loop():
+            raise RuntimeError(SYNC_IN_LOOP + " Use `await gen._to_object_ref_gen()` instead.")
         return self._stream
 
     async def _to_object_ref_gen(self, _record_telemetry: bool = True) -> Any:
@@ -651,8 +645,8 @@ class DeploymentResponse(metaclass=abc.ABCMeta):  # noqa: B024  # ABCMeta only s
         return self._ref
 
     def _object_ref_sync(self) -> ObjectRef:
-        if self._ref is None:
-            raise RuntimeError("this DeploymentResponse was made in async code: await it instead")
+        if self._ref is None:  # made in async code: only the loop that made it can send it
+            raise RuntimeError(SYNC_IN_LOOP + " Use `await response` instead.")
         return self._ref
 
     async def _resend(self) -> ObjectRef:
@@ -679,10 +673,14 @@ class DeploymentResponse(metaclass=abc.ABCMeta):  # noqa: B024  # ABCMeta only s
 
     def _to_object_ref_sync(self) -> ObjectRef:
         """Ray Serve's name: the ObjectRef of the result, outside an event loop."""
+        if _has_running_loop():
+            raise RuntimeError(SYNC_IN_LOOP + " Await the response (or its _to_object_ref()) instead.")
         return self._object_ref_sync()
 
     def result(self, *, timeout_s: float | None = None) -> Any:
         """Block until the result is ready (not inside an event loop: await instead)."""
+        if _has_running_loop():  # blocking here would stall every request on the loop (Ray Serve refuses alike)
+            raise RuntimeError(SYNC_IN_LOOP + " Use `await response` instead.")
         ref = self._object_ref_sync()
         if isinstance(ref, GraphRef):  # a compiled lane's output (read now, if it was only sent)
             try:

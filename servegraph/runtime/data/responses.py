@@ -129,6 +129,18 @@ async def awaited_resending(ref: Any, resend: ResendAsync) -> Any:
         ref = await resend()
 
 
+#: Ray Serve's words (and condition) for a blocking call of a response or stream inside a running event loop.
+SYNC_IN_LOOP = "Sync methods should not be called from within an `asyncio` event loop."
+
+
+def _has_running_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
 class DriverResponse(ObjectRef):
     """A sent request's result: a ``ray.ObjectRef`` that is also a ``DeploymentResponse``.
 
@@ -176,7 +188,10 @@ class DriverResponse(ObjectRef):
 
         Raises:
             GetTimeoutError: no answer within ``timeout_s`` seconds.
+            RuntimeError: called inside a running event loop (it would stall the loop; ``await`` the ref).
         """
+        if _has_running_loop():
+            raise RuntimeError(SYNC_IN_LOOP + " Use `await response` instead.")
         resend, self._resend = getattr(self, "_resend", None), None
         return read(self, timeout_s, resend)
 
