@@ -19,8 +19,9 @@ keeps working for code written against Ray Serve::
     ├── ConfigError(GraphError, ValueError)         a deploy config is invalid
     ├── ImportPathError(GraphError, ImportError)    MODULE:ATTR does not resolve to a graph
     ├── RenderError(GraphError, RuntimeError)       a diagram cannot be drawn (graphviz missing, unknown format)
-    └── DeploymentError(GraphError, RuntimeError)   a replica failed to start, a deployment is gone
-        └── BackPressureError(DeploymentError)       a handle's queue is full (max_queued_requests); HTTP 503
+    ├── DeploymentError(GraphError, RuntimeError)   a replica failed to start, a deployment is gone
+    │   └── BackPressureError(DeploymentError)       a handle's queue is full (max_queued_requests); HTTP 503
+    └── NoSuchMethodError(GraphError, AttributeError) a call names a method the running deployment lacks
 
 Errors found by ``compile()`` carry every diagnostic of the graph in
 ``.diagnostics``; the exception's class is that of the first one.
@@ -220,6 +221,13 @@ class BackPressureError(DeploymentError):
     """Every replica is busy and the handle already queues ``max_queued_requests`` requests."""
 
     code = "back-pressure"
+
+
+class NoSuchMethodError(GraphError, AttributeError):
+    """A handle call names a method the deployment's replicas do not have (``except RayServeException`` catches
+    it, as Ray Serve raises it; ``except AttributeError`` too)."""
+
+    code = "no-such-method"
 
 
 ERROR_CLASSES = {

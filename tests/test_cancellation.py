@@ -11,6 +11,7 @@ import pytest
 import ray
 
 import servegraph as serve
+from servegraph.exceptions import RequestCancelledError
 
 
 @ray.remote(num_cpus=0)
@@ -82,8 +83,35 @@ def test_cancelling_a_response_cancels_the_call_it_made(chain):
     assert wait_for(tally, before[0] + 1, 0)[0] == before[0] + 1
     response.cancel()
     assert wait_for(tally, before[0] + 1, before[1] + 1)[1] == before[1] + 1  # the inner call was cancelled
-    with pytest.raises((ray.exceptions.TaskCancelledError, ray.exceptions.RayTaskError)):
+    with pytest.raises(RequestCancelledError, match="was cancelled"):  # Ray Serve's error (a TaskCancelledError)
         response.result(timeout_s=60)
+
+
+@serve.deployment
+class CancelsItsCall:
+    """Cancels its own call to the inner deployment once the call is running there (Ray Serve's pattern)."""
+
+    def __init__(self, inner, tally):
+        self.inner = inner
+        self.tally = tally
+
+    async def __call__(self, started: int) -> str:
+        response = self.inner.remote()
+        while (await self.tally.counts.remote())[0] < started:  # the call reached the inner replica
+            await asyncio.sleep(0.01)
+        response.cancel()
+        try:
+            await response
+        except RequestCancelledError as exc:
+            return f"{type(exc).__name__}: {exc}"
+        return "not cancelled"
+
+
+def test_a_response_cancelled_in_async_code_after_it_was_sent_stops_the_call(deploy):
+    tally = Tally.remote()
+    handle = deploy(CancelsItsCall.bind(Inner.bind(tally), tally), name="cancel-async")
+    assert handle.remote(1).result(timeout_s=60) == "RequestCancelledError: Request was cancelled."
+    assert wait_for(tally, 1, 1) == (1, 1)  # the inner call saw its cancellation
 
 
 def test_a_client_that_leaves_cancels_its_request_downstream(chain, http_port):

@@ -33,6 +33,7 @@ from ..._handle_era import NEW, handle_era
 from ..._validation import did_you_mean
 from ...compiler import ir
 from ...dsl.signature import function_method_problem, public_methods
+from ...errors import NoSuchMethodError
 from .. import ray_compat
 from ..common import telemetry, tracing
 from ..common.codec import extend_import_path, unflatten
@@ -451,9 +452,12 @@ class _ReplicaCore:
         except AttributeError:
             if self._instance is None:  # never on the hot path: only a replica whose constructor has not run
                 raise RuntimeError(self._not_ready() or f"deployment {self._deployment!r} has no instance") from None
-            raise AttributeError(
+            available = [m for m in dir(self._instance) if not m.startswith("__") and callable(getattr(self._instance, m, None))]
+            raise NoSuchMethodError(
                 f"deployment {self._deployment!r} has no method {name!r}"
                 + did_you_mean(name, public_methods(type(self._instance)))
+                # Ray Serve's words, which code written for it may look for.
+                + f" Tried to call a method {name!r} that does not exist. Available methods: {available}."
             ) from None
 
     def _reconfigure_sync(self, user_config: Any) -> Any:

@@ -31,7 +31,15 @@ from ..common.records import ModelCall, StreamMethod
 from .graph_ref import GraphRef
 from .lanes import LaneBroken, lanes_for
 from .long_poll import runtime_client
-from .responses import SYNC_IN_LOOP, DriverResponse, _has_running_loop, awaited_resending, read, resend_delay
+from .responses import (
+    SYNC_IN_LOOP,
+    DriverResponse,
+    RequestCancelledError,
+    _has_running_loop,
+    awaited_resending,
+    read,
+    resend_delay,
+)
 from .responses import user_error as _user_error
 from .router import Router
 
@@ -632,12 +640,13 @@ class DeploymentResponse(metaclass=abc.ABCMeta):  # noqa: B024  # ABCMeta only s
     see ``responses.resend_delay`` for how often and when).
     """
 
-    __slots__ = ("_ref", "_task", "_call")
+    __slots__ = ("_ref", "_task", "_call", "_cancelled")
 
     def __init__(self, *, ref: ObjectRef | None = None, task: asyncio.Task | None = None, call: tuple | None = None):
         self._ref = ref
         self._task = task
         self._call = call
+        self._cancelled = False
 
     async def _object_ref(self) -> ObjectRef:
         if self._ref is None:
@@ -656,11 +665,17 @@ class DeploymentResponse(metaclass=abc.ABCMeta):  # noqa: B024  # ABCMeta only s
 
     def __await__(self):
         async def get() -> Any:
-            ref = await self._object_ref()
+            if self._cancelled:
+                raise RequestCancelledError()
             try:
+                ref = await self._object_ref()
                 # Sent again while the replicas it reaches die (responses.resend_delay's rule), if it can be.
                 return await (awaited_resending(ref, self._resend) if self._call is not None else ref)
             except ray.exceptions.RayActorError:  # before RayTaskError: a death may come wrapped in one
+                raise
+            except (ray.exceptions.TaskCancelledError, asyncio.CancelledError):
+                if self._cancelled:  # this response's cancel(), not the awaiting code's own cancellation
+                    raise RequestCancelledError() from None
                 raise
             except ray.exceptions.RayTaskError as exc:
                 raise _user_error(exc) from None
@@ -681,6 +696,8 @@ class DeploymentResponse(metaclass=abc.ABCMeta):  # noqa: B024  # ABCMeta only s
         """Block until the result is ready (not inside an event loop: await instead)."""
         if _has_running_loop():  # blocking here would stall every request on the loop (Ray Serve refuses alike)
             raise RuntimeError(SYNC_IN_LOOP + " Use `await response` instead.")
+        if self._cancelled:
+            raise RequestCancelledError()
         ref = self._object_ref_sync()
         if isinstance(ref, GraphRef):  # a compiled lane's output (read now, if it was only sent)
             try:
@@ -701,9 +718,15 @@ class DeploymentResponse(metaclass=abc.ABCMeta):  # noqa: B024  # ABCMeta only s
         return read(ref, timeout_s, resend)
 
     def cancel(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-        if self._ref is not None and type(self._ref) is ObjectRef:
+        """Cancel the request (as Ray Serve: awaiting it, or ``.result()``, then raises RequestCancelledError):
+        not sent yet, it is not sent; sent, Ray cancels the replica's task (a finished request is left alone)."""
+        self._cancelled = True
+        task = self._task
+        if task is not None and not task.done():
+            task.cancel()
+        elif task is not None and self._ref is None and not task.cancelled() and task.exception() is None:
+            self._ref = task.result()  # sent already: the ref to cancel
+        if self._ref is not None and isinstance(self._ref, ObjectRef):
             ray.cancel(self._ref)
 
 

@@ -23,6 +23,7 @@ from typing import Any
 import ray
 from ray import ObjectRef
 
+from ...errors import GraphError
 from ..common.codec import treat_as_ref
 from .long_poll import runtime_client
 
@@ -88,6 +89,8 @@ def read(ref: Any, timeout_s: float | None, resend: Resend | None) -> Any:
             delay = None if resend is None else resend_delay(exc, resends)
             if delay is None:
                 raise
+        except ray.exceptions.TaskCancelledError:
+            raise RequestCancelledError() from None
         except ray.exceptions.RayTaskError as exc:
             raise user_error(exc) from None
         resends += 1
@@ -127,6 +130,22 @@ async def awaited_resending(ref: Any, resend: ResendAsync) -> Any:
         resends += 1
         await asyncio.sleep(delay)
         ref = await resend()
+
+
+class RequestCancelledError(GraphError, ray.exceptions.TaskCancelledError):
+    """A request its caller cancelled (``response.cancel()``), as Ray Serve raises it: a ``RayServeException``
+    and Ray's ``TaskCancelledError``."""
+
+    code = "request-cancelled"
+
+    def __init__(self, request_id: str | None = None):
+        self._message = f"Request {request_id} was cancelled." if request_id else "Request was cancelled."
+        GraphError.__init__(self, self._message)
+        self._request_id = request_id
+        self.args = (request_id,)  # pickled and raised again elsewhere as the same error
+
+    def __str__(self) -> str:
+        return self._message
 
 
 #: Ray Serve's words (and condition) for a blocking call of a response or stream inside a running event loop.
