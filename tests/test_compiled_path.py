@@ -474,3 +474,31 @@ def test_a_rolling_update_under_load_on_a_compiled_graph_fails_no_request(deploy
         assert load.wait_served(100)
     assert load.failed == []
     assert wait_for(lambda: lanes_for("cg-roll").active() == 2, 90), path("cg-roll")
+
+
+def test_deleting_an_application_whose_lane_is_compiling_waits_for_the_compile(deploy, monkeypatch, capfd):
+    """The lane is torn down when its compile ends, before the controller kills its replicas: compiled over
+    replicas killed meanwhile, Ray failed mid-compile and the caller's stderr got its traceback."""
+    import threading
+
+    import servegraph.runtime.data.lanes as lanes_module
+
+    started, ends = threading.Event(), []
+    build = lanes_module._build
+
+    def slow_build(*args, **kwargs):
+        started.set()
+        time.sleep(1.0)  # the delete below arrives while this lane compiles
+        try:
+            return build(*args, **kwargs)
+        finally:
+            ends.append(time.monotonic())
+
+    monkeypatch.setattr(lanes_module, "_build", slow_build)
+    handle = deploy(chain(2), name="compiling-delete")
+    assert ray.get(handle.remote(1), timeout=60) == 4  # on the plan; the lane starts compiling
+    assert started.wait(60)
+    serve.delete("compiling-delete")
+    deleted = time.monotonic()
+    assert ends and ends[0] <= deleted  # the compile ended before delete returned
+    assert "Traceback" not in capfd.readouterr().err

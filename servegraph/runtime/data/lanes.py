@@ -39,6 +39,8 @@ from .long_poll import ControllerUnavailable, runtime_client
 UNSETTLED_S = 10.0
 #: Longest a caller waiting for its answer sleeps before it checks whether it should read the lane itself.
 WAKE_S = 0.05
+#: Seconds a closing lane set waits for the lanes it is still compiling (each is torn down as it ends).
+COMPILING_WAIT_S = 10.0
 #: Seconds a lane set waits for a missing controller before it gives up telling it something (it may be gone
 #: for good: a process that shut servegraph down must still exit).
 CONTROLLER_WAIT_S = 5.0
@@ -343,6 +345,8 @@ class LaneSet:
             capacity = self._capacity(info)
             dag = _build(self.plan, info, capacity)
         except Exception as exc:
+            if self._closed:  # the lane set closed meanwhile (its application deleted): nothing to report
+                return
             traceback.print_exc()
             with self._lock:
                 self.lanes.pop(info.lane_id, None)
@@ -383,6 +387,14 @@ class LaneSet:
         for lane in lanes:
             if isinstance(lane, Lane):
                 lane.teardown(1.0)
+        if any(isinstance(lane, _Compiling) for lane in lanes):
+            # A lane still compiling is torn down by its compile when that ends (see _compile): wait for it, so it
+            # is not torn down after the controller killed its replicas (an application being deleted), where Ray's
+            # monitor thread fails in its own teardown and prints a traceback.
+            try:
+                self._manager.submit(lambda: None).result(timeout=COMPILING_WAIT_S)
+            except Exception:  # shut down already, or slower than the bound: the controller releases the rest
+                pass
         self._tell_controller("release_lanes", self._owner_id, wait_s=1.0)
         self._stop_threads()
 
