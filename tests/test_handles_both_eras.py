@@ -151,6 +151,32 @@ def test_result_timeout_and_cancel(serve_app):
     assert response.result(timeout_s=60) == "done"
 
 
+@serve.deployment
+class Echo:
+    def __call__(self, x):
+        return x
+
+
+@serve.deployment
+class Shout:
+    def __call__(self, x):
+        return str(x).upper()
+
+
+def test_handles_by_name_are_cached_while_the_graph_is_the_same(serve_app):
+    # Ray Serve's test_handle.py::test_repeated_get_handle_cached: one handle per name.
+    serve.run(Echo.bind(), name="eras_cached", route_prefix=None)
+    assert len({serve.get_app_handle("eras_cached") for _ in range(20)}) == 1
+    assert len({serve.get_deployment_handle("Echo", "eras_cached") for _ in range(20)}) == 1
+    before = serve.get_app_handle("eras_cached")
+    serve.run(Shout.bind(), name="eras_cached", route_prefix=None)  # another graph: a handle for it
+    after = serve.get_app_handle("eras_cached")
+    assert after is not before and after.remote("hi").result(timeout_s=60) == "HI"
+    serve.delete("eras_cached")
+    serve.run(Shout.bind(), name="eras_cached", route_prefix=None)  # deleted here: the handle went with it
+    assert serve.get_app_handle("eras_cached") is not after
+
+
 def test_unknown_application_uses_ray_serves_words(serve_app):
     with pytest.raises(RayServeException, match="Application 'random' does not exist"):
         serve.get_app_handle("random")

@@ -373,6 +373,7 @@ def delete(name: str, _blocking: bool = True) -> None:
     Ray's monitor thread failing in its own teardown (an AttributeError traceback on this process's stderr).
     """
     close_lanes(name)
+    _forget_handles(name)
     controller = _controller(create=False)
     if controller is not None:
         _ask(controller.delete_app.remote(name), f"delete {name!r}", timeout_s=600)
@@ -389,6 +390,7 @@ def shutdown() -> None:
     ray.kill(controller, no_restart=True)
     # Nothing of servegraph's keeps running in this process: no lane, no thread waiting for a controller.
     forget_all_lanes()
+    _forget_handles()
     close_runtime_client()
 
 
@@ -422,9 +424,38 @@ def get_app_handle(name: str = DEFAULT_APP_NAME) -> DeploymentHandle:
     info = _ask(controller.get_app.remote(name), "get_app") if controller is not None else None
     if info is None:
         raise GraphError(f"Application '{name}' does not exist. `servegraph status` lists what runs")
+    key = (_cluster(), "app", name)
+    cached = _HANDLES.get(key)
+    if cached is not None and _same_graph(cached[0], info.app):
+        return cached[1]  # one handle per running application, as Ray Serve caches them
     # A DeploymentHandle: outside an event loop its results are ObjectRefs too, except a compiled
     # graph's, which are read from its lane when asked for (they skip the object store).
-    return cast(DeploymentHandle, _handle_for(name, info.app, info.infos).options(use_new_handle_api=True))
+    handle = cast(DeploymentHandle, _handle_for(name, info.app, info.infos).options(use_new_handle_api=True))
+    _HANDLES[key] = (info.app, handle)
+    return handle
+
+
+#: The handles get_app_handle and get_deployment_handle gave, with the graph each was made for: asked again,
+#: they give the same handle while the application runs the same graph (a deployment's handle follows its
+#: replicas across redeploys by itself). Keyed by cluster too; an application's go when this process deletes it
+#: (its lanes close), all of them when servegraph shuts down.
+_HANDLES: dict[tuple[str, ...], tuple[Any, DeploymentHandle]] = {}
+
+
+def _cluster() -> str:
+    return str(ray.get_runtime_context().gcs_address)
+
+
+def _forget_handles(app: str | None = None) -> None:
+    for key in [k for k in _HANDLES if app is None or k[2] == app]:
+        del _HANDLES[key]
+
+
+def _same_graph(before: Any, now: Any) -> bool:
+    try:
+        return bool(before == now)
+    except Exception:  # a bound argument that cannot compare (an array): make a new handle
+        return False
 
 
 def get_deployment_handle(deployment_name: str, app_name: str | None = None) -> DeploymentHandle:
@@ -434,7 +465,11 @@ def get_deployment_handle(deployment_name: str, app_name: str | None = None) -> 
     info = _ask(controller.get_app.remote(app_name), "get_app") if controller is not None else None
     if info is None or deployment_name not in info.infos:
         raise GraphError(f"no deployment {deployment_name!r} in a running application {app_name!r}")
-    return cast(DeploymentHandle, deployment_handle(info.infos[deployment_name]).options(use_new_handle_api=True))
+    key = (_cluster(), "deployment", app_name, deployment_name)
+    cached = _HANDLES.get(key)
+    if cached is None:
+        cached = _HANDLES[key] = (None, cast(DeploymentHandle, deployment_handle(info.infos[deployment_name]).options(use_new_handle_api=True)))
+    return cached[1]
 
 
 # Status, shaped like Ray Serve's ------------------------------------------------------
