@@ -30,7 +30,12 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from .errors import GraphError
-from .runtime.common.context import get_multiplexed_model_id, reset_multiplexed_model_id, set_multiplexed_model_id
+from .runtime.common.context import (
+    get_multiplexed_model_id,
+    has_running_loop,
+    reset_multiplexed_model_id,
+    set_multiplexed_model_id,
+)
 
 #: What a batched generator yields for a request whose stream has ended (Ray Serve's sentinels).
 _SENTINELS = (StopIteration, StopAsyncIteration)
@@ -250,14 +255,6 @@ class _Queue:
                 await aclose()
 
 
-def _has_running_loop() -> bool:
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    return True
-
-
 def _clean_context() -> contextvars.Context:
     context = contextvars.copy_context()
     context.run(set_multiplexed_model_id, "")
@@ -368,7 +365,7 @@ def batch(
                 # Queued when called, not when first iterated (as in Ray Serve): callers that make their streams
                 # first and read them one after another still share a batch.
                 request = _Request(arguments_of(args, kwargs), get_multiplexed_model_id(), stream=asyncio.Queue())
-                queued = _has_running_loop()
+                queued = has_running_loop()
                 if queued:
                     enqueue(args, kwargs, request)
                 return results(request, queued, args, kwargs)

@@ -6,6 +6,7 @@ holds at most one replica).
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import dataclasses
 import os
@@ -172,3 +173,12 @@ def set_request(request: RequestContext | None) -> contextvars.Token:
 
 def reset_request(token: contextvars.Token) -> None:
     _REQUEST.reset(token)
+
+
+def has_running_loop() -> bool:
+    """Whether this thread runs an event loop now (a blocking call here would stall it)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True

@@ -26,6 +26,7 @@ from ray import ObjectRef
 from ..._walk import any_leaf, map_leaves, map_leaves_async
 from ...compiler import ir
 from ..common.codec import flatten
+from ..common.context import has_running_loop
 from ..common.plan import drive, drive_async, run_plan
 from ..common.records import ModelCall, StreamMethod
 from .graph_ref import GraphRef
@@ -35,7 +36,6 @@ from .responses import (
     SYNC_IN_LOOP,
     DriverResponse,
     RequestCancelledError,
-    _has_running_loop,
     awaited_resending,
     read,
     resend_delay,
@@ -472,7 +472,7 @@ class _HandleBase:
         cls = DeploymentHandle if use_new_handle_api else type(self)
         if use_new_handle_api is False and issubclass(cls, DeploymentHandle):
             # As in Ray Serve: the old handle for the context, sync in a driver, async in an event loop.
-            cls = RayServeDeploymentHandle if _has_running_loop() else RayServeSyncHandle
+            cls = RayServeDeploymentHandle if has_running_loop() else RayServeSyncHandle
         return cls(self._target, method_name or self._method, self._stream if stream is None else stream, model_id)
 
     def __reduce__(self) -> tuple:
@@ -516,7 +516,7 @@ class RayServeDeploymentHandle(_HandleBase):
         """An ``asyncio.Task`` in async code; in a sync method (no event loop), the ObjectRef itself,
         as Ray Serve 2.0's lazy sync handles gave it, so ``ray.get(handle.remote(x))`` works there.
         With ``stream=True``, a DeploymentResponseGenerator (``async for`` / ``for``)."""
-        if not _has_running_loop():
+        if not has_running_loop():
             out = self._target.submit(self._call, args, kwargs)
             return DeploymentResponseGenerator(stream=out) if self._stream else out
         if self._stream:
@@ -569,7 +569,7 @@ class AppHandle(RayServeSyncHandle, DeploymentHandle):
     """
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
-        if _has_running_loop():
+        if has_running_loop():
             return DeploymentHandle.remote(self, *args, **kwargs)
         return RayServeSyncHandle.remote(self, *args, **kwargs)
 
@@ -592,7 +592,7 @@ class DeploymentResponseGenerator:
 
     def __next__(self) -> Any:
         """The next result (``next(gen)``, ``for x in gen``), outside an event loop."""
-        if self._stream is None or _has_running_loop():  # it would block the loop (Ray Serve refuses alike)
+        if self._stream is None or has_running_loop():  # it would block the loop (Ray Serve refuses alike)
             raise RuntimeError(SYNC_IN_LOOP + " Use `async for` instead.")
         if self._values is None:
             self._values = self._read()
@@ -607,7 +607,7 @@ class DeploymentResponseGenerator:
 
     def _to_object_ref_gen_sync(self, _record_telemetry: bool = True) -> Any:
         """Ray Serve's name: Ray's ObjectRefGenerator under this stream (outside an event loop)."""
-        if self._stream is None or _has_running_loop():
+        if self._stream is None or has_running_loop():
             raise RuntimeError(SYNC_IN_LOOP + " Use `await gen._to_object_ref_gen()` instead.")
         return self._stream
 
@@ -688,13 +688,13 @@ class DeploymentResponse(metaclass=abc.ABCMeta):  # noqa: B024  # ABCMeta only s
 
     def _to_object_ref_sync(self) -> ObjectRef:
         """Ray Serve's name: the ObjectRef of the result, outside an event loop."""
-        if _has_running_loop():
+        if has_running_loop():
             raise RuntimeError(SYNC_IN_LOOP + " Await the response (or its _to_object_ref()) instead.")
         return self._object_ref_sync()
 
     def result(self, *, timeout_s: float | None = None) -> Any:
         """Block until the result is ready (not inside an event loop: await instead)."""
-        if _has_running_loop():  # blocking here would stall every request on the loop (Ray Serve refuses alike)
+        if has_running_loop():  # blocking here would stall every request on the loop (Ray Serve refuses alike)
             raise RuntimeError(SYNC_IN_LOOP + " Use `await response` instead.")
         if self._cancelled:
             raise RequestCancelledError()

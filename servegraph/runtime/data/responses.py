@@ -25,6 +25,7 @@ from ray import ObjectRef
 
 from ...errors import GraphError
 from ..common.codec import treat_as_ref
+from ..common.context import has_running_loop
 from .long_poll import runtime_client
 
 #: Before a request is sent again after a replica's death: time for the membership update to reach
@@ -152,14 +153,6 @@ class RequestCancelledError(GraphError, ray.exceptions.TaskCancelledError):
 SYNC_IN_LOOP = "Sync methods should not be called from within an `asyncio` event loop."
 
 
-def _has_running_loop() -> bool:
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    return True
-
-
 class DriverResponse(ObjectRef):
     """A sent request's result: a ``ray.ObjectRef`` that is also a ``DeploymentResponse``.
 
@@ -209,7 +202,7 @@ class DriverResponse(ObjectRef):
             GetTimeoutError: no answer within ``timeout_s`` seconds.
             RuntimeError: called inside a running event loop (it would stall the loop; ``await`` the ref).
         """
-        if _has_running_loop():
+        if has_running_loop():
             raise RuntimeError(SYNC_IN_LOOP + " Use `await response` instead.")
         resend, self._resend = getattr(self, "_resend", None), None
         return read(self, timeout_s, resend)
