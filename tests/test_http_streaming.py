@@ -36,6 +36,12 @@ class Gate:
     def was_closed(self) -> bool:
         return self.closed
 
+    def mark_cancelled(self):
+        self.cancelled = True
+
+    def was_cancelled(self) -> bool:
+        return getattr(self, "cancelled", False)
+
 
 @serve.deployment
 def teapot(request):
@@ -91,6 +97,44 @@ class Streamer:
 
 
 @serve.deployment
+class Waiter:
+    """Ray Serve's test_http_disconnect: a body waiting when its client leaves sees CancelledError."""
+
+    def __init__(self, gate):
+        self.gate = gate
+
+    def __call__(self, request):
+        gate = self.gate
+
+        async def body():
+            try:
+                yield "hi"
+                await asyncio.sleep(600)
+            except asyncio.CancelledError:
+                await gate.mark_cancelled.remote()
+                raise
+
+        return StreamingResponse(body())
+
+
+@serve.deployment
+def counting(n: int):
+    for i in range(n):
+        yield str(i)
+
+
+@serve.deployment
+class Relay:
+    """Returns a handle's stream as its HTTP body (Ray Serve's test_proxy_from_streaming_handle)."""
+
+    def __init__(self, counter):
+        self.counter = counter.options(stream=True)
+
+    def __call__(self, request):
+        return StreamingResponse(self.counter.remote(int(request.query_params["n"])))
+
+
+@serve.deployment
 class NoArgs:
     def __call__(self):
         return "no args"
@@ -102,6 +146,8 @@ def gate(deploy):
     deploy(teapot.bind(), name="stream-teapot", route_prefix="/teapot")
     deploy(Streamer.bind(gate), name="stream-fastapi", route_prefix="/fa")
     deploy(DAGDriver.bind({"/none": NoArgs.bind(), "/also": NoArgs.bind()}), name="stream-routes", route_prefix="/routes")
+    deploy(Waiter.bind(gate), name="stream-waiter", route_prefix="/waiter")
+    deploy(Relay.bind(counting.bind()), name="stream-relay", route_prefix="/relay")
     return gate
 
 
@@ -134,6 +180,22 @@ def test_a_client_that_leaves_ends_the_generator(gate, http_port):
             break
         ray.get(gate.wait.remote(), timeout=60)  # a round trip, no sleep to tune
     assert ray.get(gate.was_closed.remote(), timeout=60)
+
+
+def test_a_client_that_leaves_cancels_the_body_where_it_waits(gate, http_port):
+    with httpx.stream("GET", f"http://127.0.0.1:{http_port}/waiter", timeout=60) as response:
+        assert next(response.iter_text()) == "hi"
+    ray.get(gate.open.remote(), timeout=60)
+    for _ in range(2000):  # bounded: the replica cancels the body once the proxy sees the client gone
+        if ray.get(gate.was_cancelled.remote(), timeout=60):
+            break
+        ray.get(gate.wait.remote(), timeout=60)  # a round trip, no sleep to tune
+    assert ray.get(gate.was_cancelled.remote(), timeout=60)  # its `except CancelledError` ran
+
+
+def test_a_handles_stream_returned_as_the_body_reaches_the_client(gate, http_port):
+    response = httpx.get(f"http://127.0.0.1:{http_port}/relay", params={"n": 5}, timeout=60)
+    assert (response.status_code, response.text) == (200, "01234")
 
 
 def test_a_dagdriver_route_to_a_call_without_arguments(gate, http_port):

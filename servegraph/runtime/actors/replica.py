@@ -471,7 +471,9 @@ class _ReplicaCore:
     def _open_stream(self, response: Any) -> tuple:
         """Keep a StreamingResponse's body here; the proxy pulls it chunk by chunk (see HTTPStream)."""
         stream_id = next(self._stream_ids)
-        self._streams[stream_id] = response.body_iterator
+        body = response.body_iterator
+        # Its iterator: a body may be an async iterable only (a handle's stream, DeploymentResponseGenerator).
+        self._streams[stream_id] = _Stream(body.__aiter__() if hasattr(body, "__aiter__") else body)
         headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in response.raw_headers]
         return (STREAM, ray.get_runtime_context().current_actor, stream_id, response.status_code, headers)
 
@@ -997,15 +999,28 @@ def _release_lane(replica: _ReplicaCore) -> bool:
     return True
 
 
+class _Stream:
+    """A StreamingResponse's body kept for the proxy's pulls, with the pull running now (a close cancels it)."""
+
+    __slots__ = ("body", "pulling")
+
+    def __init__(self, body: Any):
+        self.body = body
+        self.pulling: asyncio.Task | None = None
+
+
 async def _next_chunk(streams: dict[int, Any], stream_id: int) -> bytes | None:
-    body = streams.get(stream_id)
-    if body is None:
+    stream = streams.get(stream_id)
+    if stream is None:
         return None
+    stream.pulling = asyncio.current_task()
     try:
-        chunk = await body.__anext__()
+        chunk = await stream.body.__anext__()
     except StopAsyncIteration:
-        del streams[stream_id]
+        streams.pop(stream_id, None)
         return None
+    finally:
+        stream.pulling = None
     return chunk if isinstance(chunk, bytes) else str(chunk).encode("utf-8")
 
 
@@ -1018,10 +1033,21 @@ def _cancel_all(refs: list) -> None:
 
 
 async def _close_stream(streams: dict[int, Any], stream_id: int) -> None:
-    body = streams.pop(stream_id, None)
-    close = getattr(body, "aclose", None)
+    """The client left: the body's generator is cancelled where it waits (its ``except CancelledError`` runs, as
+    in Ray Serve), then closed."""
+    stream = streams.pop(stream_id, None)
+    if stream is None:
+        return
+    pulling = stream.pulling
+    if pulling is not None and not pulling.done() and pulling is not asyncio.current_task():
+        pulling.cancel()
+        await asyncio.wait([pulling])  # the generator sees CancelledError inside its pending step
+    close = getattr(stream.body, "aclose", None)
     if close is not None:
-        await close()
+        try:
+            await close()
+        except RuntimeError:  # still running a step that ignored the cancellation: it ends with its task
+            pass
 
 
 async def _awaited(value: Any) -> Any:
