@@ -5,6 +5,7 @@ response off; a client that leaves ends the generator on the replica."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import httpx
 import pytest
@@ -29,6 +30,9 @@ class Gate:
 
     def open(self):
         self.event.set()
+
+    def shut(self):
+        self.event = asyncio.Event()
 
     def mark_closed(self):
         self.closed = True
@@ -134,6 +138,26 @@ class Relay:
         return StreamingResponse(self.counter.remote(int(request.query_params["n"])))
 
 
+@serve.deployment(num_replicas=2)
+class HeldStream:
+    """Streams its pid, then waits at the gate: a stream counts against its replica until it ends."""
+
+    def __init__(self, gate):
+        self.gate = gate
+
+    def __call__(self, request):
+        import os
+
+        gate = self.gate
+
+        async def body():
+            yield f"{os.getpid()}\n"
+            await gate.wait.remote()
+            yield "done\n"
+
+        return StreamingResponse(body())
+
+
 @serve.deployment
 class NoArgs:
     def __call__(self):
@@ -185,17 +209,33 @@ def test_a_client_that_leaves_ends_the_generator(gate, http_port):
 def test_a_client_that_leaves_cancels_the_body_where_it_waits(gate, http_port):
     with httpx.stream("GET", f"http://127.0.0.1:{http_port}/waiter", timeout=60) as response:
         assert next(response.iter_text()) == "hi"
-    ray.get(gate.open.remote(), timeout=60)
-    for _ in range(2000):  # bounded: the replica cancels the body once the proxy sees the client gone
-        if ray.get(gate.was_cancelled.remote(), timeout=60):
-            break
-        ray.get(gate.wait.remote(), timeout=60)  # a round trip, no sleep to tune
+    deadline = time.monotonic() + 60  # bounded by time: on a loaded machine the proxy may see the client go late
+    while not ray.get(gate.was_cancelled.remote(), timeout=60) and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert ray.get(gate.was_cancelled.remote(), timeout=60)  # its `except CancelledError` ran
 
 
 def test_a_handles_stream_returned_as_the_body_reaches_the_client(gate, http_port):
     response = httpx.get(f"http://127.0.0.1:{http_port}/relay", params={"n": 5}, timeout=60)
     assert (response.status_code, response.text) == (200, "01234")
+
+
+def test_open_streams_count_against_their_replicas(deploy, http_port):
+    # Ray Serve's test_responses_actually_streamed with two replicas: two streams open at once go to both.
+    gate = Gate.remote()
+    deploy(HeldStream.bind(gate), name="stream-held", route_prefix="/held")
+    for _ in range(3):  # each round, a stream that had freed its slot early would go to either replica
+        ray.get(gate.shut.remote(), timeout=60)
+        with httpx.Client(timeout=60) as a, httpx.Client(timeout=60) as b:
+            with a.stream("GET", f"http://127.0.0.1:{http_port}/held") as first:
+                first_lines = first.iter_lines()
+                first_pid = next(first_lines)
+                with b.stream("GET", f"http://127.0.0.1:{http_port}/held") as second:
+                    second_lines = second.iter_lines()
+                    assert next(second_lines) != first_pid  # the first stream, still open, kept its replica busy
+                    ray.get(gate.open.remote(), timeout=60)
+                    assert list(second_lines) == ["done"]
+                assert list(first_lines) == ["done"]
 
 
 def test_a_dagdriver_route_to_a_call_without_arguments(gate, http_port):

@@ -272,10 +272,12 @@ class HTTPProxy:
                 except BaseException:
                     router.release(ref)
                     raise
-                router.release(ref)
                 if result[0] == STREAM:  # a StreamingResponse: its chunks are pulled from the replica
                     _, replica, stream_id, status, headers = result
-                    return HTTPStream(replica, stream_id, status, headers)
+                    # It counts against its replica until it ends, not only until it opened (as in Ray Serve):
+                    # streams then spread over replicas, and max_ongoing_requests bounds them too.
+                    return HTTPStream(replica, stream_id, status, headers, on_end=lambda: router.release(ref))
+                router.release(ref)
                 return result
             try:
                 value = decode_json_body(body)
@@ -318,11 +320,15 @@ def _listening_socket(host: str, port: int) -> socket.socket:
 class HTTPStream:
     """A response whose body the replica that made it (a StreamingResponse) hands over chunk by chunk."""
 
-    def __init__(self, replica: Any, stream_id: int, status: int, headers: list[tuple[str, str]]):
+    def __init__(
+        self, replica: Any, stream_id: int, status: int, headers: list[tuple[str, str]], on_end: Callable[[], None] | None = None
+    ):
         self.replica = replica
         self.stream_id = stream_id
         self.status = status
         self.headers = headers
+        #: Called once the stream is over (sent, cut off, or left by its client): its slot on the replica is free.
+        self.on_end = on_end
 
     async def send(self, send: Any, receive: Any, extra_headers: list[tuple[str, str]]) -> None:
         """Send the response as the replica hands over its chunks.
@@ -330,6 +336,13 @@ class HTTPStream:
         A client that goes away ends the stream on the replica (its generator is closed); a body that
         fails mid-way raises here, after the headers went out, so the client sees the response cut off.
         """
+        try:
+            await self._send(send, receive, extra_headers)
+        finally:
+            if self.on_end is not None:
+                self.on_end()
+
+    async def _send(self, send: Any, receive: Any, extra_headers: list[tuple[str, str]]) -> None:
         headers = [*self.headers, *extra_headers]
         await send(
             {
