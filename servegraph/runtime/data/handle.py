@@ -505,10 +505,6 @@ class RayServeSyncHandle(_HandleBase):
         return _respond(self._target, self._call, args, kwargs)
 
 
-
-
-
-
 class RayServeDeploymentHandle(_HandleBase):
     """``.remote()`` returns an ``asyncio.Task`` resolving to an ObjectRef: await twice."""
 
