@@ -476,6 +476,46 @@ def test_a_rolling_update_under_load_on_a_compiled_graph_fails_no_request(deploy
     assert wait_for(lambda: lanes_for("cg-roll").active() == 2, 90), path("cg-roll")
 
 
+def test_a_rollout_ends_old_replicas_only_after_their_owner_is_done_with_their_lanes(deploy, monkeypatch, capfd):
+    """A rollout's old replicas were ended while their lane's owner could still be compiling a lane over them (or
+    tearing one down): Ray's monitor thread in the owner then failed (CI saw it once). With slow owners, the
+    rollout waits for them, fails no request, and nothing fails in the owner's threads."""
+    import threading
+
+    import servegraph.runtime.data.lanes as lanes_module
+
+    failed_threads: list[str] = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: failed_threads.append(f"{args.thread}: {args.exc_value!r}"))
+
+    build, teardown = lanes_module._build, lanes_module.Lane.teardown
+    slow = []
+
+    def slow_build(*args, **kwargs):
+        if slow:
+            time.sleep(1.5)  # a compile the rollout's stops arrive in
+        return build(*args, **kwargs)
+
+    def slow_teardown(self, wait_s=5.0):
+        if slow:
+            time.sleep(1.5)  # an owner busy finishing the lane's requests
+        teardown(self, wait_s)
+
+    monkeypatch.setattr(lanes_module, "_build", slow_build)
+    monkeypatch.setattr(lanes_module.Lane, "teardown", slow_teardown)
+    handle = deploy(chain(3, num_replicas=2, version="1"), name="cg-slow-owner").options(use_new_handle_api=True)
+    wait_for_lanes("cg-slow-owner", 2)
+    slow.append(True)
+    with Load(lambda: handle.remote(1).result(timeout_s=60) == 7 or 1 / 0, threads=2) as load:
+        assert load.wait_served(10)
+        deploy(chain(3, num_replicas=2, version="2"), name="cg-slow-owner")
+        assert load.wait_served(50)
+    assert load.failed == []
+    assert wait_for(lambda: lanes_for("cg-slow-owner").active() == 2, 90), path("cg-slow-owner")
+    time.sleep(1.0)  # Ray's monitor thread notices a dead actor within a second
+    assert failed_threads == []
+    assert "Traceback" not in capfd.readouterr().err
+
+
 def test_deleting_an_application_whose_lane_is_compiling_waits_for_the_compile(deploy, monkeypatch, capfd):
     """The lane is torn down when its compile ends, before the controller kills its replicas: compiled over
     replicas killed meanwhile, Ray failed mid-compile and the caller's stderr got its traceback."""

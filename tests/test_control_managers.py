@@ -213,7 +213,12 @@ class Controller:
         self.cluster = cluster
         self.signals = Signals()
         self.host = MembershipHost()
-        self.lifecycle = ReplicaLifecycle(cluster, self.signals, own_path=[])  # type: ignore[arg-type]
+        self.lifecycle = ReplicaLifecycle(
+            cluster,  # type: ignore[arg-type]
+            self.signals,
+            own_path=[],
+            lane_exit=lambda app, replica_id: self.apps.lane_exit(app, replica_id),
+        )
         self.deployments = DeploymentManager(self.lifecycle, self.host, self.signals)
         self.lanes = LaneManager(self.host, cluster, self.signals, dead_jobs=set)  # type: ignore[arg-type]
         self.apps = ApplicationManager(self.deployments, self.lanes, self.host, self.signals)
@@ -485,6 +490,90 @@ def test_lanes_form_over_running_replicas_and_dissolve_when_one_stops():
     (new_lane,) = reformed
     assert new_lane.lane_id != lane.lane_id and pre_id not in {rid for _, rid, _ in new_lane.members}
     assert model_id in {rid for _, rid, _ in new_lane.members}
+
+
+def _laned(cluster: FakeActors) -> Any:
+    """A controller running the graph with one lane, owned by ``proxy``: (controller, app, lane)."""
+
+    async def form() -> Any:
+        ctl = Controller(cluster)
+        ir = graph_ir(num_replicas=1)
+        ctl.deploy(ir)
+        app: App = ctl.apps.apps["app"]
+        app.lanes, app.lane_reason = LaneTable(("Model", "Pre"), ir.plan), ""
+        await ctl.until(lambda: ctl.dep("Model").status == HEALTHY and ctl.dep("Pre").status == HEALTHY)
+        ctl.lanes.claim(app, Owner("proxy", "job-1", None, NODE))
+        await ctl.until(lambda: bool(app.lanes.lanes))  # type: ignore[union-attr]
+        return ctl, app
+
+    return form()
+
+
+def test_a_replica_in_a_lane_is_ended_only_after_its_owner_tore_the_lane_down():
+    """Ended under a compiled graph its owner is still compiling or tearing down, a replica fails that graph there
+    (Ray's monitor thread then prints a traceback in the owner)."""
+
+    async def scenario():
+        cluster = FakeActors()
+        ctl, app = await _laned(cluster)
+        (lane,) = app.lanes.lanes.values()
+        pre = ctl.dep("Pre")
+        (pre_id,) = running(pre)
+        replica = pre.replicas[pre_id].actor
+        ctl.lifecycle.stop(pre, pre.replicas[pre_id], graceful=True)
+        await ctl.until(lambda: not app.lanes.lanes, seconds=0.0)
+        for _ in range(10):  # well past the grace: the loops are stopped, the replica is not ended
+            await ctl.step(RELEASE_GRACE_S / 2)
+        held = list(replica.calls)
+        ctl.lanes.retired(app, lane.lane_id, tuple(rid for _, rid, _ in lane.members))
+        await ctl.until(lambda: "kill" in replica.calls, seconds=0.0)
+        return cluster, replica, held
+
+    cluster, replica, held = asyncio.run(scenario())
+    assert replica.handle in cluster.lane_releases  # its loop was stopped after the grace
+    assert "prepare_for_shutdown" not in held and "kill" not in held
+    assert replica.calls[-3:] == DRAINED
+
+
+def test_an_owner_that_leaves_frees_its_lanes_replicas_at_once():
+    async def scenario():
+        cluster = FakeActors()
+        ctl, app = await _laned(cluster)
+        pre = ctl.dep("Pre")
+        (pre_id,) = running(pre)
+        replica = pre.replicas[pre_id].actor
+        ctl.lanes.release(app, "proxy")  # it tore its lanes down and leaves
+        ctl.lifecycle.stop(pre, pre.replicas[pre_id], graceful=True)
+        await ctl.until(lambda: "kill" in replica.calls, seconds=0.0)
+        return cluster, replica
+
+    cluster, replica = asyncio.run(scenario())
+    assert replica.handle in cluster.lane_releases and replica.calls[-3:] == DRAINED
+
+
+def test_an_owner_that_tore_its_lane_down_frees_its_replicas_without_the_grace():
+    async def scenario():
+        cluster = FakeActors()
+        ctl, app = await _laned(cluster)
+        (lane,) = app.lanes.lanes.values()
+        pre = ctl.dep("Pre")
+        (pre_id,) = running(pre)
+        replica = pre.replicas[pre_id].actor
+        ctl.lifecycle.stop(pre, pre.replicas[pre_id], graceful=True)
+        await ctl.until(lambda: not app.lanes.lanes, seconds=0.0)
+        replica_ids = tuple(rid for _, rid, _ in lane.members)
+        ctl.lanes.retired(app, lane.lane_id + 1, replica_ids)  # another lane's id: nothing moves
+        ctl.lanes.retired(app, lane.lane_id, replica_ids[:1])  # not that lane's replicas: nothing moves
+        for _ in range(5):
+            await ctl.step(0.0)
+        early = list(cluster.lane_releases)
+        ctl.lanes.retired(app, lane.lane_id, replica_ids)  # the owner reports the teardown
+        await ctl.until(lambda: "kill" in replica.calls, seconds=0.0)  # the clock stands still: no grace passes
+        return cluster, replica, early
+
+    cluster, replica, early = asyncio.run(scenario())
+    assert early == []
+    assert replica.handle in cluster.lane_releases and replica.calls[-3:] == DRAINED
 
 
 def test_every_actor_call_on_a_replica_goes_through_the_seam():

@@ -8,6 +8,7 @@ a delete marks everything for stopping, and each pass of the loop moves every ap
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
 import traceback
@@ -98,6 +99,11 @@ class ApplicationManager:
         if now - self._owners_checked >= OWNER_CHECK_PERIOD_S:
             self._owners_checked = now
             self.lanes.forget_dead_owners(list(self.apps.values()))
+
+    def lane_exit(self, app: str, replica_id: str) -> asyncio.Future | None:
+        """Done once a replica of ``app`` left its compiled lane (see LaneManager.exit); None if it holds none."""
+        state = self.apps.get(app)
+        return self.lanes.exit(state, replica_id) if state is not None else None
 
     def replica_nodes(self) -> set[str]:
         """Nodes that run a replica that may serve (where EveryNode wants a proxy)."""

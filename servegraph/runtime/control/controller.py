@@ -68,7 +68,9 @@ class Controller:
         self._signals = Signals(crash=self._crash)
         self._host = MembershipHost()
         actors = ReplicaActors(locate)
-        self._lifecycle = ReplicaLifecycle(actors, self._signals, own_path=list(sys.path))
+        self._lifecycle = ReplicaLifecycle(
+            actors, self._signals, own_path=list(sys.path), lane_exit=lambda app, replica_id: self._apps.lane_exit(app, replica_id)
+        )
         self._lanes = LaneManager(self._host, actors, self._signals)
         self._apps = ApplicationManager(DeploymentManager(self._lifecycle, self._host, self._signals), self._lanes, self._host, self._signals)
         #: The HTTP proxies: where they run and what they serve (see proxy_state.py).
@@ -225,6 +227,12 @@ class Controller:
         state = self._apps.apps.get(app)
         if state is not None:
             self._lanes.broken(state, lane_id, reason)
+
+    async def lane_retired(self, app: str, lane_id: int, replica_ids: tuple[str, ...]) -> None:
+        """An owner tore down a lane that was dissolved: its replicas are released now, not after a grace period."""
+        state = self._apps.apps.get(app)
+        if state is not None:
+            self._lanes.retired(state, lane_id, tuple(replica_ids))
 
     async def lane_failed(self, app: str, lane_id: int, reason: str) -> None:
         """An owner could not compile a lane: the application stays on the plan path, and status says why."""

@@ -18,7 +18,8 @@ which takes every actor on that node with it; that code is in maintenance
 upstream, so servegraph never sends it cross-node traffic. An owner with no
 complete set of replicas on its node runs its requests on the plan. The replicas of a dissolved lane are free
 again once their compiled loop has been stopped (:data:`RELEASE_GRACE_S` after
-the dissolution, whether or not the owner tore the lane down itself).
+the dissolution, or as soon as the owner says it tore the lane down); a replica
+being stopped is ended only once its lane's owner tore the lane down (or left).
 
 Pure bookkeeping: no Ray here, so every rule is testable on its own.
 """
@@ -34,6 +35,8 @@ from ..common.records import LaneAssignment, LaneInfo
 
 #: Seconds an owner has to stop using a dissolved lane before the controller stops its replicas' loops.
 RELEASE_GRACE_S = 1.0
+#: Seconds the controller waits for a replica to stop its compiled loop.
+RELEASE_TIMEOUT_S = 10
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +60,9 @@ class LaneTable:
         self.lanes: dict[int, LaneInfo] = {}
         #: Replica id -> (time after which its loop is stopped, its actor); free for a new lane once released.
         self.releasing: dict[str, tuple[float, Any]] = {}
+        #: Dissolved lanes their owner has not said it tore down yet: lane id -> (owner id, replica ids). Their
+        #: replicas are not ended meanwhile (see :meth:`holds`); the owner's word frees them (:meth:`retired`).
+        self.dissolved: dict[int, tuple[str, tuple[str, ...]]] = {}
         self.failure = ""
         #: When lanes broke with their replicas alive (see Controller.lane_broken).
         self.breaks: list[float] = []
@@ -71,7 +77,9 @@ class LaneTable:
         return True
 
     def drop_owner(self, owner_id: str) -> None:
+        """The owner left or its process ended: it tears nothing down any more."""
         self.owners.pop(owner_id, None)
+        self.dissolved = {i: entry for i, entry in self.dissolved.items() if entry[0] != owner_id}
 
     def lanes_of(self, owner_id: str) -> int:
         return sum(1 for lane in self.lanes.values() if lane.owner_id == owner_id)
@@ -83,6 +91,31 @@ class LaneTable:
         if lane is not None:
             for _, replica_id, actor in lane.members:
                 self.releasing[replica_id] = (now + RELEASE_GRACE_S, actor)
+            if lane.owner_id in self.owners:  # an owner that left tears nothing down
+                self.dissolved[lane_id] = (lane.owner_id, _replica_ids(lane))
+
+    def retired(self, lane_id: int, replica_ids: tuple[str, ...]) -> bool:
+        """The owner of dissolved lane ``lane_id`` (over ``replica_ids``) tore it down: its replicas' loops are
+        stopped now, not after the grace period, and they may be ended. True if it was that lane; a lane id
+        that names another lane now (a restarted controller numbers anew) changes nothing."""
+        dissolved = self.dissolved.get(lane_id)
+        if dissolved is None or dissolved[1] != tuple(replica_ids):
+            return False
+        del self.dissolved[lane_id]
+        for rid in replica_ids:
+            releasing = self.releasing.get(rid)
+            if releasing is not None and releasing[0] != float("inf"):  # not being released already
+                self.releasing[rid] = (float("-inf"), releasing[1])  # due on any clock
+        return True
+
+    def holds(self, replica_id: str) -> bool:
+        """Whether the replica is in a lane, its lane's owner has yet to tear that down, or its compiled loop is yet
+        to be stopped: ended meanwhile, it would fail its owner's compiled graph mid-compile or mid-teardown."""
+        return (
+            replica_id in self.releasing
+            or any(replica_id in _replica_ids(lane) for lane in self.lanes.values())
+            or any(replica_id in rids for _, rids in self.dissolved.values())
+        )
 
     def reconcile(
         self, running: Mapping[str, list[tuple[str, Any, str | None]]], now: float, present: set[str] | None = None
@@ -108,6 +141,7 @@ class LaneTable:
         for rid in list(self.releasing):
             if rid not in present:
                 del self.releasing[rid]
+        self.dissolved = {i: (o, rids) for i, (o, rids) in self.dissolved.items() if any(r in present for r in rids)}
         if self.failure or not self.owners:
             return changed
         taken = {rid for lane in self.lanes.values() for _, rid, _ in lane.members}
@@ -155,3 +189,8 @@ class LaneTable:
         for lane_id in list(old.lanes):
             old.dissolve(lane_id, now)
         self.releasing.update(old.releasing)
+        self.dissolved = {**old.dissolved}
+
+
+def _replica_ids(lane: LaneInfo) -> tuple[str, ...]:
+    return tuple(rid for _, rid, _ in lane.members)

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 from .. import ray_compat
 from ..common.records import LANES_KEY, LaneAssignment
 from .deployments import Deployment
-from .lane_table import LaneTable, Owner
+from .lane_table import RELEASE_TIMEOUT_S, LaneTable, Owner
 from .membership import MembershipHost
 from .proxy_state import answered
 from .replica_lifecycle import RUNNING
@@ -27,8 +27,6 @@ from .signals import Signals
 
 #: Lanes of one application that may break (with their replicas alive) in a minute before it leaves the compiled path.
 MAX_LANE_BREAKS_PER_MINUTE = 5
-#: Seconds to wait for a replica to stop its compiled loop.
-RELEASE_TIMEOUT_S = 10
 
 
 class LanedApp(Protocol):
@@ -72,6 +70,8 @@ class LaneManager:
         self._signals = signals
         self._dead_jobs = dead_jobs
         self._owner_gone = owner_gone
+        #: Replicas being stopped that wait to leave their lane, by (application, replica id) (see :meth:`exit`).
+        self._exits: dict[tuple[str, str], asyncio.Future] = {}
 
     @staticmethod
     def key(app: str) -> tuple[str, str]:
@@ -79,6 +79,7 @@ class LaneManager:
 
     def publish(self, app: LanedApp) -> None:
         """Announce the application's lanes to their owners, if they changed."""
+        self._settle_exits(app)
         if app.lanes is not None and not app.deleting:
             assignment = app.lanes.assignment()
             owners = frozenset(app.lanes.owners)
@@ -89,6 +90,29 @@ class LaneManager:
         if published is not None and getattr(published[1], "signature", None) == signature:
             return
         self._host.publish(self.key(app.name), PublishedLanes(assignment, owners, signature))
+
+    def exit(self, app: LanedApp, replica_id: str) -> asyncio.Future | None:
+        """Done once the replica is in no lane and its compiled loop was stopped; None if it holds no lane now.
+
+        A replica being stopped waits for this before it is ended: ended under a compiled graph its owner has not
+        torn down yet, it fails that graph mid-teardown, and Ray's monitor thread prints a traceback in the owner
+        (once, Ray's core worker there crashed on it).
+        """
+        if app.lanes is None or not app.lanes.holds(replica_id):
+            return None
+        key = (app.name, replica_id)
+        future = self._exits.get(key)
+        if future is None or future.done():
+            future = self._exits[key] = asyncio.get_running_loop().create_future()
+        return future
+
+    def _settle_exits(self, app: LanedApp) -> None:
+        table = app.lanes if not app.deleting or app.deployments else None
+        for key in [k for k in self._exits if k[0] == app.name]:
+            if table is None or not table.holds(key[1]):
+                future = self._exits.pop(key)
+                if not future.done():
+                    future.set_result(None)
 
     def nothing(self) -> PublishedLanes:
         """What an application that does not exist publishes."""
@@ -150,8 +174,19 @@ class LaneManager:
         return ""
 
     def release(self, app: LanedApp, owner_id: str) -> None:
-        if app.lanes is not None:
-            app.lanes.drop_owner(owner_id)
+        """An owner leaves, its lanes torn down: their replicas' loops are stopped now (no grace period)."""
+        table = app.lanes
+        if table is not None:
+            for lane_id, lane in list(table.lanes.items()):
+                if lane.owner_id == owner_id:
+                    table.dissolve(lane_id, time.monotonic())
+                    table.retired(lane_id, tuple(rid for _, rid, _ in lane.members))
+            table.drop_owner(owner_id)
+            self._signals.wake()
+
+    def retired(self, app: LanedApp, lane_id: int, replica_ids: tuple[str, ...]) -> None:
+        """An owner tore down a lane the controller dissolved: its replicas' loops are stopped now."""
+        if app.lanes is not None and app.lanes.retired(lane_id, tuple(replica_ids)):
             self._signals.wake()
 
     def broken(self, app: LanedApp, lane_id: int, reason: str) -> None:

@@ -12,11 +12,13 @@ import dataclasses
 import sys
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from ...compiler import ir
 from ..common import telemetry
 from ..common.records import CONSTRUCTED, DRAINING, FAILED, INITIALIZING, RECONFIGURING, STOPPED
+from .lane_table import RELEASE_GRACE_S, RELEASE_TIMEOUT_S
 from .replicas import ActorReplica, ReplicaActors, ReplicaStartError, ReplicaStopping, describe_failure, died
 from .replies import ReplicaReport
 from .signals import Signals
@@ -31,6 +33,9 @@ ROUTED = (RUNNING, UPDATING)
 RECOVER_TIMEOUT_S = 10.0
 #: How long a stopping replica keeps its slot after routers were told it is gone, before it drains.
 MEMBERSHIP_PROPAGATION_S = 0.2
+#: How long a stopping replica in a compiled lane waits for it to be torn down and its loop stopped (the owner's
+#: grace, then the stop), before it is ended anyway.
+LANE_EXIT_WAIT_S = RELEASE_GRACE_S + RELEASE_TIMEOUT_S + 1.0
 
 
 class DeploymentView(Protocol):
@@ -85,11 +90,20 @@ class ReplicaLifecycle:
     #: node_for's answer when every node already runs max_replicas_per_node replicas of a deployment.
     NO_NODE: Any = object()
 
-    def __init__(self, actors: ReplicaActors, signals: Signals, own_path: list[str] | None = None) -> None:
-        """``own_path``: sys.path before any driver's directories were added (what replicas get untold)."""
+    def __init__(
+        self,
+        actors: ReplicaActors,
+        signals: Signals,
+        own_path: list[str] | None = None,
+        lane_exit: Callable[[str, str], Awaitable[None] | None] | None = None,
+    ) -> None:
+        """``own_path``: sys.path before any driver's directories were added (what replicas get untold).
+        ``lane_exit(app, replica_id)``: what a replica being stopped awaits before it is ended, while it is in a
+        compiled lane (see lanes.LaneManager.exit); None when it holds none."""
         self.actors = actors
         self._signals = signals
         self._own_path = list(sys.path) if own_path is None else own_path
+        self._lane_exit = lane_exit
 
     # Where ---------------------------------------------------------------------------------
     def fits(self, spec: ir.DeploymentIR, count: int) -> bool:
@@ -258,6 +272,7 @@ class ReplicaLifecycle:
         if graceful and not r.dead:
             # Routers hear it is gone within milliseconds; a request sent just before arrives meanwhile.
             await asyncio.sleep(MEMBERSHIP_PROPAGATION_S)
+            await self._left_lane(dep, r)
             try:
                 pending = r.actor.prepare_for_shutdown(opts.graceful_shutdown_wait_loop_s, opts.graceful_shutdown_timeout_s)
                 await self._crash_point("replica-draining", r, DRAINING)
@@ -266,6 +281,15 @@ class ReplicaLifecycle:
                 pass
         self._end(dep, r)
         self._signals.changed()
+
+    async def _left_lane(self, dep: DeploymentView, r: Replica) -> None:
+        """Wait (bounded) until the replica's compiled lane is torn down and its loop stopped, if it is in one."""
+        left = self._lane_exit(dep.app, r.replica_id) if self._lane_exit is not None else None
+        if left is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(left), LANE_EXIT_WAIT_S)
+            except asyncio.TimeoutError:  # its owner is stuck or gone: the replica is ended all the same
+                pass
 
     def forget(self, dep: DeploymentView, r: Replica) -> None:
         """Drop a replica that is dead or never started (ending its actor in case it still runs)."""

@@ -331,7 +331,7 @@ class LaneSet:
             for lane_id in stale:
                 lane = self.lanes.pop(lane_id)
                 if isinstance(lane, Lane):  # one still compiling is torn down when it is ready (see _compile)
-                    self._background(lane.teardown)
+                    self._background(self._retire, lane, 5.0)
             for lane_id, info in mine.items():
                 if lane_id not in self.lanes:
                     self.lanes[lane_id] = _Compiling(info)
@@ -355,6 +355,7 @@ class LaneSet:
             # over the running replicas, as a lane that breaks. Anything else keeps the application on the plan path.
             died = isinstance(exc, ray.exceptions.RayActorError)
             self._tell_controller("lane_broken" if died else "lane_failed", info.lane_id, reason)
+            self._tell_controller("lane_retired", info.lane_id, _members(info))  # nothing of it is left to tear down
             return
         lane = Lane(info, dag, capacity)
         with self._lock:
@@ -363,7 +364,14 @@ class LaneSet:
                 self.lanes[info.lane_id] = lane
                 self.reason = ""
                 return
-        lane.teardown(0)  # taken away while it compiled
+        self._retire(lane, 0)  # taken away while it compiled
+
+    def _retire(self, lane: Lane, wait_s: float) -> None:
+        """Tear a lane the controller took away down, then say so: its replicas are released (and may be
+        stopped) at once, instead of after the grace the controller gives owners."""
+        lane.teardown(wait_s)
+        if not self._closed:
+            self._tell_controller("lane_retired", lane.info.lane_id, _members(lane.info))
 
     def drop_actor(self, actor_id: str) -> None:
         for lane in list(self.lanes.values()):
