@@ -68,6 +68,25 @@ def test_max_queued_requests_of_zero_is_refused():
     assert_located(err.value, line)
 
 
+def test_a_route_prefix_off_the_ingress_is_refused_at_its_line():
+    """Ray Serve 2.0-2.6: "Route prefix is only configurable on the ingress deployment" (a ValueError)."""
+    line = here() + 1
+    inner = Model.options(route_prefix="/model").bind()
+    with pytest.raises(ValueError, match=r"Model: route_prefix '/model' is set on a deployment that is not the application's ingress \(Route prefix is only configurable on the ingress deployment\)") as err:
+        serve.compile(Ensemble.bind(inner))
+    assert isinstance(err.value, OptionValueError)
+    assert_located(err.value, line)
+    with InputNode() as inp:  # an InputNode graph's prefix is the application's (serve.run's, or a DAGDriver's)
+        graph = Model.options(route_prefix="/model").bind().predict.bind(inp)
+    with pytest.raises(OptionValueError, match="not the application's ingress"):
+        serve.compile(graph)
+
+
+def test_the_ingress_and_a_driver_wrapped_deployment_may_set_the_route_prefix():
+    assert serve.compile(Ensemble.options(route_prefix="/e").bind(Model.bind())).ir.ingress == "Ensemble"
+    assert serve.compile(serve.DAGDriver.bind(Model.options(route_prefix="/m").bind())).ir.ingress == "Model"
+
+
 def test_max_ongoing_below_the_autoscaling_target_warns():
     app = Model.options(
         num_replicas=None, max_ongoing_requests=1, autoscaling_config={"target_ongoing_requests": 4, "max_replicas": 3}

@@ -403,17 +403,6 @@ def test_replicas_are_named_and_status_shows_id_state_node_and_pid(serve_app, ht
         ray.get_actor(replica.actor_name, namespace=NAMESPACE)  # an operator can find it by name
 
 
-def test_options_the_runtime_does_not_apply_are_refused_naming_the_line(serve_app, http_port):
-    from support import assert_located, here
-
-    # A route prefix means something only on the ingress (the application's); elsewhere it is refused.
-    app, line = Front.bind(Echo.options(route_prefix="/echo").bind()), here()
-    with pytest.raises(serve.DeploymentError, match="sets route_prefix, which servegraph's runtime does not apply") as err:
-        serve_app.run(app, name="refused", route_prefix=None, port=http_port)
-    assert_located(err.value, line)
-    assert "refused" not in serve.status().applications
-
-
 @serve.deployment
 class SlowStart:
     def __init__(self):

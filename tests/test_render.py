@@ -91,7 +91,7 @@ def test_keywords_outputs_resources_and_autoscaling():
         def predict(self, text, temperature=1.0):
             return text
 
-    @serve.deployment(autoscaling_config={"min_replicas": 1, "max_replicas": 5}, route_prefix="/api")
+    @serve.deployment(autoscaling_config={"min_replicas": 1, "max_replicas": 5})
     def clean(text):
         return text
 

@@ -8,7 +8,13 @@ from ...errors import Diagnostic
 from .. import ir
 from ..context import CheckContext, PassContext
 from .code import check_annotations, check_handle_calls
-from .options import check_generator_nodes, check_option_values, check_unbound_deployments, check_user_config
+from .options import (
+    check_generator_nodes,
+    check_option_values,
+    check_route_prefixes,
+    check_unbound_deployments,
+    check_user_config,
+)
 from .resources import check_placement_groups, check_resources
 from .routing import check_routing
 from .rules import check_constructor_args, check_cycles, check_reaches_output, check_serializable, check_single_input
@@ -23,6 +29,7 @@ CHECKS: tuple[Callable[[ir.AppIR, PassContext], list[Diagnostic]], ...] = (
     check_resources,
     check_placement_groups,
     check_option_values,
+    check_route_prefixes,
     check_user_config,
     check_unbound_deployments,
     check_generator_nodes,

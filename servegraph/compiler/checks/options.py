@@ -66,6 +66,40 @@ def check_option_values(app: ir.AppIR, ctx: PassContext) -> list[Diagnostic]:
     return out
 
 
+def _ingress_keys(app: ir.AppIR) -> set[str]:
+    """Node keys of the deployment that is the application's ingress (as lowering will choose it), if any."""
+    root = next((r for r in app.nodes if r.key == app.root), None)
+    if root is None:
+        return set()
+    if root.kind == ir.DEPLOYMENT or root.kind == ir.FUNCTION:
+        return {root.key}
+    if root.kind == ir.DRIVER and root.args and isinstance(root.args[0], (ir.Ref, ir.HandleRef)):
+        # DAGDriver.bind(Model.bind()): the deployment is the application (lowering makes the Ref a HandleRef).
+        wrapped = root.args[0].key if isinstance(root.args[0], ir.Ref) else root.args[0].deployment
+        return {r.key for r in app.nodes if r.is_deployment and wrapped in (r.key, r.name)}
+    return set()
+
+
+def check_route_prefixes(app: ir.AppIR, ctx: PassContext) -> list[Diagnostic]:
+    """A ``route_prefix`` option is the application's: only its ingress deployment may set it (Ray Serve 2.0-2.6
+    refused it elsewhere; 2.7 on has no such deployment option)."""
+    ingress = _ingress_keys(app)
+    return [
+        _diag(
+            "option-value",
+            record,
+            f"{record.label}: route_prefix {options.route_prefix!r} is set on a deployment that is not the "
+            "application's ingress (Route prefix is only configurable on the ingress deployment)",
+            "remove it, or give the application its prefix: serve.run(app, route_prefix=...) (or the ingress's "
+            "route_prefix option).",
+            got=f"route_prefix={options.route_prefix!r}",
+            expected="route_prefix on the ingress deployment (the graph's output, or a DAGDriver) only",
+        )
+        for record, options in _deployments(app)
+        if options.route_prefix is not None and record.key not in ingress
+    ]
+
+
 def check_user_config(app: ir.AppIR, ctx: PassContext) -> list[Diagnostic]:
     """A ``user_config`` needs a class with ``reconfigure(self, config)`` and must be JSON
     (replicas fail to start otherwise; Ray Serve refuses one that is not JSON)."""

@@ -91,24 +91,6 @@ def _handle_for(name: str, app: Any, infos: dict) -> RayServeSyncHandle:
     return plan_handle(name, app.plan, infos)
 
 
-#: Deployment options servegraph's runtime does not apply yet. Ray Serve does, so a config built with
-#: them runs there (`servegraph build` then `serve deploy`); here they are refused, never ignored.
-UNSUPPORTED_OPTIONS: tuple[str, ...] = ()
-
-
-def _refuse_unsupported_options(compiled: CompiledGraph) -> None:
-    for spec in compiled.ir.deployments:
-        used = [name for name in UNSUPPORTED_OPTIONS if getattr(spec.options, name) is not None]
-        if spec.options.route_prefix is not None and spec.name != compiled.ir.ingress:
-            used.append("route_prefix")  # the ingress's is the application's (serve.run's default)
-        if used:
-            raise DeploymentError(
-                f"{spec.call_site}: deployment {spec.name!r} sets {', '.join(used)}, which servegraph's runtime does "
-                "not apply yet. Remove them (only the ingress deployment's route_prefix means something: the application's), "
-                "or run the graph on Ray Serve, which applies them: servegraph build ... -o app.yaml && serve deploy app.yaml"
-            )
-
-
 #: Ray Serve's proxy_location values (ProxyLocation, and the older DeploymentMode names), by lower-case name.
 _PROXY_LOCATIONS = {"everynode": "EveryNode", "headonly": "HeadOnly", "disabled": "Disabled", "noserver": "Disabled"}
 
@@ -159,7 +141,6 @@ def deploy_compiled(
     # Every deploy passes here (serve.run, servegraph run and deploy), so no route the config
     # validator would refuse ever reaches the cluster.
     _require_route_prefix(route_prefix)
-    _refuse_unsupported_options(compiled)
     grpc = None if grpc_options is None else grpc_options_dict(grpc_options)
     location = proxy_location_name(proxy_location)
     if location == "Disabled":
