@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any, Optional
 
@@ -192,6 +193,113 @@ class Cookies:
     pass
 
 
+# test_include_router: routes of the ingress class declared on an included APIRouter ---------------------
+
+routed = FastAPI()
+items = APIRouter(prefix="/items")
+versioned = APIRouter()
+late = APIRouter()
+
+
+@items.get("/plain")
+def items_plain():
+    return "plain"
+
+
+# Included before the class's routes are declared on them: FastAPI includes a router by reference.
+routed.include_router(items)
+routed.include_router(versioned, prefix="/v1")
+
+
+@serve.deployment
+@serve.ingress(routed)
+class Routed:
+    def __init__(self):
+        self.offset = 100
+
+    @late.get("/late")
+    def late_route(self):
+        return self.offset
+
+    @items.get("/{i}")
+    def item(self, i: int):
+        return i + self.offset
+
+    @versioned.post("/echo")
+    def echo(self, body: Nested):
+        return {"val": body.val + self.offset}
+
+
+# Included after @serve.ingress ran (Ray Serve needs it before): its routes on methods still get their `self`.
+routed.include_router(late, prefix="/after")
+
+
+# test_fastapi_same_app_multiple_deployments ----------------------------------------------------------
+
+shared = FastAPI()
+
+
+@shared.get("/common")
+def common():
+    return "common"
+
+
+@serve.deployment
+@serve.ingress(shared)
+class CounterDeployment1:
+    @shared.get("/incr")
+    def incr(self):
+        return "incr"
+
+    @shared.get("/decr")
+    def decr(self):
+        return "decr"
+
+
+@serve.deployment
+@serve.ingress(shared)
+class CounterDeployment2:
+    @shared.get("/incr2")
+    def incr2(self):
+        return "incr2"
+
+    @shared.get("/decr2")
+    def decr2(self):
+        return "decr2"
+
+
+# test_fastapi_shutdown_hook, with a lifespan context manager --------------------------------------------------
+
+
+def append_line(path: str, line: str) -> None:
+    with open(path, "a") as f:
+        f.write(line + "\n")
+
+
+@contextlib.asynccontextmanager
+async def lifespan(app: FastAPI):
+    append_line(app.state.trace, "startup")
+    yield
+    append_line(app.state.trace, "shutdown")
+
+
+with_lifespan = FastAPI(lifespan=lifespan)
+
+
+@serve.deployment
+@serve.ingress(with_lifespan)
+class WithLifespan:
+    def __init__(self, trace: str):
+        with_lifespan.state.trace = trace
+
+    def __del__(self):
+        append_line(with_lifespan.state.trace, "del")
+
+    @with_lifespan.get("/")
+    def root(self):
+        return "up"
+
+
 @pytest.fixture(scope="module")
 def url(deploy, http_port) -> dict:
     handles = {
@@ -199,6 +307,9 @@ def url(deploy, http_port) -> dict:
         "fastapi": deploy(Worker.bind(), name="fastapi-features", route_prefix="/fastapi"),
         "a": deploy(Redefined.bind(), name="fastapi-redefined", route_prefix="/a"),
         "cookies": deploy(Cookies.bind(), name="fastapi-cookies", route_prefix="/cookies"),
+        "routed": deploy(Routed.bind(), name="fastapi-routed", route_prefix="/routed"),
+        "counter1": deploy(CounterDeployment1.bind(), name="fastapi-counter1", route_prefix="/counter1"),
+        "counter2": deploy(CounterDeployment2.bind(), name="fastapi-counter2", route_prefix="/counter2"),
     }
     return {"base": f"http://127.0.0.1:{http_port}", **handles}
 
@@ -265,3 +376,176 @@ def test_fastapi_method_redefinition(url):
 def test_fastapi_multiple_headers(url):
     resp = httpx.get(f"{url['base']}/cookies", timeout=60)
     assert dict(resp.cookies) == {"a": "b", "c": "d"}
+
+
+def test_include_router(url):
+    """Routes on an included APIRouter, the class's own among them, with the router's and the include's prefixes."""
+    base = f"{url['base']}/routed"
+    assert httpx.get(f"{base}/items/plain", timeout=60).json() == "plain"
+    assert httpx.get(f"{base}/items/1", timeout=60).json() == 101
+    assert httpx.post(f"{base}/v1/echo", json={"val": 1}, timeout=60).json() == {"val": 101}
+    assert httpx.get(f"{base}/after/late", timeout=60).json() == 100
+    schema = httpx.get(f"{base}/openapi.json", timeout=60).json()
+    assert {"/items/plain", "/items/{i}", "/v1/echo", "/after/late"} <= set(schema["paths"])
+    assert [p["name"] for p in schema["paths"]["/items/{i}"]["get"]["parameters"]] == ["i"]  # no `self`
+
+
+def test_fastapi_nested_field_in_response_model(deploy, http_port):
+    """Ray's test, defined in the test (so pickled by value), with the routes on an included router."""
+
+    class TestModel(BaseModel):
+        a: str
+        b: list[str]
+
+    app = FastAPI()
+    router = APIRouter(prefix="/r")
+
+    @router.get("/", response_model=TestModel)
+    def test_endpoint():
+        return TestModel(a="a", b=["b"])
+
+    app.include_router(router, prefix="/api")
+
+    @serve.deployment
+    @serve.ingress(app)
+    class TestDeployment:
+        def __init__(self):
+            self.b = "inner"
+
+        @router.get("/inner", response_model=TestModel)
+        def test_endpoint_2(self):
+            return TestModel(a="a", b=[self.b])
+
+    deploy(TestDeployment.bind(), name="fastapi-nested", route_prefix="/nested")
+    base = f"http://127.0.0.1:{http_port}/nested"
+    assert httpx.get(f"{base}/api/r/", timeout=60).json() == {"a": "a", "b": ["b"]}
+    assert httpx.get(f"{base}/api/r/inner", timeout=60).json() == {"a": "a", "b": ["inner"]}
+
+
+def test_an_app_with_a_router_pickles_again_where_it_was_unpickled(ray_cluster):
+    """The controller unpickles a deployment and pickles it again for each replica it starts, and may never
+    have run @serve.ingress itself (an included router's lock stopped it); a new Ray worker stands in for it."""
+    app = FastAPI()
+    router = APIRouter(prefix="/r")
+    app.include_router(router)
+
+    @serve.ingress(app)
+    class Ingress:
+        @router.get("/")
+        def root(self):
+            return "root"
+
+    # Its own runtime_env: a worker of its own, started for it (and ended after it, max_calls=1).
+    @ray.remote(max_calls=1, runtime_env={"env_vars": {"SERVEGRAPH_TEST_WORKER": "pickles-again"}})
+    def pickle_again(target) -> int:
+        import ray.cloudpickle
+
+        return len(ray.cloudpickle.dumps(target))
+
+    assert ray.get(pickle_again.remote(Ingress), timeout=120) > 0
+
+
+def test_fastapi_same_app_multiple_deployments(url):
+    """Each deployment serves the app's own routes and its class's, not the other class's."""
+    base = url["base"]
+    should_work = [
+        ("/counter1/incr", "incr"),
+        ("/counter1/decr", "decr"),
+        ("/counter2/incr2", "incr2"),
+        ("/counter2/decr2", "decr2"),
+        ("/counter1/common", "common"),
+        ("/counter2/common", "common"),
+    ]
+    for path, body in should_work:
+        assert httpx.get(base + path, timeout=60).json() == body, path
+    for path in ("/counter2/incr", "/counter2/decr", "/counter1/incr2", "/counter1/decr2"):
+        assert httpx.get(base + path, timeout=60).status_code == 404, path
+
+
+def test_fastapi_duplicate_routes(deploy, http_port):
+    """Two classes, one app, the same path: each deployment answers with its own class's route."""
+    app = FastAPI()
+
+    @serve.deployment
+    @serve.ingress(app)
+    class App1:
+        @app.get("/")
+        def func_v1(self):
+            return "first"
+
+    @serve.deployment
+    @serve.ingress(app)
+    class App2:
+        @app.get("/")
+        def func_v2(self):
+            return "second"
+
+    deploy(App1.bind(), name="fastapi-v1", route_prefix="/api/v1")
+    deploy(App2.bind(), name="fastapi-v2", route_prefix="/api/v2")
+    base = f"http://127.0.0.1:{http_port}/api"
+    assert httpx.get(f"{base}/v1", timeout=60).json() == "first"
+    assert httpx.get(f"{base}/v2", timeout=60).json() == "second"
+    # Ray Serve also answers 404 for a route added to the app after both classes (it copies the app when
+    # @serve.ingress runs); servegraph serves the app as it is when deployed, so that part is left out.
+
+
+def test_fastapi_shutdown_hook(deploy, tmp_path):
+    """Ray's test: the app's shutdown hook, then the class's __del__, run when the deployment is deleted."""
+    trace = tmp_path / "trace"
+    app = FastAPI()
+
+    @app.on_event("shutdown")
+    def call_signal():
+        append_line(app.state.trace, "shutdown")
+
+    @serve.deployment
+    @serve.ingress(app)
+    class A:
+        def __init__(self, trace: str):
+            app.state.trace = trace
+
+        def __del__(self):
+            append_line(app.state.trace, "del")
+
+    deploy(A.bind(str(trace)), name="fastapi-shutdown")
+    assert not trace.exists()
+    serve.delete("fastapi-shutdown")
+    assert trace.read_text().splitlines() == ["shutdown", "del"]  # delete waits until its replicas are gone
+
+
+def test_fastapi_failing_shutdown_hook(deploy, tmp_path):
+    """Ray's test_fastapi_init_lifespan_should_not_shutdown: a shutdown hook that raises does not stop the
+    replica from starting, nor, when it stops, the class's __del__ from running."""
+    trace = tmp_path / "trace"
+    app = FastAPI()
+
+    @app.on_event("shutdown")
+    async def shutdown():
+        raise ZeroDivisionError("the app fails as it shuts down")
+
+    @serve.deployment
+    @serve.ingress(app)
+    class A:
+        def __init__(self, trace: str):
+            self.trace = trace
+
+        def f(self):
+            return 1
+
+        def __del__(self):
+            append_line(self.trace, "del")
+
+    handle = deploy(A.bind(str(trace)), name="fastapi-failing-shutdown")
+    assert handle.f.remote().result(timeout_s=60) == 1
+    serve.delete("fastapi-failing-shutdown")
+    assert trace.read_text().splitlines() == ["del"]
+
+
+def test_fastapi_lifespan_exit_runs_on_delete(deploy, http_port, tmp_path):
+    """A lifespan context manager's exit runs when the replica stops, before the class's __del__."""
+    trace = tmp_path / "trace"
+    deploy(WithLifespan.bind(str(trace)), name="fastapi-lifespan", route_prefix="/lifespan")
+    assert httpx.get(f"http://127.0.0.1:{http_port}/lifespan/", timeout=60).json() == "up"
+    assert trace.read_text().splitlines() == ["startup"]
+    serve.delete("fastapi-lifespan")
+    assert trace.read_text().splitlines() == ["startup", "shutdown", "del"]
