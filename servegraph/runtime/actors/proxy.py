@@ -24,7 +24,7 @@ import ray
 from ...errors import BackPressureError, NoRouteError
 from ..common import telemetry, tracing
 from ..common.codec import loads_with_paths
-from ..common.context import RequestContext, current_request, model_id_of, new_request_id, set_request
+from ..common.context import RequestContext, current_request, model_id_of, new_request_id, session_id_of, set_request
 from ..common.driver_http import MATCH_ALL, driver_app
 from ..common.grpc_options import GRPC_OPTION_DEFAULTS
 from ..common.http_codec import (
@@ -46,6 +46,7 @@ from ..common.records import HTTP, STREAM, ModelCall
 from ..data.handle import DeploymentTarget, PlanTarget
 from ..data.long_poll import set_controller_locator
 from ..data.responses import resend_delay
+from ..data.router import ROUTING, Routing
 from . import replica_logging
 from .live_graph import GRAPH_PAGES, graph_page
 
@@ -263,7 +264,13 @@ class HTTPProxy:
                 model_id = model_id_of(scope)  # a multiplexed model's requests go where it is loaded
                 method = ModelCall(HTTP, model_id) if model_id else HTTP
                 router = target.router()
-                ref = await router.submit_async(method, (portable, body), {}, releases=True)
+                session = session_id_of(scope)  # a session's requests stay on one replica, as with Ray Serve's header
+                token = ROUTING.set(Routing(session)) if session else None
+                try:
+                    ref = await router.submit_async(method, (portable, body), {}, releases=True)
+                finally:
+                    if token is not None:
+                        ROUTING.reset(token)
                 try:
                     result = await _cancelling(ref)
                 except asyncio.CancelledError:

@@ -155,6 +155,7 @@ class _LocalPlanTarget:
     """Runs an InputNode graph's plan against local deployments."""
 
     name = "DAGDriver"
+    runs_graph = True  # see PlanTarget
 
     def __init__(self, plan: ir.Plan, deployments: dict[str, _LocalDeployment]):
         self._plan = plan

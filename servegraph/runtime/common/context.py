@@ -114,6 +114,20 @@ def model_id_of(scope: dict) -> str:
     return ""
 
 
+#: The HTTP header naming a request's session (its requests then stay on one replica, see router.Routing):
+#: Ray Serve's, and its environment variable to rename it. Matched without case, ``-`` and ``_`` alike.
+SESSION_ID_HEADER = os.environ.get("RAY_SERVE_SESSION_ID_HEADER_KEY", "x-session-id")
+_SESSION_KEY = SESSION_ID_HEADER.lower().replace("-", "_").encode("latin-1")
+
+
+def session_id_of(scope: dict) -> str:
+    """The session an HTTP request names in its session header (:data:`SESSION_ID_HEADER`), or ""."""
+    for key, value in scope.get("headers", ()):
+        if len(key) == len(_SESSION_KEY) and key.lower().replace(b"-", b"_") == _SESSION_KEY:
+            return value.decode("latin-1")
+    return ""
+
+
 # The request being handled -------------------------------------------------------------------
 # One request (an HTTP or gRPC call at the proxy, or a handle call from a driver) keeps one id through
 # every call it causes: the router sends the caller's context with each call (see router.py), and the

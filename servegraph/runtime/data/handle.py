@@ -41,7 +41,7 @@ from .responses import (
     resend_delay,
 )
 from .responses import user_error as _user_error
-from .router import Router
+from .router import ROUTING, Router, Routing
 
 
 class DeploymentInfo:
@@ -169,6 +169,8 @@ class PlanTarget:
     """
 
     __slots__ = ("app", "plan", "infos", "name", "_lanes", "_lanes_checked")
+    #: Its requests reach several deployments: a handle option that picks one replica cannot apply.
+    runs_graph = True
 
     def __init__(self, app: str, plan: ir.Plan, infos: dict[str, DeploymentInfo], name: str = "DAGDriver"):
         self.app = app
@@ -388,6 +390,7 @@ class RoutesTarget:
     """A DAGDriver bound to ``{route: graph}``: ``predict_with_route(route, *args)`` runs that route's graph."""
 
     __slots__ = ("routes", "name")
+    runs_graph = True  # see PlanTarget
 
     def __init__(self, routes: dict[str, Any], name: str = "DAGDriver"):
         self.routes = routes
@@ -420,11 +423,15 @@ class RoutesTarget:
 
 
 class _HandleBase:
-    def __init__(self, target: Any, method: str = "__call__", stream: bool = False, model_id: str = ""):
+    def __init__(
+        self, target: Any, method: str = "__call__", stream: bool = False, model_id: str = "", routing: Routing | None = None
+    ):
         self._target = target
         self._method = method
         self._stream = stream
         self._model_id = model_id
+        #: How this handle's requests pick their replica (session_id, _prefer_local_routing), if it says.
+        self._routing = routing
         #: What the router is asked to call: a StreamMethod makes it a streaming call, a ModelCall
         #: one that names a multiplexed model.
         self._call: str = ModelCall(method, model_id) if model_id else StreamMethod(method) if stream else method
@@ -440,7 +447,20 @@ class _HandleBase:
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_") and name != "__call__":
             raise AttributeError(name)
-        return type(self)(self._target, name, self._stream, self._model_id)
+        return type(self)(self._target, name, self._stream, self._model_id, self._routing)
+
+    def remote(self, *args: Any, **kwargs: Any) -> Any:
+        """Send a call (what comes back depends on the handle's kind, see each ``_send``)."""
+        if self._routing is None:
+            return self._send(*args, **kwargs)
+        token = ROUTING.set(self._routing)  # a task made to send the call takes it along
+        try:
+            return self._send(*args, **kwargs)
+        finally:
+            ROUTING.reset(token)
+
+    def _send(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError
 
     def options(
         self,
@@ -449,16 +469,36 @@ class _HandleBase:
         use_new_handle_api: bool | None = None,
         stream: bool | None = None,
         multiplexed_model_id: str | None = None,
+        session_id: str | None = None,
+        _prefer_local_routing: bool | None = None,
         **unsupported: Any,
     ) -> _HandleBase:
         """A handle to the same deployment; ``use_new_handle_api=True`` gives a DeploymentHandle,
         ``stream=True`` one whose calls yield a generator method's results as they come,
-        ``multiplexed_model_id`` one whose requests name that model (see multiplex.py)."""
+        ``multiplexed_model_id`` one whose requests name that model (see multiplex.py), ``session_id`` one
+        whose requests stay on one replica while it has room, ``_prefer_local_routing`` one whose requests
+        go to this node's replicas first (True) or to any node's (False) (see router.Routing)."""
         given = sorted(k for k, v in unsupported.items() if v is not None)
         if given:
             raise TypeError(
                 f"handle.options() got {', '.join(given)}, which servegraph does not support; it takes "
-                "method_name, use_new_handle_api, stream and multiplexed_model_id"
+                "method_name, use_new_handle_api, stream, multiplexed_model_id, session_id and _prefer_local_routing"
+            )
+        routing = self._routing
+        if session_id is not None or _prefer_local_routing is not None:
+            if not isinstance(session_id, (str, type(None))):
+                raise TypeError(f"session_id must be a str, got {type(session_id).__name__}")
+            if not isinstance(_prefer_local_routing, (bool, type(None))):
+                raise TypeError(f"_prefer_local_routing must be a bool, got {type(_prefer_local_routing).__name__}")
+            if getattr(self._target, "runs_graph", False):
+                raise TypeError(
+                    "session_id and _prefer_local_routing pick a replica of one deployment; this handle runs a graph "
+                    "(an InputNode graph or a DAGDriver), whose requests reach several"
+                )
+            old = routing or Routing()
+            routing = Routing(
+                old.session_id if session_id is None else session_id,
+                old.prefer_local if _prefer_local_routing is None else _prefer_local_routing,
             )
         if stream and isinstance(self._target, PlanTarget):
             raise TypeError("stream=True calls a deployment's generator method; an InputNode graph cannot stream")
@@ -473,10 +513,10 @@ class _HandleBase:
         if use_new_handle_api is False and issubclass(cls, DeploymentHandle):
             # As in Ray Serve: the old handle for the context, sync in a driver, async in an event loop.
             cls = RayServeDeploymentHandle if has_running_loop() else RayServeSyncHandle
-        return cls(self._target, method_name or self._method, self._stream if stream is None else stream, model_id)
+        return cls(self._target, method_name or self._method, self._stream if stream is None else stream, model_id, routing)
 
     def __reduce__(self) -> tuple:
-        return (type(self), (self._target, self._method, self._stream, self._model_id))
+        return (type(self), (self._target, self._method, self._stream, self._model_id, self._routing))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(deployment={self.deployment_name!r}, method={self._method!r})"
@@ -499,7 +539,7 @@ class RayServeSyncHandle(_HandleBase):
     replica's queue (``max_queued_requests`` bounds how many wait; see Router.submit_nowait).
     """
 
-    def remote(self, *args: Any, **kwargs: Any) -> Any:
+    def _send(self, *args: Any, **kwargs: Any) -> Any:
         if self._stream:
             return DeploymentResponseGenerator(stream=self._target.submit(self._call, args, kwargs))
         return _respond(self._target, self._call, args, kwargs)
@@ -508,7 +548,7 @@ class RayServeSyncHandle(_HandleBase):
 class RayServeDeploymentHandle(_HandleBase):
     """``.remote()`` returns an ``asyncio.Task`` resolving to an ObjectRef: await twice."""
 
-    def remote(self, *args: Any, **kwargs: Any) -> Any:
+    def _send(self, *args: Any, **kwargs: Any) -> Any:
         """An ``asyncio.Task`` in async code; in a sync method (no event loop), the ObjectRef itself,
         as Ray Serve 2.0's lazy sync handles gave it, so ``ray.get(handle.remote(x))`` works there.
         With ``stream=True``, a DeploymentResponseGenerator (``async for`` / ``for``)."""
@@ -536,7 +576,7 @@ class DeploymentHandle(_HandleBase):
     """The new handle API: ``.remote()`` returns a DeploymentResponse (one await, or ``.result()``),
     or with ``stream=True`` a DeploymentResponseGenerator."""
 
-    def remote(self, *args: Any, **kwargs: Any) -> Any:
+    def _send(self, *args: Any, **kwargs: Any) -> Any:
         call = (self._target, self._method, args, kwargs)
         # A DeploymentResponse needs no ObjectRef: a compiled graph's answer skips the object store.
         extra = _NO_OBJECT_REF if type(self._target) is PlanTarget else {}
@@ -564,10 +604,10 @@ class AppHandle(RayServeSyncHandle, DeploymentHandle):
     Inside an event loop it is a DeploymentHandle (one ``await`` gives the value; nothing blocks the loop).
     """
 
-    def remote(self, *args: Any, **kwargs: Any) -> Any:
+    def _send(self, *args: Any, **kwargs: Any) -> Any:
         if has_running_loop():
-            return DeploymentHandle.remote(self, *args, **kwargs)
-        return RayServeSyncHandle.remote(self, *args, **kwargs)
+            return DeploymentHandle._send(self, *args, **kwargs)
+        return RayServeSyncHandle._send(self, *args, **kwargs)
 
 
 class DeploymentResponseGenerator:

@@ -20,6 +20,7 @@ import asyncio
 import collections
 import contextvars
 import dataclasses
+import hashlib
 import random
 import threading
 import time
@@ -35,6 +36,37 @@ from .. import ray_compat
 from ..common import telemetry, tracing
 from ..common.context import current_replica, current_request, new_request_id
 from ..common.records import HTTP, CallHeader, ModelCall, StreamMethod, call_header
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Routing:
+    """How a handle's requests pick their replica (``handle.options(session_id=, _prefer_local_routing=)``).
+
+    ``session_id``: the session's requests go to one replica (the first of an order made from the session id
+    and the replica ids, the same in every process) while it has room, else to the next in that order; when
+    replicas come and go, only the sessions of the replicas that went move. ``prefer_local``: True picks a
+    replica on this process's node first when one has room, False any node's; None keeps the router's default
+    (callers in actors prefer their node, drivers do not).
+    """
+
+    session_id: str = ""
+    prefer_local: bool | None = None
+
+
+#: The routing of the handle sending now: set by the handle around a send (a task it creates for the send
+#: inherits it), read where a replica is picked.
+ROUTING: contextvars.ContextVar[Routing | None] = contextvars.ContextVar("servegraph_routing", default=None)
+
+
+def session_rank(session_id: str, replica_id: str) -> int:
+    """Where ``replica_id`` stands for ``session_id`` (highest first): rendezvous hashing, stable across processes.
+
+    >>> session_rank("s", "a") == session_rank("s", "a")
+    True
+    """
+    digest = hashlib.blake2b(f"{session_id}\0{replica_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
+
 
 #: The calls the request being handled made (set by a replica around each request): cancelling the
 #: request cancels them, as Ray Serve propagates cancellation to child requests.
@@ -141,6 +173,8 @@ class Router:
         self._local_node = local_node
         #: Indexes of the replicas on ``_local_node``, when some (not all) replicas are there; else None.
         self._local: list[int] | None = None
+        #: This process's node, for a handle that asks to prefer it (``_prefer_local_routing``); found when first asked.
+        self._own_node: str | None = None
         self._nodes: list[str | None] = []
         self.replicas: list[ActorHandle] = []
         self._ids: list[str] = []
@@ -250,15 +284,45 @@ class Router:
     def _try_pick(self, method: str = "") -> int | None:
         """A replica with a free slot (fewer in flight of two random ones), or None if all are full.
 
-        A request naming a multiplexed model goes to a replica holding it when one has room.
+        A request naming a multiplexed model goes to a replica holding it when one has room; one sent with a
+        :class:`Routing` (see :data:`ROUTING`) as that asks.
         """
         if type(method) is ModelCall:
             return self._pick_for_model(method.model_id)
+        routing = ROUTING.get()
         local = self._local
+        if routing is not None:
+            if routing.session_id:
+                return self._pick_for_session(routing)
+            if routing.prefer_local is not None:
+                local = self._own_local() if routing.prefer_local else None
         if local is not None:  # this node's replicas first, the least loaded with room
             best = min(local, key=self._prune)
             if self._prune(best) < self.max_ongoing:
                 return best
+        return self._pick_any()
+
+    def _own_local(self) -> list[int] | None:
+        """Indexes of the replicas on this process's node (None if none is)."""
+        if self._own_node is None:
+            self._own_node = self._local_node or ray.get_runtime_context().get_node_id()
+        local = [i for i, node in enumerate(self._nodes) if node == self._own_node]
+        return local or None
+
+    def _session_order(self, routing: Routing) -> list[int]:
+        order = sorted(range(len(self.replicas)), key=lambda k: session_rank(routing.session_id, self._ids[k]), reverse=True)
+        if routing.prefer_local:
+            local = set(self._own_local() or ())
+            order.sort(key=lambda k: k not in local)  # stable: this node's first, each part in the session's order
+        return order
+
+    def _pick_for_session(self, routing: Routing) -> int | None:
+        for k in self._session_order(routing):
+            if self._prune(k) < self.max_ongoing:
+                return k
+        return None
+
+    def _pick_any(self) -> int | None:
         n = len(self.replicas)
         if n == 1:
             if len(self._in_flight[0]) < self.max_ongoing or self._prune(0) < self.max_ongoing:
@@ -425,6 +489,9 @@ class Router:
                 queued = len(self._waiters) + sum(max(0, c - self.max_ongoing) for c in counts)
                 if 0 <= self.max_queued <= queued:
                     raise BackPressureError(_dropped(self.deployment, queued, self.max_queued))
+                routing = ROUTING.get()
+                if routing is not None and routing.session_id and type(method) is not ModelCall:
+                    return self._send(self._session_order(routing)[0], method, args, kwargs)  # waits in its session's replica
                 return self._send(min(range(len(counts)), key=counts.__getitem__), method, args, kwargs)
         return self.submit(method, args, kwargs)
 
@@ -514,7 +581,7 @@ class Router:
             if self._exists is not True:
                 head.wake()  # it raises what _check_usable says
                 return
-            i = self._try_pick(method)
+            i = context.run(self._try_pick, method)  # with the routing its handle sent it with
             if i is None:
                 return  # the next release tries again
             self._waiters.popleft()
