@@ -8,7 +8,9 @@ handles. Path and query parameters, bodies, validation, middleware, exception ha
 and its shutdown hooks when the replica stops, before the class's own ``__del__``, as Ray Serve runs them.
 
 One app may serve several ingress classes: each deployment answers the app's plain routes and its own
-class's, and the other classes' routes are not found there (404), as in Ray Serve.
+class's, and the other classes' routes are not found there (404), as in Ray Serve. A deployment serves the
+routes the app had when ``@serve.ingress`` ran: routes added later are not found either (Ray Serve freezes a
+copy of the app there).
 """
 
 from __future__ import annotations
@@ -184,9 +186,14 @@ def class_based_view(app: Any, owner: str, prefixes: tuple[str, ...]) -> None:
         _routes_changed(router)
 
 
-def _serve_only_routes_of(app: Any, owner: str) -> None:
-    """Drop the routes of the other ingress classes that share ``app`` (Ray Serve's deployments each answer
-    only their own class's routes). In place: a replica is the only ingress instance in its process."""
+def _serve_only_routes_of(app: Any, owner: str, frozen: int | None = None) -> None:
+    """Drop the routes added to ``app`` after its first ``frozen`` ones (those ``@serve.ingress`` saw) and the
+    routes of the other ingress classes that share it (Ray Serve's deployments each answer only their own
+    class's routes, of the app as it was decorated). In place: a replica is the only ingress instance in its
+    process."""
+    if frozen is not None and len(app.router.routes) > frozen:
+        del app.router.routes[frozen:]
+        _routes_changed(app.router)
     others: dict[int, tuple[Any, set[int]]] = {}
     for router, i, route in _api_routes(app.router):
         owners = getattr(route.endpoint, _OWNERS, None)
@@ -280,6 +287,9 @@ def ingress(app: Any) -> Any:
         if "__call__" in vars(cls):
             raise ValueError(f"{cls.__name__} defines __call__; with @serve.ingress the FastAPI app answers HTTP")
         owner, prefixes = _class_key(cls), _method_prefixes(cls)
+        #: How many routes the app has now: routes added later (they go at the end) are not this deployment's,
+        #: as Ray Serve serves a copy of the app frozen here.
+        frozen = len(app.router.routes) if hasattr(app, "router") else None
         if hasattr(app, "router"):
             _make_apps_picklable()
             class_based_view(app, owner, prefixes)
@@ -293,11 +303,8 @@ def ingress(app: Any) -> Any:
                 result = user_init(self, *args, **kwargs)
                 if inspect.isawaitable(result):
                     await result
-                if hasattr(app, "router"):
-                    # Again: routers included after @serve.ingress ran have the class's routes too.
-                    class_based_view(app, owner, prefixes)
-                    if current_replica() is not None:
-                        _serve_only_routes_of(app, owner)
+                if hasattr(app, "router") and current_replica() is not None:
+                    _serve_only_routes_of(app, owner, frozen)
                 lifespan = _Lifespan(app)
                 await lifespan.start()
                 self.__dict__[_LIFESPAN] = lifespan

@@ -230,8 +230,9 @@ class Routed:
         return {"val": body.val + self.offset}
 
 
-# Included after @serve.ingress ran (Ray Serve needs it before): its routes on methods still get their `self`.
+# Included after @serve.ingress ran: the deployment serves the app as it was then (as Ray Serve, which freezes a copy).
 routed.include_router(late, prefix="/after")
+routed.get("/too-late")(lambda: "never served")
 
 
 # test_fastapi_same_app_multiple_deployments ----------------------------------------------------------
@@ -384,9 +385,11 @@ def test_include_router(url):
     assert httpx.get(f"{base}/items/plain", timeout=60).json() == "plain"
     assert httpx.get(f"{base}/items/1", timeout=60).json() == 101
     assert httpx.post(f"{base}/v1/echo", json={"val": 1}, timeout=60).json() == {"val": 101}
-    assert httpx.get(f"{base}/after/late", timeout=60).json() == 100
+    assert httpx.get(f"{base}/after/late", timeout=60).status_code == 404  # added after @serve.ingress
+    assert httpx.get(f"{base}/too-late", timeout=60).status_code == 404
     schema = httpx.get(f"{base}/openapi.json", timeout=60).json()
-    assert {"/items/plain", "/items/{i}", "/v1/echo", "/after/late"} <= set(schema["paths"])
+    assert {"/items/plain", "/items/{i}", "/v1/echo"} <= set(schema["paths"])
+    assert "/too-late" not in schema["paths"]
     assert [p["name"] for p in schema["paths"]["/items/{i}"]["get"]["parameters"]] == ["i"]  # no `self`
 
 
