@@ -502,15 +502,15 @@ def test_a_rollout_ends_old_replicas_only_after_their_owner_is_done_with_their_l
 
     monkeypatch.setattr(lanes_module, "_build", slow_build)
     monkeypatch.setattr(lanes_module.Lane, "teardown", slow_teardown)
-    handle = deploy(chain(3, num_replicas=2, version="1"), name="cg-slow-owner").options(use_new_handle_api=True)
-    wait_for_lanes("cg-slow-owner", 2)
+    handle = deploy(chain(2, version="1"), name="cg-slow-owner").options(use_new_handle_api=True)
+    wait_for_lanes("cg-slow-owner", 1)
     slow.append(True)
-    with Load(lambda: handle.remote(1).result(timeout_s=60) == 7 or 1 / 0, threads=2) as load:
+    with Load(lambda: handle.remote(1).result(timeout_s=60) == 4 or 1 / 0, threads=2) as load:
         assert load.wait_served(10)
-        deploy(chain(3, num_replicas=2, version="2"), name="cg-slow-owner")
-        assert load.wait_served(50)
+        deploy(chain(2, version="2"), name="cg-slow-owner")
+        assert load.wait_served(30)
     assert load.failed == []
-    assert wait_for(lambda: lanes_for("cg-slow-owner").active() == 2, 90), path("cg-slow-owner")
+    assert wait_for(lambda: lanes_for("cg-slow-owner").active() == 1, 90), path("cg-slow-owner")
     time.sleep(1.0)  # Ray's monitor thread notices a dead actor within a second
     assert failed_threads == []
     assert "Traceback" not in capfd.readouterr().err
