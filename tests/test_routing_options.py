@@ -91,3 +91,21 @@ def test_options_that_pick_a_replica_are_refused_on_a_graph_handle(deploy):
         handle.options(session_id="s")
     with pytest.raises(TypeError, match="session_id must be a str"):
         serve.get_app_handle("routing-who").options(session_id=3)
+
+
+def test_a_read_answer_frees_its_replica_slot_without_asking_ray(who, monkeypatch):
+    """``ray.wait`` on a pending ref takes ~80 us of the caller's thread: a router learns of answers its caller
+    read from the caller, and asks Ray only about refs nobody read."""
+    from servegraph.runtime.data.long_poll import runtime_client
+
+    router = runtime_client().router("routing-who", "Who")
+    asked: list[int] = []
+    wait = ray.wait
+    monkeypatch.setattr(ray, "wait", lambda refs, **kw: asked.append(len(refs)) or wait(refs, **kw))
+    for _ in range(3):
+        assert who.remote().result(timeout_s=60)
+    assert sum(len(refs) for refs in router._in_flight) == 0 and asked == []
+    unread = who.remote()  # sent, never read: counted until Ray says it is done
+    assert sum(len(refs) for refs in router._in_flight) == 1
+    ray.wait([unread], timeout=60)
+    assert router.load() == 0

@@ -159,6 +159,10 @@ class DeploymentTarget:
         args, kwargs = await _prepare_async(args, kwargs)
         return await self.info.router().submit_async(method, args, kwargs)
 
+    def answered(self, ref: ObjectRef) -> None:
+        """A request's answer arrived: its replica's slot is free now (see responses.Answered)."""
+        self.info.router().release(ref)
+
 
 class PlanTarget:
     """Runs an InputNode graph's requests from the caller.
@@ -528,7 +532,7 @@ def _respond(target: Any, method: str, args: tuple, kwargs: dict) -> Any:
     nowait = getattr(target, "submit_nowait", None)
     out = nowait(method, args, kwargs) if nowait is not None else target.submit(method, args, kwargs)
     if type(out) is ObjectRef:
-        return DriverResponse.of(out, lambda: target.submit(method, args, kwargs))
+        return DriverResponse.of(out, lambda: target.submit(method, args, kwargs), answered=getattr(target, "answered", None))
     return out  # a compiled lane's GraphRef, or a LocalRef in local testing mode
 
 
@@ -566,7 +570,7 @@ async def _sent_resending(target: Any, method: str, args: tuple, kwargs: dict) -
     out = await target.submit_async(method, args, kwargs)
     if type(out) is not ObjectRef:
         return out
-    return DriverResponse.of(out, resend_async=lambda: target.submit_async(method, args, kwargs))
+    return DriverResponse.of(out, resend_async=lambda: target.submit_async(method, args, kwargs), answered=getattr(target, "answered", None))
 
 
 _NO_OBJECT_REF = {"object_ref": False}
@@ -706,7 +710,9 @@ class DeploymentResponse(metaclass=abc.ABCMeta):  # noqa: B024  # ABCMeta only s
             try:
                 ref = await self._object_ref()
                 # Sent again while the replicas it reaches die (responses.resend_delay's rule), if it can be.
-                return await (awaited_resending(ref, self._resend) if self._call is not None else ref)
+                if self._call is None:
+                    return await ref
+                return await awaited_resending(ref, self._resend, getattr(self._call[0], "answered", None))
             except ray.exceptions.RayActorError:  # before RayTaskError: a death may come wrapped in one
                 raise
             except (ray.exceptions.TaskCancelledError, asyncio.CancelledError):
@@ -751,7 +757,7 @@ class DeploymentResponse(metaclass=abc.ABCMeta):  # noqa: B024  # ABCMeta only s
             self._ref = target.submit(method, args, kwargs)
             return self._ref
 
-        return read(ref, timeout_s, resend)
+        return read(ref, timeout_s, resend, getattr(target, "answered", None))
 
     def cancel(self) -> None:
         """Cancel the request (as Ray Serve: awaiting it, or ``.result()``, then raises RequestCancelledError):

@@ -597,8 +597,9 @@ class Router:
         return ref
 
     def release(self, ref: ObjectRef, answered: bool = True) -> None:
-        """A request sent with ``releases=True`` is over: ``answered``, its slot is free now (the head of the
-        queue is woken); not answered (cancelled), it counts until Ray reports it done, as other requests do."""
+        """A request is over (one sent with ``releases=True``, or any whose answer its caller read, see
+        responses.Answered): ``answered``, its slot is free now (the head of the queue is woken); not answered
+        (cancelled), it counts until Ray reports it done, as other requests do."""
         with self._lock:
             self._released.discard(ref)
             if not answered:
