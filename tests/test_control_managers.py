@@ -77,6 +77,8 @@ class FakeReplica:
 
     def __init__(self, cluster: FakeActors, name: str, resources: dict[str, float], constructor_error: str | None):
         self.cluster, self.name, self.resources = cluster, name, resources
+        #: Where it runs: the node it was asked for (pinned or preferred), else the first.
+        self.node = NODE
         self.handle = f"handle:{name}"
         self.group = None
         self.calls: list[str] = []
@@ -105,7 +107,7 @@ class FakeReplica:
 
     def phase(self) -> asyncio.Future:
         self.calls.append("phase")
-        report = {"phase": self.phase_now, "node_id": NODE, "pid": 4242, "error": self.constructor_error}
+        report = {"phase": self.phase_now, "node_id": self.node, "pid": 4242, "error": self.constructor_error}
         return self._answer({**report, "user_config": self.user_config, "logging_config": self.logging})
 
     def reconfigure(self, user_config: Any) -> asyncio.Future:
@@ -168,11 +170,13 @@ class FakeActors:
         #: Constructor errors the next replicas created raise, in order.
         self.constructor_errors: list[str] = []
         self.lane_releases: list[str] = []
+        self.nodes = [NODE]
 
     def create(self, app: str, deployment: str, replica_id: str, spec: Any, node: Any, code_paths: list[str]) -> FakeReplica:
         error = self.constructor_errors.pop(0) if self.constructor_errors else None
         name = replica_actor_name(app, deployment, replica_id)
         replica = FakeReplica(self, name, spec.options.replica_resources(), error)
+        replica.node = str(node) if node is not None else self.nodes[0]
         self.live[name] = replica
         self.created.append(replica)
         return replica
@@ -203,7 +207,7 @@ class FakeActors:
         return {"CPU": self.capacity - used}
 
     def alive_nodes(self) -> list[str]:
-        return [NODE]
+        return list(self.nodes)
 
 
 class Controller:
@@ -574,6 +578,28 @@ def test_an_owner_that_tore_its_lane_down_frees_its_replicas_without_the_grace()
     cluster, replica, early = asyncio.run(scenario())
     assert early == []
     assert replica.handle in cluster.lane_releases and replica.calls[-3:] == DRAINED
+
+
+def test_a_compiled_graphs_replicas_form_full_sets_on_nodes_of_a_cluster():
+    """Lanes never cross nodes: spread as Ray spreads them, a graph's replicas rarely leave a node a full set."""
+
+    async def scenario(laned: bool) -> dict[str, list[str]]:
+        cluster = FakeActors()
+        cluster.nodes = ["node-a", "node-b", "node-c"]
+        ctl = Controller(cluster)
+        ir = sg.compile(Pre.options(num_replicas=2).bind(Model.options(num_replicas=2).bind())).ir
+        ctl.deploy(ir)
+        app: App = ctl.apps.apps["app"]
+        if laned:
+            app.lanes, app.lane_reason = LaneTable(("Model", "Pre"), ir.plan), ""
+        await ctl.until(lambda: ctl.dep("Model").status == HEALTHY and ctl.dep("Pre").status == HEALTHY)
+        return {name: sorted(str(r.node_id) for r in ctl.dep(name).replicas.values()) for name in ("Model", "Pre")}
+
+    placed = asyncio.run(scenario(laned=True))
+    assert placed["Model"] == placed["Pre"]  # two full sets
+    assert len(set(placed["Model"])) == 2  # on two nodes: each deployment's replicas still spread
+    # A graph on the plan path only is placed as Ray places it (SPREAD: no node asked for).
+    assert asyncio.run(scenario(laned=False)) == {"Model": ["node-a", "node-a"], "Pre": ["node-a", "node-a"]}
 
 
 def test_every_actor_call_on_a_replica_goes_through_the_seam():

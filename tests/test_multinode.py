@@ -108,13 +108,35 @@ SCRIPT = textwrap.dedent(
         out["three"] = {"replicas": app.deployments["One"].replica_states, "message": app.deployments["One"].message}
 
 
+    def lane_sets(out):
+        @serve.deployment(num_replicas=2, ray_actor_options={"num_cpus": 0.1})
+        class Step:
+            def __init__(self, k):
+                self.k = k
+            def __call__(self, x):
+                return x + self.k
+
+        with InputNode() as inp:
+            graph = Step.options(name="Second").bind(10).__call__.bind(Step.options(name="First").bind(1).__call__.bind(inp))
+        handle = serve.run(graph, name="sets", route_prefix=None, http=False)
+        deployments = ray.get(serve.runtime.client.api._controller().status.remote()).applications["sets"].deployments
+        out["nodes"] = {name: sorted(r.node_id for r in deployments[name].replicas) for name in ("First", "Second")}
+        answers = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not lanes_for("sets").active():  # the first request claims lanes
+            answers.append(handle.remote(1).result(timeout_s=60))
+            time.sleep(0.1)
+        out["answers"] = sorted(set(answers))
+        out["driver_lanes"] = lanes_for("sets").active()
+
+
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
     worker = cluster.add_node(num_cpus=2, resources={"worker": 10})
     cluster.wait_for_nodes()
     ray.init(address=cluster.address, namespace="servegraph", log_to_driver=False, logging_level="ERROR")
     results = {"worker": worker.node_id, "head": ray.get_runtime_context().get_node_id()}
     try:
-        for scenario in (proxies_and_lanes, locality, per_node):
+        for scenario in (proxies_and_lanes, locality, per_node, lane_sets):
             out = results[scenario.__name__] = {}
             try:
                 scenario(out)
@@ -157,6 +179,15 @@ def test_every_node_gets_a_proxy_and_lanes_stay_on_their_node(two_nodes):
     assert out["path"]["kind"] == "compiled" and out["path"]["lane_nodes"] == {out["worker"]: 1}, out["path"]
     assert out["driver_answers"] == [13] * 10
     assert out["driver_lanes"] == 0, out["driver_reason"]
+
+
+@pytest.mark.ray
+def test_a_compiled_graphs_replicas_form_a_full_set_on_each_node(two_nodes):
+    out = scenario(two_nodes, "lane_sets")
+    both = sorted([out["head"], out["worker"]])
+    assert out["nodes"] == {"First": both, "Second": both}, out["nodes"]  # one of each per node: a set each
+    assert out["answers"] == [12]
+    assert out["driver_lanes"] == 1  # the head's set is the driver's lane
 
 
 def test_proxy_location_takes_ray_serves_names_and_refuses_others():

@@ -85,7 +85,7 @@ class ApplicationManager:
         for app in list(self.apps.values()):
             self.autoscale(app)
             for dep in list(app.deployments.values()):
-                self.deployments.reconcile(dep, now, app.code_paths)
+                self.deployments.reconcile(dep, now, app.code_paths, _lane_peers(app, dep.name))
                 if dep.deleting and not dep.replicas:
                     del app.deployments[dep.name]
                     self.deployments.publish(dep)
@@ -383,6 +383,15 @@ def graph_autoscaling_fanout(app: ir.AppIR) -> dict[tuple[str, str], float]:
     except Exception:  # a graph shape the count does not know: measured fan-outs only
         traceback.print_exc()
         return {}
+
+
+def _lane_peers(app: App, name: str) -> tuple[Deployment, ...]:
+    """The other deployments the application's compiled lanes take a replica of, with ``name`` (none when it
+    runs as a plan only)."""
+    table = app.lanes
+    if table is None or table.failure or name not in table.deployments:
+        return ()
+    return tuple(app.deployments[d] for d in table.deployments if d != name and d in app.deployments)
 
 
 def lane_reason(app: ir.AppIR, compiled: bool) -> str:

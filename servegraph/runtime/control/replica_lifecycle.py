@@ -19,7 +19,15 @@ from ...compiler import ir
 from ..common import telemetry
 from ..common.records import CONSTRUCTED, DRAINING, FAILED, INITIALIZING, RECONFIGURING, STOPPED
 from .lane_table import RELEASE_GRACE_S, RELEASE_TIMEOUT_S
-from .replicas import ActorReplica, ReplicaActors, ReplicaStartError, ReplicaStopping, describe_failure, died
+from .replicas import (
+    ActorReplica,
+    PreferredNode,
+    ReplicaActors,
+    ReplicaStartError,
+    ReplicaStopping,
+    describe_failure,
+    died,
+)
 from .replies import ReplicaReport
 from .signals import Signals
 
@@ -115,19 +123,46 @@ class ReplicaLifecycle:
         need = spec.options.replica_resources()
         return all(free.get(k, 0.0) + 1e-9 >= count * v for k, v in need.items() if v)
 
-    def node_for(self, dep: DeploymentView) -> Any:
+    def node_for(self, dep: DeploymentView, peers: tuple[DeploymentView, ...] = ()) -> Any:
         """The node a new replica must run on to keep ``max_replicas_per_node`` (the one with fewest of this
-        deployment's replicas); None without the option (Ray spreads replicas); NO_NODE if every node is full."""
+        deployment's replicas); NO_NODE if every node is full. Without the option, with ``peers`` (the other
+        deployments its compiled lanes take a replica of), the node that completes a set (a PreferredNode, see
+        :meth:`_lane_node`); else None (Ray spreads replicas)."""
         limit = dep.spec.options.max_replicas_per_node
         if limit is None:
-            return None
+            return self._lane_node(dep, peers) if peers and dep.spec.options.placement_group() is None else None
         try:
             alive = self.actors.alive_nodes()
         except Exception:  # the GCS is busy: start nothing this pass
             return self.NO_NODE
-        counts = collections.Counter(r.node_id for r in dep.replicas.values() if r.state != STOPPING and not r.dead)
+        counts = _per_node(dep)
         room = [n for n in alive if counts[n] < limit]
         return min(room, key=lambda n: (counts[n], n)) if room else self.NO_NODE
+
+    def _lane_node(self, dep: DeploymentView, peers: tuple[DeploymentView, ...]) -> PreferredNode | None:
+        """Where a replica of a compiled graph's deployment goes on a cluster of several nodes.
+
+        A lane takes one replica of every deployment on one node (lanes never cross nodes, see lane_table.py):
+        spread as Ray spreads them, three deployments of two replicas on three nodes rarely leave a node with a
+        full set, and the graph never leaves the plan path. So a new replica goes where its peers have more
+        replicas than its own deployment (it completes a set), else where the graph has the fewest replicas
+        (a new set starts there). Each deployment's replicas still spread over nodes, one per set. Preferred,
+        not required: a node without room leaves Ray to place it.
+        """
+        try:
+            alive = self.actors.alive_nodes()
+        except Exception:
+            return None
+        if len(alive) < 2:
+            return None
+        mine, theirs = _per_node(dep), [_per_node(peer) for peer in peers]
+
+        def rank(node: str) -> tuple[int, int, str]:
+            ahead = max(counts[node] for counts in theirs) - mine[node]  # replicas here waiting for this deployment's
+            total = mine[node] + sum(counts[node] for counts in theirs)
+            return (max(ahead, 0), -total, node)
+
+        return PreferredNode(max(alive, key=rank))
 
     # Starting ------------------------------------------------------------------------------
     def start(self, dep: DeploymentView, node: str | None, code_paths: tuple[str, ...]) -> Replica:
@@ -141,7 +176,7 @@ class ReplicaLifecycle:
         missing = [p for p in code_paths if p not in self._own_path]
         actor = self.actors.create(dep.app, dep.name, replica_id, spec, node, missing)
         user_config = spec.options.user_config
-        r = Replica(replica_id, actor, actor.name, dep.version, STARTING, user_config, time.monotonic(), node_id=node)
+        r = Replica(replica_id, actor, actor.name, dep.version, STARTING, user_config, time.monotonic(), node_id=None if node is None else str(node))
         r.logging = spec.options.logging_config
         if actor.group is not None:
             r.placing = asyncio.ensure_future(actor.wait_placed(lambda why: _unplaced(r, why)))
@@ -321,6 +356,11 @@ class ReplicaLifecycle:
                     return
                 raise
             await asyncio.sleep(0.01)
+
+
+def _per_node(dep: DeploymentView) -> collections.Counter:
+    """How many of the deployment's replicas (not stopping, not dead) each node runs (or was asked to)."""
+    return collections.Counter(r.node_id for r in dep.replicas.values() if r.state != STOPPING and not r.dead)
 
 
 def _unplaced(r: Replica, why: str) -> None:

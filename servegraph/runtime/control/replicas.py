@@ -139,6 +139,12 @@ class ActorReplica:
         self.group = None
 
 
+class PreferredNode(str):
+    """A node a replica should run on if it fits there (Ray's soft node affinity); elsewhere if not."""
+
+    __slots__ = ()
+
+
 class ReplicaActors:
     """The replica actors of the cluster: created, found again, listed; and what the cluster has room for."""
 
@@ -150,7 +156,7 @@ class ReplicaActors:
         self, app: str, deployment: str, replica_id: str, spec: ir.DeploymentIR, node: str | None, code_paths: list[str]
     ) -> ActorReplica:
         """Start a replica actor, in its own placement group when the deployment has bundles; pinned to
-        ``node`` when given (max_replicas_per_node). ``code_paths``: where the replica finds the user's modules.
+        ``node`` when given (max_replicas_per_node), or placed there if it fits when ``node`` is a PreferredNode. ``code_paths``: where the replica finds the user's modules.
 
         Raises:
             Exception: Ray refused the group or the actor's options (the group is removed again).
@@ -158,7 +164,7 @@ class ReplicaActors:
         name = replica_actor_name(app, deployment, replica_id)
         options = spec.options.actor_options()
         group_spec, group = spec.options.placement_group(), None
-        placement: Any = "SPREAD" if node is None else NodeAffinitySchedulingStrategy(node, soft=False)
+        placement: Any = "SPREAD" if node is None else NodeAffinitySchedulingStrategy(node, soft=isinstance(node, PreferredNode))
         try:
             if group_spec is not None:  # a group of its own, named as the replica; the replica in bundle 0
                 group = placement_groups.create(name, *group_spec)
