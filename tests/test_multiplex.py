@@ -135,6 +135,9 @@ def test_other_routers_learn_where_a_model_is_through_the_controller(app, http_p
             break
     replies = [httpx.get(url, headers=headers, timeout=60).json() for _ in range(10)]
     assert replies == [{"model": "http-model", "pid": home}] * 10
+    # Proxies such as nginx rewrite the header's underscores: Ray Serve reads it either way, and so does the proxy.
+    rewritten = httpx.get(url, headers={"Serve-Multiplexed-Model-Id": "http-model"}, timeout=60).json()
+    assert rewritten == {"model": "http-model", "pid": home}
 
 
 @serve.deployment

@@ -105,11 +105,14 @@ def reset_multiplexed_model_id(token: contextvars.Token) -> None:
     _MODEL_ID.reset(token)
 
 
+_MODEL_KEY = MODEL_ID_HEADER.encode()
+
+
 def model_id_of(scope: dict) -> str:
-    """The model an HTTP request names in its ``serve_multiplexed_model_id`` header, or ""."""
-    wanted = MODEL_ID_HEADER.encode()
+    """The model an HTTP request names in its ``serve_multiplexed_model_id`` header, or "" (``-`` for ``_``
+    too, as nginx and API gateways rewrite it, and as Ray Serve reads it)."""
     for key, value in scope.get("headers", ()):
-        if key.lower() == wanted:
+        if len(key) == len(_MODEL_KEY) and key.lower().replace(b"-", b"_") == _MODEL_KEY:
             return value.decode("latin-1")
     return ""
 
