@@ -223,6 +223,23 @@ class BackPressureError(DeploymentError):
     code = "back-pressure"
 
 
+class DeploymentUnavailableError(DeploymentError):
+    """The deployment failed to deploy (its replicas' starts kept failing) and no replica runs: its requests
+    fail at once, as in Ray Serve, instead of waiting for a replica that will not come."""
+
+    code = "deployment-unavailable"
+
+    def __init__(self, deployment: str, app: str):
+        self.deployment, self.app = deployment, app
+        super().__init__(
+            f"Deployment(name='{deployment}', app='{app}') is unavailable because it failed to deploy. "
+            f"(servegraph: `servegraph status` says why; deploy the application again once it is fixed)"
+        )
+
+    def __reduce__(self) -> tuple:
+        return (DeploymentUnavailableError, (self.deployment, self.app))
+
+
 class NoSuchMethodError(GraphError, AttributeError):
     """A handle call names a method the deployment's replicas do not have (``except RayServeException`` catches
     it, as Ray Serve raises it; ``except AttributeError`` too)."""

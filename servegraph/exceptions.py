@@ -6,7 +6,7 @@ servegraph raises, as it catches what Ray Serve raises.
 
 from typing import Any
 
-from .errors import BackPressureError, DeploymentError
+from .errors import BackPressureError, DeploymentError, DeploymentUnavailableError
 from .errors import GraphError as RayServeException
 
 
@@ -18,4 +18,10 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["BackPressureError", "DeploymentError", "RayServeException", "RequestCancelledError"]  # noqa: F822  (made on first use)
+__all__ = [
+    "BackPressureError",
+    "DeploymentError",
+    "DeploymentUnavailableError",
+    "RayServeException",
+    "RequestCancelledError",  # noqa: F822  (made on first use)
+]

@@ -8,6 +8,7 @@ outcomes (served, failed, replica counts), never on timings.
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import os
 import threading
@@ -389,6 +390,55 @@ def test_a_constructor_error_is_deploy_failed_with_one_line_and_bounded_retries(
     assert "bad model file" in status.message
     assert status.replica_states == {}  # retries ended; no replica left behind
     assert replica_actors("broken-init", "BrokenInit") == []
+
+
+@ray.remote(num_cpus=0)
+class _Tally:
+    def __init__(self):
+        self.marks: list[str] = []
+
+    def mark(self, what: str) -> None:
+        self.marks.append(what)
+
+    def read(self) -> list[str]:
+        return self.marks
+
+
+@serve.deployment(graceful_shutdown_timeout_s=0.01)
+class HangingStart:
+    async def __init__(self, tally):
+        self.tally = tally
+        await tally.mark.remote("constructing")
+        await asyncio.sleep(10000)
+
+    async def __del__(self):
+        await self.tally.mark.remote("__del__")
+
+
+def test_a_replica_deleted_while_its_constructor_runs_still_runs_its_del(serve_app, http_port):
+    """Ray Serve's test_delete_while_initializing: ``__del__`` runs once, though the constructor never ended."""
+    tally = _Tally.remote()
+    serve_app.run(HangingStart.bind(tally), name="hanging-start", route_prefix=None, port=http_port, _blocking=False)
+    assert wait_for(lambda: ray.get(tally.read.remote()) == ["constructing"], 60)
+    serve.delete("hanging-start")
+    assert ray.get(tally.read.remote()) == ["constructing", "__del__"]  # before delete returned
+    assert "hanging-start" not in serve.status().applications
+
+
+def test_requests_to_a_deployment_that_failed_to_deploy_fail_at_once(serve_app, http_port):
+    """As Ray Serve: a 503 over HTTP and DeploymentUnavailableError from a handle, not a request that waits for
+    a replica that will not come."""
+    from servegraph.exceptions import DeploymentUnavailableError, RayServeException
+
+    with pytest.raises(serve.DeploymentError):
+        serve_app.run(BrokenInit.bind(), name="failed-app", route_prefix="/failed-app", port=http_port)
+    reply = httpx.post(f"http://127.0.0.1:{http_port}/failed-app", timeout=30)
+    assert reply.status_code == 503
+    assert "Deployment(name='BrokenInit', app='failed-app') is unavailable because it failed to deploy" in reply.text
+    handle = serve.get_app_handle("failed-app")
+    with pytest.raises(DeploymentUnavailableError, match="is unavailable because it failed to deploy") as err:
+        handle.remote().result(timeout_s=30)
+    assert isinstance(err.value, RayServeException)
 
 
 def test_replicas_are_named_and_status_shows_id_state_node_and_pid(serve_app, http_port):

@@ -21,7 +21,7 @@ from typing import Any
 
 import ray
 
-from ...errors import BackPressureError, NoRouteError
+from ...errors import BackPressureError, DeploymentUnavailableError, NoRouteError
 from ..common import telemetry, tracing
 from ..common.codec import loads_with_paths
 from ..common.context import RequestContext, current_request, model_id_of, new_request_id, session_id_of, set_request
@@ -296,7 +296,7 @@ class HTTPProxy:
             return encode_result(await _cancelling(ref))
         except (PlanInputError, NoRouteError) as exc:  # what the request lacks, or a value no branch takes
             return text(400, str(exc))
-        except BackPressureError as exc:
+        except (BackPressureError, DeploymentUnavailableError) as exc:  # full, or failed to deploy: Ray Serve's 503s
             return text(503, str(exc))
         except ray.exceptions.RayActorError:
             raise

@@ -805,15 +805,22 @@ class AsyncReplica(_ReplicaCore):
                 self._instance, pending = construct(self._target, args, kwargs)
                 self._context.servable_object = self._instance
                 if pending is not None:  # ``async def __init__``, as Ray Serve allows
+                    self._constructing = asyncio.current_task()  # what a shutdown meanwhile cancels
                     await pending
             if user_config is not None:
                 result = self._reconfigure_sync(user_config)
                 if inspect.isawaitable(result):
                     await result
+        except asyncio.CancelledError:  # stopped while its constructor ran (see prepare_for_shutdown)
+            self._phase, self._init_error = FAILED, "the replica was stopped while its constructor ran"
+            self._initialized.set_result(self._init_error)
+            raise
         except Exception as exc:
             self._phase, self._init_error = FAILED, self._failed("the constructor", exc)
         else:
             self._applied_config, self._phase = user_config, READY
+        finally:
+            self._constructing = None
         self._initialized.set_result(self._init_error)
         return self._init_error
 
@@ -926,10 +933,17 @@ class AsyncReplica(_ReplicaCore):
         return self._replica_id if stopped.is_set() else None
 
     async def prepare_for_shutdown(self, wait_loop_s: float, timeout_s: float) -> None:
-        """Wait for running requests to finish (checking every ``wait_loop_s``), then run ``__del__`` (once)."""
+        """Wait for running requests to finish (checking every ``wait_loop_s``), then run ``__del__`` (once).
+
+        A replica stopped while its ``async def __init__`` still runs stops the constructor there and runs
+        ``__del__`` all the same, as Ray Serve does.
+        """
         if self._phase in (DRAINING, STOPPED):  # a restarted controller asks again: wait for the first drain
             await self._stop_event().wait()
             return
+        constructing = getattr(self, "_constructing", None)
+        if constructing is not None and not constructing.done():
+            constructing.cancel()
         self._phase = DRAINING
         deadline = time.monotonic() + timeout_s
         while self.ongoing() > 0 and time.monotonic() < deadline:

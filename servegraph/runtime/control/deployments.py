@@ -79,7 +79,14 @@ class Deployment:
         models = tuple(r.models for r in routed) if any(r.models for r in routed) else ()
         nodes = tuple(r.node_id for r in routed)
         return Membership(
-            serving, opts.max_ongoing_requests, opts.max_queued_requests, interval, not self.deleting, models, nodes
+            serving,
+            opts.max_ongoing_requests,
+            opts.max_queued_requests,
+            interval,
+            not self.deleting,
+            models,
+            nodes,
+            available=not (self.failed and not routed),
         )
 
     def serving(self) -> int:

@@ -41,6 +41,8 @@ ROUTED = (RUNNING, UPDATING)
 RECOVER_TIMEOUT_S = 10.0
 #: How long a stopping replica keeps its slot after routers were told it is gone, before it drains.
 MEMBERSHIP_PROPAGATION_S = 0.2
+#: At most how long a replica stopped while its constructor runs is given for its ``__del__``.
+STARTING_STOP_WAIT_S = 2.0
 #: How long a stopping replica in a compiled lane waits for it to be torn down and its loop stopped (the owner's
 #: grace, then the stop), before it is ended anyway.
 LANE_EXIT_WAIT_S = RELEASE_GRACE_S + RELEASE_TIMEOUT_S + 1.0
@@ -293,14 +295,28 @@ class ReplicaLifecycle:
 
     # Stopping ------------------------------------------------------------------------------
     def stop(self, dep: DeploymentView, r: Replica, graceful: bool) -> None:
-        """Take the replica out of routing now; drain it, run its ``__del__``, then end it."""
+        """Take the replica out of routing now; drain it, run its ``__del__``, then end it. A replica whose
+        constructor is still running gets a short drain (see :data:`STARTING_STOP_WAIT_S`): its ``__del__`` runs
+        too (an ``async def __init__`` is stopped where it waits), as in Ray Serve."""
         if r.state == STOPPING:
             return
+        starting = r.state == STARTING and not r.dead
         r.state = STOPPING
         if r.task is not None:
             r.task.cancel()
-        r.task = asyncio.ensure_future(self._shutdown(dep, r, graceful))
+        r.task = asyncio.ensure_future(self._stop_starting(dep, r) if starting else self._shutdown(dep, r, graceful))
         self._signals.dirty = True
+
+    async def _stop_starting(self, dep: DeploymentView, r: Replica) -> None:
+        """A replica that never served: no requests to drain; its ``__del__``, bounded (a constructor that blocks
+        the replica's thread would keep it from answering), then its end."""
+        wait = min(dep.spec.options.graceful_shutdown_timeout_s, STARTING_STOP_WAIT_S)
+        try:
+            await asyncio.wait_for(r.actor.prepare_for_shutdown(0.01, wait), wait + 2.0)
+        except Exception:  # dead, blocked, or its __del__ overran: it is ended either way
+            pass
+        self._end(dep, r)
+        self._signals.changed()
 
     async def _shutdown(self, dep: DeploymentView, r: Replica, graceful: bool) -> None:
         opts = dep.spec.options

@@ -31,7 +31,7 @@ import ray
 from ray import ObjectRef
 from ray.actor import ActorHandle
 
-from ...errors import BackPressureError, DeploymentError
+from ...errors import BackPressureError, DeploymentError, DeploymentUnavailableError
 from .. import ray_compat
 from ..common import telemetry, tracing
 from ..common.context import current_replica, current_request, new_request_id
@@ -105,6 +105,8 @@ class Membership:
     models: tuple[frozenset[str], ...] = ()
     #: The node each replica runs on (in the order of ``replicas``); () if unknown.
     nodes: tuple[str | None, ...] = ()
+    #: False once the deployment failed to deploy and no replica runs: requests fail at once (as in Ray Serve).
+    available: bool = True
 
 
 def _dropped(deployment: str, queued: int, max_queued: int) -> str:
@@ -192,6 +194,8 @@ class Router:
         self.metrics_interval_s: float | None = None
         #: None until the controller's first answer; then whether the deployment exists.
         self._exists: bool | None = None
+        #: False while the deployment failed to deploy and has no replica (see Membership.available).
+        self._available = True
         self._dead: set[str] = set()
         self._waiters: collections.deque[_Waiter] = collections.deque()
         self._lock = threading.Lock()
@@ -227,6 +231,7 @@ class Router:
             self.max_queued = membership.max_queued
             self.metrics_interval_s = membership.metrics_interval_s
             self._exists = membership.exists
+            self._available = membership.available
             self._known.set()
             self._wake_head()
 
@@ -416,6 +421,8 @@ class Router:
             self._waiters[0].wake()
 
     def _check_usable(self) -> None:
+        if not self._available and not self.replicas:
+            raise DeploymentUnavailableError(self.deployment, self.app)
         if self._exists is False:
             raise DeploymentError(
                 f"deployment {self.deployment!r} of application {self.app!r} does not exist (deleted, or never "
