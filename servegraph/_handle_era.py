@@ -204,6 +204,32 @@ class _Uses:
             for name, how in names:
                 if name in awaited_names:
                     self.old.append((getattr(node, "lineno", 0), f"{how} {name!r}, an awaited handle call's result"))
+            value_use = _value_use(node, parents)
+            if value_use is not None and value_use[0] in awaited_names:
+                self.new.append((getattr(node, "lineno", 0), f"{value_use[1]} {value_use[0]!r}, an awaited handle call's result"))
+
+
+#: What an ObjectRef has: an awaited handle call's result used otherwise is a value (the new API's).
+_REF_ATTRIBUTES = frozenset({"hex", "binary", "future", "as_future", "task_id", "job_id", "is_nil", "call_site", "owner_address"})
+
+
+def _value_use(node: ast.AST, parents: dict[ast.AST, ast.AST]) -> tuple[str, str] | None:
+    """(name, how) when ``node`` uses a name as a value no ObjectRef could be (subscripted, computed with,
+    iterated, unpacked, or a method an ObjectRef lacks), else None."""
+    if isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name):
+        return node.value.id, "subscripts"
+    if isinstance(node, ast.BinOp):
+        for side in (node.left, node.right):
+            if isinstance(side, ast.Name):
+                return side.id, "computes with"
+    if isinstance(node, (ast.For, ast.AsyncFor, ast.comprehension)) and isinstance(node.iter, ast.Name):
+        return node.iter.id, "iterates over"
+    if isinstance(node, ast.Assign) and isinstance(node.value, ast.Name) and any(isinstance(t, ast.Tuple) for t in node.targets):
+        return node.value.id, "unpacks"
+    if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.attr not in _REF_ATTRIBUTES:
+        if isinstance(parents.get(node), ast.Call) and parents[node].func is node:  # type: ignore[attr-defined]
+            return node.value.id, f"calls .{node.attr}() on"
+    return None
 
 
 def _from_code(target: Any) -> HandleEra | None:

@@ -69,6 +69,46 @@ def test_an_awaited_call_handed_to_what_takes_refs_is_the_old_api():
     assert found.api == NEW and "as its value" in found.reason
 
 
+class _NewSubscriptsTheValue:  # Ray Serve 2.60's test_deploy_app_2 logging_config_test.Router writes it so
+    def __init__(self, h):
+        self.h = h
+
+    async def __call__(self):
+        info = await self.h.remote()
+        info["b"] = 2
+        return info
+
+
+class _NewCallsItsMethods:
+    def __init__(self, h):
+        self.h = h
+
+    async def __call__(self):
+        words = await self.h.remote()
+        total = 0
+        for word in words:
+            total += len(word)
+        return words.upper(), total
+
+
+class _OldUsesRefMethods:
+    def __init__(self, h):
+        self.h = h
+
+    async def __call__(self):
+        ref = await self.h.remote()
+        print(ref.hex())
+        return await ref
+
+
+def test_an_awaited_call_named_then_used_as_a_value_is_the_new_api():
+    found = handle_era(_NewSubscriptsTheValue)
+    assert found.api == NEW and "subscripts 'info', an awaited handle call's result" in found.reason
+    found = handle_era(_NewCallsItsMethods)
+    assert found.api == NEW and "iterates over 'words'" in found.reason
+    assert handle_era(_OldUsesRefMethods).api == OLD  # an ObjectRef's own methods are no value use
+
+
 def test_annotations_decide_before_the_code():
     found = handle_era(m.NewSyncResult.func_or_class)
     assert found.api == NEW and "annotated DeploymentHandle" in found.reason
