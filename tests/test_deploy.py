@@ -224,3 +224,16 @@ def test_a_remote_working_dir_is_refused_with_what_to_do(tmp_path):
     result = CliRunner().invoke(main, ["deploy", str(config)])
     assert result.exit_code == 1
     assert "applications[0].runtime_env.working_dir: 's3://bucket/code.zip' is not a local directory" in result.output
+
+
+def test_status_gives_each_applications_last_deployed_time(config):
+    """Ray Serve's ApplicationStatus.last_deployed_time_s: set by each deploy (test_deploy_multi_app_update_timestamp)."""
+    import time
+
+    before = time.time()
+    deploy(config)
+    first = serve.status().applications[APP].last_deployed_time_s
+    assert before <= first <= time.time()
+    edit(config, Greeter={"user_config": {"greeting": "Bonjour"}})
+    deploy(config)
+    assert serve.status().applications[APP].last_deployed_time_s > first

@@ -476,6 +476,8 @@ class ApplicationStatus:
     message: str = ""
     #: servegraph's own: which path requests take, ``{"kind": "compiled"|"plan", "reason": ..., "lanes": n}``.
     path: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: Ray Serve's: when the application was last deployed (seconds since the epoch).
+    last_deployed_time_s: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -514,7 +516,9 @@ def status() -> ServeStatus:
             d: DeploymentStatus(d, info.status, dict(info.replica_states), info.message, info.autoscaling)
             for d, info in app.deployments.items()
         }
-        apps[name] = ApplicationStatus(name, app.status, app.route_prefix, deployments, app.message, dict(app.path))
+        apps[name] = ApplicationStatus(
+            name, app.status, app.route_prefix, deployments, app.message, dict(app.path), app.deployed_at
+        )
     return ServeStatus(apps, raw.proxy, dict(raw.proxies))
 
 

@@ -60,6 +60,8 @@ class App:
     graph_autoscaling: bool = True
     #: Calls per request along each edge, as the graph's code says (graph_autoscaling.static_fanout).
     fanout: dict[tuple[str, str], float] = dataclasses.field(default_factory=dict)
+    #: When it was last deployed (seconds since the epoch): Ray Serve's ``last_deployed_time_s``.
+    deployed_at: float = dataclasses.field(default_factory=time.time)
 
 
 class ApplicationManager:
@@ -293,7 +295,7 @@ class ApplicationManager:
                 },
             )
         path = self.lanes.path_status(state)
-        return AppReport(state.status, state.message, state.route_prefix, state.app.ingress, deployments, path)
+        return AppReport(state.status, state.message, state.route_prefix, state.app.ingress, deployments, path, state.deployed_at)
 
     def graph_stats(self, state: App, window_s: float) -> dict[str, Any]:
         """What the live graph shows: per deployment requests/s, errors, p50/p99 over the last ``window_s``

@@ -58,6 +58,7 @@ def snapshot(apps: dict[str, App], proxies: ProxyManager, code_paths: list[str])
             "deleting": app.deleting,
             "compiled": app.compiled,
             "graph_autoscaling": app.graph_autoscaling,
+            "deployed_at": app.deployed_at,
             "deployments": {
                 dname: {
                     "target": dep.target,
@@ -107,6 +108,7 @@ def recover(
         )  # fmt: skip
         state = applications.apps[name]
         state.deleting = saved["deleting"]
+        state.deployed_at = saved.get("deployed_at", state.deployed_at)  # the deploy's time, not the restart's
         for dname, dsaved in saved["deployments"].items():
             dep = state.deployments.get(dname)
             if dep is None:

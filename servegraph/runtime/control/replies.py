@@ -50,6 +50,8 @@ class AppReport:
     deployments: dict[str, DeploymentReport]
     #: Which path requests take: {"kind": "compiled"|"plan", "reason": ..., "lanes": n} (see lane_table.py).
     path: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: When it was last deployed (seconds since the epoch).
+    deployed_at: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
