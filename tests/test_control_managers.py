@@ -496,21 +496,32 @@ def test_lanes_form_over_running_replicas_and_dissolve_when_one_stops():
     assert model_id in {rid for _, rid, _ in new_lane.members}
 
 
-def _laned(cluster: FakeActors) -> Any:
-    """A controller running the graph with one lane, owned by ``proxy``: (controller, app, lane)."""
+class _Laned:
+    """A controller running the graph with one lane, owned by ``proxy``, and the Pre replica in it."""
 
-    async def form() -> Any:
-        ctl = Controller(cluster)
-        ir = graph_ir(num_replicas=1)
-        ctl.deploy(ir)
-        app: App = ctl.apps.apps["app"]
-        app.lanes, app.lane_reason = LaneTable(("Model", "Pre"), ir.plan), ""
-        await ctl.until(lambda: ctl.dep("Model").status == HEALTHY and ctl.dep("Pre").status == HEALTHY)
-        ctl.lanes.claim(app, Owner("proxy", "job-1", None, NODE))
-        await ctl.until(lambda: bool(app.lanes.lanes))  # type: ignore[union-attr]
-        return ctl, app
+    def __init__(self, ctl: Controller, app: App) -> None:
+        self.ctl, self.app = ctl, app
+        (self.lane,) = app.lanes.lanes.values()  # type: ignore[union-attr]
+        self.replica_ids = tuple(rid for _, rid, _ in self.lane.members)
+        self.pre = ctl.dep("Pre")
+        (pre_id,) = running(self.pre)
+        self.record = self.pre.replicas[pre_id]
+        self.replica = self.record.actor
 
-    return form()
+    def stop_pre(self) -> None:
+        self.ctl.lifecycle.stop(self.pre, self.record, graceful=True)
+
+
+async def _laned(cluster: FakeActors) -> _Laned:
+    ctl = Controller(cluster)
+    ir = graph_ir(num_replicas=1)
+    ctl.deploy(ir)
+    app: App = ctl.apps.apps["app"]
+    app.lanes, app.lane_reason = LaneTable(("Model", "Pre"), ir.plan), ""
+    await ctl.until(lambda: ctl.dep("Model").status == HEALTHY and ctl.dep("Pre").status == HEALTHY)
+    ctl.lanes.claim(app, Owner("proxy", "job-1", None, NODE))
+    await ctl.until(lambda: bool(app.lanes.lanes))  # type: ignore[union-attr]
+    return _Laned(ctl, app)
 
 
 def test_a_replica_in_a_lane_is_ended_only_after_its_owner_tore_the_lane_down():
@@ -519,19 +530,16 @@ def test_a_replica_in_a_lane_is_ended_only_after_its_owner_tore_the_lane_down():
 
     async def scenario():
         cluster = FakeActors()
-        ctl, app = await _laned(cluster)
-        (lane,) = app.lanes.lanes.values()
-        pre = ctl.dep("Pre")
-        (pre_id,) = running(pre)
-        replica = pre.replicas[pre_id].actor
-        ctl.lifecycle.stop(pre, pre.replicas[pre_id], graceful=True)
+        laned = await _laned(cluster)
+        ctl, app = laned.ctl, laned.app
+        laned.stop_pre()
         await ctl.until(lambda: not app.lanes.lanes, seconds=0.0)
         for _ in range(10):  # well past the grace: the loops are stopped, the replica is not ended
             await ctl.step(RELEASE_GRACE_S / 2)
-        held = list(replica.calls)
-        ctl.lanes.retired(app, lane.lane_id, tuple(rid for _, rid, _ in lane.members))
-        await ctl.until(lambda: "kill" in replica.calls, seconds=0.0)
-        return cluster, replica, held
+        held = list(laned.replica.calls)
+        ctl.lanes.retired(app, laned.lane.lane_id, laned.replica_ids)
+        await ctl.until(lambda: "kill" in laned.replica.calls, seconds=0.0)
+        return cluster, laned.replica, held
 
     cluster, replica, held = asyncio.run(scenario())
     assert replica.handle in cluster.lane_releases  # its loop was stopped after the grace
@@ -542,14 +550,11 @@ def test_a_replica_in_a_lane_is_ended_only_after_its_owner_tore_the_lane_down():
 def test_an_owner_that_leaves_frees_its_lanes_replicas_at_once():
     async def scenario():
         cluster = FakeActors()
-        ctl, app = await _laned(cluster)
-        pre = ctl.dep("Pre")
-        (pre_id,) = running(pre)
-        replica = pre.replicas[pre_id].actor
-        ctl.lanes.release(app, "proxy")  # it tore its lanes down and leaves
-        ctl.lifecycle.stop(pre, pre.replicas[pre_id], graceful=True)
-        await ctl.until(lambda: "kill" in replica.calls, seconds=0.0)
-        return cluster, replica
+        laned = await _laned(cluster)
+        laned.ctl.lanes.release(laned.app, "proxy")  # it tore its lanes down and leaves
+        laned.stop_pre()
+        await laned.ctl.until(lambda: "kill" in laned.replica.calls, seconds=0.0)
+        return cluster, laned.replica
 
     cluster, replica = asyncio.run(scenario())
     assert replica.handle in cluster.lane_releases and replica.calls[-3:] == DRAINED
@@ -558,22 +563,18 @@ def test_an_owner_that_leaves_frees_its_lanes_replicas_at_once():
 def test_an_owner_that_tore_its_lane_down_frees_its_replicas_without_the_grace():
     async def scenario():
         cluster = FakeActors()
-        ctl, app = await _laned(cluster)
-        (lane,) = app.lanes.lanes.values()
-        pre = ctl.dep("Pre")
-        (pre_id,) = running(pre)
-        replica = pre.replicas[pre_id].actor
-        ctl.lifecycle.stop(pre, pre.replicas[pre_id], graceful=True)
+        laned = await _laned(cluster)
+        ctl, app, lane, replica_ids = laned.ctl, laned.app, laned.lane, laned.replica_ids
+        laned.stop_pre()
         await ctl.until(lambda: not app.lanes.lanes, seconds=0.0)
-        replica_ids = tuple(rid for _, rid, _ in lane.members)
         ctl.lanes.retired(app, lane.lane_id + 1, replica_ids)  # another lane's id: nothing moves
         ctl.lanes.retired(app, lane.lane_id, replica_ids[:1])  # not that lane's replicas: nothing moves
         for _ in range(5):
             await ctl.step(0.0)
         early = list(cluster.lane_releases)
         ctl.lanes.retired(app, lane.lane_id, replica_ids)  # the owner reports the teardown
-        await ctl.until(lambda: "kill" in replica.calls, seconds=0.0)  # the clock stands still: no grace passes
-        return cluster, replica, early
+        await ctl.until(lambda: "kill" in laned.replica.calls, seconds=0.0)  # the clock stands still: no grace passes
+        return cluster, laned.replica, early
 
     cluster, replica, early = asyncio.run(scenario())
     assert early == []
