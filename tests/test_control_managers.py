@@ -209,6 +209,9 @@ class FakeActors:
     def alive_nodes(self) -> list[str]:
         return list(self.nodes)
 
+    def home_node(self) -> str:
+        return self.nodes[0]
+
 
 class Controller:
     """The managers wired as controller.py wires them, over a fake cluster and a clock the test moves."""
@@ -599,6 +602,7 @@ def test_a_compiled_graphs_replicas_form_full_sets_on_nodes_of_a_cluster():
     placed = asyncio.run(scenario(laned=True))
     assert placed["Model"] == placed["Pre"]  # two full sets
     assert len(set(placed["Model"])) == 2  # on two nodes: each deployment's replicas still spread
+    assert "node-a" in placed["Model"]  # one on the controller's node, where drivers (lane owners) usually run
     # A graph on the plan path only is placed as Ray places it (SPREAD: no node asked for).
     assert asyncio.run(scenario(laned=False)) == {"Model": ["node-a", "node-a"], "Pre": ["node-a", "node-a"]}
 

@@ -87,7 +87,9 @@ class ApplicationManager:
         for app in list(self.apps.values()):
             self.autoscale(app)
             for dep in list(app.deployments.values()):
-                self.deployments.reconcile(dep, now, app.code_paths, _lane_peers(app, dep.name))
+                peers = _lane_peers(app, dep.name)
+                owners = frozenset(o.node_id for o in app.lanes.owners.values() if o.node_id) if peers and app.lanes else frozenset()
+                self.deployments.reconcile(dep, now, app.code_paths, peers, owners)
                 if dep.deleting and not dep.replicas:
                     del app.deployments[dep.name]
                     self.deployments.publish(dep)

@@ -102,7 +102,14 @@ class DeploymentManager:
         self._host = host
         self._signals = signals
 
-    def reconcile(self, dep: Deployment, now: float, code_paths: tuple[str, ...] = (), peers: tuple[Deployment, ...] = ()) -> None:
+    def reconcile(
+        self,
+        dep: Deployment,
+        now: float,
+        code_paths: tuple[str, ...] = (),
+        peers: tuple[Deployment, ...] = (),
+        owners: frozenset[str] = frozenset(),
+    ) -> None:
         """One step towards the deployment's target; ``code_paths``: its application's import directories;
         ``peers``: the deployments its compiled lanes also take a replica of (new replicas go where they
         complete a lane, see ReplicaLifecycle.node_for)."""
@@ -133,7 +140,7 @@ class DeploymentManager:
             if dep.failures >= MAX_START_FAILURES_PER_REPLICA * max(target, 1):
                 dep.failed = True
             elif now >= dep.next_start_at:
-                self._start_missing(dep, new, old, target, missing, code_paths, peers)
+                self._start_missing(dep, new, old, target, missing, code_paths, peers, owners)
         # Old replicas go once enough new ones serve: never fewer serving than the target.
         serving_new = sum(1 for r in new if r.state in SERVING)
         serving_old = [r for r in old if r.state in SERVING]
@@ -202,6 +209,7 @@ class DeploymentManager:
         missing: int,
         code_paths: tuple[str, ...],
         peers: tuple[Deployment, ...] = (),
+        owners: frozenset[str] = frozenset(),
     ) -> None:
         life = self.lifecycle
         surge = max(1, math.ceil(0.25 * target))
@@ -215,7 +223,7 @@ class DeploymentManager:
                 victim = min(old, key=lambda r: r.state in SERVING)
                 life.stop(dep, victim, graceful=victim.state in SERVING)
         for _ in range(count):
-            node = life.node_for(dep, peers)
+            node = life.node_for(dep, peers, owners)
             if node is life.NO_NODE:
                 dep.message = (
                     f"max_replicas_per_node={dep.spec.options.max_replicas_per_node}: every alive node already "

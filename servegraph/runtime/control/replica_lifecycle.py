@@ -125,14 +125,15 @@ class ReplicaLifecycle:
         need = spec.options.replica_resources()
         return all(free.get(k, 0.0) + 1e-9 >= count * v for k, v in need.items() if v)
 
-    def node_for(self, dep: DeploymentView, peers: tuple[DeploymentView, ...] = ()) -> Any:
+    def node_for(self, dep: DeploymentView, peers: tuple[DeploymentView, ...] = (), owners: frozenset[str] = frozenset()) -> Any:
         """The node a new replica must run on to keep ``max_replicas_per_node`` (the one with fewest of this
         deployment's replicas); NO_NODE if every node is full. Without the option, with ``peers`` (the other
         deployments its compiled lanes take a replica of), the node that completes a set (a PreferredNode, see
-        :meth:`_lane_node`); else None (Ray spreads replicas)."""
+        :meth:`_lane_node`, ``owners`` the nodes of the processes that run the graph's requests); else None (Ray
+        spreads replicas)."""
         limit = dep.spec.options.max_replicas_per_node
         if limit is None:
-            return self._lane_node(dep, peers) if peers and dep.spec.options.placement_group() is None else None
+            return self._lane_node(dep, peers, owners) if peers and dep.spec.options.placement_group() is None else None
         try:
             alive = self.actors.alive_nodes()
         except Exception:  # the GCS is busy: start nothing this pass
@@ -141,28 +142,31 @@ class ReplicaLifecycle:
         room = [n for n in alive if counts[n] < limit]
         return min(room, key=lambda n: (counts[n], n)) if room else self.NO_NODE
 
-    def _lane_node(self, dep: DeploymentView, peers: tuple[DeploymentView, ...]) -> PreferredNode | None:
+    def _lane_node(self, dep: DeploymentView, peers: tuple[DeploymentView, ...], owners: frozenset[str]) -> PreferredNode | None:
         """Where a replica of a compiled graph's deployment goes on a cluster of several nodes.
 
         A lane takes one replica of every deployment on one node (lanes never cross nodes, see lane_table.py):
         spread as Ray spreads them, three deployments of two replicas on three nodes rarely leave a node with a
         full set, and the graph never leaves the plan path. So a new replica goes where its peers have more
         replicas than its own deployment (it completes a set), else where the graph has the fewest replicas
-        (a new set starts there). Each deployment's replicas still spread over nodes, one per set. Preferred,
-        not required: a node without room leaves Ray to place it.
+        (a new set starts there, on a node where a process runs the graph's requests if one is among them: a
+        lane's owner is on its node; before any has asked, the controller's node, where drivers usually run).
+        Each deployment's replicas still spread over nodes, one per set. Preferred, not required: a node without
+        room leaves Ray to place it.
         """
         try:
             alive = self.actors.alive_nodes()
+            wanted = owners or frozenset({self.actors.home_node()})
         except Exception:
             return None
         if len(alive) < 2:
             return None
         mine, theirs = _per_node(dep), [_per_node(peer) for peer in peers]
 
-        def rank(node: str) -> tuple[int, int, str]:
+        def rank(node: str) -> tuple[int, int, bool, str]:
             ahead = max(counts[node] for counts in theirs) - mine[node]  # replicas here waiting for this deployment's
             total = mine[node] + sum(counts[node] for counts in theirs)
-            return (max(ahead, 0), -total, node)
+            return (max(ahead, 0), -total, node in wanted, node)
 
         return PreferredNode(max(alive, key=rank))
 

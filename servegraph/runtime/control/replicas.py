@@ -224,6 +224,10 @@ class ReplicaActors:
         """Ids of the alive nodes (raises if the GCS does not answer)."""
         return [n["NodeID"] for n in ray.nodes() if n.get("Alive")]
 
+    def home_node(self) -> str:
+        """The controller's node (the head's, where drivers usually run)."""
+        return ray.get_runtime_context().get_node_id()
+
 
 def replica_code(spec: ir.DeploymentIR) -> bytes:
     """A deployment's class or function and its constructor arguments, pickled for a new replica to load.
