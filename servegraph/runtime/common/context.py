@@ -105,30 +105,36 @@ def reset_multiplexed_model_id(token: contextvars.Token) -> None:
     _MODEL_ID.reset(token)
 
 
-_MODEL_KEY = MODEL_ID_HEADER.encode()
+def _normalized(name: str) -> bytes:
+    return name.lower().replace("-", "_").encode("latin-1")
+
+
+def _header_value(scope: dict, normalized: bytes) -> str:
+    """The value of the header whose name, lowered with ``-`` read as ``_``, is ``normalized``; "" if none
+    (nginx and API gateways rewrite ``_`` to ``-``, and Ray Serve reads both)."""
+    for key, value in scope.get("headers", ()):
+        if len(key) == len(normalized) and key.lower().replace(b"-", b"_") == normalized:
+            return value.decode("latin-1")
+    return ""
+
+
+_MODEL_KEY = _normalized(MODEL_ID_HEADER)
 
 
 def model_id_of(scope: dict) -> str:
-    """The model an HTTP request names in its ``serve_multiplexed_model_id`` header, or "" (``-`` for ``_``
-    too, as nginx and API gateways rewrite it, and as Ray Serve reads it)."""
-    for key, value in scope.get("headers", ()):
-        if len(key) == len(_MODEL_KEY) and key.lower().replace(b"-", b"_") == _MODEL_KEY:
-            return value.decode("latin-1")
-    return ""
+    """The model an HTTP request names in its ``serve_multiplexed_model_id`` header, or ""."""
+    return _header_value(scope, _MODEL_KEY)
 
 
 #: The HTTP header naming a request's session (its requests then stay on one replica, see router.Routing):
 #: Ray Serve's, and its environment variable to rename it. Matched without case, ``-`` and ``_`` alike.
 SESSION_ID_HEADER = os.environ.get("RAY_SERVE_SESSION_ID_HEADER_KEY", "x-session-id")
-_SESSION_KEY = SESSION_ID_HEADER.lower().replace("-", "_").encode("latin-1")
+_SESSION_KEY = _normalized(SESSION_ID_HEADER)
 
 
 def session_id_of(scope: dict) -> str:
     """The session an HTTP request names in its session header (:data:`SESSION_ID_HEADER`), or ""."""
-    for key, value in scope.get("headers", ()):
-        if len(key) == len(_SESSION_KEY) and key.lower().replace(b"-", b"_") == _SESSION_KEY:
-            return value.decode("latin-1")
-    return ""
+    return _header_value(scope, _SESSION_KEY)
 
 
 # The request being handled -------------------------------------------------------------------
