@@ -80,8 +80,19 @@ def _is_pending(value: Any) -> bool:
     return kind is DeploymentResponse or isinstance(value, (GraphRef, asyncio.Future, concurrent.futures.Future))
 
 
+#: Argument types that never hold anything to resolve: calls passing only these skip the walk.
+_PLAIN_TYPES = frozenset((str, int, float, bytes, bool, type(None)))
+
+
 def _needs_resolving(value: Any) -> bool:
     return any_leaf(value, _is_pending)
+
+
+def _plain_call(args: tuple, kwargs: dict) -> bool:
+    """Whether nothing in the call's arguments needs resolving, told without walking them: each is a str,
+    number, bytes or None (the common case on the request path)."""
+    plain = _PLAIN_TYPES
+    return all(type(a) in plain for a in args) and all(type(v) in plain for v in kwargs.values())
 
 
 def _resolve_one_sync(value: Any) -> Any:
@@ -122,13 +133,13 @@ async def _resolve_async(value: Any) -> Any:
 
 
 def _prepare_sync(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-    if _needs_resolving((args, kwargs)):
+    if not _plain_call(args, kwargs) and _needs_resolving((args, kwargs)):
         return _resolve_sync(args), _resolve_sync(kwargs)
     return args, kwargs
 
 
 async def _prepare_async(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-    if _needs_resolving((args, kwargs)):
+    if not _plain_call(args, kwargs) and _needs_resolving((args, kwargs)):
         return await _resolve_async(args), await _resolve_async(kwargs)
     return args, kwargs
 
@@ -158,6 +169,13 @@ class DeploymentTarget:
     async def submit_async(self, method: str, args: tuple, kwargs: dict) -> ObjectRef:
         args, kwargs = await _prepare_async(args, kwargs)
         return await self.info.router().submit_async(method, args, kwargs)
+
+    def send_now(self, method: str, args: tuple, kwargs: dict) -> ObjectRef | None:
+        """Send from an event loop without a task, when nothing in the arguments is to be awaited first and a
+        replica has room; None otherwise (then :meth:`submit_async` waits its turn)."""
+        if not _plain_call(args, kwargs) and _needs_resolving((args, kwargs)):
+            return None
+        return self.info.router().send_if_room(method, args, kwargs)
 
     def answered(self, ref: ObjectRef) -> None:
         """A request's answer arrived: its replica's slot is free now (see responses.Answered)."""
@@ -559,9 +577,30 @@ class RayServeDeploymentHandle(_HandleBase):
         if not has_running_loop():
             out = self._target.submit(self._call, args, kwargs)
             return DeploymentResponseGenerator(stream=out) if self._stream else out
+        loop = asyncio.get_running_loop()
         if self._stream:
-            return DeploymentResponseGenerator(task=asyncio.get_running_loop().create_task(self._target.submit_async(self._call, args, kwargs)))
-        return asyncio.get_running_loop().create_task(_sent_resending(self._target, self._call, args, kwargs))
+            return DeploymentResponseGenerator(task=loop.create_task(self._target.submit_async(self._call, args, kwargs)))
+        ref = _sent_now(self._target, self._call, args, kwargs)
+        if ref is not None:  # sent already: a done future gives it, one loop turn and one task sooner
+            target, method = self._target, self._call
+            done = loop.create_future()
+            done.set_result(
+                DriverResponse.of(ref, resend_async=lambda: target.submit_async(method, args, kwargs), answered=target.answered)
+            )
+            return done
+        return loop.create_task(_sent_resending(self._target, self._call, args, kwargs))
+
+
+def _sent_now(target: Any, method: str, args: tuple, kwargs: dict) -> ObjectRef | None:
+    """The call sent at once from an event loop (a deployment's, with a replica free and nothing to resolve),
+    else None: then a task sends it when it can."""
+    send_now = getattr(target, "send_now", None)
+    if send_now is None:
+        return None
+    try:
+        return send_now(method, args, kwargs)
+    except Exception:  # raised where the caller awaits, as a task's would be: the task sends it again
+        return None
 
 
 async def _sent_resending(target: Any, method: str, args: tuple, kwargs: dict) -> Any:
@@ -597,6 +636,10 @@ class DeploymentHandle(_HandleBase):
             if type(out) is ObjectRef:  # the plan's answer: sent again on a replica's death, as _respond's are
                 return DriverResponse.of(out, lambda: target.submit(method, args, kwargs))
             return DeploymentResponse(ref=out, call=call)
+        if not self._stream:
+            ref = _sent_now(self._target, self._call, args, kwargs)
+            if ref is not None:
+                return DeploymentResponse(ref=ref, call=call)
         task = loop.create_task(self._target.submit_async(self._call, args, kwargs, **extra))
         return DeploymentResponseGenerator(task=task) if self._stream else DeploymentResponse(task=task, call=call)
 

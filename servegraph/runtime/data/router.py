@@ -179,6 +179,8 @@ class Router:
         self._own_node: str | None = None
         self._nodes: list[str | None] = []
         self.replicas: list[ActorHandle] = []
+        #: Per replica, the functions that send a call to each of its methods (see ray_compat.actor_caller).
+        self._calls: list[dict[str, Callable[..., Any]]] = []
         self._ids: list[str] = []
         self._actor_ids: list[str] = []
         #: Per replica, the multiplexed models it holds (from the controller), and where this router sent
@@ -217,6 +219,7 @@ class Router:
         """Install a new replica set, keeping in-flight counts of replicas that stay."""
         with self._lock:
             old = dict(zip(self._ids, self._in_flight, strict=True))
+            old_calls = dict(zip(self._actor_ids, self._calls, strict=True))
             live = [(rid, actor) for rid, actor in membership.replicas if ray_compat.actor_id_hex(actor) not in self._dead]
             self.replicas = [actor for _, actor in live]
             self._ids = [rid for rid, _ in live]
@@ -227,6 +230,7 @@ class Router:
             self._find_local()
             self._actor_ids = [ray_compat.actor_id_hex(actor) for actor in self.replicas]
             self._in_flight = [old.get(rid, []) for rid in self._ids]
+            self._calls = [old_calls.get(actor_id, {}) for actor_id in self._actor_ids]
             self.max_ongoing = membership.max_ongoing
             self.max_queued = membership.max_queued
             self.metrics_interval_s = membership.metrics_interval_s
@@ -252,7 +256,7 @@ class Router:
             if actor_id not in self._actor_ids:
                 return False
             i = self._actor_ids.index(actor_id)
-            for column in (self.replicas, self._ids, self._actor_ids, self._in_flight, self._models, self._nodes):
+            for column in (self.replicas, self._calls, self._ids, self._actor_ids, self._in_flight, self._models, self._nodes):
                 del column[i]
             self._find_local()
             return True
@@ -386,6 +390,14 @@ class Router:
             ("serve_num_scheduling_tasks_in_backoff", source, queued if no_replica else 0),
         ]
 
+    def _sender(self, i: int, method: str) -> Callable[..., ObjectRef]:
+        """What sends a call to replica ``i``'s ``method`` (made on first use, see ray_compat.actor_caller)."""
+        calls = self._calls[i]
+        send = calls.get(method)
+        if send is None:
+            send = calls[method] = ray_compat.actor_caller(self.replicas[i], method)
+        return send
+
     def _send(self, i: int, method: str, args: tuple, kwargs: dict) -> ObjectRef:
         ref: ObjectRef
         if method == HTTP:
@@ -393,9 +405,9 @@ class Router:
                 request = current_request()
                 route = request.route if request is not None else ""
                 telemetry.record(("router", self.app, self.deployment, route, self._handle_tag, self._actor_tag), None)
-            ref = self.replicas[i].handle_http.remote(*args)
+            ref = self._sender(i, "handle_http")(*args)
         elif type(method) is ModelCall:
-            ref = self.replicas[i].call_model.remote(method.model_id, self._header(method), list(kwargs), *args, *kwargs.values())
+            ref = self._sender(i, "call_model")(method.model_id, self._header(method), list(kwargs), *args, *kwargs.values())
         elif type(method) is StreamMethod:
             stream: Any = self.replicas[i].call_stream.options(num_returns="streaming").remote(
                 self._header(method), list(kwargs), *args, *kwargs.values()
@@ -404,11 +416,11 @@ class Router:
             return stream
         elif not kwargs:
             # Ray resolves top-level refs itself; refs nested in containers arrive as refs, as in Ray.
-            ref = self.replicas[i].call.remote(self._header(method), *args)
+            ref = self._sender(i, "call")(self._header(method), *args)
         else:
             # Keyword values go as top-level arguments too, so Ray resolves their refs (and only theirs); their
             # names as a list, which Ray packs with msgpack (a tuple would be pickled).
-            ref = self.replicas[i].handle_request.remote(self._header(method), list(kwargs), *args, *kwargs.values())
+            ref = self._sender(i, "handle_request")(self._header(method), list(kwargs), *args, *kwargs.values())
         self._in_flight[i].append(ref)
         children = CHILD_CALLS.get()
         if children is not None:
@@ -530,6 +542,15 @@ class Router:
         except BaseException:
             self._leave(waiter)
             raise
+
+    def send_if_room(self, method: str, args: tuple, kwargs: dict) -> ObjectRef | None:
+        """Send a request now if no caller is queued and a replica has room; else None (nothing sent)."""
+        with self._lock:
+            if not self._waiters and self._exists:
+                i = self._try_pick(method)
+                if i is not None:
+                    return self._send(i, method, args, kwargs)
+        return None
 
     async def submit_async(self, method: str, args: tuple, kwargs: dict, releases: bool = False) -> ObjectRef:
         """Send a request from an event loop; waits (without blocking the loop) while every replica is full.
