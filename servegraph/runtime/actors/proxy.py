@@ -47,7 +47,8 @@ from ..data.handle import DeploymentTarget, PlanTarget
 from ..data.long_poll import set_controller_locator
 from ..data.responses import resend_delay
 from ..data.router import ROUTING, Routing
-from . import replica_logging
+from . import http_protocol, replica_logging
+from .http_protocol import ON_DISCONNECT
 from .live_graph import GRAPH_PAGES, graph_page
 
 logger = logging.getLogger("servegraph.proxy")
@@ -155,6 +156,7 @@ class HTTPProxy:
             host=self._host,
             port=self._port,
             interface="asgi3",
+            http=http_protocol.protocol(),
             lifespan="off",
             log_level="warning",
             access_log=False,
@@ -467,7 +469,8 @@ async def _answer_after_id(proxy: HTTPProxy, scope: dict, receive: Any, send: An
     else:
         # The client may leave before the answer: then the request is cancelled, down to the replicas. The
         # request runs in this task; a watcher of the connection cancels it if the client goes first.
-        watch = _ClientWatch(receive)
+        on_disconnect = scope.get(ON_DISCONNECT)
+        watch = _ClientWatch(receive) if on_disconnect is None else _DisconnectWatch(on_disconnect)
         try:
             if proxy.request_timeout_s is None:
                 result = await proxy._handle(scope, body, seen)
@@ -523,10 +526,42 @@ class _ClientWatch:
         self.watcher.cancel()
 
     def uncancel(self) -> None:
-        """The cancellation was the watcher's, and is handled: the task goes on (to record the request)."""
-        uncancel = getattr(self.task, "uncancel", None)  # Python 3.11+; before, a task keeps no count to undo
-        if uncancel is not None:
-            uncancel()
+        _uncancel(self.task)
+
+
+def _uncancel(task: asyncio.Task | None) -> None:
+    """The cancellation was the watcher's, and is handled: the task goes on (to record the request)."""
+    uncancel = getattr(task, "uncancel", None)  # Python 3.11+; before, a task keeps no count to undo
+    if uncancel is not None:
+        uncancel()
+
+
+class _DisconnectWatch:
+    """:class:`_ClientWatch` without a task: the connection (see http_protocol.py) calls :meth:`_gone` when the
+    client leaves."""
+
+    __slots__ = ("task", "departure", "left")
+
+    def __init__(self, departure: http_protocol.Departure):
+        self.task = asyncio.current_task()
+        self.left = False
+        self.departure = departure
+        if departure.left:  # gone before the request got here: cancelled where it first waits
+            asyncio.get_running_loop().call_soon(self._gone)
+        else:
+            departure.callbacks.add(self._gone)
+
+    def _gone(self) -> None:
+        if self.task is not None:
+            self.left = True
+            self.task.cancel()
+
+    def stop(self) -> None:
+        self.task = None
+        self.departure.callbacks.discard(self._gone)
+
+    def uncancel(self) -> None:
+        _uncancel(self.task)
 
 
 @telemetry.expander("http")
