@@ -343,6 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--systems", default="floor,servegraph,rayserve", help="comma-separated (default all three)")
     parser.add_argument("--max-ongoing", default="100", help="comma-separated max_ongoing_requests besides the default")
+    parser.add_argument("--no-default", action="store_true", help="leave out the rows at the default max_ongoing_requests")
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--duration", type=int, default=15, help="seconds per wrk run")
     parser.add_argument("--threads", type=int, default=2, help="wrk threads")
@@ -362,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
         except ImportError:
             print("Ray Serve is not installed (pip install -e '.[bench]'): skipping its rows.", file=sys.stderr)
             systems.remove("rayserve")
-    limits: list[int | None] = [None, *(int(v) for v in args.max_ongoing.split(",") if v.strip())]
+    limits: list[int | None] = [*([] if args.no_default else [None]), *(int(v) for v in args.max_ongoing.split(",") if v.strip())]
     # The floor as is, and held to each limit that keeps fewer requests in flight than wrk sends at once.
     in_flight = sorted({DEFAULT_MAX_ONGOING if v is None else v for v in limits} if systems != ["floor"] else set())
     floor_limits: list[int | None] = [None, *(v for v in in_flight if v < args.connections)]

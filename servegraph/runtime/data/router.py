@@ -187,7 +187,9 @@ class Router:
         #: a model last (so its next requests follow before the controller's update arrives).
         self._models: list[frozenset[str]] = []
         self._sent_model_to: dict[str, str] = {}
-        self._in_flight: list[list[ObjectRef]] = []
+        #: Per replica, its requests in flight (a dict used as an ordered set: a release finds its ref by hash,
+        #: not by comparing it with each of up to max_ongoing_requests others).
+        self._in_flight: list[dict[ObjectRef, None]] = []
         #: In-flight requests whose caller tells :meth:`release` when their answer came (the HTTP proxy): while
         #: every request in flight is one of them, a waiting caller needs no ray.wait to learn of a free slot.
         self._released: set[ObjectRef] = set()
@@ -229,7 +231,7 @@ class Router:
             self._nodes = [where.get(rid) for rid in self._ids]
             self._find_local()
             self._actor_ids = [ray_compat.actor_id_hex(actor) for actor in self.replicas]
-            self._in_flight = [old.get(rid, []) for rid in self._ids]
+            self._in_flight = [old.get(rid, {}) for rid in self._ids]
             self._calls = [old_calls.get(actor_id, {}) for actor_id in self._actor_ids]
             self.max_ongoing = membership.max_ongoing
             self.max_queued = membership.max_queued
@@ -277,12 +279,12 @@ class Router:
         refs = self._in_flight[i]
         if refs:
             released = self._released
-            asked = [r for r in refs if r not in released] if released else refs
+            asked = [r for r in refs if r not in released] if released else list(refs)
             if asked:
                 ready, _ = ray.wait(asked, num_returns=len(asked), timeout=0, fetch_local=False)
                 if ready:
                     done = set(ready)
-                    self._in_flight[i] = [r for r in refs if r not in done]
+                    self._in_flight[i] = {r: None for r in refs if r not in done}
         return len(self._in_flight[i])
 
     def load(self) -> int:
@@ -412,7 +414,7 @@ class Router:
             stream: Any = self.replicas[i].call_stream.options(num_returns="streaming").remote(
                 self._header(method), list(kwargs), *args, *kwargs.values()
             )
-            self._in_flight[i].append(stream.completed())  # in flight until the generator ends
+            self._in_flight[i][stream.completed()] = None  # in flight until the generator ends
             return stream
         elif not kwargs:
             # Ray resolves top-level refs itself; refs nested in containers arrive as refs, as in Ray.
@@ -421,7 +423,7 @@ class Router:
             # Keyword values go as top-level arguments too, so Ray resolves their refs (and only theirs); their
             # names as a list, which Ray packs with msgpack (a tuple would be pickled).
             ref = self._sender(i, "handle_request")(self._header(method), list(kwargs), *args, *kwargs.values())
-        self._in_flight[i].append(ref)
+        self._in_flight[i][ref] = None
         children = CHILD_CALLS.get()
         if children is not None:
             children.append(ref)
@@ -634,7 +636,7 @@ class Router:
                 return
             for refs in self._in_flight:
                 if ref in refs:
-                    refs.remove(ref)
+                    del refs[ref]
                     self._hand_off()
                     return
 
