@@ -79,3 +79,32 @@ def test_another_ray_version_gets_the_plain_remote(ray_cluster, monkeypatch):
     call = ray_compat.actor_caller(actor, "call")
     assert not _fast(call)
     assert ray.get(call("h", 1)) == ["h", 1]
+
+
+def test_a_ref_awaited_through_ref_future_gives_what_await_gives(ray_cluster):
+    import asyncio
+
+    actor = Echo.remote()
+
+    async def scenario() -> None:
+        ready = actor.call.remote("h", 1)
+        ray.get(ready)  # done before it is awaited
+        assert await ray_compat.ref_future(ready) == await ready == ["h", 1]
+        pending = actor.call.remote("h", 2)
+        assert await ray_compat.ref_future(pending) == ["h", 2]
+        # The user's error as its own type (and Ray's RayTaskError), as `await ref` raises it.
+        with pytest.raises(ValueError, match="bad") as caught:
+            await ray_compat.ref_future(actor.fail.remote("bad"))
+        assert isinstance(caught.value, ray.exceptions.RayTaskError)
+        # A wait cancelled before the answer leaves nothing behind when the answer comes.
+        waiting = asyncio.ensure_future(ray_compat.ref_future(actor.call.remote("late")))
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert await ray_compat.ref_future(actor.call.remote("after")) == ["after"]
+        ray.kill(actor, no_restart=True)
+        with pytest.raises(ray.exceptions.RayActorError):  # once Ray says the actor died
+            for _ in range(300):
+                await ray_compat.ref_future(actor.call.remote("x"))
+
+    asyncio.run(scenario())

@@ -548,3 +548,63 @@ def actor_caller(actor: Any, method: str) -> Callable[..., Any]:
         return refs[0]
 
     return call
+
+
+# -- Awaiting an ObjectRef (ray._raylet: ObjectRef._on_completed, _set_future_helper; Ray 2.60.0) ------------
+#
+# ``await ref`` in Ray wraps a ``concurrent.futures.Future`` (a Condition and its lock, taken again to set it)
+# in an asyncio future (``asyncio.wrap_future``: two more callbacks chained across threads). :func:`ref_future`
+# registers one callback with Ray's core worker that settles an asyncio future on its loop, as Ray's own
+# ``_set_future_helper`` settles one (the user's error as its own type, a dead actor's RayActorError as is).
+# On a Ray not listed in ACTOR_CALLS_CHECKED, or for a ref whose value another actor holds as tensors (Ray
+# Direct Transport), it is Ray's own future.
+
+
+class _Settle:
+    """The callback Ray's core worker calls (on its own thread) with a ref's value, or the error it holds.
+
+    It keeps the ref alive until then, as Ray's own future does (a ref dropped while awaited could be freed).
+    """
+
+    __slots__ = ("future", "ref", "helper")
+
+    def __init__(self, future: Any, ref: Any, helper: Callable[..., None]):
+        self.future, self.ref, self.helper = future, ref, helper
+
+    def __call__(self, result: Any) -> None:
+        try:
+            self.future.get_loop().call_soon_threadsafe(self._set, result)
+        except RuntimeError:  # the loop closed meanwhile: nobody awaits it any more
+            pass
+        self.ref = None
+
+    def _set(self, result: Any) -> None:
+        if not self.future.done():  # not cancelled meanwhile
+            self.helper(result, py_future=self.future)
+
+
+@functools.lru_cache(maxsize=1)
+def _settle_helper() -> Callable[..., None] | None:
+    """Ray's ``_set_future_helper`` where the fast await can use it on this Ray, else None."""
+    if ".".join(_ray_version().split(".")[:2]) not in ACTOR_CALLS_CHECKED:
+        return None
+    try:
+        import ray
+        from ray._raylet import _set_future_helper
+    except ImportError:
+        return None
+    if not hasattr(ray.ObjectRef, "_on_completed"):
+        return None
+    return _set_future_helper
+
+
+def ref_future(ref: Any) -> Any:
+    """An asyncio future of ``ref``'s value on the running loop: what ``await ref`` gives, at less cost."""
+    helper = _settle_helper()
+    if helper is None or ref.tensor_transport() is not None:
+        return ref.as_future(_internal=True)
+    import asyncio
+
+    future = asyncio.get_running_loop().create_future()
+    ref._on_completed(_Settle(future, ref, helper))
+    return future

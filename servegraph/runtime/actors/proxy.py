@@ -22,6 +22,7 @@ from typing import Any
 import ray
 
 from ...errors import BackPressureError, DeploymentUnavailableError, NoRouteError
+from .. import ray_compat
 from ..common import telemetry, tracing
 from ..common.codec import loads_with_paths
 from ..common.context import RequestContext, current_request, model_id_of, new_request_id, session_id_of, set_request
@@ -386,7 +387,7 @@ async def _cancelling(ref: Any) -> Any:
     """Await a request's result; if this wait is cancelled (the request timed out, or its client left),
     cancel the request on its replica too, which cancels the calls it made (see replica.py)."""
     try:
-        return await ref
+        return await (ray_compat.ref_future(ref) if isinstance(ref, ray.ObjectRef) else ref)
     except asyncio.CancelledError:
         if isinstance(ref, ray.ObjectRef):
             ray.cancel(ref)

@@ -27,6 +27,7 @@ from ray import ObjectRef
 from ...errors import GraphError
 from ..common.codec import treat_as_ref
 from ..common.context import has_running_loop
+from ..ray_compat import ref_future
 from .long_poll import runtime_client
 
 #: Before a request is sent again after a replica's death: time for the membership update to reach
@@ -131,7 +132,7 @@ class _Value:
 
     def __await__(self) -> Any:
         ref = self.ref
-        return ObjectRef.__await__(ref) if isinstance(ref, ObjectRef) else ref.__await__()
+        return ref_future(ref).__await__() if isinstance(ref, ObjectRef) else ref.__await__()
 
 
 def _tell(answered: Answered | None, ref: Any) -> None:
@@ -214,10 +215,10 @@ class DriverResponse(ObjectRef):
         again, the answer of the call that was sent last."""
         resent = getattr(self, "_resent", None)
         if resent is not None:
-            return ObjectRef.__await__(resent)
+            return ref_future(resent).__await__()
         resend = getattr(self, "_resend_async", None)
         if resend is None:
-            return ObjectRef.__await__(self)
+            return ref_future(self).__await__()
 
         async def resend_and_keep() -> ObjectRef:
             self._resent = await resend()
