@@ -200,8 +200,4 @@ def reset_request(token: contextvars.Token) -> None:
 
 def has_running_loop() -> bool:
     """Whether this thread runs an event loop now (a blocking call here would stall it)."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    return True
+    return asyncio._get_running_loop() is not None  # get_running_loop() without raising where there is none

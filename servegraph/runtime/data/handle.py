@@ -574,10 +574,10 @@ class RayServeDeploymentHandle(_HandleBase):
         """An ``asyncio.Task`` in async code; in a sync method (no event loop), the ObjectRef itself,
         as Ray Serve 2.0's lazy sync handles gave it, so ``ray.get(handle.remote(x))`` works there.
         With ``stream=True``, a DeploymentResponseGenerator (``async for`` / ``for``)."""
-        if not has_running_loop():
+        loop = asyncio._get_running_loop()  # None outside an event loop (get_running_loop raises there)
+        if loop is None:
             out = self._target.submit(self._call, args, kwargs)
             return DeploymentResponseGenerator(stream=out) if self._stream else out
-        loop = asyncio.get_running_loop()
         if self._stream:
             return DeploymentResponseGenerator(task=loop.create_task(self._target.submit_async(self._call, args, kwargs)))
         ref = _sent_now(self._target, self._call, args, kwargs)
