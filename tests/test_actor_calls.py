@@ -73,12 +73,17 @@ def test_methods_with_options_the_fast_path_does_not_carry_get_the_plain_remote(
     assert not _fast(gen)
 
 
-def test_another_ray_version_gets_the_plain_remote(ray_cluster, monkeypatch):
+def test_another_ray_version_or_the_switch_off_gets_the_plain_remote(ray_cluster, monkeypatch):
     actor = Echo.remote()
     monkeypatch.setattr(ray_compat, "_ray_version", lambda: "9.1.0")
     call = ray_compat.actor_caller(actor, "call")
     assert not _fast(call)
     assert ray.get(call("h", 1)) == ["h", 1]
+    monkeypatch.undo()
+    monkeypatch.setenv(ray_compat.FAST_PATHS_ENV, "0")
+    assert not _fast(ray_compat.actor_caller(actor, "call"))
+    monkeypatch.delenv(ray_compat.FAST_PATHS_ENV)
+    assert _fast(ray_compat.actor_caller(actor, "call"))
 
 
 def test_a_ref_awaited_through_ref_future_gives_what_await_gives(ray_cluster):

@@ -482,8 +482,15 @@ def upload_local_code(runtime_env: dict[str, Any]) -> dict[str, Any]:
 # for a method with options the fast path does not carry (a decorator, a tensor transport, a generator,
 # several returns), it returns the plain ``actor.method.remote``.
 
-#: Ray versions (major.minor) the fast actor calls were checked on.
+#: Ray versions (major.minor) the fast actor calls (and :func:`ref_future`) were checked on.
 ACTOR_CALLS_CHECKED = ("2.60",)
+#: Set to 0 to send every call and await every ref through Ray's public path (a Ray patch release that
+#: changed what these read, or to compare the two).
+FAST_PATHS_ENV = "SERVEGRAPH_RAY_FAST_PATHS"
+
+
+def _fast_paths_allowed() -> bool:
+    return ".".join(_ray_version().split(".")[:2]) in ACTOR_CALLS_CHECKED and os.environ.get(FAST_PATHS_ENV, "1") != "0"
 
 
 def _tracing_check() -> Callable[[], bool]:
@@ -500,7 +507,7 @@ def actor_caller(actor: Any, method: str) -> Callable[..., Any]:
     ObjectRef: Ray's core worker called directly on a checked Ray, else the plain ``.remote``."""
     plain = getattr(actor, method).remote
     tracing_on = _tracing_check()
-    if ".".join(_ray_version().split(".")[:2]) not in ACTOR_CALLS_CHECKED or tracing_on():
+    if not _fast_paths_allowed() or tracing_on():
         return plain
     try:
         import ray
@@ -586,7 +593,7 @@ class _Settle:
 @functools.lru_cache(maxsize=1)
 def _settle_helper() -> Callable[..., None] | None:
     """Ray's ``_set_future_helper`` where the fast await can use it on this Ray, else None."""
-    if ".".join(_ray_version().split(".")[:2]) not in ACTOR_CALLS_CHECKED:
+    if not _fast_paths_allowed():
         return None
     try:
         import ray
