@@ -469,7 +469,10 @@ class _HandleBase:
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_") and name != "__call__":
             raise AttributeError(name)
-        return type(self)(self._target, name, self._stream, self._model_id, self._routing)
+        method = type(self)(self._target, name, self._stream, self._model_id, self._routing)
+        # Kept on this handle: ``self.model.predict.remote(x)`` on every request finds it as an attribute.
+        self.__dict__[name] = method
+        return method
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
         """Send a call (what comes back depends on the handle's kind, see each ``_send``)."""
