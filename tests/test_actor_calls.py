@@ -84,6 +84,15 @@ def test_another_ray_version_or_the_switch_off_gets_the_plain_remote(ray_cluster
     assert not _fast(ray_compat.actor_caller(actor, "call"))
     monkeypatch.delenv(ray_compat.FAST_PATHS_ENV)
     assert _fast(ray_compat.actor_caller(actor, "call"))
+    # A Ray whose submit_actor_task takes other parameters than the ones passed by position: the plain call.
+    monkeypatch.setattr(ray_compat, "_SUBMIT_PARAMETERS", (*ray_compat._SUBMIT_PARAMETERS, "added_in_a_patch"))
+    ray_compat._submit_matches.cache_clear()
+    try:
+        call = ray_compat.actor_caller(actor, "call")
+        assert not _fast(call) and ray.get(call("p")) == ["p"]
+    finally:
+        monkeypatch.undo()
+        ray_compat._submit_matches.cache_clear()
 
 
 def test_a_ref_awaited_through_ref_future_gives_what_await_gives(ray_cluster):

@@ -502,12 +502,34 @@ def _tracing_check() -> Callable[[], bool]:
     return _is_tracing_enabled
 
 
+#: ``CoreWorker.submit_actor_task``'s parameters as Ray 2.60.0 declares them: the fast path passes them by
+#: position, so a Ray whose method differs (a patch release that added one) gets the plain call instead.
+_SUBMIT_PARAMETERS = (
+    "self", "language", "actor_id", "function_descriptor", "args", "name", "num_returns", "max_retries",
+    "retry_exceptions", "retry_exception_allowlist", "num_method_cpus", "concurrency_group_name",
+    "generator_backpressure_num_objects", "num_objects_per_yield", "enable_task_events", "tensor_transport", "labels",
+)  # fmt: skip
+
+
+@functools.lru_cache(maxsize=1)
+def _submit_matches() -> bool:
+    """Whether this Ray's ``submit_actor_task`` takes the parameters the fast path passes (read once)."""
+    try:
+        import inspect
+
+        from ray._raylet import CoreWorker  # type: ignore[attr-defined]  # compiled; no stubs
+
+        return tuple(inspect.signature(CoreWorker.submit_actor_task).parameters) == _SUBMIT_PARAMETERS
+    except (ImportError, AttributeError, TypeError, ValueError):
+        return False
+
+
 def actor_caller(actor: Any, method: str) -> Callable[..., Any]:
     """A function sending ``actor.<method>.remote(*args)`` (positional arguments only) and returning its
     ObjectRef: Ray's core worker called directly on a checked Ray, else the plain ``.remote``."""
     plain = getattr(actor, method).remote
     tracing_on = _tracing_check()
-    if not _fast_paths_allowed() or tracing_on():
+    if not _fast_paths_allowed() or tracing_on() or not _submit_matches():
         return plain
     try:
         import ray
