@@ -527,7 +527,8 @@ def _submit_matches() -> bool:
 def actor_caller(actor: Any, method: str) -> Callable[..., Any]:
     """A function sending ``actor.<method>.remote(*args)`` (positional arguments only) and returning its
     ObjectRef: Ray's core worker called directly on a checked Ray, else the plain ``.remote``."""
-    plain = getattr(actor, method).remote
+    bound = getattr(actor, method)  # Ray's ActorMethod: its options are read once, here
+    plain = bound.remote
     tracing_on = _tracing_check()
     if not _fast_paths_allowed() or tracing_on() or not _submit_matches():
         return plain
@@ -536,7 +537,6 @@ def actor_caller(actor: Any, method: str) -> Callable[..., Any]:
         import ray._private.worker
         from ray._common.signature import DUMMY_TYPE
 
-        bound = getattr(actor, method)
         if (
             actor._ray_is_cross_language
             or bound._decorator is not None

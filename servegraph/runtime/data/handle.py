@@ -88,11 +88,13 @@ def _needs_resolving(value: Any) -> bool:
     return any_leaf(value, _is_pending)
 
 
-def _plain_call(args: tuple, kwargs: dict) -> bool:
-    """Whether nothing in the call's arguments needs resolving, told without walking them: each is a str,
-    number, bytes or None (the common case on the request path)."""
+def _call_needs_resolving(args: tuple, kwargs: dict) -> bool:
+    """Whether a call's arguments hold something to resolve first; told without walking them when each is a
+    str, number, bytes or None (the common case on the request path)."""
     plain = _PLAIN_TYPES
-    return all(type(a) in plain for a in args) and all(type(v) in plain for v in kwargs.values())
+    if all(type(a) in plain for a in args) and all(type(v) in plain for v in kwargs.values()):
+        return False
+    return _needs_resolving((args, kwargs))
 
 
 def _resolve_one_sync(value: Any) -> Any:
@@ -133,13 +135,13 @@ async def _resolve_async(value: Any) -> Any:
 
 
 def _prepare_sync(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-    if not _plain_call(args, kwargs) and _needs_resolving((args, kwargs)):
+    if _call_needs_resolving(args, kwargs):
         return _resolve_sync(args), _resolve_sync(kwargs)
     return args, kwargs
 
 
 async def _prepare_async(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-    if not _plain_call(args, kwargs) and _needs_resolving((args, kwargs)):
+    if _call_needs_resolving(args, kwargs):
         return await _resolve_async(args), await _resolve_async(kwargs)
     return args, kwargs
 
@@ -173,7 +175,7 @@ class DeploymentTarget:
     def send_now(self, method: str, args: tuple, kwargs: dict) -> ObjectRef | None:
         """Send from an event loop without a task, when nothing in the arguments is to be awaited first and a
         replica has room; None otherwise (then :meth:`submit_async` waits its turn)."""
-        if not _plain_call(args, kwargs) and _needs_resolving((args, kwargs)):
+        if _call_needs_resolving(args, kwargs):
             return None
         return self.info.router().send_if_room(method, args, kwargs)
 
