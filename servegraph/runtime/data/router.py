@@ -479,10 +479,9 @@ class Router:
     def submit(self, method: str, args: tuple, kwargs: dict, timeout_s: float | None = None) -> ObjectRef:
         """Send a request, blocking only while every replica is full (or none is known yet)."""
         with self._lock:
-            if not self._waiters and self._exists:
-                i = self._try_pick(method)
-                if i is not None:
-                    return self._send(i, method, args, kwargs)
+            ref = self._send_if_free(method, args, kwargs)
+            if ref is not None:
+                return ref
             waiter = _Waiter()
             self._enqueue(waiter)
         return self._send_in_turn(waiter, method, args, kwargs, timeout_s)
@@ -545,14 +544,18 @@ class Router:
             self._leave(waiter)
             raise
 
+    def _send_if_free(self, method: str, args: tuple, kwargs: dict) -> ObjectRef | None:
+        """Under the lock: send now if no caller is queued and a replica has room; else None (nothing sent)."""
+        if not self._waiters and self._exists:
+            i = self._try_pick(method)
+            if i is not None:
+                return self._send(i, method, args, kwargs)
+        return None
+
     def send_if_room(self, method: str, args: tuple, kwargs: dict) -> ObjectRef | None:
         """Send a request now if no caller is queued and a replica has room; else None (nothing sent)."""
         with self._lock:
-            if not self._waiters and self._exists:
-                i = self._try_pick(method)
-                if i is not None:
-                    return self._send(i, method, args, kwargs)
-        return None
+            return self._send_if_free(method, args, kwargs)
 
     async def submit_async(self, method: str, args: tuple, kwargs: dict, releases: bool = False) -> ObjectRef:
         """Send a request from an event loop; waits (without blocking the loop) while every replica is full.
@@ -561,10 +564,9 @@ class Router:
         waiting caller learns of the free slot at once, on this loop.
         """
         with self._lock:
-            if not self._waiters and self._exists:
-                i = self._try_pick(method)
-                if i is not None:
-                    return self._sent(self._send(i, method, args, kwargs), releases)
+            ref = self._send_if_free(method, args, kwargs)
+            if ref is not None:
+                return self._sent(ref, releases)
             request = (method, args, kwargs, contextvars.copy_context()) if releases else None
             waiter = _Waiter(asyncio.get_running_loop(), request)
             self._enqueue(waiter)
